@@ -1,0 +1,118 @@
+"""The `ragloop` command: each stage runs as a Prefect flow; --json prints one JSON object on stdout.
+
+Exit codes: 0 ok, 1 failed, 2 bad usage or config, 3 gate failed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from typing import Any, Callable
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_GATE = 0, 1, 2, 3
+STATUS_EXIT = {"ok": EXIT_OK, "partial": EXIT_OK, "failed": EXIT_FAILED, "gate_failed": EXIT_GATE}
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ragloop", description=__doc__.splitlines()[0])
+    parser.add_argument("--config", help="config file (default: $RAGLOOP_CONFIG or ./ragloop.yaml)")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def common(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--lake", help="lake root: a path or object-store URI (default: the 'lake' setting)")
+        p.add_argument("--json", action="store_true", help="print exactly one JSON object on stdout")
+
+    p = sub.add_parser("ingest", help="load sources into a documents snapshot (quarantining bad files)")
+    p.add_argument("--source", action="append", metavar="PATH", help="a directory or file; repeatable")
+    common(p)
+
+    p = sub.add_parser("index", help="ingest, then chunk + embed what changed and upsert into LanceDB")
+    p.add_argument("--source", action="append", metavar="PATH", help="a directory or file; repeatable")
+    p.add_argument("--chunking", choices=["markdown", "recursive", "none"], help="chunking strategy")
+    common(p)
+    return parser
+
+
+def _human_index(summary: dict) -> list[str]:
+    lines = [f"run {summary['run_id']}: {summary['status']}"]
+    d = summary.get("documents")
+    if d:
+        lines.append(
+            f"documents: {d['seen']} seen - {d['new']} new, {d['changed']} changed, {d['unchanged']} unchanged, "
+            f"{d['deleted']} deleted, {d['quarantined']} quarantined"
+        )
+    c = summary.get("chunks")
+    if c:
+        lines.append(
+            f"chunks: {c['total']} in table - {c['embedded']} texts embedded, {c['reused']} vectors reused, "
+            f"{c['deleted']} deleted" + (f", {c['truncated']} truncated to the model's limit" if c.get("truncated") else "")
+        )
+    if summary.get("table"):
+        lines.append(f"table: {summary['table']['name']} version {summary['table']['version']}")
+    for q in summary.get("quarantine", []):
+        lines.append(f"quarantined: {q['source']} ({q['reason']}: {q['detail']})")
+    for name, report in (summary.get("validation") or {}).items():
+        if not report.get("success"):
+            lines.append(f"validation {name} FAILED: {report.get('failures')}")
+    if summary.get("error"):
+        lines.append(f"error: {summary['error']}")
+    return lines
+
+
+def _run_ingest(args: argparse.Namespace) -> dict:
+    from flows.ingest import ingest_corpus
+
+    return ingest_corpus(sources=args.source, lake=args.lake, config_path=args.config)
+
+
+def _run_index(args: argparse.Namespace) -> dict:
+    from flows.index import index_corpus
+
+    return index_corpus(
+        sources=args.source, lake=args.lake, chunking=args.chunking, config_path=args.config,
+        progress=not args.json,
+    )
+
+
+COMMANDS: dict[str, tuple[Callable[[argparse.Namespace], dict], Callable[[dict], list[str]]]] = {
+    "ingest": (_run_ingest, _human_index),
+    "index": (_run_index, _human_index),
+}
+
+
+def _emit(summary: dict, as_json: bool, human: Callable[[dict], list[str]]) -> None:
+    if as_json:
+        sys.stdout.write(json.dumps(summary, default=str, sort_keys=True) + "\n")
+    else:
+        sys.stdout.write("\n".join(human(summary)) + "\n")
+    sys.stdout.flush()
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.json:
+        # stdout carries exactly one JSON object; keep stderr to warnings unless asked otherwise.
+        os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+    import flows  # noqa: F401  (sets the offline runtime defaults before prefect is imported)
+    from tasks.settings import ConfigError, load_settings
+
+    run, human = COMMANDS[args.command]
+    try:
+        load_settings(args.config)  # a bad config fails here, before Prefect starts or any work
+        summary: dict[str, Any] = run(args)
+    except ConfigError as exc:
+        _emit({"status": "failed", "error": str(exc), "exit_code": EXIT_USAGE}, args.json, lambda s: [f"error: {s['error']}"])
+        return EXIT_USAGE
+    except Exception as exc:  # the flow already recorded the failure in its run manifest
+        logging.getLogger("ragloop").debug("command failed", exc_info=True)
+        _emit({"status": "failed", "error": f"{type(exc).__name__}: {exc}"}, args.json, lambda s: [f"error: {s['error']}"])
+        return EXIT_FAILED
+    _emit(summary, args.json, human)
+    return STATUS_EXIT.get(summary.get("status", "failed"), EXIT_FAILED)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,70 @@
+"""Shared orchestration helpers: settings for a flow run and the run manifest lifecycle."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from prefect import get_run_logger
+from prefect.runtime import flow_run
+
+from tasks.lineage import base_lineage, new_run_id
+from tasks.schemas import utcnow
+from tasks.settings import ConfigError, Settings, load_settings
+from tasks.storage import Lake
+
+
+def flow_settings(config_path: str | None, overrides: dict[str, Any]) -> Settings:
+    """Settings for one flow run: yaml < env < the flow's parameters (None means 'not given')."""
+    clean = {}
+    for key, value in overrides.items():
+        if isinstance(value, dict):
+            value = {k: v for k, v in value.items() if v is not None}
+            if not value:
+                continue
+        if value is not None:
+            clean[key] = value
+    return load_settings(config_path, clean)
+
+
+def check_sources(sources: list[str]) -> None:
+    """Fail before any work when a source path does not exist (exit 2, naming it)."""
+    missing = [s for s in sources if not Path(s).expanduser().exists()]
+    if missing:
+        raise ConfigError(f"ingest.sources: not found: {', '.join(missing)}")
+    if not sources:
+        raise ConfigError("ingest.sources: no source given (use --source PATH or ingest.sources in ragloop.yaml)")
+
+
+class RunRecorder:
+    """Writes the run manifest when a run starts ('running') and when it ends (final status).
+
+    A run killed midway keeps status 'running' with no ended_at: visibly not completed.
+    """
+
+    def __init__(self, lake: Lake, flow: str, settings: Settings) -> None:
+        self.lake = lake
+        self.flow = flow
+        self.run_id = new_run_id(flow)
+        self.started_at = utcnow()
+        self.lineage: dict[str, Any] = base_lineage(settings.config_hash())
+        self.logger = get_run_logger()
+        self._write("running", None, {})
+
+    def _write(self, status: str, ended_at, outputs: dict) -> None:
+        self.lake.write_run(
+            {
+                "run_id": self.run_id,
+                "flow": self.flow,
+                "status": status,
+                "started_at": self.started_at,
+                "ended_at": ended_at,
+                "lineage": self.lineage,
+                "outputs": {**outputs, "prefect_flow_run_id": str(flow_run.id or "")},
+            }
+        )
+
+    def finish(self, status: str, outputs: dict) -> dict:
+        """Record the final status; returns the summary (run_id, status, lineage, outputs)."""
+        self._write(status, utcnow(), outputs)
+        return {"run_id": self.run_id, "status": status, "lineage": self.lineage, **outputs}

@@ -1,0 +1,1 @@
+"""ragloop stage logic: plain functions and small classes; no Prefect import here."""

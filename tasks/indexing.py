@@ -1,0 +1,235 @@
+"""The chunks table in LanceDB and the incremental index logic: plan, embed missing, upsert (I/O).
+
+A document is current in the table when all its rows carry the snapshot's content hash and the
+run's chunker hash. Everything else is (re)chunked; vectors are reused for any chunk text that
+already has one, so only genuinely new text is encoded.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+from dataclasses import dataclass
+from typing import Iterable, Iterator, Sequence
+
+import numpy as np
+import pyarrow as pa
+
+from tasks import schemas
+from tasks.chunking import Chunk
+from tasks.embedding import Embedder
+from tasks.schemas import Document, utcnow
+from tasks.settings import IndexConfig
+from tasks.storage import Lake, chunks_table_name
+
+log = logging.getLogger(__name__)
+
+SQL_IN_BATCH = 500  # ids per IN (...) filter: keeps filter strings bounded
+
+
+class EmbedderMismatch(RuntimeError):
+    """The table was built by different embedder weights; mixing vectors would be silent garbage."""
+
+
+def sql_in(column: str, values: Iterable[str]) -> str:
+    quoted = ",".join("'" + v.replace("'", "''") + "'" for v in values)
+    return f"{column} IN ({quoted})"
+
+
+def _batched(values: Sequence[str], size: int = SQL_IN_BATCH) -> Iterator[Sequence[str]]:
+    for i in range(0, len(values), size):
+        yield values[i : i + size]
+
+
+class ChunkStore:
+    """One embedder's LanceDB chunks table (created on first use; blue/green per embedder)."""
+
+    def __init__(self, lake: Lake, embedder: Embedder) -> None:
+        self.lake = lake
+        self.name = chunks_table_name(embedder.slug)
+        self.dim = embedder.dim
+        self.fingerprint = {"embedder": embedder.name, "weights_sha256": embedder.weights_sha256, "dim": embedder.dim}
+        recorded = lake.read_ref(f"table__{self.name}")
+        if recorded and recorded != self.fingerprint:
+            raise EmbedderMismatch(
+                f"table {self.name} was built with {recorded}, not {self.fingerprint}; "
+                "configure a different embedding.model name (new table) or use a new lake"
+            )
+        db = lake.connect_vectors()
+        if self.name in db.table_names():
+            self.table = db.open_table(self.name)
+        else:
+            self.table = db.create_table(self.name, schema=schemas.chunks_schema(self.dim))
+        if not recorded:
+            lake.write_ref(f"table__{self.name}", self.fingerprint)
+
+    @property
+    def version(self) -> int:
+        return self.table.version
+
+    def count(self) -> int:
+        return self.table.count_rows()
+
+    def scan(self, columns: list[str], where: str | None = None) -> pa.Table:
+        query = self.table.search().select(columns).limit(None)
+        if where:
+            query = query.where(where)
+        return query.to_arrow()
+
+    def profile(self) -> pa.Table:
+        """The columns the chunks suite checks over the whole table (no texts, no vectors)."""
+        return self.scan(["chunk_id", "doc_id", "position", "n_tokens"])
+
+    def doc_state(self) -> dict[str, set[tuple[str, str]]]:
+        """doc_id -> the set of (doc_sha256, chunker_hash) among its rows."""
+        t = self.scan(["doc_id", "doc_sha256", "chunker_hash"])
+        state: dict[str, set[tuple[str, str]]] = {}
+        for doc_id, sha, ch in zip(t["doc_id"].to_pylist(), t["doc_sha256"].to_pylist(), t["chunker_hash"].to_pylist()):
+            state.setdefault(doc_id, set()).add((sha, ch))
+        return state
+
+    def vectors_for(self, doc_ids: Sequence[str], text_shas: Sequence[str]) -> dict[str, np.ndarray]:
+        """Existing vectors by text hash: first the documents' own rows, then any row with that text."""
+        found: dict[str, np.ndarray] = {}
+        for part in _batched(list(doc_ids)):
+            self._collect(found, sql_in("doc_id", part))
+        missing = [s for s in dict.fromkeys(text_shas) if s not in found]
+        for part in _batched(missing):
+            self._collect(found, sql_in("text_sha256", part))
+        return found
+
+    def _collect(self, found: dict[str, np.ndarray], where: str) -> None:
+        t = self.scan(["text_sha256", "vector"], where)
+        if t.num_rows == 0:
+            return
+        vectors = t["vector"].combine_chunks().values.to_numpy(zero_copy_only=False).reshape(-1, self.dim)
+        for sha, vec in zip(t["text_sha256"].to_pylist(), vectors):
+            found.setdefault(sha, vec)
+
+    def replace_documents(self, rows: pa.Table, doc_ids: Sequence[str]) -> None:
+        """Upsert rows by chunk_id and drop the documents' other rows, in one atomic commit."""
+        (
+            self.table.merge_insert("chunk_id")
+            .when_matched_update_all()
+            .when_not_matched_insert_all()
+            .when_not_matched_by_source_delete(sql_in("doc_id", doc_ids))
+            .execute(rows)
+        )
+
+    def delete_documents(self, doc_ids: Sequence[str]) -> int:
+        deleted = 0
+        for part in _batched(list(doc_ids)):
+            where = sql_in("doc_id", part)
+            deleted += self.table.count_rows(where)
+            self.table.delete(where)
+        return deleted
+
+    def refresh_indexes(self, config: IndexConfig) -> dict:
+        """Keep the full-text index current; build an ANN index only once the table is big enough."""
+        from lancedb.index import FTS, HnswSq
+
+        names = {idx.name: idx for idx in self.table.list_indices()}
+        rows = self.count()
+        actions = {}
+        if config.fts and rows:
+            if "text_idx" not in names:
+                self.table.create_index("text", config=FTS(with_position=False), name="text_idx")
+                actions["fts"] = "created"
+            else:
+                actions["fts"] = "kept"
+        if rows >= config.ann_min_rows and "vector_idx" not in names:
+            self.table.create_index("vector", config=HnswSq(distance_type="cosine"), name="vector_idx")
+            actions["ann"] = "created"
+        else:
+            actions["ann"] = "present" if "vector_idx" in names else f"none (exact search below {config.ann_min_rows} rows)"
+        # Compaction folds the run's small commits together and brings every index up to date.
+        # Old versions are kept (cleanup horizon ~forever): they are the promoted states a rollback
+        # returns to, and LanceDB refuses to clean up tagged versions anyway.
+        self.table.optimize(cleanup_older_than=dt.timedelta(days=config.keep_versions_days))
+        return actions
+
+    def tag(self, tag: str) -> None:
+        self.table.tags.create(tag, self.table.version)
+
+
+# -- the incremental index ----------------------------------------------------------------------
+@dataclass
+class IndexPlan:
+    to_index: set[str]
+    to_delete: list[str]
+    current: int
+
+
+def plan_index(lake: Lake, snapshot_id: str, store: ChunkStore, chunker_hash: str) -> IndexPlan:
+    """Which documents need (re)chunking and which are gone, from the snapshot and the table."""
+    snap = lake.read_snapshot(snapshot_id, columns=["doc_id", "content_sha256"])
+    wanted = dict(zip(snap["doc_id"].to_pylist(), snap["content_sha256"].to_pylist()))
+    state = store.doc_state()
+    to_index = {d for d, sha in wanted.items() if state.get(d) != {(sha, chunker_hash)}}
+    to_delete = sorted(d for d in state if d not in wanted)
+    return IndexPlan(to_index, to_delete, len(wanted) - len(to_index))
+
+
+def iter_document_batches(lake: Lake, snapshot_id: str, wanted: set[str], size: int) -> Iterator[list[Document]]:
+    """The wanted documents of a snapshot, streamed in batches of `size` (file order)."""
+    batch: list[Document] = []
+    if not wanted:
+        return
+    for record_batch in lake.iter_snapshot(snapshot_id):
+        for row in record_batch.to_pylist():
+            if row["doc_id"] not in wanted:
+                continue
+            batch.append(
+                Document(
+                    doc_id=row["doc_id"], source_uri=row["source_uri"], content_sha256=row["content_sha256"],
+                    text=row["text"], title=row["title"], mime=row["mime"], bytes=row["bytes"],
+                    metadata=json.loads(row["metadata"] or "{}"), ingested_at=row["ingested_at"],
+                )
+            )
+            if len(batch) >= size:
+                yield batch
+                batch = []
+    if batch:
+        yield batch
+
+
+@dataclass
+class Embedded:
+    vectors: np.ndarray
+    encoded: int  # texts sent to the model
+    reused: int  # chunks whose text already had a vector
+
+
+def embed_missing(chunks: Sequence[Chunk], store: ChunkStore, embedder: Embedder) -> Embedded:
+    """Vectors for the chunks, encoding only texts that have none in the table yet (deduplicated)."""
+    if not chunks:
+        return Embedded(np.zeros((0, store.dim), dtype=np.float32), 0, 0)
+    doc_ids = list(dict.fromkeys(c.doc_id for c in chunks))
+    known = store.vectors_for(doc_ids, [c.text_sha256 for c in chunks])
+    todo = {c.text_sha256: c.text for c in chunks if c.text_sha256 not in known}
+    if todo:
+        fresh = embedder.encode(list(todo.values()))
+        known.update(zip(todo.keys(), fresh))
+    vectors = np.stack([known[c.text_sha256] for c in chunks]).astype(np.float32)
+    reused = sum(1 for c in chunks if c.text_sha256 not in todo)
+    return Embedded(vectors, len(todo), reused)
+
+
+def chunk_rows(chunks: Sequence[Chunk], vectors: np.ndarray, dim: int) -> pa.Table:
+    now = utcnow()
+    columns = {
+        "chunk_id": [c.chunk_id for c in chunks],
+        "doc_id": [c.doc_id for c in chunks],
+        "doc_sha256": [c.doc_sha256 for c in chunks],
+        "text": [c.text for c in chunks],
+        "text_sha256": [c.text_sha256 for c in chunks],
+        "headings": [list(c.headings) for c in chunks],
+        "position": [c.position for c in chunks],
+        "n_tokens": [c.n_tokens for c in chunks],
+        "metadata": [json.dumps(c.metadata, sort_keys=True) for c in chunks],
+        "vector": pa.FixedSizeListArray.from_arrays(pa.array(vectors.reshape(-1), pa.float32()), dim),
+        "chunker_hash": [c.chunker_hash for c in chunks],
+        "embedded_at": [now] * len(chunks),
+    }
+    return pa.table(columns, schema=schemas.chunks_schema(dim))

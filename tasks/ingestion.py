@@ -1,0 +1,469 @@
+"""Ingestion: one loader per format, text normalization, hashing, quarantine and snapshot diff (I/O).
+
+Every file under a source root becomes documents or a quarantine record with a reason; nothing
+is skipped silently except hidden files (``ingest.include_hidden``) and table sidecars.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import io
+import json
+import logging
+import os
+import unicodedata
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import pyarrow as pa
+import yaml
+
+from tasks.schemas import Document, Quarantined, QuarantineReason, utcnow
+from tasks.settings import IngestConfig
+from tasks.storage import Lake
+
+log = logging.getLogger(__name__)
+
+SIDECAR_SUFFIX = ".schema.yaml"
+TABLE_SUFFIXES = {".csv", ".parquet", ".jsonl"}
+BEIR_CORPUS_NAME = "corpus.jsonl"
+
+
+class LoadError(Exception):
+    """A file that cannot become documents; carries the quarantine reason."""
+
+    def __init__(self, reason: QuarantineReason, detail: str) -> None:
+        super().__init__(f"{reason.value}: {detail}")
+        self.reason = reason
+        self.detail = detail
+
+
+# -- text helpers -------------------------------------------------------------------------------
+def normalize_text(text: str) -> str:
+    """NFC, LF line endings, no BOM, no trailing blanks at the ends of the text."""
+    text = unicodedata.normalize("NFC", text.lstrip("\ufeff"))
+    return text.replace("\r\n", "\n").replace("\r", "\n").strip()
+
+
+def content_sha256(text: str, title: str, metadata: dict) -> str:
+    """Hash of everything a document row carries; any change makes the document 'changed'."""
+    payload = json.dumps([text, title, metadata], sort_keys=True, ensure_ascii=False, default=str)
+    return hashlib.sha256(payload.encode("utf-8")).hexdigest()
+
+
+def decode_bytes(data: bytes) -> str:
+    """UTF-8 (with or without BOM), or UTF-16 with a BOM; anything else is a decode_error."""
+    if data.startswith((b"\xff\xfe", b"\xfe\xff")):
+        try:
+            return data.decode("utf-16")
+        except UnicodeDecodeError as exc:
+            raise LoadError(QuarantineReason.decode_error, f"invalid UTF-16: {exc}") from exc
+    if b"\x00" in data[:8192]:
+        raise LoadError(QuarantineReason.binary, "NUL bytes in a text file")
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise LoadError(
+            QuarantineReason.decode_error, f"not valid UTF-8 at byte {exc.start}: {exc.reason}"
+        ) from exc
+
+
+def _json_safe(value: Any) -> Any:
+    return json.loads(json.dumps(value, default=str))
+
+
+# -- loaders: (path, data) -> list of (doc_id suffix, text, title, metadata, mime) ---------------
+@dataclass
+class Loaded:
+    text: str
+    title: str
+    mime: str
+    metadata: dict = field(default_factory=dict)
+    key: str | None = None  # row key within a table file (doc_id = relpath#key)
+
+
+def _first_heading(text: str) -> str | None:
+    for line in text.splitlines():
+        if line.startswith("# "):
+            return line[2:].strip()
+    return None
+
+
+def load_markdown(path: Path, data: bytes) -> list[Loaded]:
+    import frontmatter
+
+    raw = decode_bytes(data)
+    try:
+        post = frontmatter.loads(raw)
+    except Exception as exc:  # front matter YAML errors come in many types
+        raise LoadError(QuarantineReason.parse_error, f"front matter: {exc}") from exc
+    text = normalize_text(post.content)
+    meta = _json_safe(dict(post.metadata))
+    title = str(meta.get("title") or _first_heading(text) or path.stem)
+    return [Loaded(text, title, "text/markdown", {"front_matter": meta} if meta else {})]
+
+
+def load_text(path: Path, data: bytes) -> list[Loaded]:
+    return [Loaded(normalize_text(decode_bytes(data)), path.stem, "text/plain")]
+
+
+def load_html(path: Path, data: bytes) -> list[Loaded]:
+    import trafilatura
+
+    html = decode_bytes(data)
+    try:
+        text = trafilatura.extract(
+            html, output_format="markdown", include_tables=True, include_comments=False,
+            include_links=False, favor_recall=True,
+        )
+        meta = trafilatura.extract_metadata(html)
+    except Exception as exc:  # lxml/trafilatura raise a variety of errors on hostile markup
+        raise LoadError(QuarantineReason.parse_error, f"html: {exc}") from exc
+    title = (meta.title if meta and meta.title else None) or path.stem
+    # Markdown output keeps the page's headings, so the markdown chunker sees its structure.
+    return [Loaded(normalize_text(text or ""), title, "text/html")]
+
+
+def load_pdf(path: Path, data: bytes) -> list[Loaded]:
+    import pypdf
+
+    if not data.startswith(b"%PDF-"):
+        raise LoadError(QuarantineReason.parse_error, "not a PDF (no %PDF- header)")
+    try:
+        reader = pypdf.PdfReader(io.BytesIO(data), strict=False)
+        if reader.is_encrypted:
+            raise LoadError(QuarantineReason.parse_error, "encrypted PDF")
+        pages = [page.extract_text() or "" for page in reader.pages]
+        info_title = (reader.metadata.title if reader.metadata else None) or None
+    except LoadError:
+        raise
+    except Exception as exc:  # pypdf raises many types on truncated/corrupt files
+        raise LoadError(QuarantineReason.parse_error, f"pdf: {type(exc).__name__}: {exc}") from exc
+    text = normalize_text("\n\n".join(p.strip() for p in pages))
+    return [Loaded(text, str(info_title or path.stem), "application/pdf", {"pages": len(pages)})]
+
+
+def read_sidecar(path: Path) -> dict:
+    """The table's sidecar (``name.schema.yaml``): table, description, id_column, columns."""
+    sidecar = path.with_name(path.stem + SIDECAR_SUFFIX)
+    if not sidecar.exists():
+        return {}
+    try:
+        spec = yaml.safe_load(sidecar.read_text(encoding="utf-8")) or {}
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        raise LoadError(QuarantineReason.parse_error, f"sidecar {sidecar.name}: {exc}") from exc
+    allowed = {"table", "description", "id_column", "title_column", "columns"}
+    if not isinstance(spec, dict) or set(spec) - allowed:
+        raise LoadError(
+            QuarantineReason.parse_error,
+            f"sidecar {sidecar.name}: expected keys {sorted(allowed)}, got {sorted(spec) if isinstance(spec, dict) else type(spec).__name__}",
+        )
+    if not isinstance(spec.get("columns", {}), dict):
+        raise LoadError(QuarantineReason.parse_error, f"sidecar {sidecar.name}: columns must be a mapping")
+    return spec
+
+
+def _read_table(path: Path, data: bytes) -> pa.Table:
+    import pyarrow.csv as pacsv
+    import pyarrow.json as pajson
+    import pyarrow.parquet as pq
+
+    try:
+        if path.suffix == ".csv":
+            return pacsv.read_csv(io.BytesIO(data))
+        if path.suffix == ".jsonl":
+            return pajson.read_json(io.BytesIO(data))
+        return pq.read_table(io.BytesIO(data))
+    except (pa.ArrowInvalid, pa.ArrowException, OSError) as exc:
+        raise LoadError(QuarantineReason.parse_error, f"table: {exc}") from exc
+
+
+def load_table(path: Path, data: bytes) -> list[Loaded]:
+    """Each row becomes a document; the sidecar's descriptions go into text and metadata."""
+    spec = read_sidecar(path)
+    table = _read_table(path, data)
+    name = str(spec.get("table") or path.stem)
+    described = {str(k): str(v) for k, v in (spec.get("columns") or {}).items()}
+    missing = [c for c in described if c not in table.column_names]
+    if missing:
+        raise LoadError(QuarantineReason.parse_error, f"sidecar describes absent columns {missing}")
+    id_column = spec.get("id_column")
+    if id_column and id_column not in table.column_names:
+        raise LoadError(QuarantineReason.parse_error, f"id_column {id_column!r} not in the table")
+    title_column = spec.get("title_column")
+    header = name + (f": {spec['description']}" if spec.get("description") else "")
+    out: list[Loaded] = []
+    seen_keys: set[str] = set()
+    for i, row in enumerate(table.to_pylist()):
+        key = str(row[id_column]) if id_column else f"row={i}"
+        if key in seen_keys:
+            raise LoadError(QuarantineReason.parse_error, f"duplicate {id_column} value {key!r}")
+        seen_keys.add(key)
+        lines = [header]
+        for col, value in row.items():
+            label = f"{col} ({described[col]})" if col in described else col
+            lines.append(f"{label}: {'' if value is None else value}")
+        title = str(row[title_column]) if title_column and row.get(title_column) else f"{name} {key}"
+        metadata = {
+            "table": name,
+            "table_description": spec.get("description"),
+            "columns": described,
+            "row": _json_safe(row),
+        }
+        out.append(Loaded(normalize_text("\n".join(lines)), title, "application/x-table-row", metadata, key))
+    return out
+
+
+LOADERS: dict[str, Callable[[Path, bytes], list[Loaded]]] = {
+    ".md": load_markdown,
+    ".markdown": load_markdown,
+    ".txt": load_text,
+    ".html": load_html,
+    ".htm": load_html,
+    ".pdf": load_pdf,
+    ".csv": load_table,
+    ".parquet": load_table,
+    ".jsonl": load_table,
+}
+
+
+def iter_beir_corpus(path: Path) -> Iterator[Document | Quarantined]:
+    """Stream a BEIR corpus.jsonl: doc_id = _id, text = title + ' ' + text (MTEB's convention)."""
+    with path.open("rb") as fh:
+        for lineno, raw in enumerate(fh, start=1):
+            if not raw.strip():
+                continue
+            uri = f"{path}#line={lineno}"
+            try:
+                rec = json.loads(raw)
+                doc_id = str(rec["_id"])
+                title = str(rec.get("title") or "")
+                body = str(rec.get("text") or "")
+            except (json.JSONDecodeError, KeyError, TypeError, UnicodeDecodeError) as exc:
+                yield Quarantined(uri, QuarantineReason.parse_error, f"corpus record: {exc}")
+                continue
+            text = normalize_text(f"{title} {body}")
+            if not text:
+                yield Quarantined(uri, QuarantineReason.empty, f"document {doc_id} has no text")
+                continue
+            meta = _json_safe(rec.get("metadata") or {})
+            yield Document(
+                doc_id=doc_id, source_uri=uri, content_sha256=content_sha256(text, title, meta),
+                text=text, title=title, mime="text/plain", bytes=len(raw), metadata=meta,
+            )
+
+
+def is_beir_corpus(path: Path) -> bool:
+    if path.name != BEIR_CORPUS_NAME:
+        return False
+    with path.open("rb") as fh:
+        first = fh.readline()
+    try:
+        return "_id" in json.loads(first)
+    except (json.JSONDecodeError, TypeError, UnicodeDecodeError):
+        return False
+
+
+# -- discovery -------------------------------------------------------------------------------------
+def _hidden(rel: Path) -> bool:
+    return any(part.startswith(".") for part in rel.parts)
+
+
+def discover(root: Path, config: IngestConfig) -> Iterator[Path | Quarantined]:
+    """Files under root in sorted order; links leaving the root come back as quarantine records."""
+    root = root.resolve()
+    if root.is_file():
+        yield root
+        return
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames.sort()
+        base = Path(dirpath)
+        for name in list(dirnames):
+            sub = base / name
+            if sub.is_symlink():
+                dirnames.remove(name)
+                target = sub.resolve()
+                if not target.is_relative_to(root):
+                    yield Quarantined(str(sub), QuarantineReason.outside_root, f"directory link to {target}")
+        for name in sorted(filenames):
+            path = base / name
+            rel = path.relative_to(root)
+            if not config.include_hidden and _hidden(rel):
+                continue
+            if name.endswith(SIDECAR_SUFFIX):
+                continue
+            yield path
+
+
+def load_file(path: Path, root: Path, config: IngestConfig) -> Iterator[Document | Quarantined]:
+    """A file's documents, or one quarantine record saying why it has none."""
+    uri = str(path)
+    try:
+        if path.is_symlink() and not path.resolve().is_relative_to(root):
+            raise LoadError(QuarantineReason.outside_root, f"link to {path.resolve()}")
+        if not path.exists():
+            raise LoadError(QuarantineReason.unreadable, "broken link")
+        if is_beir_corpus(path):
+            yield from iter_beir_corpus(path)
+            return
+        loader = LOADERS.get(path.suffix.lower())
+        if loader is None:
+            raise LoadError(QuarantineReason.unsupported, f"no loader for {path.suffix or 'files without extension'}")
+        size = path.stat().st_size
+        if size == 0:
+            raise LoadError(QuarantineReason.empty, "0 bytes")
+        if size > config.max_file_bytes:
+            raise LoadError(QuarantineReason.too_large, f"{size} bytes > ingest.max_file_bytes={config.max_file_bytes}")
+        data = path.read_bytes()
+        loaded = loader(path, data)
+    except LoadError as exc:
+        yield Quarantined(uri, exc.reason, exc.detail)
+        return
+    except PermissionError as exc:
+        yield Quarantined(uri, QuarantineReason.unreadable, str(exc))
+        return
+    except OSError as exc:
+        yield Quarantined(uri, QuarantineReason.unreadable, f"{type(exc).__name__}: {exc}")
+        return
+    except RecursionError:
+        yield Quarantined(uri, QuarantineReason.parse_error, "nesting too deep to parse")
+        return
+    rel = path.relative_to(root).as_posix() if path != root else path.name
+    produced = 0
+    for item in loaded:
+        if not item.text:
+            continue
+        produced += 1
+        doc_id = f"{rel}#{item.key}" if item.key is not None else rel
+        yield Document(
+            doc_id=doc_id, source_uri=uri if item.key is None else f"{uri}#{item.key}",
+            content_sha256=content_sha256(item.text, item.title, item.metadata),
+            text=item.text, title=item.title, mime=item.mime, bytes=len(data), metadata=item.metadata,
+        )
+    if not produced:
+        yield Quarantined(uri, QuarantineReason.empty, "no text after extraction")
+
+
+def iter_sources(sources: list[str], config: IngestConfig) -> Iterator[tuple[str, Document | Quarantined]]:
+    """(doc_id prefix, item) for every document or quarantine record under the sources."""
+    for source in sources:
+        root = Path(source).expanduser()
+        if not root.exists():
+            raise FileNotFoundError(f"source not found: {source}")
+        root = root.resolve()
+        base = root.parent if root.is_file() else root
+        for entry in discover(root, config):
+            if isinstance(entry, Quarantined):
+                yield Path(entry.source_uri).relative_to(base).as_posix(), entry
+                continue
+            prefix = entry.relative_to(base).as_posix()
+            for item in load_file(entry, base, config):
+                yield prefix, item
+
+
+# -- snapshot ------------------------------------------------------------------------------------
+def snapshot_id_of(pairs: list[tuple[str, str]]) -> str:
+    """Content-derived snapshot id: hash of the sorted (doc_id, content_sha256) pairs."""
+    digest = hashlib.sha256()
+    for doc_id, sha in sorted(pairs):
+        digest.update(f"{doc_id}\t{sha}\n".encode())
+    return digest.hexdigest()[:24]
+
+
+@dataclass
+class IngestResult:
+    snapshot_id: str
+    previous_snapshot_id: str | None
+    counts: dict[str, int]
+    quarantine: list[Quarantined]
+    written: bool
+    carried_forward: list[str]
+
+
+def _document_row(doc: Document, ingested_at: dt.datetime) -> dict:
+    return {
+        "doc_id": doc.doc_id, "source_uri": doc.source_uri, "content_sha256": doc.content_sha256,
+        "text": doc.text, "title": doc.title, "metadata": json.dumps(doc.metadata, sort_keys=True),
+        "mime": doc.mime, "bytes": doc.bytes, "ingested_at": ingested_at,
+    }
+
+
+def build_snapshot(lake: Lake, sources: list[str], config: IngestConfig) -> IngestResult:
+    """Stream every source into a new documents snapshot and diff it against the latest one.
+
+    A file that was good before and is now quarantined keeps its previous version in the snapshot
+    (nothing is lost to a transient bad write); a file that is gone is 'deleted'.
+    Does not move the 'documents' ref: the caller does that once validation passes.
+    """
+    prev_ref = lake.read_ref("documents")
+    prev_id = prev_ref["snapshot_id"] if prev_ref else None
+    previous: dict[str, tuple[str, dt.datetime]] = {}
+    if prev_id and lake.snapshot_exists(prev_id):
+        t = lake.read_snapshot(prev_id, columns=["doc_id", "content_sha256", "ingested_at"])
+        previous = {d: (s, at) for d, s, at in zip(*(t[c].to_pylist() for c in t.column_names))}
+
+    now = utcnow()
+    counts = {"seen": 0, "new": 0, "changed": 0, "unchanged": 0, "deleted": 0, "quarantined": 0}
+    pairs: list[tuple[str, str]] = []
+    seen: set[str] = set()
+    quarantine: list[Quarantined] = []
+    quarantined_prefixes: list[str] = []
+    writer = lake.snapshot_writer()
+    buffer: list[dict] = []
+    try:
+        for prefix, item in iter_sources(sources, config):
+            if isinstance(item, Quarantined):
+                quarantine.append(item)
+                quarantined_prefixes.append(prefix)
+                continue
+            counts["seen"] += 1
+            if item.doc_id in seen:
+                quarantine.append(Quarantined(item.source_uri, QuarantineReason.parse_error,
+                                              f"duplicate doc_id {item.doc_id!r} (another source has it)"))
+                continue
+            seen.add(item.doc_id)
+            before = previous.get(item.doc_id)
+            if before is None:
+                counts["new"] += 1
+                at = now
+            elif before[0] == item.content_sha256:
+                counts["unchanged"] += 1
+                at = before[1]
+            else:
+                counts["changed"] += 1
+                at = now
+            pairs.append((item.doc_id, item.content_sha256))
+            buffer.append(_document_row(item, at))
+            if len(buffer) >= config.rows_per_batch:
+                writer.write(buffer)
+                buffer = []
+        writer.write(buffer)
+        carried = _carry_forward(lake, prev_id, quarantined_prefixes, previous, seen, writer, pairs)
+        counts["unchanged"] += len(carried)
+        counts["deleted"] = sum(1 for doc_id in previous if doc_id not in seen)
+        counts["quarantined"] = len(quarantine)
+        snapshot_id = snapshot_id_of(pairs)
+        written = writer.finish(snapshot_id)
+    except BaseException:
+        writer.abort()
+        raise
+    return IngestResult(snapshot_id, prev_id, counts, quarantine, written, carried)
+
+
+def _carry_forward(lake, prev_id, prefixes, previous, seen, writer, pairs) -> list[str]:
+    """Copy the previous rows of documents whose source is quarantined now."""
+    wanted = {
+        doc_id for doc_id in previous if doc_id not in seen
+        and any(doc_id == p or doc_id.startswith(p + "#") for p in prefixes)
+    }
+    if not wanted:
+        return []
+    for batch in lake.iter_snapshot(prev_id):
+        rows = [r for r in batch.to_pylist() if r["doc_id"] in wanted]
+        writer.write(rows)
+        for r in rows:
+            seen.add(r["doc_id"])
+            pairs.append((r["doc_id"], r["content_sha256"]))
+    return sorted(wanted)

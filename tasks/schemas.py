@@ -1,0 +1,102 @@
+"""Record types and Arrow schemas of the lake's artifacts (pure)."""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass, field
+from enum import Enum
+
+import pyarrow as pa
+
+
+def utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.timezone.utc)
+
+
+class QuarantineReason(str, Enum):
+    binary = "binary"
+    empty = "empty"
+    too_large = "too_large"
+    decode_error = "decode_error"
+    parse_error = "parse_error"
+    outside_root = "outside_root"
+    unreadable = "unreadable"
+    unsupported = "unsupported"  # an extension no loader handles (listed, never silently skipped)
+
+
+@dataclass(frozen=True)
+class Document:
+    doc_id: str
+    source_uri: str
+    content_sha256: str
+    text: str
+    title: str
+    mime: str
+    bytes: int
+    metadata: dict = field(default_factory=dict)
+    ingested_at: dt.datetime | None = None
+
+
+@dataclass(frozen=True)
+class Quarantined:
+    source_uri: str
+    reason: QuarantineReason
+    detail: str
+
+
+TS = pa.timestamp("us", tz="UTC")
+
+DOCUMENTS = pa.schema(
+    [
+        ("doc_id", pa.string()),
+        ("source_uri", pa.string()),
+        ("content_sha256", pa.string()),
+        ("text", pa.large_string()),
+        ("title", pa.string()),
+        ("metadata", pa.string()),  # JSON
+        ("mime", pa.string()),
+        ("bytes", pa.int64()),
+        ("ingested_at", TS),
+    ]
+)
+
+QUARANTINE = pa.schema(
+    [
+        ("source_uri", pa.string()),
+        ("reason", pa.string()),
+        ("detail", pa.string()),
+        ("snapshot_id", pa.string()),
+        ("seen_at", TS),
+    ]
+)
+
+RUNS = pa.schema(
+    [
+        ("run_id", pa.string()),
+        ("flow", pa.string()),
+        ("status", pa.string()),
+        ("started_at", TS),
+        ("ended_at", TS),
+        ("lineage", pa.string()),  # JSON
+        ("outputs", pa.string()),  # JSON
+    ]
+)
+
+
+def chunks_schema(dim: int) -> pa.Schema:
+    return pa.schema(
+        [
+            ("chunk_id", pa.string()),
+            ("doc_id", pa.string()),
+            ("doc_sha256", pa.string()),
+            ("text", pa.string()),
+            ("text_sha256", pa.string()),
+            ("headings", pa.list_(pa.string())),
+            ("position", pa.int32()),
+            ("n_tokens", pa.int32()),
+            ("metadata", pa.string()),  # JSON
+            ("vector", pa.list_(pa.float32(), dim)),
+            ("chunker_hash", pa.string()),
+            ("embedded_at", TS),
+        ]
+    )

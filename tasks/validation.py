@@ -1,0 +1,101 @@
+"""great-expectations suites for the documents snapshot and the chunks table (pure: DataFrame in, report out)."""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from functools import lru_cache
+
+import pandas as pd
+
+log = logging.getLogger(__name__)
+
+os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
+
+
+@dataclass
+class ValidationReport:
+    suite: str
+    success: bool
+    evaluated: int
+    failures: list[dict]  # one per failed expectation: type, kwargs, unexpected_count, sample
+    result: dict  # the full GE result (JSON-able), stored with the run
+
+    def summary(self) -> dict:
+        return {"suite": self.suite, "success": self.success, "evaluated": self.evaluated, "failures": self.failures}
+
+
+@lru_cache(maxsize=1)
+def _context():
+    import great_expectations as gx
+    from great_expectations.data_context.types.base import ProgressBarsConfig
+
+    context = gx.get_context(mode="ephemeral")
+    context.variables.progress_bars = ProgressBarsConfig(globally=False, metric_calculations=False)
+    return context
+
+
+def _run_suite(name: str, frame: pd.DataFrame, expectations: list) -> ValidationReport:
+    import great_expectations as gx
+
+    context = _context()
+    source = context.data_sources.add_or_update_pandas(f"ragloop_{name}")
+    asset = source.add_dataframe_asset(name)
+    batch_definition = asset.add_batch_definition_whole_dataframe("all")
+    suite = context.suites.add_or_update(gx.ExpectationSuite(name=name, expectations=expectations))
+    result = batch_definition.get_batch(batch_parameters={"dataframe": frame}).validate(suite)
+    raw = result.to_json_dict()
+    failures = []
+    for item in raw["results"]:
+        if item["success"]:
+            continue
+        cfg = item["expectation_config"]
+        res = item.get("result") or {}
+        failures.append(
+            {
+                "expectation": cfg["type"],
+                "kwargs": {k: v for k, v in cfg["kwargs"].items() if k != "batch_id"},
+                "unexpected_count": res.get("unexpected_count"),
+                "sample": (res.get("partial_unexpected_list") or [])[:5],
+                "error": (item.get("exception_info") or {}).get("exception_message"),
+            }
+        )
+    return ValidationReport(name, bool(raw["success"]), len(frame), failures, raw)
+
+
+def validate_documents(frame: pd.DataFrame) -> ValidationReport:
+    """Snapshot suite over a profile (doc_id, text_length, content_sha256, bytes, mime; no texts):
+    ids unique and present, text non-empty, hashes well-formed, sizes positive."""
+    import great_expectations.expectations as gxe
+
+    expectations = [
+        gxe.ExpectColumnValuesToNotBeNull(column="doc_id"),
+        gxe.ExpectColumnValuesToBeUnique(column="doc_id"),
+        gxe.ExpectColumnValuesToNotBeNull(column="text_length"),
+        gxe.ExpectColumnValuesToBeBetween(column="text_length", min_value=1),
+        gxe.ExpectColumnValueLengthsToEqual(column="content_sha256", value=64),
+        gxe.ExpectColumnValuesToBeBetween(column="bytes", min_value=1),
+        gxe.ExpectColumnValuesToNotBeNull(column="mime"),
+    ]
+    return _run_suite("documents", frame, expectations)
+
+
+def validate_chunks(table_frame: pd.DataFrame, written: pd.DataFrame, dim: int, max_tokens: int) -> ValidationReport:
+    """Chunks suite: ids unique, one row per (doc, position), token counts within the model's limit,
+    and for rows written this run: non-empty text, vectors of the right dimension and unit norm."""
+    import great_expectations.expectations as gxe
+
+    frame = table_frame.merge(written, on="chunk_id", how="left")
+    expectations = [
+        gxe.ExpectColumnValuesToNotBeNull(column="chunk_id"),
+        gxe.ExpectColumnValuesToBeUnique(column="chunk_id"),
+        gxe.ExpectCompoundColumnsToBeUnique(column_list=["doc_id", "position"]),
+        gxe.ExpectColumnValuesToBeBetween(column="n_tokens", min_value=1, max_value=max_tokens),
+        gxe.ExpectColumnValuesToBeBetween(column="text_length", min_value=1),
+        gxe.ExpectColumnValuesToBeInSet(column="vector_dim", value_set=[dim]),
+        gxe.ExpectColumnValuesToBeBetween(column="vector_norm", min_value=0.99, max_value=1.01),
+    ]
+    if frame.empty:
+        frame = pd.DataFrame(columns=["chunk_id", "doc_id", "position", "n_tokens", "text_length", "vector_dim", "vector_norm"])
+    return _run_suite("chunks", frame, expectations)
