@@ -74,9 +74,9 @@ class Chunker:
     def chunk_document(self, doc: Document) -> list[Chunk]:
         """The document's chunks in reading order; equal inputs give equal chunk ids."""
         if self.config.strategy == "none":
-            text, source_tokens = self.counter.truncate(doc.text.strip())
+            text, source_tokens = self.counter.truncate(doc.text.strip(), self.capacity)
             pieces = [(0, text, ())]
-            extra = {"truncated": source_tokens > self.counter.max_tokens, "source_tokens": source_tokens}
+            extra = {"truncated": source_tokens > self.capacity, "source_tokens": source_tokens}
         elif self.config.strategy == "markdown" and doc.mime in MARKDOWN_MIMES:
             pieces = self._split_markdown(doc.text)
             extra = {}

@@ -85,9 +85,13 @@ class Loaded:
 
 
 def _first_heading(text: str) -> str | None:
-    for line in text.splitlines():
-        if line.startswith("# "):
-            return line[2:].strip()
+    """The first level-1 heading's text; `# comments` inside code fences are not headings."""
+    from markdown_it import MarkdownIt
+
+    tokens = MarkdownIt("commonmark").disable(["inline", "text_join"]).parse(text)
+    for i, tok in enumerate(tokens):
+        if tok.type == "heading_open" and tok.tag == "h1" and i + 1 < len(tokens):
+            return tokens[i + 1].content.strip() or None
     return None
 
 
@@ -346,8 +350,8 @@ def load_file(path: Path, root: Path, config: IngestConfig) -> Iterator[Document
         yield Quarantined(uri, QuarantineReason.empty, "no text after extraction")
 
 
-def iter_sources(sources: list[str], config: IngestConfig) -> Iterator[tuple[str, Document | Quarantined]]:
-    """(doc_id prefix, item) for every document or quarantine record under the sources."""
+def iter_sources(sources: list[str], config: IngestConfig) -> Iterator[Document | Quarantined]:
+    """Every document or quarantine record under the sources, file by file in sorted order."""
     for source in sources:
         root = Path(source).expanduser()
         if not root.exists():
@@ -356,11 +360,9 @@ def iter_sources(sources: list[str], config: IngestConfig) -> Iterator[tuple[str
         base = root.parent if root.is_file() else root
         for entry in discover(root, config):
             if isinstance(entry, Quarantined):
-                yield Path(entry.source_uri).relative_to(base).as_posix(), entry
-                continue
-            prefix = entry.relative_to(base).as_posix()
-            for item in load_file(entry, base, config):
-                yield prefix, item
+                yield entry
+            else:
+                yield from load_file(entry, base, config)
 
 
 # -- snapshot ------------------------------------------------------------------------------------
@@ -399,24 +401,24 @@ def build_snapshot(lake: Lake, sources: list[str], config: IngestConfig) -> Inge
     """
     prev_ref = lake.read_ref("documents")
     prev_id = prev_ref["snapshot_id"] if prev_ref else None
-    previous: dict[str, tuple[str, dt.datetime]] = {}
+    previous: dict[str, tuple[str, dt.datetime, str]] = {}
     if prev_id and lake.snapshot_exists(prev_id):
-        t = lake.read_snapshot(prev_id, columns=["doc_id", "content_sha256", "ingested_at"])
-        previous = {d: (s, at) for d, s, at in zip(*(t[c].to_pylist() for c in t.column_names))}
+        t = lake.read_snapshot(prev_id, columns=["doc_id", "content_sha256", "ingested_at", "source_uri"])
+        previous = {d: (s, at, uri) for d, s, at, uri in zip(*(t[c].to_pylist() for c in t.column_names))}
 
     now = utcnow()
     counts = {"seen": 0, "new": 0, "changed": 0, "unchanged": 0, "deleted": 0, "quarantined": 0}
     pairs: list[tuple[str, str]] = []
     seen: set[str] = set()
     quarantine: list[Quarantined] = []
-    quarantined_prefixes: list[str] = []
+    quarantined_uris: set[str] = set()
     writer = lake.snapshot_writer()
     buffer: list[dict] = []
     try:
-        for prefix, item in iter_sources(sources, config):
+        for item in iter_sources(sources, config):
             if isinstance(item, Quarantined):
                 quarantine.append(item)
-                quarantined_prefixes.append(prefix)
+                quarantined_uris.add(item.source_uri)
                 continue
             counts["seen"] += 1
             if item.doc_id in seen:
@@ -440,7 +442,7 @@ def build_snapshot(lake: Lake, sources: list[str], config: IngestConfig) -> Inge
                 writer.write(buffer)
                 buffer = []
         writer.write(buffer)
-        carried = _carry_forward(lake, prev_id, quarantined_prefixes, previous, seen, writer, pairs)
+        carried = _carry_forward(lake, prev_id, quarantined_uris, previous, seen, writer, pairs)
         counts["unchanged"] += len(carried)
         counts["deleted"] = sum(1 for doc_id in previous if doc_id not in seen)
         counts["quarantined"] = len(quarantine)
@@ -452,11 +454,12 @@ def build_snapshot(lake: Lake, sources: list[str], config: IngestConfig) -> Inge
     return IngestResult(snapshot_id, prev_id, counts, quarantine, written, carried)
 
 
-def _carry_forward(lake, prev_id, prefixes, previous, seen, writer, pairs) -> list[str]:
-    """Copy the previous rows of documents whose source is quarantined now."""
+def _carry_forward(lake, prev_id, uris: set[str], previous, seen, writer, pairs) -> list[str]:
+    """Copy the previous rows of documents whose source (a file, a table row, a corpus line) is
+    quarantined now. Matched by source_uri, so it works for path-derived and source-given ids."""
     wanted = {
-        doc_id for doc_id in previous if doc_id not in seen
-        and any(doc_id == p or doc_id.startswith(p + "#") for p in prefixes)
+        doc_id for doc_id, (_, _, uri) in previous.items() if doc_id not in seen
+        and (uri in uris or uri.split("#", 1)[0] in uris)
     }
     if not wanted:
         return []

@@ -88,8 +88,9 @@ class Settings(BaseSettings):
         dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
-        # Precedence: CLI flags (init kwargs) > env > yaml (merged in by load_settings).
-        return (init_settings, env_settings)
+        # load_settings merges yaml < env < flags itself (so unknown env names are errors, not
+        # ignored) and passes the result as init kwargs; reading env again here would double-parse.
+        return (init_settings,)
 
     def config_hash(self) -> str:
         """sha256 of the canonical JSON of every setting (the lineage's config_hash)."""

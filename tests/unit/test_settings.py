@@ -119,12 +119,6 @@ def test_load_settings_bad_override_value_names_field():
         load_settings(overrides={"embedding": {"batch_size": 0}})
 
 
-@pytest.mark.xfail(
-    reason="BUG: a non-JSON value for a list field in env (RAGLOOP_INGEST__SOURCES=datasets/x) is parsed "
-    "by pydantic-settings' own EnvSettingsSource (kept in settings_customise_sources) and escapes as "
-    "pydantic_settings.SettingsError naming only 'ingest', not a ConfigError naming ingest.sources",
-    strict=True,
-)
 def test_load_settings_bad_env_list_value_is_config_error(monkeypatch):
     monkeypatch.setenv("RAGLOOP_INGEST__SOURCES", "datasets/x")
     with pytest.raises(ConfigError, match=r"ingest\.sources"):

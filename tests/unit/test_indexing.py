@@ -1,0 +1,108 @@
+"""ChunkStore and the incremental-index helpers on a real LanceDB table in tmp_path (fake embedder)."""
+
+from __future__ import annotations
+
+import pytest
+
+from tasks import indexing
+from tasks.chunking import Chunker
+from tasks.embedding import HashEmbedder
+from tasks.ingestion import content_sha256
+from tasks.schemas import Document
+from tasks.settings import ChunkingConfig, IndexConfig
+from tasks.storage import Lake
+
+
+def _doc(doc_id: str, text: str) -> Document:
+    return Document(doc_id=doc_id, source_uri=doc_id, content_sha256=content_sha256(text, doc_id, {}),
+                    text=text, title=doc_id, mime="text/markdown", bytes=len(text))
+
+
+@pytest.fixture
+def store(lake_dir, fake_embedder):
+    return indexing.ChunkStore(Lake(str(lake_dir)), fake_embedder)
+
+
+@pytest.fixture
+def chunker(fake_embedder):
+    return Chunker(ChunkingConfig(max_tokens=16, overlap_tokens=0), fake_embedder.counter)
+
+
+def _write(store, chunker, embedder, docs):
+    chunks = chunker.chunk_documents(docs)
+    embedded = indexing.embed_missing(chunks, store, embedder)
+    store.replace_documents(indexing.chunk_rows(chunks, embedded.vectors, store.dim), [d.doc_id for d in docs])
+    return chunks, embedded
+
+
+def _rows(store):
+    return store.table.to_arrow().drop_columns(["vector"]).to_pylist()
+
+
+def test_replace_documents_is_one_commit_and_leaves_other_documents_alone(store, chunker, fake_embedder):
+    _write(store, chunker, fake_embedder, [_doc("a.md", "alpha " * 40), _doc("b.md", "beta " * 40)])
+    b_rows = sorted((r["chunk_id"], r["text"]) for r in _rows(store) if r["doc_id"] == "b.md")
+    version = store.version
+    _write(store, chunker, fake_embedder, [_doc("a.md", "gamma words here")])
+    assert store.version == version + 1
+    rows = _rows(store)
+    assert [r["text"] for r in rows if r["doc_id"] == "a.md"] == ["gamma words here"]
+    assert sorted((r["chunk_id"], r["text"]) for r in rows if r["doc_id"] == "b.md") == b_rows
+
+
+def test_embed_missing_reuses_vectors_of_identical_text_in_other_documents(store, chunker, fake_embedder):
+    _write(store, chunker, fake_embedder, [_doc("a.md", "shared sentence about docks")])
+    fake_embedder.encoded.clear()
+    chunks, embedded = _write(store, chunker, fake_embedder, [_doc("b.md", "shared sentence about docks")])
+    assert embedded.encoded == 0 and embedded.reused == 1 and fake_embedder.encoded == []
+    assert len({r["chunk_id"] for r in _rows(store)}) == 2, "same text in two documents is two chunks"
+
+
+def test_embed_missing_encodes_each_new_text_once(store, chunker, fake_embedder):
+    docs = [_doc("a.md", "repeat me please"), _doc("b.md", "repeat me please"), _doc("c.md", "unique text")]
+    _, embedded = _write(store, chunker, fake_embedder, docs)
+    assert embedded.encoded == 2 and sorted(fake_embedder.encoded) == ["repeat me please", "unique text"]
+
+
+def test_quotes_in_document_ids_are_escaped(store, chunker, fake_embedder):
+    _write(store, chunker, fake_embedder, [_doc("o'brien.md", "first text"), _doc("x.md", "other")])
+    _write(store, chunker, fake_embedder, [_doc("o'brien.md", "second text")])
+    assert {r["doc_id"]: r["text"] for r in _rows(store)} == {"o'brien.md": "second text", "x.md": "other"}
+    assert store.delete_documents(["o'brien.md"]) == 1
+    assert [r["doc_id"] for r in _rows(store)] == ["x.md"]
+
+
+def test_plan_index_finds_new_changed_and_deleted_documents(lake_dir, store, chunker, fake_embedder):
+    lake = Lake(str(lake_dir))
+    old = [_doc("keep.md", "same"), _doc("edit.md", "before"), _doc("gone.md", "bye")]
+    _write(store, chunker, fake_embedder, old)
+    new = [_doc("keep.md", "same"), _doc("edit.md", "after"), _doc("add.md", "hello")]
+    writer = lake.snapshot_writer()
+    writer.write([{**d.__dict__, "metadata": "{}", "ingested_at": None} for d in new])
+    writer.finish("snap1")
+    plan = indexing.plan_index(lake, "snap1", store, chunker.hash)
+    assert plan.to_index == {"edit.md", "add.md"} and plan.to_delete == ["gone.md"] and plan.current == 1
+    other = Chunker(ChunkingConfig(strategy="recursive", max_tokens=16, overlap_tokens=0), fake_embedder.counter)
+    assert indexing.plan_index(lake, "snap1", store, other.hash).to_index == {"keep.md", "edit.md", "add.md"}
+
+
+def test_refresh_indexes_builds_fts_always_and_ann_only_above_the_threshold(store, chunker, fake_embedder):
+    _write(store, chunker, fake_embedder, [_doc(f"d{i}.md", f"station {i} has docks and chargers") for i in range(12)])
+    small = store.refresh_indexes(IndexConfig(ann_min_rows=1000))
+    assert small["fts"] == "created" and small["ann"].startswith("none")
+    hits = store.table.search("chargers", query_type="fts").limit(3).to_arrow()
+    assert hits.num_rows == 3
+    big = store.refresh_indexes(IndexConfig(ann_min_rows=10))
+    assert big["ann"] == "created" and big["fts"] == "kept"
+    assert {i.name for i in store.table.list_indices()} == {"text_idx", "vector_idx"}
+
+
+def test_a_table_refuses_vectors_from_other_weights(lake_dir, store):
+    with pytest.raises(indexing.EmbedderMismatch, match="was built with"):
+        indexing.ChunkStore(Lake(str(lake_dir)), HashEmbedder(dim=32, name="hash-fake", max_tokens=64).__class__(dim=16))
+
+
+def test_tag_marks_the_current_version(store, chunker, fake_embedder):
+    _write(store, chunker, fake_embedder, [_doc("a.md", "text")])
+    store.tag("run-1")
+    assert store.table.tags.list()["run-1"]["version"] == store.version
