@@ -26,10 +26,13 @@ validate_chunks = task(validation.validate_chunks, name="validate-chunks", cache
 
 
 @task(name="upsert-chunks", cache_policy=NO_CACHE)
-def upsert_chunks(store: indexing.ChunkStore, chunks: list, embedded: indexing.Embedded, doc_ids: list[str]) -> pd.DataFrame:
-    """Replace the batch's documents in the table; returns per-row facts for the chunks suite."""
-    store.replace_documents(indexing.chunk_rows(chunks, embedded.vectors, store.dim), doc_ids)
-    return pd.DataFrame(
+def upsert_chunks(
+    store: indexing.ChunkStore, chunks: list, embedded: indexing.Embedded, doc_ids: list[str]
+) -> tuple[int, pd.DataFrame]:
+    """Replace the batch's documents in the table; returns (stale rows deleted, per-row facts for
+    the chunks suite)."""
+    stale = store.replace_documents(indexing.chunk_rows(chunks, embedded.vectors, store.dim), doc_ids)
+    return stale, pd.DataFrame(
         {
             "chunk_id": [c.chunk_id for c in chunks],
             "text_length": [len(c.text) for c in chunks],
@@ -84,7 +87,9 @@ def index_corpus(
         for docs in indexing.iter_document_batches(store_lake, snapshot_id, plan.to_index, settings.index.docs_per_batch):
             chunks = chunk_documents(chunker, docs)
             embedded = embed_missing(chunks, store, embedder)
-            written_frames.append(upsert_chunks(store, chunks, embedded, [d.doc_id for d in docs]))
+            stale, facts = upsert_chunks(store, chunks, embedded, [d.doc_id for d in docs])
+            written_frames.append(facts)
+            deleted += stale
             counts["embedded"] += embedded.encoded
             counts["reused"] += embedded.reused
             counts["written"] += len(chunks)

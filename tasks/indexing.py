@@ -107,15 +107,18 @@ class ChunkStore:
         for sha, vec in zip(t["text_sha256"].to_pylist(), vectors):
             found.setdefault(sha, vec)
 
-    def replace_documents(self, rows: pa.Table, doc_ids: Sequence[str]) -> None:
-        """Upsert rows by chunk_id and drop the documents' other rows, in one atomic commit."""
-        (
+    def replace_documents(self, rows: pa.Table, doc_ids: Sequence[str]) -> int:
+        """Upsert rows by chunk_id and drop the documents' other rows, in one atomic commit.
+
+        Returns the number of stale rows deleted."""
+        result = (
             self.table.merge_insert("chunk_id")
             .when_matched_update_all()
             .when_not_matched_insert_all()
             .when_not_matched_by_source_delete(sql_in("doc_id", doc_ids))
             .execute(rows)
         )
+        return int(result.num_deleted_rows)
 
     def delete_documents(self, doc_ids: Sequence[str]) -> int:
         deleted = 0

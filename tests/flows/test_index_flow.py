@@ -78,6 +78,7 @@ def test_index_change_and_delete(prefect_backend, fake, tmp_path, lake_dir):
     src = _corpus(tmp_path / "src")
     _index(src, lake_dir)
     old_guide = {r["chunk_id"]: r for r in _table_rows(lake_dir) if r["doc_id"] == "guide.md"}
+    notes_chunks = sum(1 for r in _table_rows(lake_dir) if r["doc_id"] == "notes.txt")
     (src / "notes.txt").unlink()
     text = (src / "guide.md").read_text().replace("Open the app and sign up.", "Open the new app, then sign up with a card.")
     (src / "guide.md").write_text(text)
@@ -93,6 +94,7 @@ def test_index_change_and_delete(prefect_backend, fake, tmp_path, lake_dir):
     # Only text that is new is encoded; the untouched siblings reuse their vectors.
     assert summary["chunks"]["embedded"] == len(fake.encoded) == len(set(new_guide) - set(old_guide))
     assert summary["chunks"]["reused"] == len(set(new_guide) & set(old_guide))
+    assert summary["chunks"]["deleted"] == notes_chunks + len(set(old_guide) - set(new_guide))
     assert summary["chunks"]["total"] == len(rows)
     assert all(r["doc_sha256"] != old_guide[next(iter(old_guide))]["doc_sha256"] for r in new_guide.values())
     assert len({(r["doc_id"], r["position"]) for r in rows}) == len(rows)
