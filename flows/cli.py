@@ -52,6 +52,8 @@ def _human_index(summary: dict) -> list[str]:
         )
     if summary.get("table"):
         lines.append(f"table: {summary['table']['name']} version {summary['table']['version']}")
+    if summary.get("lake"):
+        lines.append(f"lake: {summary['lake']}")
     for q in summary.get("quarantine", []):
         lines.append(f"quarantined: {q['source']} ({q['reason']}: {q['detail']})")
     for name, report in (summary.get("validation") or {}).items():

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +36,24 @@ def check_sources(sources: list[str]) -> None:
         raise ConfigError(f"ingest.sources: not found: {', '.join(missing)}")
     if not sources:
         raise ConfigError("ingest.sources: no source given (use --source PATH or ingest.sources in ragloop.yaml)")
+
+
+class StageTimer:
+    """Wall seconds per named step of a run, reported in the summary as `timings_s`."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+
+    @contextmanager
+    def __call__(self, name: str):
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - start
+
+    def report(self) -> dict[str, float]:
+        return {k: round(v, 3) for k, v in self.seconds.items()}
 
 
 class RunRecorder:

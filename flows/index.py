@@ -10,7 +10,7 @@ from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 from tqdm import tqdm
 
-from flows.common import RunRecorder, flow_settings
+from flows.common import RunRecorder, StageTimer, flow_settings
 from flows.ingest import ingest_corpus
 from tasks import indexing, validation
 from tasks.chunking import Chunker
@@ -58,7 +58,9 @@ def index_corpus(
     except ValueError as exc:
         raise ConfigError(str(exc)) from exc
 
-    ingested = ingest_corpus(sources=list(settings.ingest.sources), lake=settings.lake, config_path=config_path)
+    timer = StageTimer()
+    with timer("ingest"):
+        ingested = ingest_corpus(sources=list(settings.ingest.sources), lake=settings.lake, config_path=config_path)
     store_lake = Lake(settings.lake)
     run = RunRecorder(store_lake, "index", settings)
     base_outputs = {k: ingested[k] for k in ("documents", "quarantine") if k in ingested}
@@ -78,16 +80,21 @@ def index_corpus(
                              "dim": embedder.dim, "max_tokens": embedder.counter.max_tokens},
             }
         )
-        plan = indexing.plan_index(store_lake, snapshot_id, store, chunker.hash)
-        deleted = delete_documents(store, plan.to_delete) if plan.to_delete else 0
+        with timer("plan"):
+            plan = indexing.plan_index(store_lake, snapshot_id, store, chunker.hash)
+        with timer("delete"):
+            deleted = delete_documents(store, plan.to_delete) if plan.to_delete else 0
         counts = {"embedded": 0, "reused": 0, "written": 0, "truncated": 0}
         written_frames = []
         bar = tqdm(total=len(plan.to_index), desc="indexing documents", unit="doc",
                    disable=not (progress and sys.stderr.isatty()), file=sys.stderr)
         for docs in indexing.iter_document_batches(store_lake, snapshot_id, plan.to_index, settings.index.docs_per_batch):
-            chunks = chunk_documents(chunker, docs)
-            embedded = embed_missing(chunks, store, embedder)
-            stale, facts = upsert_chunks(store, chunks, embedded, [d.doc_id for d in docs])
+            with timer("chunk"):
+                chunks = chunk_documents(chunker, docs)
+            with timer("embed"):
+                embedded = embed_missing(chunks, store, embedder)
+            with timer("upsert"):
+                stale, facts = upsert_chunks(store, chunks, embedded, [d.doc_id for d in docs])
             written_frames.append(facts)
             deleted += stale
             counts["embedded"] += embedded.encoded
@@ -97,11 +104,13 @@ def index_corpus(
             bar.update(len(docs))
         bar.close()
         changed = bool(plan.to_index or plan.to_delete)
-        index_actions = refresh_indexes(store, settings.index) if changed else {"fts": "unchanged", "ann": "unchanged"}
-
-        table_frame = store.profile().to_pandas()
-        written = pd.concat(written_frames) if written_frames else pd.DataFrame(columns=["chunk_id", "text_length", "vector_dim", "vector_norm"])
-        report = validate_chunks(table_frame, written, store.dim, embedder.counter.max_tokens)
+        with timer("refresh_indexes"):
+            index_actions = refresh_indexes(store, settings.index) if changed else {"fts": "unchanged", "ann": "unchanged"}
+        with timer("validate"):
+            table_frame = store.profile().to_pandas()
+            written = pd.concat(written_frames) if written_frames else pd.DataFrame(
+                columns=["chunk_id", "text_length", "vector_dim", "vector_norm"])
+            report = validate_chunks(table_frame, written, store.dim, embedder.counter.max_tokens)
         store_lake.write_validation(run.run_id, report.suite, report.result)
         if changed:
             store.tag(run.run_id)
@@ -109,6 +118,7 @@ def index_corpus(
         run.lineage["table"] = table
         outputs = {
             **base_outputs,
+            "lake": store_lake.uri,
             "snapshot_id": snapshot_id,
             "chunks": {"total": len(table_frame), "embedded": counts["embedded"], "reused": counts["reused"],
                        "written": counts["written"], "deleted": deleted, "truncated": counts["truncated"]},
@@ -116,6 +126,7 @@ def index_corpus(
             "table": table,
             "indexes": index_actions,
             "validation": {**ingested.get("validation", {}), "chunks": report.summary()},
+            "timings_s": timer.report(),
         }
         if not report.success:
             run.logger.error("chunks suite failed: %s; the serving table version is not moved", report.failures)

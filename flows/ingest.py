@@ -36,6 +36,7 @@ def ingest_corpus(sources: list[str] | None = None, lake: str | None = None, con
         store.write_validation(run.run_id, report.suite, report.result)
         run.lineage.update({"snapshot_id": result.snapshot_id, "previous_snapshot_id": result.previous_snapshot_id})
         outputs = {
+            "lake": store.uri,
             "snapshot_id": result.snapshot_id,
             "documents": result.counts,
             "quarantine": [{"source": q.source_uri, "reason": q.reason.value, "detail": q.detail} for q in result.quarantine],
