@@ -33,6 +33,15 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--source", action="append", metavar="PATH", help="a directory or file; repeatable")
     p.add_argument("--chunking", choices=["markdown", "recursive", "none"], help="chunking strategy")
     common(p)
+
+    p = sub.add_parser("synth", help="generate or refresh the synthetic golden set from the index")
+    p.add_argument("--size", type=int, help="active items the golden set should hold (synth.size)")
+    common(p)
+
+    p = sub.add_parser("prompts", help="prompt versions: `prompts check` lists prompts changed since last recorded")
+    psub = p.add_subparsers(dest="prompts_command", required=True, metavar="ACTION")
+    c = psub.add_parser("check", help="list prompts whose file hash differs from the lake's registry")
+    common(c)
     return parser
 
 
@@ -79,9 +88,57 @@ def _run_index(args: argparse.Namespace) -> dict:
     )
 
 
+def _human_synth(summary: dict) -> list[str]:
+    lines = [f"run {summary['run_id']}: {summary['status']}"]
+    if summary.get("items"):
+        i = summary["items"]
+        lines.append(
+            f"golden set {summary['golden_set_id']}: {i['total']} active - {i['new']} new, {i['kept']} kept, "
+            f"{i['stale']} stale, {i['retired']} retired; {i['rejected']} candidates rejected"
+        )
+        lines.append("by type: " + ", ".join(f"{k} {v}" for k, v in summary.get("by_type", {}).items()))
+        if summary.get("rejects"):
+            lines.append("rejects: " + ", ".join(f"{k} {v}" for k, v in summary["rejects"].items()))
+        cov = summary.get("coverage", {})
+        lines.append(f"coverage: {cov.get('documents')} of {cov.get('of')} documents")
+    if summary.get("error"):
+        lines.append(f"error: {summary['error']}")
+    return lines
+
+
+def _run_synth(args: argparse.Namespace) -> dict:
+    from flows.synth import synth_golden_set
+
+    return synth_golden_set(lake=args.lake, size=args.size, config_path=args.config)
+
+
+def _run_prompts(args: argparse.Namespace) -> dict:
+    from pathlib import Path
+
+    from tasks.prompts import PromptError, changed_prompts, load_prompts
+    from tasks.settings import ConfigError, load_settings
+    from tasks.storage import Lake
+
+    settings = load_settings(args.config, {"lake": args.lake} if args.lake else {})
+    try:
+        current = load_prompts(Path(settings.prompts_dir))
+    except PromptError as exc:
+        raise ConfigError(str(exc)) from exc
+    changes = changed_prompts(current, Lake(settings.lake).last_prompt_hashes())
+    return {"status": "ok", "prompts": len(current), "changed": changes}
+
+
+def _human_prompts(summary: dict) -> list[str]:
+    if not summary["changed"]:
+        return [f"{summary['prompts']} prompts, none changed since last recorded"]
+    return [f"{c['name']}: {c['status']} ({(c['previous_hash'] or '-')[:12]} -> {c['prompt_hash'][:12]})" for c in summary["changed"]]
+
+
 COMMANDS: dict[str, tuple[Callable[[argparse.Namespace], dict], Callable[[dict], list[str]]]] = {
     "ingest": (_run_ingest, _human_index),
     "index": (_run_index, _human_index),
+    "synth": (_run_synth, _human_synth),
+    "prompts": (_run_prompts, _human_prompts),
 }
 
 

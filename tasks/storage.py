@@ -177,6 +177,42 @@ class Lake:
             return schema.empty_table()
         return pads.dataset(files, schema=schema, filesystem=self.fs, format="parquet").to_table()
 
+    # -- prompts registry ----------------------------------------------------------------------
+    def record_prompt(self, name: str, prompt_hash: str, text: str) -> bool:
+        """Add a prompt version to the registry (one file per version); False if already there."""
+        path = self._path("prompts", f"{name}__{prompt_hash[:16]}.parquet")
+        if self.exists(path):
+            return False
+        row = {"name": name, "prompt_hash": prompt_hash, "text": text, "first_seen_at": schemas.utcnow()}
+        self.write_parquet(pa.Table.from_pylist([row], schema=schemas.PROMPTS), path)
+        return True
+
+    def read_prompt_registry(self) -> pa.Table:
+        return self._read_dir("prompts", schemas.PROMPTS)
+
+    def last_prompt_hashes(self) -> dict[str, str]:
+        """name -> the most recently first-seen hash of that prompt."""
+        rows = sorted(self.read_prompt_registry().to_pylist(), key=lambda r: r["first_seen_at"])
+        return {r["name"]: r["prompt_hash"] for r in rows}
+
+    # -- golden sets ---------------------------------------------------------------------------
+    def golden_path(self, golden_set_id: str) -> str:
+        return self._path("golden", f"{golden_set_id}.parquet")
+
+    def write_golden(self, golden_set_id: str, table: pa.Table) -> bool:
+        """Write a golden set version (content-addressed); False if that version already exists."""
+        path = self.golden_path(golden_set_id)
+        if self.exists(path):
+            return False
+        self.write_parquet(table, path)
+        return True
+
+    def read_golden(self, golden_set_id: str) -> pa.Table:
+        return pq.read_table(self.golden_path(golden_set_id), filesystem=self.fs, schema=schemas.GOLDEN)
+
+    def golden_exists(self, golden_set_id: str) -> bool:
+        return self.exists(self.golden_path(golden_set_id))
+
     # -- LanceDB -------------------------------------------------------------------------------
     def connect_vectors(self):
         import lancedb

@@ -1,0 +1,144 @@
+"""synth-golden-set flow: a typed, filtered, versioned golden set from the index that follows the corpus."""
+
+from __future__ import annotations
+
+import random
+from collections import Counter
+from pathlib import Path
+
+import pyarrow as pa
+from prefect import flow, task
+from prefect.cache_policies import NO_CACHE
+
+from flows.common import RunRecorder, StageTimer, flow_settings
+from tasks import qa_generation as qa
+from tasks import schemas
+from tasks.embedding import load_embedder
+from tasks.indexing import ChunkStore
+from tasks.llm import LLMConfigError, LLMUnavailable, load_llm
+from tasks.prompts import PromptError, load_prompts
+from tasks.settings import ConfigError
+from tasks.storage import Lake
+
+generate_candidates = task(qa.generate_candidates, name="generate-qa", cache_policy=NO_CACHE, retries=1, retry_delay_seconds=5)
+plan_tasks = task(qa.plan_tasks, name="plan-qa-tasks", cache_policy=NO_CACHE)
+
+
+@flow(name="synth-golden-set")
+def synth_golden_set(lake: str | None = None, size: int | None = None, config_path: str | None = None) -> dict:
+    """Keep untouched items, mark changed ones stale and vanished ones retired, and generate new
+    items within the budget; writes a new golden set version (the previous stays readable)."""
+    settings = flow_settings(config_path, {"lake": lake, "synth": {"size": size}})
+    config = settings.synth
+    try:
+        prompts = load_prompts(Path(settings.prompts_dir))
+    except PromptError as exc:
+        raise ConfigError(str(exc)) from exc
+    missing = [p for p in qa.REQUIRED_PROMPTS if p not in prompts]
+    if missing:
+        raise ConfigError(f"prompts_dir {settings.prompts_dir}: missing prompt file(s) {missing}")
+    store_lake = Lake(settings.lake)
+    serving = store_lake.read_ref("serving")
+    if not serving:
+        raise ConfigError(f"lake {store_lake.uri} has no index yet: run `ragloop index` first")
+    embedder = load_embedder(settings.embedding)
+    store = ChunkStore(store_lake, embedder)
+    llm = load_llm(settings.llm)
+    timer = StageTimer()
+    run = RunRecorder(store_lake, "synth", settings)
+    try:
+        catalog = store.scan(["chunk_id", "doc_id"]).to_pylist()
+        chunk_ids = {r["chunk_id"] for r in catalog}
+        doc_ids = {r["doc_id"] for r in catalog}
+        previous_ref = store_lake.read_ref("golden")
+        previous = store_lake.read_golden(previous_ref["golden_set_id"]).to_pylist() if previous_ref else []
+        verdicts = qa.classify_previous(previous, chunk_ids, doc_ids)
+        kept = [i for i in previous if verdicts.get(i["qa_id"]) == "kept"]
+        changed = [dict(i, status=verdicts[i["qa_id"]]) for i in previous if verdicts.get(i["qa_id"]) in ("stale", "retired")]
+        covered = {d for i in kept for d in i["source_doc_ids"]}
+        priority = sorted({d for i in changed if i["status"] == "stale" for d in i["source_doc_ids"]}) + sorted(doc_ids - covered)
+
+        rng = random.Random(config.seed)
+        report = qa.GenerationReport()
+        need = max(config.size - len(kept), 0)
+        generator = llm.model_id
+        preflight_done = False
+        for _ in range(config.rounds):
+            if need <= 0:
+                break
+            with timer("plan"):
+                tasks = plan_tasks(store, qa.allocate(need, config.types), config, rng, priority)
+            if not tasks:
+                break
+            if not preflight_done:
+                with timer("preflight"):
+                    try:  # before any generation: the endpoint answers, the model fits the prompts
+                        llm.preflight(qa.max_prompt_tokens(tasks, prompts, llm.count_tokens))
+                    except (PromptError, LLMUnavailable, LLMConfigError) as exc:
+                        raise ConfigError(str(exc)) from exc
+                preflight_done = True
+            with timer("generate"):
+                candidates = generate_candidates(tasks, prompts, llm)
+            report.attempted += len(candidates)
+            fresh = []
+            for cand in candidates:
+                reason = qa.reject_reason(cand, config)
+                if reason:
+                    report.rejects[reason] += 1
+                else:
+                    fresh.append(qa.to_item(cand, generator))
+            with timer("dedupe"):
+                existing = [i["question"] for i in kept + report.accepted]
+                fresh, dropped = qa.drop_near_duplicates(fresh, existing, embedder.encode, config.near_duplicate_similarity)
+            report.rejects["near_duplicate"] += dropped
+            report.accepted.extend(fresh[:need])
+            need = config.size - len(kept) - len(report.accepted)
+            priority = []  # later rounds sample freely
+
+        active = kept + report.accepted
+        items = active + changed
+        golden_set_id = qa.golden_set_id_of(items)
+        table = pa.Table.from_pylist(items, schema=schemas.GOLDEN)
+        written = store_lake.write_golden(golden_set_id, table)
+        for prompt in prompts.values():
+            store_lake.record_prompt(prompt.name, prompt.prompt_hash, prompt.text)
+        run.lineage.update(
+            {
+                "golden_set_id": golden_set_id,
+                "previous_golden_set_id": previous_ref["golden_set_id"] if previous_ref else None,
+                "table": {"name": store.name, "version": store.version},
+                "prompts": {name: p.prompt_hash for name, p in sorted(prompts.items())},
+                "llm": {"provider": settings.llm.provider, "model": generator},
+                "embedder": {"name": embedder.name, "weights_sha256": embedder.weights_sha256},
+                "seed": config.seed,
+            }
+        )
+        by_type = Counter(i["qa_type"] for i in active)
+        covered = {d for i in active for d in i["source_doc_ids"]}
+        status_counts = Counter(i["status"] for i in changed)
+        outputs = {
+            "lake": store_lake.uri,
+            "golden_set_id": golden_set_id,
+            "items": {"total": len(active), "new": len(report.accepted), "kept": len(kept),
+                      "stale": status_counts["stale"], "retired": status_counts["retired"],
+                      "rejected": sum(report.rejects.values())},
+            "by_type": dict(sorted(by_type.items())),
+            "rejects": dict(sorted((k, v) for k, v in report.rejects.items() if v)),
+            "attempted": report.attempted,
+            "coverage": {"documents": len(covered), "of": len(doc_ids),
+                         "ratio": round(len(covered) / len(doc_ids), 3) if doc_ids else 0.0},
+            "written": written,
+            "timings_s": timer.report(),
+        }
+        if not active:
+            outputs["error"] = f"no accepted items: {report.attempted} generated, rejected by reason {dict(report.rejects)}"
+            return run.finish("failed", outputs)
+        status = "ok"
+        if report.attempted and not report.accepted:
+            status = "partial"
+            outputs["error"] = f"no new item accepted out of {report.attempted}: {dict(report.rejects)}"
+        store_lake.write_ref("golden", {"golden_set_id": golden_set_id, "run_id": run.run_id})
+        return run.finish(status, outputs)
+    except BaseException as exc:
+        run.finish("failed", {"error": f"{type(exc).__name__}: {exc}"})
+        raise

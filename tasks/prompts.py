@@ -1,0 +1,147 @@
+"""Prompts as data files: load, validate, render in a sandbox, hash, and compare with the registry (pure)."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+from jinja2 import StrictUndefined, TemplateSyntaxError, meta
+from jinja2.exceptions import SecurityError, UndefinedError
+from jinja2.sandbox import ImmutableSandboxedEnvironment
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+PROMPT_SUFFIX = ".yaml"
+
+class QAPair(BaseModel):
+    """A generated question with the answer its context supports."""
+
+    question: str
+    answer: str
+
+
+class GeneratedQuestion(BaseModel):
+    """A generated question alone (unanswerable items, paraphrases)."""
+
+    question: str
+
+
+# The output models a prompt file may declare, by the name it uses in `output:`.
+OUTPUT_MODELS: dict[str, type[BaseModel]] = {"QAPair": QAPair, "GeneratedQuestion": GeneratedQuestion}
+
+
+class PromptError(ValueError):
+    """A prompt file is invalid or cannot be rendered; the message names the prompt and the field."""
+
+
+class PromptFile(BaseModel):
+    """The schema of a prompt file (YAML)."""
+
+    model_config = ConfigDict(extra="forbid")
+    name: str
+    description: str = ""
+    input_variables: list[str]
+    output: str | None = None  # the name of the pydantic model the reply must parse into
+    params: dict[str, Any] = Field(default_factory=dict)  # temperature, max_tokens, ...
+    system: str = ""
+    user: str
+
+
+_ENV = ImmutableSandboxedEnvironment(undefined=StrictUndefined, autoescape=False, keep_trailing_newline=True)
+
+
+@dataclass(frozen=True)
+class Prompt:
+    name: str
+    prompt_hash: str  # sha256 of the file's bytes: the prompt's version
+    text: str  # the file, as recorded in the registry
+    input_variables: tuple[str, ...]
+    output: str | None
+    params: dict = field(default_factory=dict)
+    system: str = ""
+    user: str = ""
+
+    @property
+    def prompt_id(self) -> str:
+        return f"{self.name}@{self.prompt_hash[:12]}"
+
+    def output_model(self) -> type[BaseModel] | None:
+        return OUTPUT_MODELS.get(self.output) if self.output else None
+
+    def render(self, **variables: Any) -> list[dict]:
+        """Chat messages with the variables filled in. Variable values are data: template syntax
+        inside them is never evaluated. A missing or undeclared variable fails before any call."""
+        missing = [v for v in self.input_variables if v not in variables]
+        extra = [v for v in variables if v not in self.input_variables]
+        if missing or extra:
+            raise PromptError(
+                f"prompt {self.name!r}: " + "; ".join(
+                    ([f"missing variable(s) {missing}"] if missing else [])
+                    + ([f"undeclared variable(s) {extra}"] if extra else [])
+                )
+            )
+        try:
+            messages = []
+            if self.system.strip():
+                messages.append({"role": "system", "content": _ENV.from_string(self.system).render(**variables)})
+            messages.append({"role": "user", "content": _ENV.from_string(self.user).render(**variables)})
+            return messages
+        except (UndefinedError, SecurityError) as exc:
+            raise PromptError(f"prompt {self.name!r}: {exc}") from exc
+
+
+def parse_prompt(text: str, origin: str) -> Prompt:
+    """Validate a prompt file's text: schema, template syntax, declared == used variables, output model."""
+    try:
+        data = yaml.safe_load(text)
+        spec = PromptFile.model_validate(data)
+    except yaml.YAMLError as exc:
+        raise PromptError(f"prompt file {origin}: invalid YAML: {exc}") from exc
+    except ValidationError as exc:
+        fields = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        raise PromptError(f"prompt file {origin}: {fields}") from exc
+    used: set[str] = set()
+    for part in ("system", "user"):
+        try:
+            used |= meta.find_undeclared_variables(_ENV.parse(getattr(spec, part)))
+        except TemplateSyntaxError as exc:
+            raise PromptError(f"prompt {spec.name!r} ({origin}) {part}: template syntax error line {exc.lineno}: {exc.message}") from exc
+    declared = set(spec.input_variables)
+    if used - declared:
+        raise PromptError(f"prompt {spec.name!r} ({origin}): template uses undeclared variable(s) {sorted(used - declared)}")
+    if declared - used:
+        raise PromptError(f"prompt {spec.name!r} ({origin}): declared variable(s) never used {sorted(declared - used)}")
+    if spec.output and spec.output not in OUTPUT_MODELS:
+        raise PromptError(f"prompt {spec.name!r} ({origin}): unknown output model {spec.output!r}; known: {sorted(OUTPUT_MODELS)}")
+    return Prompt(
+        name=spec.name, prompt_hash=hashlib.sha256(text.encode("utf-8")).hexdigest(), text=text,
+        input_variables=tuple(spec.input_variables), output=spec.output, params=dict(spec.params),
+        system=spec.system, user=spec.user,
+    )
+
+
+def load_prompt(path: Path) -> Prompt:
+    prompt = parse_prompt(path.read_text(encoding="utf-8"), str(path))
+    if prompt.name != path.stem:
+        raise PromptError(f"prompt file {path}: name {prompt.name!r} must match the file name {path.stem!r}")
+    return prompt
+
+
+def load_prompts(directory: Path) -> dict[str, Prompt]:
+    """Every prompt in the directory by name; the first invalid file raises PromptError."""
+    if not directory.is_dir():
+        raise PromptError(f"prompts directory not found: {directory}")
+    return {p.stem: load_prompt(p) for p in sorted(directory.glob(f"*{PROMPT_SUFFIX}"))}
+
+
+def changed_prompts(current: dict[str, Prompt], recorded: dict[str, str]) -> list[dict]:
+    """Prompts whose hash differs from the last recorded one (name -> hash), new ones included."""
+    out = []
+    for name, prompt in sorted(current.items()):
+        last = recorded.get(name)
+        if last != prompt.prompt_hash:
+            out.append({"name": name, "prompt_hash": prompt.prompt_hash, "previous_hash": last,
+                        "status": "new" if last is None else "changed"})
+    return out

@@ -1,0 +1,159 @@
+"""The synth-golden-set flow with a deterministic fake LLM: types, filters, versions, staleness, failures."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import lancedb
+import pytest
+
+from flows import index as index_flow
+from flows import synth as synth_flow
+from flows.cli import main
+from tasks.llm import LLMUnavailable, StructuredResult, Usage
+from tests.conftest import REPO, write_files
+
+DOCS = {
+    f"page{i}.md": f"# Page {i}\n\n## Facts\n\nStation {i} has {10 + i} docks and {i} chargers near the harbour. "
+    f"Rides from station {i} cost {i} credits on weekdays.\n\n## Hours\n\nStation {i} opens at {6 + i % 3} in the morning "
+    f"and closes at midnight, except on festival days when it stays open all night long."
+    for i in range(8)
+}
+
+
+class PassageLLM:
+    """Deterministic fake: questions and answers built from the passage it is shown."""
+
+    model_id = "passage-fake@1"
+    context_window = 4096
+
+    def __init__(self, garbage: bool = False) -> None:
+        self.garbage = garbage
+        self.calls = 0
+
+    def count_tokens(self, text: str) -> int:
+        return len(text.split())
+
+    def preflight(self, required_context_tokens: int) -> dict:
+        return {"model": self.model_id, "required": required_context_tokens}
+
+    def structured_many(self, conversations, output_model, **params):
+        return [self._one(messages, output_model) for messages in conversations]
+
+    def _one(self, messages, output_model):
+        self.calls += 1
+        if self.garbage:
+            return StructuredResult(value=None, raw="{not json", attempts=3, error="invalid JSON", usage=Usage(0, 0), latency_ms=1.0)
+        user = messages[-1]["content"]
+        passages = re.findall(r'"""\n(.*?)\n"""', user, re.S)
+        if output_model.__name__ == "QAPair":
+            sentence = re.split(r"(?<=\.)\s", " ".join(p.replace("\n", " ") for p in passages))
+            words = re.findall(r"[A-Za-z]+ \d+", passages[0]) or ["it"]
+            facts = [s for s in sentence if "#" not in s][:2]
+            value = output_model(question=f"What should I know about {words[0]} ({len(passages)} passages)?",
+                                 answer=" ".join(facts))
+        elif "Question:" in user:  # the paraphrase prompt
+            original = user.split("Question:", 1)[1].splitlines()[0].strip()
+            value = output_model(question="quick q: " + original.lower().rstrip("?"))
+        else:
+            words = re.findall(r"[A-Za-z]+ \d+", passages[0]) or ["it"]
+            value = output_model(question=f"Who painted the signs at {words[0]} in 1970?")
+        return StructuredResult(value=value, raw=value.model_dump_json(), attempts=1, error=None, usage=Usage(10, 10), latency_ms=1.0)
+
+
+@pytest.fixture
+def fakes(monkeypatch, fake_embedder):
+    llm = PassageLLM()
+    monkeypatch.setattr(index_flow, "load_embedder", lambda config: fake_embedder)
+    monkeypatch.setattr(synth_flow, "load_embedder", lambda config: fake_embedder)
+    monkeypatch.setattr(synth_flow, "load_llm", lambda config: llm)
+    monkeypatch.setenv("RAGLOOP_PROMPTS_DIR", str(REPO / "prompts"))
+    monkeypatch.setenv("RAGLOOP_SYNTH__MIN_CONTEXT_TOKENS", "5")
+    return llm
+
+
+def _golden(lake_dir, golden_set_id):
+    from tasks.storage import Lake
+
+    return Lake(str(lake_dir)).read_golden(golden_set_id).to_pylist()
+
+
+def test_synth_builds_a_typed_golden_set_tied_to_existing_chunks(prefect_backend, fakes, tmp_path, lake_dir):
+    src = write_files(tmp_path / "src", DOCS)
+    index_flow.index_corpus(sources=[str(src)], lake=str(lake_dir))
+    summary = synth_flow.synth_golden_set(lake=str(lake_dir), size=10)
+    assert summary["status"] == "ok", summary
+    assert summary["items"]["total"] == summary["items"]["new"] > 0
+    assert len(summary["by_type"]) >= 3
+    items = _golden(lake_dir, summary["golden_set_id"])
+    chunk_ids = set(lancedb.connect(str(lake_dir / "lancedb")).open_table("chunks__hash_fake")
+                    .search().select(["chunk_id"]).limit(None).to_arrow()["chunk_id"].to_pylist())
+    assert all(set(i["reference_chunk_ids"]) <= chunk_ids and set(i["source_chunk_ids"]) <= chunk_ids for i in items)
+    assert all(i["prompt_hash"] and i["generator"] == "passage-fake@1" for i in items)
+    assert {i["qa_type"] for i in items if not i["reference_chunk_ids"]} <= {"unanswerable"}
+    assert summary["coverage"]["of"] == len(DOCS) and summary["coverage"]["documents"] > 1
+    assert set(summary["lineage"]["prompts"]) >= {"qa_single_hop", "qa_paraphrase"}
+    assert summary["lineage"]["table"]["version"] > 0
+
+
+def test_synth_follows_the_corpus(prefect_backend, fakes, tmp_path, lake_dir):
+    src = write_files(tmp_path / "src", DOCS)
+    index_flow.index_corpus(sources=[str(src)], lake=str(lake_dir))
+    first = synth_flow.synth_golden_set(lake=str(lake_dir), size=8)
+    before = {i["qa_id"]: i for i in _golden(lake_dir, first["golden_set_id"])}
+    touched = {d for i in before.values() for d in i["source_doc_ids"]}
+    edited, removed = sorted(touched)[:2]
+    (src / edited).write_text(DOCS[edited].replace("midnight", "one in the morning"))
+    (src / removed).unlink()
+    index_flow.index_corpus(sources=[str(src)], lake=str(lake_dir))
+
+    second = synth_flow.synth_golden_set(lake=str(lake_dir), size=8)
+    after = {i["qa_id"]: i for i in _golden(lake_dir, second["golden_set_id"])}
+    for qa_id, item in before.items():
+        docs = set(item["source_doc_ids"])
+        if removed in docs:
+            assert after[qa_id]["status"] == "retired"
+        elif edited not in docs:
+            assert after[qa_id] == item, "untouched items are kept exactly as they were"
+    assert second["items"]["retired"] >= 1
+    assert second["items"]["kept"] + second["items"]["new"] == second["items"]["total"]
+    assert second["golden_set_id"] != first["golden_set_id"]
+    assert _golden(lake_dir, first["golden_set_id"]) == list(before.values()), "the previous version stays readable"
+
+
+def test_synth_with_zero_accepted_items_fails_with_reasons(prefect_backend, fakes, tmp_path, lake_dir, capsys):
+    src = write_files(tmp_path / "src", DOCS)
+    index_flow.index_corpus(sources=[str(src)], lake=str(lake_dir))
+    fakes.garbage = True
+    code = main(["synth", "--lake", str(lake_dir), "--size", "5", "--json"])
+    summary = json.loads(capsys.readouterr().out)
+    assert code == 1 and summary["status"] == "failed"
+    assert summary["items"]["total"] == 0 and summary["rejects"]["unparseable"] >= 5
+    assert "no accepted items" in summary["error"]
+
+
+def test_synth_unreachable_endpoint_exits_2_before_generation(prefect_backend, fakes, tmp_path, lake_dir, capsys, monkeypatch):
+    src = write_files(tmp_path / "src", DOCS)
+    index_flow.index_corpus(sources=[str(src)], lake=str(lake_dir))
+
+    def refuse(required):
+        raise LLMUnavailable("endpoint http://127.0.0.1:9/v1 did not answer")
+
+    monkeypatch.setattr(fakes, "preflight", refuse)
+    code = main(["synth", "--lake", str(lake_dir), "--json"])
+    summary = json.loads(capsys.readouterr().out)
+    assert code == 2 and "127.0.0.1:9" in summary["error"] and fakes.calls == 0
+
+
+def test_synth_prompt_with_an_undeclared_variable_exits_2_naming_it(prefect_backend, fakes, tmp_path, lake_dir, capsys, monkeypatch):
+    bad = tmp_path / "prompts"
+    bad.mkdir()
+    for p in (REPO / "prompts").glob("*.yaml"):
+        (bad / p.name).write_text(p.read_text())
+    (bad / "qa_abstract.yaml").write_text((bad / "qa_abstract.yaml").read_text().replace("{{ persona }}", "{{ audience }}"))
+    monkeypatch.setenv("RAGLOOP_PROMPTS_DIR", str(bad))
+    code = main(["synth", "--lake", str(lake_dir), "--json"])
+    summary = json.loads(capsys.readouterr().out)
+    assert code == 2 and "qa_abstract" in summary["error"] and "audience" in summary["error"]
+    assert fakes.calls == 0
