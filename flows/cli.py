@@ -38,6 +38,18 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--size", type=int, help="active items the golden set should hold (synth.size)")
     common(p)
 
+    p = sub.add_parser("golden", help="golden sets: `golden export` to JSONL or ragas, `golden import` from JSONL")
+    gsub = p.add_subparsers(dest="golden_command", required=True, metavar="ACTION")
+    g = gsub.add_parser("export", help="write a golden set as JSONL (ragloop columns) or a ragas EvaluationDataset")
+    g.add_argument("--golden", default="latest", help="golden_set_id, a unique prefix, or 'latest' (default)")
+    g.add_argument("--format", choices=["jsonl", "ragas"], default="jsonl")
+    g.add_argument("--out", required=True, metavar="PATH", help="the JSONL file to write")
+    g.add_argument("--include-inactive", action="store_true", help="also stale and retired items (jsonl)")
+    common(g)
+    g = gsub.add_parser("import", help="import a JSONL golden set (ragloop rows or ragas samples) checked against the index")
+    g.add_argument("path", metavar="FILE")
+    common(g)
+
     p = sub.add_parser("prompts", help="prompt versions: `prompts check` lists prompts changed since last recorded")
     psub = p.add_subparsers(dest="prompts_command", required=True, metavar="ACTION")
     c = psub.add_parser("check", help="list prompts whose file hash differs from the lake's registry")
@@ -112,6 +124,20 @@ def _run_synth(args: argparse.Namespace) -> dict:
     return synth_golden_set(lake=args.lake, size=args.size, config_path=args.config)
 
 
+def _run_golden(args: argparse.Namespace) -> dict:
+    from flows.golden import export_golden_set, import_golden_set
+
+    if args.golden_command == "import":
+        return import_golden_set(path=args.path, lake=args.lake, config_path=args.config)
+    return export_golden_set(args.out, args.format, args.golden, args.include_inactive, args.lake, args.config)
+
+
+def _human_golden(summary: dict) -> list[str]:
+    if "path" in summary:
+        return [f"golden set {summary['golden_set_id']}: {summary['items']} items written to {summary['path']} ({summary['format']})"]
+    return _human_synth(summary)
+
+
 def _run_prompts(args: argparse.Namespace) -> dict:
     from pathlib import Path
 
@@ -139,6 +165,7 @@ COMMANDS: dict[str, tuple[Callable[[argparse.Namespace], dict], Callable[[dict],
     "index": (_run_index, _human_index),
     "synth": (_run_synth, _human_synth),
     "prompts": (_run_prompts, _human_prompts),
+    "golden": (_run_golden, _human_golden),
 }
 
 

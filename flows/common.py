@@ -10,6 +10,8 @@ from typing import Any
 from prefect import get_run_logger
 from prefect.runtime import flow_run
 
+from tasks.indexing import ChunkStore
+from tasks.storage import chunks_table_name
 from tasks.lineage import base_lineage, new_run_id
 from tasks.schemas import utcnow
 from tasks.settings import ConfigError, Settings, load_settings
@@ -36,6 +38,20 @@ def check_sources(sources: list[str]) -> None:
         raise ConfigError(f"ingest.sources: not found: {', '.join(missing)}")
     if not sources:
         raise ConfigError("ingest.sources: no source given (use --source PATH or ingest.sources in ragloop.yaml)")
+
+
+def serving_store(lake: Lake, embedder) -> ChunkStore:
+    """The chunks table later stages read: must exist and be the configured embedder's (exit 2 otherwise)."""
+    serving = lake.read_ref("serving")
+    if not serving:
+        raise ConfigError(f"lake {lake.uri} has no index yet: run `ragloop index` first")
+    expected = chunks_table_name(embedder.slug)
+    if serving["table"] != expected:
+        raise ConfigError(
+            f"embedding.model: the lake serves table {serving['table']}, but the configured embedder "
+            f"{embedder.name} reads {expected}; index with this embedder first or configure the serving one"
+        )
+    return ChunkStore(lake, embedder)
 
 
 class StageTimer:

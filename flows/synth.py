@@ -10,11 +10,10 @@ import pyarrow as pa
 from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 
-from flows.common import RunRecorder, StageTimer, flow_settings
+from flows.common import RunRecorder, StageTimer, flow_settings, serving_store
 from tasks import qa_generation as qa
 from tasks import schemas
 from tasks.embedding import load_embedder
-from tasks.indexing import ChunkStore
 from tasks.llm import LLMConfigError, LLMUnavailable, load_llm
 from tasks.prompts import PromptError, load_prompts
 from tasks.settings import ConfigError
@@ -38,11 +37,8 @@ def synth_golden_set(lake: str | None = None, size: int | None = None, config_pa
     if missing:
         raise ConfigError(f"prompts_dir {settings.prompts_dir}: missing prompt file(s) {missing}")
     store_lake = Lake(settings.lake)
-    serving = store_lake.read_ref("serving")
-    if not serving:
-        raise ConfigError(f"lake {store_lake.uri} has no index yet: run `ragloop index` first")
     embedder = load_embedder(settings.embedding)
-    store = ChunkStore(store_lake, embedder)
+    store = serving_store(store_lake, embedder)
     llm = load_llm(settings.llm)
     timer = StageTimer()
     run = RunRecorder(store_lake, "synth", settings)
@@ -92,6 +88,8 @@ def synth_golden_set(lake: str | None = None, size: int | None = None, config_pa
                 fresh, dropped = qa.drop_near_duplicates(fresh, existing, embedder.encode, config.near_duplicate_similarity)
             report.rejects["near_duplicate"] += dropped
             report.accepted.extend(fresh[:need])
+            if len(fresh) > need:  # counted, so attempted == new + rejected always holds
+                report.rejects["over_budget"] += len(fresh) - need
             need = config.size - len(kept) - len(report.accepted)
             priority = []  # later rounds sample freely
 
@@ -137,7 +135,9 @@ def synth_golden_set(lake: str | None = None, size: int | None = None, config_pa
         if report.attempted and not report.accepted:
             status = "partial"
             outputs["error"] = f"no new item accepted out of {report.attempted}: {dict(report.rejects)}"
-        store_lake.write_ref("golden", {"golden_set_id": golden_set_id, "run_id": run.run_id})
+        ref = {"golden_set_id": golden_set_id, "run_id": run.run_id}
+        store_lake.write_ref("golden", ref)  # the synthetic line the next synth follows
+        store_lake.write_ref("golden_latest", ref)  # what `--golden latest` means
         return run.finish(status, outputs)
     except BaseException as exc:
         run.finish("failed", {"error": f"{type(exc).__name__}: {exc}"})

@@ -35,6 +35,9 @@ PROMPT_FOR_TYPE = {
 }
 REQUIRED_PROMPTS = ("qa_single_hop", "qa_multi_hop", "qa_abstract", "qa_unanswerable", "qa_paraphrase")
 REFUSAL_ANSWER = "The documents do not say."
+CONTEXT_REFERENCE = re.compile(
+    r"\b(the|this|that|these|above|given|provided)\s+(passages?|texts?|context|documents?|excerpts?|snippets?|sections?)\b", re.I
+)
 STOPWORDS = frozenset(
     "the a an and or of to in on for with is are was were be been it its this that these those by as at "
     "from can you your what which who how when where why does do not no yes will would should may".split()
@@ -272,6 +275,10 @@ def reject_reason(cand: Candidate, config: SynthConfig) -> str | None:
         return "too_short" if len(q) < config.min_question_chars else "too_long"
     if cand.task.qa_type != "unanswerable" and (not a or len(a) > config.max_answer_chars):
         return "too_short" if not a else "too_long"
+    if "\n" in q or (cand.task.qa_type != "paraphrased" and not q.endswith("?")):
+        return "malformed"  # a cut-off question, or one with its answer run into it
+    if CONTEXT_REFERENCE.search(q):
+        return "refers_to_context"  # "what is the passage about?" means nothing to a retriever
     context = "\n\n".join(c.text for c in cand.task.chunks)
     if verbatim_ratio(q, context) > config.max_verbatim_ratio:
         return "copies_context"

@@ -130,3 +130,34 @@ GOLDEN = pa.schema(
         ("created_at", TS),
     ]
 )
+
+
+EVAL_ITEMS = pa.schema(
+    [
+        ("qa_id", pa.string()),
+        ("qa_type", pa.string()),
+        ("question", pa.string()),
+        ("status", pa.string()),  # ok | failed (a step failed; counted, never dropped)
+        ("error", pa.string()),
+        ("retrieved_chunk_ids", pa.list_(pa.string())),
+        ("retrieved_doc_ids", pa.list_(pa.string())),
+        ("retrieval_scores", pa.list_(pa.float64())),
+        ("answer", pa.string()),
+        ("refused", pa.bool_()),
+        ("metrics", pa.map_(pa.string(), pa.float64())),
+        ("failed_metrics", pa.list_(pa.string())),  # metrics whose judgment failed for this item
+    ]
+)
+
+TRACES = pa.schema(
+    [
+        ("qa_id", pa.string()),
+        ("step", pa.string()),  # rewrite | retrieve | answer | guardrail | judge:<metric>
+        ("input", pa.string()),
+        ("output", pa.string()),
+        ("latency_ms", pa.float64()),
+        ("prompt_tokens", pa.int64()),
+        ("completion_tokens", pa.int64()),
+        ("error", pa.string()),
+    ]
+)

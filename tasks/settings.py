@@ -121,7 +121,7 @@ class SynthConfig(Section):
     near_duplicate_similarity: float = Field(default=0.95, gt=0, le=1)
     min_answer_support: float = Field(default=0.5, ge=0, le=1)  # share of answer words found in context
     max_verbatim_ratio: float = Field(default=0.8, gt=0, le=1)  # longest shared run / question length
-    rounds: PositiveInt = 2  # generation rounds to fill the budget after rejects
+    rounds: PositiveInt = 3  # generation rounds to fill the budget after rejects
 
     @model_validator(mode="after")
     def _some_type(self) -> "SynthConfig":
@@ -130,6 +130,18 @@ class SynthConfig(Section):
         if any(w < 0 for w in self.types.values()):
             raise ValueError("types: weights must be >= 0")
         return self
+
+
+class EvalConfig(Section):
+    """The chain under test (its hash goes into the lineage) and how it is scored."""
+
+    retrieval: Literal["vector", "fts", "hybrid"] = "hybrid"
+    k: PositiveInt = 5  # chunks retrieved (and, with answers, passed to the answer prompt)
+    exact: bool = False  # force brute-force vector search even where an ANN index exists
+    metric_ks: list[PositiveInt] = Field(default_factory=lambda: [1, 3, 5, 10])  # cut at k as well
+    bootstrap_resamples: PositiveInt = 1000
+    confidence: float = Field(default=0.95, gt=0, lt=1)
+    seed: int = 0
 
 
 class Settings(BaseSettings):
@@ -149,6 +161,7 @@ class Settings(BaseSettings):
     index: IndexConfig = Field(default_factory=IndexConfig)
     llm: LLMConfig = Field(default_factory=LLMConfig)
     synth: SynthConfig = Field(default_factory=SynthConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
     prompts_dir: str = "prompts"
 
     @classmethod

@@ -177,23 +177,46 @@ class Lake:
             return schema.empty_table()
         return pads.dataset(files, schema=schema, filesystem=self.fs, format="parquet").to_table()
 
+    # -- eval results ----------------------------------------------------------------------------
+    def write_eval(self, run_id: str, items: pa.Table, traces: pa.Table) -> dict[str, str]:
+        """Per-item results and per-step traces of one eval run (Parquet, one pair per run)."""
+        paths = {"items": self._path("eval", run_id, "items.parquet"), "traces": self._path("eval", run_id, "traces.parquet")}
+        self.write_parquet(items, paths["items"])
+        self.write_parquet(traces, paths["traces"])
+        return paths
+
+    def read_eval_items(self, run_id: str) -> pa.Table | None:
+        path = self._path("eval", run_id, "items.parquet")
+        return pq.read_table(path, filesystem=self.fs) if self.exists(path) else None
+
+    def read_traces(self, run_id: str) -> pa.Table | None:
+        path = self._path("eval", run_id, "traces.parquet")
+        return pq.read_table(path, filesystem=self.fs) if self.exists(path) else None
+
     # -- prompts registry ----------------------------------------------------------------------
     def record_prompt(self, name: str, prompt_hash: str, text: str) -> bool:
-        """Add a prompt version to the registry (one file per version); False if already there."""
+        """Record that a run used this prompt version: the registry keeps each version once (with its
+        text) and refs/prompts.json the version last used per name. False if the version was known."""
         path = self._path("prompts", f"{name}__{prompt_hash[:16]}.parquet")
-        if self.exists(path):
-            return False
-        row = {"name": name, "prompt_hash": prompt_hash, "text": text, "first_seen_at": schemas.utcnow()}
-        self.write_parquet(pa.Table.from_pylist([row], schema=schemas.PROMPTS), path)
-        return True
+        new = not self.exists(path)
+        if new:
+            row = {"name": name, "prompt_hash": prompt_hash, "text": text, "first_seen_at": schemas.utcnow()}
+            self.write_parquet(pa.Table.from_pylist([row], schema=schemas.PROMPTS), path)
+        used = self.read_ref("prompts") or {}
+        if used.get(name) != prompt_hash:
+            self.write_ref("prompts", {**used, name: prompt_hash})
+        return new
 
     def read_prompt_registry(self) -> pa.Table:
         return self._read_dir("prompts", schemas.PROMPTS)
 
+    def prompt_text(self, prompt_hash: str) -> str | None:
+        rows = [r for r in self.read_prompt_registry().to_pylist() if r["prompt_hash"] == prompt_hash]
+        return rows[0]["text"] if rows else None
+
     def last_prompt_hashes(self) -> dict[str, str]:
-        """name -> the most recently first-seen hash of that prompt."""
-        rows = sorted(self.read_prompt_registry().to_pylist(), key=lambda r: r["first_seen_at"])
-        return {r["name"]: r["prompt_hash"] for r in rows}
+        """name -> the prompt version last used by a run (a revert to an older version counts)."""
+        return dict(self.read_ref("prompts") or {})
 
     # -- golden sets ---------------------------------------------------------------------------
     def golden_path(self, golden_set_id: str) -> str:
@@ -212,6 +235,20 @@ class Lake:
 
     def golden_exists(self, golden_set_id: str) -> bool:
         return self.exists(self.golden_path(golden_set_id))
+
+    def list_golden(self) -> list[str]:
+        selector = pafs.FileSelector(self._path("golden"), allow_not_found=True)
+        return sorted(posixpath.basename(i.path)[: -len(".parquet")] for i in self.fs.get_file_info(selector)
+                      if i.path.endswith(".parquet"))
+
+    def resolve_golden(self, spec: str = "latest") -> str | None:
+        """A golden_set_id from 'latest' (the last one synthesized or imported), a full id or a unique
+        prefix of one; None when nothing matches."""
+        if spec == "latest":
+            ref = self.read_ref("golden_latest") or self.read_ref("golden")
+            return ref["golden_set_id"] if ref else None
+        matches = [g for g in self.list_golden() if g.startswith(spec)]
+        return matches[0] if len(matches) == 1 else None
 
     # -- LanceDB -------------------------------------------------------------------------------
     def connect_vectors(self):

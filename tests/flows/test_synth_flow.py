@@ -8,6 +8,7 @@ import re
 import lancedb
 import pytest
 
+from flows import golden as golden_flow
 from flows import index as index_flow
 from flows import synth as synth_flow
 from flows.cli import main
@@ -68,6 +69,7 @@ def fakes(monkeypatch, fake_embedder):
     monkeypatch.setattr(index_flow, "load_embedder", lambda config: fake_embedder)
     monkeypatch.setattr(synth_flow, "load_embedder", lambda config: fake_embedder)
     monkeypatch.setattr(synth_flow, "load_llm", lambda config: llm)
+    monkeypatch.setattr(golden_flow, "load_embedder", lambda config: fake_embedder)
     monkeypatch.setenv("RAGLOOP_PROMPTS_DIR", str(REPO / "prompts"))
     monkeypatch.setenv("RAGLOOP_SYNTH__MIN_CONTEXT_TOKENS", "5")
     return llm
@@ -157,3 +159,60 @@ def test_synth_prompt_with_an_undeclared_variable_exits_2_naming_it(prefect_back
     summary = json.loads(capsys.readouterr().out)
     assert code == 2 and "qa_abstract" in summary["error"] and "audience" in summary["error"]
     assert fakes.calls == 0
+
+
+def test_golden_set_round_trips_through_jsonl_and_ragas(prefect_backend, fakes, tmp_path, lake_dir, capsys):
+    from ragas import EvaluationDataset
+
+    src = write_files(tmp_path / "src", DOCS)
+    index_flow.index_corpus(sources=[str(src)], lake=str(lake_dir))
+    synth = synth_flow.synth_golden_set(lake=str(lake_dir), size=8)
+    items = [i for i in _golden(lake_dir, synth["golden_set_id"]) if i["status"] == "active"]
+
+    assert main(["golden", "export", "--lake", str(lake_dir), "--out", str(tmp_path / "g.jsonl"), "--json"]) == 0
+    exported = json.loads(capsys.readouterr().out)
+    assert exported["golden_set_id"] == synth["golden_set_id"] and exported["items"] == len(items)
+    lines = [json.loads(line) for line in (tmp_path / "g.jsonl").read_text().splitlines()]
+    assert [line["qa_id"] for line in lines] == [i["qa_id"] for i in items]
+
+    assert main(["golden", "export", "--lake", str(lake_dir), "--format", "ragas", "--out", str(tmp_path / "r.jsonl")]) == 0
+    dataset = EvaluationDataset.from_jsonl(str(tmp_path / "r.jsonl"))
+    table = lancedb.connect(str(lake_dir / "lancedb")).open_table("chunks__hash_fake")
+    texts = dict(zip(*table.search().select(["chunk_id", "text"]).limit(None).to_arrow().to_pydict().values()))
+    assert len(dataset) == len(items)
+    for sample, item in zip(dataset.samples, items):
+        assert sample.user_input == item["question"] and sample.reference == item["reference_answer"]
+        assert sample.reference_contexts == [texts[c] for c in item["reference_chunk_ids"]]
+    capsys.readouterr()
+
+    # A ragas file comes back with its contexts matched to chunk ids by text.
+    assert main(["golden", "import", str(tmp_path / "r.jsonl"), "--lake", str(lake_dir), "--json"]) == 0
+    imported = json.loads(capsys.readouterr().out)
+    assert imported["status"] == "ok" and imported["items"]["total"] == len(items)
+    back = {i["question"]: i for i in _golden(lake_dir, imported["golden_set_id"])}
+    for item in items:
+        assert back[item["question"]]["reference_chunk_ids"] == item["reference_chunk_ids"]
+        assert back[item["question"]]["review"] == "imported"
+    from tasks.storage import Lake
+
+    assert Lake(str(lake_dir)).resolve_golden("latest") == imported["golden_set_id"]
+    assert Lake(str(lake_dir)).read_ref("golden")["golden_set_id"] == synth["golden_set_id"], "synth's own line is untouched"
+
+
+@pytest.mark.parametrize(
+    "lines, needle",
+    [
+        (['{"question": "How many docks?", "reference_answer": "10"}', "{oops"], "line 2: not JSON"),
+        (['{"reference_answer": "10"}'], "line 1: question"),
+        (['{"question": "How many docks?", "reference_chunk_ids": ["no-such-chunk"]}'], "not in the index"),
+        (['{"user_input": "Hours?", "reference": "6", "reference_contexts": ["text that is nowhere"]}'], "matches no chunk text"),
+    ],
+)
+def test_golden_import_rejects_bad_files_before_writing(prefect_backend, fakes, tmp_path, lake_dir, capsys, lines, needle):
+    src = write_files(tmp_path / "src", DOCS)
+    index_flow.index_corpus(sources=[str(src)], lake=str(lake_dir))
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text("\n".join(lines) + "\n")
+    assert main(["golden", "import", str(bad), "--lake", str(lake_dir), "--json"]) == 2
+    assert needle in json.loads(capsys.readouterr().out)["error"]
+    assert not (lake_dir / "golden").exists()

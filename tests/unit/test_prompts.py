@@ -96,3 +96,8 @@ def test_changed_prompts_against_the_registry(lake_dir, tmp_path):
     change = changed_prompts(edited, lake.last_prompt_hashes())
     assert change == [{"name": "demo", "prompt_hash": edited["demo"].prompt_hash,
                        "previous_hash": current["demo"].prompt_hash, "status": "changed"}]
+    lake.record_prompt("demo", edited["demo"].prompt_hash, edited["demo"].text)
+    assert changed_prompts(edited, lake.last_prompt_hashes()) == []
+    # Reverting the file to a version the registry already holds is a change against the last one used.
+    assert [c["status"] for c in changed_prompts(current, lake.last_prompt_hashes())] == ["changed"]
+    assert lake.prompt_text(current["demo"].prompt_hash) == current["demo"].text

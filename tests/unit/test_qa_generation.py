@@ -61,6 +61,11 @@ def _cand(question, answer, qa_type="single_hop", error=None, context=CONTEXT):
         ("Riverside Hub has 32 docks, 10 of them with chargers?", "32 docks", "single_hop", None, "copies_context"),
         ("How many docks does Riverside Hub have?", "Forty bicycles painted blue downtown.", "single_hop", None, "unsupported_answer"),
         ("Which company manufactured the Riverside chargers?", "", "unanswerable", None, None),
+        ("What is the difference between", "", "unanswerable", None, "malformed"),
+        ("How many docks?\nRiverside Hub has 32.", "32 docks", "single_hop", None, "malformed"),
+        ("how many docks at riverside hub", "32 docks", "paraphrased", None, None),
+        ("What is the passage about?", "32 docks", "single_hop", None, "refers_to_context"),
+        ("What does this text cover?", "32 docks", "abstract", None, "refers_to_context"),
     ],
 )
 def test_reject_reason_table(question, answer, qa_type, error, reason):

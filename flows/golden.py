@@ -1,0 +1,81 @@
+"""Golden sets in and out of the lake: import-golden-set flow (JSONL) and export (JSONL, ragas)."""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+import pyarrow as pa
+from prefect import flow
+
+from flows.common import RunRecorder, flow_settings, serving_store
+from tasks import golden_io, schemas
+from tasks.embedding import load_embedder
+from tasks.indexing import ChunkStore
+from tasks.qa_generation import golden_set_id_of
+from tasks.settings import ConfigError, Settings
+from tasks.storage import Lake
+
+
+def _store(settings: Settings) -> tuple[Lake, ChunkStore]:
+    lake = Lake(settings.lake)
+    return lake, serving_store(lake, load_embedder(settings.embedding))
+
+
+@flow(name="import-golden-set")
+def import_golden_set(path: str, lake: str | None = None, config_path: str | None = None) -> dict:
+    """Import a JSONL golden set (ragloop rows or ragas samples) checked against the index; every
+    line is validated before anything is written. Moves `latest`, not the synthetic line synth follows."""
+    settings = flow_settings(config_path, {"lake": lake})
+    try:
+        items = golden_io.read_import_file(Path(path))
+    except golden_io.GoldenImportError as exc:
+        raise ConfigError(str(exc)) from exc
+    store_lake, store = _store(settings)
+    catalog = store.scan(["chunk_id", "doc_id", "text"]).to_pylist()
+    chunk_docs = {r["chunk_id"]: r["doc_id"] for r in catalog}
+    text_to_chunk = {r["text"].strip(): r["chunk_id"] for r in catalog}
+    try:
+        rows = golden_io.resolve_items(items, chunk_docs, text_to_chunk, Path(path).name)
+    except golden_io.GoldenImportError as exc:
+        raise ConfigError(f"{path}: {exc}") from exc
+    run = RunRecorder(store_lake, "import-golden", settings)
+    golden_set_id = golden_set_id_of(rows)
+    written = store_lake.write_golden(golden_set_id, pa.Table.from_pylist(rows, schema=schemas.GOLDEN))
+    store_lake.write_ref("golden_latest", {"golden_set_id": golden_set_id, "run_id": run.run_id})
+    run.lineage.update({"golden_set_id": golden_set_id, "table": {"name": store.name, "version": store.version},
+                        "source_file": str(Path(path).resolve())})
+    return run.finish("ok", {
+        "lake": store_lake.uri,
+        "golden_set_id": golden_set_id,
+        "items": {"total": len(rows), "new": len(rows), "kept": 0, "stale": 0, "retired": 0, "rejected": 0},
+        "by_type": dict(sorted(Counter(r["qa_type"] for r in rows).items())),
+        "written": written,
+    })
+
+
+def export_golden_set(out: str, fmt: str = "jsonl", golden: str = "latest", include_inactive: bool = False,
+                      lake: str | None = None, config_path: str | None = None) -> dict:
+    """Write a golden set to JSONL (ragloop's columns) or a ragas EvaluationDataset JSONL (read-only)."""
+    settings = flow_settings(config_path, {"lake": lake})
+    store_lake = Lake(settings.lake)
+    golden_set_id = store_lake.resolve_golden(golden)
+    if golden_set_id is None:
+        raise ConfigError(f"--golden {golden}: no such golden set in {store_lake.uri} "
+                          f"(have: {', '.join(store_lake.list_golden()) or 'none'})")
+    rows = store_lake.read_golden(golden_set_id).to_pylist()
+    statuses = ("active", "stale", "retired") if include_inactive else ("active",)
+    target = Path(out)
+    if fmt == "jsonl":
+        count = golden_io.export_rows(rows, target, statuses)
+    elif fmt == "ragas":
+        _, store = _store(settings)
+        wanted = {c for r in rows for c in r["reference_chunk_ids"]}
+        texts = {r["chunk_id"]: r["text"] for r in store.scan(["chunk_id", "text"]).to_pylist() if r["chunk_id"] in wanted}
+        dataset = golden_io.to_ragas_dataset(rows, texts, statuses)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        dataset.to_jsonl(target)
+        count = len(dataset)
+    else:
+        raise ConfigError(f"--format {fmt}: expected jsonl or ragas")
+    return {"status": "ok", "golden_set_id": golden_set_id, "format": fmt, "items": count, "path": str(target.resolve())}

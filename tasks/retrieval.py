@@ -1,0 +1,71 @@
+"""Retrieval over a pinned version of the chunks table: vector (exact or ANN), full-text, hybrid (I/O)."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Literal, Sequence
+
+from tasks.embedding import Embedder
+from tasks.storage import Lake
+
+Mode = Literal["vector", "fts", "hybrid"]
+COLUMNS = ["chunk_id", "doc_id", "text"]
+
+
+@dataclass(frozen=True)
+class Hit:
+    chunk_id: str
+    doc_id: str
+    text: str
+    score: float  # higher is better: cosine similarity (vector), BM25 (fts), RRF (hybrid)
+
+
+class Retriever:
+    """Searches one table at one version (the serving one), so an eval reads a fixed index."""
+
+    def __init__(self, lake: Lake, table_name: str, version: int, embedder: Embedder, exact: bool = True) -> None:
+        self.table = lake.connect_vectors().open_table(table_name)
+        self.table.checkout(version)
+        self.table_name, self.version = table_name, version
+        self.embedder = embedder
+        self.exact = exact
+        self.has_fts = any(i.name == "text_idx" for i in self.table.list_indices())
+
+    def search_many(self, queries: Sequence[str], mode: Mode, k: int) -> list[tuple[list[Hit], float]]:
+        """Top-k hits per query, best first, with the search latency in ms (query encoding included,
+        amortized over the batch)."""
+        if mode in ("fts", "hybrid") and not self.has_fts:
+            raise ValueError(f"table {self.table_name} has no full-text index (index.fts: false)")
+        start = time.perf_counter()
+        vectors = self.embedder.encode(list(queries)) if mode != "fts" else [None] * len(queries)
+        encode_ms = (time.perf_counter() - start) * 1000 / max(len(queries), 1)
+        out = []
+        for query, vector in zip(queries, vectors):
+            start = time.perf_counter()
+            hits = self._search(query, vector, mode, k)
+            out.append((hits, encode_ms + (time.perf_counter() - start) * 1000))
+        return out
+
+    def _search(self, query: str, vector, mode: Mode, k: int) -> list[Hit]:
+        if mode == "vector":
+            builder = self.table.search(vector, vector_column_name="vector").distance_type("cosine")
+            if self.exact:
+                builder = builder.bypass_vector_index()
+            rows = builder.limit(k).select(COLUMNS + ["_distance"]).to_arrow().to_pylist()
+            return [Hit(r["chunk_id"], r["doc_id"], r["text"], 1.0 - r["_distance"]) for r in rows]
+        if mode == "fts":
+            if not query.strip():
+                return []
+            rows = self.table.search(query, query_type="fts").limit(k).select(COLUMNS + ["_score"]).to_arrow().to_pylist()
+            return [Hit(r["chunk_id"], r["doc_id"], r["text"], r["_score"]) for r in rows]
+        builder = self.table.search(query_type="hybrid").vector(vector).text(query).limit(k)
+        if self.exact:
+            builder = builder.bypass_vector_index()
+        rows = builder.select(COLUMNS).to_arrow().to_pylist()  # fused by reciprocal rank (LanceDB's RRF default)
+        return [Hit(r["chunk_id"], r["doc_id"], r["text"], r["_relevance_score"]) for r in rows]
+
+
+def doc_ranking(hits: Sequence[Hit]) -> list[str]:
+    """Documents in the order of their best chunk."""
+    return list(dict.fromkeys(h.doc_id for h in hits))
