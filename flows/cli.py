@@ -38,6 +38,28 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--size", type=int, help="active items the golden set should hold (synth.size)")
     common(p)
 
+    p = sub.add_parser("eval", help="run the chain under test over a golden set and score it")
+    p.add_argument("--golden", default="latest", help="golden_set_id, a unique prefix, or 'latest' (default)")
+    p.add_argument("--retrieval", choices=["vector", "fts", "hybrid"], help="retrieval mode (eval.retrieval)")
+    p.add_argument("--k", type=int, help="chunks retrieved (eval.k)")
+    p.add_argument("--retrieval-only", action="store_true", help="IR metrics only, no answer generation")
+    common(p)
+
+    p = sub.add_parser("import-beir", help="index a BEIR corpus and import its queries + qrels as a golden set")
+    p.add_argument("path", metavar="DIR", help="a BEIR dataset directory (corpus.jsonl, queries.jsonl, qrels/)")
+    p.add_argument("--chunking", choices=["markdown", "recursive", "none"], help="chunking strategy (none = BEIR setup)")
+    p.add_argument("--split", default="test", help="the qrels split to import (default: test)")
+    common(p)
+
+    p = sub.add_parser("compare", help="per-metric deltas between two eval runs on the same golden set, with paired CIs")
+    p.add_argument("run_a", metavar="RUN_A", help="the baseline run id")
+    p.add_argument("run_b", metavar="RUN_B", help="the candidate run id")
+    common(p)
+
+    p = sub.add_parser("lineage", help="the full lineage of a run")
+    p.add_argument("run_id", metavar="RUN_ID")
+    common(p)
+
     p = sub.add_parser("golden", help="golden sets: `golden export` to JSONL or ragas, `golden import` from JSONL")
     gsub = p.add_subparsers(dest="golden_command", required=True, metavar="ACTION")
     g = gsub.add_parser("export", help="write a golden set as JSONL (ragloop columns) or a ragas EvaluationDataset")
@@ -124,6 +146,98 @@ def _run_synth(args: argparse.Namespace) -> dict:
     return synth_golden_set(lake=args.lake, size=args.size, config_path=args.config)
 
 
+def _run_eval(args: argparse.Namespace) -> dict:
+    from flows.evaluate import evaluate_chain
+
+    return evaluate_chain(lake=args.lake, golden=args.golden, retrieval=args.retrieval, k=args.k,
+                          retrieval_only=args.retrieval_only, config_path=args.config)
+
+
+def _human_eval(summary: dict) -> list[str]:
+    lines = [f"run {summary['run_id']}: {summary['status']}"]
+    if "metrics" in summary:
+        i = summary["items"]
+        lines.append(f"golden set {summary['golden_set_id']}: {i['total']} items, {i['failed']} failed")
+        for name, value in summary["metrics"].items():
+            low, high = summary["ci"][name]
+            lines.append(f"  {name:<22} {value:.4f}  [{low:.4f}, {high:.4f}]  n={summary['n'][name]}")
+        lines.append(f"results: {summary['results']['items']}")
+    if summary.get("gate"):
+        lines.append(f"gate: {summary['gate']['status']} {'; '.join(summary['gate']['reasons'])}")
+    if summary.get("error"):
+        lines.append(f"error: {summary['error']}")
+    return lines
+
+
+def _run_import_beir(args: argparse.Namespace) -> dict:
+    from flows.beir import import_beir
+
+    return import_beir(path=args.path, lake=args.lake, chunking=args.chunking, split=args.split,
+                       config_path=args.config, progress=not args.json)
+
+
+def _human_import_beir(summary: dict) -> list[str]:
+    lines = _human_index(summary)
+    if summary.get("golden_set_id"):
+        lines.append(f"golden set {summary['golden_set_id']}: {summary['items']['total']} queries with qrels")
+    return lines
+
+
+def _run_compare(args: argparse.Namespace) -> dict:
+    from tasks import gating
+    from tasks.settings import ConfigError, load_settings
+    from tasks.storage import Lake
+
+    settings = load_settings(args.config, {"lake": args.lake} if args.lake else {})
+    lake = Lake(settings.lake)
+    runs = {}
+    for run_id in (args.run_a, args.run_b):
+        record = lake.read_run(run_id)
+        items = lake.read_eval_items(run_id)
+        if record is None or items is None:
+            raise ConfigError(f"{run_id}: no eval run with that id in {lake.uri}")
+        runs[run_id] = (record, items.to_pylist())
+    (a, a_items), (b, b_items) = runs[args.run_a], runs[args.run_b]
+    ga, gb = a["lineage"].get("golden_set_id"), b["lineage"].get("golden_set_id")
+    if ga != gb:
+        raise ConfigError(f"runs are on different golden sets ({ga} vs {gb}): their items cannot be paired")
+    config = settings.eval
+    rows = lambda items: [{"qa_id": r["qa_id"], "metrics": dict(r["metrics"])} for r in items]  # noqa: E731
+    deltas = gating.paired_deltas(rows(a_items), rows(b_items), config.bootstrap_resamples, config.confidence, config.seed)
+    changed = {k: {"a": a["lineage"].get(k), "b": b["lineage"].get(k)} for k in sorted(set(a["lineage"]) | set(b["lineage"]))
+               if a["lineage"].get(k) != b["lineage"].get(k) and k not in ("git_commit",)}
+    return {"status": "ok", "golden_set_id": ga, "run_a": args.run_a, "run_b": args.run_b, "deltas": deltas,
+            "lineage_changes": changed}
+
+
+def _human_compare(summary: dict) -> list[str]:
+    lines = [f"{summary['run_b']} vs {summary['run_a']} on golden set {summary['golden_set_id']}"]
+    for name, d in summary["deltas"].items():
+        lines.append(f"  {name:<22} {d['baseline']:.4f} -> {d['candidate']:.4f}  {d['delta']:+.4f} "
+                     f"[{d['ci'][0]:+.4f}, {d['ci'][1]:+.4f}]  n={d['n']}")
+    for key, change in summary["lineage_changes"].items():
+        lines.append(f"  lineage {key}: {json.dumps(change['a'], default=str)[:80]} -> {json.dumps(change['b'], default=str)[:80]}")
+    return lines
+
+
+def _run_lineage(args: argparse.Namespace) -> dict:
+    from tasks.settings import ConfigError, load_settings
+    from tasks.storage import Lake
+
+    lake = Lake(load_settings(args.config, {"lake": args.lake} if args.lake else {}).lake)
+    record = lake.read_run(args.run_id)
+    if record is None:
+        raise ConfigError(f"{args.run_id}: no run with that id in {lake.uri}")
+    return {"status": "ok", "run_id": record["run_id"], "flow": record["flow"], "run_status": record["status"],
+            "started_at": str(record["started_at"]), "ended_at": str(record["ended_at"]) if record["ended_at"] else None,
+            "lineage": record["lineage"]}
+
+
+def _human_lineage(summary: dict) -> list[str]:
+    return [f"run {summary['run_id']} ({summary['flow']}, {summary['run_status']})",
+            json.dumps(summary["lineage"], indent=2, sort_keys=True, default=str)]
+
+
 def _run_golden(args: argparse.Namespace) -> dict:
     from flows.golden import export_golden_set, import_golden_set
 
@@ -166,6 +280,10 @@ COMMANDS: dict[str, tuple[Callable[[argparse.Namespace], dict], Callable[[dict],
     "synth": (_run_synth, _human_synth),
     "prompts": (_run_prompts, _human_prompts),
     "golden": (_run_golden, _human_golden),
+    "eval": (_run_eval, _human_eval),
+    "import-beir": (_run_import_beir, _human_import_beir),
+    "compare": (_run_compare, _human_compare),
+    "lineage": (_run_lineage, _human_lineage),
 }
 
 

@@ -43,6 +43,17 @@ def ir_item_metrics(
     return out
 
 
+def answer_metrics(item: Mapping, result) -> dict[str, float]:
+    """Chain-level checks that need no judge: `refusal_correct` (refused exactly when the item is
+    unanswerable) and `grounded` (answered items whose answer passed the grounding check)."""
+    if result.refused is None:  # no answer step ran (retrieval-only) or it failed
+        return {}
+    out = {"refusal_correct": float(result.refused == (item["qa_type"] == "unanswerable"))}
+    if not result.refused and result.grounded is not None:
+        out["grounded"] = float(result.grounded)
+    return out
+
+
 def bootstrap_ci(values: Sequence[float], resamples: int, confidence: float, seed: int) -> tuple[float, float]:
     """Percentile bootstrap CI of the mean (scipy.stats.bootstrap); a single value or constant
     values give a zero-width interval."""

@@ -144,6 +144,8 @@ EVAL_ITEMS = pa.schema(
         ("retrieval_scores", pa.list_(pa.float64())),
         ("answer", pa.string()),
         ("refused", pa.bool_()),
+        ("grounded", pa.bool_()),  # the guardrail's grounding check on the answer (None: no answer)
+        ("relevance", pa.float64()),  # best question-context cosine, the refusal guardrail's evidence
         ("metrics", pa.map_(pa.string(), pa.float64())),
         ("failed_metrics", pa.list_(pa.string())),  # metrics whose judgment failed for this item
     ]

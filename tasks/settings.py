@@ -139,9 +139,24 @@ class EvalConfig(Section):
     k: PositiveInt = 5  # chunks retrieved (and, with answers, passed to the answer prompt)
     exact: bool = False  # force brute-force vector search even where an ANN index exists
     metric_ks: list[PositiveInt] = Field(default_factory=lambda: [1, 3, 5, 10])  # cut at k as well
+    rewrite_prompt: str | None = None  # e.g. "query_rewrite": the question is rewritten before retrieval
+    answer_prompt: str = "answer"
+    # Guardrail: refuse without calling the LLM when no retrieved chunk is this similar (embedder
+    # cosine) to the question; flag an answer whose content words are mostly not in its context.
+    refuse_below: float = Field(default=0.2, ge=-1, le=1)
+    min_grounding: float = Field(default=0.5, ge=0, le=1)
     bootstrap_resamples: PositiveInt = 1000
     confidence: float = Field(default=0.95, gt=0, lt=1)
     seed: int = 0
+
+
+class GateConfig(Section):
+    """The regression gate between a candidate eval run and the baseline (last promoted run)."""
+
+    floors: dict[str, float] = Field(default_factory=dict)  # metric -> minimum, e.g. {"ndcg@10": 0.5}
+    max_drop: float = Field(default=0.01, ge=0)  # fail when a delta's CI lies wholly below -max_drop
+    metrics: list[str] = Field(default_factory=list)  # metrics checked for drops; empty = every shared one
+    max_failed_fraction: float = Field(default=0.05, ge=0, le=1)
 
 
 class Settings(BaseSettings):
@@ -162,6 +177,7 @@ class Settings(BaseSettings):
     llm: LLMConfig = Field(default_factory=LLMConfig)
     synth: SynthConfig = Field(default_factory=SynthConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
+    gate: GateConfig = Field(default_factory=GateConfig)
     prompts_dir: str = "prompts"
 
     @classmethod

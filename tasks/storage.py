@@ -177,6 +177,15 @@ class Lake:
             return schema.empty_table()
         return pads.dataset(files, schema=schema, filesystem=self.fs, format="parquet").to_table()
 
+    # -- promotion (the gate's baseline per golden set, and the history a rollback walks back) --
+    def read_promoted(self, golden_set_id: str) -> dict | None:
+        return self.read_ref(f"promoted__{golden_set_id}")
+
+    def promote(self, golden_set_id: str, record: dict) -> None:
+        """Make a gated run the baseline for its golden set; every promotion is also kept as history."""
+        self.write_json(record, self._path("promotions", f"{record['run_id']}.json"))
+        self.write_ref(f"promoted__{golden_set_id}", record)
+
     # -- eval results ----------------------------------------------------------------------------
     def write_eval(self, run_id: str, items: pa.Table, traces: pa.Table) -> dict[str, str]:
         """Per-item results and per-step traces of one eval run (Parquet, one pair per run)."""

@@ -1,0 +1,203 @@
+"""evaluate-chain flow: run the chain under test over a golden set, score it, store items and traces."""
+
+from __future__ import annotations
+
+from collections import Counter, defaultdict
+from pathlib import Path
+
+import pyarrow as pa
+from prefect import flow, task
+from prefect.cache_policies import NO_CACHE
+
+from flows.common import RunRecorder, StageTimer, flow_settings
+from tasks import chain as chain_steps
+from tasks import evaluation, gating, schemas
+from tasks.embedding import load_embedder
+from tasks.llm import LLMConfigError, LLMUnavailable, load_llm
+from tasks.prompts import PromptError, load_prompts
+from tasks.retrieval import Retriever, doc_ranking
+from tasks.schemas import utcnow
+from tasks.settings import ConfigError
+from tasks.storage import Lake
+
+QUERY_BATCH = 256
+
+
+def _prompt_ref(prompt) -> dict | None:
+    return {"name": prompt.name, "prompt_hash": prompt.prompt_hash} if prompt else None
+
+
+def _largest_prompt_tokens(prompts: dict, items: list[dict], llm, config) -> int:
+    """Tokens of the largest prompt the run can send: answer prompts are bounded by k chunks of the
+    embedder's size, so a stand-in context of k long passages is measured (plus the reply budget)."""
+    longest = max(items, key=lambda i: len(i["question"]))["question"]
+    sizes = []
+    for prompt in prompts.values():
+        variables = {"question": longest}
+        if "contexts" in prompt.input_variables:
+            variables["contexts"] = ["lorem ipsum dolor sit amet " * 52] * config.k
+        text = "\n".join(m["content"] for m in prompt.render(**variables))
+        sizes.append(llm.count_tokens(text) + int(prompt.params.get("max_tokens", 256)))
+    return max(sizes)
+
+
+run_retrieval = task(chain_steps.run_retrieval, name="retrieve", cache_policy=NO_CACHE)
+rewrite_queries = task(chain_steps.rewrite_queries, name="rewrite-queries", cache_policy=NO_CACHE, retries=1, retry_delay_seconds=5)
+guard = task(chain_steps.guard, name="guardrail", cache_policy=NO_CACHE)
+answer = task(chain_steps.answer, name="answer", cache_policy=NO_CACHE, retries=1, retry_delay_seconds=5)
+
+
+@flow(name="evaluate-chain")
+def evaluate_chain(
+    lake: str | None = None,
+    golden: str = "latest",
+    retrieval: str | None = None,
+    k: int | None = None,
+    retrieval_only: bool = False,
+    config_path: str | None = None,
+) -> dict:
+    """Score the chain over the active items of a golden set; per-item results and traces go to
+    the lake, the summary carries metrics with bootstrap CIs overall and per question type."""
+    settings = flow_settings(config_path, {"lake": lake, "eval": {"retrieval": retrieval, "k": k}})
+    config = settings.eval
+    store_lake = Lake(settings.lake)
+    golden_set_id = store_lake.resolve_golden(golden)
+    if golden_set_id is None:
+        raise ConfigError(f"--golden {golden}: no such golden set in {store_lake.uri} "
+                          f"(have: {', '.join(store_lake.list_golden()) or 'none'}); run synth, golden import or import-beir")
+    serving = store_lake.read_ref("serving")
+    if not serving:
+        raise ConfigError(f"lake {store_lake.uri} has no index yet: run `ragloop index` first")
+    embedder = load_embedder(settings.embedding)
+    items = [i for i in store_lake.read_golden(golden_set_id).to_pylist() if i["status"] == "active"]
+    if not items:
+        raise ConfigError(f"golden set {golden_set_id} has no active items")
+    retriever = Retriever(store_lake, serving["table"], serving["version"], embedder, exact=config.exact)
+    if retriever.table_name != f"chunks__{embedder.slug}":
+        raise ConfigError(f"embedding.model: the serving table {serving['table']} was not built by {embedder.name}")
+    prompts, llm = {}, None
+    wanted = ([config.rewrite_prompt] if config.rewrite_prompt else []) + ([] if retrieval_only else [config.answer_prompt])
+    if wanted:
+        try:
+            available = load_prompts(Path(settings.prompts_dir))
+        except PromptError as exc:
+            raise ConfigError(str(exc)) from exc
+        missing = [w for w in wanted if w not in available]
+        if missing:
+            raise ConfigError(f"eval: prompt(s) {missing} not found in {settings.prompts_dir}")
+        prompts = {w: available[w] for w in wanted}
+        llm = load_llm(settings.llm)
+        try:  # before any work: the endpoint answers and the largest prompt fits its window
+            llm.preflight(_largest_prompt_tokens(prompts, items, llm, config))
+        except (PromptError, LLMUnavailable, LLMConfigError) as exc:
+            raise ConfigError(str(exc)) from exc
+    chain = {
+        "rewrite": _prompt_ref(prompts.get(config.rewrite_prompt or "")),
+        "retrieval": config.retrieval, "k": config.k, "exact": config.exact,
+        "guardrail": None if retrieval_only else {"refuse_below": config.refuse_below, "min_grounding": config.min_grounding},
+        "answer": _prompt_ref(prompts.get(config.answer_prompt)) if not retrieval_only else None,
+        "llm": llm.model_id if llm else None,
+    }
+    timer = StageTimer()
+    run = RunRecorder(store_lake, "eval", settings)
+    try:
+        results = []
+        for start in range(0, len(items), QUERY_BATCH):
+            batch = items[start : start + QUERY_BATCH]
+            qa_ids, questions = [i["qa_id"] for i in batch], [i["question"] for i in batch]
+            queries, rewrite_traces = questions, []
+            if config.rewrite_prompt:
+                with timer("rewrite"):
+                    queries, rewrite_traces = rewrite_queries(qa_ids, questions, prompts[config.rewrite_prompt], llm)
+            with timer("retrieve"):
+                batch_results = run_retrieval(retriever, qa_ids, queries, config.retrieval, config.k)
+            for result, t in zip(batch_results, rewrite_traces):
+                result.traces.insert(0, t)
+            if not retrieval_only:
+                with timer("guardrail"):
+                    guard(batch_results, questions, embedder.encode, config)
+                with timer("answer"):
+                    answer(batch_results, questions, prompts[config.answer_prompt], llm, config)
+            results.extend(batch_results)
+        ks = evaluation.cutoffs(config, config.k)
+        doc_rank = {r.qa_id: doc_ranking(r.hits) for r in results}
+        chunk_rank = {r.qa_id: [h.chunk_id for h in r.hits] for r in results}
+        with timer("score"):
+            per_item = evaluation.ir_item_metrics(items, doc_rank, chunk_rank, ks)
+        rows, traces = [], []
+        for item, result in zip(items, results):
+            rows.append({
+                "qa_id": item["qa_id"], "qa_type": item["qa_type"], "question": item["question"],
+                "status": "failed" if result.error else "ok", "error": result.error,
+                "retrieved_chunk_ids": [h.chunk_id for h in result.hits], "retrieved_doc_ids": doc_rank[item["qa_id"]],
+                "retrieval_scores": [float(h.score) for h in result.hits], "answer": result.answer,
+                "refused": result.refused, "grounded": result.grounded, "relevance": result.relevance,
+                "metrics": {**per_item[item["qa_id"]], **evaluation.answer_metrics(item, result)}, "failed_metrics": [],
+            })
+            traces.extend(result.traces)
+        with timer("aggregate"):
+            names = evaluation.metric_names(rows)
+            metrics, ci, counts = evaluation.aggregate(rows, names, config)
+            by_type = {}
+            grouped = defaultdict(list)
+            for row in rows:
+                grouped[row["qa_type"]].append(row)
+            for qa_type, group in sorted(grouped.items()):
+                means, cis, _ = evaluation.aggregate(group, names, config)
+                by_type[qa_type] = {"n": len(group), "metrics": means, "ci": cis}
+        items_table = pa.Table.from_pylist(
+            [{**r, "metrics": list(r["metrics"].items())} for r in rows], schema=schemas.EVAL_ITEMS)
+        paths = store_lake.write_eval(run.run_id, items_table, pa.Table.from_pylist(traces, schema=schemas.TRACES))
+        documents_ref = store_lake.read_ref("documents") or {}
+        run.lineage.update({
+            "golden_set_id": golden_set_id,
+            "table": {"name": serving["table"], "version": serving["version"]},
+            "index_run_id": serving.get("run_id"),
+            "snapshot_id": documents_ref.get("snapshot_id"),
+            "embedder": {"name": embedder.name, "weights_sha256": embedder.weights_sha256},
+            "chain": chain,
+            "chain_hash": evaluation.chain_hash(chain),
+            "retrieval_only": retrieval_only,
+        })
+        failed = sum(1 for r in rows if r["status"] == "failed")
+        answered = [r for r in rows if r["answer"] is not None]
+        for prompt in prompts.values():
+            store_lake.record_prompt(prompt.name, prompt.prompt_hash, prompt.text)
+        with timer("gate"):
+            baseline = store_lake.read_promoted(golden_set_id)
+            deltas = None
+            if baseline:
+                base_items = store_lake.read_eval_items(baseline["run_id"])
+                deltas = gating.paired_deltas(
+                    [{"qa_id": r["qa_id"], "metrics": dict(r["metrics"])} for r in base_items.to_pylist()] if base_items else [],
+                    rows, config.bootstrap_resamples, config.confidence, config.seed)
+            gate = gating.check_gate(metrics, deltas, failed, len(rows), settings.gate)
+            if gate["status"] == "passed":
+                store_lake.promote(golden_set_id, {
+                    "run_id": run.run_id, "golden_set_id": golden_set_id, "table": run.lineage["table"],
+                    "prompts": {p.name: p.prompt_hash for p in prompts.values()}, "chain": chain,
+                    "chain_hash": run.lineage["chain_hash"], "metrics": metrics, "promoted_at": utcnow().isoformat(),
+                })
+            else:
+                run.logger.warning("gate failed, nothing promoted: %s", "; ".join(gate["reasons"]))
+        outputs = {
+            "lake": store_lake.uri,
+            "golden_set_id": golden_set_id,
+            "metrics": metrics,
+            "ci": ci,
+            "n": counts,
+            "by_type": by_type,
+            "items": {"total": len(rows), "failed": failed, "by_type": dict(Counter(r["qa_type"] for r in rows))},
+            "answers": {"total": len(answered), "refused": sum(1 for r in answered if r["refused"]),
+                        "ungrounded": sum(1 for r in answered if r["grounded"] is False)},
+            "gate": gate,
+            "baseline_run_id": baseline["run_id"] if baseline else None,
+            "deltas": deltas,
+            "results": paths,
+            "timings_s": timer.report(),
+        }
+        status = "gate_failed" if gate["status"] == "failed" else ("partial" if failed else "ok")
+        return run.finish(status, outputs)
+    except BaseException as exc:
+        run.finish("failed", {"error": f"{type(exc).__name__}: {exc}"})
+        raise

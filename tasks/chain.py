@@ -1,0 +1,109 @@
+"""The RAG chain under test: optional query rewrite, retrieval, guardrail, answer; a trace row per
+step (I/O through the Retriever and LLM interfaces)."""
+
+from __future__ import annotations
+
+import re
+import time
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import numpy as np
+
+from tasks.llm import LLM, Completion
+from tasks.prompts import GeneratedQuestion, Prompt
+from tasks.qa_generation import REFUSAL_ANSWER, answer_support
+from tasks.retrieval import Hit, Retriever
+from tasks.settings import EvalConfig
+
+REFUSAL_PATTERN = re.compile(r"\b(do(es)? not (say|mention|contain)|don't know|cannot answer|can't answer|no information)\b", re.I)
+
+
+@dataclass
+class ChainResult:
+    qa_id: str
+    query: str  # what retrieval searched for (the rewrite, if any)
+    hits: list[Hit]
+    answer: str | None = None
+    refused: bool | None = None
+    grounded: bool | None = None
+    relevance: float | None = None  # best question-context cosine (the guardrail's evidence)
+    error: str | None = None
+    traces: list[dict] = field(default_factory=list)
+
+
+def trace(qa_id: str, step: str, input: str, output: str | None, latency_ms: float,
+          prompt_tokens: int | None = None, completion_tokens: int | None = None, error: str | None = None) -> dict:
+    return {"qa_id": qa_id, "step": step, "input": input, "output": output, "latency_ms": latency_ms,
+            "prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens, "error": error}
+
+
+def is_refusal(answer: str) -> bool:
+    return answer.strip() == REFUSAL_ANSWER or bool(REFUSAL_PATTERN.search(answer))
+
+
+def rewrite_queries(qa_ids: Sequence[str], questions: Sequence[str], prompt: Prompt, llm: LLM) -> tuple[list[str], list[dict]]:
+    """Rewritten queries (the original where the rewrite failed, with the error in its trace)."""
+    results = llm.structured_many([prompt.render(question=q) for q in questions], GeneratedQuestion, **prompt.params)
+    queries, traces = [], []
+    for qa_id, question, result in zip(qa_ids, questions, results):
+        ok = result.value is not None and result.value.question.strip()
+        queries.append(result.value.question.strip() if ok else question)
+        traces.append(trace(qa_id, "rewrite", question, queries[-1], result.latency_ms, result.usage.prompt_tokens,
+                            result.usage.completion_tokens, None if ok else (result.error or "empty rewrite")))
+    return queries, traces
+
+
+def guard(results: Sequence[ChainResult], questions: Sequence[str], encode, config: EvalConfig) -> None:
+    """Relevance guardrail, before any answer is generated: a question whose best retrieved chunk is
+    less similar than `refuse_below` is refused (no LLM call)."""
+    for result, question in zip(results, questions):
+        start = time.perf_counter()
+        if result.hits:
+            vectors = encode([question] + [h.text for h in result.hits])
+            result.relevance = float(np.max(vectors[1:] @ vectors[0]))
+        else:
+            result.relevance = -1.0
+        if result.relevance < config.refuse_below:
+            result.answer, result.refused = REFUSAL_ANSWER, True
+        result.traces.append(trace(result.qa_id, "guardrail", question,
+                                   f"relevance={result.relevance:.3f} " + ("refuse" if result.refused else "pass"),
+                                   (time.perf_counter() - start) * 1000))
+
+
+def answer(results: Sequence[ChainResult], questions: Sequence[str], prompt: Prompt, llm: LLM, config: EvalConfig) -> None:
+    """Generate answers for results the guardrail passed; flag answers not grounded in their context.
+    A failed call leaves the item with its error (counted as failed, never dropped)."""
+    todo = [(r, q) for r, q in zip(results, questions) if not r.refused]
+    conversations = [prompt.render(question=q, contexts=[h.text for h in r.hits]) for r, q in todo]
+    params = {k: v for k, v in prompt.params.items() if k in ("temperature", "max_tokens", "seed")}
+    completions = llm.complete_many(conversations, **params) if conversations else []
+    for (result, question), completion in zip(todo, completions):
+        if isinstance(completion, Exception):
+            result.error = f"answer: {type(completion).__name__}: {completion}"
+            result.traces.append(trace(result.qa_id, "answer", question, None, 0.0, error=result.error))
+            continue
+        assert isinstance(completion, Completion)
+        text = completion.text.strip()
+        result.answer = text
+        result.refused = is_refusal(text)
+        result.traces.append(trace(result.qa_id, "answer", question, text, completion.latency_ms,
+                                   completion.usage.prompt_tokens, completion.usage.completion_tokens,
+                                   None if text else "empty answer"))
+        if not text:
+            result.error = "answer: empty reply"
+    for result in results:
+        if result.answer and not result.refused:
+            support = answer_support(result.answer, "\n".join(h.text for h in result.hits))
+            result.grounded = support >= config.min_grounding
+            result.traces.append(trace(result.qa_id, "grounding", result.answer, f"support={support:.3f} "
+                                       + ("grounded" if result.grounded else "ungrounded"), 0.0))
+
+
+def run_retrieval(retriever: Retriever, qa_ids: Sequence[str], queries: Sequence[str], mode: str, k: int) -> list[ChainResult]:
+    out = []
+    for qa_id, query, (hits, latency_ms) in zip(qa_ids, queries, retriever.search_many(queries, mode, k)):
+        result = ChainResult(qa_id=qa_id, query=query, hits=hits)
+        result.traces.append(trace(qa_id, "retrieve", query, ",".join(h.chunk_id for h in hits), latency_ms))
+        out.append(result)
+    return out

@@ -1,0 +1,148 @@
+"""The evaluate-chain and import-beir flows with deterministic fakes: metrics, traces, failures counted."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+
+from flows import beir as beir_flow
+from flows import evaluate as eval_flow
+from flows import golden as golden_flow
+from flows import index as index_flow
+from flows.cli import main
+from tasks.llm import LLMRequestError, ScriptedLLM
+from tasks.storage import Lake
+from tests.conftest import REPO, write_files
+
+CORPUS = [
+    {"_id": "d1", "title": "Harbour station", "text": "The harbour station has twelve docks and two chargers."},
+    {"_id": "d2", "title": "Museum station", "text": "The museum station closes at midnight on weekdays."},
+    {"_id": "d3", "title": "Fares", "text": "A single ride costs two credits; a day pass costs nine credits."},
+    {"_id": "d4", "title": "Winter", "text": "In winter the fleet is serviced every Monday morning."},
+]
+QUERIES = [
+    {"_id": "q1", "text": "How many docks does the harbour station have?"},
+    {"_id": "q2", "text": "When does the museum station close?"},
+    {"_id": "q3", "text": "What does a day pass cost?"},
+    {"_id": "q4", "text": "An unjudged query"},
+]
+QRELS = "query-id\tcorpus-id\tscore\nq1\td1\t1\nq2\td2\t1\nq3\td3\t1\nq3\td4\t0\n"
+
+
+@pytest.fixture
+def beir_dir(tmp_path):
+    return write_files(tmp_path / "beir", {
+        "corpus.jsonl": "\n".join(json.dumps(d) for d in CORPUS) + "\n",
+        "queries.jsonl": "\n".join(json.dumps(q) for q in QUERIES) + "\n",
+        "qrels/test.tsv": QRELS,
+    })
+
+
+@pytest.fixture
+def fakes(monkeypatch, fake_embedder):
+    llm = ScriptedLLM()
+    for module in (index_flow, eval_flow, golden_flow):
+        monkeypatch.setattr(module, "load_embedder", lambda config: fake_embedder)
+    monkeypatch.setattr(eval_flow, "load_llm", lambda config: llm)
+    monkeypatch.setenv("RAGLOOP_PROMPTS_DIR", str(REPO / "prompts"))
+    return llm
+
+
+def test_import_beir_then_retrieval_only_eval(prefect_backend, fakes, beir_dir, lake_dir, capsys):
+    assert main(["import-beir", str(beir_dir), "--chunking", "none", "--lake", str(lake_dir), "--json"]) == 0
+    imported = json.loads(capsys.readouterr().out)
+    assert imported["status"] == "ok" and imported["items"]["total"] == 3, "q4 has no positive judgment"
+    assert imported["documents"]["new"] == 4 and imported["chunks"]["total"] == 4
+    golden = {i["qa_id"]: i for i in Lake(str(lake_dir)).read_golden(imported["golden_set_id"]).to_pylist()}
+    assert golden["q3"]["reference_doc_ids"] == ["d3"] and golden["q3"]["reference_chunk_ids"] == []
+
+    code = main(["eval", "--lake", str(lake_dir), "--golden", "latest", "--retrieval", "vector", "--k", "4",
+                 "--retrieval-only", "--json"])
+    summary = json.loads(capsys.readouterr().out)
+    assert code == 0 and summary["status"] == "ok", summary
+    assert summary["golden_set_id"] == imported["golden_set_id"]
+    assert summary["items"] == {"total": 3, "failed": 0, "by_type": {"imported": 3}}
+    assert set(summary["metrics"]) >= {"hit@1", "recall@4", "mrr@4", "ndcg@4"}
+    assert summary["metrics"]["recall@4"] == 1.0, "k covers the whole corpus"
+    for name, value in summary["metrics"].items():
+        low, high = summary["ci"][name]
+        assert low <= value <= high
+    lineage = summary["lineage"]
+    assert lineage["chain"]["retrieval"] == "vector" and lineage["chain"]["k"] == 4 and lineage["chain_hash"]
+    assert lineage["table"]["version"] >= 1 and lineage["golden_set_id"] == imported["golden_set_id"]
+    lake = Lake(str(lake_dir))
+    items = lake.read_eval_items(summary["run_id"]).to_pylist()
+    assert len(items) == 3 and all(len(i["retrieved_chunk_ids"]) == 4 for i in items)
+    traces = lake.read_traces(summary["run_id"]).to_pylist()
+    assert {t["step"] for t in traces} == {"retrieve"} and len(traces) == 3
+
+    # The same lineage gives the same deterministic metrics.
+    main(["eval", "--lake", str(lake_dir), "--retrieval", "vector", "--k", "4", "--retrieval-only", "--json"])
+    again = json.loads(capsys.readouterr().out)
+    assert again["metrics"] == summary["metrics"] and again["ci"] == summary["ci"]
+
+
+@pytest.mark.parametrize("mode", ["fts", "hybrid"])
+def test_fts_and_hybrid_retrieval_find_the_keyword_document(prefect_backend, fakes, beir_dir, lake_dir, mode):
+    beir_flow.import_beir(path=str(beir_dir), lake=str(lake_dir), chunking="none")
+    summary = eval_flow.evaluate_chain(lake=str(lake_dir), retrieval=mode, k=2, retrieval_only=True)
+    assert summary["status"] == "ok" and summary["metrics"]["hit@2"] > 0
+
+
+def _answers(messages):
+    user = messages[-1]["content"]
+    passages = re.findall(r"\[\d+\] (.*)", user)
+    return passages[0] if passages else "The documents do not say."
+
+
+def test_answers_guardrail_and_failed_items_are_counted(prefect_backend, fakes, beir_dir, lake_dir):
+    beir_flow.import_beir(path=str(beir_dir), lake=str(lake_dir), chunking="none")
+    fakes.add(_answers, LLMRequestError("HTTP 500 from the endpoint"), LLMRequestError("HTTP 500 again"), _answers, _answers)
+    summary = eval_flow.evaluate_chain(lake=str(lake_dir), retrieval="vector", k=2)
+    assert summary["items"]["total"] == 3
+    assert summary["items"]["failed"] >= 1 and summary["status"] == "partial"
+    items = Lake(str(lake_dir)).read_eval_items(summary["run_id"]).to_pylist()
+    failed = [i for i in items if i["status"] == "failed"]
+    assert failed and all("answer" in i["error"] for i in failed)
+    steps = {t["step"] for t in Lake(str(lake_dir)).read_traces(summary["run_id"]).to_pylist()}
+    assert {"retrieve", "guardrail", "answer"} <= steps
+    answered = [i for i in items if i["status"] == "ok"]
+    assert all(i["answer"] and i["grounded"] for i in answered), "answers copied from the context are grounded"
+    assert summary["lineage"]["chain"]["answer"]["name"] == "answer"
+
+
+def test_eval_bad_golden_exits_2(prefect_backend, fakes, beir_dir, lake_dir, capsys):
+    beir_flow.import_beir(path=str(beir_dir), lake=str(lake_dir), chunking="none")
+    assert main(["eval", "--lake", str(lake_dir), "--golden", "nope", "--retrieval-only", "--json"]) == 2
+    assert "no such golden set" in json.loads(capsys.readouterr().out)["error"]
+
+
+def test_gate_promotes_compares_and_blocks(prefect_backend, fakes, beir_dir, lake_dir, capsys, monkeypatch):
+    beir_flow.import_beir(path=str(beir_dir), lake=str(lake_dir), chunking="none")
+    lake = Lake(str(lake_dir))
+    first = eval_flow.evaluate_chain(lake=str(lake_dir), retrieval="vector", k=3, retrieval_only=True)
+    assert first["gate"] == {"status": "passed", "reasons": []} and first["baseline_run_id"] is None
+    promoted = lake.read_promoted(first["golden_set_id"])
+    assert promoted["run_id"] == first["run_id"] and promoted["table"] == first["lineage"]["table"]
+
+    second = eval_flow.evaluate_chain(lake=str(lake_dir), retrieval="fts", k=3, retrieval_only=True)
+    assert second["baseline_run_id"] == first["run_id"] and "hit@1" in second["deltas"]
+
+    assert main(["compare", first["run_id"], second["run_id"], "--lake", str(lake_dir), "--json"]) == 0
+    compared = json.loads(capsys.readouterr().out)
+    assert compared["deltas"]["hit@1"]["n"] == 3 and "chain" in compared["lineage_changes"]
+
+    monkeypatch.setenv("RAGLOOP_GATE__FLOORS", '{"hit@1": 1.01}')
+    before = lake.read_promoted(first["golden_set_id"])
+    code = main(["eval", "--lake", str(lake_dir), "--retrieval", "vector", "--k", "3", "--retrieval-only", "--json"])
+    gated = json.loads(capsys.readouterr().out)
+    assert code == 3 and gated["status"] == "gate_failed" and "under its floor" in gated["gate"]["reasons"][0]
+    assert lake.read_promoted(first["golden_set_id"]) == before, "a failed gate promotes nothing"
+
+    assert main(["lineage", gated["run_id"], "--lake", str(lake_dir), "--json"]) == 0
+    lineage = json.loads(capsys.readouterr().out)
+    assert lineage["run_status"] == "gate_failed" and lineage["lineage"]["chain_hash"] == gated["lineage"]["chain_hash"]
+
+    assert main(["compare", first["run_id"], "no-such-run", "--lake", str(lake_dir), "--json"]) == 2
