@@ -15,6 +15,7 @@ from tasks import evaluation, gating, schemas
 from tasks.embedding import load_embedder
 from tasks.llm import LLMConfigError, LLMUnavailable, load_llm
 from tasks.prompts import PromptError, load_prompts
+from tasks.ragas_metrics import RagasScorer
 from tasks.retrieval import Retriever, doc_ranking
 from tasks.schemas import utcnow
 from tasks.settings import ConfigError
@@ -27,15 +28,15 @@ def _prompt_ref(prompt) -> dict | None:
     return {"name": prompt.name, "prompt_hash": prompt.prompt_hash} if prompt else None
 
 
-def _largest_prompt_tokens(prompts: dict, items: list[dict], llm, config) -> int:
-    """Tokens of the largest prompt the run can send: answer prompts are bounded by k chunks of the
-    embedder's size, so a stand-in context of k long passages is measured (plus the reply budget)."""
+def _largest_prompt_tokens(prompts: dict, items: list[dict], llm, config, longest_chunks: list[str]) -> int:
+    """Tokens of the largest prompt the run can send (plus its reply budget): the longest question
+    with the k longest chunks of the table as context."""
     longest = max(items, key=lambda i: len(i["question"]))["question"]
     sizes = []
     for prompt in prompts.values():
         variables = {"question": longest}
         if "contexts" in prompt.input_variables:
-            variables["contexts"] = ["lorem ipsum dolor sit amet " * 52] * config.k
+            variables["contexts"] = longest_chunks
         text = "\n".join(m["content"] for m in prompt.render(**variables))
         sizes.append(llm.count_tokens(text) + int(prompt.params.get("max_tokens", 256)))
     return max(sizes)
@@ -45,6 +46,13 @@ run_retrieval = task(chain_steps.run_retrieval, name="retrieve", cache_policy=NO
 rewrite_queries = task(chain_steps.rewrite_queries, name="rewrite-queries", cache_policy=NO_CACHE, retries=1, retry_delay_seconds=5)
 guard = task(chain_steps.guard, name="guardrail", cache_policy=NO_CACHE)
 answer = task(chain_steps.answer, name="answer", cache_policy=NO_CACHE, retries=1, retry_delay_seconds=5)
+
+
+@task(name="score-ragas", cache_policy=NO_CACHE)
+def score_ragas(scorer: RagasScorer, items: list[dict], results: list) -> list:
+    """ragas metrics per item; a judge failure is recorded on the item, never raised."""
+    return [scorer.score(item, [h.chunk_id for h in r.hits], [h.text for h in r.hits], r.answer, r.refused)
+            for item, r in zip(items, results)]
 
 
 @flow(name="evaluate-chain")
@@ -88,9 +96,16 @@ def evaluate_chain(
         prompts = {w: available[w] for w in wanted}
         llm = load_llm(settings.llm)
         try:  # before any work: the endpoint answers and the largest prompt fits its window
-            llm.preflight(_largest_prompt_tokens(prompts, items, llm, config))
+            llm.preflight(_largest_prompt_tokens(prompts, items, llm, config, retriever.longest_texts(config.k)))
         except (PromptError, LLMUnavailable, LLMConfigError) as exc:
             raise ConfigError(str(exc)) from exc
+    judge = None
+    if config.judge is not None and not retrieval_only:
+        judge = load_llm(config.judge)
+        try:
+            judge.preflight(4 * config.judge_max_tokens)  # ragas' prompts carry schemas and examples
+        except (LLMUnavailable, LLMConfigError) as exc:
+            raise ConfigError(f"eval.judge: {exc}") from exc
     chain = {
         "rewrite": _prompt_ref(prompts.get(config.rewrite_prompt or "")),
         "retrieval": config.retrieval, "k": config.k, "exact": config.exact,
@@ -98,6 +113,7 @@ def evaluate_chain(
         "answer": _prompt_ref(prompts.get(config.answer_prompt)) if not retrieval_only else None,
         "llm": llm.model_id if llm else None,
     }
+    judge_id = judge.model_id if judge else None
     timer = StageTimer()
     run = RunRecorder(store_lake, "eval", settings)
     try:
@@ -124,15 +140,19 @@ def evaluate_chain(
         chunk_rank = {r.qa_id: [h.chunk_id for h in r.hits] for r in results}
         with timer("score"):
             per_item = evaluation.ir_item_metrics(items, doc_rank, chunk_rank, ks)
+        with timer("ragas"):
+            ragas_scores = score_ragas(RagasScorer(embedder.encode, judge, config.judge_max_tokens), items, results)
         rows, traces = [], []
-        for item, result in zip(items, results):
+        for item, result, judged in zip(items, results, ragas_scores):
+            errors = ([result.error] if result.error else []) + [f"{m}: {why}" for m, why in judged.failed.items()]
             rows.append({
                 "qa_id": item["qa_id"], "qa_type": item["qa_type"], "question": item["question"],
-                "status": "failed" if result.error else "ok", "error": result.error,
+                "status": "failed" if errors else "ok", "error": "; ".join(errors) or None,
                 "retrieved_chunk_ids": [h.chunk_id for h in result.hits], "retrieved_doc_ids": doc_rank[item["qa_id"]],
                 "retrieval_scores": [float(h.score) for h in result.hits], "answer": result.answer,
                 "refused": result.refused, "grounded": result.grounded, "relevance": result.relevance,
-                "metrics": {**per_item[item["qa_id"]], **evaluation.answer_metrics(item, result)}, "failed_metrics": [],
+                "metrics": {**per_item[item["qa_id"]], **evaluation.answer_metrics(item, result), **judged.metrics},
+                "failed_metrics": sorted(judged.failed),
             })
             traces.extend(result.traces)
         with timer("aggregate"):
@@ -157,6 +177,7 @@ def evaluate_chain(
             "embedder": {"name": embedder.name, "weights_sha256": embedder.weights_sha256},
             "chain": chain,
             "chain_hash": evaluation.chain_hash(chain),
+            "judge": judge_id,
             "retrieval_only": retrieval_only,
         })
         failed = sum(1 for r in rows if r["status"] == "failed")
@@ -188,6 +209,7 @@ def evaluate_chain(
             "n": counts,
             "by_type": by_type,
             "items": {"total": len(rows), "failed": failed, "by_type": dict(Counter(r["qa_type"] for r in rows))},
+            "failed_judgments": dict(sorted(Counter(m for r in rows for m in r["failed_metrics"]).items())),
             "answers": {"total": len(answered), "refused": sum(1 for r in answered if r["refused"]),
                         "ungrounded": sum(1 for r in answered if r["grounded"] is False)},
             "gate": gate,

@@ -32,6 +32,15 @@ class Retriever:
         self.exact = exact
         self.has_fts = any(i.name == "text_idx" for i in self.table.list_indices())
 
+    def longest_texts(self, k: int) -> list[str]:
+        """The k chunk texts with the most tokens: the worst case an answer prompt can receive."""
+        sizes = self.table.search().select(["chunk_id", "n_tokens"]).limit(None).to_arrow().to_pylist()
+        top = [r["chunk_id"] for r in sorted(sizes, key=lambda r: -r["n_tokens"])[:k]]
+        if not top:
+            return []
+        quoted = ", ".join("'" + c.replace("'", "''") + "'" for c in top)
+        return self.table.search().where(f"chunk_id IN ({quoted})").select(["text"]).limit(None).to_arrow()["text"].to_pylist()
+
     def search_many(self, queries: Sequence[str], mode: Mode, k: int) -> list[tuple[list[Hit], float]]:
         """Top-k hits per query, best first, with the search latency in ms (query encoding included,
         amortized over the batch)."""

@@ -74,7 +74,7 @@ class LLMConfig(Section):
     model_path: str | None = None
     # local: the context llama.cpp allocates (0 = the model's training context). openai: the
     # window assumed when the endpoint's /models listing does not say (only some servers do).
-    n_ctx: NonNegativeInt = 2048
+    n_ctx: NonNegativeInt = 4096
     n_threads: PositiveInt | None = None
     seed: int = 0  # used for every call that gives no seed, so a run is reproducible
     base_url: str | None = None  # openai: up to and including /v1, e.g. http://127.0.0.1:8000/v1
@@ -145,6 +145,11 @@ class EvalConfig(Section):
     # cosine) to the question; flag an answer whose content words are mostly not in its context.
     refuse_below: float = Field(default=0.2, ge=-1, le=1)
     min_grounding: float = Field(default=0.5, ge=0, le=1)
+    # The judge for ragas' LLM-judged metrics (faithfulness, answer relevancy, context precision and
+    # recall, factual correctness); None = non-LLM metrics only. A 135M local model is too small to
+    # judge: point this at a capable OpenAI-compatible endpoint.
+    judge: LLMConfig | None = None
+    judge_max_tokens: PositiveInt = 512
     bootstrap_resamples: PositiveInt = 1000
     confidence: float = Field(default=0.95, gt=0, lt=1)
     seed: int = 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import re
 
 import pytest
@@ -146,3 +147,67 @@ def test_gate_promotes_compares_and_blocks(prefect_backend, fakes, beir_dir, lak
     assert lineage["run_status"] == "gate_failed" and lineage["lineage"]["chain_hash"] == gated["lineage"]["chain_hash"]
 
     assert main(["compare", first["run_id"], "no-such-run", "--lake", str(lake_dir), "--json"]) == 2
+
+
+class JudgeFake:
+    """Deterministic judge: valid structures for every ragas step except claim decomposition, which
+    it cannot produce (so factual_correctness fails and must be counted, not dropped)."""
+
+    model_id = "judge-fake@1"
+    context_window = 8192
+
+    def preflight(self, required_context_tokens):
+        return {"model_id": self.model_id}
+
+    def structured(self, messages, output_model, **params):
+        from tasks.llm import StructuredResult, Usage
+
+        fields = set(output_model.model_fields)
+        if fields == {"claims"}:
+            return StructuredResult(value=None, raw="I cannot", attempts=3, error="invalid JSON", usage=Usage(1, 1), latency_ms=1.0)
+        if fields == {"statements"}:
+            inner = output_model.model_fields["statements"].annotation.__args__[0]
+            statements = ["The harbour station has twelve docks."]
+            data = {"statements": statements if inner is str else
+                    [{"statement": s, "reason": "stated", "verdict": 1} for s in statements]}
+        elif "noncommittal" in fields:
+            data = {"question": "How many docks does the harbour station have?", "noncommittal": 0}
+        elif "classifications" in fields:
+            data = {"classifications": [{"statement": "twelve docks", "reason": "in context", "attributed": 1}]}
+        elif "verdict" in fields:
+            data = {"reason": "useful", "verdict": 1}
+        else:
+            raise AssertionError(f"unexpected ragas structure {fields}")
+        value = output_model.model_validate(data)
+        return StructuredResult(value=value, raw=value.model_dump_json(), attempts=1, error=None, usage=Usage(1, 1), latency_ms=1.0)
+
+
+def test_ragas_metrics_and_failed_judgments_are_counted(prefect_backend, fakes, tmp_path, lake_dir, monkeypatch):
+    src = write_files(tmp_path / "src", {"harbour.md": "# Harbour\n\nThe harbour station has twelve docks and two chargers.",
+                                         "fares.md": "# Fares\n\nA single ride costs two credits on weekdays."})
+    index_flow.index_corpus(sources=[str(src)], lake=str(lake_dir))
+    table = Lake(str(lake_dir)).connect_vectors().open_table("chunks__hash_fake")
+    chunks = {r["doc_id"]: r["chunk_id"] for r in table.search().select(["doc_id", "chunk_id"]).limit(None).to_arrow().to_pylist()}
+    golden = tmp_path / "golden.jsonl"
+    golden.write_text(json.dumps({"question": "How many docks does the harbour station have?",
+                                  "reference_answer": "The harbour station has twelve docks.",
+                                  "reference_chunk_ids": [chunks["harbour.md"]], "qa_type": "single_hop"}) + "\n")
+    golden_flow.import_golden_set(path=str(golden), lake=str(lake_dir))
+    fakes.add(lambda messages: "The harbour station has twelve docks.")
+    judge = JudgeFake()
+    monkeypatch.setattr(eval_flow, "load_llm", lambda config: judge if config.provider == "fake" else fakes)
+    monkeypatch.setenv("RAGLOOP_EVAL__JUDGE", '{"provider": "fake"}')
+    monkeypatch.setenv("RAGLOOP_EVAL__REFUSE_BELOW", "-1")
+
+    summary = eval_flow.evaluate_chain(lake=str(lake_dir), retrieval="vector", k=2)
+    m = summary["metrics"]
+    assert m["id_context_recall"] == 1.0 and m["id_context_precision"] == 0.5
+    assert m["rouge_l"] == 1.0 and m["semantic_similarity"] == pytest.approx(1.0)
+    assert m["faithfulness"] == 1.0 and m["context_recall"] == 1.0 and m["context_precision"] > 0.99
+    assert "answer_relevancy" in m and "factual_correctness" not in m
+    assert summary["failed_judgments"] == {"factual_correctness": 1}
+    assert summary["items"]["failed"] == 1 and summary["lineage"]["judge"] == "judge-fake@1"
+    item = Lake(str(lake_dir)).read_eval_items(summary["run_id"]).to_pylist()[0]
+    assert item["status"] == "failed" and item["failed_metrics"] == ["factual_correctness"]
+    assert "factual_correctness" in item["error"]
+    assert all(not math.isnan(v) for _, v in item["metrics"])

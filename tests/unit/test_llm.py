@@ -415,8 +415,8 @@ def test_preflight_rejects(stub, models, overrides, required, error, match):
 @pytest.mark.parametrize(
     "models, configured, model_id, window",
     [
-        ([{"id": "stub-model"}, {"id": "other"}], "stub-model", "stub-model", 2048),
-        ([{"id": "only-one"}], None, "only-one", 2048),
+        ([{"id": "stub-model"}, {"id": "other"}], "stub-model", "stub-model", 4096),
+        ([{"id": "only-one"}], None, "only-one", 4096),
         ([{"id": "stub-model", "max_model_len": 8192}], "stub-model", "stub-model", 8192),
     ],
 )
