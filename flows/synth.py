@@ -59,11 +59,16 @@ def synth_golden_set(lake: str | None = None, size: int | None = None, config_pa
         need = max(config.size - len(kept), 0)
         generator = llm.model_id
         preflight_done = False
+        attempted_by_type: Counter = Counter()
         for _ in range(config.rounds):
             if need <= 0:
                 break
             with timer("plan"):
-                tasks = plan_tasks(store, qa.allocate(need, config.types), config, rng, priority)
+                # After a round, plan for the accept rate seen so far (up to 3x the need), so a small
+                # model's rejects do not leave the budget unfilled.
+                accepted = len(report.accepted)
+                planned = need if not report.attempted else min(3 * need, -(-need * report.attempted // max(accepted, 1)))
+                tasks = plan_tasks(store, qa.allocate(planned, config.types), config, rng, priority)
             if not tasks:
                 break
             if not preflight_done:
@@ -76,6 +81,7 @@ def synth_golden_set(lake: str | None = None, size: int | None = None, config_pa
             with timer("generate"):
                 candidates = generate_candidates(tasks, prompts, llm)
             report.attempted += len(candidates)
+            attempted_by_type.update(c.task.qa_type for c in candidates)
             fresh = []
             for cand in candidates:
                 reason = qa.reject_reason(cand, config)
@@ -123,10 +129,16 @@ def synth_golden_set(lake: str | None = None, size: int | None = None, config_pa
             "by_type": dict(sorted(by_type.items())),
             "rejects": dict(sorted((k, v) for k, v in report.rejects.items() if v)),
             "attempted": report.attempted,
+            "accept_rate_by_type": {t: round(sum(1 for i in report.accepted if i["qa_type"] == t) / n, 3)
+                                    for t, n in sorted(attempted_by_type.items())},
             "coverage": {"documents": len(covered), "of": len(doc_ids),
                          "ratio": round(len(covered) / len(doc_ids), 3) if doc_ids else 0.0},
             "written": written,
             "timings_s": timer.report(),
+            "per_minute": {  # of generation time (LLM calls included), the figure to compare endpoints by
+                "candidates": round(report.attempted * 60 / timer.seconds["generate"], 2) if timer.seconds.get("generate") else None,
+                "accepted": round(len(report.accepted) * 60 / timer.seconds["generate"], 2) if timer.seconds.get("generate") else None,
+            },
         }
         if not active:
             outputs["error"] = f"no accepted items: {report.attempted} generated, rejected by reason {dict(report.rejects)}"

@@ -24,12 +24,16 @@ class Hit:
 class Retriever:
     """Searches one table at one version (the serving one), so an eval reads a fixed index."""
 
-    def __init__(self, lake: Lake, table_name: str, version: int, embedder: Embedder, exact: bool = True) -> None:
+    def __init__(self, lake: Lake, table_name: str, version: int, embedder: Embedder, exact: bool = True,
+                 rerank_depth: int = 0) -> None:
         self.table = lake.connect_vectors().open_table(table_name)
         self.table.checkout(version)
         self.table_name, self.version = table_name, version
         self.embedder = embedder
         self.exact = exact
+        # rerank_depth > 0: fetch k * depth candidates, then order them by the embedder's cosine with
+        # the query (their stored vectors) - a semantic rerank for fts and hybrid candidate lists.
+        self.rerank_depth = rerank_depth
         self.has_fts = any(i.name == "text_idx" for i in self.table.list_indices())
 
     def longest_texts(self, k: int) -> list[str]:
@@ -47,14 +51,27 @@ class Retriever:
         if mode in ("fts", "hybrid") and not self.has_fts:
             raise ValueError(f"table {self.table_name} has no full-text index (index.fts: false)")
         start = time.perf_counter()
-        vectors = self.embedder.encode(list(queries)) if mode != "fts" else [None] * len(queries)
+        needs_vectors = mode != "fts" or self.rerank_depth > 0
+        vectors = self.embedder.encode(list(queries)) if needs_vectors else [None] * len(queries)
         encode_ms = (time.perf_counter() - start) * 1000 / max(len(queries), 1)
         out = []
         for query, vector in zip(queries, vectors):
             start = time.perf_counter()
-            hits = self._search(query, vector, mode, k)
+            if self.rerank_depth:
+                hits = self._rerank(self._search(query, vector, mode, k * self.rerank_depth), vector)[:k]
+            else:
+                hits = self._search(query, vector, mode, k)
             out.append((hits, encode_ms + (time.perf_counter() - start) * 1000))
         return out
+
+    def _rerank(self, hits: list[Hit], vector) -> list[Hit]:
+        if not hits:
+            return hits
+        quoted = ", ".join("'" + h.chunk_id.replace("'", "''") + "'" for h in hits)
+        rows = self.table.search().where(f"chunk_id IN ({quoted})").select(["chunk_id", "vector"]).limit(None).to_arrow()
+        stored = dict(zip(rows["chunk_id"].to_pylist(), rows["vector"].to_numpy(zero_copy_only=False)))
+        scored = [Hit(h.chunk_id, h.doc_id, h.text, float(stored[h.chunk_id] @ vector)) for h in hits]
+        return sorted(scored, key=lambda h: -h.score)
 
     def _search(self, query: str, vector, mode: Mode, k: int) -> list[Hit]:
         if mode == "vector":

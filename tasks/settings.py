@@ -138,6 +138,10 @@ class EvalConfig(Section):
     retrieval: Literal["vector", "fts", "hybrid"] = "hybrid"
     k: PositiveInt = 5  # chunks retrieved (and, with answers, passed to the answer prompt)
     exact: bool = False  # force brute-force vector search even where an ANN index exists
+    # Rerank: "embedding" fetches k * rerank_depth candidates and orders them by the embedder's cosine
+    # with the question (useful after fts/hybrid); "none" keeps the retriever's order.
+    rerank: Literal["none", "embedding"] = "none"
+    rerank_depth: PositiveInt = 4
     metric_ks: list[PositiveInt] = Field(default_factory=lambda: [1, 3, 5, 10])  # cut at k as well
     rewrite_prompt: str | None = None  # e.g. "query_rewrite": the question is rewritten before retrieval
     answer_prompt: str = "answer"

@@ -103,7 +103,8 @@ def test_answers_guardrail_and_failed_items_are_counted(prefect_backend, fakes, 
     fakes.add(_answers, LLMRequestError("HTTP 500 from the endpoint"), LLMRequestError("HTTP 500 again"), _answers, _answers)
     summary = eval_flow.evaluate_chain(lake=str(lake_dir), retrieval="vector", k=2)
     assert summary["items"]["total"] == 3
-    assert summary["items"]["failed"] >= 1 and summary["status"] == "partial"
+    assert summary["items"]["failed"] >= 1
+    assert summary["status"] == "gate_failed" and "items failed" in summary["gate"]["reasons"][-1], "over the failed fraction"
     items = Lake(str(lake_dir)).read_eval_items(summary["run_id"]).to_pylist()
     failed = [i for i in items if i["status"] == "failed"]
     assert failed and all("answer" in i["error"] for i in failed)
@@ -211,3 +212,15 @@ def test_ragas_metrics_and_failed_judgments_are_counted(prefect_backend, fakes, 
     assert item["status"] == "failed" and item["failed_metrics"] == ["factual_correctness"]
     assert "factual_correctness" in item["error"]
     assert all(not math.isnan(v) for _, v in item["metrics"])
+
+
+def test_embedding_rerank_reorders_fts_candidates_by_cosine(prefect_backend, fakes, beir_dir, lake_dir, monkeypatch):
+    beir_flow.import_beir(path=str(beir_dir), lake=str(lake_dir), chunking="none")
+    monkeypatch.setenv("RAGLOOP_EVAL__RERANK", "embedding")
+    summary = eval_flow.evaluate_chain(lake=str(lake_dir), retrieval="fts", k=2, retrieval_only=True)
+    assert summary["lineage"]["chain"]["rerank"] == {"kind": "embedding", "depth": 4}
+    items = Lake(str(lake_dir)).read_eval_items(summary["run_id"]).to_pylist()
+    for item in items:
+        scores = item["retrieval_scores"]
+        assert len(scores) <= 2 and scores == sorted(scores, reverse=True)
+        assert all(-1.0 <= s <= 1.0 for s in scores), "cosine scores, not BM25"

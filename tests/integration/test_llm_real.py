@@ -90,9 +90,9 @@ def test_local_structured_without_the_grammar_reports_honestly():
 
 def test_local_preflight_checks_the_window(local_llm):
     report = local_llm.preflight(1500)
-    assert report["context_window"] == 2048 and report["model_id"] == local_llm.model_id
-    with pytest.raises(LLMConfigError, match=rf"{PACKAGED_GGUF}: context window 2048 tokens < 4000 required"):
-        local_llm.preflight(4000)
+    assert report["context_window"] == 4096 and report["model_id"] == local_llm.model_id
+    with pytest.raises(LLMConfigError, match=rf"{PACKAGED_GGUF}: context window 4096 tokens < 5000 required"):
+        local_llm.preflight(5000)
 
 
 # -- the same model behind a real OpenAI-compatible server -----------------------------------------
@@ -149,7 +149,7 @@ def server_llm(server_url, monkeypatch) -> OpenAICompatLLM:
 
 def test_server_preflight_finds_the_model(server_llm, server_url):
     report = server_llm.preflight(1500)
-    assert (report["model_id"], report["context_window"], report["base_url"]) == (ALIAS, 2048, server_url)
+    assert (report["model_id"], report["context_window"], report["base_url"]) == (ALIAS, 4096, server_url)
 
 
 @pytest.mark.parametrize(
