@@ -130,6 +130,8 @@ def _human_synth(summary: dict) -> list[str]:
             f"golden set {summary['golden_set_id']}: {i['total']} active - {i['new']} new, {i['kept']} kept, "
             f"{i['stale']} stale, {i['retired']} retired; {i['rejected']} candidates rejected"
         )
+        if summary.get("up_to_date"):
+            lines.append("up to date: index, prompts and settings unchanged since the last synth; nothing generated")
         lines.append("by type: " + ", ".join(f"{k} {v}" for k, v in summary.get("by_type", {}).items()))
         if summary.get("rejects"):
             lines.append("rejects: " + ", ".join(f"{k} {v}" for k, v in summary["rejects"].items()))

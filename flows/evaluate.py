@@ -170,13 +170,17 @@ def evaluate_chain(
         items_table = pa.Table.from_pylist(
             [{**r, "metrics": list(r["metrics"].items())} for r in rows], schema=schemas.EVAL_ITEMS)
         paths = store_lake.write_eval(run.run_id, items_table, pa.Table.from_pylist(traces, schema=schemas.TRACES))
-        documents_ref = store_lake.read_ref("documents") or {}
+        index_run = store_lake.read_run(serving["run_id"]) if serving.get("run_id") else None
+        index_lineage = (index_run or {}).get("lineage", {})
+        run.lineage.update({k: index_lineage[k] for k in ("snapshot_id", "chunker_hash", "chunker", "embedder")
+                            if k in index_lineage})  # what the serving table was built from
         run.lineage.update({
             "golden_set_id": golden_set_id,
             "table": {"name": serving["table"], "version": serving["version"]},
             "index_run_id": serving.get("run_id"),
-            "snapshot_id": documents_ref.get("snapshot_id"),
-            "embedder": {"name": embedder.name, "weights_sha256": embedder.weights_sha256},
+            "prompts": {p.name: p.prompt_hash for p in prompts.values()},
+            "models": {"embedder": embedder.name, "embedder_weights_sha256": embedder.weights_sha256,
+                       "llm": llm.model_id if llm else None, "judge": judge_id},
             "chain": chain,
             "chain_hash": evaluation.chain_hash(chain),
             "judge": judge_id,

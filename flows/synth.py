@@ -12,6 +12,7 @@ from prefect.cache_policies import NO_CACHE
 
 from flows.common import RunRecorder, StageTimer, flow_settings, serving_store
 from tasks import qa_generation as qa
+from tasks.evaluation import chain_hash as evaluation_hash
 from tasks import schemas
 from tasks.embedding import load_embedder
 from tasks.llm import LLMConfigError, LLMUnavailable, load_llm
@@ -54,9 +55,15 @@ def synth_golden_set(lake: str | None = None, size: int | None = None, config_pa
         covered = {d for i in kept for d in i["source_doc_ids"]}
         priority = sorted({d for i in changed if i["status"] == "stale" for d in i["source_doc_ids"]}) + sorted(doc_ids - covered)
 
+        # What generation depends on: the table version, the prompts, the synth and LLM settings. When
+        # none changed since the last synth it already made its attempts: a rerun generates nothing.
+        inputs = evaluation_hash({"table": [store.name, store.version], "synth": config.model_dump(mode="json"),
+                                  "llm": settings.llm.model_dump(mode="json"),
+                                  "prompts": {n: p.prompt_hash for n, p in sorted(prompts.items())}})
+        up_to_date = bool(previous_ref) and previous_ref.get("inputs") == inputs and not changed
         rng = random.Random(config.seed)
         report = qa.GenerationReport()
-        need = max(config.size - len(kept), 0)
+        need = 0 if up_to_date else max(config.size - len(kept), 0)
         generator = llm.model_id
         preflight_done = False
         attempted_by_type: Counter = Counter()
@@ -129,6 +136,7 @@ def synth_golden_set(lake: str | None = None, size: int | None = None, config_pa
             "by_type": dict(sorted(by_type.items())),
             "rejects": dict(sorted((k, v) for k, v in report.rejects.items() if v)),
             "attempted": report.attempted,
+            "up_to_date": up_to_date,
             "accept_rate_by_type": {t: round(sum(1 for i in report.accepted if i["qa_type"] == t) / n, 3)
                                     for t, n in sorted(attempted_by_type.items())},
             "coverage": {"documents": len(covered), "of": len(doc_ids),
@@ -147,9 +155,10 @@ def synth_golden_set(lake: str | None = None, size: int | None = None, config_pa
         if report.attempted and not report.accepted:
             status = "partial"
             outputs["error"] = f"no new item accepted out of {report.attempted}: {dict(report.rejects)}"
-        ref = {"golden_set_id": golden_set_id, "run_id": run.run_id}
-        store_lake.write_ref("golden", ref)  # the synthetic line the next synth follows
-        store_lake.write_ref("golden_latest", ref)  # what `--golden latest` means
+        ref = {"golden_set_id": golden_set_id, "run_id": run.run_id, "inputs": inputs}
+        if not (up_to_date and previous_ref["golden_set_id"] == golden_set_id):
+            store_lake.write_ref("golden", ref)  # the synthetic line the next synth follows
+            store_lake.write_ref("golden_latest", ref)  # what `--golden latest` means
         return run.finish(status, outputs)
     except BaseException as exc:
         run.finish("failed", {"error": f"{type(exc).__name__}: {exc}"})

@@ -102,7 +102,7 @@ class RagasScorer:
     def score(self, item: Mapping, retrieved_ids: Sequence[str], contexts: Sequence[str],
               answer: str | None, refused: bool | None) -> ItemScores:
         """Metrics for one item. ID-based context metrics need reference chunk ids; answer metrics
-        need an answer that is not a refusal and a reference answer; judged ones need the judge."""
+        need an answer and a reference answer; judged ones need the judge and a non-refusal."""
         from ragas.dataset_schema import SingleTurnSample
 
         out = ItemScores()
@@ -111,11 +111,15 @@ class RagasScorer:
                                       reference_context_ids=list(item["reference_chunk_ids"]))
             out.metrics["id_context_precision"] = float(self.id_precision.single_turn_score(sample))
             out.metrics["id_context_recall"] = float(self.id_recall.single_turn_score(sample))
-        if not answer or refused or not item["reference_answer"] or item["qa_type"] == "unanswerable":
+        if not answer or not item["reference_answer"] or item["qa_type"] == "unanswerable":
             return out
         reference = item["reference_answer"]
+        # A refusal of an answerable question is scored like any wrong answer (low overlap, low
+        # similarity), so a prompt that refuses everything shows up as a drop, not as missing data.
         out.metrics["rouge_l"] = float(self.rouge.score(reference=reference, response=answer).value)
         out.metrics["semantic_similarity"] = float(self.similarity.score(reference=reference, response=answer).value)
+        if refused:
+            return out  # nothing for a judge to assess: no statements, no claims
         inputs = {
             "faithfulness": dict(user_input=item["question"], response=answer, retrieved_contexts=list(contexts)),
             "answer_relevancy": dict(user_input=item["question"], response=answer),

@@ -224,3 +224,36 @@ def test_embedding_rerank_reorders_fts_candidates_by_cosine(prefect_backend, fak
         scores = item["retrieval_scores"]
         assert len(scores) <= 2 and scores == sorted(scores, reverse=True)
         assert all(-1.0 <= s <= 1.0 for s in scores), "cosine scores, not BM25"
+
+
+def test_a_prompt_that_always_refuses_fails_the_gate_naming_the_metrics(prefect_backend, fakes, tmp_path, lake_dir, monkeypatch, capsys):
+    docs = {f"s{i}.md": f"# Station {i}\n\nStation {i} has {10 + i} docks and opens at {6 + i} in the morning." for i in range(12)}
+    index_flow.index_corpus(sources=[str(write_files(tmp_path / "src", docs))], lake=str(lake_dir))
+    table = Lake(str(lake_dir)).connect_vectors().open_table("chunks__hash_fake")
+    rows = table.search().select(["doc_id", "chunk_id", "text"]).limit(None).to_arrow().to_pylist()
+    golden = tmp_path / "golden.jsonl"
+    golden.write_text("".join(json.dumps({
+        "question": f"How many docks does station {r['doc_id'][1:-3]} have?", "reference_answer": r["text"].split("\n")[-1],
+        "reference_chunk_ids": [r["chunk_id"]], "qa_type": "single_hop"}) + "\n" for r in rows))
+    golden_flow.import_golden_set(path=str(golden), lake=str(lake_dir))
+    monkeypatch.setenv("RAGLOOP_EVAL__REFUSE_BELOW", "-1")
+    fakes.add(*[_answers] * len(rows))
+    baseline = eval_flow.evaluate_chain(lake=str(lake_dir), retrieval="hybrid", k=2)
+    assert baseline["gate"]["status"] == "passed", baseline["gate"]
+
+    prompts = tmp_path / "prompts"
+    prompts.mkdir()
+    for path in (REPO / "prompts").glob("*.yaml"):
+        text = path.read_text()
+        if path.stem == "answer":
+            text = text.replace("Answer in one to three sentences", 'Always reply "I don\'t know." Answer in one to three sentences')
+        (prompts / path.name).write_text(text)
+    monkeypatch.setenv("RAGLOOP_PROMPTS_DIR", str(prompts))
+    fakes.add(*["I don't know."] * len(rows))
+    code = main(["eval", "--lake", str(lake_dir), "--retrieval", "hybrid", "--k", "2", "--json"])
+    summary = json.loads(capsys.readouterr().out)
+    assert code == 3 and summary["status"] == "gate_failed"
+    reasons = " ".join(summary["gate"]["reasons"])
+    assert "refusal_correct dropped" in reasons and "semantic_similarity dropped" in reasons
+    assert summary["lineage"]["prompts"]["answer"] != baseline["lineage"]["prompts"]["answer"]
+    assert Lake(str(lake_dir)).read_promoted(summary["golden_set_id"])["run_id"] == baseline["run_id"]

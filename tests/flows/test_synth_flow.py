@@ -98,6 +98,11 @@ def test_synth_builds_a_typed_golden_set_tied_to_existing_chunks(prefect_backend
     assert set(summary["lineage"]["prompts"]) >= {"qa_single_hop", "qa_paraphrase"}
     assert summary["lineage"]["table"]["version"] > 0
 
+    calls = fakes.calls
+    again = synth_flow.synth_golden_set(lake=str(lake_dir), size=10)
+    assert again["up_to_date"] and again["attempted"] == 0 and fakes.calls == calls, "nothing changed: nothing generated"
+    assert again["golden_set_id"] == summary["golden_set_id"] and again["items"]["kept"] == summary["items"]["total"]
+
 
 def test_synth_follows_the_corpus(prefect_backend, fakes, tmp_path, lake_dir):
     src = write_files(tmp_path / "src", DOCS)
