@@ -71,10 +71,10 @@ def synth_golden_set(lake: str | None = None, size: int | None = None, config_pa
             if need <= 0:
                 break
             with timer("plan"):
-                # After a round, plan for the accept rate seen so far (up to 3x the need), so a small
+                # After a round, plan for the accept rate seen so far (up to 2x the need), so a small
                 # model's rejects do not leave the budget unfilled.
                 accepted = len(report.accepted)
-                planned = need if not report.attempted else min(3 * need, -(-need * report.attempted // max(accepted, 1)))
+                planned = need if not report.attempted else min(2 * need, -(-need * report.attempted // max(accepted, 1)))
                 tasks = plan_tasks(store, qa.allocate(planned, config.types), config, rng, priority)
             if not tasks:
                 break
