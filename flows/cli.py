@@ -34,6 +34,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--chunking", choices=["markdown", "recursive", "none"], help="chunking strategy")
     common(p)
 
+    p = sub.add_parser("run", help="the nightly chain once: index, GE gate, refresh the golden set, eval, gate")
+    p.add_argument("--source", action="append", metavar="PATH", help="a directory or file; repeatable")
+    common(p)
+
     p = sub.add_parser("synth", help="generate or refresh the synthetic golden set from the index")
     p.add_argument("--size", type=int, help="active items the golden set should hold (synth.size)")
     common(p)
@@ -146,6 +150,25 @@ def _run_synth(args: argparse.Namespace) -> dict:
     from flows.synth import synth_golden_set
 
     return synth_golden_set(lake=args.lake, size=args.size, config_path=args.config)
+
+
+def _run_lifecycle(args: argparse.Namespace) -> dict:
+    from flows.lifecycle import run_lifecycle
+
+    return run_lifecycle(sources=args.source, lake=args.lake, config_path=args.config, progress=not args.json)
+
+
+def _human_lifecycle(summary: dict) -> list[str]:
+    lines = [f"lifecycle {summary['run_id']}: {summary['status']}"]
+    printers = {"index": _human_index, "synth": _human_synth, "eval": _human_eval}
+    for name, stage in summary.get("stages", {}).items():
+        lines.append(f"-- {name}")
+        lines.extend(printers[name]({"run_id": stage.get("run_id", "?"), "status": stage.get("status"), **stage}))
+        if stage.get("cached"):
+            lines.append("(inputs unchanged since this run: its results were reused, nothing recomputed)")
+    if summary.get("error"):
+        lines.append(f"error: {summary['error']}")
+    return lines
 
 
 def _run_eval(args: argparse.Namespace) -> dict:
@@ -290,6 +313,7 @@ COMMANDS: dict[str, tuple[Callable[[argparse.Namespace], dict], Callable[[dict],
     "ingest": (_run_ingest, _human_index),
     "index": (_run_index, _human_index),
     "synth": (_run_synth, _human_synth),
+    "run": (_run_lifecycle, _human_lifecycle),
     "prompts": (_run_prompts, _human_prompts),
     "golden": (_run_golden, _human_golden),
     "eval": (_run_eval, _human_eval),

@@ -1,0 +1,62 @@
+"""run-lifecycle flow: the nightly chain of stage flows - index, GE gate, refresh the golden set, eval, gate.
+
+Each stage does only what its inputs require: unchanged documents are not re-embedded, an unchanged
+index/prompt/settings state generates no Q&A, and an eval whose full lineage was already scored is
+reused instead of recomputed.
+"""
+
+from __future__ import annotations
+
+from prefect import flow
+
+from flows.common import RunRecorder, flow_settings
+from flows.evaluate import evaluate_chain
+from flows.index import index_corpus
+from flows.synth import synth_golden_set
+from tasks.storage import Lake
+
+
+@flow(name="run-lifecycle")
+def run_lifecycle(sources: list[str] | None = None, lake: str | None = None, config_path: str | None = None,
+                  progress: bool = False) -> dict:
+    """One nightly pass; stops at the first stage that fails (its summary says why)."""
+    settings = flow_settings(config_path, {"lake": lake, "ingest": {"sources": sources}})
+    run = RunRecorder(Lake(settings.lake), "lifecycle", settings)
+    stages: dict[str, dict] = {}
+    try:
+        indexed = index_corpus(sources=sources, lake=lake, config_path=config_path, progress=progress)
+        stages["index"] = _brief(indexed)
+        failed_suites = [name for name, r in (indexed.get("validation") or {}).items() if not r.get("success")]
+        if indexed["status"] != "ok" or failed_suites:
+            # The GE gate: a snapshot or table that fails its suite is not evaluated or served.
+            return _finish(run, "failed", stages, f"index {indexed['status']}; failed suites: {failed_suites or 'none'}")
+
+        synth = synth_golden_set(lake=lake, config_path=config_path)
+        stages["synth"] = _brief(synth)
+        if synth["status"] == "failed":
+            return _finish(run, "failed", stages, synth.get("error", "synth failed"))
+
+        evaluated = evaluate_chain(lake=lake, golden="latest", config_path=config_path, reuse_cached=True)
+        stages["eval"] = _brief(evaluated)
+        status = "ok"
+        if evaluated["status"] == "gate_failed":
+            status = "gate_failed"
+        elif evaluated["status"] != "ok" or synth["status"] != "ok":
+            status = "partial"
+        return _finish(run, status, stages, None)
+    except BaseException as exc:
+        run.finish("failed", {"error": f"{type(exc).__name__}: {exc}", "stages": stages})
+        raise
+
+
+def _brief(summary: dict) -> dict:
+    keep = ("run_id", "status", "documents", "chunks", "table", "quarantine", "validation", "golden_set_id", "items",
+            "by_type", "rejects", "coverage", "up_to_date", "metrics", "ci", "n", "failed_judgments", "gate", "cached",
+            "results", "error", "lake")
+    return {k: summary[k] for k in keep if k in summary}
+
+
+def _finish(run: RunRecorder, status: str, stages: dict, error: str | None) -> dict:
+    run.lineage["stage_runs"] = {name: s.get("run_id") for name, s in stages.items()}
+    run.logger.info("lifecycle %s: %s", status, {k: v.get("status") for k, v in stages.items()})
+    return run.finish(status, {"stages": stages, **({"error": error} if error else {})})

@@ -1,0 +1,52 @@
+"""The run-lifecycle flow with fakes: one pass does the work, a second pass with nothing changed does none."""
+
+from __future__ import annotations
+
+import json
+
+from flows import evaluate as eval_flow
+from flows import index as index_flow
+from flows import synth as synth_flow
+from flows.cli import main
+from tests.conftest import REPO, write_files
+from tests.flows.test_synth_flow import DOCS, PassageLLM
+
+
+def test_second_night_with_nothing_changed_recomputes_nothing(prefect_backend, tmp_path, lake_dir, monkeypatch, fake_embedder, capsys):
+    llm = PassageLLM()
+    for module in (index_flow, synth_flow, eval_flow):
+        monkeypatch.setattr(module, "load_embedder", lambda config: fake_embedder)
+    monkeypatch.setattr(synth_flow, "load_llm", lambda config: llm)
+    monkeypatch.setattr(eval_flow, "load_llm", lambda config: llm)
+    monkeypatch.setenv("RAGLOOP_PROMPTS_DIR", str(REPO / "prompts"))
+    monkeypatch.setenv("RAGLOOP_SYNTH__MIN_CONTEXT_TOKENS", "5")
+    monkeypatch.setenv("RAGLOOP_SYNTH__SIZE", "6")
+    def complete_many(conversations, **params):
+        llm.calls += len(conversations)
+        return [_answer(c) for c in conversations]
+
+    llm.complete_many = complete_many
+    src = write_files(tmp_path / "src", DOCS)
+
+    assert main(["run", "--source", str(src), "--lake", str(lake_dir), "--json"]) == 0
+    first = json.loads(capsys.readouterr().out)
+    assert first["status"] == "ok", first
+    assert set(first["stages"]) == {"index", "synth", "eval"}
+    assert first["stages"]["synth"]["items"]["new"] > 0 and "hit@1" in first["stages"]["eval"]["metrics"]
+
+    calls = llm.calls
+    assert main(["run", "--source", str(src), "--lake", str(lake_dir), "--json"]) == 0
+    second = json.loads(capsys.readouterr().out)
+    assert second["stages"]["index"]["chunks"]["embedded"] == 0
+    assert second["stages"]["synth"]["up_to_date"] and second["stages"]["synth"]["items"]["new"] == 0
+    assert second["stages"]["eval"]["cached"] and second["stages"]["eval"]["run_id"] == first["stages"]["eval"]["run_id"]
+    assert llm.calls == calls, "no LLM call on a night with nothing changed"
+    assert second["lineage"]["stage_runs"]["eval"] == first["stages"]["eval"]["run_id"]
+
+
+def _answer(conversation):
+    from tasks.llm import Completion, Usage
+
+    passages = [line for line in conversation[-1]["content"].splitlines() if line.startswith("[1] ")]
+    text = passages[0][4:] if passages else "The documents do not say."
+    return Completion(text=text, usage=Usage(1, 1), latency_ms=1.0, model="passage-fake@1", finish_reason="stop")
