@@ -14,7 +14,7 @@ export RAGAS_DO_NOT_TRACK := true
 export CMAKE_ARGS ?= -DLLAVA_BUILD=OFF -DLLAMA_BUILD_MTMD=OFF -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_BMI2=ON -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_TOOLS=OFF
 
 .DEFAULT_GOAL := help
-.PHONY: help setup run test test-slow clean
+.PHONY: help setup run test test-slow server serve clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "} {printf "  make %-10s %s\n", $$1, $$2}'
@@ -38,6 +38,12 @@ test: $(STAMP) ## the suite CI runs: unit, flow and integration tests (offline, 
 
 test-slow: $(STAMP) ## slow suites: full-corpus indexing scenarios, fault injection
 	$(BIN)/pytest -m slow
+
+server: $(STAMP) ## a local Prefect server on 127.0.0.1:4200 (UI + API; schedules and triggers need it)
+	$(BIN)/prefect server start --host 127.0.0.1 --port 4200
+
+serve: $(STAMP) ## serve the deployments (nightly, prompt-changed, index, eval) against `make server`
+	PREFECT_API_URL=http://127.0.0.1:4200/api $(BIN)/python -m deployments.serve
 
 clean: ## remove the venv and the default lake
 	rm -rf $(VENV) datasets/lake

@@ -79,6 +79,8 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("prompts", help="prompt versions: `prompts check` lists prompts changed since last recorded")
     psub = p.add_subparsers(dest="prompts_command", required=True, metavar="ACTION")
     c = psub.add_parser("check", help="list prompts whose file hash differs from the lake's registry")
+    c.add_argument("--emit", action="store_true",
+                   help="emit a `ragloop.prompt.changed` Prefect event per prompt changed since a run used it (needs PREFECT_API_URL)")
     common(c)
     return parser
 
@@ -300,7 +302,26 @@ def _run_prompts(args: argparse.Namespace) -> dict:
     except PromptError as exc:
         raise ConfigError(str(exc)) from exc
     changes = changed_prompts(current, Lake(settings.lake).last_prompt_hashes())
-    return {"status": "ok", "prompts": len(current), "changed": changes}
+    emitted = 0
+    # Only a prompt that changed since a run used it has a baseline to gate against; a new prompt
+    # (never used by a run) is listed but not emitted.
+    to_emit = [c for c in changes if c["status"] == "changed"]
+    if args.emit and to_emit:
+        if not os.environ.get("PREFECT_API_URL"):
+            raise ConfigError("--emit needs a Prefect server to send events to: start one (`make server`) and set "
+                              "PREFECT_API_URL=http://127.0.0.1:4200/api")
+        from prefect.events import emit_event
+        from prefect.events.worker import EventsWorker
+
+        for change in to_emit:
+            event = emit_event(
+                event="ragloop.prompt.changed",
+                resource={"prefect.resource.id": f"ragloop.prompt.{change['name']}", "prefect.resource.name": change["name"]},
+                payload=change,
+            )
+            emitted += event is not None
+        EventsWorker.drain_all()  # send before the process exits
+    return {"status": "ok", "prompts": len(current), "changed": changes, "emitted": emitted}
 
 
 def _human_prompts(summary: dict) -> list[str]:

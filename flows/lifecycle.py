@@ -60,3 +60,15 @@ def _finish(run: RunRecorder, status: str, stages: dict, error: str | None) -> d
     run.lineage["stage_runs"] = {name: s.get("run_id") for name, s in stages.items()}
     run.logger.info("lifecycle %s: %s", status, {k: v.get("status") for k, v in stages.items()})
     return run.finish(status, {"stages": stages, **({"error": error} if error else {})})
+
+
+@flow(name="prompt-changed")
+def prompt_changed(prompt: str, prompt_hash: str, lake: str | None = None, config_path: str | None = None) -> dict:
+    """Triggered by `ragloop.prompt.changed`: re-evaluate the latest golden set with the prompts as
+    they are now and gate the result against the baseline (exit status gate_failed if it drops)."""
+    summary = evaluate_chain(lake=lake, golden="latest", config_path=config_path)
+    used = summary.get("lineage", {}).get("prompts", {})
+    if prompt in used and used[prompt] != prompt_hash:
+        summary.setdefault("warnings", []).append(
+            f"event named {prompt}@{prompt_hash[:12]} but the file on disk is {used[prompt][:12]}: it changed again")
+    return summary

@@ -168,6 +168,25 @@ class GateConfig(Section):
     max_failed_fraction: float = Field(default=0.05, ge=0, le=1)
 
 
+class DeploymentsConfig(Section):
+    """Schedules are reviewed like code: the nightly cron and its timezone live here."""
+
+    nightly_cron: str = "0 2 * * *"
+    timezone: str = "UTC"
+
+    @model_validator(mode="after")
+    def _valid_schedule(self) -> "DeploymentsConfig":
+        from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+        if len(self.nightly_cron.split()) != 5:
+            raise ValueError(f"nightly_cron: expected 5 cron fields, got {self.nightly_cron!r}")
+        try:
+            ZoneInfo(self.timezone)
+        except (ZoneInfoNotFoundError, ValueError) as exc:
+            raise ValueError(f"timezone: unknown IANA timezone {self.timezone!r}") from exc
+        return self
+
+
 class Settings(BaseSettings):
     """All of ragloop's configuration; each stage is handed only its own section."""
 
@@ -187,6 +206,7 @@ class Settings(BaseSettings):
     synth: SynthConfig = Field(default_factory=SynthConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
     gate: GateConfig = Field(default_factory=GateConfig)
+    deployments: DeploymentsConfig = Field(default_factory=DeploymentsConfig)
     prompts_dir: str = "prompts"
 
     @classmethod

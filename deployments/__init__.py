@@ -1,0 +1,1 @@
+"""Prefect deployments as code: nightly, prompt-changed, and on-demand index / eval."""

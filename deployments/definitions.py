@@ -1,0 +1,41 @@
+"""The deployments, built from settings (no server needed to build them; `serve.py` serves them).
+
+- nightly: the lifecycle on a cron schedule in the configured timezone;
+- prompt-changed: triggered by the custom event `ragloop.prompt.changed` (emitted by
+  `ragloop prompts check --emit`), re-evaluates with the new prompt and gates it;
+- index, eval: on demand.
+"""
+
+from __future__ import annotations
+
+from prefect.events import DeploymentEventTrigger
+from prefect.schedules import Cron
+
+from flows.evaluate import evaluate_chain
+from flows.index import index_corpus
+from flows.lifecycle import prompt_changed, run_lifecycle
+from tasks.settings import Settings
+
+PROMPT_CHANGED_EVENT = "ragloop.prompt.changed"
+TAGS = ["ragloop"]
+
+
+def build_deployments(settings: Settings) -> list:
+    """RunnerDeployments for `prefect.serve` (or `.deploy` to a work pool)."""
+    d = settings.deployments
+    return [
+        run_lifecycle.to_deployment(
+            name="nightly", schedules=[Cron(d.nightly_cron, timezone=d.timezone)], tags=TAGS,
+            description="Incremental index, GE gate, golden-set refresh, eval and gate; a no-change night does no work.",
+        ),
+        prompt_changed.to_deployment(
+            name="prompt-changed", tags=TAGS,
+            triggers=[DeploymentEventTrigger(
+                name="on-prompt-change", expect={PROMPT_CHANGED_EVENT},
+                parameters={"prompt": "{{ event.payload.name }}", "prompt_hash": "{{ event.payload.prompt_hash }}"},
+            )],
+            description="Re-evaluate with the changed prompt and gate it against the baseline.",
+        ),
+        index_corpus.to_deployment(name="index", tags=TAGS, description="Incremental ingest + index, on demand."),
+        evaluate_chain.to_deployment(name="eval", tags=TAGS, description="Evaluate the chain over a golden set, on demand."),
+    ]

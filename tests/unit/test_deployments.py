@@ -1,0 +1,47 @@
+"""Deployments build without a server: names, schedules, triggers; the --emit hook needs a server."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from deployments.definitions import PROMPT_CHANGED_EVENT, build_deployments
+from flows.cli import main
+from tasks.settings import ConfigError, load_settings
+
+
+def test_deployments_have_their_names_schedules_and_triggers():
+    settings = load_settings(overrides={"deployments": {"nightly_cron": "30 3 * * *", "timezone": "Europe/Berlin"}})
+    deployments = {d.name: d for d in build_deployments(settings)}
+    assert set(deployments) == {"nightly", "prompt-changed", "index", "eval"}
+    (schedule,) = deployments["nightly"].schedules
+    assert (schedule.schedule.cron, schedule.schedule.timezone) == ("30 3 * * *", "Europe/Berlin")
+    (trigger,) = deployments["prompt-changed"].triggers
+    assert trigger.expect == {PROMPT_CHANGED_EVENT}
+    assert trigger.parameters == {"prompt": "{{ event.payload.name }}", "prompt_hash": "{{ event.payload.prompt_hash }}"}
+    assert not deployments["index"].schedules and not deployments["eval"].triggers
+    assert all("ragloop" in d.tags for d in deployments.values())
+
+
+@pytest.mark.parametrize("field, value, match", [("timezone", "Mars/Olympus", "unknown IANA timezone"),
+                                                 ("nightly_cron", "0 2 * *", "5 cron fields")])
+def test_bad_schedule_config_names_the_field(field, value, match):
+    with pytest.raises(ConfigError, match=match):
+        load_settings(overrides={"deployments": {field: value}})
+
+
+def test_emit_without_a_server_exits_2_naming_what_to_do(tmp_path, monkeypatch, capsys):
+    from tests.conftest import REPO
+
+    monkeypatch.delenv("PREFECT_API_URL", raising=False)
+    from tasks.storage import Lake
+
+    monkeypatch.setenv("RAGLOOP_PROMPTS_DIR", str(REPO / "prompts"))
+    assert main(["prompts", "check", "--emit", "--lake", str(tmp_path / "lake"), "--json"]) == 0, \
+        "never-used prompts are listed as new but not emitted: nothing to send"
+    assert json.loads(capsys.readouterr().out)["emitted"] == 0
+    Lake(str(tmp_path / "lake")).record_prompt("answer", "0" * 64, "an older answer prompt")
+    code = main(["prompts", "check", "--emit", "--lake", str(tmp_path / "lake"), "--json"])
+    out = json.loads(capsys.readouterr().out)
+    assert code == 2 and "PREFECT_API_URL" in out["error"]
