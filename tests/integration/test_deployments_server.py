@@ -14,7 +14,7 @@ import time
 import httpx
 import pytest
 
-from tests.conftest import REPO
+from tests.conftest import REPO, stop_process
 from tests.flows.test_eval_flow import CORPUS, QRELS, QUERIES
 
 pytestmark = pytest.mark.integration
@@ -86,13 +86,8 @@ def test_prompt_change_event_triggers_a_gated_eval(tmp_path):
         assert run["state_type"] == "COMPLETED", run["state"]
         assert run["parameters"] == {"prompt": "answer", "prompt_hash": summary["changed"][0]["prompt_hash"]}
     finally:
-        for proc in (serve, server):
-            if proc:
-                proc.terminate()
-                try:
-                    proc.wait(timeout=30)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
+        stop_process(serve)
+        stop_process(server)
         logs.close()
 
 

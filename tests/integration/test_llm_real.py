@@ -26,6 +26,7 @@ from tasks.llm import (  # noqa: E402  (after the skips: nothing to import witho
     OpenAICompatLLM,
     packaged_model_path,
 )
+from tests.conftest import stop_process  # noqa: E402
 
 pytestmark = pytest.mark.integration
 
@@ -132,12 +133,7 @@ def server_url(tmp_path_factory):
             time.sleep(0.25)
         yield url
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_process(proc, timeout=10)
 
 
 @pytest.fixture
