@@ -85,6 +85,12 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _with_error(lines: list[str], summary: dict) -> list[str]:
+    if summary.get("error"):
+        lines.append(f"error: {summary['error']}")
+    return lines
+
+
 def _human_index(summary: dict) -> list[str]:
     lines = [f"run {summary['run_id']}: {summary['status']}"]
     d = summary.get("documents")
@@ -108,9 +114,7 @@ def _human_index(summary: dict) -> list[str]:
     for name, report in (summary.get("validation") or {}).items():
         if not report.get("success"):
             lines.append(f"validation {name} FAILED: {report.get('failures')}")
-    if summary.get("error"):
-        lines.append(f"error: {summary['error']}")
-    return lines
+    return _with_error(lines, summary)
 
 
 def _run_ingest(args: argparse.Namespace) -> dict:
@@ -143,9 +147,7 @@ def _human_synth(summary: dict) -> list[str]:
             lines.append("rejects: " + ", ".join(f"{k} {v}" for k, v in summary["rejects"].items()))
         cov = summary.get("coverage", {})
         lines.append(f"coverage: {cov.get('documents')} of {cov.get('of')} documents")
-    if summary.get("error"):
-        lines.append(f"error: {summary['error']}")
-    return lines
+    return _with_error(lines, summary)
 
 
 def _run_synth(args: argparse.Namespace) -> dict:
@@ -168,9 +170,7 @@ def _human_lifecycle(summary: dict) -> list[str]:
         lines.extend(printers[name]({"run_id": stage.get("run_id", "?"), "status": stage.get("status"), **stage}))
         if stage.get("cached"):
             lines.append("(inputs unchanged since this run: its results were reused, nothing recomputed)")
-    if summary.get("error"):
-        lines.append(f"error: {summary['error']}")
-    return lines
+    return _with_error(lines, summary)
 
 
 def _run_eval(args: argparse.Namespace) -> dict:
@@ -201,9 +201,7 @@ def _human_eval(summary: dict) -> list[str]:
         lines.append(f"results: {summary['results']['items']}")
     if summary.get("gate"):
         lines.append(f"gate: {summary['gate']['status']} {'; '.join(summary['gate']['reasons'])}".rstrip())
-    if summary.get("error"):
-        lines.append(f"error: {summary['error']}")
-    return lines
+    return _with_error(lines, summary)
 
 
 def _run_import_beir(args: argparse.Namespace) -> dict:

@@ -42,6 +42,12 @@ def check_sources(sources: list[str]) -> None:
 
 def serving_store(lake: Lake, embedder) -> ChunkStore:
     """The chunks table later stages read: must exist and be the configured embedder's (exit 2 otherwise)."""
+    check_serving(lake, embedder)
+    return ChunkStore(lake, embedder)
+
+
+def check_serving(lake: Lake, embedder) -> dict:
+    """The serving ref (table + version), after checking it exists and was built by this embedder."""
     serving = lake.read_ref("serving")
     if not serving:
         raise ConfigError(f"lake {lake.uri} has no index yet: run `ragloop index` first")
@@ -51,7 +57,7 @@ def serving_store(lake: Lake, embedder) -> ChunkStore:
             f"embedding.model: the lake serves table {serving['table']}, but the configured embedder "
             f"{embedder.name} reads {expected}; index with this embedder first or configure the serving one"
         )
-    return ChunkStore(lake, embedder)
+    return serving
 
 
 class StageTimer:

@@ -9,10 +9,11 @@ import pyarrow as pa
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from flows.common import RunRecorder, StageTimer, flow_settings
+from flows.common import RunRecorder, StageTimer, check_serving, flow_settings
 from tasks import chain as chain_steps
 from tasks import evaluation, gating, schemas
 from tasks.embedding import load_embedder
+from tasks.lineage import canonical_hash
 from tasks.llm import LLMConfigError, LLMUnavailable, load_llm
 from tasks.prompts import PromptError, load_prompts
 from tasks.ragas_metrics import RagasScorer
@@ -74,17 +75,13 @@ def evaluate_chain(
     if golden_set_id is None:
         raise ConfigError(f"--golden {golden}: no such golden set in {store_lake.uri} "
                           f"(have: {', '.join(store_lake.list_golden()) or 'none'}); run synth, golden import or import-beir")
-    serving = store_lake.read_ref("serving")
-    if not serving:
-        raise ConfigError(f"lake {store_lake.uri} has no index yet: run `ragloop index` first")
     embedder = load_embedder(settings.embedding)
+    serving = check_serving(store_lake, embedder)
     items = [i for i in store_lake.read_golden(golden_set_id).to_pylist() if i["status"] == "active"]
     if not items:
         raise ConfigError(f"golden set {golden_set_id} has no active items")
     retriever = Retriever(store_lake, serving["table"], serving["version"], embedder, exact=config.exact,
                           rerank_depth=config.rerank_depth if config.rerank == "embedding" else 0)
-    if retriever.table_name != f"chunks__{embedder.slug}":
-        raise ConfigError(f"embedding.model: the serving table {serving['table']} was not built by {embedder.name}")
     prompts, llm = {}, None
     wanted = ([config.rewrite_prompt] if config.rewrite_prompt else []) + ([] if retrieval_only else [config.answer_prompt])
     if wanted:
@@ -119,7 +116,7 @@ def evaluate_chain(
     judge_id = judge.model_id if judge else None
     # Everything the metrics depend on: equal key -> equal deterministic metrics (seeded bootstrap,
     # seeded LLM). The nightly reuses such a run instead of recomputing it.
-    cache_key = evaluation.chain_hash({
+    cache_key = canonical_hash({
         "golden_set_id": golden_set_id, "table": [serving["table"], serving["version"]], "chain": chain,
         "prompts": {p.name: p.prompt_hash for p in prompts.values()}, "judge": judge_id,
         "embedder": embedder.weights_sha256, "eval": config.model_dump(mode="json"), "gate": settings.gate.model_dump(mode="json"),
@@ -197,7 +194,7 @@ def evaluate_chain(
             "models": {"embedder": embedder.name, "embedder_weights_sha256": embedder.weights_sha256,
                        "llm": llm.model_id if llm else None, "judge": judge_id},
             "chain": chain,
-            "chain_hash": evaluation.chain_hash(chain),
+            "chain_hash": canonical_hash(chain),
             "judge": judge_id,
             "retrieval_only": retrieval_only,
         })

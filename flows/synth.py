@@ -12,9 +12,9 @@ from prefect.cache_policies import NO_CACHE
 
 from flows.common import RunRecorder, StageTimer, flow_settings, serving_store
 from tasks import qa_generation as qa
-from tasks.evaluation import chain_hash as evaluation_hash
 from tasks import schemas
 from tasks.embedding import load_embedder
+from tasks.lineage import canonical_hash
 from tasks.llm import LLMConfigError, LLMUnavailable, load_llm
 from tasks.prompts import PromptError, load_prompts
 from tasks.settings import ConfigError
@@ -57,7 +57,7 @@ def synth_golden_set(lake: str | None = None, size: int | None = None, config_pa
 
         # What generation depends on: the table version, the prompts, the synth and LLM settings. When
         # none changed since the last synth it already made its attempts: a rerun generates nothing.
-        inputs = evaluation_hash({"table": [store.name, store.version], "synth": config.model_dump(mode="json"),
+        inputs = canonical_hash({"table": [store.name, store.version], "synth": config.model_dump(mode="json"),
                                   "llm": settings.llm.model_dump(mode="json"),
                                   "prompts": {n: p.prompt_hash for n, p in sorted(prompts.items())}})
         up_to_date = bool(previous_ref) and previous_ref.get("inputs") == inputs and not changed

@@ -3,8 +3,6 @@ confidence intervals, overall and per question type (pure)."""
 
 from __future__ import annotations
 
-import hashlib
-import json
 import math
 from typing import Iterable, Mapping, Sequence
 
@@ -20,11 +18,6 @@ CHUNK_PREFIX = "chunk_"  # chunk-level IR metrics; unprefixed names are document
 def cutoffs(config: EvalConfig, k: int) -> list[int]:
     """The k values metrics are reported at: the configured ones up to k, and k itself."""
     return sorted({c for c in config.metric_ks if c <= k} | {k})
-
-
-def chain_hash(chain: Mapping) -> str:
-    """sha256 of the chain's canonical JSON (retrieval mode, k, prompts and their hashes, ...)."""
-    return hashlib.sha256(json.dumps(chain, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
 def ir_item_metrics(

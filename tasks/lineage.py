@@ -3,11 +3,19 @@
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
+import json
 import secrets
 import subprocess
 from functools import lru_cache
 from importlib import metadata
 from pathlib import Path
+from typing import Any
+
+
+def canonical_hash(value: Any) -> str:
+    """sha256 of the canonical JSON of a value (sorted keys, no spaces): equal content, equal hash."""
+    return hashlib.sha256(json.dumps(value, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
 def new_run_id(flow: str, now: dt.datetime | None = None) -> str:

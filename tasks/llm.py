@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import abc
 import asyncio
 import concurrent.futures
 import email.utils
@@ -187,11 +188,12 @@ class _RepairLoop:
                                 self.latency_ms)
 
 
-class _SyncStructured:
+class _SyncStructured(abc.ABC):
     """structured/structured_many/complete_many on top of a synchronous complete() (one call at a time)."""
 
-    def complete(self, messages: Messages, **params: Any) -> Completion:  # pragma: no cover - overridden
-        raise NotImplementedError
+    @abc.abstractmethod
+    def complete(self, messages: Messages, **params: Any) -> Completion:
+        """One chat completion (the provider's own)."""
 
     def complete_many(self, messages_list: Sequence[Messages], **params: Any) -> list[Completion | Exception]:
         """One completion per conversation, sequentially, in input order; a failed request is its LLMError."""

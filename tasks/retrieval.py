@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Literal, Sequence
 
 from tasks.embedding import Embedder
+from tasks.indexing import sql_in
 from tasks.storage import Lake
 
 Mode = Literal["vector", "fts", "hybrid"]
@@ -42,8 +43,7 @@ class Retriever:
         top = [r["chunk_id"] for r in sorted(sizes, key=lambda r: -r["n_tokens"])[:k]]
         if not top:
             return []
-        quoted = ", ".join("'" + c.replace("'", "''") + "'" for c in top)
-        return self.table.search().where(f"chunk_id IN ({quoted})").select(["text"]).limit(None).to_arrow()["text"].to_pylist()
+        return self.table.search().where(sql_in("chunk_id", top)).select(["text"]).limit(None).to_arrow()["text"].to_pylist()
 
     def search_many(self, queries: Sequence[str], mode: Mode, k: int) -> list[tuple[list[Hit], float]]:
         """Top-k hits per query, best first, with the search latency in ms (query encoding included,
@@ -67,8 +67,8 @@ class Retriever:
     def _rerank(self, hits: list[Hit], vector) -> list[Hit]:
         if not hits:
             return hits
-        quoted = ", ".join("'" + h.chunk_id.replace("'", "''") + "'" for h in hits)
-        rows = self.table.search().where(f"chunk_id IN ({quoted})").select(["chunk_id", "vector"]).limit(None).to_arrow()
+        where = sql_in("chunk_id", [h.chunk_id for h in hits])
+        rows = self.table.search().where(where).select(["chunk_id", "vector"]).limit(None).to_arrow()
         stored = dict(zip(rows["chunk_id"].to_pylist(), rows["vector"].to_numpy(zero_copy_only=False)))
         scored = [Hit(h.chunk_id, h.doc_id, h.text, float(stored[h.chunk_id] @ vector)) for h in hits]
         return sorted(scored, key=lambda h: -h.score)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from pathlib import Path
@@ -14,6 +13,8 @@ from pydantic import (
     model_validator,
 )
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from tasks.lineage import canonical_hash
 
 DEFAULT_CONFIG_FILE = "ragloop.yaml"
 CONFIG_ENV_VAR = "RAGLOOP_CONFIG"
@@ -224,8 +225,7 @@ class Settings(BaseSettings):
 
     def config_hash(self) -> str:
         """sha256 of the canonical JSON of every setting (the lineage's config_hash)."""
-        canonical = json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
-        return hashlib.sha256(canonical.encode()).hexdigest()
+        return canonical_hash(self.model_dump(mode="json"))
 
 
 def _deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
