@@ -49,6 +49,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--retrieval-only", action="store_true", help="IR metrics only, no answer generation")
     common(p)
 
+    p = sub.add_parser("monitor", help="history, windowed regression rule, drift and budget checks, alerts, HTML report")
+    common(p)
+
     p = sub.add_parser("import-beir", help="index a BEIR corpus and import its queries + qrels as a golden set")
     p.add_argument("path", metavar="DIR", help="a BEIR dataset directory (corpus.jsonl, queries.jsonl, qrels/)")
     p.add_argument("--chunking", choices=["markdown", "recursive", "none"], help="chunking strategy (none = BEIR setup)")
@@ -164,12 +167,41 @@ def _run_lifecycle(args: argparse.Namespace) -> dict:
 
 def _human_lifecycle(summary: dict) -> list[str]:
     lines = [f"lifecycle {summary['run_id']}: {summary['status']}"]
-    printers = {"index": _human_index, "synth": _human_synth, "eval": _human_eval}
+    printers = {"index": _human_index, "synth": _human_synth, "eval": _human_eval, "monitor": _human_monitor}
     for name, stage in summary.get("stages", {}).items():
         lines.append(f"-- {name}")
-        lines.extend(printers[name]({"run_id": stage.get("run_id", "?"), "status": stage.get("status"), **stage}))
+        shown = {k: v for k, v in stage.items() if not (name == "monitor" and k == "report")}  # printed last, once
+        lines.extend(printers[name]({"run_id": stage.get("run_id", "?"), "status": stage.get("status"), **shown}))
         if stage.get("cached"):
             lines.append("(inputs unchanged since this run: its results were reused, nothing recomputed)")
+    if summary.get("report"):
+        lines.append(f"report: {summary['report']}")
+    return _with_error(lines, summary)
+
+
+def _run_monitor(args: argparse.Namespace) -> dict:
+    from flows.monitor import monitor_quality
+
+    return monitor_quality(lake=args.lake, config_path=args.config)
+
+
+def _human_monitor(summary: dict) -> list[str]:
+    lines = [f"run {summary['run_id']}: {summary['status']}"]
+    if "alerts" in summary:
+        lines.append(f"{summary.get('observations', 0)} observations in the history"
+                     + (f" ({len(summary['observed'])} new)" if summary.get("observed") else ""))
+        checks = summary.get("checks") or {}
+        for name in ("corpus", "embedding", "retrieval", "budgets"):
+            if name in checks:
+                figures = {k: v for k, v in checks[name].items() if not isinstance(v, (dict, list))}
+                lines.append(f"{name}: " + ", ".join(f"{k} {v}" for k, v in figures.items()))
+        lines.append(f"alerts: {len(summary['alerts'])}" if summary["alerts"] else "alerts: none")
+        lines.extend(f"  [{a['severity']}] {a['kind']}: {a['message']}" for a in summary["alerts"])
+        sinks = [f"{d['sink']} {d['status']}" + (f" ({d['error']})" if d.get("error") else "") for d in summary.get("sinks", [])]
+        if summary["alerts"] or any(d["status"] == "failed" for d in summary.get("sinks", [])):
+            lines.append("sinks: " + ", ".join(sinks))
+    if summary.get("report"):
+        lines.append(f"report: {summary['report']}")
     return _with_error(lines, summary)
 
 
@@ -336,6 +368,7 @@ COMMANDS: dict[str, tuple[Callable[[argparse.Namespace], dict], Callable[[dict],
     "prompts": (_run_prompts, _human_prompts),
     "golden": (_run_golden, _human_golden),
     "eval": (_run_eval, _human_eval),
+    "monitor": (_run_monitor, _human_monitor),
     "import-beir": (_run_import_beir, _human_import_beir),
     "compare": (_run_compare, _human_compare),
     "lineage": (_run_lineage, _human_lineage),

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pyarrow as pa
 from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
 from flows.common import RunRecorder, StageTimer, check_serving, flow_settings
@@ -239,7 +240,30 @@ def evaluate_chain(
         status = "gate_failed" if gate["status"] == "failed" else ("partial" if failed else "ok")
         run.lineage["eval_cache_key"] = cache_key
         store_lake.write_ref(f"eval_cache__{cache_key[:32]}", {"run_id": run.run_id})
+        _publish_artifacts(run.run_id, status, outputs, run.lineage)
         return run.finish(status, outputs)
     except BaseException as exc:
         run.finish("failed", {"error": f"{type(exc).__name__}: {exc}"})
         raise
+
+
+def _publish_artifacts(run_id: str, status: str, outputs: dict, lineage: dict) -> None:
+    """The eval's headline in the Prefect UI: metrics with CIs, the gate and its deltas, per-type table."""
+    metrics, ci, deltas = outputs["metrics"], outputs["ci"], outputs.get("deltas") or {}
+    gate = outputs["gate"]
+    lines = [f"# ragloop eval {run_id}: {status}", "",
+             f"Golden set `{outputs['golden_set_id']}`, {outputs['items']['total']} items ({outputs['items']['failed']} failed); "
+             f"chain `{lineage.get('chain_hash', '')[:12]}`, prompts "
+             + ", ".join(f"{k}@{v[:12]}" for k, v in sorted((lineage.get("prompts") or {}).items())) + ".", "",
+             f"**Gate: {gate['status']}** vs baseline {outputs.get('baseline_run_id') or '(none yet: this run becomes it)'}", ""]
+    lines += [f"- {reason}" for reason in gate["reasons"]]
+    lines += ["", "| metric | value | 95% CI | Δ vs baseline | Δ CI |", "|---|---:|---:|---:|---:|"]
+    for name in sorted(metrics):
+        d = deltas.get(name)
+        lines.append(f"| {name} | {metrics[name]:.4f} | [{ci[name][0]:.4f}, {ci[name][1]:.4f}] | "
+                     + (f"{d['delta']:+.4f} | [{d['ci'][0]:+.4f}, {d['ci'][1]:+.4f}] |" if d else " | |"))
+    create_markdown_artifact(markdown="\n".join(lines), key="ragloop-eval", description=f"eval {run_id}: metrics and gate")
+    if outputs.get("by_type"):
+        create_table_artifact(key="ragloop-eval-by-type", description=f"eval {run_id}: metrics per question type", table=[
+            {"qa_type": t, "n": g["n"], **{m: round(v, 4) for m, v in sorted(g["metrics"].items()) if not m.startswith("chunk_")}}
+            for t, g in sorted(outputs["by_type"].items())])

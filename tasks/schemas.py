@@ -163,3 +163,20 @@ TRACES = pa.schema(
         ("error", pa.string()),
     ]
 )
+
+
+HISTORY = pa.schema(
+    [
+        ("observation_id", pa.string()),  # the run that observed it: an eval run, or a night reusing one
+        ("run_id", pa.string()),  # the run that produced the value (eval run; monitor run for drift figures)
+        ("flow", pa.string()),  # eval | monitor
+        ("golden_set_id", pa.string()),
+        ("scope", pa.string()),  # all | type:<qa_type> | drift | budget
+        ("metric", pa.string()),
+        ("value", pa.float64()),
+        ("ci_low", pa.float64()),
+        ("ci_high", pa.float64()),
+        ("n", pa.int64()),
+        ("at", TS),
+    ]
+)

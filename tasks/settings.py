@@ -169,6 +169,56 @@ class GateConfig(Section):
     max_failed_fraction: float = Field(default=0.05, ge=0, le=1)
 
 
+AlertSinkName = Literal["log", "jsonl", "artifact", "webhook"]
+
+
+class MonitorConfig(Section):
+    """The regression rule, drift thresholds, budgets and alert sinks: alert policy reviewed like code."""
+
+    # Regression: a metric regresses when every one of the last `window` observations lies more than
+    # `max_drop` below the baseline (median of up to `baseline_runs` observations before the window), so
+    # one noisy night never alerts. Only observations whose golden set shares at least
+    # `min_golden_overlap` of its questions with the latest one are compared.
+    window: PositiveInt = 2
+    baseline_runs: PositiveInt = 5
+    max_drop: float = Field(default=0.05, ge=0)
+    critical_drop: float = Field(default=0.15, ge=0)
+    metrics: list[str] = Field(default_factory=list)  # checked and plotted; empty = every metric (all higher-is-better)
+    min_golden_overlap: float = Field(default=0.5, ge=0, le=1)
+    # Drift between the previously monitored state and the current one.
+    max_corpus_change: float = Field(default=0.2, ge=0)  # (added + removed + changed docs) / previous docs
+    max_length_shift: float = Field(default=0.2, ge=0, le=1)  # KS statistic of document lengths
+    max_embedding_shift: float = Field(default=0.05, ge=0, le=2)  # cosine distance between chunk-vector centroids
+    max_top1_drop: float = Field(default=0.05, ge=0)  # drop of the median top-1 cosine of golden questions
+    embedding_sample: PositiveInt = 20_000  # chunk vectors read per table version (seeded sample)
+    retrieval_sample: PositiveInt = 500  # golden questions searched for the top-1 distribution
+    # Budgets per eval run (None = not checked). Latency is a whole item (all steps); tokens count the
+    # prompt and the completion; cost = tokens / 1000 * price (0 for the local model).
+    max_item_latency_p95_s: PositiveFloat | None = 60.0
+    max_tokens_per_item: PositiveInt | None = 4000
+    price_per_1k_tokens: NonNegativeFloat = 0.0
+    max_cost_per_run: NonNegativeFloat | None = None
+    # Sinks: log, an alerts JSONL file (default <lake>/alerts/alerts.jsonl), a Prefect artifact, and a
+    # JSON POST (Slack-compatible `text`) to the URL in the env var named here; the URL is a secret,
+    # so it is never a config value. The webhook is skipped (and says so) while the variable is unset.
+    sinks: list[AlertSinkName] = Field(default_factory=lambda: ["log", "jsonl", "artifact", "webhook"])
+    alerts_file: str | None = None
+    webhook_url_env: str = "ALERT_WEBHOOK_URL"
+    webhook_min_severity: Literal["info", "warning", "critical"] = "warning"
+    webhook_timeout_s: PositiveFloat = 10
+    webhook_retries: NonNegativeInt = 3
+    webhook_backoff_s: NonNegativeFloat = 1.0
+    report_worst_items: PositiveInt = 10
+
+    @model_validator(mode="after")
+    def _critical_above_warning(self) -> "MonitorConfig":
+        if self.critical_drop < self.max_drop:
+            raise ValueError("critical_drop must be >= max_drop")
+        if self.webhook_url_env.startswith("RAGLOOP_"):
+            raise ValueError("webhook_url_env: RAGLOOP_* variables are settings; name another variable")
+        return self
+
+
 class DeploymentsConfig(Section):
     """Schedules are reviewed like code: the nightly cron and its timezone live here."""
 
@@ -207,6 +257,7 @@ class Settings(BaseSettings):
     synth: SynthConfig = Field(default_factory=SynthConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
     gate: GateConfig = Field(default_factory=GateConfig)
+    monitor: MonitorConfig = Field(default_factory=MonitorConfig)
     deployments: DeploymentsConfig = Field(default_factory=DeploymentsConfig)
     prompts_dir: str = "prompts"
 

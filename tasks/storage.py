@@ -6,6 +6,9 @@ Layout under the lake root (a local path or an object-store URI; pyarrow filesys
     validations/<run_id>/<suite>.json           great-expectations results
     runs/<run_id>.parquet                       run manifests (status, times, lineage, outputs)
     refs/<name>.json                            small pointers: latest snapshot, serving table
+    history/<observation_id>.parquet            metric values per observed eval run (monitor)
+    alerts/alerts.jsonl                         every alert the monitor raised, one JSON per line
+    reports/<run_id>/report.html (+ PNGs)       the monitor's HTML report per run
     lancedb/chunks__<embedder_slug>.lance       chunk vectors (LanceDB)
 Every Parquet/JSON write goes to a temp name first and is renamed into place.
 """
@@ -258,6 +261,46 @@ class Lake:
             return ref["golden_set_id"] if ref else None
         matches = [g for g in self.list_golden() if g.startswith(spec)]
         return matches[0] if len(matches) == 1 else None
+
+    # -- monitoring ----------------------------------------------------------------------------
+    def write_history(self, observation_id: str, table: pa.Table) -> None:
+        """One observation's metric rows (rewriting the same observation replaces it: idempotent)."""
+        self.write_parquet(table, self._path("history", f"{observation_id}.parquet"))
+
+    def read_history(self) -> pa.Table:
+        return self._read_dir("history", schemas.HISTORY)
+
+    def default_alerts_path(self) -> str:
+        return self._path("alerts", "alerts.jsonl")
+
+    def append_lines(self, path: str, lines: list[str]) -> None:
+        """Append text lines to a file (JSONL); object stores cannot append, so they rewrite it."""
+        if not lines:
+            return
+        payload = "".join(line.rstrip("\n") + "\n" for line in lines).encode("utf-8")
+        self.fs.create_dir(posixpath.dirname(path), recursive=True)
+        if isinstance(self.fs, pafs.LocalFileSystem):
+            with open(path, "ab") as out:
+                out.write(payload)
+            return
+        old = b""
+        if self.exists(path):
+            with self.fs.open_input_stream(path) as src:
+                old = src.read()
+        with self.fs.open_output_stream(path) as out:
+            out.write(old + payload)
+
+    def write_report(self, run_id: str, files: dict[str, bytes]) -> str:
+        """Write a run's report files (report.html and its PNGs) under reports/<run_id>/; returns the HTML path."""
+        folder = self._path("reports", run_id)
+        self.fs.create_dir(folder, recursive=True)
+        for name in sorted(files, key=lambda n: n == "report.html"):  # the HTML last: its images exist first
+            path = posixpath.join(folder, name)
+            tmp = self._tmp_name(path)
+            with self.fs.open_output_stream(tmp) as out:
+                out.write(files[name])
+            self._move_into_place(tmp, path)
+        return posixpath.join(folder, "report.html")
 
     # -- LanceDB -------------------------------------------------------------------------------
     def connect_vectors(self):

@@ -6,6 +6,7 @@ import json
 
 from flows import evaluate as eval_flow
 from flows import index as index_flow
+from flows import monitor as monitor_flow
 from flows import synth as synth_flow
 from flows.cli import main
 from tests.conftest import REPO, write_files
@@ -14,7 +15,7 @@ from tests.flows.test_synth_flow import DOCS, PassageLLM
 
 def test_second_night_with_nothing_changed_recomputes_nothing(prefect_backend, tmp_path, lake_dir, monkeypatch, fake_embedder, capsys):
     llm = PassageLLM()
-    for module in (index_flow, synth_flow, eval_flow):
+    for module in (index_flow, synth_flow, eval_flow, monitor_flow):
         monkeypatch.setattr(module, "load_embedder", lambda config: fake_embedder)
     monkeypatch.setattr(synth_flow, "load_llm", lambda config: llm)
     monkeypatch.setattr(eval_flow, "load_llm", lambda config: llm)
@@ -31,7 +32,10 @@ def test_second_night_with_nothing_changed_recomputes_nothing(prefect_backend, t
     assert main(["run", "--source", str(src), "--lake", str(lake_dir), "--json"]) == 0
     first = json.loads(capsys.readouterr().out)
     assert first["status"] == "ok", first
-    assert set(first["stages"]) == {"index", "synth", "eval"}
+    assert set(first["stages"]) == {"index", "synth", "eval", "monitor"}
+    assert first["stages"]["monitor"]["observed"] == [first["stages"]["eval"]["run_id"]]
+    assert first["report"] == first["stages"]["monitor"]["report"] and (lake_dir / "reports").is_dir()
+    assert open(first["report"]).read().count("<table") >= 3
     assert first["stages"]["synth"]["items"]["new"] > 0 and "hit@1" in first["stages"]["eval"]["metrics"]
 
     calls = llm.calls
@@ -42,6 +46,14 @@ def test_second_night_with_nothing_changed_recomputes_nothing(prefect_backend, t
     assert second["stages"]["eval"]["cached"] and second["stages"]["eval"]["run_id"] == first["stages"]["eval"]["run_id"]
     assert llm.calls == calls, "no LLM call on a night with nothing changed"
     assert second["lineage"]["stage_runs"]["eval"] == first["stages"]["eval"]["run_id"]
+    # the night is still observed (same values, counted as one more night) and nothing drifted
+    monitor = second["stages"]["monitor"]
+    assert monitor["observed"] == [second["run_id"]] and monitor["observations"] == 2
+    assert monitor["checks"]["corpus"]["change_fraction"] == 0 and monitor["alerts"] == []
+
+    assert main(["run", "--source", str(src), "--lake", str(lake_dir)]) == 0
+    human = capsys.readouterr().out
+    assert "nothing recomputed" in human and f"report: {lake_dir}" in human
 
 
 def _answer(conversation):

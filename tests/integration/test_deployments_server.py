@@ -85,6 +85,11 @@ def test_prompt_change_event_triggers_a_gated_eval(tmp_path):
         run = _wait(finished, 300, "the triggered prompt-changed flow run")
         assert run["state_type"] == "COMPLETED", run["state"]
         assert run["parameters"] == {"prompt": "answer", "prompt_hash": summary["changed"][0]["prompt_hash"]}
+        # what the UI shows for it: the eval's metrics/gate and the monitor's headline, as artifacts
+        artifacts = _post(f"{api}/artifacts/filter", {"limit": 100, "offset": 0, "sort": "CREATED_DESC"})
+        keys = {a["key"] for a in artifacts}
+        assert {"ragloop-eval", "ragloop-monitor"} <= keys, keys
+        assert any("Gate:" in (a["data"] or "") for a in artifacts if a["key"] == "ragloop-eval")
     finally:
         stop_process(serve)
         stop_process(server)

@@ -1,0 +1,282 @@
+"""Quality monitoring: history rows, the windowed regression rule, drift checks and budgets (pure).
+
+Every check returns its figures (for the history and the report) and the alerts they raise; nothing
+here reads the lake or sends anything (flows/monitor.py wires the I/O, tasks/alerting.py the sinks).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Any, Iterable, Mapping, Sequence
+
+import numpy as np
+from scipy import stats
+
+from tasks.settings import MonitorConfig
+
+SEVERITY_RANK = {"info": 0, "warning": 1, "critical": 2}
+
+
+@dataclass(frozen=True)
+class Alert:
+    """One finding: `kind` says which check raised it; `metric` names the metric when there is one."""
+
+    kind: str  # regression | corpus_drift | length_drift | embedding_drift | retrieval_drift | ge_failure
+    #            | latency_budget | token_budget | cost_budget | stage_failed
+    message: str
+    severity: str  # info | warning | critical
+    metric: str | None = None
+    details: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class Check:
+    """What one check measured and what it raised."""
+
+    figures: dict[str, Any]
+    alerts: list[Alert]
+
+
+# -- history ------------------------------------------------------------------------------------
+
+
+def history_rows(observation_id: str, eval_run: Mapping, at: dt.datetime) -> list[dict]:
+    """History rows for one observation of an eval run: every metric overall (scope `all`, with its
+    CI and n) and per question type (scope `type:<qa_type>`)."""
+    outputs = eval_run.get("outputs") or {}
+    golden = outputs.get("golden_set_id") or (eval_run.get("lineage") or {}).get("golden_set_id")
+    base = {"observation_id": observation_id, "run_id": eval_run["run_id"], "flow": "eval", "golden_set_id": golden, "at": at}
+    rows = []
+
+    def add(scope: str, metrics: Mapping, cis: Mapping, counts: Mapping | int | None) -> None:
+        for name, value in sorted(metrics.items()):
+            low, high = (cis.get(name) or [None, None]) if cis else (None, None)
+            n = counts.get(name) if isinstance(counts, Mapping) else counts
+            rows.append({**base, "scope": scope, "metric": name, "value": _num(value), "ci_low": _num(low),
+                         "ci_high": _num(high), "n": n})
+
+    add("all", outputs.get("metrics") or {}, outputs.get("ci") or {}, outputs.get("n") or {})
+    for qa_type, group in sorted((outputs.get("by_type") or {}).items()):
+        add(f"type:{qa_type}", group.get("metrics") or {}, group.get("ci") or {}, group.get("n"))
+    return rows
+
+
+def _num(value) -> float | None:
+    return None if value is None or (isinstance(value, float) and math.isnan(value)) else float(value)
+
+
+def observations(rows: Iterable[Mapping], scope: str = "all") -> list[dict]:
+    """History rows of one scope grouped per observation, oldest first:
+    [{observation_id, run_id, golden_set_id, at, metrics: {name: {value, ci_low, ci_high}}}]."""
+    grouped: dict[str, dict] = {}
+    for r in rows:
+        if r["scope"] != scope or r["flow"] != "eval":
+            continue
+        obs = grouped.setdefault(r["observation_id"], {
+            "observation_id": r["observation_id"], "run_id": r["run_id"], "golden_set_id": r["golden_set_id"],
+            "at": r["at"], "metrics": {}})
+        obs["metrics"][r["metric"]] = {"value": r["value"], "ci_low": r["ci_low"], "ci_high": r["ci_high"]}
+    return sorted(grouped.values(), key=lambda o: (o["at"], o["observation_id"]))
+
+
+# -- regression ---------------------------------------------------------------------------------
+
+
+def check_regression(series: Sequence[Mapping], config: MonitorConfig) -> Check:
+    """The windowed regression rule over one series of observations (oldest first).
+
+    A metric regresses when each of the last `window` observations is more than `max_drop` below the
+    baseline, the median of up to `baseline_runs` observations before the window. A single bad
+    night is never enough (window >= 2 by default); the drop's size sets the severity.
+    """
+    if len(series) < config.window + 1:
+        return Check({"observations": len(series), "checked": [], "reason": f"needs {config.window + 1} observations"}, [])
+    window = series[-config.window:]
+    before = series[: -config.window]
+    names = config.metrics or sorted(window[-1]["metrics"])
+    alerts, checked = [], {}
+    for name in names:
+        current = [o["metrics"].get(name, {}).get("value") for o in window]
+        baseline_values = [o["metrics"][name]["value"] for o in before if o["metrics"].get(name, {}).get("value") is not None]
+        baseline_values = baseline_values[-config.baseline_runs:]
+        if any(v is None for v in current) or not baseline_values:
+            continue
+        baseline = float(np.median(baseline_values))
+        drops = [baseline - v for v in current]
+        checked[name] = {"baseline": round(baseline, 6), "window": [round(v, 6) for v in current],
+                         "min_drop": round(min(drops), 6)}
+        if min(drops) <= config.max_drop:
+            continue
+        severity = "critical" if min(drops) > config.critical_drop else "warning"
+        highs = [o["metrics"][name].get("ci_high") for o in window]
+        beyond_ci = all(h is not None and h < baseline for h in highs)
+        values = ", ".join(f"{v:.4f}" for v in current)
+        alerts.append(Alert(
+            kind="regression", metric=name, severity=severity,
+            message=(f"{name} regressed: {values} on the last {len(window)} runs, at least {min(drops):.4f} below its "
+                     f"baseline {baseline:.4f} (median of {len(baseline_values)} earlier runs; threshold {config.max_drop})"
+                     + ("; every CI lies below the baseline" if beyond_ci else "")),
+            details={"baseline": baseline, "window": current, "baseline_runs": len(baseline_values),
+                     "run_ids": [o["run_id"] for o in window], "ci_high": highs, "beyond_ci": beyond_ci},
+        ))
+    return Check({"observations": len(series), "checked": checked}, alerts)
+
+
+def comparable(series: Sequence[Mapping], overlaps: Mapping[str, float], min_overlap: float) -> list[dict]:
+    """The observations scored on golden sets that share at least `min_overlap` of the latest set's
+    questions (overlaps: golden_set_id -> shared fraction), so a new question set never reads as a drop."""
+    return [o for o in series if overlaps.get(o["golden_set_id"], 0.0) >= min_overlap]
+
+
+# -- drift --------------------------------------------------------------------------------------
+
+
+def check_corpus_drift(previous: Mapping[str, str] | None, current: Mapping[str, str],
+                       previous_lengths: Sequence[float], current_lengths: Sequence[float], config: MonitorConfig) -> Check:
+    """Documents added/removed/changed between two snapshots ({doc_id: content_sha256}) and the shift of
+    their length distribution (two-sample Kolmogorov-Smirnov statistic)."""
+    if previous is None:
+        return Check({"documents": len(current), "baseline": True}, [])
+    added = len(current.keys() - previous.keys())
+    removed = len(previous.keys() - current.keys())
+    changed = sum(1 for d in current.keys() & previous.keys() if current[d] != previous[d])
+    fraction = (added + removed + changed) / max(len(previous), 1)
+    figures = {"documents": len(current), "previous_documents": len(previous), "added": added, "removed": removed,
+               "changed": changed, "change_fraction": round(fraction, 6)}
+    alerts = []
+    if fraction > config.max_corpus_change:
+        alerts.append(Alert(
+            kind="corpus_drift", severity="warning", metric="corpus.change_fraction",
+            message=(f"corpus changed by {fraction:.1%} since the last monitored snapshot (+{added} added, -{removed} "
+                     f"removed, ~{changed} changed of {len(previous)}; threshold {config.max_corpus_change:.0%})"),
+            details=dict(figures)))
+    if len(previous_lengths) and len(current_lengths):
+        ks = stats.ks_2samp(np.asarray(previous_lengths, float), np.asarray(current_lengths, float))
+        figures.update({"length_ks": round(float(ks.statistic), 6), "length_p_value": float(ks.pvalue),
+                        "length_median_previous": float(np.median(previous_lengths)),
+                        "length_median": float(np.median(current_lengths))})
+        if ks.statistic > config.max_length_shift:
+            alerts.append(Alert(
+                kind="length_drift", severity="warning", metric="corpus.length_ks",
+                message=(f"document length distribution shifted: KS {ks.statistic:.3f} > {config.max_length_shift} "
+                         f"(median {figures['length_median_previous']:.0f} -> {figures['length_median']:.0f} characters)"),
+                details={k: figures[k] for k in ("length_ks", "length_p_value", "length_median_previous", "length_median")}))
+    return Check(figures, alerts)
+
+
+def check_embedding_drift(previous: np.ndarray | None, current: np.ndarray, config: MonitorConfig,
+                          replaced_fraction: float | None = None) -> Check:
+    """Shift of the chunk-vector distribution between two table versions: the cosine distance between
+    the centroids of the (normalized) vectors, plus the share of chunks not present before."""
+    if previous is None or len(previous) == 0 or len(current) == 0:
+        return Check({"vectors": int(len(current)), "baseline": True}, [])
+    shift = _centroid_distance(previous, current)
+    figures = {"vectors": int(len(current)), "previous_vectors": int(len(previous)), "centroid_shift": round(shift, 6)}
+    if replaced_fraction is not None:
+        figures["replaced_fraction"] = round(replaced_fraction, 6)
+    alerts = []
+    if shift > config.max_embedding_shift:
+        alerts.append(Alert(
+            kind="embedding_drift", severity="warning", metric="embedding.centroid_shift",
+            message=(f"chunk embeddings shifted: centroid cosine distance {shift:.4f} > {config.max_embedding_shift} "
+                     "between the previous and the current table version"),
+            details=dict(figures)))
+    return Check(figures, alerts)
+
+
+def _centroid_distance(a: np.ndarray, b: np.ndarray) -> float:
+    def centroid(v: np.ndarray) -> np.ndarray:
+        v = np.asarray(v, dtype=np.float64)
+        v = v / np.clip(np.linalg.norm(v, axis=1, keepdims=True), 1e-12, None)
+        return v.mean(axis=0)
+
+    ca, cb = centroid(a), centroid(b)
+    denom = np.linalg.norm(ca) * np.linalg.norm(cb)
+    return float(1.0 - (ca @ cb) / denom) if denom > 0 else 0.0
+
+
+def check_retrieval_drift(previous: Sequence[float] | None, current: Sequence[float], config: MonitorConfig) -> Check:
+    """Shift of the top-1 retrieval similarity of the golden questions: median drop and KS statistic."""
+    if not len(current):
+        return Check({"questions": 0}, [])
+    cur = np.asarray(current, dtype=float)
+    figures = {"questions": int(cur.size), "top1_median": round(float(np.median(cur)), 6),
+               "top1_p10": round(float(np.percentile(cur, 10)), 6)}
+    if previous is None or not len(previous):
+        return Check({**figures, "baseline": True}, [])
+    prev = np.asarray(previous, dtype=float)
+    drop = float(np.median(prev) - np.median(cur))
+    ks = stats.ks_2samp(prev, cur)
+    figures.update({"top1_median_previous": round(float(np.median(prev)), 6), "top1_median_drop": round(drop, 6),
+                    "top1_ks": round(float(ks.statistic), 6)})
+    alerts = []
+    if drop > config.max_top1_drop:
+        alerts.append(Alert(
+            kind="retrieval_drift", severity="warning", metric="retrieval.top1_median",
+            message=(f"top-1 retrieval similarity fell: median {np.median(prev):.3f} -> {np.median(cur):.3f} "
+                     f"(drop {drop:.3f} > {config.max_top1_drop}; KS {ks.statistic:.3f})"),
+            details=dict(figures)))
+    return Check(figures, alerts)
+
+
+def check_validations(validation: Mapping[str, Mapping] | None, run_id: str | None) -> Check:
+    """A great-expectations suite that failed on the last index run is a critical alert."""
+    figures, alerts = {}, []
+    for suite, result in sorted((validation or {}).items()):
+        figures[suite] = {"success": bool(result.get("success")), "evaluated": result.get("evaluated"),
+                          "failures": result.get("failures") or []}
+        if not result.get("success"):
+            failures = result.get("failures") or []
+            alerts.append(Alert(
+                kind="ge_failure", severity="critical", metric=f"ge.{suite}",
+                message=f"great-expectations suite '{suite}' failed on index run {run_id}: "
+                        + ("; ".join(str(f) for f in failures[:5]) or "no detail"),
+                details={"suite": suite, "run_id": run_id, "failures": failures}))
+    return Check(figures, alerts)
+
+
+# -- budgets ------------------------------------------------------------------------------------
+
+
+def check_budgets(traces: Sequence[Mapping], items: int, config: MonitorConfig) -> Check:
+    """Latency and token/cost budgets of one eval run, from its traces (one row per step per item)."""
+    per_item_ms: dict[str, float] = {}
+    tokens = 0
+    for t in traces:
+        per_item_ms[t["qa_id"]] = per_item_ms.get(t["qa_id"], 0.0) + float(t.get("latency_ms") or 0.0)
+        tokens += int(t.get("prompt_tokens") or 0) + int(t.get("completion_tokens") or 0)
+    latencies = np.asarray(list(per_item_ms.values()) or [0.0]) / 1000.0
+    n = max(items, 1)
+    cost = tokens / 1000.0 * config.price_per_1k_tokens
+    figures = {"items": items, "item_latency_p50_s": round(float(np.percentile(latencies, 50)), 3),
+               "item_latency_p95_s": round(float(np.percentile(latencies, 95)), 3), "tokens": tokens,
+               "tokens_per_item": round(tokens / n, 1), "cost": round(cost, 6)}
+    alerts = []
+    if config.max_item_latency_p95_s is not None and figures["item_latency_p95_s"] > config.max_item_latency_p95_s:
+        alerts.append(Alert(kind="latency_budget", severity="warning", metric="budget.item_latency_p95_s",
+                            message=f"p95 item latency {figures['item_latency_p95_s']:.1f} s is over its budget "
+                                    f"{config.max_item_latency_p95_s} s", details=dict(figures)))
+    if config.max_tokens_per_item is not None and figures["tokens_per_item"] > config.max_tokens_per_item:
+        alerts.append(Alert(kind="token_budget", severity="warning", metric="budget.tokens_per_item",
+                            message=f"{figures['tokens_per_item']:.0f} tokens per item is over its budget "
+                                    f"{config.max_tokens_per_item}", details=dict(figures)))
+    if config.max_cost_per_run is not None and cost > config.max_cost_per_run:
+        alerts.append(Alert(kind="cost_budget", severity="critical", metric="budget.cost",
+                            message=f"eval cost {cost:.4f} is over its budget {config.max_cost_per_run}",
+                            details=dict(figures)))
+    return Check(figures, alerts)
+
+
+def golden_overlap(latest_ids: set[str], other_ids: set[str]) -> float:
+    """Share of the latest golden set's questions that another golden set also holds."""
+    return len(latest_ids & other_ids) / len(latest_ids) if latest_ids else 0.0
+
+
+def max_severity(alerts: Iterable[Alert]) -> str | None:
+    ranked = sorted((a.severity for a in alerts), key=SEVERITY_RANK.__getitem__)
+    return ranked[-1] if ranked else None

@@ -1,0 +1,251 @@
+"""The monitor's HTML report with its PNG plots, and the markdown the Prefect artifacts show (pure).
+
+render_report() returns {file name: bytes}; tasks/storage.py decides where they go. Every value from
+the lake (questions, answers, document text in traces) is HTML-escaped by the template engine.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import io
+import json
+from dataclasses import dataclass, field
+from typing import Any, Mapping, Sequence
+
+import jinja2
+import matplotlib
+
+matplotlib.use("Agg")  # files only, never a display
+import matplotlib.pyplot as plt  # noqa: E402
+
+PREFERRED = ("ndcg@10", "ndcg@5", "hit@5", "recall@10", "recall@5", "mrr@10", "mrr@5", "semantic_similarity",
+             "rouge_l", "refusal_correct", "grounded", "faithfulness", "answer_relevancy")
+MAX_TREND_METRICS = 8
+
+
+@dataclass
+class ReportData:
+    run_id: str
+    at: str
+    status: str
+    lake: str
+    alerts: list[dict]
+    series: list[dict]  # observations (monitoring.observations), oldest first
+    latest_eval: dict | None  # the latest observed eval run's summary (outputs + lineage)
+    worst_items: list[dict]  # [{qa_id, qa_type, question, answer, score, metric, retrieved_chunk_ids, error, traces}]
+    checks: dict[str, dict]  # check name -> figures
+    # check name -> (plot name, previous values or None, current values): drawn under that check's panel
+    distributions: dict[str, tuple[str, Sequence[float] | None, Sequence[float]]] = field(default_factory=dict)
+    deliveries: list[dict] = field(default_factory=list)
+    metrics: list[str] = field(default_factory=list)  # configured headline metrics; empty = chosen here
+
+
+def headline_metrics(available: Sequence[str], configured: Sequence[str] = ()) -> list[str]:
+    """The metrics the report leads with: the configured ones, else the usual IR and answer metrics
+    the run has (ndcg/hit/recall/mrr at the largest cutoff, then answer metrics)."""
+    if configured:
+        return [m for m in configured if m in available]
+    chosen = []
+    for family in ("ndcg@", "hit@", "recall@", "mrr@"):
+        cutoffs = sorted((int(m.split("@")[1]), m) for m in available if m.startswith(family) and m.split("@")[1].isdigit())
+        if cutoffs:
+            chosen.append(cutoffs[-1][1])
+    chosen += [m for m in PREFERRED if "@" not in m and m in available]
+    chosen += [m for m in sorted(available) if m not in chosen and not m.startswith(("chunk_", "hit@", "ndcg@", "recall@", "mrr@"))]
+    return chosen[:MAX_TREND_METRICS]
+
+
+def _png(fig) -> bytes:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=96, bbox_inches="tight")
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def _trend_plot(series: Sequence[Mapping], names: Sequence[str]) -> bytes:
+    cols = 2 if len(names) > 1 else 1
+    rows = (len(names) + cols - 1) // cols
+    fig, axes = plt.subplots(rows, cols, figsize=(6.2 * cols, 2.6 * rows), squeeze=False)
+    xs = list(range(len(series)))
+    labels = [_short_time(o["at"]) for o in series]
+    for ax, name in zip(axes.flat, names):
+        points = [(x, o["metrics"].get(name)) for x, o in zip(xs, series) if o["metrics"].get(name, {}).get("value") is not None]
+        if points:
+            px = [x for x, _ in points]
+            values = [m["value"] for _, m in points]
+            low = [m["ci_low"] if m["ci_low"] is not None else m["value"] for _, m in points]
+            high = [m["ci_high"] if m["ci_high"] is not None else m["value"] for _, m in points]
+            ax.fill_between(px, low, high, alpha=0.25, color="#4C72B0", label="95% CI")
+            ax.plot(px, values, marker="o", color="#4C72B0", label=name)
+        ax.set_title(name, fontsize=10)
+        ax.set_ylim(-0.02, 1.02)
+        ax.set_xticks(xs)
+        ax.set_xticklabels(labels, rotation=45, ha="right", fontsize=7)
+        ax.grid(alpha=0.3)
+    for ax in list(axes.flat)[len(names):]:
+        ax.set_visible(False)
+    fig.tight_layout()
+    return _png(fig)
+
+
+def _by_type_plot(by_type: Mapping[str, Mapping], names: Sequence[str]) -> bytes:
+    types = sorted(by_type)
+    fig, ax = plt.subplots(figsize=(max(6.0, 1.6 * len(types) + 2), 3.2))
+    width = 0.8 / max(len(names), 1)
+    for i, name in enumerate(names):
+        values = [by_type[t]["metrics"].get(name, 0.0) for t in types]
+        ax.bar([x + i * width for x in range(len(types))], values, width=width, label=name)
+    ax.set_xticks([x + width * (len(names) - 1) / 2 for x in range(len(types))])
+    ax.set_xticklabels([f"{t}\n(n={by_type[t].get('n', '?')})" for t in types], fontsize=8)
+    ax.set_ylim(0, 1.05)
+    ax.legend(fontsize=7, ncol=min(len(names), 4))
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    return _png(fig)
+
+
+def _histogram(previous: Sequence[float] | None, current: Sequence[float], xlabel: str) -> bytes:
+    fig, ax = plt.subplots(figsize=(6.2, 2.8))
+    data = [list(current)] + ([list(previous)] if previous is not None and len(previous) else [])
+    lo = min(min(d) for d in data if d)
+    hi = max(max(d) for d in data if d)
+    bins = 30 if hi > lo else 1
+    if previous is not None and len(previous):
+        ax.hist(previous, bins=bins, range=(lo, hi) if hi > lo else None, alpha=0.5, label=f"previous (n={len(previous)})", color="#999999")
+    ax.hist(current, bins=bins, range=(lo, hi) if hi > lo else None, alpha=0.6, label=f"current (n={len(current)})", color="#4C72B0")
+    ax.set_xlabel(xlabel, fontsize=8)
+    ax.legend(fontsize=7)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return _png(fig)
+
+
+def _short_time(at: Any) -> str:
+    if isinstance(at, dt.datetime):
+        return at.strftime("%m-%d %H:%M")
+    return str(at)[5:16]
+
+
+TEMPLATE = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>ragloop report {{ d.run_id }}</title>
+<style>
+body{font-family:system-ui,-apple-system,Segoe UI,sans-serif;margin:24px auto;max-width:1180px;color:#222;padding:0 16px}
+h1{font-size:22px}h2{font-size:18px;margin-top:32px;border-bottom:1px solid #ddd;padding-bottom:4px}
+table{border-collapse:collapse;margin:8px 0;font-size:13px}td,th{border:1px solid #ddd;padding:4px 8px;text-align:left;vertical-align:top}
+th{background:#f5f5f5}.num{text-align:right;font-variant-numeric:tabular-nums}
+.critical{background:#fde2e1}.warning{background:#fff4d6}.info{background:#e8f1fb}.ok{color:#1a7f37}.bad{color:#b42318}
+pre{white-space:pre-wrap;background:#fafafa;border:1px solid #eee;padding:6px;font-size:12px;max-height:220px;overflow:auto}
+details{margin:6px 0}img{max-width:100%}.muted{color:#777;font-size:12px}
+</style></head><body>
+<h1>ragloop quality report</h1>
+<p class="muted">monitor run {{ d.run_id }} · {{ d.at }} · lake {{ d.lake }} · status {{ d.status }}</p>
+
+<h2>Alerts ({{ d.alerts|length }})</h2>
+{% if d.alerts %}<table><tr><th>severity</th><th>kind</th><th>metric</th><th>message</th></tr>
+{% for a in d.alerts %}<tr class="{{ a.severity }}"><td>{{ a.severity }}</td><td>{{ a.kind }}</td><td>{{ a.metric or "" }}</td><td>{{ a.message }}</td></tr>
+{% endfor %}</table>{% else %}<p class="ok">No alerts: no persistent regression, drift, failed validation or budget overrun.</p>{% endif %}
+{% if d.deliveries %}<p class="muted">sinks: {% for s in d.deliveries %}{{ s.sink }} {{ s.status }}{% if s.error %} ({{ s.error }}){% endif %}{% if not loop.last %} · {% endif %}{% endfor %}</p>{% endif %}
+
+<h2>Latest evaluation</h2>
+{% if latest %}
+<p>eval run <b>{{ latest.run_id }}</b> · golden set {{ latest.golden_set_id }} · {{ latest.items.total }} items ({{ latest.items.failed }} failed) · gate {{ latest.gate.status if latest.gate else "n/a" }}</p>
+<table><tr><th>metric</th><th class="num">value</th><th class="num">95% CI</th><th class="num">n</th><th class="num">Δ previous run</th></tr>
+{% for m in headline %}<tr><td>{{ m.name }}</td><td class="num">{{ "%.4f"|format(m.value) }}</td>
+<td class="num">{% if m.ci %}[{{ "%.4f"|format(m.ci[0]) }}, {{ "%.4f"|format(m.ci[1]) }}]{% endif %}</td><td class="num">{{ m.n or "" }}</td>
+<td class="num {{ 'bad' if m.delta is not none and m.delta < 0 else '' }}">{{ "%+.4f"|format(m.delta) if m.delta is not none else "" }}</td></tr>
+{% endfor %}</table>
+{% else %}<p>No eval run observed yet: run <code>ragloop eval</code> or <code>ragloop run</code>.</p>{% endif %}
+
+<h2>Trends</h2>
+{% if images.trends %}<p class="muted">{{ d.series|length }} observations (one per eval run, and one per night that reused an unchanged eval); shaded: 95% bootstrap CI.</p>
+<img src="{{ images.trends }}" alt="metric trends">{% else %}<p>No history yet.</p>{% endif %}
+
+<h2>By question type</h2>
+{% if by_type %}{% if images.by_type %}<img src="{{ images.by_type }}" alt="metrics by question type">{% endif %}
+<table><tr><th>type</th><th class="num">n</th>{% for name in type_metrics %}<th class="num">{{ name }}</th>{% endfor %}</tr>
+{% for t, group in by_type %}<tr><td>{{ t }}</td><td class="num">{{ group.n }}</td>{% for name in type_metrics %}<td class="num">{% if name in group.metrics %}{{ "%.3f"|format(group.metrics[name]) }}{% if group.ci and name in group.ci %}<br><span class="muted">[{{ "%.2f"|format(group.ci[name][0]) }}, {{ "%.2f"|format(group.ci[name][1]) }}]</span>{% endif %}{% endif %}</td>{% endfor %}</tr>
+{% endfor %}</table>{% else %}<p>No per-type results.</p>{% endif %}
+
+<h2>Worst items</h2>
+{% if d.worst_items %}{% for item in d.worst_items %}<details><summary><b>{{ item.metric }} {{ "%.3f"|format(item.score) }}</b> · {{ item.qa_type }} · {{ item.question }}</summary>
+<table><tr><th>qa_id</th><td>{{ item.qa_id }}</td></tr><tr><th>answer</th><td>{{ item.answer if item.answer is not none else "(no answer step)" }}</td></tr>
+<tr><th>expected chunks</th><td>{{ item.reference_chunk_ids|join(", ") }}</td></tr><tr><th>retrieved chunks</th><td>{{ item.retrieved_chunk_ids|join(", ") }}</td></tr>
+{% if item.error %}<tr><th>error</th><td class="bad">{{ item.error }}</td></tr>{% endif %}</table>
+{% if item.traces %}<table><tr><th>step</th><th class="num">ms</th><th class="num">tokens</th><th>output</th><th>error</th></tr>
+{% for t in item.traces %}<tr><td>{{ t.step }}</td><td class="num">{{ "%.0f"|format(t.latency_ms or 0) }}</td><td class="num">{{ (t.prompt_tokens or 0) + (t.completion_tokens or 0) }}</td><td><pre>{{ (t.output or "")[:1500] }}</pre></td><td>{{ t.error or "" }}</td></tr>
+{% endfor %}</table>{% endif %}</details>
+{% endfor %}{% else %}<p>No item results.</p>{% endif %}
+
+<h2>Drift</h2>
+{% for name, figures in d.checks.items() %}<h3>{{ name }}</h3>
+<table>{% for k, v in figures.items() %}<tr><th>{{ k }}</th><td class="num">{{ v|tojson if v is mapping or (v is iterable and v is not string) else v }}</td></tr>{% endfor %}</table>
+{% if images[name] %}<img src="{{ images[name] }}" alt="{{ name }} distribution">{% endif %}
+{% endfor %}
+
+<h2>Lineage of the latest evaluation</h2>
+{% if latest %}<pre>{{ lineage }}</pre>{% else %}<p>None yet.</p>{% endif %}
+</body></html>
+"""
+
+# Lenient undefined: an optional field missing from an older run renders empty rather than losing the report.
+_ENV = jinja2.Environment(autoescape=True)
+
+
+def render_report(d: ReportData) -> dict[str, bytes]:
+    """{"report.html": ..., "<plot>.png": ...}: the HTML refers to the PNGs by relative name."""
+    files: dict[str, bytes] = {}
+    images: dict[str, str | None] = {"trends": None, "by_type": None}
+    available = sorted({m for o in d.series for m in o["metrics"]})
+    names = headline_metrics(available, d.metrics)
+    if d.series and names:
+        files["trends.png"] = _trend_plot(d.series, names)
+        images["trends"] = "trends.png"
+    latest = d.latest_eval
+    headline, by_type, type_metrics = [], [], []
+    if latest:
+        metrics, cis, counts = latest.get("metrics") or {}, latest.get("ci") or {}, latest.get("n") or {}
+        previous = d.series[-2]["metrics"] if len(d.series) > 1 else {}
+        for name in headline_metrics(sorted(metrics), d.metrics) or sorted(metrics):
+            before = (previous.get(name) or {}).get("value")
+            headline.append({"name": name, "value": metrics[name], "ci": cis.get(name), "n": counts.get(name),
+                             "delta": metrics[name] - before if before is not None else None})
+        groups = latest.get("by_type") or {}
+        by_type = sorted(groups.items())
+        type_metrics = headline_metrics(sorted({m for g in groups.values() for m in g.get("metrics", {})}), d.metrics)[:6]
+        if groups and type_metrics:
+            files["by_type.png"] = _by_type_plot(groups, type_metrics[:4])
+            images["by_type"] = "by_type.png"
+    for check, (plot, previous_values, current_values) in d.distributions.items():
+        if current_values is not None and len(current_values):
+            files[f"{plot}.png"] = _histogram(previous_values, current_values, plot.replace("_", " "))
+            images[check] = f"{plot}.png"
+    for name in d.checks:
+        images.setdefault(name, None)
+    html = _ENV.from_string(TEMPLATE).render(
+        d=d, latest=latest, headline=headline, by_type=by_type, type_metrics=type_metrics, images=images,
+        lineage=json.dumps((latest or {}).get("lineage") or {}, indent=2, sort_keys=True, default=str))
+    files["report.html"] = html.encode("utf-8")
+    return files
+
+
+def markdown_summary(d: ReportData, report_path: str | None) -> str:
+    """The same headline numbers as the HTML report, as markdown for a Prefect artifact."""
+    lines = [f"# ragloop monitor {d.run_id}", ""]
+    latest = d.latest_eval
+    if latest:
+        metrics, cis = latest.get("metrics") or {}, latest.get("ci") or {}
+        lines += [f"Latest eval **{latest.get('run_id')}** on golden set `{latest.get('golden_set_id')}`: "
+                  f"{(latest.get('items') or {}).get('total')} items, gate **{(latest.get('gate') or {}).get('status', 'n/a')}**.", "",
+                  "| metric | value | 95% CI |", "|---|---:|---:|"]
+        for name in headline_metrics(sorted(metrics), d.metrics):
+            ci = cis.get(name)
+            lines.append(f"| {name} | {metrics[name]:.4f} | " + (f"[{ci[0]:.4f}, {ci[1]:.4f}]" if ci else "") + " |")
+    lines += ["", f"## Alerts ({len(d.alerts)})", ""]
+    lines += [f"- **{a['severity']}** `{a['kind']}`: {_md(a['message'])}" for a in d.alerts] or ["None."]
+    if report_path:
+        lines += ["", f"HTML report: `{report_path}`"]
+    return "\n".join(lines)
+
+
+def _md(text: str) -> str:
+    return text.replace("|", "\\|").replace("\n", " ")

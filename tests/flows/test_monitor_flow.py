@@ -1,0 +1,186 @@
+"""The monitor-quality flow with fakes: history, a regression only once it persists, drift after a
+corpus change, alerts in every sink (the webhook on 127.0.0.1), the HTML report and Prefect artifacts."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from flows import evaluate as eval_flow
+from flows import golden as golden_flow
+from flows import index as index_flow
+from flows import monitor as monitor_flow
+from flows.cli import main
+from tasks.storage import Lake
+from tests.conftest import REPO, write_files
+from tests.flows.test_eval_flow import _answers
+from tests.unit.test_alerting import Receiver
+
+DOCS = {f"s{i}.md": f"# Station {i}\n\nStation {i} has {10 + i} docks and opens at {6 + i} in the morning." for i in range(12)}
+
+
+@pytest.fixture
+def lake_with_golden(prefect_backend, fakes_llm, tmp_path, lake_dir, monkeypatch):
+    src = write_files(tmp_path / "src", DOCS)
+    index_flow.index_corpus(sources=[str(src)], lake=str(lake_dir))
+    table = Lake(str(lake_dir)).connect_vectors().open_table("chunks__hash_fake")
+    rows = table.search().select(["doc_id", "chunk_id", "text"]).limit(None).to_arrow().to_pylist()
+    golden = tmp_path / "golden.jsonl"
+    golden.write_text("".join(json.dumps({
+        "question": f"How many docks does station {r['doc_id'][1:-3]} have?", "reference_answer": r["text"].split("\n")[-1],
+        "reference_chunk_ids": [r["chunk_id"]], "qa_type": "single_hop" if i % 3 else "abstract"}) + "\n"
+        for i, r in enumerate(rows)))
+    golden_flow.import_golden_set(path=str(golden), lake=str(lake_dir))
+    monkeypatch.setenv("RAGLOOP_EVAL__REFUSE_BELOW", "-1")
+    monkeypatch.setenv("RAGLOOP_EVAL__RETRIEVAL", "hybrid")
+    monkeypatch.setenv("RAGLOOP_EVAL__K", "2")
+    return src, len(rows)
+
+
+@pytest.fixture
+def fakes_llm(monkeypatch, fake_embedder):
+    from tasks.llm import ScriptedLLM
+
+    llm = ScriptedLLM()
+    for module in (index_flow, eval_flow, golden_flow, monitor_flow):
+        monkeypatch.setattr(module, "load_embedder", lambda config: fake_embedder)
+    monkeypatch.setattr(eval_flow, "load_llm", lambda config: llm)
+    monkeypatch.setenv("RAGLOOP_PROMPTS_DIR", str(REPO / "prompts"))
+    return llm
+
+
+@pytest.fixture
+def receiver(monkeypatch):
+    r = Receiver([])
+    monkeypatch.setenv("ALERT_WEBHOOK_URL", r.url)
+    yield r
+    r.close()
+
+
+def _broken_prompts(tmp_path):
+    prompts = tmp_path / "prompts"
+    prompts.mkdir(exist_ok=True)
+    for path in (REPO / "prompts").glob("*.yaml"):
+        text = path.read_text()
+        if path.stem == "answer":
+            text = text.replace("Answer in one to three sentences", 'Always reply "I don\'t know." Answer in one to three sentences')
+        (prompts / path.name).write_text(text)
+    return prompts
+
+
+def _monitor(lake_dir, capsys) -> dict:
+    assert main(["monitor", "--lake", str(lake_dir), "--json"]) in (0, 1)
+    return json.loads(capsys.readouterr().out)
+
+
+def test_a_regression_alerts_only_once_it_persists_and_reaches_every_sink(lake_with_golden, fakes_llm, lake_dir, tmp_path,
+                                                                          monkeypatch, capsys, receiver):
+    _, n = lake_with_golden
+    fakes_llm.add(*[_answers] * n)
+    good = eval_flow.evaluate_chain(lake=str(lake_dir))
+    assert good["gate"]["status"] == "passed"
+    first = _monitor(lake_dir, capsys)
+    assert first["status"] == "ok" and first["alerts"] == [] and first["observed"] == [good["run_id"]]
+    assert receiver.bodies == [], "no alert, no webhook call"
+
+    monkeypatch.setenv("RAGLOOP_PROMPTS_DIR", str(_broken_prompts(tmp_path)))
+    fakes_llm.add(*["I don't know."] * n)
+    bad1 = eval_flow.evaluate_chain(lake=str(lake_dir))
+    assert bad1["status"] == "gate_failed"
+    after_one = _monitor(lake_dir, capsys)
+    assert [a for a in after_one["alerts"] if a["kind"] == "regression"] == [], "one bad run is not a regression yet"
+
+    fakes_llm.add(*["I don't know."] * n)
+    eval_flow.evaluate_chain(lake=str(lake_dir))
+    summary = _monitor(lake_dir, capsys)
+    regressions = {a["metric"]: a for a in summary["alerts"] if a["kind"] == "regression"}
+    assert {"refusal_correct", "semantic_similarity"} <= set(regressions), summary["alerts"]
+    assert regressions["refusal_correct"]["severity"] == "critical"  # 1.0 -> 0.0
+    assert "refusal_correct regressed" in regressions["refusal_correct"]["message"]
+
+    # every sink got it
+    assert {s["sink"]: s["status"] for s in summary["sinks"]} == {"log": "sent", "jsonl": "sent", "artifact": "sent", "webhook": "sent"}
+    posted = receiver.bodies[-1]
+    assert "refusal_correct" in posted["text"] and {a["metric"] for a in posted["alerts"]} >= {"refusal_correct"}
+    jsonl = [json.loads(line) for line in (lake_dir / "alerts" / "alerts.jsonl").read_text().splitlines()]
+    assert {(a["run_id"], a["metric"]) for a in jsonl if a["kind"] == "regression"} >= {(summary["run_id"], "refusal_correct")}
+
+    # the report: trends over the three runs, per-type table, worst items with traces, lineage
+    report = lake_dir / "reports" / summary["run_id"] / "report.html"
+    assert summary["report"] == str(report) and report.exists()
+    html = report.read_text()
+    for png in ("trends.png", "by_type.png", "top1_similarity.png", "document_length_chars.png"):
+        assert (report.parent / png).stat().st_size > 1000, png
+        assert f'src="{png}"' in html
+    assert "abstract" in html and "single_hop" in html and "refusal_correct regressed" in html
+    assert "I don&#39;t know." in html, "worst items show their answers (escaped)"
+    assert summary["observations"] == 3
+
+    # the Prefect artifacts carry the same headline (read over the API the UI uses)
+    monitor_md = _artifacts("ragloop-monitor")
+    assert any("refusal_correct" in (a["data"] or "") for a in monitor_md), [(a["key"], (a["data"] or "")[:300]) for a in monitor_md]
+    assert _artifacts("ragloop-by-type") and _artifacts("ragloop-alerts")
+
+
+def _artifacts(key: str) -> list[dict]:
+    import httpx
+    from prefect.settings import PREFECT_API_URL
+
+    response = httpx.post(f"{PREFECT_API_URL.value()}/artifacts/filter", json={
+        "artifacts": {"key": {"any_": [key]}}, "limit": 50, "offset": 0, "sort": "CREATED_DESC"})
+    response.raise_for_status()
+    return response.json()
+
+
+def test_corpus_change_shows_as_drift_and_a_rerun_without_change_shows_none(lake_with_golden, fakes_llm, lake_dir,
+                                                                           capsys, monkeypatch):
+    src, n = lake_with_golden
+    fakes_llm.add(*[_answers] * n)
+    eval_flow.evaluate_chain(lake=str(lake_dir), retrieval_only=True)
+    monkeypatch.setenv("RAGLOOP_MONITOR__SINKS", '["log", "jsonl"]')
+    base = _monitor(lake_dir, capsys)
+    assert base["checks"]["corpus"]["baseline"] and base["checks"]["embedding"]["baseline"]
+    same = _monitor(lake_dir, capsys)
+    assert same["alerts"] == []
+    assert same["checks"]["corpus"]["change_fraction"] == 0 and same["checks"]["embedding"]["centroid_shift"] == pytest.approx(0, abs=1e-9)
+    assert same["checks"]["retrieval"]["top1_median_drop"] == 0
+
+    for i in range(4):  # 4 of 12 documents rewritten: 33 % > 20 %
+        (src / f"s{i}.md").write_text(f"# Depot {i}\n\nThe depot repaints trams in spring and keeps spare wheels {i}.")
+    index_flow.index_corpus(sources=[str(src)], lake=str(lake_dir))
+    drifted = _monitor(lake_dir, capsys)
+    corpus = drifted["checks"]["corpus"]
+    assert (corpus["changed"], corpus["added"], corpus["removed"]) == (4, 0, 0)
+    assert "corpus_drift" in {a["kind"] for a in drifted["alerts"]}
+    assert 0 < drifted["checks"]["embedding"]["replaced_fraction"] < 1
+    assert drifted["checks"]["retrieval"]["top1_median_previous"] >= drifted["checks"]["retrieval"]["top1_median"] - 1e-9
+    assert {s["sink"] for s in drifted["sinks"]} == {"log", "jsonl"}
+
+
+def test_webhook_outage_makes_the_run_partial_but_keeps_the_other_sinks(lake_with_golden, fakes_llm, lake_dir, capsys,
+                                                                       monkeypatch):
+    _, n = lake_with_golden
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    monkeypatch.setenv("ALERT_WEBHOOK_URL", f"http://127.0.0.1:{port}/hook")
+    monkeypatch.setenv("RAGLOOP_MONITOR__WEBHOOK_RETRIES", "1")
+    monkeypatch.setenv("RAGLOOP_MONITOR__WEBHOOK_BACKOFF_S", "0")
+    monkeypatch.setenv("RAGLOOP_MONITOR__MAX_TOKENS_PER_ITEM", "1")  # every run is over this budget
+    fakes_llm.add(*[_answers] * n)
+    eval_flow.evaluate_chain(lake=str(lake_dir))
+    summary = _monitor(lake_dir, capsys)
+    assert summary["status"] == "partial"
+    sinks = {s["sink"]: s for s in summary["sinks"]}
+    assert sinks["webhook"]["status"] == "failed" and sinks["webhook"]["attempts"] == 2
+    assert sinks["jsonl"]["status"] == "sent" and "token_budget" in {a["kind"] for a in summary["alerts"]}
+
+
+def test_monitor_on_an_empty_lake_reports_nothing_to_watch(prefect_backend, lake_dir, capsys, monkeypatch):
+    monkeypatch.setenv("RAGLOOP_MONITOR__SINKS", '["log"]')
+    summary = _monitor(lake_dir, capsys)
+    assert summary["status"] == "ok" and summary["alerts"] == [] and summary["observations"] == 0
+    assert "No eval run observed yet" in open(summary["report"]).read()
