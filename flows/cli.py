@@ -63,6 +63,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("run_b", metavar="RUN_B", help="the candidate run id")
     common(p)
 
+    p = sub.add_parser("rollback", help="return a golden set's promoted state (serving table version, prompts) to the previous promotion")
+    p.add_argument("--golden", default="latest", help="golden_set_id, a unique prefix, or 'latest' (default)")
+    common(p)
+
     p = sub.add_parser("lineage", help="the full lineage of a run")
     p.add_argument("run_id", metavar="RUN_ID")
     common(p)
@@ -305,6 +309,64 @@ def _human_lineage(summary: dict) -> list[str]:
             json.dumps(summary["lineage"], indent=2, sort_keys=True, default=str)]
 
 
+def _run_rollback(args: argparse.Namespace) -> dict:
+    from pathlib import Path
+
+    from tasks.prompts import PromptError, load_prompts
+    from tasks.schemas import utcnow
+    from tasks.settings import ConfigError, load_settings
+    from tasks.storage import Lake
+
+    settings = load_settings(args.config, {"lake": args.lake} if args.lake else {})
+    lake = Lake(settings.lake)
+    golden_set_id = lake.resolve_golden(args.golden)
+    if golden_set_id is None:
+        raise ConfigError(f"--golden {args.golden}: no such golden set in {lake.uri}")
+    with lake.lock("rollback"):
+        current = lake.read_promoted(golden_set_id)
+        if current is None:
+            raise ConfigError(f"golden set {golden_set_id}: nothing was ever promoted, nothing to roll back")
+        history = [r["run_id"] for r in lake.read_promotions(golden_set_id)]
+        at = history.index(current["run_id"]) if current["run_id"] in history else -1
+        if at <= 0:
+            raise ConfigError(f"golden set {golden_set_id}: run {current['run_id']} is its first promotion; "
+                              "there is no earlier promoted state to return to")
+        previous = lake.read_promotions(golden_set_id)[at - 1]
+        table = previous["table"]
+        try:  # the promoted version must still be readable (index.keep_versions_days keeps them)
+            lake.connect_vectors().open_table(table["name"]).checkout(table["version"])
+        except Exception as exc:  # LanceDB raises ValueError/RuntimeError/OSError for a missing table or version
+            raise ConfigError(f"cannot roll back to run {previous['run_id']}: table {table['name']} version "
+                              f"{table['version']} is not readable ({exc})") from exc
+        serving_before = lake.read_ref("serving")
+        eval_run = lake.read_run(previous["run_id"]) or {}
+        now = utcnow().isoformat()
+        lake.write_ref("serving", {"table": table["name"], "version": table["version"],
+                                   "run_id": eval_run.get("lineage", {}).get("index_run_id"),
+                                   "rolled_back_from": serving_before, "rolled_back_at": now})
+        lake.write_ref(f"promoted__{golden_set_id}", {**previous, "rolled_back_from": current["run_id"], "rolled_back_at": now})
+    try:
+        files = {name: p.prompt_hash for name, p in load_prompts(Path(settings.prompts_dir)).items()}
+    except PromptError:
+        files = {}
+    prompts = {name: {"promoted": h, "file": files.get(name), "matches": files.get(name) == h}
+               for name, h in sorted((previous.get("prompts") or {}).items())}
+    return {"status": "ok", "golden_set_id": golden_set_id, "from_run_id": current["run_id"],
+            "to_run_id": previous["run_id"], "table": {"from": current["table"], "to": table},
+            "serving_before": serving_before, "prompts": prompts}
+
+
+def _human_rollback(summary: dict) -> list[str]:
+    t = summary["table"]
+    lines = [f"golden set {summary['golden_set_id']}: promoted state rolled back from run {summary['from_run_id']} "
+             f"to run {summary['to_run_id']}",
+             f"serving table: {t['to']['name']} version {t['to']['version']} (was {t['from']['name']} version {t['from']['version']})"]
+    for name, p in summary["prompts"].items():
+        lines.append(f"prompt {name}: {p['promoted'][:12]}" + ("" if p["matches"] else
+                     f" - the file in prompts/ is {(p['file'] or 'missing')[:12]}: restore it from version control"))
+    return lines
+
+
 def _run_golden(args: argparse.Namespace) -> dict:
     from flows.golden import export_golden_set, import_golden_set
 
@@ -372,6 +434,7 @@ COMMANDS: dict[str, tuple[Callable[[argparse.Namespace], dict], Callable[[dict],
     "import-beir": (_run_import_beir, _human_import_beir),
     "compare": (_run_compare, _human_compare),
     "lineage": (_run_lineage, _human_lineage),
+    "rollback": (_run_rollback, _human_rollback),
 }
 
 

@@ -10,7 +10,7 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
-from flows.common import RunRecorder, StageTimer, check_serving, flow_settings
+from flows.common import RunRecorder, StageTimer, check_serving, flow_settings, lake_locked
 from tasks import chain as chain_steps
 from tasks import evaluation, gating, schemas
 from tasks.embedding import load_embedder
@@ -58,6 +58,7 @@ def score_ragas(scorer: RagasScorer, items: list[dict], results: list) -> list:
 
 
 @flow(name="evaluate-chain")
+@lake_locked("eval")
 def evaluate_chain(
     lake: str | None = None,
     golden: str = "latest",

@@ -10,7 +10,7 @@ from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 from tqdm import tqdm
 
-from flows.common import RunRecorder, StageTimer, flow_settings
+from flows.common import RunRecorder, StageTimer, flow_settings, lake_locked
 from flows.ingest import ingest_corpus
 from tasks import indexing, validation
 from tasks.chunking import Chunker
@@ -43,6 +43,7 @@ def upsert_chunks(
 
 
 @flow(name="index-corpus")
+@lake_locked("index")
 def index_corpus(
     sources: list[str] | None = None,
     lake: str | None = None,
@@ -104,15 +105,16 @@ def index_corpus(
             bar.update(len(docs))
         bar.close()
         changed = bool(plan.to_index or plan.to_delete)
+        refresh = changed or store.indexes_stale(settings.index)  # also repairs what a killed run left undone
         with timer("refresh_indexes"):
-            index_actions = refresh_indexes(store, settings.index) if changed else {"fts": "unchanged", "ann": "unchanged"}
+            index_actions = refresh_indexes(store, settings.index) if refresh else {"fts": "unchanged", "ann": "unchanged"}
         with timer("validate"):
             table_frame = store.profile().to_pandas()
             written = pd.concat(written_frames) if written_frames else pd.DataFrame(
                 columns=["chunk_id", "text_length", "vector_dim", "vector_norm"])
             report = validate_chunks(table_frame, written, store.dim, embedder.counter.max_tokens)
         store_lake.write_validation(run.run_id, report.suite, report.result)
-        if changed:
+        if refresh:
             store.tag(run.run_id)
         table = {"name": store.name, "version": store.version}
         run.lineage["table"] = table

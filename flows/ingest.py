@@ -5,7 +5,7 @@ from __future__ import annotations
 from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 
-from flows.common import RunRecorder, check_sources, flow_settings
+from flows.common import RunRecorder, check_sources, flow_settings, lake_locked
 from tasks import ingestion, validation
 from tasks.storage import Lake
 
@@ -15,6 +15,7 @@ validate_documents = task(validation.validate_documents, name="validate-document
 
 
 @flow(name="ingest-corpus")
+@lake_locked("ingest")
 def ingest_corpus(sources: list[str] | None = None, lake: str | None = None, config_path: str | None = None) -> dict:
     """Load every source file, quarantine bad ones, write a snapshot and move the ref if it validates."""
     settings = flow_settings(config_path, {"lake": lake, "ingest": {"sources": sources}})

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from prefect import flow
 
-from flows.common import RunRecorder, flow_settings
+from flows.common import RunRecorder, flow_settings, lake_locked
 from flows.evaluate import evaluate_chain
 from flows.index import index_corpus
 from flows.monitor import monitor_quality
@@ -18,6 +18,7 @@ from tasks.storage import Lake
 
 
 @flow(name="run-lifecycle")
+@lake_locked("lifecycle")  # held across the stages, so no other run slips in between them
 def run_lifecycle(sources: list[str] | None = None, lake: str | None = None, config_path: str | None = None,
                   progress: bool = False) -> dict:
     """One nightly pass; stops at the first stage that fails (its summary says why)."""
@@ -78,6 +79,7 @@ def _finish(run: RunRecorder, status: str, stages: dict, error: str | None) -> d
 
 
 @flow(name="prompt-changed")
+@lake_locked("prompt-changed")
 def prompt_changed(prompt: str, prompt_hash: str, lake: str | None = None, config_path: str | None = None) -> dict:
     """Triggered by `ragloop.prompt.changed`: re-evaluate the latest golden set with the prompts as
     they are now and gate the result against the baseline (exit status gate_failed if it drops), then

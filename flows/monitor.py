@@ -15,7 +15,7 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
-from flows.common import RunRecorder, flow_settings
+from flows.common import RunRecorder, flow_settings, lake_locked
 from tasks import alerting, monitoring, observing, reporting, schemas
 from tasks.embedding import load_embedder
 from tasks.schemas import utcnow
@@ -93,6 +93,7 @@ deliver_alerts = task(alerting.deliver, name="deliver-alerts", cache_policy=NO_C
 
 
 @flow(name="monitor-quality")
+@lake_locked("monitor")
 def monitor_quality(lake: str | None = None, config_path: str | None = None, eval_run_id: str | None = None,
                     observer_run_id: str | None = None) -> dict:
     """One monitoring pass over the lake; summary has `alerts` [{kind, message, severity, metric}] and

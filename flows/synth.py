@@ -10,7 +10,7 @@ import pyarrow as pa
 from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 
-from flows.common import RunRecorder, StageTimer, flow_settings, serving_store
+from flows.common import RunRecorder, StageTimer, flow_settings, lake_locked, serving_store
 from tasks import qa_generation as qa
 from tasks import schemas
 from tasks.embedding import load_embedder
@@ -25,6 +25,7 @@ plan_tasks = task(qa.plan_tasks, name="plan-qa-tasks", cache_policy=NO_CACHE)
 
 
 @flow(name="synth-golden-set")
+@lake_locked("synth")
 def synth_golden_set(lake: str | None = None, size: int | None = None, config_path: str | None = None) -> dict:
     """Keep untouched items, mark changed ones stale and vanished ones retired, and generate new
     items within the budget; writes a new golden set version (the previous stays readable)."""

@@ -128,6 +128,15 @@ class ChunkStore:
             self.table.delete(where)
         return deleted
 
+    def indexes_stale(self, config: IndexConfig) -> bool:
+        """True when an index the config wants is missing or leaves rows out: a run that died after its
+        last commit but before refreshing the indexes leaves the table so, and nothing else repairs it."""
+        names = {idx.name for idx in self.table.list_indices()}
+        rows = self.count()
+        if (config.fts and rows and "text_idx" not in names) or (rows >= config.ann_min_rows and "vector_idx" not in names):
+            return True
+        return any(getattr(self.table.index_stats(name), "num_unindexed_rows", 0) for name in names)
+
     def refresh_indexes(self, config: IndexConfig) -> dict:
         """Keep the full-text index current; build an ANN index only once the table is big enough."""
         from lancedb.index import FTS, HnswSq

@@ -113,10 +113,25 @@ def load_text(path: Path, data: bytes) -> list[Loaded]:
     return [Loaded(normalize_text(decode_bytes(data)), path.stem, "text/plain")]
 
 
+def _check_html_depth(html: str) -> None:
+    """An HTML bomb (nesting past libxml2's depth limit) is a parse_error, not a silently empty page."""
+    import lxml.html
+
+    parser = lxml.html.HTMLParser()
+    try:
+        lxml.html.document_fromstring(html, parser=parser)
+    except Exception:  # an empty or unparseable page: trafilatura decides what it yields
+        return
+    for error in parser.error_log:
+        if error.type_name == "ERR_RESOURCE_LIMIT":
+            raise LoadError(QuarantineReason.parse_error, f"html: {error.message} (nesting too deep)")
+
+
 def load_html(path: Path, data: bytes) -> list[Loaded]:
     import trafilatura
 
     html = decode_bytes(data)
+    _check_html_depth(html)
     try:
         text = trafilatura.extract(
             html, output_format="markdown", include_tables=True, include_comments=False,
@@ -305,10 +320,23 @@ def load_file(path: Path, root: Path, config: IngestConfig) -> Iterator[Document
     """A file's documents, or one quarantine record saying why it has none."""
     uri = str(path)
     try:
-        if path.is_symlink() and not path.resolve().is_relative_to(root):
-            raise LoadError(QuarantineReason.outside_root, f"link to {path.resolve()}")
+        uri.encode("utf-8")
+    except UnicodeEncodeError:  # a name the lake cannot store; the record shows its bytes escaped
+        yield Quarantined(os.fsencode(uri).decode("utf-8", "backslashreplace"), QuarantineReason.decode_error,
+                          "file name is not valid UTF-8")
+        return
+    try:
+        if path.is_symlink():
+            try:
+                target = path.resolve()
+            except RuntimeError as exc:  # Python 3.11 raises RuntimeError on a symlink loop
+                raise LoadError(QuarantineReason.unreadable, str(exc)) from exc
+            if not target.is_relative_to(root):
+                raise LoadError(QuarantineReason.outside_root, f"link to {target}")
         if not path.exists():
             raise LoadError(QuarantineReason.unreadable, "broken link")
+        if not path.is_file():  # a FIFO would block the read forever; devices and sockets are no documents
+            raise LoadError(QuarantineReason.unsupported, "not a regular file")
         if is_beir_corpus(path):
             yield from iter_beir_corpus(path)
             return

@@ -484,9 +484,12 @@ class OpenAICompatLLM:
                     if batch.outage is not None:  # another request of this batch found the endpoint down
                         raise LLMUnavailable(f"{url} skipped: {batch.outage}")
                     start = time.perf_counter()
-                    resp = await batch.client.post(url, json=payload, headers=self._headers())
+                    # httpx's timeout bounds each read, not the request: a server trickling its body
+                    # would hold the request open forever. llm.timeout_s bounds the whole request.
+                    resp = await asyncio.wait_for(batch.client.post(url, json=payload, headers=self._headers()),
+                                                  self.config.timeout_s)
                     latency_ms = (time.perf_counter() - start) * 1000
-            except httpx.TimeoutException:
+            except (httpx.TimeoutException, asyncio.TimeoutError):
                 reason = f"timed out after {self.config.timeout_s:g}s"
             except httpx.TransportError as exc:
                 reason = type(exc).__name__

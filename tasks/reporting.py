@@ -75,8 +75,10 @@ def _trend_plot(series: Sequence[Mapping], names: Sequence[str]) -> bytes:
             values = [m["value"] for _, m in points]
             low = [m["ci_low"] if m["ci_low"] is not None else m["value"] for _, m in points]
             high = [m["ci_high"] if m["ci_high"] is not None else m["value"] for _, m in points]
-            ax.fill_between(px, low, high, alpha=0.25, color="#4C72B0", label="95% CI")
-            ax.plot(px, values, marker="o", color="#4C72B0", label=name)
+            if len(px) > 1:
+                ax.fill_between(px, low, high, alpha=0.2, color="#4C72B0", label="95% CI")
+            ax.errorbar(px, values, yerr=[[v - lo for v, lo in zip(values, low)], [hi - v for v, hi in zip(values, high)]],
+                        marker="o", color="#4C72B0", ecolor="#7F9CC9", capsize=3, label=name)
         ax.set_title(name, fontsize=10)
         ax.set_ylim(-0.02, 1.02)
         ax.set_xticks(xs)
@@ -93,7 +95,7 @@ def _by_type_plot(by_type: Mapping[str, Mapping], names: Sequence[str]) -> bytes
     fig, ax = plt.subplots(figsize=(max(6.0, 1.6 * len(types) + 2), 3.2))
     width = 0.8 / max(len(names), 1)
     for i, name in enumerate(names):
-        values = [by_type[t]["metrics"].get(name, 0.0) for t in types]
+        values = [by_type[t]["metrics"].get(name, float("nan")) for t in types]  # missing: no bar, not a zero
         ax.bar([x + i * width for x in range(len(types))], values, width=width, label=name)
     ax.set_xticks([x + width * (len(names) - 1) / 2 for x in range(len(types))])
     ax.set_xticklabels([f"{t}\n(n={by_type[t].get('n', '?')})" for t in types], fontsize=8)

@@ -260,6 +260,9 @@ class Settings(BaseSettings):
     monitor: MonitorConfig = Field(default_factory=MonitorConfig)
     deployments: DeploymentsConfig = Field(default_factory=DeploymentsConfig)
     prompts_dir: str = "prompts"
+    # A second run on a locked lake waits this long for the first to finish, then fails naming the
+    # holder (pid, host, since when). 0 = fail at once (a nightly overlapping a manual run is news).
+    lock_wait_s: NonNegativeFloat = 0.0
 
     @classmethod
     def settings_customise_sources(

@@ -16,8 +16,14 @@ Every Parquet/JSON write goes to a temp name first and is renamed into place.
 from __future__ import annotations
 
 import json
+import logging
+import os
 import posixpath
+import socket
+import threading
+import time
 import uuid
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -27,6 +33,41 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from tasks import schemas
+
+
+log = logging.getLogger(__name__)
+
+
+class LakeLocked(RuntimeError):
+    """Another run holds the lake's run lock; the message names the holder."""
+
+
+_HELD: dict[str, int] = {}  # lock path -> nesting depth held by this process (subflows re-enter)
+_HELD_GUARD = threading.Lock()
+
+
+def _process_start(pid: int) -> str | None:
+    """The process's start time in clock ticks since boot (Linux /proc), to tell a reused pid apart."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as fh:
+            return fh.read().rsplit(b")", 1)[1].split()[19].decode()
+    except (OSError, IndexError):
+        return None
+
+
+def _holder_alive(holder: dict) -> bool:
+    """False only when the holder is provably gone: same host, and its pid is dead or was reused."""
+    if holder.get("host") != socket.gethostname():
+        return True
+    pid = int(holder.get("pid", 0))
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    started = holder.get("pid_start")
+    return not started or _process_start(pid) in (None, started)
 
 
 def chunks_table_name(embedder_slug: str) -> str:
@@ -93,6 +134,91 @@ class Lake:
 
     def write_ref(self, name: str, data: dict) -> None:
         self.write_json(data, self._path("refs", f"{name}.json"))
+
+    # -- the run lock ----------------------------------------------------------------------------
+    @contextmanager
+    def lock(self, owner: str, wait_s: float = 0.0, poll_s: float = 0.2) -> Iterator[dict]:
+        """Hold the lake's run lock (locks/run.lock, created with O_EXCL: pid, host, started_at, owner).
+
+        Re-entrant within a process (a flow's subflows). A lock whose holder is provably dead (same
+        host, pid gone) is stale and taken over. Otherwise waits up to wait_s, then raises LakeLocked
+        naming the holder. Object stores have no exclusive create: there the lock is not enforced.
+        """
+        if not isinstance(self.fs, pafs.LocalFileSystem):
+            log.warning("lake %s: the run lock needs a local lake; concurrent runs are not excluded", self.uri)
+            yield {}
+            return
+        path = self._path("locks", "run.lock")
+        with _HELD_GUARD:
+            if _HELD.get(path):
+                _HELD[path] += 1
+                reentered = True
+            else:
+                reentered = False
+        if reentered:
+            try:
+                yield self.read_json(path) or {}
+            finally:
+                with _HELD_GUARD:
+                    _HELD[path] -= 1
+            return
+        me = {"owner": owner, "pid": os.getpid(), "pid_start": _process_start(os.getpid()),
+              "host": socket.gethostname(), "started_at": schemas.utcnow().isoformat()}
+        deadline = time.monotonic() + wait_s
+        os.makedirs(posixpath.dirname(path), exist_ok=True)
+        while True:
+            try:
+                fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                try:
+                    holder = self._lock_holder(path)
+                    age_s = time.time() - os.stat(path).st_mtime
+                except FileNotFoundError:  # released meanwhile: try again at once
+                    continue
+                # A holder killed between creating the file and writing it leaves it empty: stale after a while.
+                stale = not _holder_alive(holder) if holder is not None else age_s > 10
+                if stale:
+                    log.warning("lake %s: taking over the stale run lock of %s", self.uri, holder or "an unwritten lock file")
+                    stale_path = f"{path}.stale-{uuid.uuid4().hex[:8]}"
+                    try:  # rename first: of two processes seeing the same stale lock, one removes it
+                        os.rename(path, stale_path)
+                        os.remove(stale_path)
+                    except FileNotFoundError:
+                        pass
+                    continue
+                if time.monotonic() >= deadline:
+                    who = (f"{holder.get('owner')} (pid {holder.get('pid')} on {holder.get('host')}, "
+                           f"since {holder.get('started_at')})") if holder else "a run that is starting"
+                    raise LakeLocked(
+                        f"lake {self.uri} is locked by {who}; wait for it to finish, or remove {path} "
+                        "if that process is gone") from None
+                time.sleep(poll_s)
+                continue
+            with os.fdopen(fd, "w") as fh:
+                json.dump(me, fh)
+            break
+        with _HELD_GUARD:
+            _HELD[path] = 1
+        try:
+            yield me
+        finally:
+            with _HELD_GUARD:
+                _HELD.pop(path, None)
+            try:
+                os.remove(path)
+            except FileNotFoundError:
+                pass
+
+    @staticmethod
+    def _lock_holder(path: str) -> dict | None:
+        """The lock file's holder; None while its creator has not written it (yet). FileNotFoundError
+        when it was released."""
+        with open(path, encoding="utf-8") as fh:
+            try:
+                holder = json.loads(fh.read() or "null")
+            except ValueError:
+                return None
+        return holder if isinstance(holder, dict) else None
 
     # -- documents snapshots -------------------------------------------------------------------
     def snapshot_exists(self, snapshot_id: str) -> bool:
@@ -188,6 +314,13 @@ class Lake:
         """Make a gated run the baseline for its golden set; every promotion is also kept as history."""
         self.write_json(record, self._path("promotions", f"{record['run_id']}.json"))
         self.write_ref(f"promoted__{golden_set_id}", record)
+
+    def read_promotions(self, golden_set_id: str) -> list[dict]:
+        """Every promotion of a golden set, oldest first (the history a rollback walks back)."""
+        selector = pafs.FileSelector(self._path("promotions"), allow_not_found=True)
+        records = [self.read_json(i.path) for i in self.fs.get_file_info(selector) if i.path.endswith(".json")]
+        return sorted((r for r in records if r and r.get("golden_set_id") == golden_set_id),
+                      key=lambda r: (r.get("promoted_at") or "", r["run_id"]))
 
     # -- eval results ----------------------------------------------------------------------------
     def write_eval(self, run_id: str, items: pa.Table, traces: pa.Table) -> dict[str, str]:
