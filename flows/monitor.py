@@ -120,7 +120,12 @@ def monitor_quality(lake: str | None = None, config_path: str | None = None, eva
                 other = store_lake.read_golden(golden_id)["qa_id"].to_pylist() if store_lake.golden_exists(golden_id) else []
                 overlaps[golden_id] = monitoring.golden_overlap(latest_ids, set(other))
             series = monitoring.comparable(series_all, overlaps, config.min_golden_overlap)
-        checks: dict[str, monitoring.Check] = {"regression": monitoring.check_regression(series, config)}
+        per_item = {run_id: observing.item_metrics(store_lake, run_id)
+                    for run_id in {o["run_id"] for o in series[-(config.window + config.baseline_runs):]}}
+        paired, pairing = monitoring.on_shared_items(series, per_item, config)
+        regression = monitoring.check_regression(paired, config)
+        checks: dict[str, monitoring.Check] = {"regression": monitoring.Check({**regression.figures, **pairing},
+                                                                              regression.alerts)}
         previous = store_lake.read_ref("monitor_state") or {}
         state: dict = {"run_id": run.run_id, "at": utcnow().isoformat()}
         distributions: dict = {}

@@ -133,6 +133,33 @@ def comparable(series: Sequence[Mapping], overlaps: Mapping[str, float], min_ove
     return [o for o in series if overlaps.get(o["golden_set_id"], 0.0) >= min_overlap]
 
 
+def on_shared_items(series: Sequence[Mapping], per_item: Mapping[str, Mapping[str, Mapping[str, float]]],
+                    config: MonitorConfig) -> tuple[list[dict], dict]:
+    """The observations the regression rule compares, re-averaged over the questions all of them
+    scored (per_item: run_id -> qa_id -> {metric: value}), so a golden set that gained or lost items
+    between nights cannot read as a drop. Returns ([] and the reason) when too few are shared."""
+    considered = list(series[-(config.window + config.baseline_runs):])
+    if not considered:
+        return [], {"shared_items": 0}
+    sets = [set(per_item.get(o["run_id"], {})) for o in considered]
+    shared = set.intersection(*sets)
+    latest = len(sets[-1])
+    info = {"shared_items": len(shared), "latest_items": latest, "compared_runs": len(considered)}
+    if not shared or len(shared) < config.min_golden_overlap * latest:
+        return [], {**info, "reason": f"only {len(shared)} of {latest} questions are shared by the compared runs"}
+    out = []
+    for o in considered:
+        items = per_item[o["run_id"]]
+        names = sorted({m for q in shared for m in items[q]})
+        metrics = {}
+        for name in names:
+            values = [items[q][name] for q in shared if name in items[q] and items[q][name] is not None]
+            if values:
+                metrics[name] = {"value": float(np.mean(values)), "ci_low": None, "ci_high": None}
+        out.append({**o, "metrics": metrics})
+    return out, info
+
+
 # -- drift --------------------------------------------------------------------------------------
 
 

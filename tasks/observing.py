@@ -78,3 +78,11 @@ def completed_runs(lake: Lake, flow: str, statuses: tuple[str, ...]) -> list[dic
     runs = [r for r in lake.read_runs().to_pylist() if r["flow"] == flow and r["status"] in statuses]
     runs.sort(key=lambda r: (r["ended_at"] or r["started_at"], r["run_id"]))
     return [{**r, "lineage": json.loads(r["lineage"] or "{}"), "outputs": json.loads(r["outputs"] or "{}")} for r in runs]
+
+
+def item_metrics(lake: Lake, run_id: str) -> dict[str, dict[str, float]]:
+    """qa_id -> {metric: value} of one eval run's items (failed judgments are simply absent)."""
+    items = lake.read_eval_items(run_id)
+    if items is None:
+        return {}
+    return {r["qa_id"]: dict(r["metrics"] or []) for r in items.select(["qa_id", "metrics"]).to_pylist()}

@@ -190,3 +190,31 @@ def test_monitor_config_is_validated():
         MonitorConfig(max_drop=0.2, critical_drop=0.1)
     with pytest.raises(ValueError, match="webhook_url_env"):
         MonitorConfig(webhook_url_env="RAGLOOP_HOOK")
+
+
+def test_regression_compares_runs_on_the_questions_they_all_scored():
+    # night 0 scored q1..q4; nights 1 and 2 a refreshed set: q1, q2 kept, q5..q8 new and harder
+    good = {"hit@5": 1.0}
+    per_item = {
+        "r0": {q: good for q in ("q1", "q2", "q3", "q4")},
+        "r1": {"q1": good, "q2": good, **{q: {"hit@5": 0.0} for q in ("q5", "q6")}},
+        "r2": {"q1": good, "q2": good, **{q: {"hit@5": 0.0} for q in ("q5", "q6")}},
+    }
+    hist = series({"hit@5": 1.0}, {"hit@5": 0.5}, {"hit@5": 0.5})
+    config = MonitorConfig()
+    assert monitoring.check_regression(hist, config).alerts, "the raw means read as a drop"
+    paired, info = monitoring.on_shared_items(hist, per_item, config)
+    assert info["shared_items"] == 2 and [o["metrics"]["hit@5"]["value"] for o in paired] == [1.0, 1.0, 1.0]
+    assert monitoring.check_regression(paired, config).alerts == []
+
+    per_item["r2"] = {"q1": {"hit@5": 0.0}, "q2": {"hit@5": 0.0}, "q5": good, "q6": good}
+    per_item["r1"] = dict(per_item["r2"])
+    paired, _ = monitoring.on_shared_items(hist, per_item, config)
+    assert [a.metric for a in monitoring.check_regression(paired, config).alerts] == ["hit@5"], "a real drop on shared questions"
+
+
+def test_too_few_shared_questions_skip_the_rule_and_say_why():
+    per_item = {"r0": {"q1": {"m": 1.0}}, "r1": {"q1": {"m": 0.0}, "q2": {"m": 0.0}, "q3": {"m": 0.0}},
+                "r2": {"q1": {"m": 0.0}, "q2": {"m": 0.0}, "q3": {"m": 0.0}}}
+    paired, info = monitoring.on_shared_items(series({"m": 1}, {"m": 0}, {"m": 0}), per_item, MonitorConfig())
+    assert paired == [] and "only 1 of 3 questions" in info["reason"]
