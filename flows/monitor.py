@@ -227,8 +227,9 @@ def _worst_items(lake: Lake, latest_obs: dict | None, golden_rows: list[dict], c
     metric = (answer_first or names or [None])[0]
     references = {g["qa_id"]: g["reference_chunk_ids"] or [] for g in golden_rows}
 
-    def badness(r):
-        return (r["status"] != "failed", r["metrics"].get(metric, 0.0) if metric else 0.0, r["qa_id"])
+    def badness(r):  # failed items first, then the lowest scores; items without the metric last
+        value = r["metrics"].get(metric) if metric else None
+        return (r["status"] != "failed", value is None, value if value is not None else 0.0, r["qa_id"])
 
     worst = sorted(rows, key=badness)[: config.report_worst_items]
     traces = lake.read_traces(latest_obs["run_id"])
@@ -236,7 +237,8 @@ def _worst_items(lake: Lake, latest_obs: dict | None, golden_rows: list[dict], c
     for t in traces.to_pylist() if traces is not None else []:
         by_item.setdefault(t["qa_id"], []).append(t)
     return [{"qa_id": r["qa_id"], "qa_type": r["qa_type"], "question": r["question"], "answer": r["answer"],
-             "metric": metric or "-", "score": float(r["metrics"].get(metric, 0.0)) if metric else 0.0,
+             "metric": metric if metric in r["metrics"] else "failed" if r["status"] == "failed" else "-",
+             "score": float(r["metrics"].get(metric, 0.0)) if metric else 0.0,
              "retrieved_chunk_ids": r["retrieved_chunk_ids"] or [], "reference_chunk_ids": references.get(r["qa_id"], []),
              "error": r["error"], "traces": by_item.get(r["qa_id"], [])} for r in worst]
 

@@ -150,7 +150,7 @@ details{margin:6px 0}img{max-width:100%}.muted{color:#777;font-size:12px}
 
 <h2>Latest evaluation</h2>
 {% if latest %}
-<p>eval run <b>{{ latest.run_id }}</b> · golden set {{ latest.golden_set_id }} · {{ latest.items.total }} items ({{ latest.items.failed }} failed) · gate {{ latest.gate.status if latest.gate else "n/a" }}</p>
+<p>eval run <b>{{ latest.run_id }}</b> · golden set {{ latest.golden_set_id }} · {{ latest["items"].total }} items ({{ latest["items"].failed }} failed) · gate {{ latest.gate.status if latest.gate else "n/a" }}</p>
 <table><tr><th>metric</th><th class="num">value</th><th class="num">95% CI</th><th class="num">n</th><th class="num">Δ previous run</th></tr>
 {% for m in headline %}<tr><td>{{ m.name }}</td><td class="num">{{ "%.4f"|format(m.value) }}</td>
 <td class="num">{% if m.ci %}[{{ "%.4f"|format(m.ci[0]) }}, {{ "%.4f"|format(m.ci[1]) }}]{% endif %}</td><td class="num">{{ m.n or "" }}</td>

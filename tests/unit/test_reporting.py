@@ -1,0 +1,74 @@
+"""The HTML report and its markdown twin: real PNG plots, the numbers shown, lake text escaped."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from tasks import reporting
+
+T0 = dt.datetime(2026, 11, 1, 2, 0, tzinfo=dt.timezone.utc)
+HOSTILE = '<script>alert("x")</script> {{ 7*7 }}'
+
+
+def _data(**overrides) -> reporting.ReportData:
+    series = [{"observation_id": f"o{i}", "run_id": f"r{i}", "golden_set_id": "g", "at": T0 + dt.timedelta(days=i),
+               "metrics": {"ndcg@10": {"value": v, "ci_low": v - 0.1, "ci_high": v + 0.1},
+                           "semantic_similarity": {"value": 0.5, "ci_low": None, "ci_high": None}}}
+              for i, v in enumerate([0.7, 0.71, 0.5])]
+    latest = {"run_id": "r2", "golden_set_id": "g", "items": {"total": 12, "failed": 1}, "gate": {"status": "failed"},
+              "metrics": {"ndcg@10": 0.5, "semantic_similarity": 0.5}, "ci": {"ndcg@10": [0.4, 0.6], "semantic_similarity": [0.4, 0.6]},
+              "n": {"ndcg@10": 12, "semantic_similarity": 9},
+              "by_type": {"single_hop": {"n": 9, "metrics": {"ndcg@10": 0.6, "semantic_similarity": 0.5}, "ci": {"ndcg@10": [0.5, 0.7]}},
+                          "unanswerable": {"n": 3, "metrics": {}, "ci": {}}},
+              "lineage": {"golden_set_id": "g", "table": {"name": "chunks__x", "version": 4}}}
+    values = dict(
+        run_id="m1", at="2026-11-25T02:00:00+00:00", status="ok", lake="/lake",
+        alerts=[{"kind": "regression", "severity": "critical", "metric": "ndcg@10", "message": "ndcg@10 regressed", "details": {}}],
+        series=series, latest_eval=latest,
+        worst_items=[{"qa_id": "q1", "qa_type": "single_hop", "question": HOSTILE, "answer": HOSTILE, "metric": "ndcg@10",
+                      "score": 0.0, "retrieved_chunk_ids": ["c9"], "reference_chunk_ids": ["c1"], "error": None,
+                      "traces": [{"step": "answer", "latency_ms": 12.0, "prompt_tokens": 3, "completion_tokens": 4,
+                                  "output": HOSTILE, "error": None}]}],
+        checks={"corpus": {"documents": 10, "change_fraction": 0.1}, "retrieval": {"top1_median": 0.6}},
+        distributions={"corpus": ("document_length_chars", [10, 20, 30], [10, 25, 40]), "retrieval": ("top1_similarity", None, [0.5, 0.6])},
+    )
+    values.update(overrides)
+    return reporting.ReportData(**values)
+
+
+def test_report_has_real_plots_and_the_headline_numbers():
+    files = reporting.render_report(_data())
+    assert set(files) == {"report.html", "trends.png", "by_type.png", "document_length_chars.png", "top1_similarity.png"}
+    for name, payload in files.items():
+        if name.endswith(".png"):
+            assert payload.startswith(b"\x89PNG") and len(payload) > 2000, name
+    html = files["report.html"].decode()
+    assert "12 items (1 failed)" in html and "gate failed" in html
+    assert "0.5000" in html and "[0.4000, 0.6000]" in html and "-0.2100" in html  # value, CI, delta vs previous run
+    assert 'src="trends.png"' in html and 'src="top1_similarity.png"' in html
+    assert "unanswerable" in html and "ndcg@10 regressed" in html and "chunks__x" in html
+
+
+def test_text_from_the_lake_is_escaped_never_rendered():
+    html = reporting.render_report(_data())["report.html"].decode()
+    assert "<script>" not in html and "&lt;script&gt;" in html
+    assert "{{ 7*7 }}" in html and "49" not in html.split("worst", 1)[-1].split("Drift")[0]
+
+
+def test_an_empty_lake_still_gets_a_report():
+    files = reporting.render_report(_data(series=[], latest_eval=None, worst_items=[], alerts=[], checks={}, distributions={}))
+    assert set(files) == {"report.html"}
+    html = files["report.html"].decode()
+    assert "No eval run observed yet" in html and "No alerts" in html
+
+
+def test_headline_metrics_prefer_the_largest_cutoff_then_answer_metrics():
+    names = ["hit@1", "hit@5", "ndcg@3", "ndcg@10", "chunk_ndcg@10", "grounded", "semantic_similarity", "mrr@10"]
+    assert reporting.headline_metrics(names) == ["ndcg@10", "hit@5", "mrr@10", "semantic_similarity", "grounded"]
+    assert reporting.headline_metrics(names, ["grounded", "missing"]) == ["grounded"]
+
+
+def test_markdown_summary_carries_the_same_numbers():
+    md = reporting.markdown_summary(_data(), "/lake/reports/m1/report.html")
+    assert "| ndcg@10 | 0.5000 | [0.4000, 0.6000] |" in md and "**critical** `regression`" in md
+    assert "/lake/reports/m1/report.html" in md
