@@ -205,7 +205,8 @@ def evaluate_chain(
         for prompt in prompts.values():
             store_lake.record_prompt(prompt.name, prompt.prompt_hash, prompt.text)
         with timer("gate"):
-            baseline = store_lake.read_promoted(golden_set_id)
+            baseline = store_lake.read_promoted(golden_set_id) or _carried_baseline(
+                store_lake, golden_set_id, [r["qa_id"] for r in rows], settings.gate.min_baseline_overlap)
             deltas = None
             if baseline:
                 base_items = store_lake.read_eval_items(baseline["run_id"])
@@ -234,6 +235,7 @@ def evaluate_chain(
                         "ungrounded": sum(1 for r in answered if r["grounded"] is False)},
             "gate": gate,
             "baseline_run_id": baseline["run_id"] if baseline else None,
+            "baseline_golden_set_id": baseline["golden_set_id"] if baseline else None,
             "deltas": deltas,
             "results": paths,
             "timings_s": timer.report(),
@@ -246,6 +248,19 @@ def evaluate_chain(
     except BaseException as exc:
         run.finish("failed", {"error": f"{type(exc).__name__}: {exc}"})
         raise
+
+
+def _carried_baseline(lake: Lake, golden_set_id: str, qa_ids: list[str], min_overlap: float) -> dict | None:
+    """The last promoted run of another golden set version, if it scored enough of these questions:
+    a refreshed golden set must not let its first eval pass the gate for want of a baseline."""
+    latest = lake.read_ref("promoted_latest")
+    if not latest or latest["golden_set_id"] == golden_set_id:
+        return None
+    base_items = lake.read_eval_items(latest["run_id"])
+    if base_items is None or not qa_ids:
+        return None
+    shared = len(set(qa_ids) & set(base_items["qa_id"].to_pylist()))
+    return latest if shared >= max(1, min_overlap * len(qa_ids)) else None
 
 
 def _publish_artifacts(run_id: str, status: str, outputs: dict, lineage: dict) -> None:

@@ -60,7 +60,8 @@ def synth_golden_set(lake: str | None = None, size: int | None = None, config_pa
         # none changed since the last synth it already made its attempts: a rerun generates nothing.
         inputs = canonical_hash({"table": [store.name, store.version], "synth": config.model_dump(mode="json"),
                                   "llm": settings.llm.model_dump(mode="json"),
-                                  "prompts": {n: p.prompt_hash for n, p in sorted(prompts.items())}})
+                                  # only the prompts synth renders: an answer-prompt change re-runs eval, not synth
+                                  "prompts": {n: prompts[n].prompt_hash for n in sorted(qa.REQUIRED_PROMPTS)}})
         up_to_date = bool(previous_ref) and previous_ref.get("inputs") == inputs and not changed
         rng = random.Random(config.seed)
         report = qa.GenerationReport()

@@ -167,6 +167,10 @@ class GateConfig(Section):
     max_drop: float = Field(default=0.01, ge=0)  # fail when a delta's CI lies wholly below -max_drop
     metrics: list[str] = Field(default_factory=list)  # metrics checked for drops; empty = every shared one
     max_failed_fraction: float = Field(default=0.05, ge=0, le=1)
+    # A golden set with no promoted run yet (synth refreshed it, or it was imported) is gated against the
+    # last promoted run of any golden set that shares at least this share of its questions, paired on
+    # the shared ones; without one, the run has no baseline and becomes it.
+    min_baseline_overlap: float = Field(default=0.5, ge=0, le=1)
 
 
 AlertSinkName = Literal["log", "jsonl", "artifact", "webhook"]

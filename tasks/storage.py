@@ -314,6 +314,7 @@ class Lake:
         """Make a gated run the baseline for its golden set; every promotion is also kept as history."""
         self.write_json(record, self._path("promotions", f"{record['run_id']}.json"))
         self.write_ref(f"promoted__{golden_set_id}", record)
+        self.write_ref("promoted_latest", record)  # a new golden set version is gated against it (shared items)
 
     def read_promotions(self, golden_set_id: str) -> list[dict]:
         """Every promotion of a golden set, oldest first (the history a rollback walks back)."""

@@ -184,3 +184,25 @@ def test_monitor_on_an_empty_lake_reports_nothing_to_watch(prefect_backend, lake
     summary = _monitor(lake_dir, capsys)
     assert summary["status"] == "ok" and summary["alerts"] == [] and summary["observations"] == 0
     assert "No eval run observed yet" in open(summary["report"]).read()
+
+
+def test_a_refreshed_golden_set_is_gated_against_the_last_promoted_run_on_shared_questions(
+        lake_with_golden, fakes_llm, lake_dir, tmp_path, monkeypatch):
+    _, n = lake_with_golden
+    fakes_llm.add(*[_answers] * n)
+    good = eval_flow.evaluate_chain(lake=str(lake_dir))
+    assert good["gate"]["status"] == "passed"
+    # a new golden set version: the same questions plus two new ones (as a synth refresh would make)
+    refreshed = tmp_path / "refreshed.jsonl"
+    lines = (tmp_path / "golden.jsonl").read_text().splitlines()
+    extra = [json.dumps({"question": f"Which station opens at {h} in the morning?", "reference_answer": "one",
+                         "reference_chunk_ids": json.loads(lines[0])["reference_chunk_ids"], "qa_type": "single_hop"})
+             for h in (6, 7)]
+    refreshed.write_text("\n".join(lines + extra) + "\n")
+    golden_flow.import_golden_set(path=str(refreshed), lake=str(lake_dir))
+    monkeypatch.setenv("RAGLOOP_PROMPTS_DIR", str(_broken_prompts(tmp_path)))
+    fakes_llm.add(*["I don't know."] * (n + 2))
+    bad = eval_flow.evaluate_chain(lake=str(lake_dir))
+    assert bad["golden_set_id"] != good["golden_set_id"]
+    assert bad["baseline_run_id"] == good["run_id"] and bad["baseline_golden_set_id"] == good["golden_set_id"]
+    assert bad["status"] == "gate_failed" and bad["deltas"]["refusal_correct"]["n"] == n, "paired on the shared questions"

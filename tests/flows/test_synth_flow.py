@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 
 import lancedb
 import pytest
@@ -102,6 +103,16 @@ def test_synth_builds_a_typed_golden_set_tied_to_existing_chunks(prefect_backend
     again = synth_flow.synth_golden_set(lake=str(lake_dir), size=10)
     assert again["up_to_date"] and again["attempted"] == 0 and fakes.calls == calls, "nothing changed: nothing generated"
     assert again["golden_set_id"] == summary["golden_set_id"] and again["items"]["kept"] == summary["items"]["total"]
+
+    # a changed answer prompt is eval's business: synth stays up to date
+    prompts = tmp_path / "prompts"
+    shutil.copytree(REPO / "prompts", prompts)
+    answer = prompts / "answer.yaml"
+    answer.write_text(answer.read_text().replace("Answer in one to three sentences", "Answer in one or two sentences"))
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("RAGLOOP_PROMPTS_DIR", str(prompts))
+        third = synth_flow.synth_golden_set(lake=str(lake_dir), size=10)
+    assert third["up_to_date"] and fakes.calls == calls
 
 
 def test_synth_follows_the_corpus(prefect_backend, fakes, tmp_path, lake_dir):
