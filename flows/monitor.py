@@ -186,7 +186,7 @@ def monitor_quality(lake: str | None = None, config_path: str | None = None, eva
         status = "partial" if failed_sinks else "ok"
 
         report_data = reporting.ReportData(
-            run_id=run.run_id, at=state["at"], status=status, lake=store_lake.uri, alerts=alerts, series=series,
+            run_id=run.run_id, at=state["at"], status=status, lake=store_lake.uri, alerts=alerts, series=series_all,
             latest_eval=latest_eval, worst_items=_worst_items(store_lake, latest_obs, golden_rows, config),
             checks={name: c.figures for name, c in checks.items()},
             distributions=distributions, deliveries=deliveries, metrics=list(config.metrics))
