@@ -133,7 +133,15 @@ def index_corpus(
         if not report.success:
             run.logger.error("chunks suite failed: %s; the serving table version is not moved", report.failures)
             return run.finish("failed", outputs)
-        store_lake.write_ref("serving", {"table": store.name, "version": store.version, "run_id": run.run_id})
+        serving = store_lake.read_ref("serving") or {}
+        if serving.get("rolled_back_at") and serving.get("table") == store.name and not changed:
+            # A rollback pins the serving version until the corpus changes (a new candidate): a no-op
+            # night must not quietly re-serve the version that was rolled back from.
+            run.logger.info("serving stays at version %s, pinned by the rollback at %s", serving["version"],
+                            serving["rolled_back_at"])
+        else:
+            store_lake.write_ref("serving", {"table": store.name, "version": store.version, "run_id": run.run_id})
+        outputs["serving"] = {k: v for k, v in (store_lake.read_ref("serving") or {}).items() if k in ("table", "version")}
         run.logger.info(
             "table %s v%d: %d chunks; %d documents re-chunked, %d texts embedded, %d vectors reused, %d chunks deleted",
             store.name, store.version, len(table_frame), len(plan.to_index), counts["embedded"], counts["reused"], deleted,

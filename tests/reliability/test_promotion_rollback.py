@@ -89,8 +89,14 @@ def test_bad_candidates_are_not_promoted_and_rollback_restores_the_previous_stat
     assert all(p["matches"] for p in rolled["prompts"].values())
     assert main(["rollback", "--lake", str(lake_dir), "--json"]) == 2, "nothing before the first promotion"
     assert "first promotion" in json.loads(capsys.readouterr().out)["error"]
+    nightly = index_flow.index_corpus(sources=[str(src)], lake=str(lake_dir))  # nothing changed since
+    assert nightly["serving"]["version"] == s1["serving"]["version"], "a no-op index keeps the rollback's pin"
+    assert _state(lake, golden) == s1
     after = eval_flow.evaluate_chain(lake=str(lake_dir), retrieval="vector", k=3, retrieval_only=True)
     assert after["lineage"]["table"]["version"] == s1["serving"]["version"]
     assert "station90.md" not in {d for i in lake.read_eval_items(after["run_id"]).to_pylist() for d in i["retrieved_doc_ids"]}
+    write_files(src, {"station91.md": "# Station 91\n\nAnother new station with ten docks."})
+    moved = index_flow.index_corpus(sources=[str(src)], lake=str(lake_dir))
+    assert moved["serving"]["version"] == moved["table"]["version"] > s2["serving"]["version"], "a changed corpus is a new candidate"
     figures("5_promotion", candidates_blocked=blocked, promoted_state_unchanged_after_block=True,
             rollback=f"{p2['run_id']} -> {p1['run_id']}, serving v{s2['serving']['version']} -> v{s1['serving']['version']}")
