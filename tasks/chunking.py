@@ -116,7 +116,7 @@ class Chunker:
         chunks: list[Chunk] = []
         seen: dict[str, int] = {}
         for offset, text, headings in pieces:
-            for piece_offset, piece in self._enforce_limit(offset, text):
+            for piece_offset, piece, n_tokens in self._enforce_limit(offset, text):
                 if not piece.strip():
                     continue
                 occurrence = seen.get(piece, 0)
@@ -132,22 +132,26 @@ class Chunker:
                         text_sha256=sha256_text(piece),
                         headings=headings,
                         position=len(chunks),
-                        n_tokens=self.counter.count(piece),
+                        n_tokens=n_tokens if n_tokens is not None else self.counter.count(piece),
                         chunker_hash=self.hash,
                         metadata=metadata,
                     )
                 )
         return chunks
 
-    def _enforce_limit(self, offset: int, text: str) -> Iterator[tuple[int, str]]:
-        """Guarantee the model's limit even if a splitter ever overshoots: cut at token offsets."""
+    def _enforce_limit(self, offset: int, text: str) -> Iterator[tuple[int, str, int | None]]:
+        """Guarantee the model's limit even if a splitter ever overshoots: cut at token offsets.
+
+        Yields (offset, piece, token count); the count is the one truncate() just made for a piece that
+        fits whole (no second tokenization), None for a cut piece (the caller counts it exactly).
+        """
         limit = self.counter.max_tokens
         while text:
             head, n = self.counter.truncate(text, limit)
             if n <= limit:
-                yield offset, text
+                yield offset, text, n
                 return
-            yield offset, head
+            yield offset, head, None
             rest = text[len(head):]
             stripped = rest.lstrip()
             offset += len(head) + len(rest) - len(stripped)

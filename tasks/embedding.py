@@ -6,7 +6,7 @@ import hashlib
 import json
 import logging
 import re
-from functools import cached_property
+from functools import cached_property, lru_cache
 from pathlib import Path
 from typing import Protocol, Sequence
 
@@ -84,8 +84,16 @@ def _special_token_count(tokenizer: Tokenizer) -> int:
 
 
 def _hash_files(paths: Sequence[Path]) -> str:
+    """sha256 over the files' names and bytes; cached per (path, size, mtime), so a warm worker does not
+    re-read ~90 MB of weights on every flow run while an edited file is still re-hashed."""
+    return _hash_files_cached(tuple((str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in paths))
+
+
+@lru_cache(maxsize=16)
+def _hash_files_cached(stamps: tuple[tuple[str, int, int], ...]) -> str:
     digest = hashlib.sha256()
-    for path in paths:
+    for name, _, _ in stamps:
+        path = Path(name)
         digest.update(path.name.encode())
         with path.open("rb") as fh:
             for block in iter(lambda: fh.read(1 << 20), b""):
