@@ -78,7 +78,7 @@ def ratio(a, b):
 
 def summarize(raw: dict) -> dict:
     """The measures of the issue, as ratios of numbers taken in the same run."""
-    s: dict = {"index": {}, "peers": {}, "memory": {}, "retrieval": {}, "llm": {}, "levers": {}, "profile": {}, "fixes": {}}
+    s: dict = {"index": {}, "peers": {}, "memory": {}, "retrieval": {}, "llm": {}, "levers": {}, "profile": {}}
     for ds in ("scifact", "fastapi"):
         ib = raw.get(f"index:{ds}")
         if not ib:
@@ -143,8 +143,6 @@ def summarize(raw: dict) -> dict:
                        **{k: {x: v.get(x) for x in ("encode_s", "speedup_vs_torch", "ndcg_at_10",
                                                     "ndcg_delta_vs_torch", "quality_holds")}
                           for k, v in lv["levers"].items()}}
-    if raw.get("fixes"):
-        s["fixes"] = raw["fixes"]
     for key in [k for k in raw if k.startswith("profile:")]:
         s["profile"][key.split(":", 1)[1]] = raw[key]
     return s
@@ -230,13 +228,6 @@ def table(results: dict) -> str:
                 row(f"L {k}: speed-up vs torch (nDCG@10 {fmt(v['ndcg_at_10'], '.4f')}, "
                     f"d {fmt(v['ndcg_delta_vs_torch'], '+.4f')})", v["speedup_vs_torch"], None)
                 lines[-1] += "  quality " + ("holds" if v["quality_holds"] else "DROPS")
-    fx = s.get("fixes")
-    if fx:
-        c, w = fx["chunk_once"], fx["weights_hash_cached"]
-        lines.append(f"-- proposed fixes in tasks/, before/after (output identical: {c['identical']} / {w['identical']})")
-        row(f"F chunking {c['documents']} FastAPI pages: before / after s ({c['before_s']:.1f} / {c['after_s']:.1f})", c["speedup"], None)
-        row("F weights hash per flow run s: before / after (cached)", w["before_s"], None)
-        lines[-1] += f"  / {w['after_warm_s']:.4f}"
     for name, prof in (s.get("profile") or {}).items():
         for run in ("full_run", "noop_run"):
             p = prof.get(run) or {}
@@ -349,13 +340,6 @@ def main() -> None:
             save()
 
     index_and_peers("fastapi", datasets["fastapi"])
-
-    if wanted("fixes"):
-        out = work / "fixes.json"
-        out.unlink(missing_ok=True)
-        step(results, "fixes", [py, str(BENCH / "fixes_bench.py"), "--src", datasets["fastapi"]["path"],
-                                "--repeats", "3", "--out", str(out)], out, work, 1800)
-        save()
 
     if wanted("retrieval") and (work / "index_scifact").exists():
         out = work / "retrieval.json"

@@ -35,7 +35,7 @@ class ArtifactSink:
             return {"sink": self.name, "status": "skipped", "count": 0}
         lines = [f"# ragloop alerts ({len(alerts)})", ""] + [
             f"- **{a['severity']}** `{a['kind']}`" + (f" ({a['metric']})" if a.get("metric") else "")
-            + f": {reporting._md(a['message'])}" for a in alerts]
+            + f": {reporting.md_escape(a['message'])}" for a in alerts]
         create_markdown_artifact(markdown="\n".join(lines), key="ragloop-alerts",
                                  description=f"alerts of monitor run {context.get('run_id')}")
         return {"sink": self.name, "status": "sent", "count": len(alerts)}
@@ -179,7 +179,7 @@ def monitor_quality(lake: str | None = None, config_path: str | None = None, eva
 
         alerts = [a.to_dict() for check in checks.values() for a in check.alerts]
         context = {"run_id": run.run_id, "at": state["at"], "lake": store_lake.uri,
-                   "report": store_lake._path("reports", run.run_id, "report.html")}
+                   "report": store_lake.report_path(run.run_id)}
         sinks, skipped = build_sinks(config, store_lake, logger)
         deliveries = deliver_alerts(sinks, alerts, context) + skipped
         failed_sinks = [d for d in deliveries if d["status"] == "failed"]

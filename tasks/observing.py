@@ -8,7 +8,6 @@ import json
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from tasks.embedding import Embedder
 from tasks.indexing import _batched, sql_in
@@ -62,15 +61,8 @@ def sample_questions(golden_rows: list[dict], limit: int) -> list[dict]:
 
 def latest_run(lake: Lake, flow: str, statuses: tuple[str, ...]) -> dict | None:
     """The most recently started run of a flow among the given statuses, with lineage/outputs parsed."""
-    runs = lake.read_runs()
-    if runs.num_rows == 0:
-        return None
-    mask = pc.and_(pc.equal(runs["flow"], flow), pc.is_in(runs["status"], value_set=pa.array(statuses)))
-    chosen = runs.filter(mask).to_pylist()
-    if not chosen:
-        return None
-    row = max(chosen, key=lambda r: (r["started_at"], r["run_id"]))
-    return {**row, "lineage": json.loads(row["lineage"] or "{}"), "outputs": json.loads(row["outputs"] or "{}")}
+    runs = completed_runs(lake, flow, statuses)
+    return max(runs, key=lambda r: (r["started_at"], r["run_id"])) if runs else None
 
 
 def completed_runs(lake: Lake, flow: str, statuses: tuple[str, ...]) -> list[dict]:

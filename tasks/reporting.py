@@ -243,11 +243,12 @@ def markdown_summary(d: ReportData, report_path: str | None) -> str:
             ci = cis.get(name)
             lines.append(f"| {name} | {metrics[name]:.4f} | " + (f"[{ci[0]:.4f}, {ci[1]:.4f}]" if ci else "") + " |")
     lines += ["", f"## Alerts ({len(d.alerts)})", ""]
-    lines += [f"- **{a['severity']}** `{a['kind']}`: {_md(a['message'])}" for a in d.alerts] or ["None."]
+    lines += [f"- **{a['severity']}** `{a['kind']}`: {md_escape(a['message'])}" for a in d.alerts] or ["None."]
     if report_path:
         lines += ["", f"HTML report: `{report_path}`"]
     return "\n".join(lines)
 
 
-def _md(text: str) -> str:
+def md_escape(text: str) -> str:
+    """Text safe inside a markdown list item or table cell."""
     return text.replace("|", "\\|").replace("\n", " ")

@@ -424,9 +424,12 @@ class Lake:
         with self.fs.open_output_stream(path) as out:
             out.write(old + payload)
 
+    def report_path(self, run_id: str) -> str:
+        return self._path("reports", run_id, "report.html")
+
     def write_report(self, run_id: str, files: dict[str, bytes]) -> str:
         """Write a run's report files (report.html and its PNGs) under reports/<run_id>/; returns the HTML path."""
-        folder = self._path("reports", run_id)
+        folder = posixpath.dirname(self.report_path(run_id))
         self.fs.create_dir(folder, recursive=True)
         for name in sorted(files, key=lambda n: n == "report.html"):  # the HTML last: its images exist first
             path = posixpath.join(folder, name)
@@ -434,7 +437,7 @@ class Lake:
             with self.fs.open_output_stream(tmp) as out:
                 out.write(files[name])
             self._move_into_place(tmp, path)
-        return posixpath.join(folder, "report.html")
+        return self.report_path(run_id)
 
     # -- LanceDB -------------------------------------------------------------------------------
     def connect_vectors(self):
