@@ -76,6 +76,8 @@ def main() -> None:
     ap.add_argument("--noop-repeats", type=int, default=3)
     ap.add_argument("--cli-repeats", type=int, default=2)
     ap.add_argument("--windowed", type=int, default=1, help="1: also time encode per docs_per_batch window")
+    ap.add_argument("--torch-reference", type=int, default=1,
+                    help="1: when the configured backend is not torch, also index + encode with backend torch")
     ap.add_argument("--out", required=True)
     args = ap.parse_args()
 
@@ -85,7 +87,8 @@ def main() -> None:
 
     src, work = Path(args.src), fresh_dir(args.work)
     out: dict = {"src": str(src), "docs_per_batch": load_settings().index.docs_per_batch,
-                 "batch_size": load_settings().embedding.batch_size}
+                 "batch_size": load_settings().embedding.batch_size,
+                 "backend": load_embedder(load_settings().embedding).backend}
 
     # Warm-up: imports, the Prefect API, the model files in the page cache.
     warm_src = work / "warm_src"
@@ -97,7 +100,7 @@ def main() -> None:
 
     embedder = load_embedder(load_settings().embedding)
     t = time.perf_counter()
-    _ = embedder.model
+    embedder.encode(["model load"])
     out["model_load_s"] = time.perf_counter() - t
 
     live = work / "live"
@@ -136,6 +139,10 @@ def main() -> None:
     out["encode_windowed_s"] = enc_win
     out["encode_windowed_wall_s"] = median(enc_win)
     out["windows"] = len(windows)
+
+    if out["backend"] != "torch" and args.torch_reference:
+        out["torch"] = torch_reference(index_corpus, load_embedder, load_settings, src, work)
+        write_json(args.out, out)
 
     incs = []
     for r in range(args.inc_repeats):
@@ -179,6 +186,27 @@ def main() -> None:
         except Exception as exc:  # a report, not a failure of the whole measure
             out["cli_noop_with_server_error"] = f"{type(exc).__name__}: {exc}"
         write_json(args.out, out)
+
+
+def torch_reference(index_corpus, load_embedder, load_settings, src: Path, work: Path) -> dict:
+    """The same full index and pure encode with embedding.backend=torch (PyTorch sentence-transformers)."""
+    os.environ["RAGLOOP_EMBEDDING__BACKEND"] = "torch"
+    try:
+        embedder = load_embedder(load_settings().embedding)
+        embedder.encode(["model load"])
+        live, lake = work / "live_torch", work / "lake_torch"
+        shutil.copytree(src, live)
+        full = run_index(index_corpus, live, lake)
+        texts, _ = table_texts(str(lake))
+        embedder.encode(texts[:64])
+        t, c = time.perf_counter(), cpu_s()
+        embedder.encode(texts)
+        encode_wall, encode_cpu = time.perf_counter() - t, cpu_s() - c
+        shutil.rmtree(live, ignore_errors=True)
+        return {"full": full, "full_wall_s": full["wall_s"], "full_cpu_s": full["cpu_s"], "encoded_texts": len(texts),
+                "encode_wall_s": encode_wall, "encode_cpu_s": encode_cpu, "lake": str(lake)}
+    finally:
+        del os.environ["RAGLOOP_EMBEDDING__BACKEND"]
 
 
 def cli_against_server(ragloop: str, live: Path, lake: Path, work: Path, repeats: int) -> list[dict]:

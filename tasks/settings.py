@@ -55,6 +55,16 @@ class EmbeddingConfig(Section):
     model: str = "all-minilm-l6-v2"
     batch_size: PositiveInt = 64
     device: str = "cpu"
+    # torch = sentence-transformers on PyTorch. onnx / onnx-int8 = the same model exported once to
+    # ONNX (int8: dynamically quantized weights) and run by ONNX Runtime; each backend has its own
+    # table and identity, since its vectors differ slightly. auto = onnx-int8 for the packaged
+    # MiniLM (validated: SciFact nDCG@10 0.6453 vs 0.6451 on torch, ~2x faster), torch for any
+    # other model (its int8 quality is unmeasured). See README "Configuration" and "Performance".
+    backend: Literal["auto", "torch", "onnx", "onnx-int8"] = "auto"
+    onnx_cache_dir: str | None = None  # None = $XDG_CACHE_HOME/ragloop/onnx (or ~/.cache/ragloop/onnx)
+    # ONNX backends encode one text per call (no padding; an int8 vector depends on its text only),
+    # on this many threads; None = the CPUs this process may use. batch_size applies to torch only.
+    onnx_threads: PositiveInt | None = None
 
 
 class IndexConfig(Section):

@@ -40,7 +40,7 @@ def test_real_index_respects_the_model_limit_and_is_idempotent(prefect_backend, 
     first = index_corpus(sources=[str(docs_slice)], lake=str(lake_dir))
     assert first["status"] == "ok", first
     assert first["documents"]["new"] == len(SLICE)
-    table = lancedb.connect(str(lake_dir / "lancedb")).open_table("chunks__all_minilm_l6_v2")
+    table = lancedb.connect(str(lake_dir / "lancedb")).open_table(f"chunks__{embedder.slug}")
     rows = table.to_arrow().to_pylist()
     assert len(rows) == first["chunks"]["total"] > len(SLICE)
 
@@ -68,7 +68,7 @@ def test_real_index_respects_the_model_limit_and_is_idempotent(prefect_backend, 
     third = index_corpus(sources=[str(docs_slice)], lake=str(lake_dir))
     assert third["documents"]["changed"] == 1 and third["documents"]["deleted"] == 1
     assert 0 < third["chunks"]["embedded"] <= 3
-    rows = lancedb.connect(str(lake_dir / "lancedb")).open_table("chunks__all_minilm_l6_v2").to_arrow().to_pylist()
+    rows = lancedb.connect(str(lake_dir / "lancedb")).open_table(f"chunks__{embedder.slug}").to_arrow().to_pylist()
     assert len(rows) == third["chunks"]["total"]
     assert not [r for r in rows if r["doc_id"] == "async.md"]
 
@@ -76,7 +76,7 @@ def test_real_index_respects_the_model_limit_and_is_idempotent(prefect_backend, 
 def test_real_none_strategy_truncates_exactly_like_the_model(prefect_backend, docs_slice, lake_dir, embedder):
     summary = index_corpus(sources=[str(docs_slice)], lake=str(lake_dir), chunking="none")
     assert summary["status"] == "ok"
-    rows = lancedb.connect(str(lake_dir / "lancedb")).open_table("chunks__all_minilm_l6_v2").to_arrow().to_pylist()
+    rows = lancedb.connect(str(lake_dir / "lancedb")).open_table(f"chunks__{embedder.slug}").to_arrow().to_pylist()
     assert len(rows) == len(SLICE)
     assert summary["chunks"]["truncated"] == sum(1 for r in rows if '"truncated": true' in r["metadata"]) > 0
     # The vector of the stored (truncated) text equals the model's embedding of the full document.
