@@ -83,6 +83,44 @@ def scifact(lake: str, queries_file: Path, n_queries: int, work: Path) -> dict:
     return out
 
 
+def quality(lake: str, backend: str | None, root: Path) -> dict:
+    """SciFact nDCG@10 etc. of a lake the index bench built (chunked, exact vector search, 100 chunks per
+    query, documents ranked by their best chunk): the shipped encoder and the PyTorch one, same run."""
+    import csv
+
+    from tasks.embedding import load_embedder
+    from tasks.ir_metrics import mean_metrics, score_rankings
+    from tasks.retrieval import Retriever, doc_ranking
+    from tasks.settings import load_settings
+    from tasks.storage import Lake
+
+    qrels: dict[str, dict[str, int]] = {}
+    with (root / "qrels" / "test.tsv").open() as fh:
+        for row in csv.DictReader(fh, delimiter="\t"):
+            if int(row["score"]) > 0:
+                qrels.setdefault(row["query-id"], {})[row["corpus-id"]] = int(row["score"])
+    texts = {}
+    for line in (root / "queries.jsonl").read_text().splitlines():
+        if line.strip():
+            rec = json.loads(line)
+            if str(rec["_id"]) in qrels:
+                texts[str(rec["_id"])] = rec["text"]
+    overrides = {"lake": lake, "embedding": {"backend": backend}} if backend else {"lake": lake}
+    settings = load_settings(None, overrides)
+    embedder = load_embedder(settings.embedding)
+    store_lake = Lake(settings.lake)
+    serving = store_lake.read_ref("serving")
+    retriever = Retriever(store_lake, serving["table"], serving["version"], embedder, exact=True)
+    # A subset corpus (quick mode) keeps only the queries whose relevant documents are all in it.
+    present = set(retriever.table.search().select(["doc_id"]).limit(None).to_arrow()["doc_id"].to_pylist())
+    ids = [q for q in texts if set(qrels[q]) <= present]
+    results = retriever.search_many([texts[q] for q in ids], "vector", 100)
+    rankings = {q: doc_ranking(hits) for q, (hits, _) in zip(ids, results)}
+    metrics = mean_metrics(score_rankings({q: qrels[q] for q in ids}, rankings, [10, 100]))
+    return {"encoder": embedder.name, "table": serving["table"], "queries": len(ids),
+            **{k: metrics[k] for k in ("ndcg@10", "recall@100", "mrr@10")}}
+
+
 def synthetic(rows: int, dim: int, n_queries: int, work: Path, seed: int = 0, exact_queries: int = 20) -> dict:
     import lancedb
     import pyarrow as pa
@@ -184,11 +222,20 @@ def main() -> None:
     ap.add_argument("--n-queries", type=int, default=100)
     ap.add_argument("--rows", type=int, default=1_000_000)
     ap.add_argument("--synthetic-queries", type=int, default=100)
+    ap.add_argument("--torch-lake", help="the index bench's lake built with backend torch: quality beside the shipped one")
     ap.add_argument("--work", required=True)
     ap.add_argument("--out", required=True)
     args = ap.parse_args()
     work = fresh_dir(args.work)
     out = {"scifact": scifact(args.lake, Path(args.queries), args.n_queries, work)}
+    root = Path(args.queries).parent
+    if (root / "qrels" / "test.tsv").exists():
+        out["quality"] = {"shipped": quality(args.lake, None, root)}
+        if args.torch_lake:
+            out["quality"]["torch"] = quality(args.torch_lake, "torch", root)
+            out["quality"]["ndcg_at_10_delta"] = out["quality"]["shipped"]["ndcg@10"] - out["quality"]["torch"]["ndcg@10"]
+            out["quality"]["holds"] = abs(out["quality"]["ndcg_at_10_delta"]) <= 0.005
+        write_json(args.out, out)
     write_json(args.out, out)  # partial result first: the synthetic table is the long part
     out["synthetic"] = synthetic(args.rows, 384, args.synthetic_queries, work)
     shutil.rmtree(work / "synthetic", ignore_errors=True)
