@@ -59,7 +59,7 @@ $(BENCH_STAMP): bench/requirements-peers.txt
 
 bench-env: $(BENCH_STAMP) ## create .bench-venv: the peers and encoder levers `make bench` compares against
 
-bench: $(STAMP) $(BENCH_STAMP) ## performance vs targets and peers on SciFact + FastAPI docs (~1.5 h on 2 cores; never in `make test`)
+bench: $(STAMP) $(BENCH_STAMP) ## performance vs targets and peers on SciFact + FastAPI docs (~2 h on 2 cores; never in `make test`)
 	$(BIN)/python bench/run.py
 
 bench-quick: $(STAMP) $(BENCH_STAMP) ## the same measures on subsets (~20 min on 2 shared cores), for iteration
