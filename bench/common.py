@@ -208,3 +208,35 @@ def load_documents(live: Path) -> list[tuple[str, str]]:
                 out.append((str(rec["_id"]), text))
         return out
     return [(str(p.relative_to(live)), p.read_text(encoding="utf-8")) for p in sorted(live.rglob("*.md")) if p.is_file()]
+
+
+def read_qrels(root: Path) -> dict[str, dict[str, int]]:
+    """A BEIR dataset's test qrels: query id -> {document id: relevance > 0}."""
+    import csv
+
+    qrels: dict[str, dict[str, int]] = {}
+    with (root / "qrels" / "test.tsv").open() as fh:
+        for row in csv.DictReader(fh, delimiter="\t"):
+            if int(row["score"]) > 0:
+                qrels.setdefault(row["query-id"], {})[row["corpus-id"]] = int(row["score"])
+    return qrels
+
+
+def read_queries(root: Path, wanted) -> dict[str, str]:
+    """Query id -> text for the ids in `wanted`, from a BEIR dataset's queries.jsonl."""
+    queries = {}
+    for line in (root / "queries.jsonl").read_text().splitlines():
+        if line.strip():
+            rec = json.loads(line)
+            if str(rec["_id"]) in wanted:
+                queries[str(rec["_id"])] = rec["text"]
+    return queries
+
+
+def stop_process(proc: subprocess.Popen, timeout: float) -> None:
+    """Terminate a server process, killing it if it has not exited within timeout seconds."""
+    proc.terminate()
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()

@@ -18,7 +18,7 @@ import sys
 import time
 from pathlib import Path
 
-from common import fresh_dir, median, mutate, write_json
+from common import fresh_dir, median, mutate, stop_process, write_json
 
 
 def table_texts(lake: str) -> tuple[list[str], list[list[str]]]:
@@ -242,11 +242,7 @@ def cli_against_server(ragloop: str, live: Path, lake: Path, work: Path, repeats
                          "stderr_tail": res.stderr[-400:] if res.returncode else ""})
         return runs
     finally:
-        server.terminate()
-        try:
-            server.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            server.kill()
+        stop_process(server, 30)
 
 
 if __name__ == "__main__":

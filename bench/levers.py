@@ -12,7 +12,6 @@ A lever is acceptable only if its nDCG@10 is within 0.005 of the PyTorch baselin
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import math
 import os
@@ -22,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from common import fresh_dir, write_json
+from common import fresh_dir, read_qrels, read_queries, write_json
 
 BATCH = 64
 MAX_LEN = 256
@@ -30,11 +29,7 @@ WINDOW_DOCS = 256
 
 
 def load_scifact(root: Path, n_docs: int | None):
-    qrels: dict[str, dict[str, int]] = {}
-    with (root / "qrels" / "test.tsv").open() as fh:
-        for row in csv.DictReader(fh, delimiter="\t"):
-            if int(row["score"]) > 0:
-                qrels.setdefault(row["query-id"], {})[row["corpus-id"]] = int(row["score"])
+    qrels = read_qrels(root)
     docs = []
     for line in (root / "corpus.jsonl").read_text().splitlines():
         if line.strip():
@@ -47,13 +42,7 @@ def load_scifact(root: Path, n_docs: int | None):
         docs = keep
     ids = {d for d, _ in docs}
     qrels = {q: rel for q, rel in qrels.items() if set(rel) <= ids}
-    queries = {}
-    for line in (root / "queries.jsonl").read_text().splitlines():
-        if line.strip():
-            rec = json.loads(line)
-            if str(rec["_id"]) in qrels:
-                queries[str(rec["_id"])] = rec["text"]
-    return docs, queries, qrels
+    return docs, read_queries(root, qrels), qrels
 
 
 def ndcg_at_10(doc_ids, doc_vecs, q_ids, q_vecs, qrels) -> float:

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import httpx
 
-from common import REPO, fresh_dir, write_json
+from common import REPO, fresh_dir, stop_process, write_json
 
 RECORDED: list[dict] = []
 
@@ -175,11 +175,7 @@ def main() -> None:
             out[f"openai_c{c}"] = res
             write_json(args.out, out)
     finally:
-        server.terminate()
-        try:
-            server.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            server.kill()
+        stop_process(server, 20)
     write_json(args.out, out)
 
 

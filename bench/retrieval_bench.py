@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from common import fresh_dir, percentile, write_json
+from common import fresh_dir, percentile, read_qrels, read_queries, write_json
 
 K = 10
 
@@ -86,25 +86,14 @@ def scifact(lake: str, queries_file: Path, n_queries: int, work: Path) -> dict:
 def quality(lake: str, backend: str | None, root: Path) -> dict:
     """SciFact nDCG@10 etc. of a lake the index bench built (chunked, exact vector search, 100 chunks per
     query, documents ranked by their best chunk): the shipped encoder and the PyTorch one, same run."""
-    import csv
-
     from tasks.embedding import load_embedder
     from tasks.ir_metrics import mean_metrics, score_rankings
     from tasks.retrieval import Retriever, doc_ranking
     from tasks.settings import load_settings
     from tasks.storage import Lake
 
-    qrels: dict[str, dict[str, int]] = {}
-    with (root / "qrels" / "test.tsv").open() as fh:
-        for row in csv.DictReader(fh, delimiter="\t"):
-            if int(row["score"]) > 0:
-                qrels.setdefault(row["query-id"], {})[row["corpus-id"]] = int(row["score"])
-    texts = {}
-    for line in (root / "queries.jsonl").read_text().splitlines():
-        if line.strip():
-            rec = json.loads(line)
-            if str(rec["_id"]) in qrels:
-                texts[str(rec["_id"])] = rec["text"]
+    qrels = read_qrels(root)
+    texts = read_queries(root, qrels)
     overrides = {"lake": lake, "embedding": {"backend": backend}} if backend else {"lake": lake}
     settings = load_settings(None, overrides)
     embedder = load_embedder(settings.embedding)
