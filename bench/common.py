@@ -22,6 +22,9 @@ OFFLINE_ENV = {
     "RAGAS_DO_NOT_TRACK": "true",
     "TOKENIZERS_PARALLELISM": "false",
     "PYTHONUNBUFFERED": "1",
+    # As flows/ sets it: steps that use tasks/ without flows/ (retrieval) otherwise log LanceDB's
+    # hybrid-query deprecation warning twice per query.
+    "LANCEDB_LOG": "error",
 }
 MUTATION_FRACTION = 0.01
 
