@@ -71,28 +71,49 @@ class Chunker:
             )
         )
 
-    def chunk_document(self, doc: Document) -> list[Chunk]:
-        """The document's chunks in reading order; equal inputs give equal chunk ids."""
+    def chunk_document(self, doc: Document, spans: list[tuple[int, str]] | None = None) -> list[Chunk]:
+        """The document's chunks in reading order; equal inputs give equal chunk ids.
+
+        `spans` are the splitter's (offset, text) pieces of this document when the caller already has
+        them (chunk_documents splits a whole window in one parallel call).
+        """
         if self.config.strategy == "none":
             text, source_tokens = self.counter.truncate(doc.text.strip(), self.capacity)
             pieces = [(0, text, ())]
             extra = {"truncated": source_tokens > self.capacity, "source_tokens": source_tokens}
-        elif self.config.strategy == "markdown" and doc.mime in MARKDOWN_MIMES:
-            pieces = self._split_markdown(doc.text)
+        elif self._is_markdown(doc):
+            pieces = self._split_markdown(doc.text, spans)
             extra = {}
         else:
-            pieces = [(offset, text, ()) for offset, text in self._text.chunk_indices(doc.text)]
+            spans = self._text.chunk_indices(doc.text) if spans is None else spans
+            pieces = [(offset, text, ()) for offset, text in spans]
             extra = {}
         return self._make_chunks(doc, pieces, extra)
 
     def chunk_documents(self, docs: Iterable[Document]) -> list[Chunk]:
-        """All chunks of the documents, document by document."""
-        return [chunk for doc in docs for chunk in self.chunk_document(doc)]
+        """All chunks of the documents, document by document.
 
-    def _split_markdown(self, text: str) -> list[tuple[int, str, tuple[str, ...]]]:
+        The splitting itself (token-sized, Rust) is the costly part: each splitter gets all of its
+        documents in one `chunk_all_indices` call, which runs them in parallel and releases the GIL.
+        The output is the same as chunk_document one at a time.
+        """
+        docs = list(docs)
+        spans: list[list[tuple[int, str]] | None] = [None] * len(docs)
+        if self.config.strategy != "none":
+            for splitter, wants in ((self._markdown, True), (self._text, False)):
+                picked = [i for i, d in enumerate(docs) if self._is_markdown(d) == wants]
+                if picked:
+                    for i, found in zip(picked, splitter.chunk_all_indices([docs[i].text for i in picked])):
+                        spans[i] = found
+        return [chunk for doc, found in zip(docs, spans) for chunk in self.chunk_document(doc, found)]
+
+    def _is_markdown(self, doc: Document) -> bool:
+        return self.config.strategy == "markdown" and doc.mime in MARKDOWN_MIMES
+
+    def _split_markdown(self, text: str, spans: list[tuple[int, str]] | None = None) -> list[tuple[int, str, tuple[str, ...]]]:
         headings = self._heading_offsets(text)
         pieces = []
-        for offset, chunk in self._markdown.chunk_indices(text):
+        for offset, chunk in self._markdown.chunk_indices(text) if spans is None else spans:
             trail: list[tuple[int, str]] = []
             for start, level, title in headings:
                 if start > offset:

@@ -84,14 +84,36 @@ class Loaded:
     key: str | None = None  # row key within a table file (doc_id = relpath#key)
 
 
+_HEADING_PREFIX_CHARS = 4096
+
+
 def _first_heading(text: str) -> str | None:
-    """The first level-1 heading's text; `# comments` inside code fences are not headings."""
+    """The first level-1 heading's text; `# comments` inside code fences are not headings.
+
+    Block structure is decided line by line from the lines above (a setext underline only turns the
+    paragraph right above it into a heading), so an h1 that ends before the last line of a prefix is
+    the document's first h1. Titles are usually near the top: parsing the first 4 KB first keeps a
+    re-ingest of unchanged Markdown from parsing every file whole (most of a no-op's ingest time).
+    """
     from markdown_it import MarkdownIt
 
-    tokens = MarkdownIt("commonmark").disable(["inline", "text_join"]).parse(text)
+    parser = MarkdownIt("commonmark").disable(["inline", "text_join"])
+    cut = text.rfind("\n", 0, _HEADING_PREFIX_CHARS) if len(text) > _HEADING_PREFIX_CHARS else -1
+    if cut > 0:
+        prefix = text[:cut]
+        found = _h1(parser.parse(prefix), complete_before=prefix.count("\n"))
+        if found is not None:
+            return found or None
+    return _h1(parser.parse(text)) or None
+
+
+def _h1(tokens, complete_before: int | None = None) -> str | None:
+    """The first h1's text ('' for an empty one), None if there is none (or it touches the prefix's end)."""
     for i, tok in enumerate(tokens):
         if tok.type == "heading_open" and tok.tag == "h1" and i + 1 < len(tokens):
-            return tokens[i + 1].content.strip() or None
+            if complete_before is not None and (tok.map is None or tok.map[1] > complete_before):
+                return None
+            return tokens[i + 1].content.strip()
     return None
 
 

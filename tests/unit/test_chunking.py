@@ -293,3 +293,13 @@ def test_chunk_documents_document_by_document(hash_counter):
 def test_chunk_document_blank_text_gives_no_chunks(hash_counter):
     chunker = Chunker(ChunkingConfig(), hash_counter)
     assert chunker.chunk_document(make_doc("  \n\n  ", "text/plain")) == []
+
+
+@pytest.mark.parametrize("strategy", ["markdown", "recursive", "none"])
+def test_chunk_documents_in_one_parallel_call_equals_one_document_at_a_time(minilm_counter, strategy):
+    docs = [make_doc(long_markdown(), "text/markdown", "a.md"), make_doc(long_plain_text(), "text/plain", "b.txt"),
+            make_doc(section_doc("middle words"), "text/markdown", "c.md"), make_doc("short note", "text/plain", "d.txt")]
+    chunker = Chunker(ChunkingConfig(strategy=strategy), minilm_counter)
+    together = chunker.chunk_documents(docs)
+    assert together == [c for d in docs for c in chunker.chunk_document(d)]
+    assert {c.doc_id for c in together} == {"a.md", "b.txt", "c.md", "d.txt"}

@@ -112,6 +112,24 @@ def test_load_markdown_title_from_first_h1_else_stem(tmp_path, text, title):
     assert docs["notes.md"].metadata == {}
 
 
+@pytest.mark.parametrize(
+    ("text", "title"),
+    [
+        ("w " * 3000 + "\n# Deep\n", "Deep"),  # past the 4 KB prefix: the whole text is parsed
+        ("w " * 2040 + "\nTitle\n===\n" + "w " * 3000, "Title"),  # setext heading across the prefix's end
+        ("```\n" + "w " * 3000 + "\n# not a heading\n```\n# Real\n", "Real"),  # fence opened in the prefix
+        ("# First\n" + "w " * 3000 + "\n# Second\n", "First"),
+    ],
+)
+def test_first_heading_is_the_same_with_or_without_the_prefix_shortcut(text, title):
+    from markdown_it import MarkdownIt
+
+    assert ingestion._first_heading(text) == title
+    tokens = MarkdownIt("commonmark").disable(["inline", "text_join"]).parse(text)
+    first = next(tokens[i + 1].content for i, t in enumerate(tokens) if t.type == "heading_open" and t.tag == "h1")
+    assert first == title
+
+
 def test_load_markdown_title_ignores_comment_in_code_fence(tmp_path):
     root = write_files(tmp_path / "src", {
         "setup.md": "Install it:\n\n```bash\n# install deps\npip install x\n```\n\n# Real Title\n\nbody\n",
