@@ -116,7 +116,7 @@ def test_load_markdown_title_from_first_h1_else_stem(tmp_path, text, title):
     ("text", "title"),
     [
         ("w " * 3000 + "\n# Deep\n", "Deep"),  # past the 4 KB prefix: the whole text is parsed
-        ("w " * 2040 + "\nTitle\n===\n" + "w " * 3000, "Title"),  # setext heading across the prefix's end
+        ("w " * 2044 + "\n\nTitle\n===\n" + "w " * 3000, "Title"),  # setext underline just past the prefix
         ("```\n" + "w " * 3000 + "\n# not a heading\n```\n# Real\n", "Real"),  # fence opened in the prefix
         ("# First\n" + "w " * 3000 + "\n# Second\n", "First"),
     ],
