@@ -77,18 +77,15 @@ class Chunker:
         `spans` are the splitter's (offset, text) pieces of this document when the caller already has
         them (chunk_documents splits a whole window in one parallel call).
         """
-        if self.config.strategy == "none":
+        splitter = self._splitter(doc)
+        if splitter is None:
             text, source_tokens = self.counter.truncate(doc.text.strip(), self.capacity)
-            pieces = [(0, text, ())]
-            extra = {"truncated": source_tokens > self.capacity, "source_tokens": source_tokens}
-        elif self._is_markdown(doc):
-            pieces = self._split_markdown(doc.text, spans)
-            extra = {}
-        else:
-            spans = self._text.chunk_indices(doc.text) if spans is None else spans
-            pieces = [(offset, text, ()) for offset, text in spans]
-            extra = {}
-        return self._make_chunks(doc, pieces, extra)
+            return self._make_chunks(doc, [(0, text, ())],
+                                     {"truncated": source_tokens > self.capacity, "source_tokens": source_tokens})
+        spans = splitter.chunk_indices(doc.text) if spans is None else spans
+        if splitter is self._markdown:
+            return self._make_chunks(doc, self._split_markdown(doc.text, spans), {})
+        return self._make_chunks(doc, [(offset, text, ()) for offset, text in spans], {})
 
     def chunk_documents(self, docs: Iterable[Document]) -> list[Chunk]:
         """All chunks of the documents, document by document.
@@ -99,21 +96,25 @@ class Chunker:
         """
         docs = list(docs)
         spans: list[list[tuple[int, str]] | None] = [None] * len(docs)
-        if self.config.strategy != "none":
-            for splitter, wants in ((self._markdown, True), (self._text, False)):
-                picked = [i for i, d in enumerate(docs) if self._is_markdown(d) == wants]
-                if picked:
-                    for i, found in zip(picked, splitter.chunk_all_indices([docs[i].text for i in picked])):
-                        spans[i] = found
+        for splitter in (self._markdown, self._text):
+            picked = [i for i, d in enumerate(docs) if self._splitter(d) is splitter]
+            if picked:
+                for i, found in zip(picked, splitter.chunk_all_indices([docs[i].text for i in picked])):
+                    spans[i] = found
         return [chunk for doc, found in zip(docs, spans) for chunk in self.chunk_document(doc, found)]
 
-    def _is_markdown(self, doc: Document) -> bool:
-        return self.config.strategy == "markdown" and doc.mime in MARKDOWN_MIMES
+    def _splitter(self, doc: Document) -> MarkdownSplitter | TextSplitter | None:
+        """The splitter for this document; None for strategy 'none' (one truncated chunk)."""
+        if self.config.strategy == "none":
+            return None
+        if self.config.strategy == "markdown" and doc.mime in MARKDOWN_MIMES:
+            return self._markdown
+        return self._text
 
-    def _split_markdown(self, text: str, spans: list[tuple[int, str]] | None = None) -> list[tuple[int, str, tuple[str, ...]]]:
+    def _split_markdown(self, text: str, spans: list[tuple[int, str]]) -> list[tuple[int, str, tuple[str, ...]]]:
         headings = self._heading_offsets(text)
         pieces = []
-        for offset, chunk in self._markdown.chunk_indices(text) if spans is None else spans:
+        for offset, chunk in spans:
             trail: list[tuple[int, str]] = []
             for start, level, title in headings:
                 if start > offset:

@@ -7,6 +7,7 @@ is skipped silently except hidden files (``ingest.include_hidden``) and table si
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import hashlib
 import io
 import json
@@ -87,17 +88,23 @@ class Loaded:
 _HEADING_PREFIX_CHARS = 4096
 
 
+@functools.cache
+def _block_parser():
+    """A CommonMark parser for block structure only (headings, fences), built once per process."""
+    from markdown_it import MarkdownIt
+
+    return MarkdownIt("commonmark").disable(["inline", "text_join"])
+
+
 def _first_heading(text: str) -> str | None:
     """The first level-1 heading's text; `# comments` inside code fences are not headings.
 
     Block structure is decided line by line from the lines above (a setext underline only turns the
     paragraph right above it into a heading), so an h1 that ends before the last line of a prefix is
     the document's first h1. Titles are usually near the top: parsing the first 4 KB first keeps a
-    re-ingest of unchanged Markdown from parsing every file whole (most of a no-op's ingest time).
+    re-ingest of unchanged Markdown from parsing every file whole.
     """
-    from markdown_it import MarkdownIt
-
-    parser = MarkdownIt("commonmark").disable(["inline", "text_join"])
+    parser = _block_parser()
     cut = text.rfind("\n", 0, _HEADING_PREFIX_CHARS) if len(text) > _HEADING_PREFIX_CHARS else -1
     if cut > 0:
         prefix = text[:cut]
