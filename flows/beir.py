@@ -10,9 +10,9 @@ from pathlib import Path
 import pyarrow as pa
 from prefect import flow
 
-from flows.common import RunRecorder, flow_settings
+from flows.common import RunRecorder, flow_settings, lake_locked
 from flows.index import index_corpus
-from tasks import schemas
+from tasks import promotion, schemas
 from tasks.qa_generation import golden_set_id_of
 from tasks.schemas import utcnow
 from tasks.settings import ConfigError
@@ -45,10 +45,12 @@ def read_beir_golden(root: Path, split: str) -> list[dict]:
 
 
 @flow(name="import-beir")
+@lake_locked("import-beir")
 def import_beir(path: str, lake: str | None = None, chunking: str | None = None, split: str = "test",
                 config_path: str | None = None, progress: bool = False) -> dict:
     """Index DIR/corpus.jsonl (through the normal index flow) and import DIR's queries and qrels of
-    `split` as a golden set with document-level references; it becomes `--golden latest`."""
+    `split` as a golden set with document-level references, on the line `beir-<dir>-<split>`, which
+    becomes the chosen line (`--golden latest`)."""
     root = Path(path)
     missing = [p for p in ("corpus.jsonl", "queries.jsonl", f"qrels/{split}.tsv") if not (root / p).is_file()]
     if missing:
@@ -69,8 +71,9 @@ def import_beir(path: str, lake: str | None = None, chunking: str | None = None,
         return run.finish("failed", {"error": f"qrels name {len(unknown)} documents not in the corpus, e.g. {unknown[:3]}"})
     golden_set_id = golden_set_id_of(rows)
     written = store_lake.write_golden(golden_set_id, pa.Table.from_pylist(rows, schema=schemas.GOLDEN))
-    store_lake.write_ref("golden_latest", {"golden_set_id": golden_set_id, "run_id": run.run_id})
-    run.lineage.update({**indexed["lineage"], "golden_set_id": golden_set_id, "index_run_id": indexed["run_id"],
+    line = promotion.line_name(f"beir-{root.resolve().name}-{split}")
+    chosen = promotion.Refs(store_lake).set_line(line, golden_set_id, "imported", run.run_id, choose=True)
+    run.lineage.update({**indexed["lineage"], "golden_set_id": golden_set_id, "golden_line": line, "index_run_id": indexed["run_id"],
                         "beir": {"path": str(root.resolve()), "split": split}})
     return run.finish("ok", {
         "lake": store_lake.uri,
@@ -80,5 +83,9 @@ def import_beir(path: str, lake: str | None = None, chunking: str | None = None,
         "documents": indexed["documents"],
         "chunks": indexed["chunks"],
         "table": indexed["table"],
+        "serving": indexed.get("serving"),
+        "candidate": indexed.get("candidate"),
+        "disposition": indexed.get("disposition"),
         "quarantine": indexed.get("quarantine", []),
+        "line": chosen,
     })

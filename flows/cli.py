@@ -13,7 +13,8 @@ import sys
 from typing import Any, Callable
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_GATE = 0, 1, 2, 3
-STATUS_EXIT = {"ok": EXIT_OK, "partial": EXIT_OK, "failed": EXIT_FAILED, "gate_failed": EXIT_GATE}
+STATUS_EXIT = {"ok": EXIT_OK, "partial": EXIT_OK, "failed": EXIT_FAILED, "gate_failed": EXIT_GATE,
+               "gate_inconclusive": EXIT_GATE}
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -47,6 +48,14 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--retrieval", choices=["vector", "fts", "hybrid"], help="retrieval mode (eval.retrieval)")
     p.add_argument("--k", type=int, help="chunks retrieved (eval.k)")
     p.add_argument("--retrieval-only", action="store_true", help="IR metrics only, no answer generation")
+    p.add_argument("--promote", action="store_true",
+                   help="promote the run if its gate passes (default: an experiment, compared but never promoted)")
+    p.add_argument("--index", choices=["auto", "serving", "candidate"], default="auto",
+                   help="the index to evaluate: auto (a pending candidate, else the served one)")
+    common(p)
+
+    p = sub.add_parser("promote", help="promote a passed eval run after the fact (its line's baseline; serving if it scored a candidate)")
+    p.add_argument("run_id", metavar="RUN_ID")
     common(p)
 
     p = sub.add_parser("monitor", help="history, windowed regression rule, drift and budget checks, alerts, HTML report")
@@ -63,15 +72,15 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("run_b", metavar="RUN_B", help="the candidate run id")
     common(p)
 
-    p = sub.add_parser("rollback", help="return a golden set's promoted state (serving table version, prompts) to the previous promotion")
-    p.add_argument("--golden", default="latest", help="golden_set_id, a unique prefix, or 'latest' (default)")
+    p = sub.add_parser("rollback", help="return a golden-set line's promoted state (serving table version, baseline) to the previous promotion")
+    p.add_argument("--golden", default="latest", help="a line name, golden_set_id or unique prefix, or 'latest' (the chosen line)")
     common(p)
 
     p = sub.add_parser("lineage", help="the full lineage of a run")
     p.add_argument("run_id", metavar="RUN_ID")
     common(p)
 
-    p = sub.add_parser("golden", help="golden sets: `golden export` to JSONL or ragas, `golden import` from JSONL")
+    p = sub.add_parser("golden", help="golden sets: list, use, export (JSONL or ragas), import (JSONL)")
     gsub = p.add_subparsers(dest="golden_command", required=True, metavar="ACTION")
     g = gsub.add_parser("export", help="write a golden set as JSONL (ragloop columns) or a ragas EvaluationDataset")
     g.add_argument("--golden", default="latest", help="golden_set_id, a unique prefix, or 'latest' (default)")
@@ -81,6 +90,12 @@ def _parser() -> argparse.ArgumentParser:
     common(g)
     g = gsub.add_parser("import", help="import a JSONL golden set (ragloop rows or ragas samples) checked against the index")
     g.add_argument("path", metavar="FILE")
+    g.add_argument("--line", help="the golden-set line it becomes the head of (default: the file's stem); it becomes the chosen line")
+    common(g)
+    g = gsub.add_parser("use", help="choose the line (or pin a version) that `--golden latest`, the nightly and prompt-changed evaluate")
+    g.add_argument("spec", metavar="LINE|ID")
+    common(g)
+    g = gsub.add_parser("list", help="the golden-set lines, their versions, the chosen one and each line's baseline")
     common(g)
 
     p = sub.add_parser("prompts", help="prompt versions: `prompts check` lists prompts changed since last recorded")
@@ -114,6 +129,13 @@ def _human_index(summary: dict) -> list[str]:
         )
     if summary.get("table"):
         lines.append(f"table: {summary['table']['name']} version {summary['table']['version']}")
+    if summary.get("disposition"):
+        d, serving, cand = summary["disposition"], summary.get("serving"), summary.get("candidate")
+        lines.append(f"index {d['action']}: {d['reason']}")
+        if serving:
+            lines.append(f"serving: {serving['table']} v{serving['version']}"
+                         + (f"; candidate {cand['table']} v{cand['version']} awaits the gate (eval --promote, or the nightly)"
+                            if cand else ""))
     if summary.get("lake"):
         lines.append(f"lake: {summary['lake']}")
     for q in summary.get("quarantine", []):
@@ -145,7 +167,9 @@ def _human_synth(summary: dict) -> list[str]:
         i = summary["items"]
         lines.append(
             f"golden set {summary['golden_set_id']}: {i['total']} active - {i['new']} new, {i['kept']} kept, "
-            f"{i['stale']} stale, {i['retired']} retired; {i['rejected']} candidates rejected"
+            f"{i['stale']} stale, {i['retired']} retired" + (f", {i['outdated']} outdated (made by an older prompt)"
+                                                                if i.get("outdated") else "")
+            + f"; {i['rejected']} candidates rejected"
         )
         if summary.get("up_to_date"):
             lines.append("up to date: index, prompts and settings unchanged since the last synth; nothing generated")
@@ -213,7 +237,8 @@ def _run_eval(args: argparse.Namespace) -> dict:
     from flows.evaluate import evaluate_chain
 
     return evaluate_chain(lake=args.lake, golden=args.golden, retrieval=args.retrieval, k=args.k,
-                          retrieval_only=args.retrieval_only, config_path=args.config)
+                          retrieval_only=args.retrieval_only, config_path=args.config,
+                          promote="explicit" if args.promote else None, index=args.index)
 
 
 def _human_eval(summary: dict) -> list[str]:
@@ -235,9 +260,37 @@ def _human_eval(summary: dict) -> list[str]:
             low, high = ci[name]
             lines.append(f"  {name:<22} {metrics[name]:.4f}  [{low:.4f}, {high:.4f}]  n={summary['n'][name]}")
         lines.append(f"results: {summary['results']['items']}")
-    if summary.get("gate"):
-        lines.append(f"gate: {summary['gate']['status']} {'; '.join(summary['gate']['reasons'])}".rstrip())
+    stale = summary.get("stale_references") or {}
+    if stale.get("items"):
+        lines.append(f"stale references: {stale['items']} items reference {stale['references']} chunks/documents the index "
+                     f"no longer holds, left out of those IR metrics (e.g. {', '.join(stale['qa_ids'][:3])})")
+    lines.extend(_gate_lines(summary))
     return _with_error(lines, summary)
+
+
+def _gate_lines(summary: dict) -> list[str]:
+    gate = summary.get("gate")
+    if not gate:
+        return []
+    index = summary.get("index") or {}
+    lines = [f"gate: {gate['status']}" + (f" vs baseline {summary['baseline_run_id']}" if summary.get("baseline_run_id") else "")
+             + (f" on line {summary['golden_line']}" if summary.get("golden_line") else "")
+             + (f"; index under test: {index['role']} {index['table']} v{index['version']}" if index else "")]
+    lines.extend(f"  {reason}" for reason in gate.get("reasons", []))
+    lines.extend(f"  warning: {w}" for w in gate.get("warnings", []))
+    for name, p in sorted((gate.get("power") or {}).items()):
+        if name in (summary.get("deltas") or {}):
+            d = summary["deltas"][name]
+            lines.append(f"  {name:<22} {d['delta']:+.4f} [{d['ci'][0]:+.4f}, {d['ci'][1]:+.4f}] n={p['n']}  "
+                         f"detectable drop {p['detectable_drop'] if p['detectable_drop'] is not None else '-'}, "
+                         f"items for {summary.get('max_drop', '') or 'max_drop'}: {p['items_needed'] or '-'}")
+    promo = summary.get("promotion")
+    if promo:
+        lines.append(f"promoted: {str(promo['promoted']).lower()} ({promo['reason']})")
+        if promo.get("serving_moved"):
+            to = promo["serving_moved"]["to"]
+            lines.append(f"serving moved to {to['name']} v{to['version']}")
+    return lines
 
 
 def _run_import_beir(args: argparse.Namespace) -> dict:
@@ -270,24 +323,34 @@ def _run_compare(args: argparse.Namespace) -> dict:
         runs[run_id] = (record, items.to_pylist())
     (a, a_items), (b, b_items) = runs[args.run_a], runs[args.run_b]
     ga, gb = a["lineage"].get("golden_set_id"), b["lineage"].get("golden_set_id")
-    if ga != gb:
-        raise ConfigError(f"runs are on different golden sets ({ga} vs {gb}): their items cannot be paired")
+    shared = {r["qa_id"] for r in a_items} & {r["qa_id"] for r in b_items}
+    if not shared:
+        raise ConfigError(f"runs share no question (golden sets {ga} and {gb}): their items cannot be paired")
     config = settings.eval
     rows = lambda items: [{"qa_id": r["qa_id"], "metrics": dict(r["metrics"])} for r in items]  # noqa: E731
     deltas = gating.paired_deltas(rows(a_items), rows(b_items), config.bootstrap_resamples, config.confidence, config.seed)
     changed = {k: {"a": a["lineage"].get(k), "b": b["lineage"].get(k)} for k in sorted(set(a["lineage"]) | set(b["lineage"]))
-               if a["lineage"].get(k) != b["lineage"].get(k) and k not in ("git_commit",)}
-    return {"status": "ok", "golden_set_id": ga, "run_a": args.run_a, "run_b": args.run_b, "deltas": deltas,
-            "lineage_changes": changed}
+               if a["lineage"].get(k) != b["lineage"].get(k) and k not in ("git_commit", "eval_cache_key")}
+    return {"status": "ok", "golden_set_id": gb, "golden_set_ids": {"a": ga, "b": gb}, "shared_items": len(shared),
+            "items": {"a": len(a_items), "b": len(b_items)}, "run_a": args.run_a, "run_b": args.run_b, "deltas": deltas,
+            "not_compared": gating.unpaired_metrics(rows(a_items), rows(b_items)), "lineage_changes": changed}
 
 
 def _human_compare(summary: dict) -> list[str]:
-    lines = [f"{summary['run_b']} vs {summary['run_a']} on golden set {summary['golden_set_id']}"]
+    ids = summary.get("golden_set_ids") or {}
+    lines = [f"{summary['run_b']} vs {summary['run_a']}: {summary['shared_items']} shared questions"
+             + (f" (golden sets {ids['a']} and {ids['b']})" if ids.get("a") != ids.get("b") else f" (golden set {ids.get('b')})")]
     for name, d in summary["deltas"].items():
         lines.append(f"  {name:<22} {d['baseline']:.4f} -> {d['candidate']:.4f}  {d['delta']:+.4f} "
                      f"[{d['ci'][0]:+.4f}, {d['ci'][1]:+.4f}]  n={d['n']}")
+    for side, names in summary["not_compared"].items():
+        if names:
+            who = summary["run_a"] if side == "baseline_only" else summary["run_b"]
+            lines.append(f"  only in {who}: {', '.join(names)}")
     for key, change in summary["lineage_changes"].items():
-        lines.append(f"  lineage {key}: {json.dumps(change['a'], default=str)[:80]} -> {json.dumps(change['b'], default=str)[:80]}")
+        lines.append(f"  lineage {key}:")
+        lines.append(f"    a: {json.dumps(change['a'], default=str, sort_keys=True)}")
+        lines.append(f"    b: {json.dumps(change['b'], default=str, sort_keys=True)}")
     return lines
 
 
@@ -312,53 +375,80 @@ def _human_lineage(summary: dict) -> list[str]:
 def _run_rollback(args: argparse.Namespace) -> dict:
     from pathlib import Path
 
+    from tasks import promotion
     from tasks.prompts import PromptError, load_prompts
-    from tasks.schemas import utcnow
     from tasks.settings import ConfigError, load_settings
     from tasks.storage import Lake
 
     settings = load_settings(args.config, {"lake": args.lake} if args.lake else {})
     lake = Lake(settings.lake)
-    golden_set_id = lake.resolve_golden(args.golden)
+    refs = promotion.Refs(lake)
+    golden_set_id, line = refs.resolve_golden(args.golden, lake.list_golden())
     if golden_set_id is None:
-        raise ConfigError(f"--golden {args.golden}: no such golden set in {lake.uri}")
-    with lake.lock("rollback"):
-        current = lake.read_promoted(golden_set_id)
-        if current is None:
-            raise ConfigError(f"golden set {golden_set_id}: nothing was ever promoted, nothing to roll back")
-        history = [r["run_id"] for r in lake.read_promotions(golden_set_id)]
-        at = history.index(current["run_id"]) if current["run_id"] in history else -1
-        if at <= 0:
-            raise ConfigError(f"golden set {golden_set_id}: run {current['run_id']} is its first promotion; "
-                              "there is no earlier promoted state to return to")
-        previous = lake.read_promotions(golden_set_id)[at - 1]
-        table = previous["table"]
-        try:  # the promoted version must still be readable (index.keep_versions_days keeps them)
-            lake.connect_vectors().open_table(table["name"]).checkout(table["version"])
+        raise ConfigError(f"--golden {args.golden}: no such golden set or line in {lake.uri}")
+    line = line or f"id:{golden_set_id}"
+
+    def readable(name: str, version: int) -> str | None:  # index.keep_versions_days keeps promoted versions
+        try:
+            lake.connect_vectors().open_table(name).checkout(version)
         except Exception as exc:  # LanceDB raises ValueError/RuntimeError/OSError for a missing table or version
-            raise ConfigError(f"cannot roll back to run {previous['run_id']}: table {table['name']} version "
-                              f"{table['version']} is not readable ({exc})") from exc
-        serving_before = lake.read_ref("serving")
-        eval_run = lake.read_run(previous["run_id"]) or {}
-        now = utcnow().isoformat()
-        lake.write_ref("serving", {"table": table["name"], "version": table["version"],
-                                   "run_id": eval_run.get("lineage", {}).get("index_run_id"),
-                                   "rolled_back_from": serving_before, "rolled_back_at": now})
-        lake.write_ref(f"promoted__{golden_set_id}", {**previous, "rolled_back_from": current["run_id"], "rolled_back_at": now})
+            return str(exc)
+        return None
+
+    with lake.lock("rollback"):
+        try:
+            done = refs.rollback(line, readable)
+        except promotion.PromotionError as exc:
+            raise ConfigError(f"line {line}: {exc}") from exc
+    current, previous, before = done["from"], done["to"], done["serving_before"]
     try:
         files = {name: p.prompt_hash for name, p in load_prompts(Path(settings.prompts_dir)).items()}
     except PromptError:
         files = {}
     prompts = {name: {"promoted": h, "file": files.get(name), "matches": files.get(name) == h}
-               for name, h in sorted((previous.get("prompts") or {}).items())}
-    return {"status": "ok", "golden_set_id": golden_set_id, "from_run_id": current["run_id"],
-            "to_run_id": previous["run_id"], "table": {"from": current["table"], "to": table},
-            "serving_before": serving_before, "prompts": prompts}
+               for name, h in sorted(previous.prompts.items())}
+    return {"status": "ok", "golden_set_id": previous.golden_set_id, "line": line, "from_run_id": current.run_id,
+            "to_run_id": previous.run_id, "table": {"from": current.table, "to": previous.table},
+            "serving_before": before.model_dump(mode="json", exclude_none=True) if before else None, "prompts": prompts}
+
+
+def _run_promote(args: argparse.Namespace) -> dict:
+    from tasks import promotion
+    from tasks.schemas import utcnow
+    from tasks.settings import ConfigError, load_settings
+    from tasks.storage import Lake
+
+    lake = Lake(load_settings(args.config, {"lake": args.lake} if args.lake else {}).lake)
+    refs = promotion.Refs(lake)
+    record = lake.read_run(args.run_id)
+    if record is None:
+        raise ConfigError(f"{args.run_id}: no run with that id in {lake.uri}")
+    lineage, outputs = record["lineage"], record["outputs"]
+    line = outputs.get("golden_line") or lineage.get("golden_line") or f"id:{lineage.get('golden_set_id')}"
+    with lake.lock("promote"):
+        problem = promotion.promotable_after_the_fact(record, refs.baseline(line))
+        if problem:
+            raise ConfigError(f"promote: {problem}")
+        moved = refs.promote(promotion.Promotion(
+            run_id=record["run_id"], golden_set_id=lineage["golden_set_id"], line=line, table=lineage["table"],
+            prompts=lineage.get("prompts") or {}, chain=lineage.get("chain"), chain_hash=lineage.get("chain_hash"),
+            metrics=outputs.get("metrics") or {}, verdict=outputs["gate"]["status"], mode="explicit",
+            promoted_at=utcnow().isoformat(), index_run_id=lineage.get("index_run_id"),
+            chunker_hash=lineage.get("chunker_hash")), candidate_evaluated=lineage.get("index_role") == "candidate")
+    return {"status": "ok", "run_id": record["run_id"], "line": line, "promoted": True,
+            "reason": f"promoted by hand (gate {outputs['gate']['status']})", **moved, **refs.state()}
+
+
+def _human_promote(summary: dict) -> list[str]:
+    lines = [f"run {summary['run_id']} promoted as the baseline of line {summary['line']} ({summary['reason']})"]
+    if summary.get("serving_moved"):
+        lines.append(f"serving moved to {summary['serving_moved']['to']['name']} v{summary['serving_moved']['to']['version']}")
+    return lines
 
 
 def _human_rollback(summary: dict) -> list[str]:
     t = summary["table"]
-    lines = [f"golden set {summary['golden_set_id']}: promoted state rolled back from run {summary['from_run_id']} "
+    lines = [f"line {summary['line']}: promoted state rolled back from run {summary['from_run_id']} "
              f"to run {summary['to_run_id']}",
              f"serving table: {t['to']['name']} version {t['to']['version']} (was {t['from']['name']} version {t['from']['version']})"]
     for name, p in summary["prompts"].items():
@@ -368,17 +458,54 @@ def _human_rollback(summary: dict) -> list[str]:
 
 
 def _run_golden(args: argparse.Namespace) -> dict:
+    if args.golden_command in ("use", "list"):
+        return _golden_lines(args)
     from flows.golden import export_golden_set, import_golden_set
 
     if args.golden_command == "import":
-        return import_golden_set(path=args.path, lake=args.lake, config_path=args.config)
+        return import_golden_set(path=args.path, lake=args.lake, config_path=args.config, line=args.line)
     return export_golden_set(args.out, args.format, args.golden, args.include_inactive, args.lake, args.config)
+
+
+def _golden_lines(args: argparse.Namespace) -> dict:
+    """`golden use` and `golden list`: only refs, no Prefect."""
+    from tasks import promotion
+    from tasks.settings import ConfigError, load_settings
+    from tasks.storage import Lake
+
+    lake = Lake(load_settings(args.config, {"lake": args.lake} if args.lake else {}).lake)
+    refs = promotion.Refs(lake)
+    if args.golden_command == "use":
+        with lake.lock("golden use"):
+            try:
+                used = refs.use(args.spec, lake.list_golden())
+            except promotion.PromotionError as exc:
+                raise ConfigError(str(exc)) from exc
+        return {"status": "ok", **used}
+    lines = refs.lines()
+    return {"status": "ok", "chosen": lines.chosen, "lines": {
+        name: {"golden_set_id": line.golden_set_id, "kind": line.kind, "versions": len(line.history),
+               "updated_at": line.updated_at, "baseline_run_id": (refs.baseline(name).run_id if refs.baseline(name) else None)}
+        for name, line in sorted(lines.lines.items())}}
 
 
 def _human_golden(summary: dict) -> list[str]:
     if "path" in summary:
         return [f"golden set {summary['golden_set_id']}: {summary['items']} items written to {summary['path']} ({summary['format']})"]
-    return _human_synth(summary)
+    if "lines" in summary:
+        if not summary["lines"]:
+            return ["no golden-set line yet: run synth, golden import or import-beir"]
+        return [f"{'*' if name == summary['chosen'] else ' '} {name:<24} {line['golden_set_id']}  {line['kind']:<9} "
+                f"{line['versions']} version(s), baseline {line['baseline_run_id'] or 'none'}"
+                for name, line in summary["lines"].items()] + ["(* = chosen: what --golden latest, the nightly and prompt-changed evaluate)"]
+    if "chosen" in summary:
+        return [f"chosen line: {summary['chosen']} ({summary['golden_set_id']}); was {summary['previous_chosen'] or 'none'}"]
+    lines = _human_synth(summary)
+    line = summary.get("line")
+    if line:
+        lines.append(f"line {line['line']}" + (f"; chosen line is now {line['chosen']} (was {line['previous_chosen']})"
+                                                if line["chosen"] != line["previous_chosen"] else f"; chosen line: {line['chosen']}"))
+    return lines
 
 
 def _run_prompts(args: argparse.Namespace) -> dict:
@@ -435,6 +562,7 @@ COMMANDS: dict[str, tuple[Callable[[argparse.Namespace], dict], Callable[[dict],
     "compare": (_run_compare, _human_compare),
     "lineage": (_run_lineage, _human_lineage),
     "rollback": (_run_rollback, _human_rollback),
+    "promote": (_run_promote, _human_promote),
 }
 
 

@@ -12,6 +12,7 @@ from typing import Any, Callable
 from prefect import get_run_logger
 from prefect.runtime import flow_run
 
+from tasks import promotion
 from tasks.indexing import ChunkStore
 from tasks.storage import chunks_table_name
 from tasks.lineage import base_lineage, new_run_id
@@ -66,24 +67,18 @@ def check_sources(sources: list[str]) -> None:
         raise ConfigError("ingest.sources: no source given (use --source PATH or ingest.sources in ragloop.yaml)")
 
 
-def serving_store(lake: Lake, embedder) -> ChunkStore:
-    """The chunks table later stages read: must exist and be the configured embedder's (exit 2 otherwise)."""
-    check_serving(lake, embedder)
-    return ChunkStore(lake, embedder)
-
-
-def check_serving(lake: Lake, embedder) -> dict:
-    """The serving ref (table + version), after checking it exists and was built by this embedder."""
-    serving = lake.read_ref("serving")
-    if not serving:
-        raise ConfigError(f"lake {lake.uri} has no index yet: run `ragloop index` first")
-    expected = chunks_table_name(embedder.slug)
-    if serving["table"] != expected:
-        raise ConfigError(
-            f"embedding.model: the lake serves table {serving['table']}, but the configured embedder "
-            f"{embedder.name} reads {expected}; index with this embedder first or configure the serving one"
-        )
-    return serving
+def index_store(lake: Lake, embedder, which: str = "auto") -> tuple[ChunkStore, str]:
+    """The chunks table later stages read, checked out at the version under test: the pending candidate
+    of this embedder, else the served version (tasks.promotion.pick_index; exit 2 when neither fits).
+    Returns (store, role)."""
+    refs = promotion.Refs(lake)
+    try:
+        ref, role = promotion.pick_index(refs.serving(), refs.candidate(), chunks_table_name(embedder.slug), which)
+    except promotion.PromotionError as exc:
+        raise ConfigError(str(exc)) from exc
+    store = ChunkStore(lake, embedder)
+    store.table.checkout(ref.version)
+    return store, role
 
 
 class StageTimer:

@@ -10,9 +10,9 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
-from flows.common import RunRecorder, StageTimer, check_serving, flow_settings, lake_locked
+from flows.common import RunRecorder, StageTimer, flow_settings, lake_locked
 from tasks import chain as chain_steps
-from tasks import evaluation, gating, schemas
+from tasks import evaluation, gating, promotion, schemas
 from tasks.embedding import load_embedder
 from tasks.lineage import canonical_hash
 from tasks.llm import LLMConfigError, LLMUnavailable, load_llm
@@ -21,7 +21,7 @@ from tasks.ragas_metrics import RagasScorer
 from tasks.retrieval import Retriever, doc_ranking
 from tasks.schemas import utcnow
 from tasks.settings import ConfigError
-from tasks.storage import Lake
+from tasks.storage import Lake, chunks_table_name
 
 QUERY_BATCH = 256
 
@@ -67,23 +67,35 @@ def evaluate_chain(
     retrieval_only: bool = False,
     config_path: str | None = None,
     reuse_cached: bool = False,
+    promote: str | None = None,
+    index: str = "auto",
 ) -> dict:
     """Score the chain over the active items of a golden set; per-item results and traces go to
-    the lake, the summary carries metrics with bootstrap CIs overall and per question type."""
+    the lake, the summary carries metrics with bootstrap CIs overall and per question type, the gate's
+    verdict against the line's baseline, and whether the run was promoted.
+
+    promote: None = an experiment (gated, never promoted); "nightly" | "prompt-changed" | "explicit"
+    may promote. index: auto (the pending candidate index of this embedder, else the served one) |
+    serving | candidate."""
     settings = flow_settings(config_path, {"lake": lake, "eval": {"retrieval": retrieval, "k": k}})
     config = settings.eval
     store_lake = Lake(settings.lake)
-    golden_set_id = store_lake.resolve_golden(golden)
+    refs = promotion.Refs(store_lake)
+    golden_set_id, line = refs.resolve_golden(golden, store_lake.list_golden())
     if golden_set_id is None:
-        raise ConfigError(f"--golden {golden}: no such golden set in {store_lake.uri} "
+        raise ConfigError(f"--golden {golden}: no such golden set or line in {store_lake.uri} "
                           f"(have: {', '.join(store_lake.list_golden()) or 'none'}); run synth, golden import or import-beir")
     embedder = load_embedder(settings.embedding)
-    serving = check_serving(store_lake, embedder)
+    try:
+        serving, role = promotion.pick_index(refs.serving(), refs.candidate(), chunks_table_name(embedder.slug), index)
+    except promotion.PromotionError as exc:
+        raise ConfigError(str(exc)) from exc
     items = [i for i in store_lake.read_golden(golden_set_id).to_pylist() if i["status"] == "active"]
     if not items:
         raise ConfigError(f"golden set {golden_set_id} has no active items")
-    retriever = Retriever(store_lake, serving["table"], serving["version"], embedder, exact=config.exact,
+    retriever = Retriever(store_lake, serving.table, serving.version, embedder, exact=config.exact,
                           rerank_depth=config.rerank_depth if config.rerank == "embedding" else 0)
+    stale = evaluation.check_references(items, *retriever.catalog())
     prompts, llm = {}, None
     wanted = ([config.rewrite_prompt] if config.rewrite_prompt else []) + ([] if retrieval_only else [config.answer_prompt])
     if wanted:
@@ -116,20 +128,27 @@ def evaluate_chain(
         "llm": llm.model_id if llm else None,
     }
     judge_id = judge.model_id if judge else None
-    # Everything the metrics depend on: equal key -> equal deterministic metrics (seeded bootstrap,
-    # seeded LLM). The nightly reuses such a run instead of recomputing it.
+    line_key = line or f"id:{golden_set_id}"
+    baseline = refs.baseline(line_key)
+    # Everything the metrics and the verdict depend on: equal key -> equal deterministic metrics (seeded
+    # bootstrap, seeded LLM) and gate. The nightly reuses such a run instead of recomputing it.
     cache_key = canonical_hash({
-        "golden_set_id": golden_set_id, "table": [serving["table"], serving["version"]], "chain": chain,
+        "golden_set_id": golden_set_id, "table": [serving.table, serving.version], "chain": chain,
         "prompts": {p.name: p.prompt_hash for p in prompts.values()}, "judge": judge_id,
         "embedder": embedder.weights_sha256, "eval": config.model_dump(mode="json"), "gate": settings.gate.model_dump(mode="json"),
+        "baseline": baseline.run_id if baseline else None,
     })
     if reuse_cached:
         cached = store_lake.read_ref(f"eval_cache__{cache_key[:32]}")
         record = store_lake.read_run(cached["run_id"]) if cached else None
         if record and record["status"] in ("ok", "partial"):
             get_run_logger().info("eval inputs unchanged since run %s: its results are reused", record["run_id"])
-            return {"run_id": record["run_id"], "status": record["status"], "lineage": record["lineage"],
-                    **record["outputs"], "cached": True}
+            summary = {"run_id": record["run_id"], "status": record["status"], "lineage": record["lineage"],
+                       **record["outputs"], "cached": True}
+            if promote and not (baseline and baseline.run_id == record["run_id"]):
+                summary["promotion"] = _promote(refs, summary, line_key, promote, settings, role)
+                summary["promoted"] = summary["promotion"]["promoted"]
+            return summary
     timer = StageTimer()
     run = RunRecorder(store_lake, "eval", settings)
     try:
@@ -154,10 +173,15 @@ def evaluate_chain(
         ks = evaluation.cutoffs(config, config.k)
         doc_rank = {r.qa_id: doc_ranking(r.hits) for r in results}
         chunk_rank = {r.qa_id: [h.chunk_id for h in r.hits] for r in results}
+        scored = [evaluation.without_stale_references(i, stale.get(i["qa_id"])) for i in items]
+        if stale:
+            run.logger.warning("%d of %d items reference chunks or documents no longer in %s v%d: left out of the "
+                               "IR metrics at that level (stale_references)", len(stale), len(items), serving.table,
+                               serving.version)
         with timer("score"):
-            per_item = evaluation.ir_item_metrics(items, doc_rank, chunk_rank, ks)
+            per_item = evaluation.ir_item_metrics(scored, doc_rank, chunk_rank, ks)
         with timer("ragas"):
-            ragas_scores = score_ragas(RagasScorer(embedder.encode, judge, config.judge_max_tokens), items, results)
+            ragas_scores = score_ragas(RagasScorer(embedder.encode, judge, config.judge_max_tokens), scored, results)
         rows, traces = [], []
         for item, result, judged in zip(items, results, ragas_scores):
             errors = ([result.error] if result.error else []) + [f"{m}: {why}" for m, why in judged.failed.items()]
@@ -169,6 +193,7 @@ def evaluate_chain(
                 "refused": result.refused, "grounded": result.grounded, "relevance": result.relevance,
                 "metrics": {**per_item[item["qa_id"]], **evaluation.answer_metrics(item, result), **judged.metrics},
                 "failed_metrics": sorted(judged.failed),
+                "stale_references": stale.get(item["qa_id"], []),
             })
             traces.extend(result.traces)
         with timer("aggregate"):
@@ -184,14 +209,16 @@ def evaluate_chain(
         items_table = pa.Table.from_pylist(
             [{**r, "metrics": list(r["metrics"].items())} for r in rows], schema=schemas.EVAL_ITEMS)
         paths = store_lake.write_eval(run.run_id, items_table, pa.Table.from_pylist(traces, schema=schemas.TRACES))
-        index_run = store_lake.read_run(serving["run_id"]) if serving.get("run_id") else None
+        index_run = store_lake.read_run(serving.run_id) if serving.run_id else None
         index_lineage = (index_run or {}).get("lineage", {})
         run.lineage.update({k: index_lineage[k] for k in ("snapshot_id", "chunker_hash", "chunker", "embedder")
                             if k in index_lineage})  # what the serving table was built from
         run.lineage.update({
             "golden_set_id": golden_set_id,
-            "table": {"name": serving["table"], "version": serving["version"]},
-            "index_run_id": serving.get("run_id"),
+            "golden_line": line,
+            "table": {"name": serving.table, "version": serving.version},
+            "index_role": role,
+            "index_run_id": serving.run_id,
             "prompts": {p.name: p.prompt_hash for p in prompts.values()},
             "models": {"embedder": embedder.name, "embedder_weights_sha256": embedder.weights_sha256,
                        "llm": llm.model_id if llm else None, "judge": judge_id},
@@ -205,23 +232,15 @@ def evaluate_chain(
         for prompt in prompts.values():
             store_lake.record_prompt(prompt.name, prompt.prompt_hash, prompt.text)
         with timer("gate"):
-            baseline = store_lake.read_promoted(golden_set_id) or _carried_baseline(
-                store_lake, golden_set_id, [r["qa_id"] for r in rows], settings.gate.min_baseline_overlap)
-            deltas = None
-            if baseline:
-                base_items = store_lake.read_eval_items(baseline["run_id"])
-                deltas = gating.paired_deltas(
-                    [{"qa_id": r["qa_id"], "metrics": dict(r["metrics"])} for r in base_items.to_pylist()] if base_items else [],
-                    rows, config.bootstrap_resamples, config.confidence, config.seed)
-            gate = gating.check_gate(metrics, deltas, failed, len(rows), settings.gate)
-            if gate["status"] == "passed":
-                store_lake.promote(golden_set_id, {
-                    "run_id": run.run_id, "golden_set_id": golden_set_id, "table": run.lineage["table"],
-                    "prompts": {p.name: p.prompt_hash for p in prompts.values()}, "chain": chain,
-                    "chain_hash": run.lineage["chain_hash"], "metrics": metrics, "promoted_at": utcnow().isoformat(),
-                })
-            else:
-                run.logger.warning("gate failed, nothing promoted: %s", "; ".join(gate["reasons"]))
+            base_items = store_lake.read_eval_items(baseline.run_id) if baseline else None
+            base_rows = [{"qa_id": r["qa_id"], "metrics": dict(r["metrics"])} for r in base_items.to_pylist()] if base_items else []
+            shared = len({r["qa_id"] for r in base_rows} & {r["qa_id"] for r in rows})
+            no_baseline = gating.baseline_problem(baseline and baseline.run_id, base_items is not None, shared, len(rows),
+                                                  settings.gate.min_baseline_overlap, line_key)
+            deltas = None if no_baseline else gating.paired_deltas(
+                base_rows, rows, config.bootstrap_resamples, config.confidence, config.seed)
+            gate = gating.check_gate(metrics, deltas, failed, len(rows), settings.gate, config.confidence,
+                                     None if no_baseline else gating.unpaired_metrics(base_rows, rows), no_baseline)
         outputs = {
             "lake": store_lake.uri,
             "golden_set_id": golden_set_id,
@@ -233,15 +252,21 @@ def evaluate_chain(
             "failed_judgments": dict(sorted(Counter(m for r in rows for m in r["failed_metrics"]).items())),
             "answers": {"total": len(answered), "refused": sum(1 for r in answered if r["refused"]),
                         "ungrounded": sum(1 for r in answered if r["grounded"] is False)},
+            "stale_references": evaluation.stale_summary(stale),
             "gate": gate,
-            "baseline_run_id": baseline["run_id"] if baseline else None,
-            "baseline_golden_set_id": baseline["golden_set_id"] if baseline else None,
+            "golden_line": line,
+            "index": {"role": role, "table": serving.table, "version": serving.version},
+            "baseline_run_id": baseline.run_id if baseline and deltas is not None else None,
+            "baseline_golden_set_id": baseline.golden_set_id if baseline and deltas is not None else None,
             "deltas": deltas,
             "results": paths,
             "timings_s": timer.report(),
         }
-        status = "gate_failed" if gate["status"] == "failed" else ("partial" if failed else "ok")
+        status = gating.run_status(gate["status"], settings.gate.on_inconclusive, failed)
         run.lineage["eval_cache_key"] = cache_key
+        outputs["promotion"] = _promote(refs, {"run_id": run.run_id, "lineage": run.lineage, **outputs}, line_key,
+                                        promote, settings, role)
+        outputs["promoted"] = outputs["promotion"]["promoted"]
         store_lake.write_ref(f"eval_cache__{cache_key[:32]}", {"run_id": run.run_id})
         _publish_artifacts(run.run_id, status, outputs, run.lineage)
         return run.finish(status, outputs)
@@ -250,17 +275,24 @@ def evaluate_chain(
         raise
 
 
-def _carried_baseline(lake: Lake, golden_set_id: str, qa_ids: list[str], min_overlap: float) -> dict | None:
-    """The last promoted run of another golden set version, if it scored enough of these questions:
-    a refreshed golden set must not let its first eval pass the gate for want of a baseline."""
-    latest = lake.read_ref("promoted_latest")
-    if not latest or latest["golden_set_id"] == golden_set_id:
-        return None
-    base_items = lake.read_eval_items(latest["run_id"])
-    if base_items is None or not qa_ids:
-        return None
-    shared = len(set(qa_ids) & set(base_items["qa_id"].to_pylist()))
-    return latest if shared >= max(1, min_overlap * len(qa_ids)) else None
+def _promote(refs: promotion.Refs, summary: dict, line: str, mode: str | None, settings, role: str) -> dict:
+    """Apply the promotion rule to a scored run; returns {promoted, reason, mode, line, serving_moved}."""
+    verdict = summary["gate"]["status"]
+    ok, reason = promotion.promotion_decision(verdict, mode, settings.gate.on_inconclusive)
+    out = {"promoted": ok, "reason": reason, "mode": mode or "experiment", "line": line, "serving_moved": None}
+    if not ok:
+        get_run_logger().warning("not promoted: %s; serving, baseline and prompts stay where they were", reason)
+        return out
+    lineage = summary["lineage"]
+    record = promotion.Promotion(
+        run_id=summary["run_id"], golden_set_id=summary["golden_set_id"], line=line, table=lineage["table"],
+        prompts=lineage.get("prompts") or {}, chain=lineage.get("chain"), chain_hash=lineage.get("chain_hash"),
+        metrics=summary["metrics"], verdict=verdict, mode=mode, promoted_at=utcnow().isoformat(),
+        index_run_id=lineage.get("index_run_id"), chunker_hash=lineage.get("chunker_hash"))
+    out.update(refs.promote(record, candidate_evaluated=(lineage.get("index_role", role) == "candidate")))
+    get_run_logger().info("promoted run %s as the baseline of line %s (%s)%s", summary["run_id"], line, reason,
+                          f"; serving moved to {out['serving_moved']['to']}" if out["serving_moved"] else "")
+    return out
 
 
 def _publish_artifacts(run_id: str, status: str, outputs: dict, lineage: dict) -> None:
@@ -271,8 +303,9 @@ def _publish_artifacts(run_id: str, status: str, outputs: dict, lineage: dict) -
              f"Golden set `{outputs['golden_set_id']}`, {outputs['items']['total']} items ({outputs['items']['failed']} failed); "
              f"chain `{lineage.get('chain_hash', '')[:12]}`, prompts "
              + ", ".join(f"{k}@{v[:12]}" for k, v in sorted((lineage.get("prompts") or {}).items())) + ".", "",
-             f"**Gate: {gate['status']}** vs baseline {outputs.get('baseline_run_id') or '(none yet: this run becomes it)'}", ""]
-    lines += [f"- {reason}" for reason in gate["reasons"]]
+             f"**Gate: {gate['status']}** vs baseline {outputs.get('baseline_run_id') or '(none)'}; "
+             f"promoted: {str(outputs['promoted']).lower()} ({outputs['promotion']['reason']})", ""]
+    lines += [f"- {reason}" for reason in gate["reasons"] + gate.get("warnings", [])]
     lines += ["", "| metric | value | 95% CI | Δ vs baseline | Δ CI |", "|---|---:|---:|---:|---:|"]
     for name in sorted(metrics):
         d = deltas.get(name)

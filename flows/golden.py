@@ -8,8 +8,8 @@ from pathlib import Path
 import pyarrow as pa
 from prefect import flow
 
-from flows.common import RunRecorder, flow_settings, serving_store
-from tasks import golden_io, schemas
+from flows.common import RunRecorder, flow_settings, index_store, lake_locked
+from tasks import golden_io, promotion, schemas
 from tasks.embedding import load_embedder
 from tasks.indexing import ChunkStore
 from tasks.qa_generation import golden_set_id_of
@@ -19,14 +19,20 @@ from tasks.storage import Lake
 
 def _store(settings: Settings) -> tuple[Lake, ChunkStore]:
     lake = Lake(settings.lake)
-    return lake, serving_store(lake, load_embedder(settings.embedding))
+    return lake, index_store(lake, load_embedder(settings.embedding))[0]
 
 
 @flow(name="import-golden-set")
-def import_golden_set(path: str, lake: str | None = None, config_path: str | None = None) -> dict:
-    """Import a JSONL golden set (ragloop rows or ragas samples) checked against the index; every
-    line is validated before anything is written. Moves `latest`, not the synthetic line synth follows."""
+@lake_locked("import-golden")
+def import_golden_set(path: str, lake: str | None = None, config_path: str | None = None, line: str | None = None) -> dict:
+    """Import a JSONL golden set (ragloop rows or ragas samples) checked against the index under test;
+    every line is validated before anything is written. It becomes the head of its golden-set line
+    (default: the file's stem) and the chosen line; synth's own line is left alone."""
     settings = flow_settings(config_path, {"lake": lake})
+    try:
+        line = promotion.line_name(line or Path(path).stem)
+    except promotion.PromotionError as exc:
+        raise ConfigError(str(exc)) from exc
     try:
         items = golden_io.read_import_file(Path(path))
     except golden_io.GoldenImportError as exc:
@@ -42,15 +48,16 @@ def import_golden_set(path: str, lake: str | None = None, config_path: str | Non
     run = RunRecorder(store_lake, "import-golden", settings)
     golden_set_id = golden_set_id_of(rows)
     written = store_lake.write_golden(golden_set_id, pa.Table.from_pylist(rows, schema=schemas.GOLDEN))
-    store_lake.write_ref("golden_latest", {"golden_set_id": golden_set_id, "run_id": run.run_id})
-    run.lineage.update({"golden_set_id": golden_set_id, "table": {"name": store.name, "version": store.version},
-                        "source_file": str(Path(path).resolve())})
+    chosen = promotion.Refs(store_lake).set_line(line, golden_set_id, "imported", run.run_id, choose=True)
+    run.lineage.update({"golden_set_id": golden_set_id, "golden_line": line,
+                        "table": {"name": store.name, "version": store.version}, "source_file": str(Path(path).resolve())})
     return run.finish("ok", {
         "lake": store_lake.uri,
         "golden_set_id": golden_set_id,
         "items": {"total": len(rows), "new": len(rows), "kept": 0, "stale": 0, "retired": 0, "rejected": 0},
         "by_type": dict(sorted(Counter(r["qa_type"] for r in rows).items())),
         "written": written,
+        "line": chosen,
     })
 
 
@@ -59,7 +66,7 @@ def export_golden_set(out: str, fmt: str = "jsonl", golden: str = "latest", incl
     """Write a golden set to JSONL (ragloop's columns) or a ragas EvaluationDataset JSONL (read-only)."""
     settings = flow_settings(config_path, {"lake": lake})
     store_lake = Lake(settings.lake)
-    golden_set_id = store_lake.resolve_golden(golden)
+    golden_set_id, _ = promotion.Refs(store_lake).resolve_golden(golden, store_lake.list_golden())
     if golden_set_id is None:
         raise ConfigError(f"--golden {golden}: no such golden set in {store_lake.uri} "
                           f"(have: {', '.join(store_lake.list_golden()) or 'none'})")

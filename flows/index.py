@@ -12,7 +12,7 @@ from tqdm import tqdm
 
 from flows.common import RunRecorder, StageTimer, flow_settings, lake_locked
 from flows.ingest import ingest_corpus
-from tasks import indexing, validation
+from tasks import indexing, promotion, validation
 from tasks.chunking import Chunker
 from tasks.embedding import load_embedder
 from tasks.settings import ConfigError
@@ -133,15 +133,11 @@ def index_corpus(
         if not report.success:
             run.logger.error("chunks suite failed: %s; the serving table version is not moved", report.failures)
             return run.finish("failed", outputs)
-        serving = store_lake.read_ref("serving") or {}
-        if serving.get("rolled_back_at") and serving.get("table") == store.name and not changed:
-            # A rollback pins the serving version until the corpus changes (a new candidate): a no-op
-            # night must not quietly re-serve the version that was rolled back from.
-            run.logger.info("serving stays at version %s, pinned by the rollback at %s", serving["version"],
-                            serving["rolled_back_at"])
-        else:
-            store_lake.write_ref("serving", {"table": store.name, "version": store.version, "run_id": run.run_id})
-        outputs["serving"] = {k: v for k, v in (store_lake.read_ref("serving") or {}).items() if k in ("table", "version")}
+        # Blue/green: a new embedder, backend or chunker is a candidate until the gate passes on it.
+        placed = promotion.Refs(store_lake).record_index(store.name, store.version, run.run_id, chunker.hash, changed)
+        outputs.update(serving=placed["serving"], candidate=placed["candidate"],
+                       disposition={"action": placed["action"], "reason": placed["reason"]})
+        run.logger.info("index version %s v%d: %s (%s)", store.name, store.version, placed["action"], placed["reason"])
         run.logger.info(
             "table %s v%d: %d chunks; %d documents re-chunked, %d texts embedded, %d vectors reused, %d chunks deleted",
             store.name, store.version, len(table_frame), len(plan.to_index), counts["embedded"], counts["reused"], deleted,

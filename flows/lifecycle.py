@@ -41,12 +41,12 @@ def run_lifecycle(sources: list[str] | None = None, lake: str | None = None, con
             _monitor(run, stages, lake, config_path, None)
             return _finish(run, "failed", stages, synth.get("error", "synth failed"))
 
-        evaluated = evaluate_chain(lake=lake, golden="latest", config_path=config_path, reuse_cached=True)
+        evaluated = evaluate_chain(lake=lake, golden="latest", config_path=config_path, reuse_cached=True, promote="nightly")
         stages["eval"] = _brief(evaluated)
         monitored = _monitor(run, stages, lake, config_path, evaluated.get("run_id"))
         status = "ok"
-        if evaluated["status"] == "gate_failed":
-            status = "gate_failed"
+        if evaluated["status"] in ("gate_failed", "gate_inconclusive"):
+            status = evaluated["status"]
         elif evaluated["status"] != "ok" or synth["status"] != "ok" or monitored["status"] != "ok":
             status = "partial"
         return _finish(run, status, stages, None)
@@ -64,7 +64,8 @@ def _monitor(run: RunRecorder, stages: dict, lake: str | None, config_path: str 
 
 def _brief(summary: dict) -> dict:
     keep = ("run_id", "status", "documents", "chunks", "table", "quarantine", "validation", "golden_set_id", "items",
-            "by_type", "rejects", "coverage", "up_to_date", "metrics", "ci", "n", "failed_judgments", "gate", "cached",
+            "by_type", "rejects", "coverage", "up_to_date", "metrics", "ci", "n", "failed_judgments", "gate", "cached", "promoted", "promotion", "stale_references", "golden_line", "index",
+            "serving", "candidate", "disposition", "line",
             "results", "error", "lake", "alerts", "observations", "observed", "checks", "sinks", "report")
     return {k: summary[k] for k in keep if k in summary}
 
@@ -82,9 +83,10 @@ def _finish(run: RunRecorder, status: str, stages: dict, error: str | None) -> d
 @lake_locked("prompt-changed")
 def prompt_changed(prompt: str, prompt_hash: str, lake: str | None = None, config_path: str | None = None) -> dict:
     """Triggered by `ragloop.prompt.changed`: re-evaluate the latest golden set with the prompts as
-    they are now and gate the result against the baseline (exit status gate_failed if it drops), then
+    they are now and gate the result against the baseline (promoted only if it passes; gate_failed or
+    gate_inconclusive otherwise), then
     monitor, so the run's alerts and report sit beside its eval artifacts."""
-    summary = evaluate_chain(lake=lake, golden="latest", config_path=config_path)
+    summary = evaluate_chain(lake=lake, golden="latest", config_path=config_path, promote="prompt-changed")
     monitored = monitor_quality(lake=lake, config_path=config_path)  # history, alerts and the report for this run
     summary = {**summary, "alerts": monitored["alerts"], "report": monitored["report"]}
     used = summary.get("lineage", {}).get("prompts", {})

@@ -176,6 +176,7 @@ def monitor_quality(lake: str | None = None, config_path: str | None = None, eva
             traces = store_lake.read_traces(latest_obs["run_id"])
             items_total = (latest_eval.get("items") or {}).get("total", 0)
             checks["budgets"] = monitoring.check_budgets(traces.to_pylist() if traces is not None else [], items_total, config)
+            checks["references"] = monitoring.check_stale_references(latest_eval)
 
         alerts = [a.to_dict() for check in checks.values() for a in check.alerts]
         context = {"run_id": run.run_id, "at": state["at"], "lake": store_lake.uri,

@@ -10,9 +10,9 @@ import pyarrow as pa
 from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 
-from flows.common import RunRecorder, StageTimer, flow_settings, lake_locked, serving_store
+from flows.common import RunRecorder, StageTimer, flow_settings, index_store, lake_locked
+from tasks import promotion, schemas
 from tasks import qa_generation as qa
-from tasks import schemas
 from tasks.embedding import load_embedder
 from tasks.lineage import canonical_hash
 from tasks.llm import LLMConfigError, LLMUnavailable, load_llm
@@ -40,7 +40,8 @@ def synth_golden_set(lake: str | None = None, size: int | None = None, config_pa
         raise ConfigError(f"prompts_dir {settings.prompts_dir}: missing prompt file(s) {missing}")
     store_lake = Lake(settings.lake)
     embedder = load_embedder(settings.embedding)
-    store = serving_store(store_lake, embedder)
+    store, _ = index_store(store_lake, embedder)
+    refs = promotion.Refs(store_lake)
     llm = load_llm(settings.llm)
     timer = StageTimer()
     run = RunRecorder(store_lake, "synth", settings)
@@ -48,13 +49,14 @@ def synth_golden_set(lake: str | None = None, size: int | None = None, config_pa
         catalog = store.scan(["chunk_id", "doc_id"]).to_pylist()
         chunk_ids = {r["chunk_id"] for r in catalog}
         doc_ids = {r["doc_id"] for r in catalog}
-        previous_ref = store_lake.read_ref("golden")
-        previous = store_lake.read_golden(previous_ref["golden_set_id"]).to_pylist() if previous_ref else []
-        verdicts = qa.classify_previous(previous, chunk_ids, doc_ids)
+        previous_ref = refs.lines().lines.get(promotion.SYNTHETIC)  # synth follows its own line only
+        previous = store_lake.read_golden(previous_ref.golden_set_id).to_pylist() if previous_ref else []
+        current_prompts = {n: prompts[n].prompt_hash for n in qa.REQUIRED_PROMPTS}
+        verdicts = qa.classify_previous(previous, chunk_ids, doc_ids, current_prompts)
         kept = [i for i in previous if verdicts.get(i["qa_id"]) == "kept"]
-        changed = [dict(i, status=verdicts[i["qa_id"]]) for i in previous if verdicts.get(i["qa_id"]) in ("stale", "retired")]
+        changed = [dict(i, status=verdicts[i["qa_id"]]) for i in previous if verdicts.get(i["qa_id"]) in qa.REPLACED]
         covered = {d for i in kept for d in i["source_doc_ids"]}
-        priority = sorted({d for i in changed if i["status"] == "stale" for d in i["source_doc_ids"]}) + sorted(doc_ids - covered)
+        priority = sorted({d for i in changed if i["status"] in ("stale", "outdated") for d in i["source_doc_ids"]}) + sorted(doc_ids - covered)
 
         # What generation depends on: the table version, the prompts, the synth and LLM settings. When
         # none changed since the last synth it already made its attempts: a rerun generates nothing.
@@ -62,7 +64,7 @@ def synth_golden_set(lake: str | None = None, size: int | None = None, config_pa
                                   "llm": settings.llm.model_dump(mode="json"),
                                   # only the prompts synth renders: an answer-prompt change re-runs eval, not synth
                                   "prompts": {n: prompts[n].prompt_hash for n in sorted(qa.REQUIRED_PROMPTS)}})
-        up_to_date = bool(previous_ref) and previous_ref.get("inputs") == inputs and not changed
+        up_to_date = bool(previous_ref) and previous_ref.inputs == inputs and not changed
         rng = random.Random(config.seed)
         report = qa.GenerationReport()
         need = 0 if up_to_date else max(config.size - len(kept), 0)
@@ -109,6 +111,8 @@ def synth_golden_set(lake: str | None = None, size: int | None = None, config_pa
             priority = []  # later rounds sample freely
 
         active = kept + report.accepted
+        regenerated = {i["qa_id"] for i in active}  # a new prompt may regenerate an item word for word
+        changed = [i for i in changed if i["qa_id"] not in regenerated]
         items = active + changed
         golden_set_id = qa.golden_set_id_of(items)
         table = pa.Table.from_pylist(items, schema=schemas.GOLDEN)
@@ -118,7 +122,8 @@ def synth_golden_set(lake: str | None = None, size: int | None = None, config_pa
         run.lineage.update(
             {
                 "golden_set_id": golden_set_id,
-                "previous_golden_set_id": previous_ref["golden_set_id"] if previous_ref else None,
+                "previous_golden_set_id": previous_ref.golden_set_id if previous_ref else None,
+                "golden_line": promotion.SYNTHETIC,
                 "table": {"name": store.name, "version": store.version},
                 "prompts": {name: p.prompt_hash for name, p in sorted(prompts.items())},
                 "llm": {"provider": settings.llm.provider, "model": generator},
@@ -134,6 +139,7 @@ def synth_golden_set(lake: str | None = None, size: int | None = None, config_pa
             "golden_set_id": golden_set_id,
             "items": {"total": len(active), "new": len(report.accepted), "kept": len(kept),
                       "stale": status_counts["stale"], "retired": status_counts["retired"],
+                      "outdated": status_counts["outdated"],
                       "rejected": sum(report.rejects.values())},
             "by_type": dict(sorted(by_type.items())),
             "rejects": dict(sorted((k, v) for k, v in report.rejects.items() if v)),
@@ -157,10 +163,9 @@ def synth_golden_set(lake: str | None = None, size: int | None = None, config_pa
         if report.attempted and not report.accepted:
             status = "partial"
             outputs["error"] = f"no new item accepted out of {report.attempted}: {dict(report.rejects)}"
-        ref = {"golden_set_id": golden_set_id, "run_id": run.run_id, "inputs": inputs}
-        if not (up_to_date and previous_ref["golden_set_id"] == golden_set_id):
-            store_lake.write_ref("golden", ref)  # the synthetic line the next synth follows
-            store_lake.write_ref("golden_latest", ref)  # what `--golden latest` means
+        if not (up_to_date and previous_ref.golden_set_id == golden_set_id):
+            # synth moves its own line; the chosen line (what the nightly evaluates) stays as the user set it
+            outputs["line"] = refs.set_line(promotion.SYNTHETIC, golden_set_id, "synthetic", run.run_id, inputs)
         return run.finish(status, outputs)
     except BaseException as exc:
         run.finish("failed", {"error": f"{type(exc).__name__}: {exc}"})

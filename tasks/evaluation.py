@@ -36,6 +36,37 @@ def ir_item_metrics(
     return out
 
 
+def check_references(items: Sequence[Mapping], chunk_ids: set[str], doc_ids: set[str]) -> dict[str, list[str]]:
+    """qa_id -> the reference chunk and document ids the index no longer holds (items with none left out).
+    Such an item cannot be scored at that level: a vanished reference would read as a miss."""
+    out = {}
+    for item in items:
+        missing = [c for c in item["reference_chunk_ids"] if c not in chunk_ids]
+        missing += [d for d in item["reference_doc_ids"] if d not in doc_ids]
+        if missing:
+            out[item["qa_id"]] = missing
+    return out
+
+
+def without_stale_references(item: Mapping, missing: Sequence[str] | None) -> dict:
+    """The item as IR scoring sees it: a level (chunk or document) with a vanished reference is dropped
+    whole, so the item is left out of that level's metrics instead of scoring 0."""
+    if not missing:
+        return dict(item)
+    gone = set(missing)
+    out = dict(item)
+    if gone & set(item["reference_chunk_ids"]):
+        out["reference_chunk_ids"] = []
+    if gone & set(item["reference_doc_ids"]):
+        out["reference_doc_ids"] = []
+    return out
+
+
+def stale_summary(stale: Mapping[str, Sequence[str]], sample: int = 5) -> dict:
+    """{items, references, qa_ids (first few)} for the eval summary."""
+    return {"items": len(stale), "references": sum(len(v) for v in stale.values()), "qa_ids": sorted(stale)[:sample]}
+
+
 def answer_metrics(item: Mapping, result) -> dict[str, float]:
     """Chain-level checks that need no judge: `refusal_correct` (refused exactly when the item is
     unanswerable) and `grounded` (answered items whose answer passed the grounding check)."""

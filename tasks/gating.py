@@ -1,7 +1,16 @@
-"""Comparing two eval runs item by item and the regression gate (pure)."""
+"""Comparing two eval runs item by item, and the regression gate with its power (pure).
+
+The gate is a non-inferiority test per metric on the paired per-item deltas (candidate - baseline):
+a metric *fails* when its delta's CI lies wholly below -max_drop (a drop beyond max_drop is shown),
+*passes* when the CI's lower end is at or above -max_drop (no such drop, shown), and is
+*inconclusive* otherwise: the data cannot tell. Fewer than `min_items` paired items is inconclusive
+unless a drop is shown: percentile-bootstrap CIs under-cover at such n, so a "no drop" there is no
+evidence, while a shown drop still blocks.
+"""
 
 from __future__ import annotations
 
+import math
 from typing import Mapping, Sequence
 
 import numpy as np
@@ -9,12 +18,16 @@ import numpy as np
 from tasks.evaluation import bootstrap_ci
 from tasks.settings import GateConfig
 
+# trec_eval/ragas metrics are all higher-is-better; these are not (issue 16 moves this into METRIC_INFO).
+LOWER_IS_BETTER = frozenset({"degenerate", "false_refusal"})
+
 
 def paired_deltas(
     baseline: Sequence[Mapping], candidate: Sequence[Mapping], resamples: int, confidence: float, seed: int
 ) -> dict[str, dict]:
     """Per metric both runs scored: mean of (candidate - baseline) over the items both scored, with a
-    bootstrap CI of that paired mean. Rows: {"qa_id", "metrics": {name: value}}."""
+    bootstrap CI of that paired mean and the sample SD of the paired differences (for power).
+    Rows: {"qa_id", "metrics": {name: value}}."""
     base = {r["qa_id"]: dict(r["metrics"]) for r in baseline}
     cand = {r["qa_id"]: dict(r["metrics"]) for r in candidate}
     shared = sorted(base.keys() & cand.keys())
@@ -32,29 +45,154 @@ def paired_deltas(
             "delta": round(float(diffs.mean()), 6),
             "ci": [round(low, 6), round(high, 6)],
             "n": len(pairs),
+            "sd": round(float(diffs.std(ddof=1)), 6) if len(pairs) > 1 else 0.0,
         }
     return out
 
 
+def unpaired_metrics(baseline: Sequence[Mapping], candidate: Sequence[Mapping]) -> dict[str, list[str]]:
+    """Metrics only one run measured (e.g. answer metrics against a retrieval-only baseline)."""
+    base = {n for r in baseline for n in dict(r["metrics"])}
+    cand = {n for r in candidate for n in dict(r["metrics"])}
+    return {"baseline_only": sorted(base - cand), "candidate_only": sorted(cand - base)}
+
+
+def detectable_drop(sd: float, n: int, alpha: float, power: float) -> float | None:
+    """The smallest true mean drop a one-sided paired t-test at level `alpha` detects with `power`
+    given n pairs whose differences have SD `sd` (statsmodels TTestPower). None when n < 2."""
+    if n < 2:
+        return None
+    if sd == 0:
+        return 0.0
+    from statsmodels.stats.power import TTestPower
+
+    effect = TTestPower().solve_power(effect_size=None, nobs=n, alpha=alpha, power=power, alternative="larger")
+    return float(effect) * sd
+
+
+def items_needed(sd: float, max_drop: float, alpha: float, power: float, minimum: int) -> int | None:
+    """Paired items needed to detect a drop of `max_drop` with `power` (statsmodels TTestPower); at least
+    `minimum`. None when max_drop is 0 (no finite n detects a zero drop) and the deltas vary."""
+    if sd == 0:
+        return minimum
+    if max_drop <= 0:
+        return None
+    from statsmodels.stats.power import TTestPower
+
+    n = TTestPower().solve_power(effect_size=max_drop / sd, nobs=None, alpha=alpha, power=power, alternative="larger")
+    return max(minimum, int(math.ceil(float(n))))
+
+
 def check_gate(
-    metrics: Mapping[str, float], deltas: Mapping[str, Mapping] | None, failed: int, total: int, config: GateConfig
+    metrics: Mapping[str, float],
+    deltas: Mapping[str, Mapping] | None,
+    failed: int,
+    total: int,
+    config: GateConfig,
+    confidence: float = 0.95,
+    not_compared: Mapping[str, list[str]] | None = None,
+    no_baseline_reason: str | None = None,
 ) -> dict:
-    """{"status": "passed" | "failed", "reasons": [...]}. Fails when a metric is under its floor, when a
-    delta's CI lies wholly below -max_drop (a drop beyond noise), or when too many items failed."""
-    reasons = []
+    """The gate's verdict on a candidate run.
+
+    Returns {"status": passed | failed | inconclusive | no_baseline, "reasons": [...], "warnings": [...],
+    "paired_items": n, "gated": [metrics], "not_compared": {baseline_only, candidate_only},
+    "power": {metric: {n, sd, half_width, detectable_drop, items_needed}}}.
+    `deltas` is None when there is no baseline (`no_baseline_reason` says why). Floors and the failed
+    fraction are absolute and fail even without a baseline. Power uses a one-sided test at
+    (1 - confidence) / 2, the level of "CI wholly below", and `config.power`.
+    """
+    reasons: list[str] = []
+    warnings: list[str] = []
     for name, floor in sorted(config.floors.items()):
         value = metrics.get(name)
         if value is None:
             reasons.append(f"{name}: floor {floor} set but the run has no such metric")
         elif value < floor:
             reasons.append(f"{name} = {value:.4f} is under its floor {floor}")
-    for name, d in sorted((deltas or {}).items()):
-        if config.metrics and name not in config.metrics:
-            continue
-        if d["ci"][1] < -config.max_drop:
-            reasons.append(f"{name} dropped {d['delta']:+.4f} vs baseline (CI [{d['ci'][0]:+.4f}, {d['ci'][1]:+.4f}] "
-                           f"wholly below -{config.max_drop})")
     fraction = failed / total if total else 0.0
     if fraction > config.max_failed_fraction:
         reasons.append(f"{failed} of {total} items failed ({fraction:.1%} > {config.max_failed_fraction:.1%})")
-    return {"status": "failed" if reasons else "passed", "reasons": reasons}
+    result = {"reasons": reasons, "warnings": warnings, "paired_items": 0, "gated": [],
+              "not_compared": dict(not_compared or {"baseline_only": [], "candidate_only": []}), "power": {}}
+    if deltas is None:
+        result["status"] = "failed" if reasons else "no_baseline"
+        if not reasons:
+            warnings.append(no_baseline_reason or "no baseline on this golden-set line yet: nothing to compare with")
+        return result
+
+    alpha = (1 - confidence) / 2
+    wanted = list(config.metrics) or sorted(deltas)
+    gated = [m for m in wanted if m in deltas]
+    missing = [m for m in config.metrics if m not in deltas]
+    result["gated"] = gated
+    result["paired_items"] = max((d["n"] for d in deltas.values()), default=0)
+    for side, names in result["not_compared"].items():
+        if names:
+            warnings.append(f"not compared ({side.replace('_', ' ')}): {', '.join(names)}")
+    undecided = []
+    for name in gated:
+        d = deltas[name]
+        sign = -1.0 if name in LOWER_IS_BETTER else 1.0  # a rise of a lower-is-better metric is a drop
+        low, high = sorted((sign * d["ci"][0], sign * d["ci"][1]))
+        sd = float(d.get("sd", 0.0))
+        result["power"][name] = {
+            "n": d["n"], "sd": round(sd, 6), "half_width": round((high - low) / 2, 6),
+            "detectable_drop": _round(detectable_drop(sd, d["n"], alpha, config.power)),
+            "items_needed": items_needed(sd, config.max_drop, alpha, config.power, config.min_items),
+        }
+        if high < -config.max_drop:  # a drop shown at any n blocks (small-n CIs err towards blocking here)
+            reasons.append(f"{name} dropped {sign * d['delta']:+.4f} vs baseline (CI [{low:+.4f}, {high:+.4f}] "
+                           f"wholly below -{config.max_drop}, n={d['n']})")
+        elif low < -config.max_drop:
+            undecided.append(name)
+    if reasons:
+        result["status"] = "failed"
+        return result
+    inconclusive = []
+    if result["paired_items"] < config.min_items:
+        drops = [f"{m} {deltas[m]['delta']:+.4f}" for m in gated if deltas[m]["delta"] < 0]
+        inconclusive.append(f"only {result['paired_items']} paired items (gate.min_items {config.min_items})"
+                            + (f"; observed drops: {', '.join(drops)}" if drops else ""))
+    for name in undecided:
+        p = result["power"][name]
+        need = f"~{p['items_needed']} items" if p["items_needed"] else "more items"
+        inconclusive.append(
+            f"{name}: CI of the delta [{deltas[name]['ci'][0]:+.4f}, {deltas[name]['ci'][1]:+.4f}] reaches below "
+            f"-{config.max_drop}; at n={p['n']} the detectable drop is {p['detectable_drop']}, {need} would show "
+            f"a drop of {config.max_drop}")
+    if missing:
+        inconclusive.append(f"gate.metrics not measured by both runs: {', '.join(missing)}")
+    if not gated:
+        inconclusive.append("no metric was measured by both runs")
+    result["reasons"] = inconclusive
+    result["status"] = "inconclusive" if inconclusive else "passed"
+    return result
+
+
+def _round(value: float | None) -> float | None:
+    return None if value is None else round(value, 6)
+
+
+def baseline_problem(baseline_run_id: str | None, has_items: bool, shared: int, total: int, min_overlap: float,
+                     line: str) -> str | None:
+    """Why a candidate has no usable baseline (None when it has one): none promoted on the line yet, its
+    items are gone, or it shares too few of the candidate's questions to pair on."""
+    if baseline_run_id is None:
+        return f"no baseline on golden-set line {line} yet: nothing to compare with"
+    if not has_items:
+        return f"the baseline run {baseline_run_id} has no stored items"
+    if total and shared < max(1, min_overlap * total):
+        return (f"the baseline run {baseline_run_id} shares {shared} of {total} questions "
+                f"(< gate.min_baseline_overlap {min_overlap:.0%}): not comparable")
+    return None
+
+
+def run_status(verdict: str, on_inconclusive: str, failed_items: int) -> str:
+    """An eval run's status from its gate verdict: gate_failed and gate_inconclusive (when blocking)
+    exit 3; otherwise partial when items failed, else ok."""
+    if verdict == "failed":
+        return "gate_failed"
+    if verdict == "inconclusive" and on_inconclusive == "block":
+        return "gate_inconclusive"
+    return "partial" if failed_items else "ok"

@@ -24,7 +24,7 @@ class Alert:
     """One finding: `kind` says which check raised it; `metric` names the metric when there is one."""
 
     kind: str  # regression | corpus_drift | length_drift | embedding_drift | retrieval_drift | ge_failure
-    #            | latency_budget | token_budget | cost_budget | stage_failed
+    #            | latency_budget | token_budget | cost_budget | stage_failed | stale_references
     message: str
     severity: str  # info | warning | critical
     metric: str | None = None
@@ -264,6 +264,23 @@ def check_validations(validation: Mapping[str, Mapping] | None, run_id: str | No
                 message=f"great-expectations suite '{suite}' failed on index run {run_id}: "
                         + ("; ".join(str(f) for f in failures[:5]) or "no detail"),
                 details={"suite": suite, "run_id": run_id, "failures": failures}))
+    return Check(figures, alerts)
+
+
+def check_stale_references(eval_summary: Mapping | None) -> Check:
+    """Golden items whose references the evaluated index no longer holds (left out of IR metrics by the
+    eval) are a warning: the golden-set line needs a refresh or a review."""
+    stale = (eval_summary or {}).get("stale_references") or {}
+    n, total = int(stale.get("items") or 0), int(((eval_summary or {}).get("items") or {}).get("total") or 0)
+    figures = {"items": n, "of": total, "references": int(stale.get("references") or 0)}
+    alerts = []
+    if n:
+        alerts.append(Alert(
+            kind="stale_references", severity="warning", metric="stale_references",
+            message=(f"{n} of {total} golden items of eval run {eval_summary.get('run_id')} reference chunks or documents "
+                     f"the index no longer holds (e.g. {', '.join(stale.get('qa_ids') or [])}); they were left out of "
+                     "those IR metrics: refresh or review the golden-set line"),
+            details={"run_id": eval_summary.get("run_id"), "golden_line": eval_summary.get("golden_line"), **figures}))
     return Check(figures, alerts)
 
 

@@ -88,11 +88,17 @@ def allocate(total: int, weights: dict[str, float]) -> dict[str, int]:
     return counts
 
 
-def classify_previous(items: list[dict], chunk_ids: set[str], doc_ids: set[str]) -> dict[str, str]:
-    """qa_id -> kept | stale | retired for the active items of the previous golden set.
+REPLACED = ("stale", "retired", "outdated")  # statuses of items synth replaces within its budget
 
-    kept: every source chunk still exists (same text, same chunker); stale: a source chunk changed
-    but its document is still there; retired: a source document is gone.
+
+def classify_previous(items: list[dict], chunk_ids: set[str], doc_ids: set[str],
+                      prompt_hashes: dict[str, str] | None = None) -> dict[str, str]:
+    """qa_id -> kept | stale | retired | outdated for the active items of the previous golden set.
+
+    kept: every source chunk still exists (same text, same chunker) and the item's generation prompt is
+    unchanged; stale: a source chunk changed but its document is still there; retired: a source
+    document is gone; outdated: made by another version of its prompt than `prompt_hashes` (name ->
+    hash) holds now, so the golden set follows its generator.
     """
     out = {}
     for item in items:
@@ -100,8 +106,10 @@ def classify_previous(items: list[dict], chunk_ids: set[str], doc_ids: set[str])
             continue
         sources = item["source_chunk_ids"]
         docs = set(item["source_doc_ids"])
+        prompt_name = (item.get("prompt_id") or "").split("@")[0]
+        current = (prompt_hashes or {}).get(prompt_name)
         if all(c in chunk_ids for c in sources):
-            out[item["qa_id"]] = "kept"
+            out[item["qa_id"]] = "outdated" if current and item.get("prompt_hash") and current != item["prompt_hash"] else "kept"
         elif docs and all(d in doc_ids for d in docs):
             out[item["qa_id"]] = "stale"
         else:

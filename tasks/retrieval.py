@@ -37,6 +37,11 @@ class Retriever:
         self.rerank_depth = rerank_depth
         self.has_fts = any(i.name == "text_idx" for i in self.table.list_indices())
 
+    def catalog(self) -> tuple[set[str], set[str]]:
+        """(chunk ids, document ids) held by this table version."""
+        t = self.table.search().select(["chunk_id", "doc_id"]).limit(None).to_arrow()
+        return set(t["chunk_id"].to_pylist()), set(t["doc_id"].to_pylist())
+
     def longest_texts(self, k: int) -> list[str]:
         """The k chunk texts with the most tokens: the worst case an answer prompt can receive."""
         sizes = self.table.search().select(["chunk_id", "n_tokens"]).limit(None).to_arrow().to_pylist()

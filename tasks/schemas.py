@@ -122,7 +122,7 @@ GOLDEN = pa.schema(
         ("source_doc_sha256s", pa.list_(pa.string())),
         ("qa_type", pa.string()),
         ("persona", pa.string()),
-        ("status", pa.string()),  # active | stale | retired
+        ("status", pa.string()),  # active | stale | retired | outdated (made by an older generation prompt)
         ("review", pa.string()),  # synthetic | approved | edited | rejected | imported
         ("generator", pa.string()),
         ("prompt_id", pa.string()),
@@ -148,6 +148,7 @@ EVAL_ITEMS = pa.schema(
         ("relevance", pa.float64()),  # best question-context cosine, the refusal guardrail's evidence
         ("metrics", pa.map_(pa.string(), pa.float64())),
         ("failed_metrics", pa.list_(pa.string())),  # metrics whose judgment failed for this item
+        ("stale_references", pa.list_(pa.string())),  # reference ids the index no longer holds (left out of IR metrics)
     ]
 )
 

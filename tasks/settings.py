@@ -171,15 +171,21 @@ class EvalConfig(Section):
 
 
 class GateConfig(Section):
-    """The regression gate between a candidate eval run and the baseline (last promoted run)."""
+    """The regression gate between a candidate eval run and its line's baseline (last promoted run)."""
 
     floors: dict[str, float] = Field(default_factory=dict)  # metric -> minimum, e.g. {"ndcg@10": 0.5}
-    max_drop: float = Field(default=0.01, ge=0)  # fail when a delta's CI lies wholly below -max_drop
+    # Non-inferiority margin: fail when a delta's CI lies wholly below -max_drop, pass when its lower
+    # end is at or above it, inconclusive in between (the golden set is too small to tell).
+    max_drop: float = Field(default=0.01, ge=0)
     metrics: list[str] = Field(default_factory=list)  # metrics checked for drops; empty = every shared one
     max_failed_fraction: float = Field(default=0.05, ge=0, le=1)
-    # A golden set with no promoted run yet (synth refreshed it, or it was imported) is gated against the
-    # last promoted run of any golden set that shares at least this share of its questions, paired on
-    # the shared ones; without one, the run has no baseline and becomes it.
+    # Fewer paired items than this is inconclusive unless a drop is shown: percentile-bootstrap CIs
+    # under-cover below ~30 (the usual CLT rule of thumb), so their "no drop" is no evidence.
+    min_items: PositiveInt = 30
+    power: float = Field(default=0.8, gt=0, lt=1)  # for the detectable drop and the items needed
+    on_inconclusive: Literal["block", "warn"] = "block"  # block: an inconclusive gate promotes nothing
+    # The baseline is the line's last promoted run; it is compared on the questions both scored, and
+    # only when they share at least this share of the candidate's questions (else: no_baseline).
     min_baseline_overlap: float = Field(default=0.5, ge=0, le=1)
 
 

@@ -5,7 +5,14 @@ Layout under the lake root (a local path or an object-store URI; pyarrow filesys
     quarantine/<run_id>.parquet                 files an ingest run could not use, with reasons
     validations/<run_id>/<suite>.json           great-expectations results
     runs/<run_id>.parquet                       run manifests (status, times, lineage, outputs)
-    refs/<name>.json                            small pointers: latest snapshot, serving table
+    refs/<name>.json                            small pointers: latest snapshot, serving and candidate
+                                                index, golden-set lines, baselines (tasks.promotion
+                                                writes those), eval cache keys, monitor state
+    promotions/<run_id>.json                    every promotion (tasks.promotion), for rollback
+    golden/<golden_set_id>.parquet              golden-set versions
+    eval/<run_id>/items.parquet, traces.parquet per-item results and per-step traces of an eval run
+    prompts/<name>__<hash>.parquet              the prompts registry
+    locks/run.lock                              the lake's run lock
     history/<observation_id>.parquet            metric values per observed eval run (monitor)
     alerts/alerts.jsonl                         every alert the monitor raised, one JSON per line
     reports/<run_id>/report.html (+ PNGs)       the monitor's HTML report per run
@@ -134,6 +141,11 @@ class Lake:
 
     def write_ref(self, name: str, data: dict) -> None:
         self.write_json(data, self._path("refs", f"{name}.json"))
+
+    def delete_ref(self, name: str) -> None:
+        path = self._path("refs", f"{name}.json")
+        if self.exists(path):
+            self.fs.delete_file(path)
 
     # -- the run lock ----------------------------------------------------------------------------
     @contextmanager
@@ -306,22 +318,15 @@ class Lake:
             return schema.empty_table()
         return pads.dataset(files, schema=schema, filesystem=self.fs, format="parquet").to_table()
 
-    # -- promotion (the gate's baseline per golden set, and the history a rollback walks back) --
-    def read_promoted(self, golden_set_id: str) -> dict | None:
-        return self.read_ref(f"promoted__{golden_set_id}")
+    # -- promotion history (written only through tasks.promotion.Refs) ----------------------------
+    def write_promotion(self, run_id: str, record: dict) -> None:
+        self.write_json(record, self._path("promotions", f"{run_id}.json"))
 
-    def promote(self, golden_set_id: str, record: dict) -> None:
-        """Make a gated run the baseline for its golden set; every promotion is also kept as history."""
-        self.write_json(record, self._path("promotions", f"{record['run_id']}.json"))
-        self.write_ref(f"promoted__{golden_set_id}", record)
-        self.write_ref("promoted_latest", record)  # a new golden set version is gated against it (shared items)
-
-    def read_promotions(self, golden_set_id: str) -> list[dict]:
-        """Every promotion of a golden set, oldest first (the history a rollback walks back)."""
+    def read_promotions(self) -> list[dict]:
+        """Every promotion record of the lake (any line), unordered."""
         selector = pafs.FileSelector(self._path("promotions"), allow_not_found=True)
         records = [self.read_json(i.path) for i in self.fs.get_file_info(selector) if i.path.endswith(".json")]
-        return sorted((r for r in records if r and r.get("golden_set_id") == golden_set_id),
-                      key=lambda r: (r.get("promoted_at") or "", r["run_id"]))
+        return [r for r in records if r]
 
     # -- eval results ----------------------------------------------------------------------------
     def write_eval(self, run_id: str, items: pa.Table, traces: pa.Table) -> dict[str, str]:
@@ -386,15 +391,6 @@ class Lake:
         selector = pafs.FileSelector(self._path("golden"), allow_not_found=True)
         return sorted(posixpath.basename(i.path)[: -len(".parquet")] for i in self.fs.get_file_info(selector)
                       if i.path.endswith(".parquet"))
-
-    def resolve_golden(self, spec: str = "latest") -> str | None:
-        """A golden_set_id from 'latest' (the last one synthesized or imported), a full id or a unique
-        prefix of one; None when nothing matches."""
-        if spec == "latest":
-            ref = self.read_ref("golden_latest") or self.read_ref("golden")
-            return ref["golden_set_id"] if ref else None
-        matches = [g for g in self.list_golden() if g.startswith(spec)]
-        return matches[0] if len(matches) == 1 else None
 
     # -- monitoring ----------------------------------------------------------------------------
     def write_history(self, observation_id: str, table: pa.Table) -> None:

@@ -14,6 +14,7 @@ from flows import golden as golden_flow
 from flows import index as index_flow
 from flows.cli import main
 from tasks.llm import LLMRequestError, ScriptedLLM
+from tasks.promotion import Refs
 from tasks.storage import Lake
 from tests.conftest import REPO, write_files
 
@@ -121,33 +122,75 @@ def test_eval_bad_golden_exits_2(prefect_backend, fakes, beir_dir, lake_dir, cap
     assert "no such golden set" in json.loads(capsys.readouterr().out)["error"]
 
 
-def test_gate_promotes_compares_and_blocks(prefect_backend, fakes, beir_dir, lake_dir, capsys, monkeypatch):
-    beir_flow.import_beir(path=str(beir_dir), lake=str(lake_dir), chunking="none")
-    lake = Lake(str(lake_dir))
-    first = eval_flow.evaluate_chain(lake=str(lake_dir), retrieval="vector", k=3, retrieval_only=True)
-    assert first["gate"] == {"status": "passed", "reasons": []} and first["baseline_run_id"] is None
-    promoted = lake.read_promoted(first["golden_set_id"])
-    assert promoted["run_id"] == first["run_id"] and promoted["table"] == first["lineage"]["table"]
+def _refs_bytes(lake_dir):
+    return {p.name: p.read_bytes() for p in sorted((lake_dir / "refs").glob("*.json")) if not p.name.startswith("eval_cache")}
 
-    second = eval_flow.evaluate_chain(lake=str(lake_dir), retrieval="fts", k=3, retrieval_only=True)
+
+def test_experiments_never_promote_promote_is_explicit_and_the_gate_blocks(
+        prefect_backend, fakes, beir_dir, lake_dir, capsys, monkeypatch):
+    beir_flow.import_beir(path=str(beir_dir), lake=str(lake_dir), chunking="none")
+    refs = Refs(Lake(str(lake_dir)))
+    line = refs.lines().chosen
+    assert line == f"beir-{beir_dir.name}-test"
+    before = _refs_bytes(lake_dir)
+    experiment = eval_flow.evaluate_chain(lake=str(lake_dir), retrieval="vector", k=3, retrieval_only=True)
+    assert experiment["gate"]["status"] == "no_baseline" and experiment["promoted"] is False
+    assert experiment["promotion"]["reason"].startswith("experiment") and _refs_bytes(lake_dir) == before
+
+    assert main(["eval", "--lake", str(lake_dir), "--retrieval", "vector", "--k", "3", "--retrieval-only", "--promote",
+                 "--json"]) == 0
+    first = json.loads(capsys.readouterr().out)
+    assert first["gate"]["status"] == "no_baseline" and first["promoted"] is True and first["baseline_run_id"] is None
+    assert refs.baseline(line).run_id == first["run_id"] and refs.baseline(line).table == first["lineage"]["table"]
+
+    # An experiment of another chain: compared and gated against the baseline, refs byte-identical.
+    before = _refs_bytes(lake_dir)
+    code = main(["eval", "--lake", str(lake_dir), "--retrieval", "fts", "--k", "3", "--retrieval-only", "--json"])
+    second = json.loads(capsys.readouterr().out)
     assert second["baseline_run_id"] == first["run_id"] and "hit@1" in second["deltas"]
+    assert second["promoted"] is False and _refs_bytes(lake_dir) == before
+    assert second["gate"]["status"] in ("inconclusive", "failed", "passed") and code == (0 if second["gate"]["status"] == "passed" else 3)
+    assert second["gate"]["power"]["hit@1"]["n"] == 3, "the gate says what it could see at this n"
 
     assert main(["compare", first["run_id"], second["run_id"], "--lake", str(lake_dir), "--json"]) == 0
     compared = json.loads(capsys.readouterr().out)
     assert compared["deltas"]["hit@1"]["n"] == 3 and "chain" in compared["lineage_changes"]
+    assert main(["compare", first["run_id"], second["run_id"], "--lake", str(lake_dir)]) == 0
+    human = capsys.readouterr().out
+    assert '"retrieval": "fts"' in human, "lineage differences are shown whole, not cut"
 
     monkeypatch.setenv("RAGLOOP_GATE__FLOORS", '{"hit@1": 1.01}')
-    before = lake.read_promoted(first["golden_set_id"])
-    code = main(["eval", "--lake", str(lake_dir), "--retrieval", "vector", "--k", "3", "--retrieval-only", "--json"])
+    baseline = refs.baseline(line)
+    code = main(["eval", "--lake", str(lake_dir), "--retrieval", "vector", "--k", "3", "--retrieval-only", "--promote", "--json"])
     gated = json.loads(capsys.readouterr().out)
     assert code == 3 and gated["status"] == "gate_failed" and "under its floor" in gated["gate"]["reasons"][0]
-    assert lake.read_promoted(first["golden_set_id"]) == before, "a failed gate promotes nothing"
+    assert gated["promoted"] is False and refs.baseline(line) == baseline, "a failed gate promotes nothing"
+    assert main(["promote", gated["run_id"], "--lake", str(lake_dir), "--json"]) == 2
+    assert "only a passed run" in json.loads(capsys.readouterr().out)["error"]
 
     assert main(["lineage", gated["run_id"], "--lake", str(lake_dir), "--json"]) == 0
     lineage = json.loads(capsys.readouterr().out)
     assert lineage["run_status"] == "gate_failed" and lineage["lineage"]["chain_hash"] == gated["lineage"]["chain_hash"]
 
     assert main(["compare", first["run_id"], "no-such-run", "--lake", str(lake_dir), "--json"]) == 2
+
+
+def test_promote_after_the_fact_and_a_retrieval_only_baseline_against_a_full_chain(
+        prefect_backend, fakes, beir_dir, lake_dir, capsys, monkeypatch):
+    beir_flow.import_beir(path=str(beir_dir), lake=str(lake_dir), chunking="none")
+    refs = Refs(Lake(str(lake_dir)))
+    monkeypatch.setenv("RAGLOOP_GATE__MIN_ITEMS", "1")
+    experiment = eval_flow.evaluate_chain(lake=str(lake_dir), retrieval="vector", k=2, retrieval_only=True)
+    assert main(["promote", experiment["run_id"], "--lake", str(lake_dir), "--json"]) == 0
+    promoted = json.loads(capsys.readouterr().out)
+    assert promoted["promoted"] is True and refs.baseline(refs.lines().chosen).run_id == experiment["run_id"]
+    assert main(["promote", experiment["run_id"], "--lake", str(lake_dir), "--json"]) == 2
+    assert "already the baseline" in json.loads(capsys.readouterr().out)["error"]
+
+    fakes.add(*[_answers] * 3)
+    full = eval_flow.evaluate_chain(lake=str(lake_dir), retrieval="vector", k=2)
+    assert "refusal_correct" in full["gate"]["not_compared"]["candidate_only"]
+    assert any("not compared (candidate only)" in w and "refusal_correct" in w for w in full["gate"]["warnings"])
 
 
 class JudgeFake:
@@ -238,8 +281,8 @@ def test_a_prompt_that_always_refuses_fails_the_gate_naming_the_metrics(prefect_
     golden_flow.import_golden_set(path=str(golden), lake=str(lake_dir))
     monkeypatch.setenv("RAGLOOP_EVAL__REFUSE_BELOW", "-1")
     fakes.add(*[_answers] * len(rows))
-    baseline = eval_flow.evaluate_chain(lake=str(lake_dir), retrieval="hybrid", k=2)
-    assert baseline["gate"]["status"] == "passed", baseline["gate"]
+    baseline = eval_flow.evaluate_chain(lake=str(lake_dir), retrieval="hybrid", k=2, promote="explicit")
+    assert baseline["gate"]["status"] == "no_baseline" and baseline["promoted"], baseline["gate"]
 
     prompts = tmp_path / "prompts"
     prompts.mkdir()
@@ -256,4 +299,5 @@ def test_a_prompt_that_always_refuses_fails_the_gate_naming_the_metrics(prefect_
     reasons = " ".join(summary["gate"]["reasons"])
     assert "refusal_correct dropped" in reasons and "semantic_similarity dropped" in reasons
     assert summary["lineage"]["prompts"]["answer"] != baseline["lineage"]["prompts"]["answer"]
-    assert Lake(str(lake_dir)).read_promoted(summary["golden_set_id"])["run_id"] == baseline["run_id"]
+    refs = Refs(Lake(str(lake_dir)))
+    assert refs.baseline(refs.lines().chosen).run_id == baseline["run_id"]

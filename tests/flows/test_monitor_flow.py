@@ -78,8 +78,8 @@ def test_a_regression_alerts_only_once_it_persists_and_reaches_every_sink(lake_w
                                                                           monkeypatch, capsys, receiver):
     _, n = lake_with_golden
     fakes_llm.add(*[_answers] * n)
-    good = eval_flow.evaluate_chain(lake=str(lake_dir))
-    assert good["gate"]["status"] == "passed"
+    good = eval_flow.evaluate_chain(lake=str(lake_dir), promote="explicit")
+    assert good["gate"]["status"] == "no_baseline" and good["promoted"]
     first = _monitor(lake_dir, capsys)
     assert first["status"] == "ok" and first["alerts"] == [] and first["observed"] == [good["run_id"]]
     assert receiver.bodies == [], "no alert, no webhook call"
@@ -190,8 +190,8 @@ def test_a_refreshed_golden_set_is_gated_against_the_last_promoted_run_on_shared
         lake_with_golden, fakes_llm, lake_dir, tmp_path, monkeypatch):
     _, n = lake_with_golden
     fakes_llm.add(*[_answers] * n)
-    good = eval_flow.evaluate_chain(lake=str(lake_dir))
-    assert good["gate"]["status"] == "passed"
+    good = eval_flow.evaluate_chain(lake=str(lake_dir), promote="explicit")
+    assert good["gate"]["status"] == "no_baseline" and good["promoted"]
     # a new golden set version: the same questions plus two new ones (as a synth refresh would make)
     refreshed = tmp_path / "refreshed.jsonl"
     lines = (tmp_path / "golden.jsonl").read_text().splitlines()
@@ -199,7 +199,7 @@ def test_a_refreshed_golden_set_is_gated_against_the_last_promoted_run_on_shared
                          "reference_chunk_ids": json.loads(lines[0])["reference_chunk_ids"], "qa_type": "single_hop"})
              for h in (6, 7)]
     refreshed.write_text("\n".join(lines + extra) + "\n")
-    golden_flow.import_golden_set(path=str(refreshed), lake=str(lake_dir))
+    golden_flow.import_golden_set(path=str(refreshed), lake=str(lake_dir), line="golden")  # a new version of the line
     monkeypatch.setenv("RAGLOOP_PROMPTS_DIR", str(_broken_prompts(tmp_path)))
     fakes_llm.add(*["I don't know."] * (n + 2))
     bad = eval_flow.evaluate_chain(lake=str(lake_dir))

@@ -209,10 +209,12 @@ def test_golden_set_round_trips_through_jsonl_and_ragas(prefect_backend, fakes, 
     for item in items:
         assert back[item["question"]]["reference_chunk_ids"] == item["reference_chunk_ids"]
         assert back[item["question"]]["review"] == "imported"
+    from tasks.promotion import Refs
     from tasks.storage import Lake
 
-    assert Lake(str(lake_dir)).resolve_golden("latest") == imported["golden_set_id"]
-    assert Lake(str(lake_dir)).read_ref("golden")["golden_set_id"] == synth["golden_set_id"], "synth's own line is untouched"
+    refs = Refs(Lake(str(lake_dir)))
+    assert refs.resolve_golden("latest", [])[0] == imported["golden_set_id"] and refs.lines().chosen == "r"
+    assert refs.lines().lines["synthetic"].golden_set_id == synth["golden_set_id"], "synth's own line is untouched"
 
 
 @pytest.mark.parametrize(

@@ -54,7 +54,7 @@ def test_prompt_change_event_triggers_a_gated_eval(tmp_path):
     subprocess.run(ragloop + ["import-beir", str(beir), "--chunking", "none", "--json"], env=env, cwd=tmp_path,
                    check=True, capture_output=True, timeout=600)
     # The baseline: the prompts as they were, evaluated and promoted.
-    subprocess.run(ragloop + ["eval", "--json"], env=env, cwd=tmp_path, check=True, capture_output=True, timeout=600)
+    subprocess.run(ragloop + ["eval", "--promote", "--json"], env=env, cwd=tmp_path, check=True, capture_output=True, timeout=600)
 
     served = {**env, "PREFECT_API_URL": api}
     logs = open(tmp_path / "server.log", "w")

@@ -29,6 +29,7 @@ import pytest
 
 from flows import index as index_flow
 from flows import synth as synth_flow
+from tasks.promotion import Refs
 from tasks.storage import Lake
 from tests.conftest import REPO, write_files
 from tests.reliability.helpers import chunk_rows
@@ -291,11 +292,12 @@ def test_index_killed_repeatedly_converges_to_the_clean_state(clean, tmp_path, s
 # -- synth -----------------------------------------------------------------------------------------------
 def synth_state(lake_dir: Path) -> dict:
     lake = Lake(str(lake_dir))
-    ref, latest = lake.read_ref("golden"), lake.read_ref("golden_latest")
-    assert ref and latest and ref["golden_set_id"] == latest["golden_set_id"], (ref, latest)
+    lines = Refs(lake).lines()
+    ref = lines.lines.get("synthetic")
+    assert ref and lines.chosen == "synthetic", lines
     rows = sorted((json.dumps({k: v for k, v in r.items() if k != "created_at"}, sort_keys=True, default=str))
-                  for r in lake.read_golden(ref["golden_set_id"]).to_pylist())
-    return {"golden_set_id": ref["golden_set_id"], "inputs": ref["inputs"], "items": rows}
+                  for r in lake.read_golden(ref.golden_set_id).to_pylist())
+    return {"golden_set_id": ref.golden_set_id, "inputs": ref.inputs, "items": rows}
 
 
 @pytest.mark.slow

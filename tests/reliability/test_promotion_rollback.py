@@ -12,6 +12,7 @@ from flows import index as index_flow
 from flows.cli import main
 from tasks.embedding import HashEmbedder
 from tasks.llm import ScriptedLLM
+from tasks.promotion import Refs
 from tasks.storage import Lake
 from tests.conftest import REPO, write_files
 from tests.reliability.helpers import chunk_rows, copy_answer, import_station_golden, station_docs
@@ -25,13 +26,14 @@ class UnnormalizedEmbedder(HashEmbedder):
 
 
 def _eval(lake_dir, **kw) -> dict:
-    return eval_flow.evaluate_chain(lake=str(lake_dir), retrieval="vector", k=3, **kw)
+    return eval_flow.evaluate_chain(lake=str(lake_dir), retrieval="vector", k=3, promote="explicit", **kw)
 
 
 def _state(lake: Lake, golden_set_id: str) -> dict:
-    promoted = lake.read_promoted(golden_set_id)
-    return {"serving": {k: lake.read_ref("serving")[k] for k in ("table", "version")},
-            "promoted_run": promoted["run_id"], "promoted_table": promoted["table"], "promoted_prompts": promoted["prompts"]}
+    refs = Refs(lake)
+    promoted = refs.baseline(refs.lines().line_of(golden_set_id))
+    return {"serving": {"table": refs.serving().table, "version": refs.serving().version},
+            "promoted_run": promoted.run_id, "promoted_table": promoted.table, "promoted_prompts": promoted.prompts}
 
 
 def test_bad_candidates_are_not_promoted_and_rollback_restores_the_previous_state(
@@ -39,12 +41,13 @@ def test_bad_candidates_are_not_promoted_and_rollback_restores_the_previous_stat
 ):
     monkeypatch.setattr(eval_flow, "load_llm", lambda config: ScriptedLLM([copy_answer] * 50))
     monkeypatch.setenv("RAGLOOP_EVAL__REFUSE_BELOW", "-1")
+    monkeypatch.setenv("RAGLOOP_GATE__MIN_ITEMS", "1")  # 6 items: this test is about refs, not power
     src = write_files(tmp_path / "src", station_docs(6))
     first_index = index_flow.index_corpus(sources=[str(src)], lake=str(lake_dir))
     golden = import_station_golden(tmp_path, lake_dir)["golden_set_id"]
     lake = Lake(str(lake_dir))
     p1 = _eval(lake_dir)
-    assert p1["gate"]["status"] == "passed"
+    assert p1["gate"]["status"] == "no_baseline" and p1["promoted"]
     s1 = _state(lake, golden)
     assert s1["serving"]["version"] == first_index["table"]["version"] and s1["promoted_prompts"]["answer"]
     blocked = []
@@ -77,7 +80,7 @@ def test_bad_candidates_are_not_promoted_and_rollback_restores_the_previous_stat
     assert second_index["status"] == "ok" and second_index["table"]["version"] > s1["serving"]["version"]
     assert {r["doc_id"] for r in chunk_rows(lake_dir)} >= {"station90.md"}
     p2 = _eval(lake_dir)
-    assert p2["gate"]["status"] == "passed" and p2["baseline_run_id"] == p1["run_id"]
+    assert p2["gate"]["status"] == "passed" and p2["baseline_run_id"] == p1["run_id"] and p2["promoted"]
     s2 = _state(lake, golden)
     assert s2["serving"]["version"] == second_index["table"]["version"] and s2["promoted_run"] == p2["run_id"]
 
@@ -86,6 +89,7 @@ def test_bad_candidates_are_not_promoted_and_rollback_restores_the_previous_stat
     rolled = json.loads(capsys.readouterr().out)
     assert (rolled["from_run_id"], rolled["to_run_id"]) == (p2["run_id"], p1["run_id"])
     assert _state(lake, golden) == s1, "serving version and promoted prompts are the first promotion's again"
+    assert rolled["line"] == "golden"
     assert all(p["matches"] for p in rolled["prompts"].values())
     assert main(["rollback", "--lake", str(lake_dir), "--json"]) == 2, "nothing before the first promotion"
     assert "first promotion" in json.loads(capsys.readouterr().out)["error"]
@@ -93,6 +97,7 @@ def test_bad_candidates_are_not_promoted_and_rollback_restores_the_previous_stat
     assert nightly["serving"]["version"] == s1["serving"]["version"], "a no-op index keeps the rollback's pin"
     assert _state(lake, golden) == s1
     after = eval_flow.evaluate_chain(lake=str(lake_dir), retrieval="vector", k=3, retrieval_only=True)
+    assert after["promoted"] is False and _state(lake, golden) == s1, "an experiment leaves every ref where it was"
     assert after["lineage"]["table"]["version"] == s1["serving"]["version"]
     assert "station90.md" not in {d for i in lake.read_eval_items(after["run_id"]).to_pylist() for d in i["retrieved_doc_ids"]}
     write_files(src, {"station91.md": "# Station 91\n\nAnother new station with ten docks."})
