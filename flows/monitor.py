@@ -22,7 +22,7 @@ from tasks.schemas import utcnow
 from tasks.settings import MonitorConfig
 from tasks.storage import Lake
 
-OBSERVED_STATUSES = ("ok", "partial", "gate_failed")
+OBSERVED_STATUSES = ("ok", "partial", "gate_failed", "gate_inconclusive")
 
 
 class ArtifactSink:

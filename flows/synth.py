@@ -111,12 +111,15 @@ def synth_golden_set(lake: str | None = None, size: int | None = None, config_pa
             priority = []  # later rounds sample freely
 
         active = kept + report.accepted
+        status_counts = Counter(i["status"] for i in changed)
         regenerated = {i["qa_id"] for i in active}  # a new prompt may regenerate an item word for word
         changed = [i for i in changed if i["qa_id"] not in regenerated]
         items = active + changed
-        golden_set_id = qa.golden_set_id_of(items)
-        table = pa.Table.from_pylist(items, schema=schemas.GOLDEN)
-        written = store_lake.write_golden(golden_set_id, table)
+        if up_to_date:  # nothing changed or generated: the version stays, so the nightly's eval is reused
+            golden_set_id, written = previous_ref.golden_set_id, False
+        else:
+            golden_set_id = qa.golden_set_id_of(items)
+            written = store_lake.write_golden(golden_set_id, pa.Table.from_pylist(items, schema=schemas.GOLDEN))
         for prompt in prompts.values():
             store_lake.record_prompt(prompt.name, prompt.prompt_hash, prompt.text)
         run.lineage.update(
@@ -133,7 +136,6 @@ def synth_golden_set(lake: str | None = None, size: int | None = None, config_pa
         )
         by_type = Counter(i["qa_type"] for i in active)
         covered = {d for i in active for d in i["source_doc_ids"]}
-        status_counts = Counter(i["status"] for i in changed)
         outputs = {
             "lake": store_lake.uri,
             "golden_set_id": golden_set_id,
