@@ -283,7 +283,7 @@ def _gate_lines(summary: dict) -> list[str]:
             d = summary["deltas"][name]
             lines.append(f"  {name:<22} {d['delta']:+.4f} [{d['ci'][0]:+.4f}, {d['ci'][1]:+.4f}] n={p['n']}  "
                          f"detectable drop {p['detectable_drop'] if p['detectable_drop'] is not None else '-'}, "
-                         f"items for {summary.get('max_drop', '') or 'max_drop'}: {p['items_needed'] or '-'}")
+                         f"items to detect a {gate.get('max_drop')} drop: {p['items_needed'] or '-'}")
     promo = summary.get("promotion")
     if promo:
         lines.append(f"promoted: {str(promo['promoted']).lower()} ({promo['reason']})")

@@ -130,18 +130,19 @@ def evaluate_chain(
     judge_id = judge.model_id if judge else None
     line_key = line or f"id:{golden_set_id}"
     baseline = refs.baseline(line_key)
-    # Everything the metrics and the verdict depend on: equal key -> equal deterministic metrics (seeded
-    # bootstrap, seeded LLM) and gate. The nightly reuses such a run instead of recomputing it.
+    # Everything the metrics depend on: equal key -> equal deterministic metrics (seeded bootstrap, seeded
+    # LLM). The nightly reuses such a run instead of recomputing it.
     cache_key = canonical_hash({
         "golden_set_id": golden_set_id, "table": [serving.table, serving.version], "chain": chain,
         "prompts": {p.name: p.prompt_hash for p in prompts.values()}, "judge": judge_id,
         "embedder": embedder.weights_sha256, "eval": config.model_dump(mode="json"), "gate": settings.gate.model_dump(mode="json"),
-        "baseline": baseline.run_id if baseline else None,
     })
     if reuse_cached:
         cached = store_lake.read_ref(f"eval_cache__{cache_key[:32]}")
         record = store_lake.read_run(cached["run_id"]) if cached else None
-        if record and record["status"] in ("ok", "partial"):
+        current = baseline.run_id if baseline else None
+        # its verdict still holds only against the same baseline (or when it is the baseline itself)
+        if record and record["status"] in ("ok", "partial") and current in (record["run_id"], record["outputs"].get("baseline_run_id")):
             get_run_logger().info("eval inputs unchanged since run %s: its results are reused", record["run_id"])
             summary = {"run_id": record["run_id"], "status": record["status"], "lineage": record["lineage"],
                        **record["outputs"], "cached": True}
@@ -241,6 +242,9 @@ def evaluate_chain(
                 base_rows, rows, config.bootstrap_resamples, config.confidence, config.seed)
             gate = gating.check_gate(metrics, deltas, failed, len(rows), settings.gate, config.confidence,
                                      None if no_baseline else gating.unpaired_metrics(base_rows, rows), no_baseline)
+            if deltas is not None and baseline.chain_hash != run.lineage["chain_hash"]:
+                gate["warnings"].insert(0, "the baseline ran another chain, compared on what both measured: "
+                                        + "; ".join(gating.chain_differences(baseline.chain, chain)))
         outputs = {
             "lake": store_lake.uri,
             "golden_set_id": golden_set_id,

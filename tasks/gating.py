@@ -113,7 +113,7 @@ def check_gate(
     fraction = failed / total if total else 0.0
     if fraction > config.max_failed_fraction:
         reasons.append(f"{failed} of {total} items failed ({fraction:.1%} > {config.max_failed_fraction:.1%})")
-    result = {"reasons": reasons, "warnings": warnings, "paired_items": 0, "gated": [],
+    result = {"reasons": reasons, "warnings": warnings, "paired_items": 0, "gated": [], "max_drop": config.max_drop,
               "not_compared": dict(not_compared or {"baseline_only": [], "candidate_only": []}), "power": {}}
     if deltas is None:
         result["status"] = "failed" if reasons else "no_baseline"
@@ -172,6 +172,12 @@ def check_gate(
 
 def _round(value: float | None) -> float | None:
     return None if value is None else round(value, 6)
+
+
+def chain_differences(baseline_chain: Mapping | None, candidate_chain: Mapping | None) -> list[str]:
+    """The chain settings that differ between baseline and candidate, as 'key: old -> new' lines."""
+    a, b = dict(baseline_chain or {}), dict(candidate_chain or {})
+    return [f"{key}: {a.get(key)} -> {b.get(key)}" for key in sorted(set(a) | set(b)) if a.get(key) != b.get(key)]
 
 
 def baseline_problem(baseline_run_id: str | None, has_items: bool, shared: int, total: int, min_overlap: float,

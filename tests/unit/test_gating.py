@@ -158,3 +158,12 @@ def test_baseline_problem(args, expected):
 ])
 def test_run_status(verdict, policy, failed, status):
     assert run_status(verdict, policy, failed) == status
+
+
+def test_chain_differences_name_each_changed_setting():
+    from tasks.gating import chain_differences
+
+    assert chain_differences({"retrieval": "hybrid", "k": 5, "answer": {"name": "answer"}},
+                             {"retrieval": "fts", "k": 5, "answer": None}) == [
+        "answer: {'name': 'answer'} -> None", "retrieval: hybrid -> fts"]
+    assert chain_differences(None, None) == []
