@@ -156,6 +156,9 @@ def evaluate_chain(
         chunk_rank = {r.qa_id: [h.chunk_id for h in r.hits] for r in results}
         with timer("score"):
             per_item = evaluation.ir_item_metrics(items, doc_rank, chunk_rank, ks)
+            for r in results:  # no ranking to score: failed and counted, not scored as a miss
+                if r.retrieval_failed:
+                    per_item[r.qa_id] = {}
         with timer("ragas"):
             ragas_scores = score_ragas(RagasScorer(embedder.encode, judge, config.judge_max_tokens), items, results)
         rows, traces = [], []

@@ -16,14 +16,24 @@ validate_documents = task(validation.validate_documents, name="validate-document
 
 @flow(name="ingest-corpus")
 @lake_locked("ingest")
-def ingest_corpus(sources: list[str] | None = None, lake: str | None = None, config_path: str | None = None) -> dict:
-    """Load every source file, quarantine bad ones, write a snapshot and move the ref if it validates."""
+def ingest_corpus(sources: list[str] | None = None, lake: str | None = None, config_path: str | None = None,
+                  allow_mass_delete: bool = False, forget_sources: list[str] | None = None) -> dict:
+    """Load every source file, quarantine bad ones, write a snapshot and move the ref if it validates.
+
+    Documents of sources not given are kept (scoped cleanup) unless their source is in forget_sources;
+    a source losing more than index.max_delete_fraction of its documents fails the run before any
+    write, unless allow_mass_delete."""
     settings = flow_settings(config_path, {"lake": lake, "ingest": {"sources": sources}})
     check_sources(settings.ingest.sources)
     store = Lake(settings.lake)
     run = RunRecorder(store, "ingest", settings)
     try:
-        result = build_snapshot(store, list(settings.ingest.sources), settings.ingest)
+        try:
+            result = build_snapshot(store, list(settings.ingest.sources), settings.ingest,
+                                    None if allow_mass_delete else settings.index.max_delete_fraction, forget_sources)
+        except ingestion.MassDeleteError as exc:
+            run.logger.error("%s", exc)
+            return run.finish("failed", {"lake": store.uri, "error": str(exc)})
         store.write_quarantine(
             run.run_id,
             [
@@ -42,6 +52,8 @@ def ingest_corpus(sources: list[str] | None = None, lake: str | None = None, con
             "documents": result.counts,
             "quarantine": [{"source": q.source_uri, "reason": q.reason.value, "detail": q.detail} for q in result.quarantine],
             "carried_forward": result.carried_forward,
+            "scope": {"sources": ingestion.source_roots(list(settings.ingest.sources)),
+                      "other_sources_kept": result.other_sources_kept, "forgotten": result.forgotten},
             "validation": {"documents": report.summary()},
         }
         if not report.success:
