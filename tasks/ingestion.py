@@ -491,6 +491,7 @@ def build_snapshot(lake: Lake, sources: list[str], config: IngestConfig, max_del
     counts = {"seen": 0, "new": 0, "changed": 0, "unchanged": 0, "deleted": 0, "quarantined": 0}
     pairs: list[tuple[str, str]] = []
     seen: set[str] = set()
+    seen_uris: list[str] = []
     quarantine: list[Quarantined] = []
     quarantined_uris: set[str] = set()
     writer = lake.snapshot_writer()
@@ -507,6 +508,7 @@ def build_snapshot(lake: Lake, sources: list[str], config: IngestConfig, max_del
                                               f"duplicate doc_id {item.doc_id!r} (another source has it)"))
                 continue
             seen.add(item.doc_id)
+            seen_uris.append(item.source_uri)
             before = previous.get(item.doc_id)
             if before is None:
                 counts["new"] += 1
@@ -535,7 +537,7 @@ def build_snapshot(lake: Lake, sources: list[str], config: IngestConfig, max_del
         counts["deleted"] = sum(1 for doc_id in previous if doc_id not in seen)
         counts["quarantined"] = len(quarantine)
         if max_delete_fraction is not None:
-            _check_mass_delete(roots, previous, in_scope, seen, max_delete_fraction)
+            _check_mass_delete(roots, previous, in_scope, seen_uris, max_delete_fraction)
         snapshot_id = snapshot_id_of(pairs)
         written = writer.finish(snapshot_id)
     except BaseException:
@@ -544,14 +546,15 @@ def build_snapshot(lake: Lake, sources: list[str], config: IngestConfig, max_del
     return IngestResult(snapshot_id, prev_id, counts, quarantine, written, carried, len(kept), len(forgotten))
 
 
-def _check_mass_delete(roots: list[str], previous: dict, in_scope: set[str], seen: set[str], fraction: float) -> None:
-    """Raise MassDeleteError naming every source that would lose more than `fraction` of its documents."""
+def _check_mass_delete(roots: list[str], previous: dict, in_scope: set[str], seen_uris: list[str], fraction: float) -> None:
+    """Raise MassDeleteError naming every source whose document count would shrink by more than
+    `fraction`. Net shrinkage, so a renamed file or folder (deleted and new at once) is no loss."""
     problems = []
     for root in roots:
-        had = [d for d in in_scope if under_root(previous[d][2], root)]
-        lost = sum(1 for d in had if d not in seen)
-        if had and lost / len(had) > fraction:
-            problems.append(f"source {root}: {lost} of its {len(had)} documents would be deleted")
+        had = sum(1 for d in in_scope if under_root(previous[d][2], root))
+        now = sum(1 for uri in seen_uris if under_root(uri, root))
+        if had and (had - now) / had > fraction:
+            problems.append(f"source {root}: {had - now} of its {had} documents would be deleted ({now} left)")
     if problems:
         raise MassDeleteError(
             "; ".join(problems) + f" (more than index.max_delete_fraction={fraction}); nothing was written. "
