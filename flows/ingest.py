@@ -28,9 +28,13 @@ def ingest_corpus(sources: list[str] | None = None, lake: str | None = None, con
     store = Lake(settings.lake)
     run = RunRecorder(store, "ingest", settings)
     try:
+        previous = store.read_ref("documents")
+        previous_run = store.read_run(previous["run_id"]) if previous and previous.get("run_id") else None
+        known_roots = ((previous_run or {}).get("outputs") or {}).get("scope", {}).get("known_sources")
         try:
             result = build_snapshot(store, list(settings.ingest.sources), settings.ingest,
-                                    None if allow_mass_delete else settings.index.max_delete_fraction, forget_sources)
+                                    None if allow_mass_delete else settings.index.max_delete_fraction, forget_sources,
+                                    known_roots)
         except ingestion.MassDeleteError as exc:
             run.logger.error("%s", exc)
             return run.finish("failed", {"lake": store.uri, "error": str(exc)})
@@ -53,7 +57,8 @@ def ingest_corpus(sources: list[str] | None = None, lake: str | None = None, con
             "quarantine": [{"source": q.source_uri, "reason": q.reason.value, "detail": q.detail} for q in result.quarantine],
             "carried_forward": result.carried_forward,
             "scope": {"sources": ingestion.source_roots(list(settings.ingest.sources)),
-                      "other_sources_kept": result.other_sources_kept, "forgotten": result.forgotten},
+                      "other_sources_kept": result.other_sources_kept, "forgotten": result.forgotten,
+                      "known_sources": result.known_roots},
             "validation": {"documents": report.summary()},
         }
         if not report.success:

@@ -444,6 +444,7 @@ class IngestResult:
     carried_forward: list[str]
     other_sources_kept: int = 0  # documents of sources this run was not given, kept as they were
     forgotten: int = 0  # documents dropped because their source was named in forget_sources
+    known_roots: list[str] = field(default_factory=list)  # every source the snapshot's documents come from
 
 
 class MassDeleteError(RuntimeError):
@@ -470,13 +471,14 @@ def _document_row(doc: Document, ingested_at: dt.datetime) -> dict:
 
 
 def build_snapshot(lake: Lake, sources: list[str], config: IngestConfig, max_delete_fraction: float | None = None,
-                   forget_sources: list[str] | None = None) -> IngestResult:
+                   forget_sources: list[str] | None = None, known_roots: list[str] | None = None) -> IngestResult:
     """Stream every source into a new documents snapshot and diff it against the latest one.
 
     A file that was good before and is now quarantined keeps its previous version in the snapshot
     (nothing is lost to a transient bad write); a file that is gone is 'deleted'. Deletion is scoped to
     the sources given: documents of other sources are kept as they were, unless their source is in
-    `forget_sources`. With `max_delete_fraction`, a source that would lose more than that share of its
+    `forget_sources` (`known_roots`: the sources of the previous snapshot, None if not recorded; one
+    source named where one other was known is taken as that source moved). With `max_delete_fraction`, a source that would lose more than that share of its
     documents raises MassDeleteError before the snapshot is published.
     Does not move the 'documents' ref: the caller does that once validation passes.
     """
@@ -527,7 +529,8 @@ def build_snapshot(lake: Lake, sources: list[str], config: IngestConfig, max_del
         writer.write(buffer)
         roots = source_roots(sources)
         forget = source_roots(forget_sources or [])
-        in_scope = {d for d, (_, _, uri) in previous.items() if any(under_root(uri, r) for r in roots)}
+        moved = _moved_source(roots, known_roots, forget)
+        in_scope = {d for d, (_, _, uri) in previous.items() if moved or any(under_root(uri, r) for r in roots)}
         forgotten = {d for d, (_, _, uri) in previous.items() if d not in seen and d not in in_scope
                      and any(under_root(uri, r) for r in forget)}
         others = {d for d in previous if d not in seen and d not in in_scope and d not in forgotten}
@@ -537,24 +540,33 @@ def build_snapshot(lake: Lake, sources: list[str], config: IngestConfig, max_del
         counts["deleted"] = sum(1 for doc_id in previous if doc_id not in seen)
         counts["quarantined"] = len(quarantine)
         if max_delete_fraction is not None:
-            _check_mass_delete(roots, previous, in_scope, seen_uris, max_delete_fraction)
+            had = {r: len(in_scope) if moved else sum(1 for d in in_scope if under_root(previous[d][2], r)) for r in roots}
+            _check_mass_delete(had, seen_uris, max_delete_fraction)
         snapshot_id = snapshot_id_of(pairs)
         written = writer.finish(snapshot_id)
     except BaseException:
         writer.abort()
         raise
-    return IngestResult(snapshot_id, prev_id, counts, quarantine, written, carried, len(kept), len(forgotten))
+    known = roots if moved else sorted((set(known_roots or []) - set(forget)) | set(roots))
+    return IngestResult(snapshot_id, prev_id, counts, quarantine, written, carried, len(kept), len(forgotten), known)
 
 
-def _check_mass_delete(roots: list[str], previous: dict, in_scope: set[str], seen_uris: list[str], fraction: float) -> None:
-    """Raise MassDeleteError naming every source whose document count would shrink by more than
-    `fraction`. Net shrinkage, so a renamed file or folder (deleted and new at once) is no loss."""
+def _moved_source(roots: list[str], known_roots: list[str] | None, forget: list[str]) -> bool:
+    """A run naming one source, on a corpus that came from one other source (or from sources not
+    recorded, as before scoped cleanup), is that source moved or renamed: its documents are in scope."""
+    if len(roots) != 1 or forget:
+        return False
+    return known_roots is None or (len(known_roots) == 1 and known_roots[0] != roots[0])
+
+
+def _check_mass_delete(had: dict[str, int], seen_uris: list[str], fraction: float) -> None:
+    """Raise MassDeleteError naming every source whose document count (`had`: root -> documents before)
+    would shrink by more than `fraction`. Net shrinkage, so a renamed file or folder is no loss."""
     problems = []
-    for root in roots:
-        had = sum(1 for d in in_scope if under_root(previous[d][2], root))
+    for root, before in had.items():
         now = sum(1 for uri in seen_uris if under_root(uri, root))
-        if had and (had - now) / had > fraction:
-            problems.append(f"source {root}: {had - now} of its {had} documents would be deleted ({now} left)")
+        if before and (before - now) / before > fraction:
+            problems.append(f"source {root}: {before - now} of its {before} documents would be deleted ({now} left)")
     if problems:
         raise MassDeleteError(
             "; ".join(problems) + f" (more than index.max_delete_fraction={fraction}); nothing was written. "

@@ -499,14 +499,28 @@ def two_sources(tmp_path) -> tuple[Path, Path]:
 
 def test_build_snapshot_with_one_source_keeps_the_other_sources_documents(lake, two_sources):
     s1, s2 = two_sources
-    accept(lake, build_snapshot(lake, [str(s1), str(s2)], IngestConfig()))
+    both = build_snapshot(lake, [str(s1), str(s2)], IngestConfig())
+    accept(lake, both)
+    assert both.known_roots == sorted([str(s1.resolve()), str(s2.resolve())])
     (s1 / "two.md").unlink()
-    r = build_snapshot(lake, [str(s1)], IngestConfig())
+    r = build_snapshot(lake, [str(s1)], IngestConfig(), known_roots=both.known_roots)
     assert sorted(rows_by_id(lake, r.snapshot_id)) == ["four.md", "one.md", "three.md"]
     assert r.counts["deleted"] == 1 and r.other_sources_kept == 2 and r.forgotten == 0
     accept(lake, r)
-    forgot = build_snapshot(lake, [str(s1)], IngestConfig(), forget_sources=[str(s2)])
+    forgot = build_snapshot(lake, [str(s1)], IngestConfig(), forget_sources=[str(s2)], known_roots=r.known_roots)
     assert sorted(rows_by_id(lake, forgot.snapshot_id)) == ["one.md"] and forgot.forgotten == 2
+    assert forgot.known_roots == [str(s1.resolve())]
+
+
+def test_build_snapshot_of_a_moved_source_folder_deletes_what_it_no_longer_has(lake, tmp_path):
+    old = write_files(tmp_path / "docs", {"a.md": "# A\n\nalpha", "b.md": "# B\n\nbravo", "c.md": "# C\n\ncharlie"})
+    first = build_snapshot(lake, [str(old)], IngestConfig())
+    accept(lake, first)
+    new = tmp_path / "documentation"
+    old.rename(new)
+    (new / "c.md").unlink()
+    moved = build_snapshot(lake, [str(new)], IngestConfig(), max_delete_fraction=0.5, known_roots=first.known_roots)
+    assert sorted(rows_by_id(lake, moved.snapshot_id)) == ["a.md", "b.md"] and moved.other_sources_kept == 0
 
 
 def test_build_snapshot_stops_before_writing_when_a_source_comes_back_empty(lake, two_sources):
