@@ -107,7 +107,7 @@ def run_retrieval(retriever: Retriever, qa_ids: Sequence[str], queries: Sequence
     """One result per query; a query whose search failed carries `retrieval_failed` and its error
     (it fails alone: the later steps skip it, the run goes on)."""
     out = []
-    for qa_id, query, (hits, latency_ms, error) in zip(qa_ids, queries, retriever.search_many(queries, mode, k)):
+    for qa_id, query, (hits, latency_ms, error) in zip(qa_ids, queries, retriever.search_each(queries, mode, k)):
         result = ChainResult(qa_id=qa_id, query=query, hits=hits)
         if error:
             result.error, result.retrieval_failed = f"retrieve: {error}", True

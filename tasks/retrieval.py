@@ -48,10 +48,19 @@ class Retriever:
             return []
         return self.table.search().where(sql_in("chunk_id", top)).select(["text"]).limit(None).to_arrow()["text"].to_pylist()
 
-    def search_many(self, queries: Sequence[str], mode: Mode, k: int) -> list[tuple[list[Hit], float, str | None]]:
+    def search_many(self, queries: Sequence[str], mode: Mode, k: int) -> list[tuple[list[Hit], float]]:
         """Top-k hits per query, best first (ties by chunk_id), with the search latency in ms (query
-        encoding included, amortized over the batch) and the error of a query whose search failed
-        (no hits then): one bad query never fails the others."""
+        encoding included, amortized over the batch). Raises on the first query whose search fails."""
+        out = []
+        for hits, latency_ms, error in self.search_each(queries, mode, k):
+            if error:
+                raise RuntimeError(f"search failed: {error}")
+            out.append((hits, latency_ms))
+        return out
+
+    def search_each(self, queries: Sequence[str], mode: Mode, k: int) -> list[tuple[list[Hit], float, str | None]]:
+        """As search_many, with the error of each query whose search failed (no hits then) instead of
+        raising: one bad query never fails the others."""
         if mode in ("fts", "hybrid") and not self.has_fts:
             raise ValueError(f"table {self.table_name} has no full-text index (index.fts: false)")
         start = time.perf_counter()

@@ -49,23 +49,23 @@ QUERY_SYNTAX = [
 @pytest.mark.parametrize("mode", ["fts", "hybrid"])
 @pytest.mark.parametrize("question", QUERY_SYNTAX)
 def test_question_with_query_syntax_is_searched_as_plain_text(retriever, mode, question):
-    [(hits, _, error)] = retriever.search_many([question], mode, 2)
+    [(hits, _, error)] = retriever.search_each([question], mode, 2)
     assert error is None and hits[0].doc_id == "spam.md"
 
 
 @pytest.mark.parametrize("mode", ["fts", "hybrid"])
 @pytest.mark.parametrize("question", ['" " ( ) * ~', "", "AND OR NOT"])
 def test_question_with_no_searchable_word_does_not_fail(retriever, mode, question):
-    [(hits, _, error)] = retriever.search_many([question], mode, 2)
+    [(hits, _, error)] = retriever.search_each([question], mode, 2)
     assert error is None and (mode == "hybrid" or question == "AND OR NOT" or hits == [])
 
 
 def test_identical_texts_tie_broken_by_chunk_id(retriever):
     for mode in ("vector", "fts", "hybrid"):
-        [(hits, _, _)] = retriever.search_many(["Identical passage copied into two documents."], mode, 2)
+        [(hits, _, _)] = retriever.search_each(["Identical passage copied into two documents."], mode, 2)
         assert {h.doc_id for h in hits} == {"copy-a.md", "copy-b.md"}
         assert hits[0].score == hits[1].score and hits[0].chunk_id < hits[1].chunk_id, mode
-        [(top, _, _)] = retriever.search_many(["Identical passage copied into two documents."], mode, 1)
+        [(top, _, _)] = retriever.search_each(["Identical passage copied into two documents."], mode, 1)
         assert top[0].chunk_id == hits[0].chunk_id, "the cut-off keeps the same copy every time"
 
 
