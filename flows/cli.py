@@ -28,11 +28,17 @@ def _parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("ingest", help="load sources into a documents snapshot (quarantining bad files)")
     p.add_argument("--source", action="append", metavar="PATH", help="a directory or file; repeatable")
+    p.add_argument("--allow-mass-delete", action="store_true",
+                   help="delete even when a source lost more than index.max_delete_fraction of its documents")
     common(p)
 
     p = sub.add_parser("index", help="ingest, then chunk + embed what changed and upsert into LanceDB")
     p.add_argument("--source", action="append", metavar="PATH", help="a directory or file; repeatable")
     p.add_argument("--chunking", choices=["markdown", "recursive", "none"], help="chunking strategy")
+    p.add_argument("--allow-mass-delete", action="store_true",
+                   help="delete even when a source lost more than index.max_delete_fraction of its documents")
+    p.add_argument("--forget-source", action="append", metavar="PATH",
+                   help="delete the documents of this source (not given with --source); repeatable")
     common(p)
 
     p = sub.add_parser("run", help="the nightly chain once: index, GE gate, refresh the golden set, eval, gate")
@@ -121,6 +127,9 @@ def _human_index(summary: dict) -> list[str]:
             f"documents: {d['seen']} seen - {d['new']} new, {d['changed']} changed, {d['unchanged']} unchanged, "
             f"{d['deleted']} deleted, {d['quarantined']} quarantined"
         )
+    scope = summary.get("scope") or {}
+    if scope.get("other_sources_kept") or scope.get("forgotten"):
+        lines.append(f"other sources: {scope['other_sources_kept']} documents kept, {scope['forgotten']} forgotten")
     c = summary.get("chunks")
     if c:
         lines.append(
@@ -149,7 +158,8 @@ def _human_index(summary: dict) -> list[str]:
 def _run_ingest(args: argparse.Namespace) -> dict:
     from flows.ingest import ingest_corpus
 
-    return ingest_corpus(sources=args.source, lake=args.lake, config_path=args.config)
+    return ingest_corpus(sources=args.source, lake=args.lake, config_path=args.config,
+                         allow_mass_delete=args.allow_mass_delete)
 
 
 def _run_index(args: argparse.Namespace) -> dict:
@@ -157,7 +167,7 @@ def _run_index(args: argparse.Namespace) -> dict:
 
     return index_corpus(
         sources=args.source, lake=args.lake, chunking=args.chunking, config_path=args.config,
-        progress=not args.json,
+        progress=not args.json, allow_mass_delete=args.allow_mass_delete, forget_sources=args.forget_source,
     )
 
 

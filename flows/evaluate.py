@@ -181,6 +181,9 @@ def evaluate_chain(
                                serving.version)
         with timer("score"):
             per_item = evaluation.ir_item_metrics(scored, doc_rank, chunk_rank, ks)
+            for r in results:  # no ranking to score: failed and counted, not scored as a miss
+                if r.retrieval_failed:
+                    per_item[r.qa_id] = {}
         with timer("ragas"):
             ragas_scores = score_ragas(RagasScorer(embedder.encode, judge, config.judge_max_tokens), scored, results)
         rows, traces = [], []

@@ -40,9 +40,8 @@ def import_golden_set(path: str, lake: str | None = None, config_path: str | Non
     store_lake, store = _store(settings)
     catalog = store.scan(["chunk_id", "doc_id", "text"]).to_pylist()
     chunk_docs = {r["chunk_id"]: r["doc_id"] for r in catalog}
-    text_to_chunk = {r["text"].strip(): r["chunk_id"] for r in catalog}
     try:
-        rows = golden_io.resolve_items(items, chunk_docs, text_to_chunk, Path(path).name)
+        rows = golden_io.resolve_items(items, chunk_docs, golden_io.chunks_by_text(catalog), Path(path).name)
     except golden_io.GoldenImportError as exc:
         raise ConfigError(f"{path}: {exc}") from exc
     run = RunRecorder(store_lake, "import-golden", settings)

@@ -18,21 +18,14 @@ from tasks.embedding import load_embedder
 from tasks.settings import ConfigError
 from tasks.storage import Lake
 
-chunk_documents = task(Chunker.chunk_documents, name="chunk-documents", cache_policy=NO_CACHE)
-embed_missing = task(indexing.embed_missing, name="embed-missing", cache_policy=NO_CACHE)
-delete_documents = task(indexing.ChunkStore.delete_documents, name="delete-documents", cache_policy=NO_CACHE)
+commit_run = task(indexing.ChunkStore.commit_run, name="write-chunks", cache_policy=NO_CACHE)
 refresh_indexes = task(indexing.ChunkStore.refresh_indexes, name="refresh-indexes", cache_policy=NO_CACHE)
 validate_chunks = task(validation.validate_chunks, name="validate-chunks", cache_policy=NO_CACHE)
 
 
-@task(name="upsert-chunks", cache_policy=NO_CACHE)
-def upsert_chunks(
-    store: indexing.ChunkStore, chunks: list, embedded: indexing.Embedded, doc_ids: list[str]
-) -> tuple[int, pd.DataFrame]:
-    """Replace the batch's documents in the table; returns (stale rows deleted, per-row facts for
-    the chunks suite)."""
-    stale = store.replace_documents(indexing.chunk_rows(chunks, embedded.vectors, store.dim), doc_ids)
-    return stale, pd.DataFrame(
+def _facts(chunks: list, embedded: indexing.Embedded) -> pd.DataFrame:
+    """Per-row facts of the written chunks for the chunks suite."""
+    return pd.DataFrame(
         {
             "chunk_id": [c.chunk_id for c in chunks],
             "text_length": [len(c.text) for c in chunks],
@@ -50,8 +43,11 @@ def index_corpus(
     chunking: str | None = None,
     config_path: str | None = None,
     progress: bool = False,
+    allow_mass_delete: bool = False,
+    forget_sources: list[str] | None = None,
 ) -> dict:
-    """Bring the chunks table in line with the sources; embeds only text that has no vector yet."""
+    """Bring the chunks table in line with the sources; embeds only text that has no vector yet.
+    Other sources' documents are kept unless named in forget_sources (see ingest_corpus)."""
     settings = flow_settings(config_path, {"lake": lake, "chunking": {"strategy": chunking}, "ingest": {"sources": sources}})
     embedder = load_embedder(settings.embedding)
     try:  # checked before any work: a chunk size the model would silently truncate is a config error
@@ -61,12 +57,14 @@ def index_corpus(
 
     timer = StageTimer()
     with timer("ingest"):
-        ingested = ingest_corpus(sources=list(settings.ingest.sources), lake=settings.lake, config_path=config_path)
+        ingested = ingest_corpus(sources=list(settings.ingest.sources), lake=settings.lake, config_path=config_path,
+                                 allow_mass_delete=allow_mass_delete, forget_sources=forget_sources)
     store_lake = Lake(settings.lake)
     run = RunRecorder(store_lake, "index", settings)
-    base_outputs = {k: ingested[k] for k in ("documents", "quarantine") if k in ingested}
+    base_outputs = {k: ingested[k] for k in ("documents", "quarantine", "scope") if k in ingested}
     if ingested["status"] != "ok":
-        return run.finish("failed", {**base_outputs, "error": f"ingest run {ingested['run_id']} {ingested['status']}",
+        return run.finish("failed", {**base_outputs, "error": f"ingest run {ingested['run_id']} {ingested['status']}"
+                                     + (f": {ingested['error']}" if ingested.get("error") else ""),
                                      "validation": ingested.get("validation", {})})
     try:
         snapshot_id = ingested["snapshot_id"]
@@ -83,26 +81,36 @@ def index_corpus(
         )
         with timer("plan"):
             plan = indexing.plan_index(store_lake, snapshot_id, store, chunker.hash)
-        with timer("delete"):
-            deleted = delete_documents(store, plan.to_delete) if plan.to_delete else 0
         counts = {"embedded": 0, "reused": 0, "written": 0, "truncated": 0}
         written_frames = []
         bar = tqdm(total=len(plan.to_index), desc="indexing documents", unit="doc",
                    disable=not (progress and sys.stderr.isatty()), file=sys.stderr)
-        for docs in indexing.iter_document_batches(store_lake, snapshot_id, plan.to_index, settings.index.docs_per_batch):
-            with timer("chunk"):
-                chunks = chunk_documents(chunker, docs)
-            with timer("embed"):
-                embedded = embed_missing(chunks, store, embedder)
+        fresh = indexing.FreshVectors()
+
+        def batches():
+            # Consumed by LanceDB inside the run's one commit (on its own thread): plain calls, no tasks.
+            for docs in indexing.iter_document_batches(store_lake, snapshot_id, plan.to_index, settings.index.docs_per_batch):
+                with timer("chunk"):
+                    chunks = chunker.chunk_documents(docs)
+                with timer("embed"):
+                    embedded = indexing.embed_missing(chunks, store, embedder, fresh)
+                written_frames.append(_facts(chunks, embedded))
+                counts["embedded"] += embedded.encoded
+                counts["reused"] += embedded.reused
+                counts["written"] += len(chunks)
+                counts["truncated"] += sum(1 for c in chunks if c.metadata.get("truncated"))
+                bar.update(len(docs))
+                yield indexing.chunk_rows(chunks, embedded.vectors, store.dim, {d.doc_id: d.metadata for d in docs})
+
+        deleted = 0
+        if plan.to_index or plan.to_delete:
+            # One commit for the whole run: vanished documents and stale rows are deleted together with
+            # the upserts, so no table version ever mixes this run's changes with the previous state, and
+            # vectors are looked up while the vanished documents' rows still exist (a move re-embeds nothing).
             with timer("upsert"):
-                stale, facts = upsert_chunks(store, chunks, embedded, [d.doc_id for d in docs])
-            written_frames.append(facts)
-            deleted += stale
-            counts["embedded"] += embedded.encoded
-            counts["reused"] += embedded.reused
-            counts["written"] += len(chunks)
-            counts["truncated"] += sum(1 for c in chunks if c.metadata.get("truncated"))
-            bar.update(len(docs))
+                deleted = commit_run(store, batches(), plan.replaced + plan.to_delete)
+            # The batches were chunked and embedded inside the commit: upsert is what LanceDB itself took.
+            timer.seconds["upsert"] -= timer.seconds.get("chunk", 0.0) + timer.seconds.get("embed", 0.0)
         bar.close()
         changed = bool(plan.to_index or plan.to_delete)
         refresh = changed or store.indexes_stale(settings.index)  # also repairs what a killed run left undone
@@ -125,6 +133,7 @@ def index_corpus(
             "chunks": {"total": len(table_frame), "embedded": counts["embedded"], "reused": counts["reused"],
                        "written": counts["written"], "deleted": deleted, "truncated": counts["truncated"]},
             "documents_indexed": len(plan.to_index),
+            "index_plan": plan.counts(),
             "table": table,
             "indexes": index_actions,
             "validation": {**ingested.get("validation", {}), "chunks": report.summary()},

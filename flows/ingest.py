@@ -16,14 +16,28 @@ validate_documents = task(validation.validate_documents, name="validate-document
 
 @flow(name="ingest-corpus")
 @lake_locked("ingest")
-def ingest_corpus(sources: list[str] | None = None, lake: str | None = None, config_path: str | None = None) -> dict:
-    """Load every source file, quarantine bad ones, write a snapshot and move the ref if it validates."""
+def ingest_corpus(sources: list[str] | None = None, lake: str | None = None, config_path: str | None = None,
+                  allow_mass_delete: bool = False, forget_sources: list[str] | None = None) -> dict:
+    """Load every source file, quarantine bad ones, write a snapshot and move the ref if it validates.
+
+    Documents of sources not given are kept (scoped cleanup) unless their source is in forget_sources;
+    a source losing more than index.max_delete_fraction of its documents fails the run before any
+    write, unless allow_mass_delete."""
     settings = flow_settings(config_path, {"lake": lake, "ingest": {"sources": sources}})
     check_sources(settings.ingest.sources)
     store = Lake(settings.lake)
     run = RunRecorder(store, "ingest", settings)
     try:
-        result = build_snapshot(store, list(settings.ingest.sources), settings.ingest)
+        previous = store.read_ref("documents")
+        previous_run = store.read_run(previous["run_id"]) if previous and previous.get("run_id") else None
+        known_roots = ((previous_run or {}).get("outputs") or {}).get("scope", {}).get("known_sources")
+        try:
+            result = build_snapshot(store, list(settings.ingest.sources), settings.ingest,
+                                    None if allow_mass_delete else settings.index.max_delete_fraction, forget_sources,
+                                    known_roots)
+        except ingestion.MassDeleteError as exc:
+            run.logger.error("%s", exc)
+            return run.finish("failed", {"lake": store.uri, "error": str(exc)})
         store.write_quarantine(
             run.run_id,
             [
@@ -42,6 +56,9 @@ def ingest_corpus(sources: list[str] | None = None, lake: str | None = None, con
             "documents": result.counts,
             "quarantine": [{"source": q.source_uri, "reason": q.reason.value, "detail": q.detail} for q in result.quarantine],
             "carried_forward": result.carried_forward,
+            "scope": {"sources": ingestion.source_roots(list(settings.ingest.sources)),
+                      "other_sources_kept": result.other_sources_kept, "forgotten": result.forgotten,
+                      "known_sources": result.known_roots},
             "validation": {"documents": report.summary()},
         }
         if not report.success:

@@ -29,6 +29,7 @@ class ChainResult:
     grounded: bool | None = None
     relevance: float | None = None  # best question-context cosine (the guardrail's evidence)
     error: str | None = None
+    retrieval_failed: bool = False  # no ranking at all: the item is failed and scored on nothing
     traces: list[dict] = field(default_factory=list)
 
 
@@ -58,6 +59,8 @@ def guard(results: Sequence[ChainResult], questions: Sequence[str], encode, conf
     """Relevance guardrail, before any answer is generated: a question whose best retrieved chunk is
     less similar than `refuse_below` is refused (no LLM call)."""
     for result, question in zip(results, questions):
+        if result.retrieval_failed:
+            continue
         start = time.perf_counter()
         if result.hits:
             vectors = encode([question] + [h.text for h in result.hits])
@@ -74,7 +77,7 @@ def guard(results: Sequence[ChainResult], questions: Sequence[str], encode, conf
 def answer(results: Sequence[ChainResult], questions: Sequence[str], prompt: Prompt, llm: LLM, config: EvalConfig) -> None:
     """Generate answers for results the guardrail passed; flag answers not grounded in their context.
     A failed call leaves the item with its error (counted as failed, never dropped)."""
-    todo = [(r, q) for r, q in zip(results, questions) if not r.refused]
+    todo = [(r, q) for r, q in zip(results, questions) if not r.refused and not r.retrieval_failed]
     conversations = [prompt.render(question=q, contexts=[h.text for h in r.hits]) for r, q in todo]
     params = {k: v for k, v in prompt.params.items() if k in ("temperature", "max_tokens", "seed")}
     completions = llm.complete_many(conversations, **params) if conversations else []
@@ -101,9 +104,14 @@ def answer(results: Sequence[ChainResult], questions: Sequence[str], prompt: Pro
 
 
 def run_retrieval(retriever: Retriever, qa_ids: Sequence[str], queries: Sequence[str], mode: str, k: int) -> list[ChainResult]:
+    """One result per query; a query whose search failed carries `retrieval_failed` and its error
+    (it fails alone: the later steps skip it, the run goes on)."""
     out = []
-    for qa_id, query, (hits, latency_ms) in zip(qa_ids, queries, retriever.search_many(queries, mode, k)):
+    for qa_id, query, (hits, latency_ms, error) in zip(qa_ids, queries, retriever.search_each(queries, mode, k)):
         result = ChainResult(qa_id=qa_id, query=query, hits=hits)
-        result.traces.append(trace(qa_id, "retrieve", query, ",".join(h.chunk_id for h in hits), latency_ms))
+        if error:
+            result.error, result.retrieval_failed = f"retrieve: {error}", True
+        result.traces.append(trace(qa_id, "retrieve", query, None if error else ",".join(h.chunk_id for h in hits),
+                                   latency_ms, error=error))
         out.append(result)
     return out

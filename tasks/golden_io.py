@@ -112,21 +112,31 @@ def read_import_file(path: Path) -> list[ImportedItem]:
     return items
 
 
+def chunks_by_text(catalog: Iterable[dict]) -> dict[str, list[str]]:
+    """Stripped chunk text -> every chunk_id holding it, sorted: the same passage can live in several
+    documents (a copied section, a shared footer), and each copy is an equally right answer."""
+    out: dict[str, list[str]] = {}
+    for row in catalog:
+        out.setdefault(row["text"].strip(), []).append(row["chunk_id"])
+    return {text: sorted(ids) for text, ids in out.items()}
+
+
 def resolve_items(
-    items: list[ImportedItem], chunk_docs: dict[str, str], text_to_chunk: dict[str, str], source: str
+    items: list[ImportedItem], chunk_docs: dict[str, str], text_to_chunks: dict[str, list[str]], source: str
 ) -> list[dict]:
     """Golden rows for imported items. Chunk ids must exist in the index; ragas reference_contexts are
-    matched to chunk ids by exact (stripped) text. Unknown references fail the import, naming the lines."""
+    matched by exact (stripped) text to every chunk holding that text (see chunks_by_text), so the
+    relevant set does not depend on which copy a tie in retrieval puts first. Unknown references fail
+    the import, naming the lines."""
     rows, errors = [], []
     known_docs = set(chunk_docs.values())
     for number, item in enumerate(items, start=1):
         chunk_ids = list(item.reference_chunk_ids)
         for text in item.reference_contexts:
-            found = text_to_chunk.get(text.strip())
-            if found is None:
+            found = text_to_chunks.get(text.strip())
+            if not found:
                 errors.append(f"item {number}: a reference_contexts entry matches no chunk text in the index")
-            elif found not in chunk_ids:
-                chunk_ids.append(found)
+            chunk_ids.extend(c for c in found or [] if c not in chunk_ids)
         unknown = [c for c in chunk_ids if c not in chunk_docs]
         if unknown:
             errors.append(f"item {number}: reference_chunk_ids not in the index: {unknown[:3]}")

@@ -10,7 +10,8 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
-from dataclasses import dataclass
+import re
+from dataclasses import dataclass, field
 from typing import Iterable, Iterator, Sequence
 
 import numpy as np
@@ -26,6 +27,10 @@ from tasks.storage import Lake, chunks_table_name
 log = logging.getLogger(__name__)
 
 SQL_IN_BATCH = 500  # ids per IN (...) filter: keeps filter strings bounded
+FTS_SAMPLE_ROWS = 5000  # chunk texts sampled to choose the full-text tokenizer (index.fts_tokenizer: auto)
+UNSPACED_MIN_SHARE = 0.01  # share of letters in scripts without spaces from which auto picks ICU
+# Scripts written without spaces between words: Han, Hiragana, Katakana, Thai, Lao, Myanmar, Khmer.
+_UNSPACED = re.compile("[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\u0e00-\u0eff\u1000-\u109f\u1780-\u17ff]")
 
 
 class EmbedderMismatch(RuntimeError):
@@ -111,16 +116,40 @@ class ChunkStore:
         """Upsert rows by chunk_id and drop the documents' other rows, in one atomic commit.
 
         Returns the number of stale rows deleted."""
-        result = (
-            self.table.merge_insert("chunk_id")
-            .when_matched_update_all()
-            .when_not_matched_insert_all()
-            .when_not_matched_by_source_delete(sql_in("doc_id", doc_ids))
-            .execute(rows)
-        )
+        return self.commit_run([rows], doc_ids)
+
+    def commit_run(self, batches: Iterable[pa.Table], doc_ids: Sequence[str]) -> int:
+        """A whole run's writes as ONE commit: upsert every batch's rows by chunk_id and delete every
+        other row of `doc_ids` (the re-chunked documents' stale rows and the vanished documents).
+
+        `batches` is consumed lazily while LanceDB merges, so a run never holds all its rows at once;
+        until the commit, readers (and this run's vector look-ups) see the previous version whole. An
+        exception raised by `batches` aborts the merge: nothing is committed. Returns rows deleted.
+        """
+        schema = schemas.chunks_schema(self.dim)
+        failure: list[BaseException] = []
+
+        def record_batches() -> Iterator[pa.RecordBatch]:
+            try:
+                for rows in batches:
+                    yield from rows.cast(schema).to_batches()
+            except BaseException as exc:  # LanceDB wraps it; re-raised as itself below
+                failure.append(exc)
+                raise
+
+        builder = self.table.merge_insert("chunk_id").when_matched_update_all().when_not_matched_insert_all()
+        if doc_ids:
+            builder = builder.when_not_matched_by_source_delete(sql_in("doc_id", doc_ids))
+        try:
+            result = builder.execute(pa.RecordBatchReader.from_batches(schema, record_batches()))
+        except Exception:
+            if failure:
+                raise failure[0] from None
+            raise
         return int(result.num_deleted_rows)
 
     def delete_documents(self, doc_ids: Sequence[str]) -> int:
+        """Delete every row of the documents (one commit per SQL_IN_BATCH ids); returns rows deleted."""
         deleted = 0
         for part in _batched(list(doc_ids)):
             where = sql_in("doc_id", part)
@@ -137,19 +166,39 @@ class ChunkStore:
             return True
         return any(getattr(self.table.index_stats(name), "num_unindexed_rows", 0) for name in names)
 
+    def fts_tokenizer(self, config: IndexConfig) -> tuple[str, str]:
+        """The full-text tokenizer this table needs, and why. `auto` picks ICU word segmentation when
+        text in scripts written without spaces (Chinese, Japanese, Thai, ...) is at least
+        UNSPACED_MIN_SHARE of a sample of the table's letters: the simple tokenizer splits on spaces
+        and punctuation, so such a sentence would be one unsearchable token. Otherwise `simple`."""
+        if config.fts_tokenizer != "auto":
+            return config.fts_tokenizer, "index.fts_tokenizer"
+        sample = self.table.search().select(["text"]).limit(FTS_SAMPLE_ROWS).to_arrow()["text"].to_pylist()
+        share = unspaced_share(sample)
+        if share >= UNSPACED_MIN_SHARE:
+            return "icu", f"{share:.0%} of the sampled letters are in scripts written without spaces"
+        return "simple", f"{share:.0%} of the sampled letters are in scripts written without spaces"
+
     def refresh_indexes(self, config: IndexConfig) -> dict:
-        """Keep the full-text index current; build an ANN index only once the table is big enough."""
+        """Keep the full-text index current (rebuilt when the tokenizer it needs changes); build an ANN
+        index only once the table is big enough."""
         from lancedb.index import FTS, HnswSq
 
         names = {idx.name: idx for idx in self.table.list_indices()}
         rows = self.count()
         actions = {}
         if config.fts and rows:
-            if "text_idx" not in names:
-                self.table.create_index("text", config=FTS(with_position=False), name="text_idx")
-                actions["fts"] = "created"
+            tokenizer, why = self.fts_tokenizer(config)
+            recorded = (self.lake.read_ref(f"fts__{self.name}") or {}).get("tokenizer", "simple")
+            if "text_idx" not in names or recorded != tokenizer:
+                # ascii_folding (the default) keeps `cafe` finding `café` with every tokenizer.
+                self.table.create_index("text", config=FTS(with_position=False, base_tokenizer=tokenizer),
+                                        name="text_idx", replace=True)
+                self.lake.write_ref(f"fts__{self.name}", {"tokenizer": tokenizer, "why": why})
+                actions["fts"] = "created" if "text_idx" not in names else f"rebuilt ({recorded} -> {tokenizer})"
             else:
                 actions["fts"] = "kept"
+            actions["fts_tokenizer"] = f"{tokenizer} ({why})"
         if rows >= config.ann_min_rows and "vector_idx" not in names:
             self.table.create_index("vector", config=HnswSq(distance_type="cosine"), name="vector_idx")
             actions["ann"] = "created"
@@ -165,12 +214,28 @@ class ChunkStore:
         self.table.tags.create(tag, self.table.version)
 
 
+def unspaced_share(texts: Iterable[str]) -> float:
+    """Share of the letters in the texts that belong to scripts written without spaces (0.0 if none)."""
+    letters = unspaced = 0
+    for text in texts:
+        letters += sum(1 for ch in text if ch.isalpha())
+        unspaced += len(_UNSPACED.findall(text))
+    return unspaced / letters if letters else 0.0
+
+
 # -- the incremental index ----------------------------------------------------------------------
 @dataclass
 class IndexPlan:
-    to_index: set[str]
-    to_delete: list[str]
-    current: int
+    to_index: set[str]  # documents to (re)chunk: not in the table, or not at this content + chunker hash
+    to_delete: list[str]  # documents in the table that the snapshot no longer has
+    current: int  # documents already indexed as the snapshot has them
+    replaced: list[str] = field(default_factory=list)  # to_index documents that have rows in the table now
+
+    def counts(self) -> dict[str, int]:
+        """What this run does to the table, measured against the table (not the previous snapshot):
+        a retry after a killed run reports the work it really redoes."""
+        return {"new": len(self.to_index) - len(self.replaced), "changed": len(self.replaced),
+                "unchanged": self.current, "deleted": len(self.to_delete)}
 
 
 def plan_index(lake: Lake, snapshot_id: str, store: ChunkStore, chunker_hash: str) -> IndexPlan:
@@ -180,7 +245,7 @@ def plan_index(lake: Lake, snapshot_id: str, store: ChunkStore, chunker_hash: st
     state = store.doc_state()
     to_index = {d for d, sha in wanted.items() if state.get(d) != {(sha, chunker_hash)}}
     to_delete = sorted(d for d in state if d not in wanted)
-    return IndexPlan(to_index, to_delete, len(wanted) - len(to_index))
+    return IndexPlan(to_index, to_delete, len(wanted) - len(to_index), sorted(d for d in to_index if d in state))
 
 
 def iter_document_batches(lake: Lake, snapshot_id: str, wanted: set[str], size: int) -> Iterator[list[Document]]:
@@ -213,23 +278,54 @@ class Embedded:
     reused: int  # chunks whose text already had a vector
 
 
-def embed_missing(chunks: Sequence[Chunk], store: ChunkStore, embedder: Embedder) -> Embedded:
-    """Vectors for the chunks, encoding only texts that have none in the table yet (deduplicated)."""
+def embed_missing(chunks: Sequence[Chunk], store: ChunkStore, embedder: Embedder,
+                  fresh: "FreshVectors | None" = None) -> Embedded:
+    """Vectors for the chunks, encoding only texts that have none yet (deduplicated): none in the
+    table, and none in `fresh`, the vectors this run already encoded but has not committed."""
     if not chunks:
         return Embedded(np.zeros((0, store.dim), dtype=np.float32), 0, 0)
     doc_ids = list(dict.fromkeys(c.doc_id for c in chunks))
-    known = store.vectors_for(doc_ids, [c.text_sha256 for c in chunks])
+    known = fresh.lookup(c.text_sha256 for c in chunks) if fresh is not None else {}
+    shas = [c.text_sha256 for c in chunks if c.text_sha256 not in known]
+    if shas:
+        known.update(store.vectors_for(doc_ids, shas))
     todo = {c.text_sha256: c.text for c in chunks if c.text_sha256 not in known}
     if todo:
-        fresh = embedder.encode(list(todo.values()))
-        known.update(zip(todo.keys(), fresh))
+        encoded = embedder.encode(list(todo.values()))
+        known.update(zip(todo.keys(), encoded))
+        if fresh is not None:
+            fresh.add(zip(todo.keys(), encoded))
     vectors = np.stack([known[c.text_sha256] for c in chunks]).astype(np.float32)
     reused = sum(1 for c in chunks if c.text_sha256 not in todo)
     return Embedded(vectors, len(todo), reused)
 
 
-def chunk_rows(chunks: Sequence[Chunk], vectors: np.ndarray, dim: int) -> pa.Table:
+class FreshVectors:
+    """Vectors encoded by the running index run, by text hash, before its one commit makes them
+    visible in the table. Bounded (oldest dropped first): it only saves re-encoding a text repeated
+    across batches, so memory stays flat on a big first index."""
+
+    def __init__(self, max_entries: int = 20_000) -> None:
+        self.max_entries = max_entries
+        self._vectors: dict[str, np.ndarray] = {}
+
+    def lookup(self, shas: Iterable[str]) -> dict[str, np.ndarray]:
+        return {s: self._vectors[s] for s in shas if s in self._vectors}
+
+    def add(self, items: Iterable[tuple[str, np.ndarray]]) -> None:
+        for sha, vector in items:
+            self._vectors[sha] = vector
+        while len(self._vectors) > self.max_entries:
+            del self._vectors[next(iter(self._vectors))]
+
+
+def chunk_rows(chunks: Sequence[Chunk], vectors: np.ndarray, dim: int,
+               doc_metadata: dict[str, dict] | None = None) -> pa.Table:
+    """Table rows for the chunks. `doc_metadata` (doc_id -> the document's metadata: front matter,
+    table row, pages) is merged into each chunk's metadata JSON, so retrieval can filter on it; the
+    chunk's own keys (char offsets, truncation) win."""
     now = utcnow()
+    doc_metadata = doc_metadata or {}
     columns = {
         "chunk_id": [c.chunk_id for c in chunks],
         "doc_id": [c.doc_id for c in chunks],
@@ -239,7 +335,7 @@ def chunk_rows(chunks: Sequence[Chunk], vectors: np.ndarray, dim: int) -> pa.Tab
         "headings": [list(c.headings) for c in chunks],
         "position": [c.position for c in chunks],
         "n_tokens": [c.n_tokens for c in chunks],
-        "metadata": [json.dumps(c.metadata, sort_keys=True) for c in chunks],
+        "metadata": [json.dumps({**doc_metadata.get(c.doc_id, {}), **c.metadata}, sort_keys=True) for c in chunks],
         "vector": pa.FixedSizeListArray.from_arrays(pa.array(vectors.reshape(-1), pa.float32()), dim),
         "chunker_hash": [c.chunker_hash for c in chunks],
         "embedded_at": [now] * len(chunks),

@@ -392,6 +392,9 @@ def load_file(path: Path, root: Path, config: IngestConfig) -> Iterator[Document
         yield Quarantined(uri, QuarantineReason.parse_error, "nesting too deep to parse")
         return
     rel = path.relative_to(root).as_posix() if path != root else path.name
+    # NFC: the same name spelt decomposed (as macOS file systems and some archives write it) or
+    # composed is the same document, so a re-spelt name keeps its doc_id and its chunks.
+    rel = unicodedata.normalize("NFC", rel)
     produced = 0
     for item in loaded:
         if not item.text:
@@ -439,6 +442,24 @@ class IngestResult:
     quarantine: list[Quarantined]
     written: bool
     carried_forward: list[str]
+    other_sources_kept: int = 0  # documents of sources this run was not given, kept as they were
+    forgotten: int = 0  # documents dropped because their source was named in forget_sources
+    known_roots: list[str] = field(default_factory=list)  # every source the snapshot's documents come from
+
+
+class MassDeleteError(RuntimeError):
+    """A source would lose more than the allowed share of its documents (an unmounted share, a failed
+    sync); raised before anything is written. The message names the source and the counts."""
+
+
+def source_roots(sources: list[str]) -> list[str]:
+    """The resolved paths of the sources: the scope a run's deletions are limited to."""
+    return [str(Path(s).expanduser().resolve()) for s in sources]
+
+
+def under_root(source_uri: str, root: str) -> bool:
+    """Whether a document (by its source_uri: a file path, or `path#row key`) came from this root."""
+    return source_uri == root or source_uri.startswith((root.rstrip("/") + "/", root + "#"))
 
 
 def _document_row(doc: Document, ingested_at: dt.datetime) -> dict:
@@ -449,11 +470,16 @@ def _document_row(doc: Document, ingested_at: dt.datetime) -> dict:
     }
 
 
-def build_snapshot(lake: Lake, sources: list[str], config: IngestConfig) -> IngestResult:
+def build_snapshot(lake: Lake, sources: list[str], config: IngestConfig, max_delete_fraction: float | None = None,
+                   forget_sources: list[str] | None = None, known_roots: list[str] | None = None) -> IngestResult:
     """Stream every source into a new documents snapshot and diff it against the latest one.
 
     A file that was good before and is now quarantined keeps its previous version in the snapshot
-    (nothing is lost to a transient bad write); a file that is gone is 'deleted'.
+    (nothing is lost to a transient bad write); a file that is gone is 'deleted'. Deletion is scoped to
+    the sources given: documents of other sources are kept as they were, unless their source is in
+    `forget_sources` (`known_roots`: the sources of the previous snapshot, None if not recorded; one
+    source named where one other was known is taken as that source moved). With `max_delete_fraction`, a source that would lose more than that share of its
+    documents raises MassDeleteError before the snapshot is published.
     Does not move the 'documents' ref: the caller does that once validation passes.
     """
     prev_ref = lake.read_ref("documents")
@@ -467,6 +493,7 @@ def build_snapshot(lake: Lake, sources: list[str], config: IngestConfig) -> Inge
     counts = {"seen": 0, "new": 0, "changed": 0, "unchanged": 0, "deleted": 0, "quarantined": 0}
     pairs: list[tuple[str, str]] = []
     seen: set[str] = set()
+    seen_uris: list[str] = []
     quarantine: list[Quarantined] = []
     quarantined_uris: set[str] = set()
     writer = lake.snapshot_writer()
@@ -483,6 +510,7 @@ def build_snapshot(lake: Lake, sources: list[str], config: IngestConfig) -> Inge
                                               f"duplicate doc_id {item.doc_id!r} (another source has it)"))
                 continue
             seen.add(item.doc_id)
+            seen_uris.append(item.source_uri)
             before = previous.get(item.doc_id)
             if before is None:
                 counts["new"] += 1
@@ -499,24 +527,59 @@ def build_snapshot(lake: Lake, sources: list[str], config: IngestConfig) -> Inge
                 writer.write(buffer)
                 buffer = []
         writer.write(buffer)
+        roots = source_roots(sources)
+        forget = source_roots(forget_sources or [])
+        moved = _moved_source(roots, known_roots, forget)
+        in_scope = {d for d, (_, _, uri) in previous.items() if moved or any(under_root(uri, r) for r in roots)}
+        forgotten = {d for d, (_, _, uri) in previous.items() if d not in seen and d not in in_scope
+                     and any(under_root(uri, r) for r in forget)}
+        others = {d for d in previous if d not in seen and d not in in_scope and d not in forgotten}
         carried = _carry_forward(lake, prev_id, quarantined_uris, previous, seen, writer, pairs)
+        kept = _carry_forward(lake, prev_id, set(), {d: previous[d] for d in others}, seen, writer, pairs, everything=True)
         counts["unchanged"] += len(carried)
         counts["deleted"] = sum(1 for doc_id in previous if doc_id not in seen)
         counts["quarantined"] = len(quarantine)
+        if max_delete_fraction is not None:
+            had = {r: len(in_scope) if moved else sum(1 for d in in_scope if under_root(previous[d][2], r)) for r in roots}
+            _check_mass_delete(had, seen_uris, max_delete_fraction)
         snapshot_id = snapshot_id_of(pairs)
         written = writer.finish(snapshot_id)
     except BaseException:
         writer.abort()
         raise
-    return IngestResult(snapshot_id, prev_id, counts, quarantine, written, carried)
+    known = roots if moved else sorted((set(known_roots or []) - set(forget)) | set(roots))
+    return IngestResult(snapshot_id, prev_id, counts, quarantine, written, carried, len(kept), len(forgotten), known)
 
 
-def _carry_forward(lake, prev_id, uris: set[str], previous, seen, writer, pairs) -> list[str]:
+def _moved_source(roots: list[str], known_roots: list[str] | None, forget: list[str]) -> bool:
+    """A run naming one source, on a corpus that came from one other source (or from sources not
+    recorded, as before scoped cleanup), is that source moved or renamed: its documents are in scope."""
+    if len(roots) != 1 or forget:
+        return False
+    return known_roots is None or (len(known_roots) == 1 and known_roots[0] != roots[0])
+
+
+def _check_mass_delete(had: dict[str, int], seen_uris: list[str], fraction: float) -> None:
+    """Raise MassDeleteError naming every source whose document count (`had`: root -> documents before)
+    would shrink by more than `fraction`. Net shrinkage, so a renamed file or folder is no loss."""
+    problems = []
+    for root, before in had.items():
+        now = sum(1 for uri in seen_uris if under_root(uri, root))
+        if before and (before - now) / before > fraction:
+            problems.append(f"source {root}: {before - now} of its {before} documents would be deleted ({now} left)")
+    if problems:
+        raise MassDeleteError(
+            "; ".join(problems) + f" (more than index.max_delete_fraction={fraction}); nothing was written. "
+            "If the source really lost them, run again with --allow-mass-delete")
+
+
+def _carry_forward(lake, prev_id, uris: set[str], previous, seen, writer, pairs, everything: bool = False) -> list[str]:
     """Copy the previous rows of documents whose source (a file, a table row, a corpus line) is
-    quarantined now. Matched by source_uri, so it works for path-derived and source-given ids."""
+    quarantined now (or, with everything=True, of all `previous` documents not seen). Matched by
+    source_uri, so it works for path-derived and source-given ids."""
     wanted = {
         doc_id for doc_id, (_, _, uri) in previous.items() if doc_id not in seen
-        and (uri in uris or uri.split("#", 1)[0] in uris)
+        and (everything or uri in uris or uri.split("#", 1)[0] in uris)
     }
     if not wanted:
         return []

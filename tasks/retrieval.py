@@ -12,6 +12,9 @@ from tasks.storage import Lake
 
 Mode = Literal["vector", "fts", "hybrid"]
 COLUMNS = ["chunk_id", "doc_id", "text"]
+# Extra candidates fetched beyond k so that hits tied on score at the cut-off are chosen by chunk_id,
+# not by the table's physical row order (identical texts in two documents have identical vectors).
+TIE_MARGIN = 8
 
 
 @dataclass(frozen=True)
@@ -51,8 +54,18 @@ class Retriever:
         return self.table.search().where(sql_in("chunk_id", top)).select(["text"]).limit(None).to_arrow()["text"].to_pylist()
 
     def search_many(self, queries: Sequence[str], mode: Mode, k: int) -> list[tuple[list[Hit], float]]:
-        """Top-k hits per query, best first, with the search latency in ms (query encoding included,
-        amortized over the batch)."""
+        """Top-k hits per query, best first (ties by chunk_id), with the search latency in ms (query
+        encoding included, amortized over the batch). Raises on the first query whose search fails."""
+        out = []
+        for hits, latency_ms, error in self.search_each(queries, mode, k):
+            if error:
+                raise RuntimeError(f"search failed: {error}")
+            out.append((hits, latency_ms))
+        return out
+
+    def search_each(self, queries: Sequence[str], mode: Mode, k: int) -> list[tuple[list[Hit], float, str | None]]:
+        """As search_many, with the error of each query whose search failed (no hits then) instead of
+        raising: one bad query never fails the others."""
         if mode in ("fts", "hybrid") and not self.has_fts:
             raise ValueError(f"table {self.table_name} has no full-text index (index.fts: false)")
         start = time.perf_counter()
@@ -62,11 +75,15 @@ class Retriever:
         out = []
         for query, vector in zip(queries, vectors):
             start = time.perf_counter()
-            if self.rerank_depth:
-                hits = self._rerank(self._search(query, vector, mode, k * self.rerank_depth), vector)[:k]
-            else:
-                hits = self._search(query, vector, mode, k)
-            out.append((hits, encode_ms + (time.perf_counter() - start) * 1000))
+            try:
+                if self.rerank_depth:
+                    hits = self._rerank(self._search(query, vector, mode, k * self.rerank_depth), vector)[:k]
+                else:
+                    hits = self._search(query, vector, mode, k)
+                error = None
+            except Exception as exc:  # LanceDB raises ValueError/RuntimeError/OSError; the item fails alone
+                hits, error = [], f"{type(exc).__name__}: {exc}"
+            out.append((hits, encode_ms + (time.perf_counter() - start) * 1000, error))
         return out
 
     def _rerank(self, hits: list[Hit], vector) -> list[Hit]:
@@ -76,25 +93,47 @@ class Retriever:
         rows = self.table.search().where(where).select(["chunk_id", "vector"]).limit(None).to_arrow()
         stored = dict(zip(rows["chunk_id"].to_pylist(), rows["vector"].to_numpy(zero_copy_only=False)))
         scored = [Hit(h.chunk_id, h.doc_id, h.text, float(stored[h.chunk_id] @ vector)) for h in hits]
-        return sorted(scored, key=lambda h: -h.score)
+        return ranked(scored)
 
     def _search(self, query: str, vector, mode: Mode, k: int) -> list[Hit]:
+        limit = k + TIE_MARGIN
         if mode == "vector":
             builder = self.table.search(vector, vector_column_name="vector").distance_type("cosine")
             if self.exact:
                 builder = builder.bypass_vector_index()
-            rows = builder.limit(k).select(COLUMNS + ["_distance"]).to_arrow().to_pylist()
-            return [Hit(r["chunk_id"], r["doc_id"], r["text"], 1.0 - r["_distance"]) for r in rows]
+            rows = builder.limit(limit).select(COLUMNS + ["_distance"]).to_arrow().to_pylist()
+            return ranked([Hit(r["chunk_id"], r["doc_id"], r["text"], 1.0 - r["_distance"]) for r in rows])[:k]
+        text_query = plain_text_query(query)
         if mode == "fts":
-            if not query.strip():
+            if text_query is None:
                 return []
-            rows = self.table.search(query, query_type="fts").limit(k).select(COLUMNS + ["_score"]).to_arrow().to_pylist()
-            return [Hit(r["chunk_id"], r["doc_id"], r["text"], r["_score"]) for r in rows]
-        builder = self.table.search(query_type="hybrid").vector(vector).text(query).limit(k)
+            rows = (self.table.search(text_query, query_type="fts").limit(limit)
+                    .select(COLUMNS + ["_score"]).to_arrow().to_pylist())
+            return ranked([Hit(r["chunk_id"], r["doc_id"], r["text"], r["_score"]) for r in rows])[:k]
+        if text_query is None:  # nothing to match as text: the vector leg alone
+            return self._search(query, vector, "vector", k)
+        builder = self.table.search(query_type="hybrid").vector(vector).text(text_query).limit(limit)
         if self.exact:
             builder = builder.bypass_vector_index()
         rows = builder.select(COLUMNS).to_arrow().to_pylist()  # fused by reciprocal rank (LanceDB's RRF default)
-        return [Hit(r["chunk_id"], r["doc_id"], r["text"], r["_relevance_score"]) for r in rows]
+        return ranked([Hit(r["chunk_id"], r["doc_id"], r["text"], r["_relevance_score"]) for r in rows])[:k]
+
+
+def plain_text_query(text: str):
+    """The user's text as a full-text match query, never parsed as query syntax: quotes, AND/OR/NOT,
+    `+ - : ( ) [ ] ^ ~ *` are just characters, which the index's own tokenizer splits like the
+    indexed text (a bare string would be parsed, and a quoted one becomes a phrase query that an
+    index without positions rejects). None for text with no word in it."""
+    from lancedb.query import MatchQuery
+
+    if not any(ch.isalnum() for ch in text):
+        return None
+    return MatchQuery(text, "text")
+
+
+def ranked(hits: Sequence[Hit]) -> list[Hit]:
+    """Best first; equal scores ordered by chunk_id, so ties never depend on the table's row order."""
+    return sorted(hits, key=lambda h: (-h.score, h.chunk_id))
 
 
 def doc_ranking(hits: Sequence[Hit]) -> list[str]:

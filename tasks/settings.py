@@ -72,9 +72,15 @@ class IndexConfig(Section):
     # Below this many rows search is exact (brute force is fast and has recall 1.0).
     ann_min_rows: PositiveInt = 100_000
     fts: bool = True
+    # Full-text tokenizer: simple (split on spaces and punctuation), icu (Unicode word segmentation, which
+    # also splits Chinese/Japanese/Thai text), ngram; auto = icu when the table holds such text.
+    fts_tokenizer: Literal["auto", "simple", "icu", "ngram"] = "auto"
     # Versions older than this are pruned on compaction. Tagged (per-run) versions must be kept:
     # LanceDB refuses to prune them, so the default keeps history for ten years.
     keep_versions_days: PositiveInt = 3650
+    # A run that would delete more than this share of a source's documents stops before any write
+    # (an unmounted share or a failed sync looks like a source emptied); --allow-mass-delete overrides.
+    max_delete_fraction: float = Field(default=0.5, ge=0.0, le=1.0)
 
 
 class LLMConfig(Section):

@@ -301,3 +301,79 @@ def test_a_prompt_that_always_refuses_fails_the_gate_naming_the_metrics(prefect_
     assert summary["lineage"]["prompts"]["answer"] != baseline["lineage"]["prompts"]["answer"]
     refs = Refs(Lake(str(lake_dir)))
     assert refs.baseline(refs.lines().chosen).run_id == baseline["run_id"]
+
+
+# -- issue 17: user text is text, one failure fails alone, CJK is searchable ------------------------------
+SYNTAX_CORPUS = {
+    "spam.md": "# Mail\n\nWhat spam filter scores outbound mail? The outbound relay runs the filter.",
+    "docks.md": "# Harbour\n\nThe harbour station has twelve docks and two chargers.",
+    "fares.md": "# Fares\n\nA single ride costs two credits; a day pass costs nine credits.",
+}
+SYNTAX_QUESTIONS = {
+    "spam.md": ['"What spam filter scores outbound mail?"', "spam AND NOT relay OR filter", "title:spam +filter -(outbound) [mail]^2 ~ *"],
+    "docks.md": ['How many "docks" (chargers too) - harbour?'],
+}
+
+
+def _golden_for(tmp_path, lake_dir, questions: dict[str, list[str]]) -> None:
+    table = Lake(str(lake_dir)).connect_vectors().open_table("chunks__hash_fake")
+    chunks = {r["doc_id"]: r["chunk_id"] for r in table.search().select(["doc_id", "chunk_id"]).limit(None).to_arrow().to_pylist()}
+    golden = tmp_path / "golden.jsonl"
+    golden.write_text("".join(json.dumps({"question": q, "reference_answer": "x", "reference_chunk_ids": [chunks[d]],
+                                          "qa_type": "single_hop"}, ensure_ascii=False) + "\n"
+                              for d, qs in questions.items() for q in qs), encoding="utf-8")
+    golden_flow.import_golden_set(path=str(golden), lake=str(lake_dir))
+
+
+@pytest.mark.parametrize("mode", ["fts", "hybrid"])
+def test_questions_with_query_syntax_are_searched_as_text(prefect_backend, fakes, tmp_path, lake_dir, mode):
+    index_flow.index_corpus(sources=[str(write_files(tmp_path / "src", SYNTAX_CORPUS))], lake=str(lake_dir))
+    _golden_for(tmp_path, lake_dir, SYNTAX_QUESTIONS)
+    summary = eval_flow.evaluate_chain(lake=str(lake_dir), retrieval=mode, k=2, retrieval_only=True)
+    assert summary["status"] == "ok" and summary["items"] == {"total": 4, "failed": 0, "by_type": {"single_hop": 4}}
+    assert summary["metrics"]["hit@2"] == 1.0
+
+
+def test_an_item_whose_retrieval_fails_fails_alone(prefect_backend, fakes, tmp_path, lake_dir, monkeypatch):
+    from tasks.retrieval import Retriever
+
+    index_flow.index_corpus(sources=[str(write_files(tmp_path / "src", SYNTAX_CORPUS))], lake=str(lake_dir))
+    _golden_for(tmp_path, lake_dir, {"spam.md": ["Which spam filter scores outbound mail?"],
+                                     "docks.md": ["How many docks does the harbour have?"]})
+    real = Retriever._search
+
+    def flaky(self, query, vector, mode, k):
+        if "docks" in query:
+            raise RuntimeError("LanceDB error on this one query")
+        return real(self, query, vector, mode, k)
+
+    monkeypatch.setattr(Retriever, "_search", flaky)
+    monkeypatch.setenv("RAGLOOP_GATE__MAX_FAILED_FRACTION", "0.5")
+    summary = eval_flow.evaluate_chain(lake=str(lake_dir), retrieval="hybrid", k=2, retrieval_only=True)
+    assert summary["status"] == "partial" and summary["items"]["failed"] == 1 and summary["items"]["total"] == 2
+    assert summary["metrics"]["hit@2"] == 1.0 and summary["n"]["hit@2"] == 1, "scored on the item that has a ranking"
+    items = {i["question"]: i for i in Lake(str(lake_dir)).read_eval_items(summary["run_id"]).to_pylist()}
+    failed = items["How many docks does the harbour have?"]
+    assert failed["status"] == "failed" and failed["error"].startswith("retrieve: RuntimeError: LanceDB error")
+    assert failed["metrics"] == [] and failed["retrieved_chunk_ids"] == []
+
+
+CJK_CORPUS = {
+    "tokyo.md": "# 東京駅\n\n東京駅には自転車の駐輪場が二十あります。営業時間は朝六時から夜十二時までです。",
+    "osaka.md": "# 大阪\n\n大阪の美術館駅は平日の深夜に閉まります。",
+    "beijing.md": "# 北京\n\n北京的地铁站每天早上六点开门，晚上十一点关门。",
+    "shanghai.md": "# 上海\n\n上海的单程票价格是两元，一日票是九元。",
+    "cafe.md": "# Café\n\nLe café du port ouvre à sept heures.",
+}
+
+
+def test_chinese_and_japanese_questions_get_full_text_hits(prefect_backend, fakes, tmp_path, lake_dir):
+    indexed = index_flow.index_corpus(sources=[str(write_files(tmp_path / "src", CJK_CORPUS))], lake=str(lake_dir))
+    assert indexed["indexes"]["fts_tokenizer"].startswith("icu")
+    _golden_for(tmp_path, lake_dir, {"tokyo.md": ["東京駅の駐輪場はいくつありますか？"], "osaka.md": ["美術館駅はいつ閉まりますか？"],
+                                     "beijing.md": ["北京的地铁站几点开门？"], "shanghai.md": ["上海的一日票多少钱？"],
+                                     "cafe.md": ["When does the cafe open?"]})
+    summary = eval_flow.evaluate_chain(lake=str(lake_dir), retrieval="fts", k=1, retrieval_only=True)
+    assert summary["items"]["failed"] == 0 and summary["metrics"]["hit@1"] == 1.0
+    items = Lake(str(lake_dir)).read_eval_items(summary["run_id"]).to_pylist()
+    assert all(i["retrieved_chunk_ids"] for i in items), "no CJK question comes back empty"

@@ -154,3 +154,97 @@ def test_cli_missing_source_exits_2_before_any_work(prefect_backend, tmp_path, l
     summary = json.loads(capsys.readouterr().out)
     assert code == 2 and "ingest.sources" in summary["error"] and "nope" in summary["error"]
     assert not (lake_dir / "runs").exists()
+
+
+# -- issue 17: moves reuse vectors, one commit per run, scoped cleanup, the mass-delete guard ------------
+def test_index_rename_folder_move_and_nfc_respelling_reuse_every_vector(prefect_backend, fake, tmp_path, lake_dir):
+    import shutil
+    import unicodedata
+
+    nfd = unicodedata.normalize("NFD", "résumé.md")
+    src = write_files(tmp_path / "src", {"a.md": "# A\n\nAlpha text about docks.", "guide/b.md": "# B\n\nBravo text.",
+                                         "guide/c.md": "# C\n\nCharlie text.", nfd: "# R\n\nRésumé text."})
+    first = _index(src, lake_dir)
+    total = first["chunks"]["total"]
+    (src / "a.md").rename(src / "z.md")  # mv a.md z.md
+    shutil.move(str(src / "guide"), str(src / "guides"))  # a folder rename moves two documents
+    (src / nfd).rename(src / unicodedata.normalize("NFC", "résumé.md"))
+    fake.encoded.clear()
+    moved = _index(src, lake_dir)
+    assert moved["status"] == "ok"
+    assert moved["chunks"]["embedded"] == 0 and fake.encoded == [], "a move re-embeds nothing"
+    assert moved["chunks"]["reused"] == 3 and moved["index_plan"] == {"new": 3, "changed": 0, "unchanged": 1, "deleted": 3}
+    assert sorted(r["doc_id"] for r in _table_rows(lake_dir)) == sorted(
+        ["z.md", "guides/b.md", "guides/c.md", unicodedata.normalize("NFC", "résumé.md")])
+    assert moved["chunks"]["total"] == total
+
+
+def test_index_run_that_dies_midway_commits_nothing_and_the_retry_counts_its_work(
+        prefect_backend, fake, tmp_path, lake_dir, monkeypatch):
+    monkeypatch.setenv("RAGLOOP_INDEX__DOCS_PER_BATCH", "1")
+    src = _corpus(tmp_path / "src")
+    _index(src, lake_dir)
+    before = sorted((r["chunk_id"], r["doc_sha256"]) for r in _table_rows(lake_dir))
+    table = lancedb.connect(str(lake_dir / "lancedb")).open_table("chunks__hash_fake")
+    version = table.version
+    (src / "notes.txt").unlink()
+    (src / "guide.md").write_text((src / "guide.md").read_text() + "\n\n## New\n\nA new section on helmets.")
+    (src / "faq.md").write_text((src / "faq.md").read_text() + "\n\nAnd a new answer on lockers.")
+    real = fake.encode
+    calls = []
+
+    def dies_on_second_batch(texts):
+        calls.append(texts)
+        if len(calls) == 2:
+            raise RuntimeError("killed between two batches")
+        return real(texts)
+
+    monkeypatch.setattr(fake, "encode", dies_on_second_batch)
+    with pytest.raises(RuntimeError, match="killed between two batches"):
+        _index(src, lake_dir)
+    table.checkout_latest()
+    assert table.version == version, "no table version holds half a run"
+    assert sorted((r["chunk_id"], r["doc_sha256"]) for r in _table_rows(lake_dir)) == before
+    monkeypatch.setattr(fake, "encode", real)
+    retry = _index(src, lake_dir)
+    assert retry["documents"]["changed"] == 0, "the ingest already recorded the edit"
+    assert retry["index_plan"] == {"new": 0, "changed": 2, "unchanged": 0, "deleted": 1}, "the retry reports what it redoes"
+    assert retry["chunks"]["embedded"] > 0
+
+
+def test_index_with_one_source_keeps_the_other_sources_documents(prefect_backend, fake, tmp_path, lake_dir, capsys):
+    s1 = write_files(tmp_path / "s1", {"one.md": "# One\n\nfirst source text"})
+    s2 = write_files(tmp_path / "s2", {"two.md": "# Two\n\nsecond source text", "three.md": "# Three\n\nmore"})
+    index_flow.index_corpus(sources=[str(s1), str(s2)], lake=str(lake_dir))
+    only_s1 = index_flow.index_corpus(sources=[str(s1)], lake=str(lake_dir))
+    assert only_s1["status"] == "ok" and only_s1["chunks"]["deleted"] == 0
+    assert only_s1["scope"]["other_sources_kept"] == 2
+    assert {r["doc_id"] for r in _table_rows(lake_dir)} == {"one.md", "two.md", "three.md"}
+    code = main(["index", "--source", str(s1), "--forget-source", str(s2), "--lake", str(lake_dir), "--json"])
+    forgot = json.loads(capsys.readouterr().out)
+    assert code == 0 and forgot["scope"]["forgotten"] == 2
+    assert {r["doc_id"] for r in _table_rows(lake_dir)} == {"one.md"}
+
+
+def test_index_of_an_emptied_source_stops_before_any_write(prefect_backend, fake, tmp_path, lake_dir, capsys):
+    src = _corpus(tmp_path / "src")
+    _index(src, lake_dir)
+    rows, refs = _table_rows(lake_dir), json.loads((lake_dir / "refs" / "documents.json").read_text())
+    for name in ("guide.md", "faq.md"):
+        (src / name).unlink()  # 2 of 3 gone: a failed sync
+    code = main(["index", "--source", str(src), "--lake", str(lake_dir), "--json"])
+    summary = json.loads(capsys.readouterr().out)
+    assert code == 1 and summary["status"] == "failed"
+    assert f"source {src.resolve()}: 2 of its 3 documents would be deleted" in summary["error"]
+    assert "--allow-mass-delete" in summary["error"]
+    assert _table_rows(lake_dir) == rows and json.loads((lake_dir / "refs" / "documents.json").read_text()) == refs
+    code = main(["index", "--source", str(src), "--allow-mass-delete", "--lake", str(lake_dir), "--json"])
+    assert code == 0 and json.loads(capsys.readouterr().out)["documents"]["deleted"] == 2
+    assert {r["doc_id"] for r in _table_rows(lake_dir)} == {"notes.txt"}
+
+
+def test_front_matter_reaches_the_chunk_rows(prefect_backend, fake, tmp_path, lake_dir):
+    src = write_files(tmp_path / "src", {"a.md": "---\nteam: ops\nlang: en\n---\n# A\n\nAlpha text.", "b.md": "# B\n\nBravo."})
+    _index(src, lake_dir)
+    meta = {r["doc_id"]: json.loads(r["metadata"]) for r in _table_rows(lake_dir)}
+    assert meta["a.md"]["front_matter"] == {"team": "ops", "lang": "en"} and "front_matter" not in meta["b.md"]

@@ -31,6 +31,7 @@ TARGETS = {
     "snapshot_finish": ("tasks.storage:SnapshotWriter", "finish"),
     "store_open": ("tasks.indexing:ChunkStore", "__init__"),
     "replace_documents": ("tasks.indexing:ChunkStore", "replace_documents"),
+    "commit_run": ("tasks.indexing:ChunkStore", "commit_run"),  # an index run's one LanceDB commit
     "delete_documents": ("tasks.indexing:ChunkStore", "delete_documents"),
     "refresh_indexes": ("tasks.indexing:ChunkStore", "refresh_indexes"),
     "tag": ("tasks.indexing:ChunkStore", "tag"),

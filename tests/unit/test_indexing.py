@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from tasks import indexing
@@ -106,3 +108,79 @@ def test_tag_marks_the_current_version(store, chunker, fake_embedder):
     _write(store, chunker, fake_embedder, [_doc("a.md", "text")])
     store.tag("run-1")
     assert store.table.tags.list()["run-1"]["version"] == store.version
+
+
+def test_commit_run_writes_every_batch_in_one_commit_with_the_deletes(store, chunker, fake_embedder):
+    _write(store, chunker, fake_embedder, [_doc("gone.md", "old words"), _doc("edit.md", "before the edit")])
+    version = store.version
+    batches = []
+    for doc in [_doc("edit.md", "after the edit"), _doc("new.md", "brand new text")]:
+        chunks = chunker.chunk_documents([doc])
+        batches.append(indexing.chunk_rows(chunks, indexing.embed_missing(chunks, store, fake_embedder).vectors, store.dim))
+    assert store.commit_run(iter(batches), ["edit.md", "gone.md"]) == 2
+    assert store.version == version + 1, "upserts of every batch and the deletes are one commit"
+    assert sorted((r["doc_id"], r["text"]) for r in _rows(store)) == [("edit.md", "after the edit"), ("new.md", "brand new text")]
+
+
+def test_commit_run_that_fails_midway_commits_nothing(store, chunker, fake_embedder):
+    _write(store, chunker, fake_embedder, [_doc("gone.md", "old words"), _doc("edit.md", "before the edit")])
+    version, before = store.version, _rows(store)
+
+    def batches():
+        chunks = chunker.chunk_documents([_doc("edit.md", "after the edit")])
+        yield indexing.chunk_rows(chunks, indexing.embed_missing(chunks, store, fake_embedder).vectors, store.dim)
+        raise RuntimeError("killed while embedding the second batch")
+
+    with pytest.raises(RuntimeError, match="killed while embedding"):
+        store.commit_run(batches(), ["edit.md", "gone.md"])
+    assert store.version == version and _rows(store) == before, "a failed run leaves the previous state whole"
+
+
+def test_embed_missing_reuses_vectors_encoded_earlier_in_the_same_run(store, chunker, fake_embedder):
+    fresh = indexing.FreshVectors(max_entries=10)
+    first = chunker.chunk_documents([_doc("a.md", "a footer every page repeats")])
+    indexing.embed_missing(first, store, fake_embedder, fresh)
+    fake_embedder.encoded.clear()
+    again = indexing.embed_missing(chunker.chunk_documents([_doc("b.md", "a footer every page repeats")]), store, fake_embedder, fresh)
+    assert again.encoded == 0 and fake_embedder.encoded == [], "not committed yet, but already encoded"
+
+
+def test_document_metadata_reaches_the_chunk_rows(store, chunker, fake_embedder):
+    chunks = chunker.chunk_documents([_doc("a.md", "front matter travels")])
+    rows = indexing.chunk_rows(chunks, indexing.embed_missing(chunks, store, fake_embedder).vectors, store.dim,
+                               {"a.md": {"front_matter": {"lang": "en", "team": "ops"}}})
+    store.commit_run([rows], [])
+    meta = json.loads(_rows(store)[0]["metadata"])
+    assert meta["front_matter"] == {"lang": "en", "team": "ops"} and meta["char_start"] == 0
+    hits = store.scan(["doc_id"], "metadata LIKE '%\"team\": \"ops\"%'")
+    assert hits["doc_id"].to_pylist() == ["a.md"], "retrieval can filter on it"
+
+
+@pytest.mark.parametrize("texts, tokenizer", [
+    (["The harbour station has twelve docks.", "Le café du port ouvre à sept heures."], "simple"),
+    (["東京駅には自転車の駐輪場が二十あります。", "The harbour station has twelve docks."], "icu"),
+    (["北京的地铁站每天早上六点开门。"], "icu"),
+])
+def test_fts_tokenizer_auto_segments_scripts_written_without_spaces(store, chunker, fake_embedder, texts, tokenizer):
+    _write(store, chunker, fake_embedder, [_doc(f"d{i}.md", t) for i, t in enumerate(texts)])
+    actions = store.refresh_indexes(IndexConfig())
+    assert actions["fts"] == "created" and actions["fts_tokenizer"].startswith(tokenizer)
+
+
+def test_icu_full_text_index_finds_cjk_words_and_keeps_accent_folding(store, chunker, fake_embedder):
+    from tasks.retrieval import plain_text_query
+
+    _write(store, chunker, fake_embedder, [_doc("ja.md", "東京駅には自転車の駐輪場が二十あります。"),
+                                           _doc("zh.md", "北京的地铁站每天早上六点开门。"),
+                                           _doc("fr.md", "Le café du port ouvre à sept heures.")])
+    store.refresh_indexes(IndexConfig())
+
+    def top(question):
+        rows = store.table.search(plain_text_query(question), query_type="fts").limit(1).select(["doc_id"]).to_list()
+        return rows[0]["doc_id"] if rows else None
+
+    assert top("東京駅の駐輪場はいくつ？") == "ja.md"
+    assert top("地铁站几点开门？") == "zh.md"
+    assert top("cafe") == "fr.md"
+    # A table that gains such text later gets its index rebuilt with the tokenizer it now needs.
+    assert store.refresh_indexes(IndexConfig(fts_tokenizer="simple"))["fts"] == "rebuilt (icu -> simple)"

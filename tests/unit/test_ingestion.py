@@ -488,3 +488,60 @@ def test_build_snapshot_missing_source_leaves_no_temp_file(lake, tmp_path):
         build_snapshot(lake, [str(tmp_path / "nowhere")], IngestConfig())
     leftovers = list((Path(lake.root) / "documents").iterdir())
     assert leftovers == []
+
+
+# -- scoped cleanup and the mass-delete guard (issue 17: 15, 16) ------------------------------------
+@pytest.fixture
+def two_sources(tmp_path) -> tuple[Path, Path]:
+    return (write_files(tmp_path / "s1", {"one.md": "# One\n\nfirst source", "two.md": "# Two\n\nfirst source again"}),
+            write_files(tmp_path / "s2", {"three.md": "# Three\n\nsecond source", "four.md": "# Four\n\nmore"}))
+
+
+def test_build_snapshot_with_one_source_keeps_the_other_sources_documents(lake, two_sources):
+    s1, s2 = two_sources
+    both = build_snapshot(lake, [str(s1), str(s2)], IngestConfig())
+    accept(lake, both)
+    assert both.known_roots == sorted([str(s1.resolve()), str(s2.resolve())])
+    (s1 / "two.md").unlink()
+    r = build_snapshot(lake, [str(s1)], IngestConfig(), known_roots=both.known_roots)
+    assert sorted(rows_by_id(lake, r.snapshot_id)) == ["four.md", "one.md", "three.md"]
+    assert r.counts["deleted"] == 1 and r.other_sources_kept == 2 and r.forgotten == 0
+    accept(lake, r)
+    forgot = build_snapshot(lake, [str(s1)], IngestConfig(), forget_sources=[str(s2)], known_roots=r.known_roots)
+    assert sorted(rows_by_id(lake, forgot.snapshot_id)) == ["one.md"] and forgot.forgotten == 2
+    assert forgot.known_roots == [str(s1.resolve())]
+
+
+def test_build_snapshot_of_a_moved_source_folder_deletes_what_it_no_longer_has(lake, tmp_path):
+    old = write_files(tmp_path / "docs", {"a.md": "# A\n\nalpha", "b.md": "# B\n\nbravo", "c.md": "# C\n\ncharlie"})
+    first = build_snapshot(lake, [str(old)], IngestConfig())
+    accept(lake, first)
+    new = tmp_path / "documentation"
+    old.rename(new)
+    (new / "c.md").unlink()
+    moved = build_snapshot(lake, [str(new)], IngestConfig(), max_delete_fraction=0.5, known_roots=first.known_roots)
+    assert sorted(rows_by_id(lake, moved.snapshot_id)) == ["a.md", "b.md"] and moved.other_sources_kept == 0
+
+
+def test_build_snapshot_stops_before_writing_when_a_source_comes_back_empty(lake, two_sources):
+    s1, s2 = two_sources
+    first = build_snapshot(lake, [str(s1), str(s2)], IngestConfig())
+    accept(lake, first)
+    for path in s2.iterdir():
+        path.unlink()
+    write_files(s2, {"four.md": "# Four\n\nmore"})  # 1 of 2 left: exactly the limit, allowed
+    assert build_snapshot(lake, [str(s1), str(s2)], IngestConfig(), max_delete_fraction=0.5).counts["deleted"] == 1
+    (s2 / "four.md").unlink()
+    with pytest.raises(ingestion.MassDeleteError, match=rf"source {re.escape(str(s2.resolve()))}: 2 of its 2 documents"):
+        build_snapshot(lake, [str(s1), str(s2)], IngestConfig(), max_delete_fraction=0.5)
+    assert snapshot_dirs(lake) == sorted(snapshot_dirs(lake)) and all("tmp" not in d for d in snapshot_dirs(lake))
+    assert build_snapshot(lake, [str(s1), str(s2)], IngestConfig()).counts["deleted"] == 2, "no guard: an explicit override"
+
+
+def test_doc_id_is_the_nfc_spelling_of_the_file_name(tmp_path):
+    import unicodedata
+
+    decomposed = unicodedata.normalize("NFD", "café.md")
+    root = write_files(tmp_path / "src", {decomposed: "# Café\n\ntext"})
+    [doc] = [d for d in iter_sources([str(root)], IngestConfig()) if isinstance(d, Document)]
+    assert doc.doc_id == unicodedata.normalize("NFC", "café.md")
