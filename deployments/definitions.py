@@ -15,27 +15,34 @@ from flows.evaluate import evaluate_chain
 from flows.index import index_corpus
 from flows.lifecycle import prompt_changed, run_lifecycle
 from tasks.settings import Settings
+from tasks.storage import Lake
 
 PROMPT_CHANGED_EVENT = "ragloop.prompt.changed"
 TAGS = ["ragloop"]
 
 
 def build_deployments(settings: Settings) -> list:
-    """RunnerDeployments for `prefect.serve` (or `.deploy` to a work pool)."""
+    """RunnerDeployments for `prefect.serve` (or `.deploy` to a work pool). Each carries the lake as a
+    parameter, resolved when they are built (so `make serve` from any directory runs on the configured
+    lake); the prompt-changed trigger takes the lake from the event, which names the lake it was
+    checked against (`prompts check --emit --lake X`)."""
     d = settings.deployments
+    lake = {"lake": Lake(settings.lake).uri}
     return [
         run_lifecycle.to_deployment(
-            name="nightly", schedules=[Cron(d.nightly_cron, timezone=d.timezone)], tags=TAGS,
+            name="nightly", schedules=[Cron(d.nightly_cron, timezone=d.timezone)], tags=TAGS, parameters=lake,
             description="Incremental index, GE gate, golden-set refresh, eval and gate; a no-change night does no work.",
         ),
         prompt_changed.to_deployment(
             name="prompt-changed", tags=TAGS,
             triggers=[DeploymentEventTrigger(
                 name="on-prompt-change", expect={PROMPT_CHANGED_EVENT},
-                parameters={"prompt": "{{ event.payload.name }}", "prompt_hash": "{{ event.payload.prompt_hash }}"},
+                parameters={"prompt": "{{ event.payload.name }}", "prompt_hash": "{{ event.payload.prompt_hash }}",
+                            "lake": "{{ event.payload.lake }}"},
             )],
             description="Re-evaluate with the changed prompt and gate it against the baseline.",
         ),
-        index_corpus.to_deployment(name="index", tags=TAGS, description="Incremental ingest + index, on demand."),
-        evaluate_chain.to_deployment(name="eval", tags=TAGS, description="Evaluate the chain over a golden set, on demand."),
+        index_corpus.to_deployment(name="index", tags=TAGS, parameters=lake, description="Incremental ingest + index, on demand."),
+        evaluate_chain.to_deployment(name="eval", tags=TAGS, parameters=lake,
+                                     description="Evaluate the chain over a golden set, on demand (an experiment unless promote is set)."),
     ]

@@ -200,7 +200,12 @@ def _run_synth(args: argparse.Namespace) -> dict:
 def _run_lifecycle(args: argparse.Namespace) -> dict:
     from flows.lifecycle import run_lifecycle
 
-    return run_lifecycle(sources=args.source, lake=args.lake, config_path=args.config, progress=not args.json)
+    state = run_lifecycle(sources=args.source, lake=args.lake, config_path=args.config, progress=not args.json,
+                          return_state=True)
+    summary = state.result(raise_on_failure=False)  # a failed night is a Failed flow run carrying its summary
+    if isinstance(summary, BaseException):
+        raise summary
+    return summary
 
 
 def _human_lifecycle(summary: dict) -> list[str]:
@@ -530,7 +535,8 @@ def _run_prompts(args: argparse.Namespace) -> dict:
         current = load_prompts(Path(settings.prompts_dir))
     except PromptError as exc:
         raise ConfigError(str(exc)) from exc
-    changes = changed_prompts(current, Lake(settings.lake).last_prompt_hashes())
+    lake = Lake(settings.lake)
+    changes = changed_prompts(current, lake.last_prompt_hashes())
     emitted = 0
     # Only a prompt that changed since a run used it has a baseline to gate against; a new prompt
     # (never used by a run) is listed but not emitted.
@@ -546,11 +552,11 @@ def _run_prompts(args: argparse.Namespace) -> dict:
             event = emit_event(
                 event="ragloop.prompt.changed",
                 resource={"prefect.resource.id": f"ragloop.prompt.{change['name']}", "prefect.resource.name": change["name"]},
-                payload=change,
+                payload={**change, "lake": lake.uri},  # the triggered run evaluates the lake that was checked
             )
             emitted += event is not None
         EventsWorker.drain_all()  # send before the process exits
-    return {"status": "ok", "prompts": len(current), "changed": changes, "emitted": emitted}
+    return {"status": "ok", "lake": lake.uri, "prompts": len(current), "changed": changes, "emitted": emitted}
 
 
 def _human_prompts(summary: dict) -> list[str]:

@@ -29,7 +29,7 @@ def flow_settings(config_path: str | None, overrides: dict[str, Any]) -> Setting
             value = {k: v for k, v in value.items() if v is not None}
             if not value:
                 continue
-        if value is not None:
+        if value is not None and value != "":  # "" = not given (e.g. an event payload without the field)
             clean[key] = value
     return load_settings(config_path, clean)
 

@@ -12,7 +12,7 @@ from prefect.cache_policies import NO_CACHE
 
 from flows.common import RunRecorder, StageTimer, flow_settings, lake_locked
 from tasks import chain as chain_steps
-from tasks import evaluation, gating, promotion, schemas
+from tasks import evaluation, gating, monitoring, promotion, reporting, schemas
 from tasks.embedding import load_embedder
 from tasks.lineage import canonical_hash
 from tasks.llm import LLMConfigError, LLMUnavailable, load_llm
@@ -243,8 +243,11 @@ def evaluate_chain(
                                                   settings.gate.min_baseline_overlap, line_key)
             deltas = None if no_baseline else gating.paired_deltas(
                 base_rows, rows, config.bootstrap_resamples, config.confidence, config.seed)
+            budgets = monitoring.budget_figures(traces, len(rows), settings.monitor.price_per_1k_tokens)
+            base_budgets = ((store_lake.read_run(baseline.run_id) or {}).get("outputs") or {}).get("budgets") if baseline else None
             gate = gating.check_gate(metrics, deltas, failed, len(rows), settings.gate, config.confidence,
-                                     None if no_baseline else gating.unpaired_metrics(base_rows, rows), no_baseline)
+                                     None if no_baseline else gating.unpaired_metrics(base_rows, rows), no_baseline,
+                                     gating.check_budgets(budgets, base_budgets, settings.gate.budgets))
             if deltas is not None and baseline.chain_hash != run.lineage["chain_hash"]:
                 gate["warnings"].insert(0, "the baseline ran another chain, compared on what both measured: "
                                         + "; ".join(gating.chain_differences(baseline.chain, chain)))
@@ -260,6 +263,7 @@ def evaluate_chain(
             "answers": {"total": len(answered), "refused": sum(1 for r in answered if r["refused"]),
                         "ungrounded": sum(1 for r in answered if r["grounded"] is False)},
             "stale_references": evaluation.stale_summary(stale),
+            "budgets": budgets,
             "gate": gate,
             "golden_line": line,
             "index": {"role": role, "table": serving.table, "version": serving.version},
@@ -318,8 +322,10 @@ def _publish_artifacts(run_id: str, status: str, outputs: dict, lineage: dict) -
         d = deltas.get(name)
         lines.append(f"| {name} | {metrics[name]:.4f} | [{ci[name][0]:.4f}, {ci[name][1]:.4f}] | "
                      + (f"{d['delta']:+.4f} | [{d['ci'][0]:+.4f}, {d['ci'][1]:+.4f}] |" if d else " | |"))
-    create_markdown_artifact(markdown="\n".join(lines), key="ragloop-eval", description=f"eval {run_id}: metrics and gate")
+    create_markdown_artifact(markdown="\n".join(lines), key=reporting.artifact_key("ragloop-eval", outputs["lake"]),
+                             description=f"eval {run_id} on lake {outputs['lake']}: metrics and gate")
     if outputs.get("by_type"):
-        create_table_artifact(key="ragloop-eval-by-type", description=f"eval {run_id}: metrics per question type", table=[
+        create_table_artifact(key=reporting.artifact_key("ragloop-eval-by-type", outputs["lake"]),
+                              description=f"eval {run_id} on lake {outputs['lake']}: metrics per question type", table=[
             {"qa_type": t, "n": g["n"], **{m: round(v, 4) for m, v in sorted(g["metrics"].items()) if not m.startswith("chunk_")}}
             for t, g in sorted(outputs["by_type"].items())])

@@ -8,65 +8,63 @@ reused instead of recomputed.
 from __future__ import annotations
 
 from prefect import flow
+from prefect.artifacts import create_markdown_artifact
+from prefect.states import Failed
 
 from flows.common import RunRecorder, flow_settings, lake_locked
 from flows.evaluate import evaluate_chain
 from flows.index import index_corpus
 from flows.monitor import monitor_quality
 from flows.synth import synth_golden_set
+from tasks import nightly, reporting
 from tasks.storage import Lake
 
 
 @flow(name="run-lifecycle")
 @lake_locked("lifecycle")  # held across the stages, so no other run slips in between them
 def run_lifecycle(sources: list[str] | None = None, lake: str | None = None, config_path: str | None = None,
-                  progress: bool = False) -> dict:
-    """One nightly pass; stops at the first stage that fails (its summary says why)."""
+                  progress: bool = False):
+    """One nightly pass; stops at the first stage that fails. The monitor always runs: a failed stage
+    reaches every alert sink as `stage_failed`, and the flow run ends Failed (its data is the summary)."""
     settings = flow_settings(config_path, {"lake": lake, "ingest": {"sources": sources}})
     run = RunRecorder(Lake(settings.lake), "lifecycle", settings)
     stages: dict[str, dict] = {}
     try:
-        indexed = index_corpus(sources=sources, lake=lake, config_path=config_path, progress=progress)
-        stages["index"] = _brief(indexed)
-        failed_suites = [name for name, r in (indexed.get("validation") or {}).items() if not r.get("success")]
-        if indexed["status"] != "ok" or failed_suites:
-            # The GE gate: a snapshot or table that fails its suite is not evaluated or served; the
-            # monitor still runs so the failure reaches the alert sinks.
-            _monitor(run, stages, lake, config_path, None)
-            return _finish(run, "failed", stages, f"index {indexed['status']}; failed suites: {failed_suites or 'none'}")
-
-        synth = synth_golden_set(lake=lake, config_path=config_path)
-        stages["synth"] = _brief(synth)
-        if synth["status"] == "failed":
-            _monitor(run, stages, lake, config_path, None)
-            return _finish(run, "failed", stages, synth.get("error", "synth failed"))
-
-        evaluated = evaluate_chain(lake=lake, golden="latest", config_path=config_path, reuse_cached=True, promote="nightly")
-        stages["eval"] = _brief(evaluated)
-        monitored = _monitor(run, stages, lake, config_path, evaluated.get("run_id"))
-        status = "ok"
-        if evaluated["status"] in ("gate_failed", "gate_inconclusive"):
-            status = evaluated["status"]
-        elif evaluated["status"] != "ok" or synth["status"] != "ok" or monitored["status"] != "ok":
-            status = "partial"
-        return _finish(run, status, stages, None)
+        failure = _stage(stages, "index", index_corpus, sources=sources, lake=lake, config_path=config_path, progress=progress)
+        if not failure:
+            failure = _stage(stages, "synth", synth_golden_set, lake=lake, config_path=config_path)
+        if not failure:
+            failure = _stage(stages, "eval", evaluate_chain, lake=lake, golden="latest", config_path=config_path,
+                             reuse_cached=True, promote="nightly")
+        _stage(stages, "monitor", monitor_quality, lake=lake, config_path=config_path,
+               eval_run_id=stages.get("eval", {}).get("run_id"), observer_run_id=run.run_id,
+               failures=[failure] if failure else [])
+        summary = _finish(run, nightly.night_status(stages, failure), stages, failure and failure["error"])
+        if summary["status"] == "failed":
+            return Failed(message=f"{failure['stage'] if failure else 'a'} stage failed: {summary.get('error')}", data=summary)
+        return summary
     except BaseException as exc:
         run.finish("failed", {"error": f"{type(exc).__name__}: {exc}", "stages": stages})
         raise
 
 
-def _monitor(run: RunRecorder, stages: dict, lake: str | None, config_path: str | None, eval_run_id: str | None) -> dict:
-    """The monitor stage; it observes this night's eval (reused or not) under the lifecycle's run id."""
-    monitored = monitor_quality(lake=lake, config_path=config_path, eval_run_id=eval_run_id, observer_run_id=run.run_id)
-    stages["monitor"] = _brief(monitored)
-    return monitored
+def _stage(stages: dict, name: str, flow_fn, **params) -> dict | None:
+    """Run one stage flow; its brief goes into `stages`. Returns the failure ({stage, run_id, error}) if
+    it failed, by status or by raising (an exception fails the stage, not the night's bookkeeping)."""
+    try:
+        summary = flow_fn(**params)
+    except Exception as exc:  # any stage error: recorded, alerted by the monitor, the night ends Failed
+        summary = {"status": "failed", "error": f"{type(exc).__name__}: {exc}"}
+    stages[name] = _brief(summary)
+    return nightly.stage_failure(name, summary)
 
 
 def _brief(summary: dict) -> dict:
     keep = ("run_id", "status", "documents", "chunks", "table", "quarantine", "validation", "golden_set_id", "items",
             "by_type", "rejects", "coverage", "up_to_date", "metrics", "ci", "n", "failed_judgments", "gate", "cached", "promoted", "promotion", "stale_references", "golden_line", "index",
             "serving", "candidate", "disposition", "line",
-            "results", "error", "lake", "alerts", "observations", "observed", "checks", "sinks", "report")
+            "results", "error", "lake", "alerts", "notified", "observations", "observed", "checks", "sinks", "report",
+            "series", "experiments", "deltas", "baseline_run_id", "lineage")
     return {k: summary[k] for k in keep if k in summary}
 
 
@@ -81,16 +79,27 @@ def _finish(run: RunRecorder, status: str, stages: dict, error: str | None) -> d
 
 @flow(name="prompt-changed")
 @lake_locked("prompt-changed")
-def prompt_changed(prompt: str, prompt_hash: str, lake: str | None = None, config_path: str | None = None) -> dict:
-    """Triggered by `ragloop.prompt.changed`: re-evaluate the latest golden set with the prompts as
-    they are now and gate the result against the baseline (promoted only if it passes; gate_failed or
-    gate_inconclusive otherwise), then
-    monitor, so the run's alerts and report sit beside its eval artifacts."""
-    summary = evaluate_chain(lake=lake, golden="latest", config_path=config_path, promote="prompt-changed")
-    monitored = monitor_quality(lake=lake, config_path=config_path)  # history, alerts and the report for this run
-    summary = {**summary, "alerts": monitored["alerts"], "report": monitored["report"]}
+def prompt_changed(prompt: str, prompt_hash: str, lake: str | None = None, config_path: str | None = None):
+    """Triggered by `ragloop.prompt.changed` (whose payload names the lake): re-evaluate the chosen
+    golden-set line with the prompts as they are now and gate the result against the baseline (promoted
+    only if it passes; gate_failed or gate_inconclusive otherwise), then monitor. The run carries a
+    `ragloop-prompt-changed-<lake>` artifact with the verdict and the alerts; a failed eval reaches every
+    sink as `stage_failed` and the run ends Failed."""
+    lake = lake or None  # an event without a lake: the configured one
+    stages: dict[str, dict] = {}
+    failure = _stage(stages, "eval", evaluate_chain, lake=lake, golden="latest", config_path=config_path,
+                     promote="prompt-changed")
+    _stage(stages, "monitor", monitor_quality, lake=lake, config_path=config_path, failures=[failure] if failure else [])
+    monitored = stages["monitor"]
+    summary = {**stages["eval"], "alerts": monitored.get("alerts", []), "report": monitored.get("report"), "stages": stages}
     used = summary.get("lineage", {}).get("prompts", {})
     if prompt in used and used[prompt] != prompt_hash:
         summary.setdefault("warnings", []).append(
             f"event named {prompt}@{prompt_hash[:12]} but the file on disk is {used[prompt][:12]}: it changed again")
+    lake_uri = Lake(flow_settings(config_path, {"lake": lake}).lake).uri
+    create_markdown_artifact(markdown=reporting.prompt_changed_markdown(prompt, prompt_hash, summary, lake_uri),
+                             key=reporting.artifact_key("ragloop-prompt-changed", lake_uri),
+                             description=f"prompt {prompt} changed: eval verdict and alerts on lake {lake_uri}")
+    if failure:
+        return Failed(message=f"{failure['stage']} failed: {failure['error']}", data={**summary, "status": "failed"})
     return summary

@@ -36,8 +36,8 @@ class ArtifactSink:
         lines = [f"# ragloop alerts ({len(alerts)})", ""] + [
             f"- **{a['severity']}** `{a['kind']}`" + (f" ({a['metric']})" if a.get("metric") else "")
             + f": {reporting.md_escape(a['message'])}" for a in alerts]
-        create_markdown_artifact(markdown="\n".join(lines), key="ragloop-alerts",
-                                 description=f"alerts of monitor run {context.get('run_id')}")
+        create_markdown_artifact(markdown="\n".join(lines), key=reporting.artifact_key("ragloop-alerts", context["lake"]),
+                                 description=f"alerts of monitor run {context.get('run_id')} on lake {context['lake']}")
         return {"sink": self.name, "status": "sent", "count": len(alerts)}
 
 
@@ -65,7 +65,8 @@ def build_sinks(config: MonitorConfig, lake: Lake, logger) -> tuple[list, list[d
 def observe(lake: Lake, eval_run_id: str | None, observer_run_id: str | None) -> list[str]:
     """Append history for every completed eval run not observed yet. A night that reused an already
     observed eval (nothing changed) is one more observation of the same values, so persistence is
-    counted in nights, not in distinct eval runs. Returns the observation ids written."""
+    counted in nights, not in distinct eval runs (mode 'nightly', whatever started the reused run).
+    Returns the observation ids written."""
     history = lake.read_history()
     seen_runs = set(history["run_id"].to_pylist())
     seen_obs = set(history["observation_id"].to_pylist())
@@ -80,7 +81,7 @@ def observe(lake: Lake, eval_run_id: str | None, observer_run_id: str | None) ->
     if eval_run_id and observer_run_id and eval_run_id not in written and observer_run_id not in seen_obs:
         run = lake.read_run(eval_run_id)
         if run and run["status"] in OBSERVED_STATUSES:
-            rows = monitoring.history_rows(observer_run_id, run, utcnow())
+            rows = monitoring.history_rows(observer_run_id, run, utcnow(), mode="nightly")
             lake.write_history(observer_run_id, pa.Table.from_pylist(rows, schema=schemas.HISTORY))
             written.append(observer_run_id)
     return written
@@ -95,9 +96,13 @@ deliver_alerts = task(alerting.deliver, name="deliver-alerts", cache_policy=NO_C
 @flow(name="monitor-quality")
 @lake_locked("monitor")
 def monitor_quality(lake: str | None = None, config_path: str | None = None, eval_run_id: str | None = None,
-                    observer_run_id: str | None = None) -> dict:
-    """One monitoring pass over the lake; summary has `alerts` [{kind, message, severity, metric}] and
-    `report` (the HTML path). Status `partial` when a sink could not deliver."""
+                    observer_run_id: str | None = None, failures: list[dict] | None = None) -> dict:
+    """One monitoring pass over the lake; summary has `alerts` [{kind, message, severity, metric}] (the
+    conditions that hold now), `notified` (what went to the sinks: new, changed and cleared conditions,
+    and every failed stage in `failures` [{stage, run_id, error}]) and `report` (the HTML path). It
+    watches one series, the (golden line, chain) last evaluated by the nightly, the prompt-changed flow
+    or an explicit promotion; experiments are listed, never compared. Status `partial` when a sink
+    could not deliver."""
     settings = flow_settings(config_path, {"lake": lake})
     config = settings.monitor
     store_lake = Lake(settings.lake)
@@ -107,7 +112,8 @@ def monitor_quality(lake: str | None = None, config_path: str | None = None, eva
         observed = observe_runs(store_lake, eval_run_id, observer_run_id)
         history = store_lake.read_history().to_pylist()
         series_all = monitoring.observations(history)
-        latest_obs = series_all[-1] if series_all else None
+        watched, served, experiments = monitoring.watched_series(series_all)
+        latest_obs = served[-1] if served else None
         latest_eval, golden_rows, series = None, [], []
         if latest_obs:
             record = store_lake.read_run(latest_obs["run_id"]) or {}
@@ -116,10 +122,10 @@ def monitor_quality(lake: str | None = None, config_path: str | None = None, eva
                 if store_lake.golden_exists(latest_obs["golden_set_id"]) else []
             latest_ids = {r["qa_id"] for r in golden_rows}
             overlaps = {}
-            for golden_id in {o["golden_set_id"] for o in series_all}:
+            for golden_id in {o["golden_set_id"] for o in served}:
                 other = store_lake.read_golden(golden_id)["qa_id"].to_pylist() if store_lake.golden_exists(golden_id) else []
                 overlaps[golden_id] = monitoring.golden_overlap(latest_ids, set(other))
-            series = monitoring.comparable(series_all, overlaps, config.min_golden_overlap)
+            series = monitoring.comparable(served, overlaps, config.min_golden_overlap)
         per_item = {run_id: observing.item_metrics(store_lake, run_id)
                     for run_id in {o["run_id"] for o in series[-(config.window + config.baseline_runs):]}}
         paired, pairing = monitoring.on_shared_items(series, per_item, config)
@@ -173,26 +179,34 @@ def monitor_quality(lake: str | None = None, config_path: str | None = None, eva
         if last_index:
             checks["validation"] = monitoring.check_validations(last_index["outputs"].get("validation"), last_index["run_id"])
         if latest_obs:
-            traces = store_lake.read_traces(latest_obs["run_id"])
-            items_total = (latest_eval.get("items") or {}).get("total", 0)
-            checks["budgets"] = monitoring.check_budgets(traces.to_pylist() if traces is not None else [], items_total, config)
+            answered = monitoring.latest_answered(
+                served, lambda run_id: ((store_lake.read_run(run_id) or {}).get("lineage") or {}).get("chain"))
+            if answered:  # budgets of the served chain's latest answered eval, never of a retrieval-only run
+                traces = store_lake.read_traces(answered["run_id"])
+                items_total = ((store_lake.read_run(answered["run_id"]) or {}).get("outputs", {}).get("items") or {}).get("total", 0)
+                checks["budgets"] = monitoring.check_budgets(traces.to_pylist() if traces is not None else [], items_total, config)
+                checks["budgets"].figures["run_id"] = answered["run_id"]
             checks["references"] = monitoring.check_stale_references(latest_eval)
+        if failures:
+            checks["stages"] = monitoring.check_stage_failures(failures)
 
         alerts = [a.to_dict() for check in checks.values() for a in check.alerts]
+        notify, state["alerts"] = monitoring.alerts_to_send(alerts, previous.get("alerts") or {})
         context = {"run_id": run.run_id, "at": state["at"], "lake": store_lake.uri,
                    "report": store_lake.report_path(run.run_id)}
         sinks, skipped = build_sinks(config, store_lake, logger)
-        deliveries = deliver_alerts(sinks, alerts, context) + skipped
+        deliveries = deliver_alerts(sinks, notify, context) + skipped
         failed_sinks = [d for d in deliveries if d["status"] == "failed"]
         status = "partial" if failed_sinks else "ok"
 
         report_data = reporting.ReportData(
-            run_id=run.run_id, at=state["at"], status=status, lake=store_lake.uri, alerts=alerts, series=series_all,
+            run_id=run.run_id, at=state["at"], status=status, lake=store_lake.uri, alerts=alerts, series=served,
+            watched=watched, experiments=experiments[-20:],
             latest_eval=latest_eval, worst_items=_worst_items(store_lake, latest_obs, golden_rows, config),
             checks={name: c.figures for name, c in checks.items()},
             distributions=distributions, deliveries=deliveries, metrics=list(config.metrics))
         report_path = store_lake.write_report(run.run_id, reporting.render_report(report_data))
-        _publish_artifacts(report_data, report_path)
+        _publish_artifacts(report_data, report_path, store_lake.uri)
         _record_monitor_history(store_lake, run.run_id, checks, latest_obs)
         store_lake.write_ref("monitor_state", state)
         run.lineage.update({"eval_run_id": latest_obs["run_id"] if latest_obs else None,
@@ -202,8 +216,12 @@ def monitor_quality(lake: str | None = None, config_path: str | None = None, eva
         return run.finish(status, {
             "lake": store_lake.uri,
             "alerts": alerts,
+            "notified": notify,
             "observed": observed,
-            "observations": len(series_all),
+            "observations": len(served),
+            "series": {**(watched or {}), "observations": len(served)},
+            "experiments": [{"run_id": o["run_id"], "chain_label": o.get("chain_label"), "golden_line": o.get("golden_line")}
+                            for o in experiments[-20:]],
             "checks": {name: c.figures for name, c in checks.items()},
             "sinks": deliveries,
             "report": report_path,
@@ -226,7 +244,7 @@ def _worst_items(lake: Lake, latest_obs: dict | None, golden_rows: list[dict], c
     names = reporting.headline_metrics(sorted({m for r in rows for m in r["metrics"]}), config.metrics)
     answer_first = [m for m in ("semantic_similarity", "faithfulness") if m in names]
     metric = (answer_first or names or [None])[0]
-    references = {g["qa_id"]: g["reference_chunk_ids"] or [] for g in golden_rows}
+    golden = {g["qa_id"]: g for g in golden_rows}
 
     def badness(r):  # failed items first, then the lowest scores; items without the metric last
         value = r["metrics"].get(metric) if metric else None
@@ -237,24 +255,26 @@ def _worst_items(lake: Lake, latest_obs: dict | None, golden_rows: list[dict], c
     by_item: dict[str, list[dict]] = {}
     for t in traces.to_pylist() if traces is not None else []:
         by_item.setdefault(t["qa_id"], []).append(t)
-    return [{"qa_id": r["qa_id"], "qa_type": r["qa_type"], "question": r["question"], "answer": r["answer"],
-             "metric": metric if metric in r["metrics"] else "failed" if r["status"] == "failed" else "-",
-             "score": float(r["metrics"].get(metric, 0.0)) if metric else 0.0,
-             "retrieved_chunk_ids": r["retrieved_chunk_ids"] or [], "reference_chunk_ids": references.get(r["qa_id"], []),
-             "error": r["error"], "traces": by_item.get(r["qa_id"], [])} for r in worst]
+    table = ((lake.read_run(latest_obs["run_id"]) or {}).get("lineage") or {}).get("table") or {}
+    wanted = [c for r in worst for c in (r["retrieved_chunk_ids"] or []) + (golden.get(r["qa_id"], {}).get("reference_chunk_ids") or [])]
+    texts = observing.chunk_texts(lake, table["name"], table["version"], wanted) if table.get("name") else {}
+    return [reporting.worst_item(r, golden.get(r["qa_id"], {}), metric, texts, by_item.get(r["qa_id"], [])) for r in worst]
 
 
-def _publish_artifacts(data: reporting.ReportData, report_path: str) -> None:
-    """The report's headline numbers in the Prefect UI: a markdown summary and a per-type table."""
-    create_markdown_artifact(markdown=reporting.markdown_summary(data, report_path), key="ragloop-monitor",
-                             description="ragloop quality monitor: headline metrics and alerts")
+def _publish_artifacts(data: reporting.ReportData, report_path: str, lake_uri: str) -> None:
+    """The report's headline numbers in the Prefect UI: a markdown summary and a per-type table, under
+    keys that carry the lake's identity."""
+    create_markdown_artifact(markdown=reporting.markdown_summary(data, report_path),
+                             key=reporting.artifact_key("ragloop-monitor", lake_uri),
+                             description=f"ragloop quality monitor of lake {lake_uri}: headline metrics and alerts")
     latest = data.latest_eval or {}
     groups = latest.get("by_type") or {}
     names = reporting.headline_metrics(sorted({m for g in groups.values() for m in g.get("metrics", {})}), data.metrics)[:6]
     if groups:
         table = [{"qa_type": t, "n": g.get("n"), **{m: round(g["metrics"][m], 4) for m in names if m in g["metrics"]}}
                  for t, g in sorted(groups.items())]
-        create_table_artifact(table=table, key="ragloop-by-type", description="latest eval, metrics per question type")
+        create_table_artifact(table=table, key=reporting.artifact_key("ragloop-by-type", lake_uri),
+                              description=f"latest eval on lake {lake_uri}, metrics per question type")
 
 
 def _record_monitor_history(lake: Lake, run_id: str, checks: dict, latest_obs: dict | None) -> None:

@@ -93,7 +93,8 @@ class WebhookSink:
         self.sleep = sleep
 
     def send(self, alerts: Sequence[dict], context: dict) -> dict:
-        chosen = [a for a in alerts if SEVERITY_RANK.get(a["severity"], 1) >= self.min_rank]
+        # a cleared condition is news to whoever was told of it, whatever its (info) severity
+        chosen = [a for a in alerts if SEVERITY_RANK.get(a["severity"], 1) >= self.min_rank or a["kind"] == "alert_cleared"]
         record: dict[str, Any] = {"sink": self.name, "host": self.host, "count": len(chosen)}
         if not chosen:
             return {**record, "status": "skipped", "attempts": 0}

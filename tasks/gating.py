@@ -16,7 +16,7 @@ from typing import Mapping, Sequence
 import numpy as np
 
 from tasks.evaluation import bootstrap_ci
-from tasks.settings import GateConfig
+from tasks.settings import GateBudgets, GateConfig
 
 # trec_eval/ragas metrics are all higher-is-better; these are not (issue 16 moves this into METRIC_INFO).
 LOWER_IS_BETTER = frozenset({"degenerate", "false_refusal"})
@@ -92,9 +92,11 @@ def check_gate(
     confidence: float = 0.95,
     not_compared: Mapping[str, list[str]] | None = None,
     no_baseline_reason: str | None = None,
+    budget_reasons: Sequence[str] = (),
 ) -> dict:
     """The gate's verdict on a candidate run.
 
+    `budget_reasons` (from check_budgets) fail the gate like a floor.
     Returns {"status": passed | failed | inconclusive | no_baseline, "reasons": [...], "warnings": [...],
     "paired_items": n, "gated": [metrics], "not_compared": {baseline_only, candidate_only},
     "power": {metric: {n, sd, half_width, detectable_drop, items_needed}}}.
@@ -113,6 +115,7 @@ def check_gate(
     fraction = failed / total if total else 0.0
     if fraction > config.max_failed_fraction:
         reasons.append(f"{failed} of {total} items failed ({fraction:.1%} > {config.max_failed_fraction:.1%})")
+    reasons.extend(budget_reasons)
     result = {"reasons": reasons, "warnings": warnings, "paired_items": 0, "gated": [], "max_drop": config.max_drop,
               "not_compared": dict(not_compared or {"baseline_only": [], "candidate_only": []}), "power": {}}
     if deltas is None:
@@ -172,6 +175,28 @@ def check_gate(
 
 def _round(value: float | None) -> float | None:
     return None if value is None else round(value, 6)
+
+
+def check_budgets(figures: Mapping | None, baseline: Mapping | None, budgets: GateBudgets) -> list[str]:
+    """Reasons a run fails its cost/latency budgets (`figures` and the baseline's from
+    tasks.monitoring.budget_figures); ratios apply only where the baseline spent something."""
+    if not figures:
+        return []
+    reasons = []
+    limits = (("item_latency_p95_s", budgets.max_item_latency_p95_s, "p95 item latency", "s"),
+              ("tokens_per_item", budgets.max_tokens_per_item, "tokens per item", ""),
+              ("cost", budgets.max_cost_per_run, "cost per run", ""))
+    for key, limit, label, unit in limits:
+        if limit is not None and figures.get(key, 0) > limit:
+            reasons.append(f"budget: {label} {figures[key]}{unit} is over gate.budgets {limit}{unit}")
+    ratios = (("item_latency_p95_s", budgets.max_latency_ratio, "p95 item latency"),
+              ("tokens_per_item", budgets.max_tokens_ratio, "tokens per item"))
+    for key, limit, label in ratios:
+        before, now = (baseline or {}).get(key), figures.get(key)
+        if limit is not None and before and now is not None and now / before > limit:
+            reasons.append(f"budget: {label} {now} is {now / before:.2f}x the baseline's {before} "
+                           f"(gate.budgets allows {limit}x)")
+    return reasons
 
 
 def chain_differences(baseline_chain: Mapping | None, candidate_chain: Mapping | None) -> list[str]:

@@ -24,7 +24,7 @@ class Alert:
     """One finding: `kind` says which check raised it; `metric` names the metric when there is one."""
 
     kind: str  # regression | corpus_drift | length_drift | embedding_drift | retrieval_drift | ge_failure
-    #            | latency_budget | token_budget | cost_budget | stage_failed | stale_references
+    #            | latency_budget | token_budget | cost_budget | stage_failed | stale_references | alert_cleared
     message: str
     severity: str  # info | warning | critical
     metric: str | None = None
@@ -45,12 +45,37 @@ class Check:
 # -- history ------------------------------------------------------------------------------------
 
 
-def history_rows(observation_id: str, eval_run: Mapping, at: dt.datetime) -> list[dict]:
+EXPERIMENT = "experiment"
+
+
+def chain_label(chain: Mapping | None) -> str:
+    """A short name for a chain, e.g. 'hybrid k5 +rerank +answer' (plot axes and report rows)."""
+    if not chain:
+        return "?"
+    parts = [str(chain.get("retrieval", "?")), f"k{chain.get('k', '?')}"]
+    parts += ["+rewrite"] if chain.get("rewrite") else []
+    parts += ["+rerank"] if chain.get("rerank") else []
+    parts += ["+answer"] if chain.get("answer") else ["retrieval-only"]
+    return " ".join(parts)
+
+
+def observation_mode(eval_run: Mapping) -> str | None:
+    """How an eval run was started: its promotion mode (nightly, prompt-changed, explicit) or 'experiment';
+    None for runs recorded before modes existed."""
+    promotion = (eval_run.get("outputs") or {}).get("promotion")
+    return promotion.get("mode") if promotion else None
+
+
+def history_rows(observation_id: str, eval_run: Mapping, at: dt.datetime, mode: str | None = None) -> list[dict]:
     """History rows for one observation of an eval run: every metric overall (scope `all`, with its
-    CI and n) and per question type (scope `type:<qa_type>`)."""
+    CI and n) and per question type (scope `type:<qa_type>`), tagged with the series they belong to
+    (golden line, chain hash) and the mode (`mode` overrides the run's own, e.g. a nightly reusing it)."""
     outputs = eval_run.get("outputs") or {}
-    golden = outputs.get("golden_set_id") or (eval_run.get("lineage") or {}).get("golden_set_id")
-    base = {"observation_id": observation_id, "run_id": eval_run["run_id"], "flow": "eval", "golden_set_id": golden, "at": at}
+    lineage = eval_run.get("lineage") or {}
+    golden = outputs.get("golden_set_id") or lineage.get("golden_set_id")
+    base = {"observation_id": observation_id, "run_id": eval_run["run_id"], "flow": "eval", "golden_set_id": golden, "at": at,
+            "golden_line": outputs.get("golden_line") or lineage.get("golden_line"), "chain_hash": lineage.get("chain_hash"),
+            "chain_label": chain_label(lineage.get("chain")), "mode": mode or observation_mode(eval_run)}
     rows = []
 
     def add(scope: str, metrics: Mapping, cis: Mapping, counts: Mapping | int | None) -> None:
@@ -79,9 +104,78 @@ def observations(rows: Iterable[Mapping], scope: str = "all") -> list[dict]:
             continue
         obs = grouped.setdefault(r["observation_id"], {
             "observation_id": r["observation_id"], "run_id": r["run_id"], "golden_set_id": r["golden_set_id"],
-            "at": r["at"], "metrics": {}})
+            "at": r["at"], "golden_line": r.get("golden_line"), "chain_hash": r.get("chain_hash"),
+            "chain_label": r.get("chain_label"), "mode": r.get("mode"), "metrics": {}})
         obs["metrics"][r["metric"]] = {"value": r["value"], "ci_low": r["ci_low"], "ci_high": r["ci_high"]}
     return sorted(grouped.values(), key=lambda o: (o["at"], o["observation_id"]))
+
+
+def watched_series(observations_: Sequence[Mapping]) -> tuple[dict | None, list[dict], list[dict]]:
+    """Split observations (oldest first) into the series the monitor watches and the experiments.
+
+    The watched series is the (golden line, chain hash) of the latest observation that was not an
+    experiment, i.e. what the nightly, the prompt-changed flow or an explicit promotion evaluated:
+    what is served. Experiments never enter it; observations of other lines or chains are other
+    series (a prompt change that is promoted starts a new one). Returns (key, series, experiments)."""
+    experiments = [dict(o) for o in observations_ if o.get("mode") == EXPERIMENT]
+    served = [o for o in observations_ if o.get("mode") != EXPERIMENT]
+    if not served:
+        return None, [], experiments
+    key = {"golden_line": served[-1].get("golden_line"), "chain_hash": served[-1].get("chain_hash"),
+           "chain_label": served[-1].get("chain_label")}
+    series = [dict(o) for o in served
+              if (o.get("golden_line"), o.get("chain_hash")) == (key["golden_line"], key["chain_hash"])]
+    return key, series, experiments
+
+
+def latest_answered(series: Sequence[Mapping], chain_of) -> dict | None:
+    """The latest observation whose run's chain ran an answer step (`chain_of(run_id)` -> chain dict):
+    the run budgets are read from, so a retrieval-only run never stands in for the served chain."""
+    for obs in reversed(series):
+        if (chain_of(obs["run_id"]) or {}).get("answer"):
+            return dict(obs)
+    return None
+
+
+def check_stage_failures(failures: Sequence[Mapping]) -> Check:
+    """A stage of the night that failed ({stage, run_id, error}) is a critical `stage_failed` alert."""
+    alerts = [Alert(kind="stage_failed", severity="critical", metric=f"stage.{f['stage']}",
+                    message=f"the {f['stage']} stage failed" + (f" (run {f['run_id']})" if f.get("run_id") else "")
+                            + f": {f.get('error') or 'no detail'}",
+                    details=dict(f)) for f in failures]
+    return Check({"failed_stages": [f["stage"] for f in failures]}, alerts)
+
+
+# -- alert state: once per condition ------------------------------------------------------------
+EVENT_KINDS = frozenset({"stage_failed"})  # each one is news; never deduplicated
+
+
+def alert_key(alert: Mapping) -> str:
+    return f"{alert['kind']}|{alert.get('metric') or ''}"
+
+
+def alerts_to_send(active: Sequence[Mapping], previous: Mapping[str, Mapping]) -> tuple[list[dict], dict[str, dict]]:
+    """Which alerts go to the sinks: a condition when it first appears or its severity changes, an
+    `alert_cleared` (info) once when it is gone; a persisting condition is not re-sent every night.
+    `previous`: the state the last monitor run kept ({key: {severity, message}}). Returns (to send,
+    state to keep)."""
+    state, out = {}, []
+    for alert in active:
+        if alert["kind"] in EVENT_KINDS:
+            out.append(dict(alert))
+            continue
+        key = alert_key(alert)
+        state[key] = {"severity": alert["severity"], "message": alert["message"], "kind": alert["kind"],
+                      "metric": alert.get("metric")}
+        before = previous.get(key)
+        if before is None or before.get("severity") != alert["severity"]:
+            out.append(dict(alert))
+    for key, before in sorted(previous.items()):
+        if key not in state:
+            out.append({"kind": "alert_cleared", "severity": "info", "metric": before.get("metric"),
+                        "message": f"cleared: {before.get('message')}",
+                        "details": {"cleared_kind": before.get("kind"), "key": key}})
+    return out, state
 
 
 # -- regression ---------------------------------------------------------------------------------
@@ -287,8 +381,10 @@ def check_stale_references(eval_summary: Mapping | None) -> Check:
 # -- budgets ------------------------------------------------------------------------------------
 
 
-def check_budgets(traces: Sequence[Mapping], items: int, config: MonitorConfig) -> Check:
-    """Latency and token/cost budgets of one eval run, from its traces (one row per step per item)."""
+def budget_figures(traces: Sequence[Mapping], items: int, price_per_1k_tokens: float) -> dict:
+    """Cost and latency of one eval run from its traces (one row per step per item): p50/p95 item
+    latency in seconds (all steps of an item summed), tokens (prompt + completion), tokens per item,
+    cost = tokens / 1000 * price."""
     per_item_ms: dict[str, float] = {}
     tokens = 0
     for t in traces:
@@ -296,10 +392,16 @@ def check_budgets(traces: Sequence[Mapping], items: int, config: MonitorConfig) 
         tokens += int(t.get("prompt_tokens") or 0) + int(t.get("completion_tokens") or 0)
     latencies = np.asarray(list(per_item_ms.values()) or [0.0]) / 1000.0
     n = max(items, 1)
-    cost = tokens / 1000.0 * config.price_per_1k_tokens
-    figures = {"items": items, "item_latency_p50_s": round(float(np.percentile(latencies, 50)), 3),
-               "item_latency_p95_s": round(float(np.percentile(latencies, 95)), 3), "tokens": tokens,
-               "tokens_per_item": round(tokens / n, 1), "cost": round(cost, 6)}
+    cost = tokens / 1000.0 * price_per_1k_tokens
+    return {"items": items, "item_latency_p50_s": round(float(np.percentile(latencies, 50)), 3),
+            "item_latency_p95_s": round(float(np.percentile(latencies, 95)), 3), "tokens": tokens,
+            "tokens_per_item": round(tokens / n, 1), "cost": round(cost, 6)}
+
+
+def check_budgets(traces: Sequence[Mapping], items: int, config: MonitorConfig) -> Check:
+    """Latency and token/cost budgets of one eval run, from its traces (one row per step per item)."""
+    figures = budget_figures(traces, items, config.price_per_1k_tokens)
+    cost = figures["cost"]
     alerts = []
     if config.max_item_latency_p95_s is not None and figures["item_latency_p95_s"] > config.max_item_latency_p95_s:
         alerts.append(Alert(kind="latency_budget", severity="warning", metric="budget.item_latency_p95_s",

@@ -78,3 +78,20 @@ def item_metrics(lake: Lake, run_id: str) -> dict[str, dict[str, float]]:
     if items is None:
         return {}
     return {r["qa_id"]: dict(r["metrics"] or []) for r in items.select(["qa_id", "metrics"]).to_pylist()}
+
+
+def chunk_texts(lake: Lake, table_name: str, version: int, chunk_ids: list[str]) -> dict[str, dict]:
+    """chunk_id -> {doc_id, headings, text} for chunks of a table version (the one an eval read), so a
+    report can show what was retrieved instead of ids. Ids the version does not hold are absent."""
+    from tasks.indexing import sql_in
+
+    if not chunk_ids:
+        return {}
+    try:
+        table = lake.connect_vectors().open_table(table_name)
+        table.checkout(version)
+    except Exception:  # LanceDB raises ValueError/RuntimeError/OSError for a missing table or version
+        return {}
+    rows = table.search().where(sql_in("chunk_id", sorted(set(chunk_ids)))).select(
+        ["chunk_id", "doc_id", "headings", "text"]).limit(None).to_arrow().to_pylist()
+    return {r["chunk_id"]: {"doc_id": r["doc_id"], "headings": list(r["headings"] or []), "text": r["text"]} for r in rows}

@@ -38,6 +38,65 @@ class ReportData:
     distributions: dict[str, tuple[str, Sequence[float] | None, Sequence[float]]] = field(default_factory=dict)
     deliveries: list[dict] = field(default_factory=list)
     metrics: list[str] = field(default_factory=list)  # configured headline metrics; empty = chosen here
+    watched: dict | None = None  # the series watched: {golden_line, chain_hash, chain_label}
+    experiments: list[dict] = field(default_factory=list)  # experiment observations, listed apart
+
+
+def worst_item(row: Mapping, golden: Mapping, metric: str | None, texts: Mapping[str, Mapping],
+               traces: Sequence[Mapping]) -> dict:
+    """One worst item as the report shows it: question, reference answer, the chain's answer, and the
+    retrieved and expected chunks with their document, heading trail and text (`texts`: chunk_id ->
+    {doc_id, headings, text}), so a person can see why it failed without opening Parquet."""
+    def chunk(chunk_id: str, expected: set[str]) -> dict:
+        found = texts.get(chunk_id) or {}
+        return {"chunk_id": chunk_id, "doc_id": found.get("doc_id", "(not in the evaluated index)"),
+                "headings": " › ".join(found.get("headings") or []), "text": found.get("text") or "",
+                "relevant": chunk_id in expected}
+
+    expected = set(golden.get("reference_chunk_ids") or [])
+    metrics = row.get("metrics") or {}
+    return {"qa_id": row["qa_id"], "qa_type": row["qa_type"], "question": row["question"], "answer": row["answer"],
+            "reference_answer": golden.get("reference_answer") or "",
+            "reference_doc_ids": list(golden.get("reference_doc_ids") or []),
+            "metric": metric if metric in metrics else "failed" if row["status"] == "failed" else "-",
+            "score": float(metrics.get(metric, 0.0)) if metric else 0.0,
+            "retrieved": [chunk(c, expected) for c in row.get("retrieved_chunk_ids") or []],
+            "expected_missing": [chunk(c, expected) for c in sorted(expected - set(row.get("retrieved_chunk_ids") or []))],
+            "stale_references": list(row.get("stale_references") or []),
+            "error": row.get("error"), "traces": list(traces)}
+
+
+def figure_rows(figures: Mapping) -> list[dict]:
+    """A check's figures as table rows a person can read: scalars as values, a mapping of mappings as a
+    nested table (one row per key), lists joined; never a cell of raw JSON."""
+    rows = []
+    for key, value in figures.items():
+        if isinstance(value, Mapping) and value and all(isinstance(v, Mapping) for v in value.values()):
+            columns = sorted({c for v in value.values() for c in v})
+            rows.append({"key": key, "table": {"columns": columns, "rows": [
+                [name] + [_cell(v.get(c)) for c in columns] for name, v in value.items()]}})
+        elif isinstance(value, Mapping):
+            rows.append({"key": key, "value": ", ".join(f"{k}: {_cell(v)}" for k, v in value.items()) or "-"})
+        else:
+            rows.append({"key": key, "value": _cell(value)})
+    return rows
+
+
+def _cell(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    if isinstance(value, (list, tuple)):
+        return ", ".join(_cell(v) for v in value) if value else "-"
+    if isinstance(value, Mapping):
+        return ", ".join(f"{k}: {_cell(v)}" for k, v in value.items())
+    return "-" if value is None else str(value)
+
+
+def run_label(obs: Mapping) -> str:
+    """An x-axis label for an observation: the short run id (time and suffix) and the chain."""
+    run_id = str(obs.get("observation_id") or obs.get("run_id") or "")
+    short = run_id[4:13].replace("T", " ") + " " + run_id.rsplit("-", 1)[-1][:4] if "-" in run_id else run_id[:12]
+    return short + (f"\n{obs['chain_label']}" if obs.get("chain_label") else "")
 
 
 def headline_metrics(available: Sequence[str], configured: Sequence[str] = ()) -> list[str]:
@@ -67,7 +126,9 @@ def _trend_plot(series: Sequence[Mapping], names: Sequence[str]) -> bytes:
     rows = (len(names) + cols - 1) // cols
     fig, axes = plt.subplots(rows, cols, figsize=(6.2 * cols, 2.6 * rows), squeeze=False)
     xs = list(range(len(series)))
-    labels = [_short_time(o["at"]) for o in series]
+    labels = [run_label(o) for o in series]
+    # a new golden-set version between two observations: marked, so a step is not read as a drift
+    changes = [x for x in xs[1:] if series[x]["golden_set_id"] != series[x - 1]["golden_set_id"]]
     for ax, name in zip(axes.flat, names):
         points = [(x, o["metrics"].get(name)) for x, o in zip(xs, series) if o["metrics"].get(name, {}).get("value") is not None]
         if points:
@@ -79,10 +140,13 @@ def _trend_plot(series: Sequence[Mapping], names: Sequence[str]) -> bytes:
                 ax.fill_between(px, low, high, alpha=0.2, color="#4C72B0", label="95% CI")
             ax.errorbar(px, values, yerr=[[v - lo for v, lo in zip(values, low)], [hi - v for v, hi in zip(values, high)]],
                         marker="o", color="#4C72B0", ecolor="#7F9CC9", capsize=3, label=name)
+        for x in changes:
+            ax.axvline(x - 0.5, color="#B45309", linestyle="--", linewidth=1)
+            ax.annotate("golden set changed", (x - 0.5, 1.0), fontsize=6, color="#B45309", rotation=90, va="top", ha="right")
         ax.set_title(name, fontsize=10)
         ax.set_ylim(-0.02, 1.02)
         ax.set_xticks(xs)
-        ax.set_xticklabels(labels, rotation=45, ha="right", fontsize=7)
+        ax.set_xticklabels(labels, rotation=45, ha="right", fontsize=6)
         ax.grid(alpha=0.3)
     for ax in list(axes.flat)[len(names):]:
         ax.set_visible(False)
@@ -122,12 +186,6 @@ def _histogram(previous: Sequence[float] | None, current: Sequence[float], xlabe
     return _png(fig)
 
 
-def _short_time(at: Any) -> str:
-    if isinstance(at, dt.datetime):
-        return at.strftime("%m-%d %H:%M")
-    return str(at)[5:16]
-
-
 TEMPLATE = """<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>ragloop report {{ d.run_id }}</title>
 <style>
@@ -159,8 +217,15 @@ details{margin:6px 0}img{max-width:100%}.muted{color:#777;font-size:12px}
 {% else %}<p>No eval run observed yet: run <code>ragloop eval</code> or <code>ragloop run</code>.</p>{% endif %}
 
 <h2>Trends</h2>
-{% if images.trends %}<p class="muted">{{ d.series|length }} observations (one per eval run, and one per night that reused an unchanged eval); shaded: 95% bootstrap CI.</p>
+{% if d.watched %}<p>Watched series: golden-set line <b>{{ d.watched.golden_line or "?" }}</b>, chain <b>{{ d.watched.chain_label or "?" }}</b>
+<span class="muted">({{ (d.watched.chain_hash or "")[:12] }})</span>: what the nightly, the prompt-changed flow or an explicit promotion evaluated last.</p>{% endif %}
+{% if images.trends %}<p class="muted">{{ d.series|length }} observations of this series (one per eval run, and one per night that reused an unchanged eval); shaded: 95% bootstrap CI; dashed: the golden set changed.</p>
 <img src="{{ images.trends }}" alt="metric trends">{% else %}<p>No history yet.</p>{% endif %}
+<h3>Experiments ({{ d.experiments|length }})</h3>
+{% if d.experiments %}<p class="muted">Evals run as experiments: compared with the baseline, never promoted, never part of the series above.</p>
+<table><tr><th>run</th><th>chain</th><th>golden line</th>{% for m in experiment_metrics %}<th class="num">{{ m }}</th>{% endfor %}</tr>
+{% for o in d.experiments %}<tr><td>{{ o.run_id }}</td><td>{{ o.chain_label or "" }}</td><td>{{ o.golden_line or "" }}</td>{% for m in experiment_metrics %}<td class="num">{% if m in o.metrics and o.metrics[m].value is not none %}{{ "%.4f"|format(o.metrics[m].value) }}{% endif %}</td>{% endfor %}</tr>
+{% endfor %}</table>{% else %}<p class="muted">None.</p>{% endif %}
 
 <h2>By question type</h2>
 {% if by_type %}{% if images.by_type %}<img src="{{ images.by_type }}" alt="metrics by question type">{% endif %}
@@ -169,18 +234,26 @@ details{margin:6px 0}img{max-width:100%}.muted{color:#777;font-size:12px}
 {% endfor %}</table>{% else %}<p>No per-type results.</p>{% endif %}
 
 <h2>Worst items</h2>
-{% if d.worst_items %}{% for item in d.worst_items %}<details><summary><b>{{ item.metric }} {{ "%.3f"|format(item.score) }}</b> · {{ item.qa_type }} · {{ item.question }}</summary>
-<table><tr><th>qa_id</th><td>{{ item.qa_id }}</td></tr><tr><th>answer</th><td>{{ item.answer if item.answer is not none else "(no answer step)" }}</td></tr>
-<tr><th>expected chunks</th><td>{{ item.reference_chunk_ids|join(", ") }}</td></tr><tr><th>retrieved chunks</th><td>{{ item.retrieved_chunk_ids|join(", ") }}</td></tr>
-{% if item.error %}<tr><th>error</th><td class="bad">{{ item.error }}</td></tr>{% endif %}</table>
+{% if d.worst_items %}{% for item in d.worst_items %}<details{% if loop.first %} open{% endif %}><summary><b>{{ item.metric }} {{ "%.3f"|format(item.score) }}</b> · {{ item.qa_type }} · {{ item.question }}</summary>
+<table><tr><th>question</th><td>{{ item.question }}</td></tr>
+<tr><th>reference answer</th><td>{{ item.reference_answer or "(none)" }}</td></tr>
+<tr><th>answer</th><td>{{ item.answer if item.answer is not none else "(no answer step)" }}</td></tr>
+<tr><th>expected documents</th><td>{{ item.reference_doc_ids|join(", ") or "(none: must be refused)" }}</td></tr>
+{% if item.stale_references %}<tr><th>stale references</th><td class="bad">{{ item.stale_references|join(", ") }} (not in the evaluated index)</td></tr>{% endif %}
+{% if item.error %}<tr><th>error</th><td class="bad">{{ item.error }}</td></tr>{% endif %}<tr><th>qa_id</th><td class="muted">{{ item.qa_id }}</td></tr></table>
+<table><tr><th>#</th><th>retrieved document</th><th>headings</th><th>text</th></tr>
+{% for c in item.retrieved %}<tr class="{{ 'ok' if c.relevant else '' }}"><td class="num">{{ loop.index }}{% if c.relevant %} ✓{% endif %}</td><td>{{ c.doc_id }}</td><td>{{ c.headings }}</td><td><pre>{{ c.text[:700] }}</pre></td></tr>
+{% else %}<tr><td colspan="4">nothing retrieved</td></tr>{% endfor %}
+{% for c in item.expected_missing %}<tr class="warning"><td>missed</td><td>{{ c.doc_id }}</td><td>{{ c.headings }}</td><td><pre>{{ c.text[:700] }}</pre></td></tr>{% endfor %}</table>
 {% if item.traces %}<table><tr><th>step</th><th class="num">ms</th><th class="num">tokens</th><th>output</th><th>error</th></tr>
-{% for t in item.traces %}<tr><td>{{ t.step }}</td><td class="num">{{ "%.0f"|format(t.latency_ms or 0) }}</td><td class="num">{{ (t.prompt_tokens or 0) + (t.completion_tokens or 0) }}</td><td><pre>{{ (t.output or "")[:1500] }}</pre></td><td>{{ t.error or "" }}</td></tr>
+{% for t in item.traces %}<tr><td>{{ t.step }}</td><td class="num">{{ "%.0f"|format(t.latency_ms or 0) }}</td><td class="num">{{ (t.prompt_tokens or 0) + (t.completion_tokens or 0) }}</td><td><pre>{{ (t.output or "")[:600] }}</pre></td><td>{{ t.error or "" }}</td></tr>
 {% endfor %}</table>{% endif %}</details>
 {% endfor %}{% else %}<p>No item results.</p>{% endif %}
 
-<h2>Drift</h2>
-{% for name, figures in d.checks.items() %}<h3>{{ name }}</h3>
-<table>{% for k, v in figures.items() %}<tr><th>{{ k }}</th><td class="num">{{ v|tojson if v is mapping or (v is iterable and v is not string) else v }}</td></tr>{% endfor %}</table>
+<h2>Checks</h2>
+{% for name, rows in check_rows %}<h3>{{ name }}</h3>
+<table>{% for r in rows %}<tr><th>{{ r.key }}</th><td class="num">{% if r.table %}<table><tr><th></th>{% for c in r.table.columns %}<th>{{ c }}</th>{% endfor %}</tr>
+{% for row in r.table.rows %}<tr>{% for v in row %}<td class="num">{{ v }}</td>{% endfor %}</tr>{% endfor %}</table>{% else %}{{ r.value }}{% endif %}</td></tr>{% endfor %}</table>
 {% if images[name] %}<img src="{{ images[name] }}" alt="{{ name }} distribution">{% endif %}
 {% endfor %}
 
@@ -223,8 +296,11 @@ def render_report(d: ReportData) -> dict[str, bytes]:
             images[check] = f"{plot}.png"
     for name in d.checks:
         images.setdefault(name, None)
+    experiment_metrics = headline_metrics(sorted({m for o in d.experiments for m in o["metrics"]}), d.metrics)[:4]
+    check_rows = [(name, figure_rows(figures)) for name, figures in d.checks.items()]
     html = _ENV.from_string(TEMPLATE).render(
         d=d, latest=latest, headline=headline, by_type=by_type, type_metrics=type_metrics, images=images,
+        experiment_metrics=experiment_metrics, check_rows=check_rows,
         lineage=json.dumps((latest or {}).get("lineage") or {}, indent=2, sort_keys=True, default=str))
     files["report.html"] = html.encode("utf-8")
     return files
@@ -247,6 +323,32 @@ def markdown_summary(d: ReportData, report_path: str | None) -> str:
     if report_path:
         lines += ["", f"HTML report: `{report_path}`"]
     return "\n".join(lines)
+
+
+def prompt_changed_markdown(prompt: str, prompt_hash: str, summary: Mapping, lake_uri: str) -> str:
+    """The prompt-changed run's own artifact: which prompt, the gate's verdict and the alerts."""
+    gate = summary.get("gate") or {}
+    promotion = summary.get("promotion") or {}
+    lines = [f"# prompt {prompt} changed ({prompt_hash[:12]})", "", f"Lake `{lake_uri}`; eval run `{summary.get('run_id')}`: "
+             f"**{summary.get('status')}**, gate **{gate.get('status', 'n/a')}**, promoted: "
+             f"**{str(promotion.get('promoted', False)).lower()}** ({md_escape(promotion.get('reason', 'no eval'))}).", ""]
+    lines += [f"- {md_escape(r)}" for r in gate.get("reasons", []) + gate.get("warnings", [])]
+    if summary.get("error"):
+        lines += [f"- error: {md_escape(str(summary['error']))}"]
+    alerts = summary.get("alerts") or []
+    lines += ["", f"## Alerts ({len(alerts)})", ""] + ([f"- **{a['severity']}** `{a['kind']}`: {md_escape(a['message'])}"
+                                                       for a in alerts] or ["None."])
+    if summary.get("report"):
+        lines += ["", f"HTML report: `{summary['report']}`"]
+    return "\n".join(lines)
+
+
+def artifact_key(name: str, lake_uri: str) -> str:
+    """A Prefect artifact key that carries the lake's identity (lower-case letters, digits, dashes), so
+    two lakes sharing one Prefect database never show each other's 'latest' artifact."""
+    import hashlib
+
+    return f"{name}-{hashlib.sha256(lake_uri.encode()).hexdigest()[:10]}"
 
 
 def md_escape(text: str) -> str:

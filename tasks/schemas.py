@@ -179,5 +179,10 @@ HISTORY = pa.schema(
         ("ci_high", pa.float64()),
         ("n", pa.int64()),
         ("at", TS),
+        # which series the observation belongs to: the monitor watches one (golden line, chain) at a time
+        ("golden_line", pa.string()),
+        ("chain_hash", pa.string()),
+        ("chain_label", pa.string()),  # short human name of the chain, for plot axes
+        ("mode", pa.string()),  # nightly | prompt-changed | explicit | experiment (null: written before modes)
     ]
 )

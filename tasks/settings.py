@@ -176,6 +176,20 @@ class EvalConfig(Section):
     seed: int = 0
 
 
+class GateBudgets(Section):
+    """Cost and latency as gate criteria: a run over one of these fails the gate like a quality drop.
+    Absolute limits are per run (p95 item latency in seconds over all steps, tokens per item, cost from
+    monitor.price_per_1k_tokens); ratios compare with the baseline's figures (a prompt that triples the
+    tokens an item costs is blocked). None = not gated. Latency is off by default: on a shared machine
+    it moves with the load, not only with the chain."""
+
+    max_item_latency_p95_s: PositiveFloat | None = None
+    max_tokens_per_item: PositiveInt | None = None
+    max_cost_per_run: NonNegativeFloat | None = None
+    max_latency_ratio: PositiveFloat | None = None
+    max_tokens_ratio: PositiveFloat | None = 2.0
+
+
 class GateConfig(Section):
     """The regression gate between a candidate eval run and its line's baseline (last promoted run)."""
 
@@ -190,6 +204,7 @@ class GateConfig(Section):
     min_items: PositiveInt = 30
     power: float = Field(default=0.8, gt=0, lt=1)  # for the detectable drop and the items needed
     on_inconclusive: Literal["block", "warn"] = "block"  # block: an inconclusive gate promotes nothing
+    budgets: GateBudgets = Field(default_factory=GateBudgets)
     # The baseline is the line's last promoted run; it is compared on the questions both scored, and
     # only when they share at least this share of the candidate's questions (else: no_baseline).
     min_baseline_overlap: float = Field(default=0.5, ge=0, le=1)

@@ -62,3 +62,40 @@ def _answer(conversation):
     passages = [line for line in conversation[-1]["content"].splitlines() if line.startswith("[1] ")]
     text = passages[0][4:] if passages else "The documents do not say."
     return Completion(text=text, usage=Usage(1, 1), latency_ms=1.0, model="passage-fake@1", finish_reason="stop")
+
+
+def test_a_failed_synth_reaches_every_sink_and_the_night_ends_failed(prefect_backend, tmp_path, lake_dir, monkeypatch,
+                                                                    fake_embedder, capsys):
+    from tests.unit.test_alerting import Receiver
+
+    for module in (index_flow, synth_flow, eval_flow, monitor_flow):
+        monkeypatch.setattr(module, "load_embedder", lambda config: fake_embedder)
+    monkeypatch.setattr(synth_flow, "load_llm", lambda config: PassageLLM(garbage=True))  # nothing parses: synth fails
+    monkeypatch.setenv("RAGLOOP_PROMPTS_DIR", str(REPO / "prompts"))
+    monkeypatch.setenv("RAGLOOP_SYNTH__MIN_CONTEXT_TOKENS", "5")
+    receiver = Receiver([])
+    monkeypatch.setenv("ALERT_WEBHOOK_URL", receiver.url)
+    try:
+        src = write_files(tmp_path / "src", DOCS)
+        code = main(["run", "--source", str(src), "--lake", str(lake_dir), "--json"])
+        summary = json.loads(capsys.readouterr().out)
+    finally:
+        receiver.close()
+    assert code == 1 and summary["status"] == "failed", summary
+    assert "no accepted items" in summary["error"]
+    assert set(summary["stages"]) == {"index", "synth", "monitor"}, "eval is skipped, the monitor still runs"
+    monitor = summary["stages"]["monitor"]
+    failed = [a for a in monitor["notified"] if a["kind"] == "stage_failed"]
+    assert failed and failed[0]["metric"] == "stage.synth" and failed[0]["severity"] == "critical"
+    assert {s["sink"]: s["status"] for s in monitor["sinks"]} == {"log": "sent", "jsonl": "sent", "artifact": "sent",
+                                                                  "webhook": "sent"}
+    assert any(a["kind"] == "stage_failed" for body in receiver.bodies for a in body["alerts"])
+    jsonl = [json.loads(line) for line in (lake_dir / "alerts" / "alerts.jsonl").read_text().splitlines()]
+    assert [a["kind"] for a in jsonl] == ["stage_failed"]
+
+    import httpx
+    from prefect.settings import PREFECT_API_URL
+
+    runs = httpx.post(f"{PREFECT_API_URL.value()}/flow_runs/filter", json={
+        "flows": {"name": {"any_": ["run-lifecycle"]}}, "sort": "START_TIME_DESC", "limit": 1}).json()
+    assert runs[0]["state_type"] == "FAILED", "Prefect records the failed night as Failed, not Completed"

@@ -84,15 +84,15 @@ def test_a_regression_alerts_only_once_it_persists_and_reaches_every_sink(lake_w
     assert first["status"] == "ok" and first["alerts"] == [] and first["observed"] == [good["run_id"]]
     assert receiver.bodies == [], "no alert, no webhook call"
 
-    monkeypatch.setenv("RAGLOOP_PROMPTS_DIR", str(_broken_prompts(tmp_path)))
+    # The endpoint behind the same model id starts refusing (same prompts, same chain): nightly evals.
     fakes_llm.add(*["I don't know."] * n)
-    bad1 = eval_flow.evaluate_chain(lake=str(lake_dir))
-    assert bad1["status"] == "gate_failed"
+    bad1 = eval_flow.evaluate_chain(lake=str(lake_dir), promote="nightly")
+    assert bad1["status"] == "gate_failed" and bad1["lineage"]["chain_hash"] == good["lineage"]["chain_hash"]
     after_one = _monitor(lake_dir, capsys)
     assert [a for a in after_one["alerts"] if a["kind"] == "regression"] == [], "one bad run is not a regression yet"
 
     fakes_llm.add(*["I don't know."] * n)
-    eval_flow.evaluate_chain(lake=str(lake_dir))
+    eval_flow.evaluate_chain(lake=str(lake_dir), promote="nightly")
     summary = _monitor(lake_dir, capsys)
     regressions = {a["metric"]: a for a in summary["alerts"] if a["kind"] == "regression"}
     assert {"refusal_correct", "semantic_similarity"} <= set(regressions), summary["alerts"]
@@ -118,15 +118,31 @@ def test_a_regression_alerts_only_once_it_persists_and_reaches_every_sink(lake_w
     assert summary["observations"] == 3
 
     # the Prefect artifacts carry the same headline (read over the API the UI uses)
-    monitor_md = _artifacts("ragloop-monitor")
+    monitor_md = _artifacts("ragloop-monitor", lake_dir)
     assert any("refusal_correct" in (a["data"] or "") for a in monitor_md), [(a["key"], (a["data"] or "")[:300]) for a in monitor_md]
-    assert _artifacts("ragloop-by-type") and _artifacts("ragloop-alerts")
+    assert _artifacts("ragloop-by-type", lake_dir) and _artifacts("ragloop-alerts", lake_dir)
+
+    # the same condition the next night is not sent again; once it clears, that is sent once
+    again = _monitor(lake_dir, capsys)
+    assert {a["metric"] for a in again["alerts"] if a["kind"] == "regression"} >= {"refusal_correct"}
+    assert again["notified"] == [] and len(receiver.bodies) == 1, "a persisting condition is not re-sent"
+    for _ in range(2):
+        fakes_llm.add(*[_answers] * n)
+        eval_flow.evaluate_chain(lake=str(lake_dir), promote="nightly")
+    cleared = _monitor(lake_dir, capsys)
+    assert not [a for a in cleared["alerts"] if a["kind"] == "regression"]
+    assert {a["metric"] for a in cleared["notified"] if a["kind"] == "alert_cleared"} >= {"refusal_correct"}
+    assert len(receiver.bodies) == 2 and "cleared" in receiver.bodies[-1]["text"]
+    assert _monitor(lake_dir, capsys)["notified"] == [], "cleared once"
 
 
-def _artifacts(key: str) -> list[dict]:
+def _artifacts(name: str, lake_dir) -> list[dict]:
     import httpx
     from prefect.settings import PREFECT_API_URL
 
+    from tasks.reporting import artifact_key
+
+    key = artifact_key(name, Lake(str(lake_dir)).uri)
     response = httpx.post(f"{PREFECT_API_URL.value()}/artifacts/filter", json={
         "artifacts": {"key": {"any_": [key]}}, "limit": 50, "offset": 0, "sort": "CREATED_DESC"})
     response.raise_for_status()
@@ -137,7 +153,7 @@ def test_corpus_change_shows_as_drift_and_a_rerun_without_change_shows_none(lake
                                                                            capsys, monkeypatch):
     src, n = lake_with_golden
     fakes_llm.add(*[_answers] * n)
-    eval_flow.evaluate_chain(lake=str(lake_dir), retrieval_only=True)
+    eval_flow.evaluate_chain(lake=str(lake_dir), retrieval_only=True, promote="nightly")
     monkeypatch.setenv("RAGLOOP_MONITOR__SINKS", '["log", "jsonl"]')
     base = _monitor(lake_dir, capsys)
     assert base["checks"]["corpus"]["baseline"] and base["checks"]["embedding"]["baseline"]
@@ -171,7 +187,7 @@ def test_webhook_outage_makes_the_run_partial_but_keeps_the_other_sinks(lake_wit
     monkeypatch.setenv("RAGLOOP_MONITOR__WEBHOOK_BACKOFF_S", "0")
     monkeypatch.setenv("RAGLOOP_MONITOR__MAX_TOKENS_PER_ITEM", "1")  # every run is over this budget
     fakes_llm.add(*[_answers] * n)
-    eval_flow.evaluate_chain(lake=str(lake_dir))
+    eval_flow.evaluate_chain(lake=str(lake_dir), promote="nightly")
     summary = _monitor(lake_dir, capsys)
     assert summary["status"] == "partial"
     sinks = {s["sink"]: s for s in summary["sinks"]}
@@ -206,3 +222,58 @@ def test_a_refreshed_golden_set_is_gated_against_the_last_promoted_run_on_shared
     assert bad["golden_set_id"] != good["golden_set_id"]
     assert bad["baseline_run_id"] == good["run_id"] and bad["baseline_golden_set_id"] == good["golden_set_id"]
     assert bad["status"] == "gate_failed" and bad["deltas"]["refusal_correct"]["n"] == n, "paired on the shared questions"
+
+
+def test_experiments_of_other_chains_stay_out_of_the_nightly_series(lake_with_golden, fakes_llm, lake_dir, capsys,
+                                                                    monkeypatch):
+    _, n = lake_with_golden
+    monkeypatch.setenv("RAGLOOP_MONITOR__SINKS", '["log"]')
+    fakes_llm.add(*[_answers] * n)
+    first = eval_flow.evaluate_chain(lake=str(lake_dir), promote="nightly")
+    eval_flow.evaluate_chain(lake=str(lake_dir), retrieval="fts", k=3, retrieval_only=True)  # A/B experiments
+    eval_flow.evaluate_chain(lake=str(lake_dir), retrieval="vector", k=1, retrieval_only=True)
+    fakes_llm.add(*[_answers] * n)
+    second = eval_flow.evaluate_chain(lake=str(lake_dir), promote="nightly")
+    summary = _monitor(lake_dir, capsys)
+    assert summary["observations"] == 2 and summary["alerts"] == [], summary["alerts"]
+    assert summary["series"]["chain_hash"] == first["lineage"]["chain_hash"] == second["lineage"]["chain_hash"]
+    assert sorted(e["chain_label"] for e in summary["experiments"]) == ["fts k3 retrieval-only", "vector k1 retrieval-only"]
+    html = open(summary["report"]).read()
+    assert "Experiments (2)" in html and "fts k3 retrieval-only" in html
+
+
+def test_budgets_are_read_from_the_served_chains_latest_answered_eval(lake_with_golden, fakes_llm, lake_dir, capsys,
+                                                                      monkeypatch):
+    _, n = lake_with_golden
+    monkeypatch.setenv("RAGLOOP_MONITOR__SINKS", '["log"]')
+    monkeypatch.setenv("RAGLOOP_MONITOR__MAX_TOKENS_PER_ITEM", "1")
+    fakes_llm.add(*[_answers] * n)
+    nightly = eval_flow.evaluate_chain(lake=str(lake_dir), promote="nightly")
+    eval_flow.evaluate_chain(lake=str(lake_dir), retrieval_only=True)  # 0 tokens, an experiment: never the budget's source
+    summary = _monitor(lake_dir, capsys)
+    assert summary["checks"]["budgets"]["run_id"] == nightly["run_id"]
+    assert summary["checks"]["budgets"]["tokens_per_item"] > 1 and "token_budget" in {a["kind"] for a in summary["alerts"]}
+
+
+def test_a_budget_over_its_gate_blocks_promotion(lake_with_golden, fakes_llm, lake_dir, monkeypatch):
+    _, n = lake_with_golden
+    fakes_llm.add(*[_answers] * n)
+    baseline = eval_flow.evaluate_chain(lake=str(lake_dir), promote="explicit")
+    assert baseline["promoted"] and baseline["budgets"]["tokens_per_item"] > 0
+    monkeypatch.setenv("RAGLOOP_GATE__BUDGETS__MAX_TOKENS_PER_ITEM", "1")
+    fakes_llm.add(*[_answers] * n)
+    over = eval_flow.evaluate_chain(lake=str(lake_dir), promote="explicit")
+    assert over["status"] == "gate_failed" and not over["promoted"]
+    assert any(r.startswith("budget: tokens per item") for r in over["gate"]["reasons"]), over["gate"]
+
+
+def test_two_lakes_on_one_prefect_database_keep_separate_artifacts(prefect_backend, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("RAGLOOP_MONITOR__SINKS", '["log"]')
+    lakes = [tmp_path / "lake_a", tmp_path / "lake_b"]
+    reports = {}
+    for lake in lakes:
+        reports[lake.name] = _monitor(lake, capsys)["run_id"]
+    for lake in lakes:
+        artifacts = _artifacts("ragloop-monitor", lake)
+        assert artifacts and all(reports[lake.name] in (a["data"] or "") for a in artifacts[:1]), (lake, artifacts[:1])
+    assert _artifacts("ragloop-monitor", lakes[0])[0]["key"] != _artifacts("ragloop-monitor", lakes[1])[0]["key"]

@@ -19,8 +19,14 @@ def test_deployments_have_their_names_schedules_and_triggers():
     assert (schedule.schedule.cron, schedule.schedule.timezone) == ("30 3 * * *", "Europe/Berlin")
     (trigger,) = deployments["prompt-changed"].triggers
     assert trigger.expect == {PROMPT_CHANGED_EVENT}
-    assert trigger.parameters == {"prompt": "{{ event.payload.name }}", "prompt_hash": "{{ event.payload.prompt_hash }}"}
+    assert trigger.parameters == {"prompt": "{{ event.payload.name }}", "prompt_hash": "{{ event.payload.prompt_hash }}",
+                                  "lake": "{{ event.payload.lake }}"}, "the triggered run evaluates the lake that was checked"
     assert not deployments["index"].schedules and not deployments["eval"].triggers
+    from tasks.storage import Lake
+
+    lake = Lake(settings.lake).uri
+    assert lake.startswith("/") and all(deployments[n].parameters == {"lake": lake} for n in ("nightly", "index", "eval")), \
+        "the served deployments carry the lake resolved when they were built, not the serving process's working directory"
     assert all("ragloop" in d.tags for d in deployments.values())
 
 
