@@ -218,3 +218,68 @@ def test_too_few_shared_questions_skip_the_rule_and_say_why():
                 "r2": {"q1": {"m": 0.0}, "q2": {"m": 0.0}, "q3": {"m": 0.0}}}
     paired, info = monitoring.on_shared_items(series({"m": 1}, {"m": 0}, {"m": 0}), per_item, MonitorConfig())
     assert paired == [] and "only 1 of 3 questions" in info["reason"]
+
+
+# -- one series per chain, alerts once (issue 14) ----------------------------------------------------
+def _obs(i, mode="nightly", chain="c1", line="synthetic"):
+    return {"observation_id": f"o{i}", "run_id": f"r{i}", "golden_set_id": "g", "at": i, "mode": mode,
+            "chain_hash": chain, "golden_line": line, "chain_label": chain, "metrics": {}}
+
+
+def test_watched_series_is_the_latest_served_chain_and_experiments_stay_apart():
+    from tasks.monitoring import watched_series
+
+    obs = [_obs(1), _obs(2, mode="experiment", chain="fts"), _obs(3, mode=None), _obs(4, mode="experiment", chain="c1"),
+           _obs(5, chain="c2"), _obs(6, mode="prompt-changed", chain="c2")]
+    key, series, experiments = watched_series(obs)
+    assert key["chain_hash"] == "c2" and [o["run_id"] for o in series] == ["r5", "r6"]
+    assert [o["run_id"] for o in experiments] == ["r2", "r4"], "an experiment of the same chain is still an experiment"
+    assert watched_series([_obs(1, mode="experiment")])[:2] == (None, [])
+
+
+def test_alerts_are_sent_once_per_condition_and_once_when_cleared():
+    from tasks.monitoring import alerts_to_send
+
+    regression = {"kind": "regression", "metric": "ndcg@10", "severity": "warning", "message": "down"}
+    sent, state = alerts_to_send([regression], {})
+    assert sent == [regression]
+    again, state = alerts_to_send([regression], state)
+    assert again == [], "a persisting condition is not re-sent"
+    worse = {**regression, "severity": "critical"}
+    assert alerts_to_send([worse], state)[0] == [worse], "a change of severity is news"
+    cleared, state = alerts_to_send([], state)
+    assert [(a["kind"], a["metric"], a["severity"]) for a in cleared] == [("alert_cleared", "ndcg@10", "info")]
+    assert alerts_to_send([], state) == ([], {})
+    failed = {"kind": "stage_failed", "metric": "stage.synth", "severity": "critical", "message": "x"}
+    assert alerts_to_send([failed], {})[0] == [failed] and alerts_to_send([failed], {})[1] == {}, "events are always sent"
+
+
+def test_latest_answered_skips_retrieval_only_runs():
+    from tasks.monitoring import latest_answered
+
+    chains = {"r1": {"answer": {"name": "answer"}}, "r2": {"answer": None}}
+    assert latest_answered([_obs(1), _obs(2)], chains.get)["run_id"] == "r1"
+    assert latest_answered([_obs(2)], chains.get) is None
+
+
+def test_chain_label_and_history_rows_carry_the_series():
+    import datetime as dt
+
+    from tasks.monitoring import chain_label, history_rows
+
+    assert chain_label({"retrieval": "hybrid", "k": 5, "answer": {"name": "answer"}, "rerank": {"kind": "embedding"}}) == \
+        "hybrid k5 +rerank +answer"
+    run = {"run_id": "r1", "lineage": {"chain_hash": "h", "chain": {"retrieval": "fts", "k": 3}, "golden_line": "x"},
+           "outputs": {"golden_set_id": "g", "metrics": {"hit@1": 1.0}, "promotion": {"mode": "experiment"}}}
+    row = history_rows("r1", run, dt.datetime(2026, 11, 30))[0]
+    assert (row["chain_hash"], row["golden_line"], row["mode"], row["chain_label"]) == ("h", "x", "experiment", "fts k3 retrieval-only")
+    assert history_rows("n1", run, dt.datetime(2026, 11, 30), mode="nightly")[0]["mode"] == "nightly"
+
+
+def test_stage_failures_are_critical_alerts():
+    from tasks.monitoring import check_stage_failures
+
+    check = check_stage_failures([{"stage": "synth", "run_id": "s1", "error": "no accepted items"}])
+    (alert,) = check.alerts
+    assert (alert.kind, alert.severity, alert.metric) == ("stage_failed", "critical", "stage.synth")
+    assert "no accepted items" in alert.message and "s1" in alert.message

@@ -72,3 +72,39 @@ def test_markdown_summary_carries_the_same_numbers():
     md = reporting.markdown_summary(_data(), "/lake/reports/m1/report.html")
     assert "| ndcg@10 | 0.5000 | [0.4000, 0.6000] |" in md and "**critical** `regression`" in md
     assert "/lake/reports/m1/report.html" in md
+
+
+def test_figure_rows_never_show_raw_json():
+    from tasks.reporting import figure_rows
+
+    rows = figure_rows({"observations": 3, "checked": {"ndcg@10": {"baseline": 0.7, "window": [0.5, 0.4]}},
+                        "failures": ["a", "b"], "pairing": {"shared_items": 4}})
+    by_key = {r["key"]: r for r in rows}
+    assert by_key["observations"]["value"] == "3" and by_key["failures"]["value"] == "a, b"
+    assert by_key["checked"]["table"] == {"columns": ["baseline", "window"], "rows": [["ndcg@10", "0.7", "0.5, 0.4"]]}
+    assert by_key["pairing"]["value"] == "shared_items: 4"
+    assert not any("{" in str(r.get("value", "")) for r in rows)
+
+
+def test_worst_item_shows_texts_and_marks_relevant_and_missed_chunks():
+    from tasks.reporting import worst_item
+
+    row = {"qa_id": "q", "qa_type": "single_hop", "question": "How many docks?", "answer": "Nine.", "status": "ok",
+           "metrics": {"semantic_similarity": 0.2}, "retrieved_chunk_ids": ["c2", "c1"], "error": None}
+    golden = {"reference_answer": "Twelve.", "reference_chunk_ids": ["c1", "c3"], "reference_doc_ids": ["a.md"]}
+    texts = {"c1": {"doc_id": "a.md", "headings": ["Harbour", "Docks"], "text": "Twelve docks."},
+             "c2": {"doc_id": "b.md", "headings": [], "text": "Nine benches."}}
+    item = worst_item(row, golden, "semantic_similarity", texts, [])
+    assert item["reference_answer"] == "Twelve." and item["score"] == 0.2
+    assert [(c["doc_id"], c["relevant"]) for c in item["retrieved"]] == [("b.md", False), ("a.md", True)]
+    assert item["retrieved"][1]["headings"] == "Harbour › Docks"
+    assert [c["chunk_id"] for c in item["expected_missing"]] == ["c3"]
+    assert item["expected_missing"][0]["doc_id"] == "(not in the evaluated index)"
+
+
+def test_artifact_keys_carry_the_lake():
+    from tasks.reporting import artifact_key
+
+    a, b = artifact_key("ragloop-monitor", "/lakes/a"), artifact_key("ragloop-monitor", "/lakes/b")
+    assert a != b and a.startswith("ragloop-monitor-") and a == artifact_key("ragloop-monitor", "/lakes/a")
+    assert all(ch.isalnum() or ch == "-" for ch in a) and a == a.lower()
