@@ -147,8 +147,18 @@ def _human_index(summary: dict) -> list[str]:
                             if cand else ""))
     if summary.get("lake"):
         lines.append(f"lake: {summary['lake']}")
-    for q in summary.get("quarantine", []):
-        lines.append(f"quarantined: {q['source']} ({q['reason']}: {q['detail']})")
+    if summary.get("notes"):
+        lines.append("ingest notes: " + ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in summary["notes"].items()))
+    if (summary.get("scope") or {}).get("labels"):
+        lines.append("doc id prefixes (several sources): "
+                     + ", ".join(f"{label}/ = {root}" for root, label in summary["scope"]["labels"].items()))
+    quarantined = summary.get("quarantine", [])
+    for q in quarantined:
+        if q.get("new", True):
+            lines.append(f"quarantined: {q['source']} ({q['reason']}: {q['detail']})")
+    known = sum(1 for q in quarantined if not q.get("new", True))
+    if known:
+        lines.append(f"quarantined as before: {known} file(s) (--json lists them)")
     for name, report in (summary.get("validation") or {}).items():
         if not report.get("success"):
             lines.append(f"validation {name} FAILED: {report.get('failures')}")

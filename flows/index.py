@@ -61,7 +61,7 @@ def index_corpus(
                                  allow_mass_delete=allow_mass_delete, forget_sources=forget_sources)
     store_lake = Lake(settings.lake)
     run = RunRecorder(store_lake, "index", settings)
-    base_outputs = {k: ingested[k] for k in ("documents", "quarantine", "scope") if k in ingested}
+    base_outputs = {k: ingested[k] for k in ("documents", "quarantine", "scope", "notes") if k in ingested}
     if ingested["status"] != "ok":
         return run.finish("failed", {**base_outputs, "error": f"ingest run {ingested['run_id']} {ingested['status']}"
                                      + (f": {ingested['error']}" if ingested.get("error") else ""),

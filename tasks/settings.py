@@ -33,6 +33,26 @@ class IngestConfig(Section):
     max_file_bytes: PositiveInt = 50 * 1024 * 1024
     include_hidden: bool = False
     rows_per_batch: PositiveInt = 1000
+    # gitignore-style globs on paths relative to each source root: only files matching `include` (empty =
+    # every file) and no `exclude` glob are loaded; the summary counts what they left out.
+    include: list[str] = Field(default_factory=list)
+    exclude: list[str] = Field(default_factory=list)
+    notebook_outputs: bool = False  # .ipynb: index cell outputs too (default: markdown and code cells only)
+    # mkdocs: admonitions (!!! note) and content tabs (=== "Python") become plain Markdown, snippet includes
+    # (--8<-- "file.md") are resolved inside the source (or dropped); commonmark: Markdown read as written.
+    markdown_dialect: Literal["mkdocs", "commonmark"] = "mkdocs"
+
+    @model_validator(mode="after")
+    def _valid_globs(self) -> "IngestConfig":
+        import pathspec
+
+        for name in ("include", "exclude"):
+            for pattern in getattr(self, name):
+                try:
+                    pathspec.GitIgnoreSpec.from_lines([pattern])
+                except Exception as exc:  # pathspec raises GitWildMatchPatternError (a ValueError) or others
+                    raise ValueError(f"{name}: bad glob {pattern!r}: {exc}") from exc
+        return self
 
 
 class ChunkingConfig(Section):
