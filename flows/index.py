@@ -35,6 +35,15 @@ def _facts(chunks: list, embedded: indexing.Embedded) -> pd.DataFrame:
     )
 
 
+def check_chunking(settings) -> None:
+    """ConfigError when the chunking settings do not fit the embedder (a chunk size or an overlap the
+    model cannot take); the CLI calls it before any flow starts, so the error is one line."""
+    try:
+        Chunker(settings.chunking, load_embedder(settings.embedding).counter)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from exc
+
+
 @flow(name="index-corpus")
 @lake_locked("index")
 def index_corpus(

@@ -20,8 +20,9 @@ from tasks.storage import Lake
 @flow(name="run-lifecycle")
 @lake_locked("lifecycle")  # held across the stages, so no other run slips in between them
 def run_lifecycle(sources: list[str] | None = None, lake: str | None = None, config_path: str | None = None,
-                  progress: bool = False) -> dict:
-    """One nightly pass; stops at the first stage that fails (its summary says why)."""
+                  progress: bool = False, size: int | None = None) -> dict:
+    """One nightly pass; stops at the first stage that fails (its summary says why). `size`: the golden
+    set's active items (synth.size), as `ragloop synth --size` takes it."""
     settings = flow_settings(config_path, {"lake": lake, "ingest": {"sources": sources}})
     run = RunRecorder(Lake(settings.lake), "lifecycle", settings)
     stages: dict[str, dict] = {}
@@ -35,7 +36,7 @@ def run_lifecycle(sources: list[str] | None = None, lake: str | None = None, con
             _monitor(run, stages, lake, config_path, None)
             return _finish(run, "failed", stages, f"index {indexed['status']}; failed suites: {failed_suites or 'none'}")
 
-        synth = synth_golden_set(lake=lake, config_path=config_path)
+        synth = synth_golden_set(lake=lake, size=size, config_path=config_path)
         stages["synth"] = _brief(synth)
         if synth["status"] == "failed":
             _monitor(run, stages, lake, config_path, None)
@@ -63,7 +64,7 @@ def _monitor(run: RunRecorder, stages: dict, lake: str | None, config_path: str 
 
 
 def _brief(summary: dict) -> dict:
-    keep = ("run_id", "status", "documents", "chunks", "table", "quarantine", "validation", "golden_set_id", "items",
+    keep = ("run_id", "status", "documents", "chunks", "table", "quarantine", "notes", "scope", "validation", "golden_set_id", "items",
             "by_type", "rejects", "coverage", "up_to_date", "metrics", "ci", "n", "failed_judgments", "gate", "cached", "promoted", "promotion", "stale_references", "golden_line", "index",
             "serving", "candidate", "disposition", "line",
             "results", "error", "lake", "alerts", "observations", "observed", "checks", "sinks", "report")

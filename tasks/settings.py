@@ -275,8 +275,13 @@ class DeploymentsConfig(Section):
     def _valid_schedule(self) -> "DeploymentsConfig":
         from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+        from croniter import croniter
+
         if len(self.nightly_cron.split()) != 5:
             raise ValueError(f"nightly_cron: expected 5 cron fields, got {self.nightly_cron!r}")
+        # Field ranges too (minute 0-59, hour 0-23, ...): "0 25 * * *" must fail here, not at `make serve`.
+        if not croniter.is_valid(self.nightly_cron):
+            raise ValueError(f"nightly_cron: not a valid cron expression {self.nightly_cron!r} (a field is out of range)")
         try:
             ZoneInfo(self.timezone)
         except (ZoneInfoNotFoundError, ValueError) as exc:
@@ -390,6 +395,15 @@ def read_config_file(path: str | os.PathLike[str] | None) -> tuple[dict[str, Any
     if not isinstance(data, dict):
         raise ConfigError(f"config file {candidate}: top level must be a mapping")
     return data, str(candidate)
+
+
+def check_sources(sources: list[str]) -> None:
+    """ConfigError naming every source path that does not exist, or saying none was given."""
+    missing = [s for s in sources if not Path(s).expanduser().exists()]
+    if missing:
+        raise ConfigError(f"ingest.sources: not found: {', '.join(missing)}")
+    if not sources:
+        raise ConfigError("ingest.sources: no source given (use --source PATH or ingest.sources in ragloop.yaml)")
 
 
 def load_settings(config_path: str | None = None, overrides: dict[str, Any] | None = None) -> Settings:
