@@ -184,9 +184,22 @@ class Chunker:
         for unit, n in zip(units, counts):
             unit.tokens = n
         fences = self._fences(text)
+        # Tokens of each section (a heading unit up to the next one), for the short-section rule below.
+        section: dict[int, int] = {}
+        head = None
+        for i, unit in enumerate(units):
+            if unit.body > unit.start or head is None:
+                head = i
+            section[head] = section.get(head, 0) + unit.tokens
         out: list[_Piece] = []
         cur: _Piece | None = None
-        for unit in units:
+        for i, unit in enumerate(units):
+            # Every heading starts a chunk, so an edit changes the chunks of its own section only (their
+            # ids and vectors elsewhere are kept); a short section joins the chunk before it when it fits.
+            if i in section and cur is not None and not (
+                    section[i] < self.capacity // 4 and cur.tokens + section[i] <= self.capacity and not cur.suffix):
+                out.append(cur)
+                cur = None
             if cur is not None and not cur.suffix and cur.tokens + unit.tokens <= self.capacity:
                 cur.end, cur.tokens = unit.end, cur.tokens + unit.tokens
                 continue
