@@ -23,6 +23,8 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def common(p: argparse.ArgumentParser) -> None:
+        # --config also after the subcommand (`ragloop index --config x.yaml`); SUPPRESS keeps one given before it.
+        p.add_argument("--config", default=argparse.SUPPRESS, help="config file (default: $RAGLOOP_CONFIG or ./ragloop.yaml)")
         p.add_argument("--lake", help="lake root: a path or object-store URI (default: the 'lake' setting)")
         p.add_argument("--json", action="store_true", help="print exactly one JSON object on stdout")
 
@@ -43,6 +45,12 @@ def _parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("run", help="the nightly chain once: index, GE gate, refresh the golden set, eval, gate")
     p.add_argument("--source", action="append", metavar="PATH", help="a directory or file; repeatable")
+    p.add_argument("--size", type=int, help="active items the golden set should hold (synth.size)")
+    common(p)
+
+    p = sub.add_parser("runs", help="the lake's runs, newest first (reads the lake only)")
+    p.add_argument("--flow", help="only runs of this flow (ingest, index, synth, eval, monitor, lifecycle, ...)")
+    p.add_argument("--limit", type=int, default=20, help="at most this many runs (default 20; 0 = all)")
     common(p)
 
     p = sub.add_parser("synth", help="generate or refresh the synthetic golden set from the index")
@@ -103,6 +111,9 @@ def _parser() -> argparse.ArgumentParser:
     common(g)
     g = gsub.add_parser("list", help="the golden-set lines, their versions, the chosen one and each line's baseline")
     common(g)
+    g = gsub.add_parser("show", help="a golden set's items: question, type, status, review, reference answer and evidence")
+    g.add_argument("spec", metavar="ID", help="golden_set_id, a unique prefix, a line name, or 'latest'")
+    common(g)
 
     p = sub.add_parser("prompts", help="prompt versions: `prompts check` lists prompts changed since last recorded")
     psub = p.add_subparsers(dest="prompts_command", required=True, metavar="ACTION")
@@ -147,8 +158,18 @@ def _human_index(summary: dict) -> list[str]:
                             if cand else ""))
     if summary.get("lake"):
         lines.append(f"lake: {summary['lake']}")
-    for q in summary.get("quarantine", []):
-        lines.append(f"quarantined: {q['source']} ({q['reason']}: {q['detail']})")
+    if summary.get("notes"):
+        lines.append("ingest notes: " + ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in summary["notes"].items()))
+    if (summary.get("scope") or {}).get("labels"):
+        lines.append("doc id prefixes (several sources): "
+                     + ", ".join(f"{label}/ = {root}" for root, label in summary["scope"]["labels"].items()))
+    quarantined = summary.get("quarantine", [])
+    for q in quarantined:
+        if q.get("new", True):
+            lines.append(f"quarantined: {q['source']} ({q['reason']}: {q['detail']})")
+    known = sum(1 for q in quarantined if not q.get("new", True))
+    if known:
+        lines.append(f"quarantined as before: {known} file(s) (--json lists them)")
     for name, report in (summary.get("validation") or {}).items():
         if not report.get("success"):
             lines.append(f"validation {name} FAILED: {report.get('failures')}")
@@ -201,7 +222,7 @@ def _run_lifecycle(args: argparse.Namespace) -> dict:
     from flows.lifecycle import run_lifecycle
 
     state = run_lifecycle(sources=args.source, lake=args.lake, config_path=args.config, progress=not args.json,
-                          return_state=True)
+                          size=args.size, return_state=True)
     summary = state.result(raise_on_failure=False)  # a failed night is a Failed flow run carrying its summary
     if isinstance(summary, BaseException):
         raise summary
@@ -475,6 +496,8 @@ def _human_rollback(summary: dict) -> list[str]:
 def _run_golden(args: argparse.Namespace) -> dict:
     if args.golden_command in ("use", "list"):
         return _golden_lines(args)
+    if args.golden_command == "show":
+        return _golden_show(args)
     from flows.golden import export_golden_set, import_golden_set
 
     if args.golden_command == "import":
@@ -504,7 +527,79 @@ def _golden_lines(args: argparse.Namespace) -> dict:
         for name, line in sorted(lines.lines.items())}}
 
 
+def _golden_show(args: argparse.Namespace) -> dict:
+    """`golden show ID`: the items of one golden set, read from the lake (no Prefect)."""
+    from collections import Counter
+
+    from tasks import promotion
+    from tasks.settings import ConfigError, load_settings
+    from tasks.storage import Lake
+
+    lake = Lake(load_settings(args.config, {"lake": args.lake} if args.lake else {}).lake)
+    golden_set_id, line = promotion.Refs(lake).resolve_golden(args.spec, lake.list_golden())
+    if golden_set_id is None:
+        raise ConfigError(f"golden show {args.spec}: no such golden set or line in {lake.uri} "
+                          f"(have: {', '.join(lake.list_golden()) or 'none'}; see `ragloop golden list`)")
+    rows = lake.read_golden(golden_set_id).to_pylist()
+    fields = ("qa_id", "question", "qa_type", "persona", "status", "review", "reference_answer",
+              "reference_chunk_ids", "reference_doc_ids", "generator", "created_at")
+    items = [{k: (str(r[k]) if k == "created_at" else r.get(k)) for k in fields} for r in rows]
+    return {"status": "ok", "golden_set_id": golden_set_id, "line": line, "count": len(items),
+            "by_status": dict(sorted(Counter(i["status"] for i in items).items())),
+            "by_type": dict(sorted(Counter(i["qa_type"] for i in items).items())), "items": items}
+
+
+def _run_runs(args: argparse.Namespace) -> dict:
+    """`runs`: the run manifests in the lake, newest first (no Prefect)."""
+    from tasks.settings import ConfigError, load_settings
+    from tasks.storage import Lake
+
+    if args.limit is not None and args.limit < 0:
+        raise ConfigError(f"--limit {args.limit}: must be >= 0")
+    lake = Lake(load_settings(args.config, {"lake": args.lake} if args.lake else {}).lake)
+    rows = lake.read_runs().to_pylist()
+    flows = sorted({r["flow"] for r in rows})
+    if args.flow and args.flow not in flows:
+        raise ConfigError(f"--flow {args.flow}: no run of that flow in {lake.uri} (flows with runs: {', '.join(flows) or 'none'})")
+    rows = [r for r in rows if not args.flow or r["flow"] == args.flow]
+    rows.sort(key=lambda r: (r["started_at"], r["run_id"]), reverse=True)
+    shown = rows[:args.limit] if args.limit else rows
+    runs = []
+    for r in shown:
+        lineage, outputs = json.loads(r["lineage"] or "{}"), json.loads(r["outputs"] or "{}")
+        seconds = (r["ended_at"] - r["started_at"]).total_seconds() if r["ended_at"] else None
+        runs.append({"run_id": r["run_id"], "flow": r["flow"], "status": r["status"], "started_at": str(r["started_at"]),
+                     "ended_at": str(r["ended_at"]) if r["ended_at"] else None,
+                     "seconds": round(seconds, 1) if seconds is not None else None,
+                     "golden_set_id": lineage.get("golden_set_id"), "snapshot_id": lineage.get("snapshot_id"),
+                     "error": outputs.get("error")})
+    return {"status": "ok", "lake": lake.uri, "total": len(rows), "shown": len(runs), "runs": runs}
+
+
+def _human_runs(summary: dict) -> list[str]:
+    if not summary["runs"]:
+        return [f"no runs in {summary['lake']}"]
+    lines = [f"{'run_id':<40} {'flow':<14} {'status':<18} {'started_at':<26} seconds"]
+    for r in summary["runs"]:
+        lines.append(f"{r['run_id']:<40} {r['flow']:<14} {r['status']:<18} {r['started_at'][:26]:<26} "
+                     f"{r['seconds'] if r['seconds'] is not None else 'running or killed'}"
+                     + (f"  error: {r['error'][:80]}" if r.get("error") else ""))
+    if summary["total"] > summary["shown"]:
+        lines.append(f"({summary['shown']} of {summary['total']} shown; --limit 0 for all)")
+    return lines
+
+
 def _human_golden(summary: dict) -> list[str]:
+    if "items" in summary and isinstance(summary["items"], list):
+        lines = [f"golden set {summary['golden_set_id']}" + (f" (line {summary['line']})" if summary.get("line") else "")
+                 + f": {summary['count']} items - " + ", ".join(f"{k} {v}" for k, v in summary["by_status"].items())]
+        for i in summary["items"]:
+            lines.append(f"[{i['status']}/{i['review']}] {i['qa_id']} {i['qa_type']}: {i['question']}")
+            if i.get("reference_answer"):
+                lines.append(f"    answer: {i['reference_answer']}")
+            lines.append(f"    evidence: {', '.join(i['reference_doc_ids']) or 'none (unanswerable)'}"
+                         + (f" ({len(i['reference_chunk_ids'])} chunks)" if i["reference_chunk_ids"] else ""))
+        return lines
     if "path" in summary:
         return [f"golden set {summary['golden_set_id']}: {summary['items']} items written to {summary['path']} ({summary['format']})"]
     if "lines" in summary:
@@ -579,7 +674,23 @@ COMMANDS: dict[str, tuple[Callable[[argparse.Namespace], dict], Callable[[dict],
     "lineage": (_run_lineage, _human_lineage),
     "rollback": (_run_rollback, _human_rollback),
     "promote": (_run_promote, _human_promote),
+    "runs": (_run_runs, _human_runs),
 }
+
+
+def _precheck(args: argparse.Namespace, settings) -> None:
+    """Usage errors a flow would only find after Prefect starts (a misspelt --source, a chunk overlap the
+    model cannot take), raised first so they print as one line (exit 2)."""
+    from tasks.settings import check_sources
+
+    if args.command in ("ingest", "index", "run"):
+        check_sources(list(args.source or settings.ingest.sources))
+    if args.command in ("index", "run", "import-beir"):
+        from flows.index import check_chunking
+        from tasks.settings import load_settings
+
+        chunking = getattr(args, "chunking", None)
+        check_chunking(load_settings(args.config, {"chunking": {"strategy": chunking}} if chunking else {}))
 
 
 def _emit(summary: dict, as_json: bool, human: Callable[[dict], list[str]]) -> None:
@@ -600,7 +711,8 @@ def main(argv: list[str] | None = None) -> int:
 
     run, human = COMMANDS[args.command]
     try:
-        load_settings(args.config)  # a bad config fails here, before Prefect starts or any work
+        settings = load_settings(args.config)  # a bad config fails here, before Prefect starts or any work
+        _precheck(args, settings)
         summary: dict[str, Any] = run(args)
     except ConfigError as exc:
         _emit({"status": "failed", "error": str(exc), "exit_code": EXIT_USAGE}, args.json, lambda s: [f"error: {s['error']}"])

@@ -60,11 +60,9 @@ def lake_locked(flow_name: str) -> Callable:
 
 def check_sources(sources: list[str]) -> None:
     """Fail before any work when a source path does not exist (exit 2, naming it)."""
-    missing = [s for s in sources if not Path(s).expanduser().exists()]
-    if missing:
-        raise ConfigError(f"ingest.sources: not found: {', '.join(missing)}")
-    if not sources:
-        raise ConfigError("ingest.sources: no source given (use --source PATH or ingest.sources in ragloop.yaml)")
+    from tasks.settings import check_sources as check
+
+    check(sources)
 
 
 def index_store(lake: Lake, embedder, which: str = "auto") -> tuple[ChunkStore, str]:

@@ -35,6 +35,15 @@ def _facts(chunks: list, embedded: indexing.Embedded) -> pd.DataFrame:
     )
 
 
+def check_chunking(settings) -> None:
+    """ConfigError when the chunking settings do not fit the embedder (a chunk size or an overlap the
+    model cannot take); the CLI calls it before any flow starts, so the error is one line."""
+    try:
+        Chunker(settings.chunking, load_embedder(settings.embedding).counter)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from exc
+
+
 @flow(name="index-corpus")
 @lake_locked("index")
 def index_corpus(
@@ -61,7 +70,7 @@ def index_corpus(
                                  allow_mass_delete=allow_mass_delete, forget_sources=forget_sources)
     store_lake = Lake(settings.lake)
     run = RunRecorder(store_lake, "index", settings)
-    base_outputs = {k: ingested[k] for k in ("documents", "quarantine", "scope") if k in ingested}
+    base_outputs = {k: ingested[k] for k in ("documents", "quarantine", "scope", "notes") if k in ingested}
     if ingested["status"] != "ok":
         return run.finish("failed", {**base_outputs, "error": f"ingest run {ingested['run_id']} {ingested['status']}"
                                      + (f": {ingested['error']}" if ingested.get("error") else ""),

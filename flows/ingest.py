@@ -46,6 +46,7 @@ def ingest_corpus(sources: list[str] | None = None, lake: str | None = None, con
                 for q in result.quarantine
             ],
         )
+        before = {(q["source"], q["reason"]) for q in ((previous_run or {}).get("outputs") or {}).get("quarantine") or []}
         frame = store.snapshot_profile(result.snapshot_id)
         report = validate_documents(frame)
         store.write_validation(run.run_id, report.suite, report.result)
@@ -54,11 +55,16 @@ def ingest_corpus(sources: list[str] | None = None, lake: str | None = None, con
             "lake": store.uri,
             "snapshot_id": result.snapshot_id,
             "documents": result.counts,
-            "quarantine": [{"source": q.source_uri, "reason": q.reason.value, "detail": q.detail} for q in result.quarantine],
+            # `new`: not quarantined (for the same reason) by the previous ingest, so the human summary can
+            # list only news and count the rest.
+            "quarantine": [{"source": q.source_uri, "reason": q.reason.value, "detail": q.detail,
+                            "new": (q.source_uri, q.reason.value) not in before} for q in result.quarantine],
+            # What globs left out and what loaders rewrote (notebooks, mkdocs dialects, CSV dialects).
+            "notes": result.notes,
             "carried_forward": result.carried_forward,
             "scope": {"sources": ingestion.source_roots(list(settings.ingest.sources)),
                       "other_sources_kept": result.other_sources_kept, "forgotten": result.forgotten,
-                      "known_sources": result.known_roots},
+                      "known_sources": result.known_roots, "labels": result.labels},
             "validation": {"documents": report.summary()},
         }
         if not report.success:

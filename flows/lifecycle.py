@@ -23,16 +23,17 @@ from tasks.storage import Lake
 @flow(name="run-lifecycle")
 @lake_locked("lifecycle")  # held across the stages, so no other run slips in between them
 def run_lifecycle(sources: list[str] | None = None, lake: str | None = None, config_path: str | None = None,
-                  progress: bool = False):
+                  progress: bool = False, size: int | None = None):
     """One nightly pass; stops at the first stage that fails. The monitor always runs: a failed stage
-    reaches every alert sink as `stage_failed`, and the flow run ends Failed (its data is the summary)."""
+    reaches every alert sink as `stage_failed`, and the flow run ends Failed (its data is the summary).
+    `size`: the golden set's active items (synth.size), as `ragloop synth --size` takes it."""
     settings = flow_settings(config_path, {"lake": lake, "ingest": {"sources": sources}})
     run = RunRecorder(Lake(settings.lake), "lifecycle", settings)
     stages: dict[str, dict] = {}
     try:
         failure = _stage(stages, "index", index_corpus, sources=sources, lake=lake, config_path=config_path, progress=progress)
         if not failure:
-            failure = _stage(stages, "synth", synth_golden_set, lake=lake, config_path=config_path)
+            failure = _stage(stages, "synth", synth_golden_set, lake=lake, size=size, config_path=config_path)
         if not failure:
             failure = _stage(stages, "eval", evaluate_chain, lake=lake, golden="latest", config_path=config_path,
                              reuse_cached=True, promote="nightly")
@@ -60,7 +61,7 @@ def _stage(stages: dict, name: str, flow_fn, **params) -> dict | None:
 
 
 def _brief(summary: dict) -> dict:
-    keep = ("run_id", "status", "documents", "chunks", "table", "quarantine", "validation", "golden_set_id", "items",
+    keep = ("run_id", "status", "documents", "chunks", "table", "quarantine", "notes", "scope", "validation", "golden_set_id", "items",
             "by_type", "rejects", "coverage", "up_to_date", "metrics", "ci", "n", "failed_judgments", "gate", "cached", "promoted", "promotion", "stale_references", "golden_line", "index",
             "serving", "candidate", "disposition", "line",
             "results", "error", "lake", "alerts", "notified", "observations", "observed", "checks", "sinks", "report",

@@ -17,9 +17,38 @@ from tasks.settings import ChunkingConfig
 
 # Bump when the chunking logic changes in a way that changes chunks: it is part of chunker_hash,
 # so every document is re-chunked (vectors of unchanged texts are still reused).
-CHUNKER_VERSION = 1
+# 2: Markdown is packed block by block (a heading stays with its first content, a fence with its
+#    code, code split across chunks is re-fenced); every chunk of a split table row carries its identity.
+CHUNKER_VERSION = 2
 
 MARKDOWN_MIMES = {"text/markdown", "text/html"}  # html is extracted to Markdown by ingestion
+TABLE_ROW_MIME = "application/x-table-row"
+_BLANK_LINES = re.compile(r"(?:[ \t]*\n)*")
+_SHORT = 20  # tokens: a piece shorter than this carries too little to be retrieved on its own
+
+
+@dataclass
+class _Unit:
+    """A run of top-level Markdown blocks that must not be split apart: leading headings and the first
+    block after them. `body` is where the headings end; `fence` the body's fence markup, if it is one."""
+
+    start: int
+    end: int
+    body: int
+    tokens: int = 0
+    fence: bool = False
+
+
+@dataclass
+class _Piece:
+    """A chunk under construction: `prefix` (a re-opened fence) + text[start:end] + `suffix` (its closer)."""
+
+    start: int
+    end: int
+    tokens: int
+    prefix: str = ""
+    suffix: str = ""
+    dedent: int = 0  # a piece of a fence nested in a list: its indentation, removed so it reads alone
 
 
 @dataclass(frozen=True)
@@ -34,6 +63,11 @@ class Chunk:
     n_tokens: int
     chunker_hash: str
     metadata: dict = field(default_factory=dict)
+
+
+def _dedent(line: str, n: int) -> str:
+    """The line without up to n leading spaces."""
+    return line[min(n, len(line) - len(line.lstrip(" "))):]
 
 
 def sha256_text(text: str) -> str:
@@ -52,7 +86,14 @@ class Chunker:
         self.config = config
         self.counter = counter
         self.capacity = config.max_tokens or counter.max_tokens
-        overlap = min(config.overlap_tokens, self.capacity - 1)
+        if config.overlap_tokens >= self.capacity:
+            # Cutting it silently would change every chunk (and the corpus's vectors) without a word.
+            raise ValueError(
+                f"chunking.overlap_tokens={config.overlap_tokens} must be smaller than the chunk size of "
+                f"{self.capacity} tokens (chunking.max_tokens, or the embedder's limit)"
+            )
+        overlap = self.overlap = config.overlap_tokens
+        self._sized: dict[tuple[int, bool], MarkdownSplitter | TextSplitter] = {}
         tokenizer = counter.tokenizer
         self._markdown = MarkdownSplitter.from_huggingface_tokenizer(tokenizer, self.capacity, overlap)
         self._text = TextSplitter.from_huggingface_tokenizer(tokenizer, self.capacity, overlap)
@@ -82,9 +123,11 @@ class Chunker:
             text, source_tokens = self.counter.truncate(doc.text.strip(), self.capacity)
             return self._make_chunks(doc, [(0, text, ())],
                                      {"truncated": source_tokens > self.capacity, "source_tokens": source_tokens})
-        spans = splitter.chunk_indices(doc.text) if spans is None else spans
         if splitter is self._markdown:
-            return self._make_chunks(doc, self._split_markdown(doc.text, spans), {})
+            return self._make_chunks(doc, self._split_markdown(doc.text, self._pack_markdown(doc.text)), {})
+        if doc.mime == TABLE_ROW_MIME:
+            return self._chunk_table_row(doc)
+        spans = splitter.chunk_indices(doc.text) if spans is None else spans
         return self._make_chunks(doc, [(offset, text, ()) for offset, text in spans], {})
 
     def chunk_documents(self, docs: Iterable[Document]) -> list[Chunk]:
@@ -96,8 +139,8 @@ class Chunker:
         """
         docs = list(docs)
         spans: list[list[tuple[int, str]] | None] = [None] * len(docs)
-        for splitter in (self._markdown, self._text):
-            picked = [i for i, d in enumerate(docs) if self._splitter(d) is splitter]
+        for splitter in (self._text,):  # Markdown is packed block by block (chunk_document)
+            picked = [i for i, d in enumerate(docs) if self._splitter(d) is splitter and d.mime != TABLE_ROW_MIME]
             if picked:
                 for i, found in zip(picked, splitter.chunk_all_indices([docs[i].text for i in picked])):
                     spans[i] = found
@@ -111,17 +154,200 @@ class Chunker:
             return self._markdown
         return self._text
 
-    def _split_markdown(self, text: str, spans: list[tuple[int, str]]) -> list[tuple[int, str, tuple[str, ...]]]:
+    def _split_markdown(self, text: str, spans: list[tuple[int, str, int]]) -> list[tuple[int, str, tuple[str, ...], int]]:
+        """(offset, text, heading trail at the offset, end offset) for each packed span."""
         headings = self._heading_offsets(text)
         pieces = []
-        for offset, chunk in spans:
+        for offset, chunk, end in spans:
             trail: list[tuple[int, str]] = []
             for start, level, title in headings:
                 if start > offset:
                     break
                 trail = [h for h in trail if h[0] < level] + [(level, title)]
-            pieces.append((offset, chunk, tuple(title for _, title in trail)))
+            pieces.append((offset, chunk, tuple(title for _, title in trail), end))
         return pieces
+
+    # -- Markdown: block packing ------------------------------------------------------------------
+    def _pack_markdown(self, text: str) -> list[tuple[int, str, int]]:
+        """(offset, chunk text, end offset) of a Markdown document packed block by block.
+
+        Top-level blocks (from the CommonMark parse) are packed greedily up to the capacity; a heading
+        is packed with the block after it, so no chunk is a heading alone or a fence opener alone, and a
+        short section joins its neighbours instead of becoming a chunk of a few tokens. A unit longer
+        than the capacity is split inside (Markdown-aware for prose, by lines for code) and every piece
+        that starts or ends inside a fenced block is re-fenced with the block's opener (language kept).
+        """
+        units = self._units(text)
+        if not units:
+            return []
+        counts = self.counter.count_many([text[u.start:u.end] for u in units])
+        for unit, n in zip(units, counts):
+            unit.tokens = n
+        fences = self._fences(text)
+        # Tokens of each section (a heading unit up to the next one), for the short-section rule below.
+        section: dict[int, int] = {}
+        head = None
+        for i, unit in enumerate(units):
+            if unit.body > unit.start or head is None:
+                head = i
+            section[head] = section.get(head, 0) + unit.tokens
+        out: list[_Piece] = []
+        cur: _Piece | None = None
+        for i, unit in enumerate(units):
+            # Every heading starts a chunk, so an edit changes the chunks of its own section only (their
+            # ids and vectors elsewhere are kept); a short section joins the chunk before it when it fits.
+            if i in section and cur is not None and not (
+                    section[i] < self.capacity // 4 and cur.tokens + section[i] <= self.capacity and not cur.suffix):
+                out.append(cur)
+                cur = None
+            if cur is not None and not cur.suffix and cur.tokens + unit.tokens <= self.capacity:
+                cur.end, cur.tokens = unit.end, cur.tokens + unit.tokens
+                continue
+            if unit.tokens <= self.capacity:
+                if cur is not None:
+                    out.append(cur)
+                cur = _Piece(unit.start, unit.end, unit.tokens)
+                continue
+            pieces = self._split_unit(text, unit, cur, fences)
+            if cur is not None and pieces[0].start != cur.start:
+                out.append(cur)  # it did not fit in front of the unit's first piece
+            out.extend(pieces[:-1])
+            cur = pieces[-1]
+        if cur is not None:
+            out.append(cur)
+        spans = []
+        for p in out:
+            body = text[p.start:p.end]
+            lead = len(_BLANK_LINES.match(body).group(0))
+            kept = body[lead:].rstrip()
+            if p.dedent:
+                kept = "\n".join(_dedent(line, p.dedent) for line in kept.split("\n"))
+                kept = (_dedent(p.prefix, p.dedent) + kept + p.suffix.replace(" " * p.dedent, "", 1)).strip("\n")
+            elif p.prefix or p.suffix:
+                kept = (p.prefix + kept + p.suffix).strip("\n")
+            if kept.strip():
+                spans.append((p.start + lead, kept, p.start + lead + len(body[lead:].rstrip())))
+        return spans
+
+    def _units(self, text: str) -> list[_Unit]:
+        """Contiguous units covering the text: each top-level block from its first line to the next
+        block (blank lines and link definitions included), with leading headings bound to the block after."""
+        line_starts = [0] + [m.end() for m in re.finditer("\n", text)]
+        blocks: list[tuple[int, str]] = []
+        for tok in self._md_parser.parse(text):
+            if tok.level == 0 and tok.map is not None and tok.nesting >= 0:
+                blocks.append((line_starts[tok.map[0]] if tok.map[0] < len(line_starts) else len(text), tok.type))
+        if not blocks:
+            return [_Unit(0, len(text), 0)] if text.strip() else []
+        blocks[0] = (0, blocks[0][1])
+        units: list[_Unit] = []
+        pending: int | None = None  # start of leading headings waiting for their first content
+        for i, (start, kind) in enumerate(blocks):
+            end = blocks[i + 1][0] if i + 1 < len(blocks) else len(text)
+            if kind == "heading_open":
+                pending = start if pending is None else pending
+                if i + 1 == len(blocks):
+                    units.append(_Unit(pending, end, end))
+                continue
+            units.append(_Unit(start if pending is None else pending, end, start, fence=kind == "fence"))
+            pending = None
+        return units
+
+    def _fences(self, text: str) -> list[tuple[int, int, str, str]]:
+        """(start, end, opener line, closer line) of every fenced code block, nested ones included."""
+        line_starts = [0] + [m.end() for m in re.finditer("\n", text)]
+        out = []
+        for tok in self._md_parser.parse(text):
+            if tok.type != "fence" or tok.map is None:
+                continue
+            first, last = tok.map[0], tok.map[1]
+            start = line_starts[first]
+            end = line_starts[last] if last < len(line_starts) else len(text)
+            opener = text[start:text.find("\n", start) if "\n" in text[start:end] else end]
+            indent = opener[:len(opener) - len(opener.lstrip(" "))]
+            out.append((start, end, opener, indent + tok.markup))
+        return out
+
+    def _split_unit(self, text: str, unit: _Unit, cur: _Piece | None, fences) -> list[_Piece]:
+        """Pieces of a unit longer than the capacity; its headings (and a short `cur` before it) lead
+        the first piece. Pieces inside a fence get its opener and closer, so every fence is balanced."""
+        margin = max([self.counter.count(o + "\n" + c) + 2 for s, e, o, c in fences if s < unit.end and e > unit.start] or [0])
+        head_start = unit.start
+        head_tokens = self.counter.count(text[unit.start:unit.body]) if unit.body > unit.start else 0
+        if cur is not None and not cur.prefix and cur.tokens + head_tokens <= self.capacity // 4:
+            head_start, head_tokens = cur.start, cur.tokens + head_tokens  # join a short chunk before the unit
+        room = self.capacity - margin
+        body = text[unit.body:unit.end]
+        spans = self._body_spans(body, room, unit.fence)
+        if head_tokens and spans and head_tokens + spans[0][2] > room and room - head_tokens >= 32:
+            first_room = room - head_tokens
+            first = self._body_spans(body, first_room, unit.fence)[0]
+            rest = self._body_spans(body[first[1]:], room, unit.fence)
+            spans = [first] + [(first[1] + a, first[1] + b, n) for a, b, n in rest]
+        pieces = [_Piece(unit.body + a, unit.body + b, n) for a, b, n in spans]
+        if pieces and head_tokens and head_tokens + pieces[0].tokens <= room:
+            pieces[0].start, pieces[0].tokens = head_start, head_tokens + pieces[0].tokens
+        elif pieces and head_tokens:
+            pieces.insert(0, _Piece(head_start, unit.body, head_tokens))
+        for piece in pieces:
+            # The splitter starts a piece after its leading spaces: start it at its line instead.
+            line_start = text.rfind("\n", 0, piece.start) + 1
+            if not text[line_start:piece.start].strip():
+                piece.start = line_start
+            for start, end, opener, closer in fences:
+                opener_end = start + len(opener)
+                if start <= piece.start < end or start < piece.end <= end:
+                    piece.dedent = max(piece.dedent, len(opener) - len(opener.lstrip(" ")))
+                if start < piece.start < end and piece.start >= opener_end and not piece.prefix:
+                    piece.prefix = opener + "\n"
+                if start < piece.end < end and not text[piece.start:piece.end].rstrip().endswith(closer.strip()):
+                    if piece.end > opener_end or piece.start < start:
+                        piece.suffix = "\n" + closer
+        return pieces
+
+    def _body_spans(self, body: str, room: int, code: bool) -> list[tuple[int, int, int]]:
+        """(start, end, tokens) of `body` split to at most `room` tokens: by lines for code, else Markdown-aware."""
+        splitter = self._sized_splitter(max(room, 1), code)
+        spans: list[tuple[int, int, int]] = []
+        for offset, piece in splitter.chunk_indices(body):
+            end, n = offset + len(piece), self.counter.count(piece)
+            # The splitter cuts long lists between items, leaving a lead-in line ("* Tutorial:") alone:
+            # a piece this short joins its neighbour when both fit.
+            if spans and (n < _SHORT or spans[-1][2] < _SHORT):
+                merged = self.counter.count(body[spans[-1][0]:end])
+                if merged <= room:
+                    spans[-1] = (spans[-1][0], end, merged)
+                    continue
+            spans.append((offset, end, n))
+        return spans
+
+    def _sized_splitter(self, room: int, code: bool) -> MarkdownSplitter | TextSplitter:
+        key = (room, code)
+        if key not in self._sized:
+            overlap = min(self.overlap, room // 2)
+            cls = TextSplitter if code else MarkdownSplitter
+            self._sized[key] = cls.from_huggingface_tokenizer(self.counter.tokenizer, room, overlap)
+        return self._sized[key]
+
+    # -- table rows ------------------------------------------------------------------------------------
+    def _chunk_table_row(self, doc: Document) -> list[Chunk]:
+        """A table row's chunks; when the row is split, each piece starts with the row's identity line
+        (table, id column and row key), so no piece is anonymous. Identity also goes into the metadata."""
+        meta = doc.metadata or {}
+        table = meta.get("table") or doc.doc_id.split("#", 1)[0]
+        key = meta.get("row_key") or doc.doc_id.split("#", 1)[-1]
+        id_column = meta.get("id_column")
+        identity = {"table": table, "id_column": id_column, "row_key": key}
+        text = doc.text.strip()
+        if self.counter.count(text) <= self.capacity:
+            return self._make_chunks(doc, [(0, text, ())], identity)
+        line = f"{table} row {id_column}={key}" if id_column else f"{table} row {key}"
+        room = self.capacity - self.counter.count(line) - 1
+        if room < 16:
+            return self._make_chunks(doc, [(0, text, ())], identity)
+        splitter = self._sized_splitter(room, True)
+        pieces = [(offset, f"{line}\n{piece}", (), offset + len(piece)) for offset, piece in splitter.chunk_indices(text)]
+        return self._make_chunks(doc, pieces, identity)
 
     def _heading_offsets(self, text: str) -> list[tuple[int, int, str]]:
         """(char offset, level, title) of every ATX/setext heading; code fences are respected."""
@@ -137,14 +363,15 @@ class Chunker:
     def _make_chunks(self, doc: Document, pieces, extra: dict) -> list[Chunk]:
         chunks: list[Chunk] = []
         seen: dict[str, int] = {}
-        for offset, text, headings in pieces:
+        for offset, text, headings, *end in pieces:
             for piece_offset, piece, n_tokens in self._enforce_limit(offset, text):
                 if not piece.strip():
                     continue
                 occurrence = seen.get(piece, 0)
                 seen[piece] = occurrence + 1
                 chunk_id = sha256_text(f"{doc.doc_id}\x00{self.hash}\x00{occurrence}\x00{piece}")[:32]
-                metadata = {"char_start": piece_offset, "char_end": piece_offset + len(piece), **extra}
+                char_end = end[0] if end and piece == text else piece_offset + len(piece)
+                metadata = {"char_start": piece_offset, "char_end": char_end, **extra}
                 chunks.append(
                     Chunk(
                         chunk_id=chunk_id,

@@ -1,4 +1,4 @@
-"""Golden sets in and out: JSONL (ragloop's own rows or ragas samples) and ragas EvaluationDataset (pure)."""
+"""Golden sets in and out: JSONL (ragloop rows, ragas 0.2+ samples, ragas 0.1 testsets) and ragas EvaluationDataset (pure)."""
 
 from __future__ import annotations
 
@@ -20,32 +20,107 @@ class GoldenImportError(ValueError):
 
 
 class ImportedItem(BaseModel):
-    """One JSONL line: ragloop's field names, or ragas' SingleTurnSample names for the same things."""
+    """One imported item in ragloop's terms, whatever shape its line had (see SHAPES)."""
 
-    model_config = ConfigDict(extra="ignore", populate_by_name=True)
+    model_config = ConfigDict(extra="forbid")
 
-    question: str = Field(min_length=1, validation_alias="question")
+    question: str = Field(min_length=1)
     reference_answer: str | None = None
     reference_chunk_ids: list[str] = Field(default_factory=list)
     reference_doc_ids: list[str] = Field(default_factory=list)
-    reference_contexts: list[str] = Field(default_factory=list)  # ragas: matched to chunk texts
+    reference_contexts: list[str] = Field(default_factory=list)  # matched to chunk texts
     qa_type: str = "imported"
     persona: str = ""
     qa_id: str | None = None
 
     @model_validator(mode="before")
     @classmethod
-    def _ragas_names(cls, data: Any) -> Any:
-        if isinstance(data, dict) and "question" not in data and "user_input" in data:
-            data = dict(data)
-            data["question"] = data.pop("user_input")
-            data.setdefault("reference_answer", data.pop("reference", None))
-            data.setdefault("reference_chunk_ids", data.pop("reference_context_ids", None) or [])
-            data.setdefault("persona", data.pop("persona_name", None) or "")
-            style = data.pop("query_style", None)
-            if style in QA_TYPES:
-                data.setdefault("qa_type", style)
+    def _any_shape(cls, data: Any) -> Any:
+        """A ragas line validates too: it is mapped to ragloop's fields first."""
+        if isinstance(data, dict) and not set(data) <= RAGLOOP_FIELDS:
+            shape = line_shape(data)
+            return _ragloop_fields(data, shape)
         return data
+
+
+# The line shapes an import recognises, each by its own fields; any other field is an error, so a file
+# of another shape can never pass as items with empty references.
+RAGLOOP_FIELDS = {"qa_id", "question", "reference_answer", "reference_chunk_ids", "reference_doc_ids",
+                  "reference_contexts", "qa_type", "persona"}
+# What `golden export` writes beside them: provenance the import replaces with its own.
+RAGLOOP_IGNORED = {"source_chunk_ids", "source_doc_ids", "source_doc_sha256s", "status", "review", "generator",
+                   "prompt_id", "prompt_hash", "created_at"}
+# ragas >= 0.2 SingleTurnSample (EvaluationDataset.to_jsonl) and its testset generator's extra columns.
+RAGAS_FIELDS = {"user_input", "reference", "reference_contexts", "reference_context_ids", "persona_name",
+                "query_style", "query_length", "synthesizer_name"}
+RAGAS_IGNORED = {"retrieved_contexts", "retrieved_context_ids", "response", "multi_responses", "rubrics"}
+# ragas 0.1 TestsetGenerator output (question, contexts, ground_truth, evolution_type, metadata, episode_done)
+# and its evaluation datasets (answer; ground_truths before 0.1.0).
+RAGAS01_FIELDS = {"question", "contexts", "ground_truth", "ground_truths", "evolution_type", "metadata", "episode_done"}
+RAGAS01_IGNORED = {"answer"}
+RAGAS01_TYPES = {"simple": "single_hop", "multi_context": "multi_hop"}  # reasoning, conditional: no ragloop type
+SHAPES = {
+    "ragloop": "ragloop rows (question, reference_chunk_ids / reference_doc_ids / reference_contexts, ...)",
+    "ragas": "ragas 0.2+ samples (user_input, reference, reference_contexts, ...)",
+    "ragas-0.1": "ragas 0.1 testsets (question, contexts, ground_truth, ...)",
+}
+
+
+def line_shape(data: Any) -> str:
+    """Which shape a parsed line has: 'ragloop', 'ragas' or 'ragas-0.1'; ValueError naming the field otherwise."""
+    if not isinstance(data, dict):
+        raise ValueError(f"expected a JSON object, got {type(data).__name__}")
+    keys = set(data)
+    if "user_input" in keys:
+        shape, allowed = "ragas", RAGAS_FIELDS | RAGAS_IGNORED
+    elif "question" in keys and keys & {"contexts", "ground_truth", "ground_truths", "evolution_type", "episode_done"}:
+        shape, allowed = "ragas-0.1", RAGAS01_FIELDS | RAGAS01_IGNORED
+    elif "question" in keys:
+        shape, allowed = "ragloop", RAGLOOP_FIELDS | RAGLOOP_IGNORED
+    else:
+        raise ValueError(f"no 'question' or 'user_input' field (fields: {sorted(keys)}); expected one of: "
+                         + "; ".join(SHAPES.values()))
+    unknown = sorted(keys - allowed)
+    if unknown:
+        raise ValueError(f"field {unknown[0]!r} is not a field of {SHAPES[shape]}"
+                         + (f" (also {unknown[1:]})" if len(unknown) > 1 else ""))
+    return shape
+
+
+def _as_list(value: Any, field: str) -> list:
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise ValueError(f"field {field!r}: expected a list, got {type(value).__name__}")
+    return value
+
+
+def to_item(data: dict, shape: str) -> ImportedItem:
+    """The ImportedItem for a line of the given shape (pydantic's errors name the ragloop field)."""
+    return ImportedItem.model_validate(_ragloop_fields(data, shape))
+
+
+def _ragloop_fields(data: dict, shape: str) -> dict:
+    if shape == "ragloop":
+        return {k: v for k, v in data.items() if k in RAGLOOP_FIELDS}
+    if shape == "ragas":
+        style = data.get("query_style")
+        return {
+            "question": data["user_input"], "reference_answer": data.get("reference"),
+            "reference_contexts": _as_list(data.get("reference_contexts"), "reference_contexts"),
+            "reference_chunk_ids": _as_list(data.get("reference_context_ids"), "reference_context_ids"),
+            "persona": data.get("persona_name") or "",
+            **({"qa_type": style} if style in QA_TYPES else {}),
+        }
+    truth = data.get("ground_truth")
+    if truth is None and data.get("ground_truths"):
+        truth = "\n".join(map(str, _as_list(data["ground_truths"], "ground_truths")))
+    # With an `answer`, the line is an evaluation dataset: its contexts are what a chain retrieved, not references.
+    contexts = [] if "answer" in data else _as_list(data.get("contexts"), "contexts")
+    return {
+        "question": data["question"], "reference_answer": truth, "reference_contexts": contexts,
+        "qa_type": RAGAS01_TYPES.get(data.get("evolution_type"), "imported"),
+    }
 
 
 def _jsonable(value: Any) -> Any:
@@ -89,21 +164,32 @@ def to_ragas_dataset(rows: Iterable[dict], chunk_texts: dict[str, str], statuses
 
 
 def read_import_file(path: Path) -> list[ImportedItem]:
-    """Parse every line first; any bad line fails the whole import, naming the line and field."""
+    """Parse every line first; any bad line fails the whole import, naming the line and field.
+
+    Each line is recognised as one of SHAPES by its fields; a file holds one shape, and a field no shape
+    knows is an error (a testset of another shape must never import as items with empty references)."""
     if not path.is_file():
         raise GoldenImportError(f"{path}: not a file")
-    items, errors = [], []
+    items, errors, first_shape = [], [], None
     with path.open(encoding="utf-8") as src:
         for number, line in enumerate(src, start=1):
             if not line.strip():
                 continue
             try:
-                items.append(ImportedItem.model_validate(json.loads(line)))
+                data = json.loads(line)
+                shape = line_shape(data)
+                if first_shape is None:
+                    first_shape = (shape, number)
+                elif shape != first_shape[0]:
+                    raise ValueError(f"{SHAPES[shape]}, but line {first_shape[1]} is {SHAPES[first_shape[0]]}")
+                items.append(to_item(data, shape))
             except json.JSONDecodeError as exc:
                 errors.append(f"line {number}: not JSON ({exc.msg})")
             except ValidationError as exc:
                 fields = "; ".join(f"{'.'.join(map(str, e['loc'])) or '(line)'}: {e['msg']}" for e in exc.errors())
                 errors.append(f"line {number}: {fields}")
+            except ValueError as exc:
+                errors.append(f"line {number}: {exc}")
     if errors:
         shown = errors[:5] + ([f"... and {len(errors) - 5} more"] if len(errors) > 5 else [])
         raise GoldenImportError(f"{path}: " + "; ".join(shown))

@@ -14,6 +14,7 @@ import json
 import logging
 import os
 import unicodedata
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -83,6 +84,17 @@ class Loaded:
     mime: str
     metadata: dict = field(default_factory=dict)
     key: str | None = None  # row key within a table file (doc_id = relpath#key)
+    # What the loader did that a user may want to see (summed into the run summary's `notes`), e.g.
+    # {"notebook_outputs_dropped": 3}; not part of the document, so not part of its hash.
+    notes: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class LoadContext:
+    """What a loader may need beyond the file: its source root (snippet includes resolve inside it)."""
+
+    root: Path
+    config: IngestConfig
 
 
 _HEADING_PREFIX_CHARS = 4096
@@ -124,21 +136,61 @@ def _h1(tokens, complete_before: int | None = None) -> str | None:
     return None
 
 
-def load_markdown(path: Path, data: bytes) -> list[Loaded]:
+def load_markdown(path: Path, data: bytes, ctx: LoadContext | None = None) -> list[Loaded]:
     import frontmatter
+
+    from tasks import mkdocs
 
     raw = decode_bytes(data)
     try:
         post = frontmatter.loads(raw)
     except Exception as exc:  # front matter YAML errors come in many types
         raise LoadError(QuarantineReason.parse_error, f"front matter: {exc}") from exc
-    text = normalize_text(post.content)
+    content, notes = post.content, {}
+    if ctx is None or ctx.config.markdown_dialect == "mkdocs":
+        content, notes = mkdocs.normalize(content, path, ctx.root if ctx else path.parent)
+    text = normalize_text(content)
     meta = _json_safe(dict(post.metadata))
     title = str(meta.get("title") or _first_heading(text) or path.stem)
-    return [Loaded(text, title, "text/markdown", {"front_matter": meta} if meta else {})]
+    return [Loaded(text, title, "text/markdown", {"front_matter": meta} if meta else {}, notes=notes)]
 
 
-def load_text(path: Path, data: bytes) -> list[Loaded]:
+def load_notebook(path: Path, data: bytes, ctx: LoadContext | None = None) -> list[Loaded]:
+    """A Jupyter notebook as Markdown: markdown cells as they are, code cells fenced with the kernel's
+    language; outputs are dropped unless ingest.notebook_outputs (they are mostly noise: reprs, plots)."""
+    import nbformat
+
+    try:
+        nb = nbformat.reads(decode_bytes(data), as_version=4)
+    except LoadError:
+        raise
+    except Exception as exc:  # nbformat raises JSON, validation and version errors
+        raise LoadError(QuarantineReason.parse_error, f"notebook: {type(exc).__name__}: {exc}") from exc
+    language = (nb.metadata.get("kernelspec", {}).get("language") or nb.metadata.get("language_info", {}).get("name")
+                or "python")
+    keep_outputs = bool(ctx and ctx.config.notebook_outputs)
+    parts, dropped = [], 0
+    for cell in nb.cells:
+        source = cell.get("source", "")
+        if not source.strip():
+            continue
+        if cell.cell_type == "markdown":
+            parts.append(source.strip())
+        elif cell.cell_type == "code":
+            parts.append(f"```{language}\n{source.rstrip()}\n```")
+            outputs = cell.get("outputs", [])
+            dropped += bool(outputs) and not keep_outputs
+            for out in outputs if keep_outputs else []:
+                shown = out.get("text") or (out.get("data") or {}).get("text/plain")
+                if shown:
+                    parts.append("```text\n" + ("".join(shown) if isinstance(shown, list) else shown).rstrip() + "\n```")
+    text = normalize_text("\n\n".join(parts))
+    title = _first_heading(text) or path.stem
+    notes = {"notebooks": 1, **({"notebook_cells_with_outputs_dropped": dropped} if dropped else {})}
+    return [Loaded(text, title, "text/markdown", {"notebook": {"cells": len(nb.cells), "language": language}}, notes=notes)]
+
+
+def load_text(path: Path, data: bytes, ctx: LoadContext | None = None) -> list[Loaded]:
     return [Loaded(normalize_text(decode_bytes(data)), path.stem, "text/plain")]
 
 
@@ -156,7 +208,7 @@ def _check_html_depth(html: str) -> None:
             raise LoadError(QuarantineReason.parse_error, f"html: {error.message} (nesting too deep)")
 
 
-def load_html(path: Path, data: bytes) -> list[Loaded]:
+def load_html(path: Path, data: bytes, ctx: LoadContext | None = None) -> list[Loaded]:
     import trafilatura
 
     html = decode_bytes(data)
@@ -174,7 +226,7 @@ def load_html(path: Path, data: bytes) -> list[Loaded]:
     return [Loaded(normalize_text(text or ""), title, "text/html")]
 
 
-def load_pdf(path: Path, data: bytes) -> list[Loaded]:
+def load_pdf(path: Path, data: bytes, ctx: LoadContext | None = None) -> list[Loaded]:
     import pypdf
 
     if not data.startswith(b"%PDF-"):
@@ -213,25 +265,81 @@ def read_sidecar(path: Path) -> dict:
     return spec
 
 
-def _read_table(path: Path, data: bytes) -> pa.Table:
+CSV_DELIMITERS = ",;\t|"
+_SNIFF_CHARS = 64 * 1024
+
+
+def decode_csv(data: bytes) -> tuple[str, str]:
+    """(text, encoding) of a CSV as spreadsheets write it: UTF-8 (or UTF-16 with a BOM) first, else the
+    encoding charset-normalizer finds (Windows-1252, Latin-1, Shift-JIS...); decode_error if none fits."""
+    try:
+        return decode_bytes(data), "utf-8"
+    except LoadError as exc:
+        if exc.reason is not QuarantineReason.decode_error:
+            raise
+        from charset_normalizer import from_bytes
+
+        matches = from_bytes(data)
+        best = matches.best()
+        if best is not None:
+            # Short samples often fit several code pages equally well (chaos and coherence tied); Excel in
+            # Western locales writes Windows-1252, so it wins such a tie (cp1250 would turn è into č).
+            tied = [m for m in matches if (m.chaos, m.coherence) == (best.chaos, best.coherence)]
+            best = next((m for m in tied if m.encoding == "cp1252"), best)
+        if best is None:
+            raise LoadError(QuarantineReason.decode_error,
+                            f"CSV is not UTF-8 and no other text encoding fits ({exc.detail})") from exc
+        return str(best), best.encoding
+
+
+def sniff_delimiter(text: str) -> str:
+    """The CSV's delimiter among , ; TAB | (csv.Sniffer on the first 64 KB); ',' when the sample has only
+    one column (the sniffer then has nothing to find)."""
+    import csv
+
+    sample = text[:_SNIFF_CHARS]
+    if len(text) > _SNIFF_CHARS:  # a cut last line would look ragged
+        sample = sample[:sample.rfind("\n") + 1] or sample
+    try:
+        return csv.Sniffer().sniff(sample, delimiters=CSV_DELIMITERS).delimiter
+    except csv.Error:
+        return ","
+
+
+def _read_table(path: Path, data: bytes) -> tuple[pa.Table, dict[str, int]]:
     import pyarrow.csv as pacsv
     import pyarrow.json as pajson
     import pyarrow.parquet as pq
 
+    notes: dict[str, int] = {}
     try:
         if path.suffix == ".csv":
-            return pacsv.read_csv(io.BytesIO(data))
-        if path.suffix == ".jsonl":
-            return pajson.read_json(io.BytesIO(data))
-        return pq.read_table(io.BytesIO(data))
+            text, encoding = decode_csv(data)
+            delimiter = sniff_delimiter(text)
+            if encoding != "utf-8":
+                notes[f"csv_encoding_{encoding}"] = 1
+            if delimiter != ",":
+                notes[f"csv_delimiter_{ {';': 'semicolon', chr(9): 'tab', '|': 'pipe'}[delimiter]}"] = 1
+            table = pacsv.read_csv(io.BytesIO(text.encode("utf-8")),
+                                   parse_options=pacsv.ParseOptions(delimiter=delimiter))
+        elif path.suffix == ".jsonl":
+            table = pajson.read_json(io.BytesIO(data))
+        else:
+            table = pq.read_table(io.BytesIO(data))
     except (pa.ArrowInvalid, pa.ArrowException, OSError) as exc:
         raise LoadError(QuarantineReason.parse_error, f"table: {exc}") from exc
+    # Bytes columns would be indexed as Python reprs (b'Cr\xe8me'): text that is not text is no document.
+    binary = [f.name for f in table.schema if pa.types.is_binary(f.type) or pa.types.is_large_binary(f.type)]
+    if binary:
+        raise LoadError(QuarantineReason.decode_error, f"table: column(s) {binary} hold bytes that are not text")
+    return table, notes
 
 
-def load_table(path: Path, data: bytes) -> list[Loaded]:
-    """Each row becomes a document; the sidecar's descriptions go into text and metadata."""
+def load_table(path: Path, data: bytes, ctx: LoadContext | None = None) -> list[Loaded]:
+    """Each row becomes a document; the sidecar's descriptions go into text and metadata, and the row's
+    identity (table, id column, row key) into metadata, so every chunk of a split row can carry it."""
     spec = read_sidecar(path)
-    table = _read_table(path, data)
+    table, notes = _read_table(path, data)
     name = str(spec.get("table") or path.stem)
     described = {str(k): str(v) for k, v in (spec.get("columns") or {}).items()}
     missing = [c for c in described if c not in table.column_names]
@@ -259,13 +367,17 @@ def load_table(path: Path, data: bytes) -> list[Loaded]:
             "table_description": spec.get("description"),
             "columns": described,
             "row": _json_safe(row),
+            "id_column": id_column or None,
+            "row_key": key,
         }
-        out.append(Loaded(normalize_text("\n".join(lines)), title, "application/x-table-row", metadata, key))
+        out.append(Loaded(normalize_text("\n".join(lines)), title, "application/x-table-row", metadata, key,
+                          notes=notes if not out else {}))
     return out
 
 
-LOADERS: dict[str, Callable[[Path, bytes], list[Loaded]]] = {
+LOADERS: dict[str, Callable[..., list[Loaded]]] = {
     ".md": load_markdown,
+    ".ipynb": load_notebook,
     ".markdown": load_markdown,
     ".txt": load_text,
     ".html": load_html,
@@ -319,8 +431,28 @@ def _hidden(rel: Path) -> bool:
     return any(part.startswith(".") for part in rel.parts)
 
 
-def discover(root: Path, config: IngestConfig) -> Iterator[Path | Quarantined]:
-    """Files under root in sorted order; links leaving the root come back as quarantine records."""
+@functools.lru_cache(maxsize=64)
+def _globs(patterns: tuple[str, ...]):
+    import pathspec
+
+    return pathspec.GitIgnoreSpec.from_lines(patterns) if patterns else None
+
+
+def selected(rel: str, config: IngestConfig) -> str | None:
+    """None when a file (path relative to its source root) is to be loaded, else why not: 'excluded'
+    (matches an ingest.exclude glob) or 'not_included' (ingest.include is set and it matches none).
+    Globs are gitignore-style: `*.png`, `overrides/`, `docs/**/*.ipynb`, `!keep.md`."""
+    include, exclude = _globs(tuple(config.include)), _globs(tuple(config.exclude))
+    if exclude is not None and exclude.match_file(rel):
+        return "excluded"
+    if include is not None and not include.match_file(rel):
+        return "not_included"
+    return None
+
+
+def discover(root: Path, config: IngestConfig, notes: Counter | None = None) -> Iterator[Path | Quarantined]:
+    """Files under root in sorted order; links leaving the root come back as quarantine records.
+    Files left out by ingest.include / ingest.exclude are counted in `notes` (excluded, not_included)."""
     root = root.resolve()
     if root.is_file():
         yield root
@@ -342,11 +474,18 @@ def discover(root: Path, config: IngestConfig) -> Iterator[Path | Quarantined]:
                 continue
             if name.endswith(SIDECAR_SUFFIX):
                 continue
+            skipped = selected(unicodedata.normalize("NFC", rel.as_posix()), config)
+            if skipped:
+                if notes is not None:
+                    notes[skipped] += 1
+                continue
             yield path
 
 
-def load_file(path: Path, root: Path, config: IngestConfig) -> Iterator[Document | Quarantined]:
-    """A file's documents, or one quarantine record saying why it has none."""
+def load_file(path: Path, root: Path, config: IngestConfig, label: str | None = None,
+              notes: Counter | None = None) -> Iterator[Document | Quarantined]:
+    """A file's documents, or one quarantine record saying why it has none. With `label` (a lake of
+    several sources), path-derived doc ids are `label/relative path`; loader notes go into `notes`."""
     uri = str(path)
     try:
         uri.encode("utf-8")
@@ -378,7 +517,7 @@ def load_file(path: Path, root: Path, config: IngestConfig) -> Iterator[Document
         if size > config.max_file_bytes:
             raise LoadError(QuarantineReason.too_large, f"{size} bytes > ingest.max_file_bytes={config.max_file_bytes}")
         data = path.read_bytes()
-        loaded = loader(path, data)
+        loaded = loader(path, data, LoadContext(root, config))
     except LoadError as exc:
         yield Quarantined(uri, exc.reason, exc.detail)
         return
@@ -395,8 +534,12 @@ def load_file(path: Path, root: Path, config: IngestConfig) -> Iterator[Document
     # NFC: the same name spelt decomposed (as macOS file systems and some archives write it) or
     # composed is the same document, so a re-spelt name keeps its doc_id and its chunks.
     rel = unicodedata.normalize("NFC", rel)
+    if label is not None:
+        rel = f"{label}/{rel}"
     produced = 0
     for item in loaded:
+        if notes is not None:
+            notes.update(item.notes)
         if not item.text:
             continue
         produced += 1
@@ -410,19 +553,37 @@ def load_file(path: Path, root: Path, config: IngestConfig) -> Iterator[Document
         yield Quarantined(uri, QuarantineReason.empty, "no text after extraction")
 
 
-def iter_sources(sources: list[str], config: IngestConfig) -> Iterator[Document | Quarantined]:
-    """Every document or quarantine record under the sources, file by file in sorted order."""
+def source_labels(roots: list[str]) -> dict[str, str]:
+    """A short, stable label per source root (resolved path), unique among `roots`: the directory's name
+    (a file source: its folder's name); names shared by several roots get a hash of their path appended.
+    Depends only on the set of roots, never on their order."""
+    def name(root: str) -> str:
+        p = Path(root)
+        return unicodedata.normalize("NFC", (p.parent.name if p.is_file() else p.name) or "root").replace("/", "_")
+
+    names = {r: name(r) for r in sorted(set(roots))}
+    shared = {n for n in names.values() if list(names.values()).count(n) > 1}
+    return {r: f"{n}-{hashlib.sha256(r.encode()).hexdigest()[:8]}" if n in shared else n for r, n in names.items()}
+
+
+def iter_sources(sources: list[str], config: IngestConfig, labels: dict[str, str] | None = None,
+                 notes: Counter | None = None) -> Iterator[Document | Quarantined]:
+    """Every document or quarantine record under the sources, file by file in sorted order.
+
+    `labels` (resolved root -> label) prefixes each source's path-derived doc ids, so two sources
+    holding the same relative path give two documents; None keeps plain relative paths (one source)."""
     for source in sources:
         root = Path(source).expanduser()
         if not root.exists():
             raise FileNotFoundError(f"source not found: {source}")
         root = root.resolve()
         base = root.parent if root.is_file() else root
-        for entry in discover(root, config):
+        label = (labels or {}).get(str(root))
+        for entry in discover(root, config, notes):
             if isinstance(entry, Quarantined):
                 yield entry
             else:
-                yield from load_file(entry, base, config)
+                yield from load_file(entry, base, config, label, notes)
 
 
 # -- snapshot ------------------------------------------------------------------------------------
@@ -445,6 +606,8 @@ class IngestResult:
     other_sources_kept: int = 0  # documents of sources this run was not given, kept as they were
     forgotten: int = 0  # documents dropped because their source was named in forget_sources
     known_roots: list[str] = field(default_factory=list)  # every source the snapshot's documents come from
+    notes: dict[str, int] = field(default_factory=dict)  # files left out by globs, loader choices (see Loaded)
+    labels: dict[str, str] = field(default_factory=dict)  # root -> doc id prefix, when the lake has several sources
 
 
 class MassDeleteError(RuntimeError):
@@ -496,10 +659,19 @@ def build_snapshot(lake: Lake, sources: list[str], config: IngestConfig, max_del
     seen_uris: list[str] = []
     quarantine: list[Quarantined] = []
     quarantined_uris: set[str] = set()
+    roots = source_roots(sources)
+    forget = source_roots(forget_sources or [])
+    moved = _moved_source(roots, known_roots, forget)
+    known = roots if moved else sorted((set(known_roots or []) - set(forget)) | set(roots))
+    # Doc ids are unique across sources by construction: a lake of several sources prefixes each path
+    # with its source's label (from the whole set, so stable whichever subset a run names); a lake of
+    # one source keeps plain relative paths, as before.
+    labels = source_labels(known) if len(known) > 1 else {}
+    notes: Counter = Counter()
     writer = lake.snapshot_writer()
     buffer: list[dict] = []
     try:
-        for item in iter_sources(sources, config):
+        for item in iter_sources(sources, config, labels, notes):
             if isinstance(item, Quarantined):
                 quarantine.append(item)
                 quarantined_uris.add(item.source_uri)
@@ -527,9 +699,6 @@ def build_snapshot(lake: Lake, sources: list[str], config: IngestConfig, max_del
                 writer.write(buffer)
                 buffer = []
         writer.write(buffer)
-        roots = source_roots(sources)
-        forget = source_roots(forget_sources or [])
-        moved = _moved_source(roots, known_roots, forget)
         in_scope = {d for d, (_, _, uri) in previous.items() if moved or any(under_root(uri, r) for r in roots)}
         forgotten = {d for d, (_, _, uri) in previous.items() if d not in seen and d not in in_scope
                      and any(under_root(uri, r) for r in forget)}
@@ -547,8 +716,8 @@ def build_snapshot(lake: Lake, sources: list[str], config: IngestConfig, max_del
     except BaseException:
         writer.abort()
         raise
-    known = roots if moved else sorted((set(known_roots or []) - set(forget)) | set(roots))
-    return IngestResult(snapshot_id, prev_id, counts, quarantine, written, carried, len(kept), len(forgotten), known)
+    return IngestResult(snapshot_id, prev_id, counts, quarantine, written, carried, len(kept), len(forgotten), known,
+                        dict(sorted(notes.items())), {r: labels[r] for r in roots if r in labels})
 
 
 def _moved_source(roots: list[str], known_roots: list[str] | None, forget: list[str]) -> bool:

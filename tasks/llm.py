@@ -444,7 +444,11 @@ class OpenAICompatLLM:
     @property
     def context_window(self) -> int:
         """The window the endpoint reports for the model (vLLM, llama-server do), else llm.n_ctx."""
-        entry = (self._listed or {}).get(self.config.model or "", {})
+        listed = self._listed or {}
+        # With llm.model unset the endpoint's only model is the one used, so its reported window counts
+        # (a 1,024-token server must not be taken for llm.n_ctx's 4,096).
+        model = self.config.model or (next(iter(listed)) if len(listed) == 1 else "")
+        entry = listed.get(model, {})
         for value in (entry.get("max_model_len"), entry.get("context_length"), (entry.get("meta") or {}).get("n_ctx")):
             if isinstance(value, int) and value > 0:
                 return value

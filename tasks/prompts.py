@@ -5,10 +5,10 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
-from jinja2 import StrictUndefined, TemplateSyntaxError, meta
+from jinja2 import StrictUndefined, TemplateSyntaxError, meta, nodes
 from jinja2.exceptions import SecurityError, UndefinedError
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -42,7 +42,9 @@ class PromptFile(BaseModel):
     model_config = ConfigDict(extra="forbid")
     name: str
     description: str = ""
-    input_variables: list[str]
+    # Names, or {name: type} with type `text` or `list` (of texts). Untyped names take their type from the
+    # template: a variable a `{% for %}` loop iterates is a list, any other is text.
+    input_variables: list[str] | dict[str, Literal["text", "list"]]
     output: str | None = None  # the name of the pydantic model the reply must parse into
     params: dict[str, Any] = Field(default_factory=dict)  # temperature, max_tokens, ...
     system: str = ""
@@ -62,6 +64,7 @@ class Prompt:
     params: dict = field(default_factory=dict)
     system: str = ""
     user: str = ""
+    input_types: dict[str, str] = field(default_factory=dict)  # name -> "text" | "list", checked by render()
 
     @property
     def prompt_id(self) -> str:
@@ -82,6 +85,11 @@ class Prompt:
                     + ([f"undeclared variable(s) {extra}"] if extra else [])
                 )
             )
+        wrong = [_type_problem(name, variables[name], self.input_types.get(name, "text")) for name in self.input_variables]
+        wrong = [w for w in wrong if w]
+        if wrong:
+            # A string where a list of passages is expected would render one character per passage.
+            raise PromptError(f"prompt {self.name!r}: " + "; ".join(wrong))
         try:
             messages = []
             if self.system.strip():
@@ -90,6 +98,23 @@ class Prompt:
             return messages
         except (UndefinedError, SecurityError) as exc:
             raise PromptError(f"prompt {self.name!r}: {exc}") from exc
+
+
+def _type_problem(name: str, value: Any, kind: str) -> str | None:
+    """Why `value` does not fit the declared type, or None."""
+    if kind == "list":
+        if not isinstance(value, (list, tuple)):
+            return f"variable {name!r} must be a list of texts, got {type(value).__name__}"
+        bad = [type(v).__name__ for v in value if not isinstance(v, str)]
+        return f"variable {name!r} must be a list of texts, got items of type {sorted(set(bad))}" if bad else None
+    if not isinstance(value, (str, int, float)) or isinstance(value, bool):
+        return f"variable {name!r} must be text, got {type(value).__name__}"
+    return None
+
+
+def _iterated(templates: list) -> set[str]:
+    """Variables a `{% for x in var %}` loop iterates directly, in the parsed templates."""
+    return {loop.iter.name for ast in templates for loop in ast.find_all(nodes.For) if isinstance(loop.iter, nodes.Name)}
 
 
 def parse_prompt(text: str, origin: str) -> Prompt:
@@ -103,9 +128,11 @@ def parse_prompt(text: str, origin: str) -> Prompt:
         fields = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
         raise PromptError(f"prompt file {origin}: {fields}") from exc
     used: set[str] = set()
+    parsed = []
     for part in ("system", "user"):
         try:
-            used |= meta.find_undeclared_variables(_ENV.parse(getattr(spec, part)))
+            parsed.append(_ENV.parse(getattr(spec, part)))
+            used |= meta.find_undeclared_variables(parsed[-1])
         except TemplateSyntaxError as exc:
             raise PromptError(f"prompt {spec.name!r} ({origin}) {part}: template syntax error line {exc.lineno}: {exc.message}") from exc
     declared = set(spec.input_variables)
@@ -115,10 +142,16 @@ def parse_prompt(text: str, origin: str) -> Prompt:
         raise PromptError(f"prompt {spec.name!r} ({origin}): declared variable(s) never used {sorted(declared - used)}")
     if spec.output and spec.output not in OUTPUT_MODELS:
         raise PromptError(f"prompt {spec.name!r} ({origin}): unknown output model {spec.output!r}; known: {sorted(OUTPUT_MODELS)}")
+    loops = _iterated(parsed)
+    declared_types = spec.input_variables if isinstance(spec.input_variables, dict) else {}
+    types = {name: declared_types.get(name) or ("list" if name in loops else "text") for name in spec.input_variables}
+    clash = [n for n, t in declared_types.items() if t == "text" and n in loops]
+    if clash:
+        raise PromptError(f"prompt {spec.name!r} ({origin}): variable(s) {clash} declared text but iterated by a for loop")
     return Prompt(
         name=spec.name, prompt_hash=hashlib.sha256(text.encode("utf-8")).hexdigest(), text=text,
         input_variables=tuple(spec.input_variables), output=spec.output, params=dict(spec.params),
-        system=spec.system, user=spec.user,
+        system=spec.system, user=spec.user, input_types=types,
     )
 
 

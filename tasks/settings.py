@@ -33,6 +33,26 @@ class IngestConfig(Section):
     max_file_bytes: PositiveInt = 50 * 1024 * 1024
     include_hidden: bool = False
     rows_per_batch: PositiveInt = 1000
+    # gitignore-style globs on paths relative to each source root: only files matching `include` (empty =
+    # every file) and no `exclude` glob are loaded; the summary counts what they left out.
+    include: list[str] = Field(default_factory=list)
+    exclude: list[str] = Field(default_factory=list)
+    notebook_outputs: bool = False  # .ipynb: index cell outputs too (default: markdown and code cells only)
+    # mkdocs: admonitions (!!! note) and content tabs (=== "Python") become plain Markdown, snippet includes
+    # (--8<-- "file.md") are resolved inside the source (or dropped); commonmark: Markdown read as written.
+    markdown_dialect: Literal["mkdocs", "commonmark"] = "mkdocs"
+
+    @model_validator(mode="after")
+    def _valid_globs(self) -> "IngestConfig":
+        import pathspec
+
+        for name in ("include", "exclude"):
+            for pattern in getattr(self, name):
+                try:
+                    pathspec.GitIgnoreSpec.from_lines([pattern])
+                except Exception as exc:  # pathspec raises GitWildMatchPatternError (a ValueError) or others
+                    raise ValueError(f"{name}: bad glob {pattern!r}: {exc}") from exc
+        return self
 
 
 class ChunkingConfig(Section):
@@ -270,8 +290,13 @@ class DeploymentsConfig(Section):
     def _valid_schedule(self) -> "DeploymentsConfig":
         from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+        from croniter import croniter
+
         if len(self.nightly_cron.split()) != 5:
             raise ValueError(f"nightly_cron: expected 5 cron fields, got {self.nightly_cron!r}")
+        # Field ranges too (minute 0-59, hour 0-23, ...): "0 25 * * *" must fail here, not at `make serve`.
+        if not croniter.is_valid(self.nightly_cron):
+            raise ValueError(f"nightly_cron: not a valid cron expression {self.nightly_cron!r} (a field is out of range)")
         try:
             ZoneInfo(self.timezone)
         except (ZoneInfoNotFoundError, ValueError) as exc:
@@ -385,6 +410,15 @@ def read_config_file(path: str | os.PathLike[str] | None) -> tuple[dict[str, Any
     if not isinstance(data, dict):
         raise ConfigError(f"config file {candidate}: top level must be a mapping")
     return data, str(candidate)
+
+
+def check_sources(sources: list[str]) -> None:
+    """ConfigError naming every source path that does not exist, or saying none was given."""
+    missing = [s for s in sources if not Path(s).expanduser().exists()]
+    if missing:
+        raise ConfigError(f"ingest.sources: not found: {', '.join(missing)}")
+    if not sources:
+        raise ConfigError("ingest.sources: no source given (use --source PATH or ingest.sources in ragloop.yaml)")
 
 
 def load_settings(config_path: str | None = None, overrides: dict[str, Any] | None = None) -> Settings:

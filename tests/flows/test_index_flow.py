@@ -219,7 +219,8 @@ def test_index_with_one_source_keeps_the_other_sources_documents(prefect_backend
     only_s1 = index_flow.index_corpus(sources=[str(s1)], lake=str(lake_dir))
     assert only_s1["status"] == "ok" and only_s1["chunks"]["deleted"] == 0
     assert only_s1["scope"]["other_sources_kept"] == 2
-    assert {r["doc_id"] for r in _table_rows(lake_dir)} == {"one.md", "two.md", "three.md"}
+    # Two sources: doc ids carry the source's label (issue 17, kind 5); back to one, plain paths again.
+    assert {r["doc_id"] for r in _table_rows(lake_dir)} == {"s1/one.md", "s2/two.md", "s2/three.md"}
     code = main(["index", "--source", str(s1), "--forget-source", str(s2), "--lake", str(lake_dir), "--json"])
     forgot = json.loads(capsys.readouterr().out)
     assert code == 0 and forgot["scope"]["forgotten"] == 2

@@ -303,3 +303,91 @@ def test_chunk_documents_in_one_parallel_call_equals_one_document_at_a_time(mini
     together = chunker.chunk_documents(docs)
     assert together == [c for d in docs for c in chunker.chunk_document(d)]
     assert {c.doc_id for c in together} == {"a.md", "b.txt", "c.md", "d.txt"}
+
+
+# -- junk chunks (issue 17, kind 9) ------------------------------------------------------------------
+def _fences_balanced(text: str) -> bool:
+    import re
+
+    return len(re.findall(r"^ *(?:`{3,}|~{3,})", text, flags=re.M)) % 2 == 0
+
+
+def _code(lines: int, word: str = "value") -> str:
+    return "\n".join(f"{word}_{i} = compute({i}, 'x')" for i in range(lines))
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "# Install\n\n```python\n" + _code(60) + "\n```\n\nAfter the code.",
+        "Intro words.\n\n## Usage\n\n~~~bash\n" + _code(60, "cmd") + "\n~~~",
+        "# List\n\n* step one:\n\n    ```yaml\n" + "\n".join(f"    key{i}: v{i}" for i in range(80)) + "\n    ```\n\n* step two",
+        "# Open\n\n```js\n" + _code(50) + "\n",  # never closed: every piece still ends balanced
+    ],
+    ids=["python-after-heading", "tilde-fence", "fence-in-list", "unclosed"],
+)
+def test_code_split_across_chunks_is_refenced_with_its_language(hash_counter, text):
+    chunks = Chunker(ChunkingConfig(max_tokens=60, overlap_tokens=0), hash_counter).chunk_document(make_doc(text))
+    assert len(chunks) > 2
+    lang = next(w for w in ("python", "bash", "yaml", "js") if w in text)
+    for c in chunks:
+        assert _fences_balanced(c.text), c.text
+        assert c.n_tokens <= 60
+        if "_1" in c.text or "key1" in c.text:
+            assert lang in c.text.split("\n", 3)[0] + c.text  # the language comes along with the code
+    code_chunks = [c for c in chunks if "compute(" in c.text or "key" in c.text]
+    assert all(lang in c.text for c in code_chunks)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "# Title\n\n## Setup\n\n```python\n" + _code(40) + "\n```",
+        "\n\n".join(f"## Step {i}\n\nDo thing {i}." for i in range(30)),
+        "# Big\n\n" + "\n\n".join(" ".join(f"w{i}{k}" for k in range(25)) for i in range(8)) + "\n\n## Tail\n\nshort end",
+    ],
+    ids=["heading-then-code", "many-short-sections", "short-last-section"],
+)
+def test_no_chunk_is_only_a_heading_or_fence_opener_or_tiny(hash_counter, text):
+    chunks = Chunker(ChunkingConfig(max_tokens=60, overlap_tokens=0), hash_counter).chunk_document(make_doc(text))
+    for c in chunks:
+        lines = [ln for ln in c.text.splitlines() if ln.strip()]
+        assert not all(ln.lstrip().startswith("#") for ln in lines), f"heading-only chunk: {c.text!r}"
+        assert not (len(lines) == 1 and lines[0].startswith("```")), f"fence-opener chunk: {c.text!r}"
+        assert _fences_balanced(c.text)
+    assert sum(c.n_tokens < 8 for c in chunks) == 0
+    assert chunks[0].text.startswith("#")  # the first heading leads its first content
+
+
+def test_heading_inside_a_split_section_stays_with_its_code(hash_counter):
+    text = "Some intro.\n\n## Example\n\n```python\n" + _code(40) + "\n```"
+    chunks = Chunker(ChunkingConfig(max_tokens=60, overlap_tokens=0), hash_counter).chunk_document(make_doc(text))
+    first_code = next(c for c in chunks if "compute(" in c.text)
+    assert "## Example" in first_code.text and "```python" in first_code.text
+    later = [c for c in chunks if "compute(" in c.text and c is not first_code]
+    assert later and all(c.headings == ("Example",) for c in later)  # the trail is the one at a chunk's start
+
+
+def test_overlap_not_below_chunk_size_is_a_config_error(minilm_counter):
+    with pytest.raises(ValueError, match=r"chunking\.overlap_tokens=400 must be smaller than the chunk size of 254"):
+        Chunker(ChunkingConfig(overlap_tokens=400), minilm_counter)
+
+
+def test_split_table_row_keeps_its_identity_on_every_chunk(hash_counter):
+    body = "notes: " + " ".join(f"word{i}" for i in range(150))
+    doc = Document(doc_id="orders.csv#A-17", source_uri="/src/orders.csv#A-17", content_sha256="s",
+                   text=f"orders: customer orders\norder_id: A-17\n{body}", title="orders A-17",
+                   mime="application/x-table-row", bytes=10,
+                   metadata={"table": "orders", "id_column": "order_id", "row_key": "A-17"})
+    chunks = Chunker(ChunkingConfig(), hash_counter).chunk_document(doc)
+    assert len(chunks) >= 3
+    for c in chunks:
+        assert c.text.startswith("orders row order_id=A-17\n")
+        assert c.metadata["table"] == "orders" and c.metadata["id_column"] == "order_id"
+        assert c.metadata["row_key"] == "A-17"
+        assert c.n_tokens <= hash_counter.max_tokens
+    short = Document(doc_id="orders.csv#B-1", source_uri="/s", content_sha256="t", text="orders\norder_id: B-1",
+                     title="t", mime="application/x-table-row", bytes=1,
+                     metadata={"table": "orders", "id_column": "order_id", "row_key": "B-1"})
+    (one,) = Chunker(ChunkingConfig(), hash_counter).chunk_document(short)
+    assert one.text == "orders\norder_id: B-1" and one.metadata["row_key"] == "B-1"

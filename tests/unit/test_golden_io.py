@@ -31,3 +31,57 @@ def test_reference_text_found_in_several_documents_maps_to_every_chunk_holding_i
 def test_reference_text_in_no_chunk_still_fails_the_import():
     with pytest.raises(golden_io.GoldenImportError, match="item 1: a reference_contexts entry matches no chunk"):
         _resolve({"user_input": "Q?", "reference": "A.", "reference_contexts": ["nowhere"]})
+
+
+# -- import shapes (issue 17, kind 7) ---------------------------------------------------------------
+import json  # noqa: E402
+
+
+def _write(tmp_path, lines) -> "object":
+    path = tmp_path / "set.jsonl"
+    path.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    return path
+
+
+@pytest.mark.parametrize(
+    ("line", "expected"),
+    [
+        ({"question": "How many docks?", "reference_answer": "Ten.", "reference_chunk_ids": ["c1"], "qa_type": "single_hop",
+          "status": "active", "review": "synthetic", "created_at": "2024-01-01T00:00:00"},
+         {"question": "How many docks?", "reference_answer": "Ten.", "reference_chunk_ids": ["c1"], "qa_type": "single_hop"}),
+        ({"user_input": "How many docks?", "reference": "Ten.", "reference_contexts": ["Station 1 has ten docks."],
+          "persona_name": "rider", "query_style": "paraphrased", "synthesizer_name": "single_hop_specific", "response": "x"},
+         {"question": "How many docks?", "reference_answer": "Ten.", "reference_contexts": ["Station 1 has ten docks."],
+          "persona": "rider", "qa_type": "paraphrased"}),
+        ({"question": "How many docks?", "contexts": ["Station 1 has ten docks."], "ground_truth": "Ten.",
+          "evolution_type": "simple", "metadata": [{"source": "a.md"}], "episode_done": True},
+         {"question": "How many docks?", "reference_answer": "Ten.", "reference_contexts": ["Station 1 has ten docks."],
+          "qa_type": "single_hop"}),
+        ({"question": "How many docks?", "contexts": ["what a chain retrieved"], "answer": "Ten.", "ground_truths": ["Ten.", "10"]},
+         {"question": "How many docks?", "reference_answer": "Ten.\n10", "reference_contexts": []}),
+    ],
+    ids=["ragloop-export", "ragas-0.2", "ragas-0.1-testset", "ragas-0.1-eval-dataset"],
+)
+def test_each_supported_shape_is_recognised(tmp_path, line, expected):
+    (item,) = golden_io.read_import_file(_write(tmp_path, [line]))
+    for field, value in expected.items():
+        assert getattr(item, field) == value, field
+
+
+@pytest.mark.parametrize(
+    ("lines", "match"),
+    [
+        ([{"query": "How?", "answer": "x"}], r"line 1: no 'question' or 'user_input' field.*ragas 0.1 testsets"),
+        ([{"question": "How?", "refs": ["c1"]}], r"line 1: field 'refs' is not a field of ragloop rows"),
+        ([{"user_input": "How?", "ground_truth": "x"}], r"line 1: field 'ground_truth' is not a field of ragas 0.2\+ samples"),
+        ([{"question": "How?", "contexts": "one string", "ground_truth": "x"}], r"line 1: field 'contexts': expected a list"),
+        ([{"question": "A?"}, {"user_input": "B?"}], r"line 2: ragas 0.2\+ samples .*but line 1 is ragloop rows"),
+        ([{"question": "A?"}, ["not", "an", "object"]], r"line 2: expected a JSON object"),
+        ([{"question": ""}], r"line 1: question: String should have at least 1 character"),
+    ],
+    ids=["unknown-shape", "unknown-ragloop-field", "mixed-ragas-fields", "contexts-not-a-list", "mixed-shapes",
+         "not-an-object", "empty-question"],
+)
+def test_anything_else_fails_naming_line_and_field(tmp_path, lines, match):
+    with pytest.raises(golden_io.GoldenImportError, match=match):
+        golden_io.read_import_file(_write(tmp_path, lines))

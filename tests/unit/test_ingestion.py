@@ -198,6 +198,8 @@ def test_load_table_csv_with_sidecar_one_document_per_row(tmp_path):
         "table_description": "Tidepool species",
         "columns": {"depth": "depth in metres", "name": "common name"},
         "row": {"id": 9, "name": "Urchin", "depth": 12},
+        "id_column": "id",  # the row's identity, carried by every chunk of a split row
+        "row_key": "9",
     }
     assert doc.source_uri.endswith("data/species.csv#9")
 
@@ -504,7 +506,8 @@ def test_build_snapshot_with_one_source_keeps_the_other_sources_documents(lake, 
     assert both.known_roots == sorted([str(s1.resolve()), str(s2.resolve())])
     (s1 / "two.md").unlink()
     r = build_snapshot(lake, [str(s1)], IngestConfig(), known_roots=both.known_roots)
-    assert sorted(rows_by_id(lake, r.snapshot_id)) == ["four.md", "one.md", "three.md"]
+    # A lake of two sources prefixes doc ids with each source's label (issue 17, kind 5).
+    assert sorted(rows_by_id(lake, r.snapshot_id)) == ["s1/one.md", "s2/four.md", "s2/three.md"]
     assert r.counts["deleted"] == 1 and r.other_sources_kept == 2 and r.forgotten == 0
     accept(lake, r)
     forgot = build_snapshot(lake, [str(s1)], IngestConfig(), forget_sources=[str(s2)], known_roots=r.known_roots)
@@ -545,3 +548,128 @@ def test_doc_id_is_the_nfc_spelling_of_the_file_name(tmp_path):
     root = write_files(tmp_path / "src", {decomposed: "# Café\n\ntext"})
     [doc] = [d for d in iter_sources([str(root)], IngestConfig()) if isinstance(d, Document)]
     assert doc.doc_id == unicodedata.normalize("NFC", "café.md")
+
+
+# -- two sources with the same relative path (issue 17, kind 5) -----------------------------------
+def test_two_sources_with_the_same_relative_path_give_two_documents_in_either_order(lake, tmp_path):
+    team_a = write_files(tmp_path / "teamA", {"notes.md": "# Notes\n\nteam A writes this", "a.md": "# A\n\nonly A"})
+    team_b = write_files(tmp_path / "teamB", {"notes.md": "# Notes\n\nteam B writes that"})
+    first = build_snapshot(lake, [str(team_a), str(team_b)], IngestConfig())
+    assert not first.quarantine
+    rows = rows_by_id(lake, first.snapshot_id)
+    assert sorted(rows) == ["teamA/a.md", "teamA/notes.md", "teamB/notes.md"]
+    assert "team B" in rows["teamB/notes.md"]["text"]
+    accept(lake, first)
+    swapped = build_snapshot(lake, [str(team_b), str(team_a)], IngestConfig(), known_roots=first.known_roots)
+    assert swapped.snapshot_id == first.snapshot_id and swapped.counts["unchanged"] == 3  # stable, order-free
+    accept(lake, swapped)
+    only_b = build_snapshot(lake, [str(team_b)], IngestConfig(), known_roots=swapped.known_roots)
+    assert sorted(rows_by_id(lake, only_b.snapshot_id)) == sorted(rows)  # labels come from the lake's sources
+
+
+def test_one_source_lake_keeps_plain_relative_doc_ids(lake, tmp_path):
+    src = write_files(tmp_path / "docs", {"notes.md": "# Notes\n\ntext", "sub/b.md": "# B\n\nbee"})
+    result = build_snapshot(lake, [str(src)], IngestConfig(), known_roots=[str(src.resolve())])
+    assert sorted(rows_by_id(lake, result.snapshot_id)) == ["notes.md", "sub/b.md"] and result.labels == {}
+
+
+@pytest.mark.parametrize(
+    ("roots", "labels"),
+    [
+        (["/x/teamA", "/x/teamB"], {"/x/teamA": "teamA", "/x/teamB": "teamB"}),
+        (["/a/docs", "/b/docs", "/c/api"], {"/c/api": "api"}),  # shared names get a hash of their path
+    ],
+)
+def test_source_labels_are_unique_and_order_free(roots, labels):
+    got = ingestion.source_labels(roots)
+    assert got == ingestion.source_labels(list(reversed(roots)))
+    assert len(set(got.values())) == len(roots) and all("/" not in v for v in got.values())
+    for root, label in labels.items():
+        assert got[root] == label
+    assert all(got[r].startswith("docs-") for r in roots if r.endswith("/docs"))
+
+
+# -- CSV as spreadsheets write it (issue 17, kind 6) ----------------------------------------------------
+@pytest.mark.parametrize(
+    ("content", "note"),
+    [
+        ("id;label;price\n1;Crème brûlée;4,50\n2;Café;2,00\n".encode("cp1252"), "csv_encoding_cp1252"),
+        ("id;label;price\n1;Crème brûlée;4,50\n2;Café;2,00\n".encode("utf-8"), "csv_delimiter_semicolon"),
+        ("id\tlabel\tprice\n1\tCrème brûlée\t4.50\n2\tCafé\t2.00\n".encode("utf-8"), "csv_delimiter_tab"),
+        ("\ufeffid,label,price\n1,Crème brûlée,4.50\n2,Café,2.00\n".encode("utf-8"), None),
+    ],
+    ids=["windows-1252-semicolon", "utf8-semicolon", "tab", "utf8-bom-comma"],
+)
+def test_csv_encoding_and_delimiter_are_detected(tmp_path, content, note):
+    root = write_files(tmp_path / "src", {"menu.csv": content, "menu.schema.yaml": "id_column: id\n"})
+    notes = ingestion.Counter()
+    items = list(iter_sources([str(root)], IngestConfig(), notes=notes))
+    docs = {d.doc_id: d for d in items if isinstance(d, Document)}
+    assert sorted(docs) == ["menu.csv#1", "menu.csv#2"], items
+    assert "label: Crème brûlée" in docs["menu.csv#1"].text.splitlines()
+    assert "b'" not in docs["menu.csv#1"].text
+    assert docs["menu.csv#2"].metadata["row"]["label"] == "Café"
+    if note:
+        assert notes[note] == 1
+
+
+def test_csv_that_is_no_text_is_quarantined_naming_the_problem(tmp_path):
+    root = write_files(tmp_path / "src", {"blob.csv": bytes(range(1, 256)) * 20, "good.md": GOOD_MD})
+    _, quarantined = ingest(root)
+    assert quarantined["blob.csv"].reason in (QuarantineReason.decode_error, QuarantineReason.parse_error)
+    assert re.search(r"encoding|bytes that are not text|CSV", quarantined["blob.csv"].detail)
+
+
+# -- docs sites: globs, notebooks, mkdocs dialects (issue 17, kind 8) ----------------------------------
+NOTEBOOK = json.dumps({
+    "nbformat": 4, "nbformat_minor": 5,
+    "metadata": {"kernelspec": {"name": "python3", "language": "python", "display_name": "Python 3"}},
+    "cells": [
+        {"cell_type": "markdown", "id": "a", "metadata": {}, "source": "# Loading data\n\nRead the tide table."},
+        {"cell_type": "code", "id": "b", "metadata": {}, "execution_count": 1, "source": "import pandas as pd\ndf = pd.read_csv('tides.csv')",
+         "outputs": [{"output_type": "stream", "name": "stdout", "text": "OUTPUT-NOISE 12345\n"}]},
+        {"cell_type": "raw", "id": "c", "metadata": {}, "source": "raw cell"},
+    ],
+})
+
+
+@pytest.mark.parametrize(("outputs", "noise"), [(False, False), (True, True)])
+def test_notebook_markdown_and_code_cells_outputs_dropped_by_default(tmp_path, outputs, noise):
+    root = write_files(tmp_path / "src", {"intro.ipynb": NOTEBOOK})
+    docs, quarantined = ingest(root, notebook_outputs=outputs)
+    assert not quarantined
+    doc = docs["intro.ipynb"]
+    assert doc.title == "Loading data" and doc.mime == "text/markdown"
+    assert "```python\nimport pandas as pd" in doc.text and "Read the tide table." in doc.text
+    assert ("OUTPUT-NOISE" in doc.text) is noise
+
+
+def test_broken_notebook_is_a_parse_error(tmp_path):
+    root = write_files(tmp_path / "src", {"bad.ipynb": '{"cells": ', "good.md": GOOD_MD})
+    _, quarantined = ingest(root)
+    assert quarantined["bad.ipynb"].reason is QuarantineReason.parse_error
+    assert "notebook" in quarantined["bad.ipynb"].detail
+
+
+@pytest.mark.parametrize(
+    ("include", "exclude", "loaded", "excluded", "not_included"),
+    [
+        ([], [], ["a.md", "assets/logo.png", "data/big.txt", "overrides/main.html"], 0, 0),
+        ([], ["assets/", "overrides/", "data/*.txt"], ["a.md"], 3, 0),
+        (["*.md"], [], ["a.md"], 0, 3),
+        (["**/*.md", "data/"], ["data/big.txt"], ["a.md"], 1, 2),
+    ],
+)
+def test_include_and_exclude_globs_choose_files_and_count_the_rest(tmp_path, include, exclude, loaded, excluded, not_included):
+    root = write_files(tmp_path / "src", {"a.md": GOOD_MD, "assets/logo.png": b"\x89PNG\r\n", "data/big.txt": "sample",
+                                          "overrides/main.html": "<html><body>{% block x %}{% endblock %}</body></html>"})
+    notes = ingestion.Counter()
+    seen = [Path(i.source_uri).relative_to(root.resolve()).as_posix()
+            for i in iter_sources([str(root)], IngestConfig(include=include, exclude=exclude), notes=notes)]
+    assert sorted(seen) == loaded
+    assert notes["excluded"] == excluded and notes["not_included"] == not_included
+
+
+def test_bad_glob_fails_at_load_naming_the_field():
+    with pytest.raises(ValueError, match="exclude: bad glob"):
+        IngestConfig(exclude=["[z-a]"])

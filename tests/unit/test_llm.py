@@ -403,8 +403,12 @@ def test_preflight_fails_fast_when_nothing_listens():
         ([{"id": "a"}, {"id": "b"}], {"model": None}, 10, LLMConfigError, r"serves \['a', 'b'\]; set llm.model"),
         ([{"id": "stub-model"}], {"n_ctx": 512}, 1000, LLMConfigError, "context window 512 tokens < 1000 required"),
         ([{"id": "stub-model", "max_model_len": 4096}], {"n_ctx": 512}, 5000, LLMConfigError, "context window 4096"),
+        # llm.model unset: the only served model's reported window counts, not llm.n_ctx (issue 17, kind 10)
+        ([{"id": "small-server", "meta": {"n_ctx": 1024}}], {"model": None, "n_ctx": 4096}, 2000, LLMConfigError,
+         "context window 1024 tokens < 2000 required"),
     ],
-    ids=["model-not-listed", "model-ambiguous", "window-too-small", "window-reported-by-server"],
+    ids=["model-not-listed", "model-ambiguous", "window-too-small", "window-reported-by-server",
+         "window-reported-model-unset"],
 )
 def test_preflight_rejects(stub, models, overrides, required, error, match):
     stub.models = models

@@ -103,3 +103,38 @@ def test_changed_prompts_against_the_registry(lake_dir, tmp_path):
     # Reverting the file to a version the registry already holds is a change against the last one used.
     assert [c["status"] for c in changed_prompts(current, lake.last_prompt_hashes())] == ["changed"]
     assert lake.prompt_text(current["demo"].prompt_hash) == current["demo"].text
+
+
+# -- typed inputs (issue 17, kind 10) -------------------------------------------------------------------
+LOOP = "name: p\ninput_variables: {vars}\nuser: |\n  {{% for c in contexts %}}[{{{{ loop.index }}}}] {{{{ c }}}}\n  {{% endfor %}}Q: {{{{ question }}}}\n"
+
+
+@pytest.mark.parametrize("declared", ["[question, contexts]", "{question: text, contexts: list}"])
+@pytest.mark.parametrize(
+    ("question", "contexts", "match"),
+    [
+        ("Why?", "Station 1 has ten docks.", r"variable 'contexts' must be a list of texts, got str"),
+        ("Why?", [{"text": "x"}], r"variable 'contexts' must be a list of texts, got items of type \['dict'\]"),
+        (["Why?"], ["a passage"], r"variable 'question' must be text, got list"),
+        (None, ["a passage"], r"variable 'question' must be text, got NoneType"),
+    ],
+    ids=["string-for-list", "dicts-in-list", "list-for-text", "none-for-text"],
+)
+def test_render_checks_input_types(declared, question, contexts, match):
+    prompt = parse_prompt(LOOP.format(vars=declared), "inline")
+    assert prompt.input_types == {"question": "text", "contexts": "list"}
+    with pytest.raises(PromptError, match=match):
+        prompt.render(question=question, contexts=contexts)
+    rendered = prompt.render(question="Why?", contexts=["one", "two"])[-1]["content"]
+    assert "[1] one" in rendered and "[2] two" in rendered
+
+
+def test_repo_answer_prompt_declares_contexts_a_list():
+    prompts = load_prompts(REPO / "prompts")
+    assert prompts["answer"].input_types["contexts"] == "list"
+    assert all(t == "text" for n, p in prompts.items() if n != "answer" for t in p.input_types.values())
+
+
+def test_declared_text_but_looped_over_is_rejected():
+    with pytest.raises(PromptError, match=r"\['contexts'\] declared text but iterated"):
+        parse_prompt(LOOP.format(vars="{question: text, contexts: text}"), "inline")

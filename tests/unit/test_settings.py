@@ -198,3 +198,25 @@ def test_settings_are_frozen():
     s = load_settings()
     with pytest.raises(Exception, match="frozen"):
         s.chunking.max_tokens = 5  # type: ignore[misc]
+
+
+# -- wrong values fail at load, naming the field (issue 17, kind 10) ----------------------------------
+@pytest.mark.parametrize(
+    ("yaml_text", "match"),
+    [
+        ('deployments:\n  nightly_cron: "0 25 * * *"\n', r"deployments: .*nightly_cron: not a valid cron expression '0 25 \* \* \*'"),
+        ('deployments:\n  nightly_cron: "61 2 * * *"\n', r"nightly_cron: not a valid cron expression"),
+        ('deployments:\n  nightly_cron: "0 2 * *"\n', r"nightly_cron: expected 5 cron fields"),
+        ("ingest:\n  exclude: ['[z-a]']\n", r"ingest: .*exclude: bad glob '\[z-a\]'"),
+        ("ingest:\n  markdown_dialect: gfm\n", r"ingest\.markdown_dialect"),
+    ],
+    ids=["hour-25", "minute-61", "four-fields", "bad-glob", "unknown-dialect"],
+)
+def test_wrong_values_fail_at_load_naming_the_field(tmp_path, yaml_text, match):
+    (tmp_path / "ragloop.yaml").write_text(yaml_text)
+    with pytest.raises(ConfigError, match=match):
+        load_settings(str(tmp_path / "ragloop.yaml"))
+
+
+def test_valid_cron_passes():
+    assert load_settings(overrides={"deployments": {"nightly_cron": "30 3 * * 1-5"}}).deployments.nightly_cron == "30 3 * * 1-5"
