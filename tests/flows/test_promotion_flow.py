@@ -138,7 +138,7 @@ def test_a_curated_line_stays_chosen_across_a_corpus_change_while_synth_refreshe
     write_files(src, {"page1.md": DOCS["page1.md"].replace("closes at midnight", "closes at ten"),
                       "page9.md": "# Page 9\n\n## Facts\n\nStation 9 has 19 docks and a cafe by the harbour wall."})
     index_flow.index_corpus(sources=[str(src)], lake=str(lake_dir))
-    second = synth_flow.synth_golden_set(lake=str(lake_dir), size=6)
+    second = synth_flow.synth_golden_set(lake=str(lake_dir), size=8)  # more items: synth must write a new version
     refs = Refs(Lake(str(lake_dir)))
     lines = refs.lines()
     assert second["golden_set_id"] != first["golden_set_id"] and lines.lines["synthetic"].golden_set_id == second["golden_set_id"]
@@ -164,7 +164,7 @@ def test_vanished_references_are_counted_left_out_and_alerted(prefect_backend, e
     (src / "station02.md").write_text("# Station 2\n\nStation 2 was rebuilt: it has forty docks now.")
     (src / "station03.md").unlink()
     index_flow.index_corpus(sources=[str(src)], lake=str(lake_dir))
-    after = eval_flow.evaluate_chain(lake=str(lake_dir), retrieval="vector", k=3, retrieval_only=True)
+    after = eval_flow.evaluate_chain(lake=str(lake_dir), retrieval="vector", k=3, retrieval_only=True, promote="nightly")
     stale = after["stale_references"]
     assert stale["items"] == 2 and stale["references"] == 3, stale  # station02's chunk; station03's chunk and doc
     items = {r["qa_id"]: r for r in Lake(str(lake_dir)).read_eval_items(after["run_id"]).to_pylist()}

@@ -221,7 +221,7 @@ def test_golden_set_round_trips_through_jsonl_and_ragas(prefect_backend, fakes, 
     "lines, needle",
     [
         (['{"question": "How many docks?", "reference_answer": "10"}', "{oops"], "line 2: not JSON"),
-        (['{"reference_answer": "10"}'], "line 1: question"),
+        (['{"reference_answer": "10"}'], "line 1: no 'question'"),
         (['{"question": "How many docks?", "reference_chunk_ids": ["no-such-chunk"]}'], "not in the index"),
         (['{"user_input": "Hours?", "reference": "6", "reference_contexts": ["text that is nowhere"]}'], "matches no chunk text"),
     ],

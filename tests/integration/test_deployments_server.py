@@ -84,12 +84,16 @@ def test_prompt_change_event_triggers_a_gated_eval(tmp_path):
 
         run = _wait(finished, 300, "the triggered prompt-changed flow run")
         assert run["state_type"] == "COMPLETED", run["state"]
-        assert run["parameters"] == {"prompt": "answer", "prompt_hash": summary["changed"][0]["prompt_hash"]}
-        # what the UI shows for it: the eval's metrics/gate and the monitor's headline, as artifacts
+        assert run["parameters"] == {"prompt": "answer", "prompt_hash": summary["changed"][0]["prompt_hash"],
+                                     "lake": summary["lake"]}, "the event names the lake it was checked against"
+        # what the UI shows for it: the eval's metrics/gate and the monitor's headline, as artifacts keyed by lake
+        from tasks.reporting import artifact_key
+
         artifacts = _post(f"{api}/artifacts/filter", {"limit": 100, "offset": 0, "sort": "CREATED_DESC"})
         keys = {a["key"] for a in artifacts}
-        assert {"ragloop-eval", "ragloop-monitor"} <= keys, keys
-        assert any("Gate:" in (a["data"] or "") for a in artifacts if a["key"] == "ragloop-eval")
+        wanted = {artifact_key(name, summary["lake"]) for name in ("ragloop-eval", "ragloop-monitor", "ragloop-prompt-changed")}
+        assert wanted <= keys, keys
+        assert any("Gate:" in (a["data"] or "") for a in artifacts if a["key"] == artifact_key("ragloop-eval", summary["lake"]))
     finally:
         stop_process(serve)
         stop_process(server)

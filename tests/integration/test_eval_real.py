@@ -48,7 +48,7 @@ def test_real_eval_retrieval_and_answers(prefect_backend, scifact_slice, lake_di
     imported = import_beir(path=str(scifact_slice), lake=str(lake_dir), chunking="none")
     assert imported["status"] == "ok" and imported["items"]["total"] == 5
 
-    ir = evaluate_chain(lake=str(lake_dir), retrieval="vector", k=10, retrieval_only=True)
+    ir = evaluate_chain(lake=str(lake_dir), retrieval="vector", k=10, retrieval_only=True, promote="explicit")
     assert ir["status"] == "ok" and ir["metrics"]["recall@10"] >= 0.6, ir["metrics"]
 
     full = evaluate_chain(lake=str(lake_dir), retrieval="hybrid", k=3)
