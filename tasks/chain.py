@@ -10,9 +10,10 @@ from typing import Sequence
 
 import numpy as np
 
+from tasks import grounding
 from tasks.llm import LLM, Completion
 from tasks.prompts import GeneratedQuestion, Prompt
-from tasks.qa_generation import REFUSAL_ANSWER, answer_support
+from tasks.qa_generation import REFUSAL_ANSWER
 from tasks.retrieval import Hit, Retriever
 from tasks.settings import EvalConfig
 
@@ -27,6 +28,8 @@ class ChainResult:
     answer: str | None = None
     refused: bool | None = None
     grounded: bool | None = None
+    degenerate: str | None = None  # loop | passage_spam | placeholder | truncated | echo (None: a real answer)
+    finish_reason: str | None = None
     relevance: float | None = None  # best question-context cosine (the guardrail's evidence)
     error: str | None = None
     traces: list[dict] = field(default_factory=list)
@@ -85,19 +88,32 @@ def answer(results: Sequence[ChainResult], questions: Sequence[str], prompt: Pro
             continue
         assert isinstance(completion, Completion)
         text = completion.text.strip()
-        result.answer = text
+        result.answer, result.finish_reason = text, completion.finish_reason
         result.refused = is_refusal(text)
         result.traces.append(trace(result.qa_id, "answer", question, text, completion.latency_ms,
                                    completion.usage.prompt_tokens, completion.usage.completion_tokens,
                                    None if text else "empty answer"))
         if not text:
             result.error = "answer: empty reply"
-    for result in results:
+    for result, question in zip(results, questions):
         if result.answer and not result.refused:
-            support = answer_support(result.answer, "\n".join(h.text for h in result.hits))
-            result.grounded = support >= config.min_grounding
-            result.traces.append(trace(result.qa_id, "grounding", result.answer, f"support={support:.3f} "
-                                       + ("grounded" if result.grounded else "ungrounded"), 0.0))
+            check_answer(result, question, config.min_grounding)
+
+
+def check_answer(result: ChainResult, question: str, min_grounding: float) -> None:
+    """Set result.degenerate and result.grounded, with a `grounding` trace. Grounded means: not
+    degenerate (a loop, passage-number spam, a placeholder, cut off, or an echo of the question,
+    whatever words it shares with the context), every number (with its unit) and name of the answer
+    in the retrieved context, and at least `min_grounding` of its content words (any script) there."""
+    context = grounding.joined(h.text for h in result.hits)
+    result.degenerate = grounding.degenerate_reason(result.answer, question, context, result.finish_reason)
+    made_up = grounding.unsupported_facts(result.answer, context)
+    support = grounding.support(result.answer, context)
+    result.grounded = result.degenerate is None and not made_up and support >= min_grounding
+    verdict = ("grounded" if result.grounded else "ungrounded") + (f" degenerate={result.degenerate}" if result.degenerate else "")
+    if made_up:
+        verdict += " not_in_context=" + ",".join(f.text + (f" {f.unit}" if f.unit else "") for f in made_up[:5])
+    result.traces.append(trace(result.qa_id, "grounding", result.answer, f"support={support:.3f} {verdict}", 0.0))
 
 
 def run_retrieval(retriever: Retriever, qa_ids: Sequence[str], queries: Sequence[str], mode: str, k: int) -> list[ChainResult]:

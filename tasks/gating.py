@@ -6,7 +6,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from tasks.evaluation import bootstrap_ci
+from tasks.evaluation import bootstrap_ci, higher_is_better
 from tasks.settings import GateConfig
 
 
@@ -40,20 +40,26 @@ def check_gate(
     metrics: Mapping[str, float], deltas: Mapping[str, Mapping] | None, failed: int, total: int, config: GateConfig
 ) -> dict:
     """{"status": "passed" | "failed", "reasons": [...]}. Fails when a metric is under its floor, when a
-    delta's CI lies wholly below -max_drop (a drop beyond noise), or when too many items failed."""
+    delta's CI lies wholly below -max_drop (a drop beyond noise), or when too many items failed. For a
+    lower-is-better metric (evaluation.LOWER_IS_BETTER) the floor is a ceiling and a rise is the drop."""
     reasons = []
     for name, floor in sorted(config.floors.items()):
         value = metrics.get(name)
         if value is None:
             reasons.append(f"{name}: floor {floor} set but the run has no such metric")
-        elif value < floor:
+        elif higher_is_better(name) and value < floor:
             reasons.append(f"{name} = {value:.4f} is under its floor {floor}")
+        elif not higher_is_better(name) and value > floor:
+            reasons.append(f"{name} = {value:.4f} is over its ceiling {floor} (lower is better)")
     for name, d in sorted((deltas or {}).items()):
         if config.metrics and name not in config.metrics:
             continue
-        if d["ci"][1] < -config.max_drop:
+        if higher_is_better(name) and d["ci"][1] < -config.max_drop:
             reasons.append(f"{name} dropped {d['delta']:+.4f} vs baseline (CI [{d['ci'][0]:+.4f}, {d['ci'][1]:+.4f}] "
                            f"wholly below -{config.max_drop})")
+        elif not higher_is_better(name) and d["ci"][0] > config.max_drop:
+            reasons.append(f"{name} rose {d['delta']:+.4f} vs baseline (CI [{d['ci'][0]:+.4f}, {d['ci'][1]:+.4f}] "
+                           f"wholly above +{config.max_drop}; lower is better)")
     fraction = failed / total if total else 0.0
     if fraction > config.max_failed_fraction:
         reasons.append(f"{failed} of {total} items failed ({fraction:.1%} > {config.max_failed_fraction:.1%})")

@@ -83,6 +83,7 @@ class StructuredResult:
     error: str | None
     usage: Usage  # summed over all attempts
     latency_ms: float  # summed over all attempts
+    finish_reason: str | None = None  # of the last reply: "length" = cut at max_tokens (json_repair may still parse it)
 
 
 class LLM(Protocol):
@@ -175,7 +176,8 @@ class _RepairLoop:
         if value is None and completion.finish_reason == "length":
             error = f"{error} (the reply hit max_tokens)"
         if value is not None or self.attempts >= self.max_attempts:
-            return StructuredResult(value, self.raw, self.attempts, error, self.usage, self.latency_ms)
+            return StructuredResult(value, self.raw, self.attempts, error, self.usage, self.latency_ms,
+                                    completion.finish_reason)
         log.debug("structured reply %d/%d unusable: %s", self.attempts, self.max_attempts, error)
         self.messages = [*self.messages, {"role": "assistant", "content": completion.text},
                          repair_message(error, self.output_model)]

@@ -19,7 +19,7 @@ matplotlib.use("Agg")  # files only, never a display
 import matplotlib.pyplot as plt  # noqa: E402
 
 PREFERRED = ("ndcg@10", "ndcg@5", "hit@5", "recall@10", "recall@5", "mrr@10", "mrr@5", "semantic_similarity",
-             "rouge_l", "refusal_correct", "grounded", "faithfulness", "answer_relevancy")
+             "rouge_l", "refusal_correct", "refusal_recall", "grounded", "degenerate", "faithfulness", "answer_relevancy")
 MAX_TREND_METRICS = 8
 
 

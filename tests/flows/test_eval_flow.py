@@ -94,8 +94,8 @@ def test_fts_and_hybrid_retrieval_find_the_keyword_document(prefect_backend, fak
 
 def _answers(messages):
     user = messages[-1]["content"]
-    passages = re.findall(r"\[\d+\] (.*)", user)
-    return passages[0] if passages else "The documents do not say."
+    passages = re.findall(r'"""\n(.*?)\n"""', user, re.S)
+    return passages[0].splitlines()[-1] if passages else "The documents do not say."
 
 
 def test_answers_guardrail_and_failed_items_are_counted(prefect_backend, fakes, beir_dir, lake_dir):
