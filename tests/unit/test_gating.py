@@ -53,3 +53,20 @@ def test_only_items_both_runs_scored_are_paired():
     deltas = paired_deltas(_rows([1, 1, 0]), _rows([1, 1])[:1] + [{"qa_id": "q9", "metrics": {"ndcg@10": 0.0}}],
                            resamples=100, confidence=0.95, seed=0)
     assert deltas["ndcg@10"]["n"] == 1
+
+
+@pytest.mark.parametrize(
+    "name, base, cand, floors, needle",
+    [
+        ("degenerate", [0.0] * 100, [1.0] * 30 + [0.0] * 70, {}, "degenerate rose +0.3000"),  # more garbage answers
+        ("degenerate", [1.0] * 30 + [0.0] * 70, [0.0] * 100, {}, None),  # fewer garbage answers: an improvement
+        ("false_refusal", [0.0] * 100, [0.0] * 100, {"false_refusal": 0.1}, None),
+        ("false_refusal", [0.0] * 100, [1.0] * 20 + [0.0] * 80, {"false_refusal": 0.1}, "over its ceiling 0.1"),
+    ],
+)
+def test_lower_is_better_metrics_fail_on_a_rise_and_floors_are_ceilings(name, base, cand, floors, needle):
+    rows = lambda values: [{"qa_id": f"q{i}", "metrics": {name: v}} for i, v in enumerate(values)]  # noqa: E731
+    deltas = paired_deltas(rows(base), rows(cand), resamples=1000, confidence=0.95, seed=0)
+    gate = check_gate({name: float(np.mean(cand))}, deltas, 0, len(cand), GateConfig(floors=floors))
+    assert gate["status"] == ("failed" if needle else "passed"), gate
+    assert not needle or needle in gate["reasons"][0]
