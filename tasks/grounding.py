@@ -159,13 +159,27 @@ def sentence_spans(text: str) -> list[tuple[int, int]]:
     return spans
 
 
+_NOT_PROSE = re.compile(r"^\s*(?:#{1,6}\s|\{[%*{#]|:::|<[A-Za-z/!]|\|?\s*:?-{3,}|```|~~~)")
+
+
+def prose_spans(text: str) -> list[tuple[int, int]]:
+    """sentence_spans without headings, code-fence lines, template tags (`{% ... %}`, `{* ... *}`),
+    HTML lines, table rules and `::: directives`: the sentences a fact can be stated in."""
+    fenced: list[tuple[int, int]] = []
+    for m in re.finditer(r"^\s*(```|~~~).*?^\s*\1[^\n]*$", text, re.M | re.S):
+        fenced.append((m.start(), m.end()))
+    return [(s, e) for s, e in sentence_spans(text)
+            if not _NOT_PROSE.match(text[s:e]) and not any(fs <= s < fe for fs, fe in fenced)]
+
+
 def evidence_spans(answer: str, text: str, max_spans: int = 4) -> list[tuple[int, int]]:
-    """The sentences of text that support answer, in text order: greedy cover of the answer's facts
-    first, then of its content words; a sentence is taken only if it adds a fact or two new words
-    (one, for a short answer). Empty when nothing in text supports the answer."""
+    """The prose sentences of text that support answer, in text order: greedy cover of the answer's
+    facts first, then of its content words; a sentence is taken only if it adds a fact or two new
+    words (one, for a short answer). Headings, code and template lines are never evidence: an answer
+    "supported" by a heading alone is a guess. Empty when nothing in text supports the answer."""
     wanted_facts = facts(answer)
     wanted_words = set(content_words(answer))
-    spans = sentence_spans(text)
+    spans = prose_spans(text)
     info = []
     for start, end in spans:
         sentence = text[start:end]

@@ -37,7 +37,8 @@ PROMPT_FOR_TYPE = {
 REQUIRED_PROMPTS = ("qa_single_hop", "qa_multi_hop", "qa_abstract", "qa_unanswerable", "qa_paraphrase")
 REFUSAL_ANSWER = "The documents do not say."
 CONTEXT_REFERENCE = re.compile(
-    r"\b(the|this|that|these|above|given|provided)\s+(passages?|texts?|context|documents?|excerpts?|snippets?|sections?)\b", re.I
+    r"\b(the|this|that|these|above|given|provided)\s+(passages?|texts?|context|documents?|excerpts?|snippets?|sections?)\b"
+    r"|\b(of|in|from) the following\b|\bthe following\s*\?", re.I
 )
 STOPWORDS = grounding.STOPWORDS
 # "What is the difference between a Prompts and a Prompts?", "Is X or X better?": the same thing twice.
@@ -45,7 +46,7 @@ _PAIRED = re.compile(r"\bbetween\s+(.+?)\s+and\s+(.+?)[?.]?$|^(?:.*?\b)?(\w[\w ]
 _ARTICLE = re.compile(r"^(?:a|an|the|using|with)\s+", re.I)
 # Words a question template adds around its topic; an "unanswerable" question made only of these and
 # words an indexed chunk contains is answered by that chunk.
-_QUESTION_WORDS = frozenset("purpose difference use used using work works mean means meaning main role "
+_QUESTION_WORDS = frozenset("purpose difference between use used using work works mean means meaning main role "
                             "explain describe example examples way ways best many much have has had there get "
                             "make need needs happen happens".split())
 
@@ -434,7 +435,8 @@ def answered_by(question: str, texts: Sequence[str], coverage: float) -> bool:
     question_facts = grounding.facts(question)
     for text in texts:
         vocab = set(grounding.tokens(text))
-        found = sum(1 for w in words if w in vocab or w.removesuffix("s") in vocab or w + "s" in vocab)
+        stems = {v[:5] for v in vocab if len(v) >= 5}  # "create" meets "creating", "application" "applications"
+        found = sum(1 for w in words if w in vocab or (len(w) >= 5 and w[:5] in stems))
         if found >= coverage * len(words) and all(grounding.fact_in(f, text) for f in question_facts):
             return True
     return False
@@ -447,7 +449,7 @@ def search_texts(store: ChunkStore, encode, questions: Sequence[str], k: int) ->
         return []
     vectors = encode(list(questions))
     return [[h["text"] for h in store.table.search(np.asarray(v, dtype=np.float32)).distance_type("cosine")
-             .select(["text"]).limit(k).to_list()] for v in vectors]
+             .select(["text", "_distance"]).limit(k).to_list()] for v in vectors]
 
 
 def qa_id_of(question: str, qa_type: str, source_chunk_ids: Sequence[str]) -> str:

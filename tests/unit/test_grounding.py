@@ -85,3 +85,11 @@ def test_degenerate_reason_table(answer, question, finish_reason, reason):
 )
 def test_placeholders_are_slots_the_context_does_not_have(text, context, expected):
     assert grounding.placeholders(text, context) == expected
+
+
+def test_headings_code_and_template_lines_are_never_evidence():
+    text = ("### Gold Sponsors\n\n{% if sponsors.gold %}\n<div class=\"logo\">Gold</div>\n\n"
+            "```python\nsponsors = gold_sponsors()\n```\n\nGold sponsors are listed first on the page.")
+    spans = grounding.evidence_spans("Gold sponsors are listed first.", text)
+    assert [text[s:e] for s, e in spans] == ["Gold sponsors are listed first on the page."]
+    assert grounding.evidence_spans("Gold Sponsors", "### Gold Sponsors\n\n{% if sponsors.gold %}") == []

@@ -72,6 +72,7 @@ def _cand(question, answer, qa_type="single_hop", error=None, context=CONTEXT, f
         ("how many docks at riverside hub", "32 docks", "paraphrased", None, None),
         ("What is the passage about?", "32 docks", "single_hop", None, "refers_to_context"),
         ("What does this text cover?", "32 docks", "abstract", None, "refers_to_context"),
+        ("Which of the following is not a Riverside charger?", "32 docks", "single_hop", None, "refers_to_context"),
     ],
 )
 def test_reject_reason_table(question, answer, qa_type, error, reason):
