@@ -72,3 +72,14 @@ def test_markdown_summary_carries_the_same_numbers():
     md = reporting.markdown_summary(_data(), "/lake/reports/m1/report.html")
     assert "| ndcg@10 | 0.5000 | [0.4000, 0.6000] |" in md and "**critical** `regression`" in md
     assert "/lake/reports/m1/report.html" in md
+
+
+def test_the_per_type_table_shows_refusal_on_each_side():
+    data = _data()
+    by_type = data.latest_eval["by_type"]
+    by_type["unanswerable"]["metrics"] = {"refusal_recall": 0.25}
+    by_type["single_hop"]["metrics"]["false_refusal"] = 0.125
+    html = reporting.render_report(data)["report.html"].decode()
+    table = html.split("unanswerable", 1)[1].split("</tr>", 1)[0]
+    assert "0.250" in table, "the unanswerable row is not blank: its refusal recall"
+    assert "false_refusal" in html and "0.125" in html
