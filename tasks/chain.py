@@ -79,7 +79,7 @@ def answer(results: Sequence[ChainResult], questions: Sequence[str], prompt: Pro
     A failed call leaves the item with its error (counted as failed, never dropped)."""
     todo = [(r, q) for r, q in zip(results, questions) if not r.refused]
     conversations = [prompt.render(question=q, contexts=[h.text for h in r.hits]) for r, q in todo]
-    params = {k: v for k, v in prompt.params.items() if k in ("temperature", "max_tokens", "seed")}
+    params = {k: v for k, v in prompt.params.items() if k in ("temperature", "max_tokens", "seed", "frequency_penalty")}
     completions = llm.complete_many(conversations, **params) if conversations else []
     for (result, question), completion in zip(todo, completions):
         if isinstance(completion, Exception):
