@@ -42,7 +42,7 @@ CONTEXT_REFERENCE = re.compile(
 )
 STOPWORDS = grounding.STOPWORDS
 # "What is the difference between a Prompts and a Prompts?", "Is X or X better?": the same thing twice.
-_PAIRED = re.compile(r"\bbetween\s+(.+?)\s+and\s+(.+?)[?.]?$|^(?:.*?\b)?(\w[\w ]*?)\s+(?:vs\.?|versus|or)\s+(.+?)[?.]?$", re.I)
+_PAIRED = re.compile(r"\bbetween\s+(.+?)\s+and\s+([^?.!]+)|^(?:.*?\b)?(\w[\w ]*?)\s+(?:vs\.?|versus|or)\s+([^?.!]+)", re.I)
 _ARTICLE = re.compile(r"^(?:a|an|the|using|with)\s+", re.I)
 # Words a question template adds around its topic; an "unanswerable" question made only of these and
 # words an indexed chunk contains is answered by that chunk.

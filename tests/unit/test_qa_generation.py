@@ -111,6 +111,8 @@ HOURS = "The museum station opens at 07:00 and closes at midnight. Night buses s
         ("What is the difference between a Prompts and a Prompts?", "Backups run nightly.", "single_hop", CONTEXT, "stop",
          "circular"),
         ("Which is better, docks vs docks?", "32 docks.", "single_hop", CONTEXT, "stop", "circular"),
+        ("What is the difference between a Riverside Hub and Riverside Hub? And why?", "", "unanswerable", CONTEXT, "stop",
+         "circular"),
         ("What is the answer to this question?", "32 docks.", "single_hop", CONTEXT, "stop", "circular"),
         ("How many docks does Riverside Hub have?", "How many docks does Riverside Hub have?", "single_hop", CONTEXT,
          "stop", "circular"),
