@@ -79,7 +79,7 @@ def synth_golden_set(lake: str | None = None, size: int | None = None, config_pa
                 # model's rejects do not leave the budget unfilled.
                 accepted = len(report.accepted)
                 planned = need if not report.attempted else min(2 * need, -(-need * report.attempted // max(accepted, 1)))
-                tasks = plan_tasks(store, qa.allocate(planned, config.types), config, rng, priority)
+                tasks = plan_tasks(store, qa.allocate(planned, config.types), config, rng, priority, report.ineligible_chunks)
             if not tasks:
                 break
             if not preflight_done:
@@ -93,16 +93,24 @@ def synth_golden_set(lake: str | None = None, size: int | None = None, config_pa
                 candidates = generate_candidates(tasks, prompts, llm)
             report.attempted += len(candidates)
             attempted_by_type.update(c.task.qa_type for c in candidates)
-            fresh = []
+            passed = []
             for cand in candidates:
                 reason = qa.reject_reason(cand, config)
                 if reason:
                     report.rejects[reason] += 1
                 else:
-                    fresh.append(qa.to_item(cand, generator))
+                    passed.append(cand)
+            with timer("answerable_check"):
+                # An "unanswerable" item the index can answer would punish a chain for answering right.
+                unanswerable = [c for c in passed if c.task.qa_type == "unanswerable"]
+                found = qa.search_texts(store, embedder.encode, [c.question for c in unanswerable], config.answerable_check_k)
+                answered = {id(c) for c, texts in zip(unanswerable, found)
+                            if qa.answered_by(c.question, texts, config.answerable_coverage)}
+            report.rejects["answerable"] += len(answered)
+            fresh = [qa.to_item(c, generator) for c in passed if id(c) not in answered]
             with timer("dedupe"):
-                existing = [i["question"] for i in kept + report.accepted]
-                fresh, dropped = qa.drop_near_duplicates(fresh, existing, embedder.encode, config.near_duplicate_similarity)
+                fresh, dropped = qa.drop_near_duplicates(fresh, kept + report.accepted, embedder.encode,
+                                                         config.near_duplicate_similarity, config.same_chunk_similarity)
             report.rejects["near_duplicate"] += dropped
             report.accepted.extend(fresh[:need])
             if len(fresh) > need:  # counted, so attempted == new + rejected always holds
@@ -136,6 +144,9 @@ def synth_golden_set(lake: str | None = None, size: int | None = None, config_pa
         )
         by_type = Counter(i["qa_type"] for i in active)
         covered = {d for i in active for d in i["source_doc_ids"]}
+        folders = Counter(qa.top_folder(d) for d in doc_ids)
+        folders_covered = Counter(qa.top_folder(d) for d in covered if d in doc_ids)
+        answerable_new = [i for i in report.accepted if i["qa_type"] != "unanswerable"]
         outputs = {
             "lake": store_lake.uri,
             "golden_set_id": golden_set_id,
@@ -150,7 +161,12 @@ def synth_golden_set(lake: str | None = None, size: int | None = None, config_pa
             "accept_rate_by_type": {t: round(sum(1 for i in report.accepted if i["qa_type"] == t) / n, 3)
                                     for t, n in sorted(attempted_by_type.items())},
             "coverage": {"documents": len(covered), "of": len(doc_ids),
-                         "ratio": round(len(covered) / len(doc_ids), 3) if doc_ids else 0.0},
+                         "ratio": round(len(covered) / len(doc_ids), 3) if doc_ids else 0.0,
+                         "folders": len(folders_covered), "of_folders": len(folders),
+                         "by_folder": {f: {"documents": folders_covered[f], "of": n} for f, n in sorted(folders.items())}},
+            "ineligible_chunks": dict(sorted(report.ineligible_chunks.items())),
+            # new answerable items whose answer has evidence spans (always all of them: it is an accept rule)
+            "evidence_supported": {"items": sum(1 for i in answerable_new if i["evidence"]), "of": len(answerable_new)},
             "written": written,
             "timings_s": timer.report(),
             "per_minute": {  # of generation time (LLM calls included), the figure to compare endpoints by
@@ -165,6 +181,12 @@ def synth_golden_set(lake: str | None = None, size: int | None = None, config_pa
         if report.attempted and not report.accepted:
             status = "partial"
             outputs["error"] = f"no new item accepted out of {report.attempted}: {dict(report.rejects)}"
+        elif report.attempted and len(active) < config.size:  # a shortfall is never a silent "ok"
+            status = "partial"
+            outputs["shortfall"] = {"asked": config.size, "active": len(active), "rounds": config.rounds,
+                                    "rejects": dict(sorted((k, v) for k, v in report.rejects.items() if v))}
+            outputs["error"] = (f"{len(active)} of {config.size} items after {config.rounds} rounds; "
+                                f"rejected by reason {outputs['shortfall']['rejects']}")
         if not (up_to_date and previous_ref.golden_set_id == golden_set_id):
             # synth moves its own line; the chosen line (what the nightly evaluates) stays as the user set it
             outputs["line"] = refs.set_line(promotion.SYNTHETIC, golden_set_id, "synthetic", run.run_id, inputs)

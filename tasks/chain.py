@@ -10,9 +10,10 @@ from typing import Sequence
 
 import numpy as np
 
+from tasks import grounding
 from tasks.llm import LLM, Completion
 from tasks.prompts import GeneratedQuestion, Prompt
-from tasks.qa_generation import REFUSAL_ANSWER, answer_support
+from tasks.qa_generation import REFUSAL_ANSWER
 from tasks.retrieval import Hit, Retriever
 from tasks.settings import EvalConfig
 
@@ -27,6 +28,8 @@ class ChainResult:
     answer: str | None = None
     refused: bool | None = None
     grounded: bool | None = None
+    degenerate: str | None = None  # loop | passage_spam | placeholder | truncated | echo (None: a real answer)
+    finish_reason: str | None = None
     relevance: float | None = None  # best question-context cosine (the guardrail's evidence)
     error: str | None = None
     retrieval_failed: bool = False  # no ranking at all: the item is failed and scored on nothing
@@ -79,7 +82,7 @@ def answer(results: Sequence[ChainResult], questions: Sequence[str], prompt: Pro
     A failed call leaves the item with its error (counted as failed, never dropped)."""
     todo = [(r, q) for r, q in zip(results, questions) if not r.refused and not r.retrieval_failed]
     conversations = [prompt.render(question=q, contexts=[h.text for h in r.hits]) for r, q in todo]
-    params = {k: v for k, v in prompt.params.items() if k in ("temperature", "max_tokens", "seed")}
+    params = {k: v for k, v in prompt.params.items() if k in ("temperature", "max_tokens", "seed", "frequency_penalty")}
     completions = llm.complete_many(conversations, **params) if conversations else []
     for (result, question), completion in zip(todo, completions):
         if isinstance(completion, Exception):
@@ -88,19 +91,32 @@ def answer(results: Sequence[ChainResult], questions: Sequence[str], prompt: Pro
             continue
         assert isinstance(completion, Completion)
         text = completion.text.strip()
-        result.answer = text
+        result.answer, result.finish_reason = text, completion.finish_reason
         result.refused = is_refusal(text)
         result.traces.append(trace(result.qa_id, "answer", question, text, completion.latency_ms,
                                    completion.usage.prompt_tokens, completion.usage.completion_tokens,
                                    None if text else "empty answer"))
         if not text:
             result.error = "answer: empty reply"
-    for result in results:
+    for result, question in zip(results, questions):
         if result.answer and not result.refused:
-            support = answer_support(result.answer, "\n".join(h.text for h in result.hits))
-            result.grounded = support >= config.min_grounding
-            result.traces.append(trace(result.qa_id, "grounding", result.answer, f"support={support:.3f} "
-                                       + ("grounded" if result.grounded else "ungrounded"), 0.0))
+            check_answer(result, question, config.min_grounding)
+
+
+def check_answer(result: ChainResult, question: str, min_grounding: float) -> None:
+    """Set result.degenerate and result.grounded, with a `grounding` trace. Grounded means: not
+    degenerate (a loop, passage-number spam, a placeholder, cut off, or an echo of the question,
+    whatever words it shares with the context), every number (with its unit) and name of the answer
+    in the retrieved context, and at least `min_grounding` of its content words (any script) there."""
+    context = grounding.joined(h.text for h in result.hits)
+    result.degenerate = grounding.degenerate_reason(result.answer, question, context, result.finish_reason)
+    made_up = grounding.unsupported_facts(result.answer, context)
+    support = grounding.support(result.answer, context)
+    result.grounded = result.degenerate is None and not made_up and support >= min_grounding
+    verdict = ("grounded" if result.grounded else "ungrounded") + (f" degenerate={result.degenerate}" if result.degenerate else "")
+    if made_up:
+        verdict += " not_in_context=" + ",".join(f.text + (f" {f.unit}" if f.unit else "") for f in made_up[:5])
+    result.traces.append(trace(result.qa_id, "grounding", result.answer, f"support={support:.3f} {verdict}", 0.0))
 
 
 def run_retrieval(retriever: Retriever, qa_ids: Sequence[str], queries: Sequence[str], mode: str, k: int) -> list[ChainResult]:

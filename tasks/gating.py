@@ -15,11 +15,8 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from tasks.evaluation import bootstrap_ci
+from tasks.evaluation import bootstrap_ci, higher_is_better
 from tasks.settings import GateBudgets, GateConfig
-
-# trec_eval/ragas metrics are all higher-is-better; these are not (issue 16 moves this into METRIC_INFO).
-LOWER_IS_BETTER = frozenset({"degenerate", "false_refusal"})
 
 
 def paired_deltas(
@@ -96,7 +93,8 @@ def check_gate(
 ) -> dict:
     """The gate's verdict on a candidate run.
 
-    `budget_reasons` (from check_budgets) fail the gate like a floor.
+    `budget_reasons` (from check_budgets) fail the gate like a floor. For a lower-is-better metric
+    (evaluation.LOWER_IS_BETTER) the floor is a ceiling and a rise is the drop.
     Returns {"status": passed | failed | inconclusive | no_baseline, "reasons": [...], "warnings": [...],
     "paired_items": n, "gated": [metrics], "not_compared": {baseline_only, candidate_only},
     "power": {metric: {n, sd, half_width, detectable_drop, items_needed}}}.
@@ -110,8 +108,10 @@ def check_gate(
         value = metrics.get(name)
         if value is None:
             reasons.append(f"{name}: floor {floor} set but the run has no such metric")
-        elif value < floor:
+        elif higher_is_better(name) and value < floor:
             reasons.append(f"{name} = {value:.4f} is under its floor {floor}")
+        elif not higher_is_better(name) and value > floor:
+            reasons.append(f"{name} = {value:.4f} is over its ceiling {floor} (lower is better)")
     fraction = failed / total if total else 0.0
     if fraction > config.max_failed_fraction:
         reasons.append(f"{failed} of {total} items failed ({fraction:.1%} > {config.max_failed_fraction:.1%})")
@@ -136,7 +136,7 @@ def check_gate(
     undecided = []
     for name in gated:
         d = deltas[name]
-        sign = -1.0 if name in LOWER_IS_BETTER else 1.0  # a rise of a lower-is-better metric is a drop
+        sign = 1.0 if higher_is_better(name) else -1.0  # a rise of a lower-is-better metric is a drop
         low, high = sorted((sign * d["ci"][0], sign * d["ci"][1]))
         sd = float(d.get("sd", 0.0))
         result["power"][name] = {

@@ -252,6 +252,7 @@ def resolve_items(
                 "prompt_id": "",
                 "prompt_hash": "",
                 "created_at": utcnow(),
+                "evidence": [],  # an imported item says which chunks, not which spans
             }
         )
     if errors:

@@ -83,6 +83,7 @@ class StructuredResult:
     error: str | None
     usage: Usage  # summed over all attempts
     latency_ms: float  # summed over all attempts
+    finish_reason: str | None = None  # of the last reply: "length" = cut at max_tokens (json_repair may still parse it)
 
 
 class LLM(Protocol):
@@ -100,7 +101,7 @@ class LLM(Protocol):
 
     def complete(
         self, messages: Messages, *, temperature: float = 0.0, max_tokens: int = 256,
-        seed: int | None = None, json_schema: dict | None = None,
+        seed: int | None = None, json_schema: dict | None = None, frequency_penalty: float = 0.0,
     ) -> Completion:
         """One chat completion; json_schema asks for JSON of that shape (constrained where supported)."""
         ...
@@ -175,7 +176,8 @@ class _RepairLoop:
         if value is None and completion.finish_reason == "length":
             error = f"{error} (the reply hit max_tokens)"
         if value is not None or self.attempts >= self.max_attempts:
-            return StructuredResult(value, self.raw, self.attempts, error, self.usage, self.latency_ms)
+            return StructuredResult(value, self.raw, self.attempts, error, self.usage, self.latency_ms,
+                                    completion.finish_reason)
         log.debug("structured reply %d/%d unusable: %s", self.attempts, self.max_attempts, error)
         self.messages = [*self.messages, {"role": "assistant", "content": completion.text},
                          repair_message(error, self.output_model)]
@@ -315,7 +317,7 @@ class LocalLLM(_SyncStructured):
 
     def complete(
         self, messages: Messages, *, temperature: float = 0.0, max_tokens: int = 256,
-        seed: int | None = None, json_schema: dict | None = None,
+        seed: int | None = None, json_schema: dict | None = None, frequency_penalty: float = 0.0,
     ) -> Completion:
         """One chat completion; the same messages, params and seed give the same text."""
         # In-process llama-cpp-python 0.3.x only constrains {"type": "json_object"} (with an optional
@@ -329,6 +331,7 @@ class LocalLLM(_SyncStructured):
                 response = llama.create_chat_completion(
                     messages=messages, temperature=temperature, max_tokens=max_tokens,
                     seed=self.config.seed if seed is None else seed, response_format=response_format,
+                    frequency_penalty=frequency_penalty,
                 )
             except ValueError as exc:  # 0.3.x: "Requested tokens (n) exceed context window of m"
                 raise LLMRequestError(f"{self.path.name}: {exc}") from exc
@@ -524,13 +527,15 @@ class OpenAICompatLLM:
 
     async def _acomplete(
         self, batch: _Batch, messages: Messages, *, temperature: float = 0.0, max_tokens: int = 256,
-        seed: int | None = None, json_schema: dict | None = None,
+        seed: int | None = None, json_schema: dict | None = None, frequency_penalty: float = 0.0,
     ) -> Completion:
         payload: dict[str, Any] = {"model": batch.model, "messages": messages, "temperature": temperature,
                                    "max_tokens": max_tokens, "seed": self.config.seed if seed is None else seed}
         response_format = _response_format(self.config.json_mode, json_schema)
         if response_format is not None:
             payload["response_format"] = response_format
+        if frequency_penalty:  # sent only when set: a request without it stays what it was
+            payload["frequency_penalty"] = frequency_penalty
         data, latency_ms = await self._post(batch, "/chat/completions", payload)
         try:
             choice = data["choices"][0]
@@ -581,10 +586,11 @@ class OpenAICompatLLM:
 
     def complete(
         self, messages: Messages, *, temperature: float = 0.0, max_tokens: int = 256,
-        seed: int | None = None, json_schema: dict | None = None,
+        seed: int | None = None, json_schema: dict | None = None, frequency_penalty: float = 0.0,
     ) -> Completion:
         """One chat completion, retried on timeouts, 429 and 5xx; raises LLMError."""
-        params = dict(temperature=temperature, max_tokens=max_tokens, seed=seed, json_schema=json_schema)
+        params = dict(temperature=temperature, max_tokens=max_tokens, seed=seed, json_schema=json_schema,
+                      frequency_penalty=frequency_penalty)
         result = self._run_batch(lambda batch, m: self._acomplete(batch, m, **params), [messages])[0]
         if isinstance(result, Exception):
             raise result
@@ -664,11 +670,12 @@ class ScriptedLLM(_SyncStructured):
 
     def complete(
         self, messages: Messages, *, temperature: float = 0.0, max_tokens: int = 256,
-        seed: int | None = None, json_schema: dict | None = None,
+        seed: int | None = None, json_schema: dict | None = None, frequency_penalty: float = 0.0,
     ) -> Completion:
         """The next scripted reply; raises ScriptExhausted when there is none."""
         self.requests.append({"messages": [dict(m) for m in messages], "temperature": temperature,
-                              "max_tokens": max_tokens, "seed": seed, "json_schema": json_schema})
+                              "max_tokens": max_tokens, "seed": seed, "json_schema": json_schema,
+                              **({"frequency_penalty": frequency_penalty} if frequency_penalty else {})})
         if not self.replies:
             last = str(messages[-1].get("content", ""))[:120] if messages else ""
             raise ScriptExhausted(

@@ -14,6 +14,7 @@ from typing import Any, Iterable, Mapping, Sequence
 import numpy as np
 from scipy import stats
 
+from tasks.evaluation import higher_is_better
 from tasks.settings import MonitorConfig
 
 SEVERITY_RANK = {"info": 0, "warning": 1, "critical": 2}
@@ -201,20 +202,24 @@ def check_regression(series: Sequence[Mapping], config: MonitorConfig) -> Check:
         if any(v is None for v in current) or not baseline_values:
             continue
         baseline = float(np.median(baseline_values))
-        drops = [baseline - v for v in current]
+        # a lower-is-better metric (degenerate, false_refusal) regresses by rising
+        drops = [baseline - v if higher_is_better(name) else v - baseline for v in current]
         checked[name] = {"baseline": round(baseline, 6), "window": [round(v, 6) for v in current],
                          "min_drop": round(min(drops), 6)}
         if min(drops) <= config.max_drop:
             continue
         severity = "critical" if min(drops) > config.critical_drop else "warning"
         highs = [o["metrics"][name].get("ci_high") for o in window]
-        beyond_ci = all(h is not None and h < baseline for h in highs)
+        lows = [o["metrics"][name].get("ci_low") for o in window]
+        beyond_ci = (all(h is not None and h < baseline for h in highs) if higher_is_better(name)
+                     else all(lo is not None and lo > baseline for lo in lows))
         values = ", ".join(f"{v:.4f}" for v in current)
+        side = "below" if higher_is_better(name) else "above"
         alerts.append(Alert(
             kind="regression", metric=name, severity=severity,
-            message=(f"{name} regressed: {values} on the last {len(window)} runs, at least {min(drops):.4f} below its "
+            message=(f"{name} regressed: {values} on the last {len(window)} runs, at least {min(drops):.4f} {side} its "
                      f"baseline {baseline:.4f} (median of {len(baseline_values)} earlier runs; threshold {config.max_drop})"
-                     + ("; every CI lies below the baseline" if beyond_ci else "")),
+                     + (f"; every CI lies {side} the baseline" if beyond_ci else "")),
             details={"baseline": baseline, "window": current, "baseline_runs": len(baseline_values),
                      "run_ids": [o["run_id"] for o in window], "ci_high": highs, "beyond_ci": beyond_ci},
         ))

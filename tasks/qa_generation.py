@@ -18,6 +18,7 @@ from typing import Sequence
 
 import numpy as np
 
+from tasks import grounding
 from tasks.indexing import ChunkStore, sql_in
 from tasks.prompts import Prompt
 from tasks.schemas import utcnow
@@ -36,12 +37,18 @@ PROMPT_FOR_TYPE = {
 REQUIRED_PROMPTS = ("qa_single_hop", "qa_multi_hop", "qa_abstract", "qa_unanswerable", "qa_paraphrase")
 REFUSAL_ANSWER = "The documents do not say."
 CONTEXT_REFERENCE = re.compile(
-    r"\b(the|this|that|these|above|given|provided)\s+(passages?|texts?|context|documents?|excerpts?|snippets?|sections?)\b", re.I
+    r"\b(the|this|that|these|above|given|provided)\s+(passages?|texts?|context|documents?|excerpts?|snippets?|sections?)\b"
+    r"|\b(of|in|from) the following\b|\bthe following\s*\?", re.I
 )
-STOPWORDS = frozenset(
-    "the a an and or of to in on for with is are was were be been it its this that these those by as at "
-    "from can you your what which who how when where why does do not no yes will would should may".split()
-)
+STOPWORDS = grounding.STOPWORDS
+# "What is the difference between a Prompts and a Prompts?", "Is X or X better?": the same thing twice.
+_PAIRED = re.compile(r"\bbetween\s+(.+?)\s+and\s+([^?.!]+)|^(?:.*?\b)?(\w[\w ]*?)\s+(?:vs\.?|versus|or)\s+([^?.!]+)", re.I)
+_ARTICLE = re.compile(r"^(?:a|an|the|using|with)\s+", re.I)
+# Words a question template adds around its topic; an "unanswerable" question made only of these and
+# words an indexed chunk contains is answered by that chunk.
+_QUESTION_WORDS = frozenset("purpose difference between use used using work works mean means meaning main role "
+                            "explain describe example examples way ways best many much have has had there get "
+                            "make need needs happen happens".split())
 
 
 @dataclass(frozen=True)
@@ -67,6 +74,9 @@ class Candidate:
     answer: str
     prompt: Prompt
     error: str | None = None
+    finish_reason: str | None = None  # of the generating call: "length" means cut at max_tokens
+    # Set by reject_reason on acceptance: chunk_id -> [(start, end)] character spans supporting the answer.
+    evidence: dict[str, list[tuple[int, int]]] = field(default_factory=dict)
 
 
 @dataclass
@@ -74,6 +84,7 @@ class GenerationReport:
     accepted: list[dict] = field(default_factory=list)
     rejects: Counter = field(default_factory=Counter)
     attempted: int = 0
+    ineligible_chunks: Counter = field(default_factory=Counter)  # chunks not allowed to seed questions, by reason
 
 
 # -- budget and staleness -------------------------------------------------------------------------
@@ -125,23 +136,100 @@ def _fetch(store: ChunkStore, chunk_ids: Sequence[str]) -> dict[str, dict]:
     return {r["chunk_id"]: r for r in rows.to_pylist()}
 
 
+_HEADING = re.compile(r"^\s{0,3}#{1,6}\s|^\s*[=-]{3,}\s*$")
+_LINK_LINE = re.compile(r"^\s*(?:[-*+]|\d+[.)])?\s*(?:\[[^\]]*\]\([^)]*\)[\s,;|]*)+\s*$")
+_LIST_ITEM = re.compile(r"^\s*(?:[-*+]|\d+[.)])\s+(.*)$")
+_FENCE = re.compile(r"^\s*(```|~~~).*?^\s*\1[^\n]*$", re.M | re.S)
+MIN_PROSE_WORDS = 6  # content words outside code, headings and links: fewer state no fact to ask about
+
+
+def ineligible_reason(text: str) -> str | None:
+    """Why a chunk may not seed a question, or None: `code_only` (nothing but code fences),
+    `heading_only`, `link_list`, `table_of_contents` (short list entries without sentences) or
+    `no_prose` (fewer than MIN_PROSE_WORDS content words outside code, headings and links)."""
+    had_code = bool(_FENCE.search(text))
+    rest = _FENCE.sub("", text)
+    lines = [ln for ln in rest.splitlines() if ln.strip()]
+    body = [ln for ln in lines if not _HEADING.match(ln)]
+    if not body:
+        return "code_only" if had_code else "heading_only"
+    links = [ln for ln in body if _LINK_LINE.match(ln)]
+    if len(links) >= 3 and len(links) >= 0.6 * len(body):
+        return "link_list"
+    entries = [m.group(1) for ln in body if (m := _LIST_ITEM.match(ln))]
+    short = [e for e in entries if len(e.split()) <= 6 and not e.rstrip().endswith((".", "!", "?", ":"))]
+    if len(short) >= 4 and len(short) >= 0.7 * len(body):
+        return "table_of_contents"
+    prose = [ln for ln in body if not _LINK_LINE.match(ln)]
+    if len(grounding.content_words(re.sub(r"\]\([^)]*\)", "]", "\n".join(prose)))) < MIN_PROSE_WORDS:
+        return "code_only" if had_code else "no_prose"
+    return None
+
+
+def folder_path(doc_id: str) -> tuple[str, ...]:
+    """The folders of a document id, outermost first; a table row's file counts as a folder
+    ("tables/stations.csv#S1" -> ("tables", "stations.csv")), a top-level file has none."""
+    path, _, row = doc_id.partition("#")
+    parts = tuple(p for p in path.split("/") if p)
+    return parts if row else parts[:-1]
+
+
+def top_folder(doc_id: str) -> str:
+    """The top-level folder a document is reported under ("." for files at the root)."""
+    parts = folder_path(doc_id)
+    return parts[0] if parts else "."
+
+
+def stratified_order(doc_ids: Sequence[str], rng: random.Random, depth: int = 0) -> list[str]:
+    """Documents interleaved over the folder tree, seeded: each folder (and the files directly in
+    it, together) is one stream, and streams take turns in a shuffled order, recursively. The first
+    n documents therefore span as many folders as n allows, whatever the paths sort like."""
+    groups: dict[str, list[str]] = {}
+    files: list[str] = []
+    for doc in sorted(doc_ids):
+        parts = folder_path(doc)
+        if len(parts) > depth:
+            groups.setdefault(parts[depth], []).append(doc)
+        else:
+            files.append(doc)
+    rng.shuffle(files)
+    streams = [files] if files else []
+    streams += [stratified_order(groups[name], rng, depth + 1) for name in sorted(groups)]
+    rng.shuffle(streams)
+    order: list[str] = []
+    for i in range(max((len(s) for s in streams), default=0)):
+        order.extend(s[i] for s in streams if i < len(s))
+    return order
+
+
 def plan_tasks(
     store: ChunkStore, counts: dict[str, int], config: SynthConfig, rng: random.Random, priority_docs: Sequence[str] = (),
+    ineligible: Counter | None = None,
 ) -> list[GenTask]:
-    """Generation tasks, stratified over documents: documents are visited round-robin (priority
-    documents first, then the rest shuffled) and each task takes a chunk of the next document."""
-    catalog = store.scan(["chunk_id", "doc_id", "position", "n_tokens"]).to_pylist()
+    """Generation tasks, stratified over the folder tree and documents: documents are visited in
+    stratified_order (priority documents first, stratified among themselves), each task takes an
+    eligible chunk of the next document. Chunks that state no facts (ineligible_reason) never seed
+    a question; their counts by reason are written into `ineligible` when given."""
+    catalog = store.scan(["chunk_id", "doc_id", "position", "n_tokens", "text"]).to_pylist()
     by_doc: dict[str, list[dict]] = {}
+    skipped: Counter = Counter()
     for row in catalog:
-        if row["n_tokens"] >= config.min_context_tokens:
-            by_doc.setdefault(row["doc_id"], []).append(row)
+        if row["n_tokens"] < config.min_context_tokens:
+            continue
+        why = ineligible_reason(row.pop("text"))
+        if why:
+            skipped[why] += 1
+            continue
+        by_doc.setdefault(row["doc_id"], []).append(row)
+    if ineligible is not None:
+        ineligible.clear()
+        ineligible.update(skipped)
     if not by_doc:
         return []
     for rows in by_doc.values():
         rows.sort(key=lambda r: r["position"])
-    rest = sorted(d for d in by_doc if d not in set(priority_docs))
-    rng.shuffle(rest)
-    order = [d for d in priority_docs if d in by_doc] + rest
+    first = [d for d in dict.fromkeys(priority_docs) if d in by_doc]
+    order = stratified_order(first, rng) + stratified_order([d for d in by_doc if d not in set(first)], rng)
     slots = [t for t in QA_TYPES for _ in range(counts.get(t, 0))]
     rng.shuffle(slots)
 
@@ -193,6 +281,8 @@ def _neighbour(store: ChunkStore, row: dict) -> ChunkRef | None:
             continue
         if hit["_distance"] < 0.02:  # a near copy is not a second hop
             continue
+        if ineligible_reason(hit["text"]):  # a link list or code block is no hop either
+            continue
         return _ref(hit)
     return None
 
@@ -222,7 +312,7 @@ def generate_candidates(tasks: list[GenTask], prompts: dict[str, Prompt], llm) -
             value = res.value
             candidates[i] = Candidate(
                 tasks[i], getattr(value, "question", "") if value else "", getattr(value, "answer", "") if value else "",
-                prompt, None if value is not None else (res.error or "no value"),
+                prompt, None if value is not None else (res.error or "no value"), res.finish_reason,
             )
     para_idx = [i for i, c in enumerate(candidates) if c and c.task.qa_type == "paraphrased" and not c.error]
     if para_idx:
@@ -252,17 +342,16 @@ def max_prompt_tokens(tasks: list[GenTask], prompts: dict[str, Prompt], count_to
 
 
 # -- filters -------------------------------------------------------------------------------------
-def _words(text: str) -> list[str]:
-    return [w for w in re.findall(r"[a-z0-9]+", text.lower()) if w not in STOPWORDS and len(w) > 2]
+REJECT_REASONS = (
+    "unparseable", "too_short", "too_long", "malformed", "refers_to_context", "placeholder", "repetition",
+    "truncated", "copies_context", "circular", "made_up_fact", "unsupported_answer", "missing_evidence",
+    "answerable", "near_duplicate", "over_budget",
+)
 
 
 def answer_support(answer: str, context: str) -> float:
-    """Share of the answer's content words that occur in the context (1.0 for an empty answer)."""
-    words = _words(answer)
-    if not words:
-        return 0.0
-    vocab = set(_words(context))
-    return sum(1 for w in words if w in vocab) / len(words)
+    """Share of the answer's content words (any script) that occur in the context (0.0 for none)."""
+    return grounding.support(answer, context)
 
 
 def verbatim_ratio(question: str, context: str) -> float:
@@ -274,25 +363,101 @@ def verbatim_ratio(question: str, context: str) -> float:
     return match.size / len(q)
 
 
+def _term(text: str) -> str:
+    words = [w.removesuffix("s") for w in grounding.tokens(_ARTICLE.sub("", text.strip()))]
+    return " ".join(words)
+
+
+def is_circular(question: str, answer: str = "") -> bool:
+    """A question about nothing: the same term on both sides of a comparison ("the difference
+    between a Prompts and a Prompts", "X vs X"), a question about itself, or an answer that only
+    restates its question."""
+    m = _PAIRED.search(question.strip())
+    if m:
+        left, right = (m.group(1), m.group(2)) if m.group(1) else (m.group(3), m.group(4))
+        if left and right and _term(left) and _term(left) == _term(right):
+            return True
+    if re.search(r"\b(this|the)\s+question\b", question, re.I):
+        return True
+    return bool(answer) and grounding.echoes(answer, question)
+
+
+def _evidence(cand: Candidate) -> dict[str, list[tuple[int, int]]]:
+    # Multi-hop and abstract items spread over chunks: each chunk's spans are found on its own.
+    return {c.chunk_id: spans for c in cand.task.chunks if (spans := grounding.evidence_spans(cand.answer, c.text))}
+
+
 def reject_reason(cand: Candidate, config: SynthConfig) -> str | None:
-    """Why a candidate is rejected (one reason, in check order), or None if it passes."""
+    """Why a candidate is rejected (one reason, in REJECT_REASONS order), or None if it passes.
+
+    On acceptance of an answerable item, cand.evidence holds the spans supporting its answer; the
+    answer's numbers (with units) and names must all lie in them and the question's in its chunks
+    (`made_up_fact`), a multi-hop answer needs evidence in both chunks (`missing_evidence`).
+    """
+    cand.evidence = {}
     if cand.error:
         return "unparseable"
     q, a = cand.question.strip(), cand.answer.strip()
+    answerable = cand.task.qa_type != "unanswerable"
     if not (config.min_question_chars <= len(q) <= config.max_question_chars):
         return "too_short" if len(q) < config.min_question_chars else "too_long"
-    if cand.task.qa_type != "unanswerable" and (not a or len(a) > config.max_answer_chars):
+    if answerable and (not a or len(a) > config.max_answer_chars):
         return "too_short" if not a else "too_long"
     if "\n" in q or (cand.task.qa_type != "paraphrased" and not q.endswith("?")):
         return "malformed"  # a cut-off question, or one with its answer run into it
     if CONTEXT_REFERENCE.search(q):
         return "refers_to_context"  # "what is the passage about?" means nothing to a retriever
-    context = "\n\n".join(c.text for c in cand.task.chunks)
+    context = grounding.joined(c.text for c in cand.task.chunks)
+    if grounding.placeholders(q, context) or (answerable and grounding.placeholders(a, context)):
+        return "placeholder"
+    if answerable and (grounding.repetition(a) or grounding.passage_spam(a)):
+        return "repetition"
+    if answerable and grounding.truncated(a, context, cand.finish_reason):
+        return "truncated"
     if verbatim_ratio(q, context) > config.max_verbatim_ratio:
         return "copies_context"
-    if cand.task.qa_type != "unanswerable" and answer_support(a, context) < config.min_answer_support:
+    if is_circular(q, a if answerable else ""):
+        return "circular"
+    if not answerable:
+        return None
+    if grounding.unsupported_facts(q, context) or grounding.unsupported_facts(a, context):
+        return "made_up_fact"
+    evidence = _evidence(cand)
+    spans = grounding.joined(grounding.spans_text(c.text, evidence.get(c.chunk_id, [])) for c in cand.task.chunks)
+    if grounding.unsupported_facts(a, spans):
+        return "made_up_fact"  # in a chunk, but only beside the supporting sentences (max_spans)
+    if not evidence or answer_support(a, spans) < config.min_answer_support:
         return "unsupported_answer"
+    if cand.task.qa_type == "multi_hop" and len(evidence) < len(cand.task.chunks):
+        return "missing_evidence"
+    cand.evidence = evidence
     return None
+
+
+def answered_by(question: str, texts: Sequence[str], coverage: float) -> bool:
+    """Whether one of texts answers an "unanswerable" question: it holds the question's facts and
+    at least `coverage` of its topic words (content words beyond the template words of a question)."""
+    words = [w for w in dict.fromkeys(grounding.content_words(question)) if w not in _QUESTION_WORDS]
+    if len(words) < 2:
+        return False
+    question_facts = grounding.facts(question)
+    for text in texts:
+        vocab = set(grounding.tokens(text))
+        stems = {v[:5] for v in vocab if len(v) >= 5}  # "create" meets "creating", "application" "applications"
+        found = sum(1 for w in words if w in vocab or (len(w) >= 5 and w[:5] in stems))
+        if found >= coverage * len(words) and all(grounding.fact_in(f, text) for f in question_facts):
+            return True
+    return False
+
+
+def search_texts(store: ChunkStore, encode, questions: Sequence[str], k: int) -> list[list[str]]:
+    """The texts of the k chunks nearest each question (cosine), in rank order: what the index would
+    retrieve for it."""
+    if not questions:
+        return []
+    vectors = encode(list(questions))
+    return [[h["text"] for h in store.table.search(np.asarray(v, dtype=np.float32)).distance_type("cosine")
+             .select(["text", "_distance"]).limit(k).to_list()] for v in vectors]
 
 
 def qa_id_of(question: str, qa_type: str, source_chunk_ids: Sequence[str]) -> str:
@@ -301,14 +466,17 @@ def qa_id_of(question: str, qa_type: str, source_chunk_ids: Sequence[str]) -> st
 
 
 def to_item(cand: Candidate, generator: str) -> dict:
+    """The golden row of an accepted candidate. An abstract item refers to the chunks its answer has
+    evidence in (the ones it summarizes), not every chunk it was shown; `evidence` lists the spans."""
     chunks = cand.task.chunks
     answerable = cand.task.qa_type != "unanswerable"
+    refs = [c for c in chunks if c.chunk_id in cand.evidence] if cand.task.qa_type == "abstract" and cand.evidence else chunks
     return {
         "qa_id": qa_id_of(cand.question, cand.task.qa_type, [c.chunk_id for c in chunks]),
         "question": cand.question.strip(),
         "reference_answer": cand.answer.strip() if answerable else REFUSAL_ANSWER,
-        "reference_chunk_ids": [c.chunk_id for c in chunks] if answerable else [],
-        "reference_doc_ids": list(dict.fromkeys(c.doc_id for c in chunks)) if answerable else [],
+        "reference_chunk_ids": [c.chunk_id for c in refs] if answerable else [],
+        "reference_doc_ids": list(dict.fromkeys(c.doc_id for c in refs)) if answerable else [],
         "source_chunk_ids": [c.chunk_id for c in chunks],
         "source_doc_ids": list(dict.fromkeys(c.doc_id for c in chunks)),
         "source_doc_sha256s": list(dict.fromkeys(c.doc_sha256 for c in chunks)),
@@ -320,24 +488,31 @@ def to_item(cand: Candidate, generator: str) -> dict:
         "prompt_id": cand.prompt.prompt_id,
         "prompt_hash": cand.prompt.prompt_hash,
         "created_at": utcnow(),
+        "evidence": [{"chunk_id": c.chunk_id, "start": s, "end": e}
+                     for c in chunks for s, e in cand.evidence.get(c.chunk_id, [])] if answerable else [],
     }
 
 
 def drop_near_duplicates(
-    items: list[dict], existing_questions: Sequence[str], encode, threshold: float
+    items: list[dict], existing: Sequence[dict], encode, threshold: float, same_chunk_threshold: float | None = None,
 ) -> tuple[list[dict], int]:
-    """Keep items whose question is not within `threshold` cosine of an earlier or existing one."""
+    """Keep items whose question is not within `threshold` cosine of an earlier or existing one, nor
+    within `same_chunk_threshold` of one made from a shared source chunk (two questions about one
+    paragraph are duplicates well before their wording is). Items and existing: {question,
+    source_chunk_ids}; order decides which of two duplicates stays."""
     if not items:
         return items, 0
-    vectors = encode(list(existing_questions) + [i["question"] for i in items])
-    kept_vectors = list(vectors[: len(existing_questions)])
+    same = threshold if same_chunk_threshold is None else min(threshold, same_chunk_threshold)
+    vectors = encode([e["question"] for e in existing] + [i["question"] for i in items])
+    kept_vectors = [(vec, set(e.get("source_chunk_ids") or [])) for vec, e in zip(vectors[: len(existing)], existing)]
     kept, dropped = [], 0
-    for item, vec in zip(items, vectors[len(existing_questions):]):
-        if kept_vectors and max(float(np.dot(vec, k)) for k in kept_vectors) >= threshold:
+    for item, vec in zip(items, vectors[len(existing):]):
+        sources = set(item.get("source_chunk_ids") or [])
+        if any(float(np.dot(vec, k)) >= (same if sources & ks else threshold) for k, ks in kept_vectors):
             dropped += 1
             continue
         kept.append(item)
-        kept_vectors.append(vec)
+        kept_vectors.append((vec, sources))
     return kept, dropped
 
 

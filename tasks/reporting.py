@@ -19,8 +19,9 @@ matplotlib.use("Agg")  # files only, never a display
 import matplotlib.pyplot as plt  # noqa: E402
 
 PREFERRED = ("ndcg@10", "ndcg@5", "hit@5", "recall@10", "recall@5", "mrr@10", "mrr@5", "semantic_similarity",
-             "rouge_l", "refusal_correct", "grounded", "faithfulness", "answer_relevancy")
+             "rouge_l", "refusal_correct", "refusal_recall", "grounded", "degenerate", "faithfulness", "answer_relevancy")
 MAX_TREND_METRICS = 8
+REFUSAL_METRICS = ("refusal_recall", "false_refusal", "degenerate")
 
 
 @dataclass
@@ -286,7 +287,10 @@ def render_report(d: ReportData) -> dict[str, bytes]:
                              "delta": metrics[name] - before if before is not None else None})
         groups = latest.get("by_type") or {}
         by_type = sorted(groups.items())
-        type_metrics = headline_metrics(sorted({m for g in groups.values() for m in g.get("metrics", {})}), d.metrics)[:6]
+        type_names = sorted({m for g in groups.values() for m in g.get("metrics", {})})
+        type_metrics = headline_metrics(type_names, d.metrics)[:6]
+        # refusal is judged per side: the unanswerable row would otherwise be blank (no IR references)
+        type_metrics += [m for m in REFUSAL_METRICS if m in type_names and m not in type_metrics]
         if groups and type_metrics:
             files["by_type.png"] = _by_type_plot(groups, type_metrics[:4])
             images["by_type"] = "by_type.png"

@@ -128,6 +128,10 @@ GOLDEN = pa.schema(
         ("prompt_id", pa.string()),
         ("prompt_hash", pa.string()),
         ("created_at", TS),
+        # Spans of reference chunk text that support the reference answer: text[start:end] in Python
+        # characters, per chunk. Empty for unanswerable and imported items; null in sets written
+        # before the column existed (read as empty).
+        ("evidence", pa.list_(pa.struct([("chunk_id", pa.string()), ("start", pa.int32()), ("end", pa.int32())]))),
     ]
 )
 
@@ -145,6 +149,7 @@ EVAL_ITEMS = pa.schema(
         ("answer", pa.string()),
         ("refused", pa.bool_()),
         ("grounded", pa.bool_()),  # the guardrail's grounding check on the answer (None: no answer)
+        ("degenerate", pa.string()),  # loop | passage_spam | placeholder | truncated | echo; None: not degenerate
         ("relevance", pa.float64()),  # best question-context cosine, the refusal guardrail's evidence
         ("metrics", pa.map_(pa.string(), pa.float64())),
         ("failed_metrics", pa.list_(pa.string())),  # metrics whose judgment failed for this item

@@ -156,6 +156,12 @@ class SynthConfig(Section):
     max_question_chars: PositiveInt = 300
     max_answer_chars: PositiveInt = 800
     near_duplicate_similarity: float = Field(default=0.95, gt=0, le=1)
+    # Two questions from one source chunk are duplicates at a lower similarity than unrelated ones.
+    same_chunk_similarity: float = Field(default=0.8, gt=0, le=1)
+    # An "unanswerable" question is rejected when one of the answerable_check_k chunks the index
+    # retrieves for it holds its facts and this share of its topic words.
+    answerable_coverage: float = Field(default=0.8, gt=0, le=1)
+    answerable_check_k: PositiveInt = 5
     min_answer_support: float = Field(default=0.5, ge=0, le=1)  # share of answer words found in context
     max_verbatim_ratio: float = Field(default=0.8, gt=0, le=1)  # longest shared run / question length
     rounds: PositiveInt = 3  # generation rounds to fill the budget after rejects

@@ -95,8 +95,8 @@ def test_fts_and_hybrid_retrieval_find_the_keyword_document(prefect_backend, fak
 
 def _answers(messages):
     user = messages[-1]["content"]
-    passages = re.findall(r"\[\d+\] (.*)", user)
-    return passages[0] if passages else "The documents do not say."
+    passages = re.findall(r'"""\n(.*?)\n"""', user, re.S)
+    return passages[0].splitlines()[-1] if passages else "The documents do not say."
 
 
 def test_answers_guardrail_and_failed_items_are_counted(prefect_backend, fakes, beir_dir, lake_dir):
@@ -377,3 +377,46 @@ def test_chinese_and_japanese_questions_get_full_text_hits(prefect_backend, fake
     assert summary["items"]["failed"] == 0 and summary["metrics"]["hit@1"] == 1.0
     items = Lake(str(lake_dir)).read_eval_items(summary["run_id"]).to_pylist()
     assert all(i["retrieved_chunk_ids"] for i in items), "no CJK question comes back empty"
+
+
+GARBAGE = {  # question -> (planted answer, expected degenerate reason, expected grounded)
+    "How many docks does the harbour station have?": ("[1] # Harbour\n" * 20, "loop", False),
+    "What does a single ride cost?": ("What does a single ride cost?", "echo", False),
+    "When does the museum station close?": ("The museum station closes at midnight on weekdays.", None, True),
+    "How many chargers does the harbour station have?": ("The harbour station has 14 chargers.", None, False),  # made up
+    "Who painted the harbour station?": ("The harbour station was painted by Monet in 1970.", None, False),
+}
+
+
+def test_looping_and_echoing_answers_are_degenerate_not_grounded(prefect_backend, fakes, tmp_path, lake_dir, monkeypatch):
+    src = write_files(tmp_path / "src", {
+        "harbour.md": "# Harbour\n\nThe harbour station has twelve docks and two chargers.",
+        "fares.md": "# Fares\n\nA single ride costs two credits on weekdays.",
+        "hours.md": "# Hours\n\nThe museum station closes at midnight on weekdays."})
+    index_flow.index_corpus(sources=[str(src)], lake=str(lake_dir))
+    table = Lake(str(lake_dir)).connect_vectors().open_table("chunks__hash_fake")
+    chunks = {r["doc_id"]: r["chunk_id"] for r in table.search().select(["doc_id", "chunk_id"]).limit(None).to_arrow().to_pylist()}
+    refs = ["harbour.md", "fares.md", "hours.md", "harbour.md", None]
+    golden = tmp_path / "golden.jsonl"
+    golden.write_text("".join(json.dumps({"question": q, "reference_chunk_ids": [chunks[d]] if d else [],
+                                          "qa_type": "single_hop" if d else "unanswerable"}) + "\n"
+                              for q, d in zip(GARBAGE, refs)))
+    golden_flow.import_golden_set(path=str(golden), lake=str(lake_dir))
+    monkeypatch.setenv("RAGLOOP_EVAL__REFUSE_BELOW", "-1")
+    planted = lambda messages: GARBAGE[re.search(r"Question: (.*)", messages[-1]["content"]).group(1)][0]  # noqa: E731
+    fakes.add(*[planted] * len(GARBAGE))
+
+    summary = eval_flow.evaluate_chain(lake=str(lake_dir), retrieval="vector", k=2)
+    rows = {r["question"]: r for r in Lake(str(lake_dir)).read_eval_items(summary["run_id"]).to_pylist()}
+    for question, (_, reason, grounded) in GARBAGE.items():
+        assert (rows[question]["degenerate"], rows[question]["grounded"]) == (reason, grounded), question
+    m = summary["metrics"]
+    assert m["degenerate"] == pytest.approx(2 / 5) and summary["n"]["degenerate"] == 5
+    assert m["grounded"] == pytest.approx(1 / 5)
+    assert summary["answers"]["degenerate"] == 2 and summary["answers"]["degenerate_by_reason"] == {"echo": 1, "loop": 1}
+    # refusal is visible per side: the unanswerable item was answered (recall 0), no answerable one refused
+    assert m["refusal_recall"] == 0.0 and summary["n"]["refusal_recall"] == 1
+    assert m["false_refusal"] == 0.0 and summary["n"]["false_refusal"] == 4
+    assert summary["by_type"]["unanswerable"]["metrics"]["refusal_recall"] == 0.0
+    traces = [t for t in Lake(str(lake_dir)).read_traces(summary["run_id"]).to_pylist() if t["step"] == "grounding"]
+    assert any("not_in_context=14" in t["output"] for t in traces)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 from flows import evaluate as eval_flow
 from flows import index as index_flow
@@ -59,8 +60,8 @@ def test_second_night_with_nothing_changed_recomputes_nothing(prefect_backend, t
 def _answer(conversation):
     from tasks.llm import Completion, Usage
 
-    passages = [line for line in conversation[-1]["content"].splitlines() if line.startswith("[1] ")]
-    text = passages[0][4:] if passages else "The documents do not say."
+    passages = re.findall(r'"""\n(.*?)\n"""', conversation[-1]["content"], re.S)
+    text = passages[0].splitlines()[-1] if passages else "The documents do not say."
     return Completion(text=text, usage=Usage(1, 1), latency_ms=1.0, model="passage-fake@1", finish_reason="stop")
 
 

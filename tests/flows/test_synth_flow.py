@@ -50,10 +50,16 @@ class PassageLLM:
         user = messages[-1]["content"]
         passages = re.findall(r'"""\n(.*?)\n"""', user, re.S)
         if output_model.__name__ == "QAPair":
-            sentence = re.split(r"(?<=\.)\s", " ".join(p.replace("\n", " ") for p in passages))
-            words = re.findall(r"[A-Za-z]+ \d+", passages[0]) or ["it"]
-            facts = [s for s in sentence if "#" not in s][:2]
-            value = output_model(question=f"What should I know about {words[0]} ({len(passages)} passages)?",
+            # One fact sentence from each passage (a multi-hop answer needs evidence in both), picked by
+            # the call count so that questions about one chunk differ; the question names its words.
+            facts = []
+            for p in passages:
+                prose = " ".join(line for line in p.splitlines() if not line.startswith("#"))
+                sentences = [s for s in re.split(r"(?<=\.)\s", prose) if s.strip()]
+                facts.append(sentences[self.calls % len(sentences)] if sentences else "")
+            names = [(re.findall(r"[A-Za-z]+ \d+", p) or ["it"])[0] for p in passages]
+            topic = " ".join(w for f in facts for w in re.findall(r"[a-z]{5,}", f)[:3])
+            value = output_model(question=f"What about {topic} at {' and '.join(dict.fromkeys(names))}?",
                                  answer=" ".join(facts))
         elif "Question:" in user:  # the paraphrase prompt
             original = user.split("Question:", 1)[1].splitlines()[0].strip()
@@ -96,6 +102,13 @@ def test_synth_builds_a_typed_golden_set_tied_to_existing_chunks(prefect_backend
     assert all(i["prompt_hash"] and i["generator"] == "passage-fake@1" for i in items)
     assert {i["qa_type"] for i in items if not i["reference_chunk_ids"]} <= {"unanswerable"}
     assert summary["coverage"]["of"] == len(DOCS) and summary["coverage"]["documents"] > 1
+    assert summary["coverage"]["by_folder"] == {".": {"documents": summary["coverage"]["documents"], "of": len(DOCS)}}
+    texts = dict(zip(*lancedb.connect(str(lake_dir / "lancedb")).open_table("chunks__hash_fake")
+                     .search().select(["chunk_id", "text"]).limit(None).to_arrow().to_pydict().values()))
+    for item in items:  # evidence by construction: spans inside each reference chunk, for every answerable item
+        assert {e["chunk_id"] for e in item["evidence"]} == (set(item["reference_chunk_ids"]) if item["reference_chunk_ids"] else set())
+        assert all(0 <= e["start"] < e["end"] <= len(texts[e["chunk_id"]]) for e in item["evidence"])
+    assert summary["evidence_supported"]["items"] == summary["evidence_supported"]["of"] > 0
     assert set(summary["lineage"]["prompts"]) >= {"qa_single_hop", "qa_paraphrase"}
     assert summary["lineage"]["table"]["version"] > 0
 

@@ -4,6 +4,7 @@ golden set, and readers of the lake's state for exact comparisons."""
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import lancedb
@@ -55,8 +56,7 @@ def import_station_golden(tmp_path: Path, lake_dir: Path, question: str = "[item
 
 def copy_answer(messages: list[dict]) -> str:
     """An answer made of the first passage's last sentence: grounded by construction."""
-    user = messages[-1]["content"]
-    for line in user.splitlines():
-        if line.startswith("[1] "):
-            return line[4:].split(". ")[-1]
+    passages = re.findall(r'"""\n(.*?)\n"""', messages[-1]["content"], re.S)
+    if passages:
+        return passages[0].splitlines()[-1].split(". ")[-1]
     return "The documents do not say."

@@ -167,3 +167,20 @@ def test_chain_differences_name_each_changed_setting():
                              {"retrieval": "fts", "k": 5, "answer": None}) == [
         "answer: {'name': 'answer'} -> None", "retrieval: hybrid -> fts"]
     assert chain_differences(None, None) == []
+
+
+@pytest.mark.parametrize(
+    "name, base, cand, floors, needle",
+    [
+        ("degenerate", [0.0] * 100, [1.0] * 30 + [0.0] * 70, {}, "degenerate dropped -0.3000"),  # more garbage answers
+        ("degenerate", [1.0] * 30 + [0.0] * 70, [0.0] * 100, {}, None),  # fewer garbage answers: an improvement
+        ("false_refusal", [0.0] * 100, [0.0] * 100, {"false_refusal": 0.1}, None),
+        ("false_refusal", [0.0] * 100, [1.0] * 20 + [0.0] * 80, {"false_refusal": 0.1}, "over its ceiling 0.1"),
+    ],
+)
+def test_lower_is_better_metrics_fail_on_a_rise_and_floors_are_ceilings(name, base, cand, floors, needle):
+    rows = lambda values: [{"qa_id": f"q{i}", "metrics": {name: v}} for i, v in enumerate(values)]  # noqa: E731
+    deltas = paired_deltas(rows(base), rows(cand), resamples=1000, confidence=0.95, seed=0)
+    gate = check_gate({name: float(np.mean(cand))}, deltas, 0, len(cand), GateConfig(floors=floors))
+    assert gate["status"] == ("failed" if needle else "passed"), gate
+    assert not needle or needle in gate["reasons"][0]

@@ -41,6 +41,16 @@ def test_regression_needs_a_drop_that_persists_over_the_window(values, expected)
         assert alert.kind == "regression" and alert.metric == "ndcg@10" and "ndcg@10" in alert.message
 
 
+@pytest.mark.parametrize("values, expected", [
+    ((0.05, 0.05, 0.05, 0.15, 0.16), ["warning"]),  # degenerate answers rose and stayed up
+    ((0.30, 0.30, 0.30, 0.05, 0.05), []),           # fewer degenerate answers is an improvement
+])
+def test_a_lower_is_better_metric_regresses_by_rising(values, expected):
+    check = monitoring.check_regression(series(*({"degenerate": v} for v in values)), MonitorConfig())
+    assert [a.severity for a in check.alerts] == expected
+    assert all("above its baseline" in a.message for a in check.alerts)
+
+
 @pytest.mark.parametrize("window, values, alerts", [
     (1, (0.70, 0.70, 0.55), 1),   # window 1: a single night is enough
     (3, (0.70, 0.70, 0.55, 0.55), 0),  # window 3: two bad nights are not

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import random
+from collections import Counter
+
+import pyarrow as pa
 import pytest
 
 from tasks import qa_generation as qa
@@ -44,10 +48,12 @@ def test_classify_previous_keeps_untouched_marks_changed_stale_and_vanished_reti
     assert verdicts == {"k": "kept", "s": "stale", "r": "retired", "m": "retired"}
 
 
-def _cand(question, answer, qa_type="single_hop", error=None, context=CONTEXT):
+def _cand(question, answer, qa_type="single_hop", error=None, context=CONTEXT, finish_reason="stop"):
     prompts = load_prompts(REPO / "prompts")
-    chunk = qa.ChunkRef("c1", "d1", "sha", context, 0)
-    return qa.Candidate(qa.GenTask(qa_type, "a rider", [chunk]), question, answer, prompts["qa_single_hop"], error)
+    contexts = [context] if isinstance(context, str) else context
+    chunks = [qa.ChunkRef(f"c{i + 1}", f"d{i + 1}", "sha", text, 0) for i, text in enumerate(contexts)]
+    return qa.Candidate(qa.GenTask(qa_type, "a rider", chunks), question, answer, prompts["qa_single_hop"], error,
+                        finish_reason)
 
 
 @pytest.mark.parametrize(
@@ -66,10 +72,154 @@ def _cand(question, answer, qa_type="single_hop", error=None, context=CONTEXT):
         ("how many docks at riverside hub", "32 docks", "paraphrased", None, None),
         ("What is the passage about?", "32 docks", "single_hop", None, "refers_to_context"),
         ("What does this text cover?", "32 docks", "abstract", None, "refers_to_context"),
+        ("Which of the following is not a Riverside charger?", "32 docks", "single_hop", None, "refers_to_context"),
     ],
 )
 def test_reject_reason_table(question, answer, qa_type, error, reason):
     assert qa.reject_reason(_cand(question, answer, qa_type, error), SynthConfig()) == reason
+
+
+HOURS = "The museum station opens at 07:00 and closes at midnight. Night buses stop there every 20 minutes."
+
+
+@pytest.mark.parametrize(
+    "question, answer, qa_type, context, finish_reason, reason",
+    [
+        # made-up facts: a number, a number with another unit, a name, a number in the question
+        ("How many docks does Riverside Hub have?", "Riverside Hub has 14 docking stations, including 4 new ones.",
+         "single_hop", CONTEXT, "stop", "made_up_fact"),
+        ("How long are backups kept?", "Backups are kept for 35 years.", "single_hop", CONTEXT, "stop", "made_up_fact"),
+        ("When do backups run?", "Backups run nightly at 02:15 in the Lisbon office.", "single_hop", CONTEXT, "stop",
+         "made_up_fact"),
+        ("How many docks did Riverside Hub have in 1998?", "32 docks.", "single_hop", CONTEXT, "stop", "made_up_fact"),
+        ("How many docks does Riverside Hub have?", "32 docks, 10 of them with chargers.", "single_hop", CONTEXT, "stop", None),
+        # template placeholders, in the question or the answer
+        ("What is the purpose of the [test_dataset]?", "Backups run nightly.", "single_hop", CONTEXT, "stop", "placeholder"),
+        ("How does <topic> work at Riverside Hub?", "32 docks.", "single_hop", CONTEXT, "stop", "placeholder"),
+        ("How many docks does Riverside Hub have?", "It has {docks} docks.", "single_hop", CONTEXT, "stop", "placeholder"),
+        ("What should I ask about {station}?", "", "unanswerable", CONTEXT, "stop", "placeholder"),
+        # degenerate repetition and passage-number spam
+        ("How do I check a bike at Riverside Hub?", "Check the bike's frame. " * 15, "single_hop",
+         CONTEXT + " Check the bike's frame.", "stop", "repetition"),
+        ("When do backups run?", "[1] Backups [2] run [3] nightly.", "single_hop", CONTEXT, "stop", "repetition"),
+        # truncation: mid-word, on a dangling word, at max_tokens
+        ("When do backups run?", "Backups run nightly at 02:15 and are kept 35 da", "single_hop", CONTEXT, "stop", "truncated"),
+        ("How many docks does Riverside Hub have?", "Riverside Hub has 32 docks, 10 of them with", "single_hop",
+         CONTEXT, "stop", "truncated"),
+        ("When do backups run?", "Backups run nightly at 02:15.", "single_hop", CONTEXT, "length", "truncated"),
+        # circular or self-referential
+        ("What is the difference between a Prompts and a Prompts?", "Backups run nightly.", "single_hop", CONTEXT, "stop",
+         "circular"),
+        ("Which is better, docks vs docks?", "32 docks.", "single_hop", CONTEXT, "stop", "circular"),
+        ("What is the difference between a Riverside Hub and Riverside Hub? And why?", "", "unanswerable", CONTEXT, "stop",
+         "circular"),
+        ("What is the answer to this question?", "32 docks.", "single_hop", CONTEXT, "stop", "circular"),
+        ("How many docks does Riverside Hub have?", "How many docks does Riverside Hub have?", "single_hop", CONTEXT,
+         "stop", "circular"),
+        ("What is the difference between docks and chargers?", "32 docks, 10 of them with chargers.", "single_hop",
+         CONTEXT, "stop", None),
+        # multi-hop needs evidence in both chunks
+        ("When do backups run and when does the museum station close?", "Backups run at 02:15; it closes at midnight.",
+         "multi_hop", [CONTEXT, HOURS], "stop", None),
+        ("How many docks does Riverside Hub have and when are backups run?", "32 docks; backups run nightly at 02:15.",
+         "multi_hop", [CONTEXT, HOURS], "stop", "missing_evidence"),
+    ],
+)
+def test_reject_reason_for_each_failure_kind(question, answer, qa_type, context, finish_reason, reason):
+    cand = _cand(question, answer, qa_type, context=context, finish_reason=finish_reason)
+    assert qa.reject_reason(cand, SynthConfig()) == reason
+    if reason is None and qa_type != "unanswerable":
+        assert set(cand.evidence) == {c.chunk_id for c in cand.task.chunks}, "evidence in every chunk"
+
+
+def test_accepted_items_carry_evidence_spans_inside_their_chunks():
+    cand = _cand("When do backups run and when does the museum station close?",
+                 "Backups run at 02:15; it closes at midnight.", "multi_hop", context=[CONTEXT, HOURS])
+    assert qa.reject_reason(cand, SynthConfig()) is None
+    item = qa.to_item(cand, "g")
+    texts = {c.chunk_id: c.text for c in cand.task.chunks}
+    spans = [(e["chunk_id"], texts[e["chunk_id"]][e["start"]:e["end"]]) for e in item["evidence"]]
+    assert spans == [("c1", "Backups run nightly at 02:15 and are kept 35 days."),
+                     ("c2", "The museum station opens at 07:00 and closes at midnight.")]
+    abstract = _cand("What should I know about Riverside Hub?", "Riverside Hub has 32 docks and backups run nightly.",
+                     "abstract", context=[CONTEXT, HOURS])
+    assert qa.reject_reason(abstract, SynthConfig()) is None
+    assert qa.to_item(abstract, "g")["reference_chunk_ids"] == ["c1"], "an abstract item refers to what it summarizes"
+
+
+@pytest.mark.parametrize(
+    "text, reason",
+    [
+        ("# Guide\n\n- [Install](install.md)\n- [Tutorial](tutorial/index.md)\n- [Deploy](deploy.md)\n- [FAQ](faq.md)",
+         "link_list"),
+        ("## Contents\n\n1. Introduction\n2. First steps\n3. Path parameters\n4. Query parameters\n5. Request body",
+         "table_of_contents"),
+        ("```python\nfrom fastapi import FastAPI\napp = FastAPI()\n```", "code_only"),
+        ("# Tutorial\n\n## User guide\n\n### First steps", "heading_only"),
+        ("# Tips\n\nSee below.", "no_prose"),
+        ("## Facts\n\nStation 3 has 13 docks and 3 chargers near the harbour.", None),
+        ("Run it:\n\n```bash\nuvicorn main:app --reload\n```\n\nThe --reload flag restarts the server after code changes.",
+         None),
+        ("station_id: S7\nname: Harbour Gate\ndocks: 14\nopened: 2019-04-02\ndistrict: Old Port", None),  # a table row
+    ],
+)
+def test_ineligible_reason_table(text, reason):
+    assert qa.ineligible_reason(text) == reason
+
+
+@pytest.mark.parametrize(
+    "question, texts, expected",
+    [
+        ("Which company manufactured the Riverside chargers?", [CONTEXT], False),
+        ("How many docks does Riverside Hub have?", [HOURS, CONTEXT], True),  # the index answers it
+        # every topic word is in one chunk: too close to call, so not kept as unanswerable ("purpose" is a template word)
+        ("What is the purpose of the nightly backups?", [CONTEXT], True),
+        ("When were the nightly backups kept in 1998?", [CONTEXT], False),  # a fact the index lacks
+        ("When does the museum station close?", [HOURS], True),
+    ],
+)
+def test_answered_by_finds_unanswerable_questions_the_index_answers(question, texts, expected):
+    assert qa.answered_by(question, texts, coverage=0.8) is expected
+
+
+class _TreeStore:
+    """A ChunkStore stand-in over rows in memory (scan only): one eligible chunk per document."""
+
+    def __init__(self, doc_ids):
+        self.rows = [{"chunk_id": f"c-{d}", "doc_id": d, "doc_sha256": "s", "position": 0, "n_tokens": 50,
+                      "text": f"Document {d} says station {i} has {i + 3} docks and opens at seven.", "vector": [0.0]}
+                     for i, d in enumerate(doc_ids)]
+
+    def scan(self, columns, where=None):
+        rows = [r for r in self.rows if where is None or f"'{r['chunk_id']}'" in where]
+        return pa.Table.from_pylist([{c: r[c] for c in columns} for r in rows])
+
+
+def test_first_run_samples_span_the_folder_tree_not_the_first_paths():
+    folders = {"api": 55, "guide": 25, "deploy": 10, "faq": 6}
+    docs = [f"{f}/sub{i % 3}/page{i:03d}.md" for f, n in folders.items() for i in range(n)] + [f"top{i}.md" for i in range(4)]
+    assert len(docs) == 100
+    store = _TreeStore(docs)
+    config = SynthConfig(size=10, types={"single_hop": 1.0})
+    ineligible = Counter()
+    tasks = qa.plan_tasks(store, {"single_hop": 10}, config, random.Random(0), priority_docs=sorted(docs), ineligible=ineligible)
+    picked = [t.chunks[0].doc_id for t in tasks]
+    assert {qa.top_folder(d) for d in picked} == {"api", "guide", "deploy", "faq", "."}, "every top-level folder"
+    assert picked != sorted(docs)[:10] and len(set(picked)) == 10
+    again = qa.plan_tasks(store, {"single_hop": 10}, config, random.Random(0), priority_docs=sorted(docs))
+    assert [t.chunks[0].doc_id for t in again] == picked, "seeded: the same plan again"
+    other = qa.plan_tasks(store, {"single_hop": 10}, config, random.Random(1), priority_docs=sorted(docs))
+    assert [t.chunks[0].doc_id for t in other] != picked
+    assert ineligible == Counter()
+
+
+@pytest.mark.parametrize(
+    "doc_id, folders, top",
+    [("async.md", (), "."), ("tutorial/query-params.md", ("tutorial",), "tutorial"),
+     ("a/b/c.md", ("a", "b"), "a"), ("tables/stations.csv#S1", ("tables", "stations.csv"), "tables")],
+)
+def test_folder_path_and_top_folder(doc_id, folders, top):
+    assert qa.folder_path(doc_id) == folders and qa.top_folder(doc_id) == top
 
 
 def test_answer_support_and_verbatim_ratio():
@@ -82,8 +232,20 @@ def test_answer_support_and_verbatim_ratio():
 def test_drop_near_duplicates_against_existing_and_within_batch():
     emb = HashEmbedder(dim=64)
     items = [{"question": q} for q in ["how many docks at riverside", "How many docks at Riverside", "when do backups run"]]
-    kept, dropped = qa.drop_near_duplicates(items, ["when do backups run"], emb.encode, 0.95)
+    kept, dropped = qa.drop_near_duplicates(items, [{"question": "when do backups run"}], emb.encode, 0.95)
     assert [i["question"] for i in kept] == ["how many docks at riverside"] and dropped == 2
+
+
+def test_near_duplicates_from_one_chunk_are_dropped_at_a_lower_similarity():
+    emb = HashEmbedder(dim=64)
+    first = {"question": "how many docks does riverside hub have", "source_chunk_ids": ["c1"]}
+    similar = "how many docks does the riverside hub have today"
+    cos = float(emb.encode([first["question"]])[0] @ emb.encode([similar])[0])
+    assert 0.8 <= cos < 0.95
+    same_chunk = [first, {"question": similar, "source_chunk_ids": ["c1"]}]
+    other_chunk = [first, {"question": similar, "source_chunk_ids": ["c2"]}]
+    assert qa.drop_near_duplicates(same_chunk, [], emb.encode, 0.95, 0.8)[1] == 1
+    assert qa.drop_near_duplicates(other_chunk, [], emb.encode, 0.95, 0.8)[1] == 0
 
 
 def test_to_item_unanswerable_has_no_retrieval_references_but_keeps_sources():

@@ -108,3 +108,14 @@ def test_artifact_keys_carry_the_lake():
     a, b = artifact_key("ragloop-monitor", "/lakes/a"), artifact_key("ragloop-monitor", "/lakes/b")
     assert a != b and a.startswith("ragloop-monitor-") and a == artifact_key("ragloop-monitor", "/lakes/a")
     assert all(ch.isalnum() or ch == "-" for ch in a) and a == a.lower()
+
+
+def test_the_per_type_table_shows_refusal_on_each_side():
+    data = _data()
+    by_type = data.latest_eval["by_type"]
+    by_type["unanswerable"]["metrics"] = {"refusal_recall": 0.25}
+    by_type["single_hop"]["metrics"]["false_refusal"] = 0.125
+    html = reporting.render_report(data)["report.html"].decode()
+    table = html.split("unanswerable", 1)[1].split("</tr>", 1)[0]
+    assert "0.250" in table, "the unanswerable row is not blank: its refusal recall"
+    assert "false_refusal" in html and "0.125" in html
