@@ -17,6 +17,17 @@ STATUS_EXIT = {"ok": EXIT_OK, "partial": EXIT_OK, "failed": EXIT_FAILED, "gate_f
                "gate_inconclusive": EXIT_GATE}
 
 
+def _positive_int(text: str) -> int:
+    """argparse type: a usage error in one line before any flow starts."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ragloop", description=__doc__.splitlines()[0])
     parser.add_argument("--config", help="config file (default: $RAGLOOP_CONFIG or ./ragloop.yaml)")
@@ -45,7 +56,7 @@ def _parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("run", help="the nightly chain once: index, GE gate, refresh the golden set, eval, gate")
     p.add_argument("--source", action="append", metavar="PATH", help="a directory or file; repeatable")
-    p.add_argument("--size", type=int, help="active items the golden set should hold (synth.size)")
+    p.add_argument("--size", type=_positive_int, help="active items the golden set should hold (synth.size)")
     common(p)
 
     p = sub.add_parser("runs", help="the lake's runs, newest first (reads the lake only)")
@@ -54,13 +65,13 @@ def _parser() -> argparse.ArgumentParser:
     common(p)
 
     p = sub.add_parser("synth", help="generate or refresh the synthetic golden set from the index")
-    p.add_argument("--size", type=int, help="active items the golden set should hold (synth.size)")
+    p.add_argument("--size", type=_positive_int, help="active items the golden set should hold (synth.size)")
     common(p)
 
     p = sub.add_parser("eval", help="run the chain under test over a golden set and score it")
     p.add_argument("--golden", default="latest", help="golden_set_id, a unique prefix, or 'latest' (default)")
     p.add_argument("--retrieval", choices=["vector", "fts", "hybrid"], help="retrieval mode (eval.retrieval)")
-    p.add_argument("--k", type=int, help="chunks retrieved (eval.k)")
+    p.add_argument("--k", type=_positive_int, help="chunks retrieved (eval.k)")
     p.add_argument("--retrieval-only", action="store_true", help="IR metrics only, no answer generation")
     p.add_argument("--promote", action="store_true",
                    help="promote the run if its gate passes (default: an experiment, compared but never promoted)")

@@ -75,6 +75,10 @@ def export_golden_set(out: str, fmt: str = "jsonl", golden: str = "latest", incl
     if fmt == "jsonl":
         count = golden_io.export_rows(rows, target, statuses)
     elif fmt == "ragas":
+        doc_only = [r["qa_id"] for r in rows if r["status"] in statuses and r["reference_doc_ids"] and not r["reference_chunk_ids"]]
+        if doc_only:  # ragas carries chunk texts as references: document-level ones would be silently lost
+            raise ConfigError(f"--format ragas: {len(doc_only)} items reference documents only (e.g. {doc_only[0]}), which a "
+                              "ragas dataset cannot carry (its references are context texts); use --format jsonl")
         _, store = _store(settings)
         wanted = {c for r in rows for c in r["reference_chunk_ids"]}
         texts = {r["chunk_id"]: r["text"] for r in store.scan(["chunk_id", "text"]).to_pylist() if r["chunk_id"] in wanted}

@@ -60,11 +60,25 @@ def chain_label(chain: Mapping | None) -> str:
     return " ".join(parts)
 
 
+CANDIDATE = "candidate"
+UNSERVED = (EXPERIMENT, CANDIDATE)
+
+
 def observation_mode(eval_run: Mapping) -> str | None:
-    """How an eval run was started: its promotion mode (nightly, prompt-changed, explicit) or 'experiment';
-    None for runs recorded before modes existed."""
-    promotion = (eval_run.get("outputs") or {}).get("promotion")
-    return promotion.get("mode") if promotion else None
+    """How an eval run counts for the monitor: its mode (nightly, prompt-changed, explicit) when it was
+    promoted or scored the served index; 'experiment' for experiments and for an explicit `--promote`
+    that was not promoted; 'candidate' for a nightly or prompt-changed run on a candidate index that was
+    not promoted (not what is served). None for runs recorded before modes existed."""
+    outputs = eval_run.get("outputs") or {}
+    promotion = outputs.get("promotion")
+    if not promotion:
+        return None
+    mode = promotion.get("mode")
+    if promotion.get("promoted") or mode == EXPERIMENT:
+        return mode
+    if mode == "explicit":
+        return EXPERIMENT
+    return CANDIDATE if (outputs.get("index") or {}).get("role") == "candidate" else mode
 
 
 def history_rows(observation_id: str, eval_run: Mapping, at: dt.datetime, mode: str | None = None) -> list[dict]:
@@ -118,8 +132,8 @@ def watched_series(observations_: Sequence[Mapping]) -> tuple[dict | None, list[
     experiment, i.e. what the nightly, the prompt-changed flow or an explicit promotion evaluated:
     what is served. Experiments never enter it; observations of other lines or chains are other
     series (a prompt change that is promoted starts a new one). Returns (key, series, experiments)."""
-    experiments = [dict(o) for o in observations_ if o.get("mode") == EXPERIMENT]
-    served = [o for o in observations_ if o.get("mode") != EXPERIMENT]
+    experiments = [dict(o) for o in observations_ if o.get("mode") in UNSERVED]
+    served = [o for o in observations_ if o.get("mode") not in UNSERVED]
     if not served:
         return None, [], experiments
     key = {"golden_line": served[-1].get("golden_line"), "chain_hash": served[-1].get("chain_hash"),

@@ -102,14 +102,16 @@ def line_name(raw: str) -> str:
     return name
 
 
-def index_disposition(serving: ServingRef | None, table: str, chunker_hash: str, changed: bool) -> tuple[str, str]:
+def index_disposition(serving: ServingRef | None, table: str, chunker_hash: str, changed: bool,
+                      version: int | None = None) -> tuple[str, str]:
     """What an index run that passed its chunks suite does with the version it built.
 
     Returns (action, reason), action one of:
       serve      the first index of the lake, or a content update of the served table and chunker
       candidate  another table (embedder or encoder backend) or another chunker than the served one:
                  blue/green, served only after the gate passes on it
-      keep       nothing changed and a rollback pinned the served version
+      keep       nothing changed and a rollback pinned the served version, or the served version is
+                 the one built (a no-op run: nothing to write)
     """
     if serving is None:
         return "serve", "first index of the lake"
@@ -119,6 +121,8 @@ def index_disposition(serving: ServingRef | None, table: str, chunker_hash: str,
         return "candidate", f"chunker {chunker_hash[:12]} differs from the served {serving.chunker_hash[:12]}"
     if serving.rolled_back_at and not changed:
         return "keep", f"served version {serving.version} pinned by the rollback at {serving.rolled_back_at}"
+    if not changed and version == serving.version:
+        return "keep", f"nothing changed: version {serving.version} stays served"
     return "serve", "content update of the served table"
 
 
@@ -159,16 +163,18 @@ def promotable_after_the_fact(record: dict, baseline: Promotion | None) -> str |
     return None
 
 
-def rollback_target(history: list[Promotion], current: Promotion | None) -> Promotion:
-    """The promotion before the current one in a line's history (oldest first)."""
+def rollback_target(history: list[Promotion], current: Promotion | None, rolled_back: set[str] = frozenset()) -> Promotion:
+    """The state in force before the current one: the latest earlier promotion in a line's history
+    (oldest first) that was not itself rolled back (`rolled_back`: run ids a rollback left)."""
     if current is None:
         raise PromotionError("nothing was ever promoted on this line, nothing to roll back")
     ids = [p.run_id for p in history]
     at = ids.index(current.run_id) if current.run_id in ids else -1
-    if at <= 0:
-        raise PromotionError(f"run {current.run_id} is the line's first promotion; there is no earlier "
+    earlier = [p for p in history[:max(at, 0)] if p.run_id not in rolled_back]
+    if at <= 0 or not earlier:
+        raise PromotionError(f"run {current.run_id} is the line's first promotion in force; there is no earlier "
                              "promoted state to return to")
-    return history[at - 1]
+    return earlier[-1]
 
 
 def pick_index(serving: ServingRef | None, candidate: ServingRef | None, table: str,
@@ -210,7 +216,7 @@ class Refs:
         """Apply index_disposition to a version that passed its chunks suite; returns
         {action, reason, serving, candidate} as they stand afterwards."""
         serving = self.serving()
-        action, reason = index_disposition(serving, table, chunker_hash, changed)
+        action, reason = index_disposition(serving, table, chunker_hash, changed, version)
         now = utcnow().isoformat()
         built = ServingRef(table=table, version=version, run_id=run_id, chunker_hash=chunker_hash, reason=reason, at=now)
         if action == "serve":
@@ -316,9 +322,14 @@ class Refs:
         return None
 
     def history(self, line: str) -> list[Promotion]:
-        """Every promotion on a line, oldest first."""
-        records = [Promotion.model_validate({"line": r.get("line", ""), **r}) for r in self.lake.read_promotions()]
+        """Every promotion on a line, oldest first (rollback records left out)."""
+        records = [Promotion.model_validate({"line": r.get("line", ""), **r}) for r in self.lake.read_promotions()
+                   if r.get("kind") != "rollback"]
         return sorted((r for r in records if r.line == line), key=lambda r: (r.promoted_at, r.run_id))
+
+    def rolled_back(self, line: str) -> set[str]:
+        """Run ids a rollback on this line has left: never returned to by a later rollback."""
+        return {r["rolled_back"] for r in self.lake.read_promotions() if r.get("kind") == "rollback" and r.get("line") == line}
 
     def promote(self, record: Promotion, candidate_evaluated: bool) -> dict:
         """Make a gated run its line's baseline; if it was scored on the candidate index, serve that
@@ -347,7 +358,7 @@ class Refs:
         served index version it was scored on (which must still be `readable(table, version)`), pinned
         until the corpus changes."""
         current = self.baseline(line)
-        target = rollback_target(self.history(line), current)
+        target = rollback_target(self.history(line), current, self.rolled_back(line))
         table = target.table
         problem = readable(table["name"], table["version"])
         if problem:
@@ -363,6 +374,8 @@ class Refs:
         baselines = self.lake.read_ref("baselines") or {}
         baselines[line] = {**target.model_dump(mode="json"), "rolled_back_from": current.run_id, "rolled_back_at": now}
         self.lake.write_ref("baselines", baselines)
+        self.lake.write_promotion(f"rollback-{current.run_id}", {"kind": "rollback", "line": line, "rolled_back": current.run_id,
+                                                                "to": target.run_id, "at": now})
         return {"from": current, "to": target, "serving_before": before}
 
     def _write(self, name: str, ref: BaseModel) -> None:

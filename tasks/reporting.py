@@ -223,9 +223,11 @@ details{margin:6px 0}img{max-width:100%}.muted{color:#777;font-size:12px}
 {% if images.trends %}<p class="muted">{{ d.series|length }} observations of this series (one per eval run, and one per night that reused an unchanged eval); shaded: 95% bootstrap CI; dashed: the golden set changed.</p>
 <img src="{{ images.trends }}" alt="metric trends">{% else %}<p>No history yet.</p>{% endif %}
 <h3>Experiments ({{ d.experiments|length }})</h3>
-{% if d.experiments %}<p class="muted">Evals run as experiments: compared with the baseline, never promoted, never part of the series above.</p>
-<table><tr><th>run</th><th>chain</th><th>golden line</th>{% for m in experiment_metrics %}<th class="num">{{ m }}</th>{% endfor %}</tr>
-{% for o in d.experiments %}<tr><td>{{ o.run_id }}</td><td>{{ o.chain_label or "" }}</td><td>{{ o.golden_line or "" }}</td>{% for m in experiment_metrics %}<td class="num">{% if m in o.metrics and o.metrics[m].value is not none %}{{ "%.4f"|format(o.metrics[m].value) }}{% endif %}</td>{% endfor %}</tr>
+{% if d.experiments %}<p class="muted">Evals that did not score what is served when they ran: experiments, a <code>--promote</code>
+that the gate did not promote, and nightly runs of a candidate index that stayed a candidate. Compared with the baseline, never
+part of the series above (<code>ragloop promote RUN_ID</code> can still promote a passed one later).</p>
+<table><tr><th>run</th><th>mode</th><th>chain</th><th>golden line</th>{% for m in experiment_metrics %}<th class="num">{{ m }}</th>{% endfor %}</tr>
+{% for o in d.experiments %}<tr><td>{{ o.run_id }}</td><td>{{ o.mode }}</td><td>{{ o.chain_label or "" }}</td><td>{{ o.golden_line or "" }}</td>{% for m in experiment_metrics %}<td class="num">{% if m in o.metrics and o.metrics[m].value is not none %}{{ "%.4f"|format(o.metrics[m].value) }}{% endif %}</td>{% endfor %}</tr>
 {% endfor %}</table>{% else %}<p class="muted">None.</p>{% endif %}
 
 <h2>By question type</h2>

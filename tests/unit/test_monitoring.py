@@ -293,3 +293,19 @@ def test_stage_failures_are_critical_alerts():
     (alert,) = check.alerts
     assert (alert.kind, alert.severity, alert.metric) == ("stage_failed", "critical", "stage.synth")
     assert "no accepted items" in alert.message and "s1" in alert.message
+
+
+@pytest.mark.parametrize("promotion, role, mode", [
+    ({"mode": "nightly", "promoted": True}, "serving", "nightly"),
+    ({"mode": "nightly", "promoted": False}, "serving", "nightly"),  # a failing night of what is served
+    ({"mode": "nightly", "promoted": False}, "candidate", "candidate"),  # a candidate that stayed one
+    ({"mode": "explicit", "promoted": False}, "serving", "experiment"),
+    ({"mode": "explicit", "promoted": True}, "candidate", "explicit"),
+    ({"mode": "experiment", "promoted": False}, "serving", "experiment"),
+    (None, "serving", None),
+])
+def test_observation_mode(promotion, role, mode):
+    from tasks.monitoring import observation_mode
+
+    outputs = {"index": {"role": role}, **({"promotion": promotion} if promotion else {})}
+    assert observation_mode({"outputs": outputs}) == mode

@@ -186,3 +186,20 @@ def test_only_the_promotion_module_writes_promotion_refs():
         if re.search(rf"write_ref\(\s*f?[\"']{owned}[\"'{{]", text) or re.search(r"\.(write_promotion|delete_ref)\(", text):
             offenders.append(path.name)
     assert offenders == []
+
+
+def test_a_second_rollback_never_returns_to_a_rolled_back_promotion(refs):
+    refs.record_index("chunks__a", 2, "i1", "c1", True)
+    for run, version in (("r1", 2), ("r2", 3)):
+        refs.promote(_promo(run, version=version), candidate_evaluated=False)
+    assert refs.rollback("synthetic", lambda name, version: None)["to"].run_id == "r1"
+    refs.promote(_promo("r3", version=4), candidate_evaluated=False)
+    done = refs.rollback("synthetic", lambda name, version: None)
+    assert (done["from"].run_id, done["to"].run_id) == ("r3", "r1"), "r2 was rolled back: not a state to return to"
+
+
+def test_a_no_op_index_keeps_the_served_version_without_rewriting_it(refs):
+    refs.record_index("chunks__a", 2, "i1", "c1", True)
+    before = refs.serving()
+    kept = refs.record_index("chunks__a", 2, "i2", "c1", False)
+    assert kept["action"] == "keep" and refs.serving() == before
