@@ -149,6 +149,12 @@ def evaluate_chain(
             if promote and not (baseline and baseline.run_id == record["run_id"]):
                 summary["promotion"] = _promote(refs, summary, line_key, promote, settings, role)
                 summary["promoted"] = summary["promotion"]["promoted"]
+            elif baseline and baseline.run_id == record["run_id"]:  # say so, not the reused run's first verdict
+                summary["promotion"] = {**(summary.get("promotion") or {}), "promoted": False,
+                                        "reason": f"reused run {record['run_id']} is already the baseline of line {line_key}"}
+                summary["promoted"] = False
+                summary["gate"] = {**summary["gate"], "warnings": [f"verdict of the reused run when it ran "
+                                                                   f"({summary['gate']['status']})"] + summary["gate"].get("warnings", [])}
             return summary
     timer = StageTimer()
     run = RunRecorder(store_lake, "eval", settings)

@@ -45,6 +45,7 @@ def test_second_night_with_nothing_changed_recomputes_nothing(prefect_backend, t
     assert second["stages"]["index"]["chunks"]["embedded"] == 0
     assert second["stages"]["synth"]["up_to_date"] and second["stages"]["synth"]["items"]["new"] == 0
     assert second["stages"]["eval"]["cached"] and second["stages"]["eval"]["run_id"] == first["stages"]["eval"]["run_id"]
+    assert "already the baseline" in second["stages"]["eval"]["promotion"]["reason"], "not the first night's no_baseline story"
     assert llm.calls == calls, "no LLM call on a night with nothing changed"
     assert second["lineage"]["stage_runs"]["eval"] == first["stages"]["eval"]["run_id"]
     # the night is still observed (same values, counted as one more night) and nothing drifted
