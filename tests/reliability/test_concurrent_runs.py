@@ -24,7 +24,7 @@ from tests.reliability.test_crash_recovery import _env, clean, index_state, runs
 def _start_paused_index(lake, source, pause_s: float):
     """A child index run that stops mid-run (before its first LanceDB commit) for pause_s, holding the lock."""
     cmd = [sys.executable, "-m", "tests.reliability.crash_worker", "index", "--lake", str(lake), "--source", str(source),
-           "--pause", f"replace_documents:1:{pause_s}"]
+           "--pause", f"commit_run:1:{pause_s}"]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=_env(), cwd=str(lake.parent))
     lines: queue.Queue = queue.Queue()
     threading.Thread(target=lambda: [lines.put(line.decode()) for line in proc.stdout], daemon=True).start()

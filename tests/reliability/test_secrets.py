@@ -68,7 +68,7 @@ def test_an_api_key_from_env_never_appears_anywhere(prefect_backend, hash_embedd
         monkeypatch.setenv("RAGLOOP_GATE__MAX_FAILED_FRACTION", "0.5")
         assert main(["index", "--source", str(src), "--lake", str(lake_dir)]) == 0
         import_station_golden(tmp_path, lake_dir)
-        code = main(["eval", "--lake", str(lake_dir), "--retrieval", "vector", "--k", "2"])
+        code = main(["eval", "--lake", str(lake_dir), "--retrieval", "vector", "--k", "2", "--promote"])  # watched
         # a key pasted into the config is refused without echoing it back
         monkeypatch.setenv("RAGLOOP_LLM__API_KEY", SECRET)
         bad_config = main(["eval", "--lake", str(lake_dir), "--json"])
