@@ -6,7 +6,6 @@ import functools
 import inspect
 import time
 from contextlib import contextmanager
-from pathlib import Path
 from typing import Any, Callable
 
 from prefect import get_run_logger

@@ -6,7 +6,6 @@ the lake (questions, answers, document text in traces) is HTML-escaped by the te
 
 from __future__ import annotations
 
-import datetime as dt
 import io
 import json
 from dataclasses import dataclass, field
