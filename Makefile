@@ -43,7 +43,7 @@ server: $(STAMP) ## a local Prefect server on 127.0.0.1:4200 (UI + API; schedule
 	$(BIN)/prefect server start --host 127.0.0.1 --port 4200
 
 serve: $(STAMP) ## serve the deployments (nightly, prompt-changed, index, eval) against `make server`
-	PREFECT_API_URL=http://127.0.0.1:4200/api $(BIN)/python -m deployments.serve
+	PREFECT_API_URL=http://127.0.0.1:4200/api $(BIN)/python -m ragloop.deployments.serve
 
 BENCH_VENV := .bench-venv
 BENCH_STAMP := $(BENCH_VENV)/.bench-installed

@@ -12,10 +12,10 @@ import json
 import re
 import statistics
 
-from tasks import ingestion
-from tasks.chunking import Chunker
-from tasks.embedding import load_embedder
-from tasks.settings import IngestConfig, load_settings
+from ragloop.tasks import ingestion
+from ragloop.tasks.chunking import Chunker
+from ragloop.tasks.embedding import load_embedder
+from ragloop.tasks.settings import IngestConfig, load_settings
 
 FENCE = re.compile(r"^ *(`{3,}|~{3,})", re.M)
 

@@ -27,8 +27,8 @@ def table_texts(lake: str) -> tuple[list[str], list[list[str]]]:
     Windows follow the table's row order in groups of index.docs_per_batch documents, which is how
     the flow met them; a text is counted in the first window that has it.
     """
-    from tasks.settings import load_settings
-    from tasks.storage import Lake
+    from ragloop.tasks.settings import load_settings
+    from ragloop.tasks.storage import Lake
 
     settings = load_settings(None, {"lake": lake})
     store_lake = Lake(settings.lake)
@@ -81,9 +81,9 @@ def main() -> None:
     ap.add_argument("--out", required=True)
     args = ap.parse_args()
 
-    from flows.index import index_corpus
-    from tasks.embedding import load_embedder
-    from tasks.settings import load_settings
+    from ragloop.flows.index import index_corpus
+    from ragloop.tasks.embedding import load_embedder
+    from ragloop.tasks.settings import load_settings
 
     src, work = Path(args.src), fresh_dir(args.work)
     out: dict = {"src": str(src), "docs_per_batch": load_settings().index.docs_per_batch,

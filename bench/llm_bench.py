@@ -54,7 +54,7 @@ def start_server(gguf: str, port: int, log: Path) -> subprocess.Popen:
 
 def record_requests() -> None:
     """Wrap OpenAICompatLLM._post so every request body ragloop sends is kept for the replay."""
-    from tasks import llm
+    from ragloop.tasks import llm
 
     original = llm.OpenAICompatLLM._post
 
@@ -98,8 +98,8 @@ async def replay(base_url: str, requests: list[dict], concurrency: int) -> dict:
 
 
 def run_stages(lake_src: Path, work: Path, name: str, size: int, env: dict) -> dict:
-    from flows.evaluate import evaluate_chain
-    from flows.synth import synth_golden_set
+    from ragloop.flows.evaluate import evaluate_chain
+    from ragloop.flows.synth import synth_golden_set
 
     lake = work / name
     if lake.exists():
@@ -146,7 +146,7 @@ def main() -> None:
     ap.add_argument("--out", required=True)
     args = ap.parse_args()
     work = fresh_dir(args.work)
-    from tasks.llm import packaged_model_path
+    from ragloop.tasks.llm import packaged_model_path
 
     record_requests()
     gguf = str(packaged_model_path())

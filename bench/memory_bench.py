@@ -30,7 +30,7 @@ def main() -> None:
     ap.add_argument("--out", required=True)
     args = ap.parse_args()
 
-    from flows.index import index_corpus
+    from ragloop.flows.index import index_corpus
 
     samples: list[tuple[float, float]] = []
     stop = threading.Event()

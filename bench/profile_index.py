@@ -76,7 +76,7 @@ def main() -> None:
         write_json(args.out, {"full_run": summarize(Path(args.summarize)),
                               "noop_run": summarize(Path(args.summarize), "timed_noop_runs")})
         return
-    from flows.index import index_corpus
+    from ragloop.flows.index import index_corpus
 
     work = fresh_dir(args.work)
     warm = work / "warm_src"

@@ -37,10 +37,10 @@ def recall_at_k(exact: list[list], approx: list[list]) -> float:
 def scifact(lake: str, queries_file: Path, n_queries: int, work: Path) -> dict:
     from lancedb.index import HnswSq
 
-    from tasks.embedding import load_embedder
-    from tasks.retrieval import Retriever
-    from tasks.settings import load_settings
-    from tasks.storage import Lake
+    from ragloop.tasks.embedding import load_embedder
+    from ragloop.tasks.retrieval import Retriever
+    from ragloop.tasks.settings import load_settings
+    from ragloop.tasks.storage import Lake
 
     settings = load_settings(None, {"lake": lake})
     embedder = load_embedder(settings.embedding)
@@ -86,11 +86,11 @@ def scifact(lake: str, queries_file: Path, n_queries: int, work: Path) -> dict:
 def quality(lake: str, backend: str | None, root: Path) -> dict:
     """SciFact nDCG@10 etc. of a lake the index bench built (chunked, exact vector search, 100 chunks per
     query, documents ranked by their best chunk): the shipped encoder and the PyTorch one, same run."""
-    from tasks.embedding import load_embedder
-    from tasks.ir_metrics import mean_metrics, score_rankings
-    from tasks.retrieval import Retriever, doc_ranking
-    from tasks.settings import load_settings
-    from tasks.storage import Lake
+    from ragloop.tasks.embedding import load_embedder
+    from ragloop.tasks.ir_metrics import mean_metrics, score_rankings
+    from ragloop.tasks.retrieval import Retriever, doc_ranking
+    from ragloop.tasks.settings import load_settings
+    from ragloop.tasks.storage import Lake
 
     qrels = read_qrels(root)
     texts = read_queries(root, qrels)

@@ -11,11 +11,11 @@ from __future__ import annotations
 from prefect.events import DeploymentEventTrigger
 from prefect.schedules import Cron
 
-from flows.evaluate import evaluate_chain
-from flows.index import index_corpus
-from flows.lifecycle import prompt_changed, run_lifecycle
-from tasks.settings import Settings
-from tasks.storage import Lake
+from ragloop.flows.evaluate import evaluate_chain
+from ragloop.flows.index import index_corpus
+from ragloop.flows.lifecycle import prompt_changed, run_lifecycle
+from ragloop.tasks.settings import Settings
+from ragloop.tasks.storage import Lake
 
 PROMPT_CHANGED_EVENT = "ragloop.prompt.changed"
 TAGS = ["ragloop"]

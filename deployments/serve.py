@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import flows  # noqa: F401  (runtime defaults before prefect is imported)
+import ragloop.flows  # noqa: F401  (runtime defaults before prefect is imported)
 from prefect import serve
 
-from deployments.definitions import build_deployments
-from tasks.settings import load_settings
+from ragloop.deployments.definitions import build_deployments
+from ragloop.tasks.settings import load_settings
 
 if __name__ == "__main__":
     serve(*build_deployments(load_settings()))

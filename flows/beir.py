@@ -10,13 +10,13 @@ from pathlib import Path
 import pyarrow as pa
 from prefect import flow
 
-from flows.common import RunRecorder, flow_settings, lake_locked
-from flows.index import index_corpus
-from tasks import promotion, schemas
-from tasks.qa_generation import golden_set_id_of
-from tasks.schemas import utcnow
-from tasks.settings import ConfigError
-from tasks.storage import Lake
+from ragloop.flows.common import RunRecorder, flow_settings, lake_locked
+from ragloop.flows.index import index_corpus
+from ragloop.tasks import promotion, schemas
+from ragloop.tasks.qa_generation import golden_set_id_of
+from ragloop.tasks.schemas import utcnow
+from ragloop.tasks.settings import ConfigError
+from ragloop.tasks.storage import Lake
 
 
 def read_beir_golden(root: Path, split: str) -> list[dict]:

@@ -188,14 +188,14 @@ def _human_index(summary: dict) -> list[str]:
 
 
 def _run_ingest(args: argparse.Namespace) -> dict:
-    from flows.ingest import ingest_corpus
+    from ragloop.flows.ingest import ingest_corpus
 
     return ingest_corpus(sources=args.source, lake=args.lake, config_path=args.config,
                          allow_mass_delete=args.allow_mass_delete)
 
 
 def _run_index(args: argparse.Namespace) -> dict:
-    from flows.index import index_corpus
+    from ragloop.flows.index import index_corpus
 
     return index_corpus(
         sources=args.source, lake=args.lake, chunking=args.chunking, config_path=args.config,
@@ -224,13 +224,13 @@ def _human_synth(summary: dict) -> list[str]:
 
 
 def _run_synth(args: argparse.Namespace) -> dict:
-    from flows.synth import synth_golden_set
+    from ragloop.flows.synth import synth_golden_set
 
     return synth_golden_set(lake=args.lake, size=args.size, config_path=args.config)
 
 
 def _run_lifecycle(args: argparse.Namespace) -> dict:
-    from flows.lifecycle import run_lifecycle
+    from ragloop.flows.lifecycle import run_lifecycle
 
     state = run_lifecycle(sources=args.source, lake=args.lake, config_path=args.config, progress=not args.json,
                           size=args.size, return_state=True)
@@ -255,7 +255,7 @@ def _human_lifecycle(summary: dict) -> list[str]:
 
 
 def _run_monitor(args: argparse.Namespace) -> dict:
-    from flows.monitor import monitor_quality
+    from ragloop.flows.monitor import monitor_quality
 
     return monitor_quality(lake=args.lake, config_path=args.config)
 
@@ -281,7 +281,7 @@ def _human_monitor(summary: dict) -> list[str]:
 
 
 def _run_eval(args: argparse.Namespace) -> dict:
-    from flows.evaluate import evaluate_chain
+    from ragloop.flows.evaluate import evaluate_chain
 
     return evaluate_chain(lake=args.lake, golden=args.golden, retrieval=args.retrieval, k=args.k,
                           retrieval_only=args.retrieval_only, config_path=args.config,
@@ -341,7 +341,7 @@ def _gate_lines(summary: dict) -> list[str]:
 
 
 def _run_import_beir(args: argparse.Namespace) -> dict:
-    from flows.beir import import_beir
+    from ragloop.flows.beir import import_beir
 
     return import_beir(path=args.path, lake=args.lake, chunking=args.chunking, split=args.split,
                        config_path=args.config, progress=not args.json)
@@ -355,9 +355,9 @@ def _human_import_beir(summary: dict) -> list[str]:
 
 
 def _run_compare(args: argparse.Namespace) -> dict:
-    from tasks import gating
-    from tasks.settings import ConfigError, load_settings
-    from tasks.storage import Lake
+    from ragloop.tasks import gating
+    from ragloop.tasks.settings import ConfigError, load_settings
+    from ragloop.tasks.storage import Lake
 
     settings = load_settings(args.config, {"lake": args.lake} if args.lake else {})
     lake = Lake(settings.lake)
@@ -402,8 +402,8 @@ def _human_compare(summary: dict) -> list[str]:
 
 
 def _run_lineage(args: argparse.Namespace) -> dict:
-    from tasks.settings import ConfigError, load_settings
-    from tasks.storage import Lake
+    from ragloop.tasks.settings import ConfigError, load_settings
+    from ragloop.tasks.storage import Lake
 
     lake = Lake(load_settings(args.config, {"lake": args.lake} if args.lake else {}).lake)
     record = lake.read_run(args.run_id)
@@ -420,12 +420,11 @@ def _human_lineage(summary: dict) -> list[str]:
 
 
 def _run_rollback(args: argparse.Namespace) -> dict:
-    from pathlib import Path
 
-    from tasks import promotion
-    from tasks.prompts import PromptError, load_prompts
-    from tasks.settings import ConfigError, load_settings
-    from tasks.storage import Lake
+    from ragloop.tasks import promotion
+    from ragloop.tasks.prompts import PromptError, load_prompt_set
+    from ragloop.tasks.settings import ConfigError, load_settings
+    from ragloop.tasks.storage import Lake
 
     settings = load_settings(args.config, {"lake": args.lake} if args.lake else {})
     lake = Lake(settings.lake)
@@ -449,7 +448,7 @@ def _run_rollback(args: argparse.Namespace) -> dict:
             raise ConfigError(f"line {line}: {exc}") from exc
     current, previous, before = done["from"], done["to"], done["serving_before"]
     try:
-        files = {name: p.prompt_hash for name, p in load_prompts(Path(settings.prompts_dir)).items()}
+        files = {name: p.prompt_hash for name, p in load_prompt_set(settings.prompts_dir).items()}
     except PromptError:
         files = {}
     prompts = {name: {"promoted": h, "file": files.get(name), "matches": files.get(name) == h}
@@ -460,10 +459,10 @@ def _run_rollback(args: argparse.Namespace) -> dict:
 
 
 def _run_promote(args: argparse.Namespace) -> dict:
-    from tasks import promotion
-    from tasks.schemas import utcnow
-    from tasks.settings import ConfigError, load_settings
-    from tasks.storage import Lake
+    from ragloop.tasks import promotion
+    from ragloop.tasks.schemas import utcnow
+    from ragloop.tasks.settings import ConfigError, load_settings
+    from ragloop.tasks.storage import Lake
 
     lake = Lake(load_settings(args.config, {"lake": args.lake} if args.lake else {}).lake)
     refs = promotion.Refs(lake)
@@ -509,7 +508,7 @@ def _run_golden(args: argparse.Namespace) -> dict:
         return _golden_lines(args)
     if args.golden_command == "show":
         return _golden_show(args)
-    from flows.golden import export_golden_set, import_golden_set
+    from ragloop.flows.golden import export_golden_set, import_golden_set
 
     if args.golden_command == "import":
         return import_golden_set(path=args.path, lake=args.lake, config_path=args.config, line=args.line)
@@ -518,9 +517,9 @@ def _run_golden(args: argparse.Namespace) -> dict:
 
 def _golden_lines(args: argparse.Namespace) -> dict:
     """`golden use` and `golden list`: only refs, no Prefect."""
-    from tasks import promotion
-    from tasks.settings import ConfigError, load_settings
-    from tasks.storage import Lake
+    from ragloop.tasks import promotion
+    from ragloop.tasks.settings import ConfigError, load_settings
+    from ragloop.tasks.storage import Lake
 
     lake = Lake(load_settings(args.config, {"lake": args.lake} if args.lake else {}).lake)
     refs = promotion.Refs(lake)
@@ -542,9 +541,9 @@ def _golden_show(args: argparse.Namespace) -> dict:
     """`golden show ID`: the items of one golden set, read from the lake (no Prefect)."""
     from collections import Counter
 
-    from tasks import promotion
-    from tasks.settings import ConfigError, load_settings
-    from tasks.storage import Lake
+    from ragloop.tasks import promotion
+    from ragloop.tasks.settings import ConfigError, load_settings
+    from ragloop.tasks.storage import Lake
 
     lake = Lake(load_settings(args.config, {"lake": args.lake} if args.lake else {}).lake)
     golden_set_id, line = promotion.Refs(lake).resolve_golden(args.spec, lake.list_golden())
@@ -562,8 +561,8 @@ def _golden_show(args: argparse.Namespace) -> dict:
 
 def _run_runs(args: argparse.Namespace) -> dict:
     """`runs`: the run manifests in the lake, newest first (no Prefect)."""
-    from tasks.settings import ConfigError, load_settings
-    from tasks.storage import Lake
+    from ragloop.tasks.settings import ConfigError, load_settings
+    from ragloop.tasks.storage import Lake
 
     if args.limit is not None and args.limit < 0:
         raise ConfigError(f"--limit {args.limit}: must be >= 0")
@@ -630,15 +629,14 @@ def _human_golden(summary: dict) -> list[str]:
 
 
 def _run_prompts(args: argparse.Namespace) -> dict:
-    from pathlib import Path
 
-    from tasks.prompts import PromptError, changed_prompts, load_prompts
-    from tasks.settings import ConfigError, load_settings
-    from tasks.storage import Lake
+    from ragloop.tasks.prompts import PromptError, changed_prompts, load_prompt_set
+    from ragloop.tasks.settings import ConfigError, load_settings
+    from ragloop.tasks.storage import Lake
 
     settings = load_settings(args.config, {"lake": args.lake} if args.lake else {})
     try:
-        current = load_prompts(Path(settings.prompts_dir))
+        current = load_prompt_set(settings.prompts_dir)
     except PromptError as exc:
         raise ConfigError(str(exc)) from exc
     lake = Lake(settings.lake)
@@ -692,13 +690,13 @@ COMMANDS: dict[str, tuple[Callable[[argparse.Namespace], dict], Callable[[dict],
 def _precheck(args: argparse.Namespace, settings) -> None:
     """Usage errors a flow would only find after Prefect starts (a misspelt --source, a chunk overlap the
     model cannot take), raised first so they print as one line (exit 2)."""
-    from tasks.settings import check_sources
+    from ragloop.tasks.settings import check_sources
 
     if args.command in ("ingest", "index", "run"):
         check_sources(list(args.source or settings.ingest.sources))
     if args.command in ("index", "run", "import-beir"):
-        from flows.index import check_chunking
-        from tasks.settings import load_settings
+        from ragloop.flows.index import check_chunking
+        from ragloop.tasks.settings import load_settings
 
         chunking = getattr(args, "chunking", None)
         check_chunking(load_settings(args.config, {"chunking": {"strategy": chunking}} if chunking else {}))
@@ -717,8 +715,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         # stdout carries exactly one JSON object; keep stderr to warnings unless asked otherwise.
         os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
-    import flows  # noqa: F401  (sets the offline runtime defaults before prefect is imported)
-    from tasks.settings import ConfigError, load_settings
+    import ragloop.flows  # noqa: F401  (sets the offline runtime defaults before prefect is imported)
+    from ragloop.tasks.settings import ConfigError, load_settings
 
     run, human = COMMANDS[args.command]
     try:

@@ -11,13 +11,13 @@ from typing import Any, Callable
 from prefect import get_run_logger
 from prefect.runtime import flow_run
 
-from tasks import promotion
-from tasks.indexing import ChunkStore
-from tasks.storage import chunks_table_name
-from tasks.lineage import base_lineage, new_run_id
-from tasks.schemas import utcnow
-from tasks.settings import ConfigError, Settings, load_settings
-from tasks.storage import Lake
+from ragloop.tasks import promotion
+from ragloop.tasks.indexing import ChunkStore
+from ragloop.tasks.storage import chunks_table_name
+from ragloop.tasks.lineage import base_lineage, new_run_id
+from ragloop.tasks.schemas import utcnow
+from ragloop.tasks.settings import ConfigError, Settings, load_settings
+from ragloop.tasks.storage import Lake
 
 
 def flow_settings(config_path: str | None, overrides: dict[str, Any]) -> Settings:
@@ -59,7 +59,7 @@ def lake_locked(flow_name: str) -> Callable:
 
 def check_sources(sources: list[str]) -> None:
     """Fail before any work when a source path does not exist (exit 2, naming it)."""
-    from tasks.settings import check_sources as check
+    from ragloop.tasks.settings import check_sources as check
 
     check(sources)
 

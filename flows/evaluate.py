@@ -3,25 +3,24 @@
 from __future__ import annotations
 
 from collections import Counter, defaultdict
-from pathlib import Path
 
 import pyarrow as pa
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
-from flows.common import RunRecorder, StageTimer, flow_settings, lake_locked
-from tasks import chain as chain_steps
-from tasks import evaluation, gating, monitoring, promotion, reporting, schemas
-from tasks.embedding import load_embedder
-from tasks.lineage import canonical_hash
-from tasks.llm import LLMConfigError, LLMUnavailable, load_llm
-from tasks.prompts import PromptError, load_prompts
-from tasks.ragas_metrics import RagasScorer
-from tasks.retrieval import Retriever, doc_ranking
-from tasks.schemas import utcnow
-from tasks.settings import ConfigError
-from tasks.storage import Lake, chunks_table_name
+from ragloop.flows.common import RunRecorder, StageTimer, flow_settings, lake_locked
+from ragloop.tasks import chain as chain_steps
+from ragloop.tasks import evaluation, gating, monitoring, promotion, reporting, schemas
+from ragloop.tasks.embedding import load_embedder
+from ragloop.tasks.lineage import canonical_hash
+from ragloop.tasks.llm import LLMConfigError, LLMUnavailable, load_llm
+from ragloop.tasks.prompts import PromptError, load_prompt_set
+from ragloop.tasks.ragas_metrics import RagasScorer
+from ragloop.tasks.retrieval import Retriever, doc_ranking
+from ragloop.tasks.schemas import utcnow
+from ragloop.tasks.settings import ConfigError
+from ragloop.tasks.storage import Lake, chunks_table_name
 
 QUERY_BATCH = 256
 
@@ -100,7 +99,7 @@ def evaluate_chain(
     wanted = ([config.rewrite_prompt] if config.rewrite_prompt else []) + ([] if retrieval_only else [config.answer_prompt])
     if wanted:
         try:
-            available = load_prompts(Path(settings.prompts_dir))
+            available = load_prompt_set(settings.prompts_dir)
         except PromptError as exc:
             raise ConfigError(str(exc)) from exc
         missing = [w for w in wanted if w not in available]

@@ -8,13 +8,13 @@ from pathlib import Path
 import pyarrow as pa
 from prefect import flow
 
-from flows.common import RunRecorder, flow_settings, index_store, lake_locked
-from tasks import golden_io, promotion, schemas
-from tasks.embedding import load_embedder
-from tasks.indexing import ChunkStore
-from tasks.qa_generation import golden_set_id_of
-from tasks.settings import ConfigError, Settings
-from tasks.storage import Lake
+from ragloop.flows.common import RunRecorder, flow_settings, index_store, lake_locked
+from ragloop.tasks import golden_io, promotion, schemas
+from ragloop.tasks.embedding import load_embedder
+from ragloop.tasks.indexing import ChunkStore
+from ragloop.tasks.qa_generation import golden_set_id_of
+from ragloop.tasks.settings import ConfigError, Settings
+from ragloop.tasks.storage import Lake
 
 
 def _store(settings: Settings) -> tuple[Lake, ChunkStore]:

@@ -10,13 +10,13 @@ from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 from tqdm import tqdm
 
-from flows.common import RunRecorder, StageTimer, flow_settings, lake_locked
-from flows.ingest import ingest_corpus
-from tasks import indexing, promotion, validation
-from tasks.chunking import Chunker
-from tasks.embedding import load_embedder
-from tasks.settings import ConfigError
-from tasks.storage import Lake
+from ragloop.flows.common import RunRecorder, StageTimer, flow_settings, lake_locked
+from ragloop.flows.ingest import ingest_corpus
+from ragloop.tasks import indexing, promotion, validation
+from ragloop.tasks.chunking import Chunker
+from ragloop.tasks.embedding import load_embedder
+from ragloop.tasks.settings import ConfigError
+from ragloop.tasks.storage import Lake
 
 commit_run = task(indexing.ChunkStore.commit_run, name="write-chunks", cache_policy=NO_CACHE)
 refresh_indexes = task(indexing.ChunkStore.refresh_indexes, name="refresh-indexes", cache_policy=NO_CACHE)

@@ -5,9 +5,9 @@ from __future__ import annotations
 from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 
-from flows.common import RunRecorder, check_sources, flow_settings, lake_locked
-from tasks import ingestion, validation
-from tasks.storage import Lake
+from ragloop.flows.common import RunRecorder, check_sources, flow_settings, lake_locked
+from ragloop.tasks import ingestion, validation
+from ragloop.tasks.storage import Lake
 
 # Content hashes are our idempotency mechanism, not Prefect's result cache (STYLE.md).
 build_snapshot = task(ingestion.build_snapshot, name="build-snapshot", cache_policy=NO_CACHE)

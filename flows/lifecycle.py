@@ -11,13 +11,13 @@ from prefect import flow
 from prefect.artifacts import create_markdown_artifact
 from prefect.states import Failed
 
-from flows.common import RunRecorder, flow_settings, lake_locked
-from flows.evaluate import evaluate_chain
-from flows.index import index_corpus
-from flows.monitor import monitor_quality
-from flows.synth import synth_golden_set
-from tasks import nightly, reporting
-from tasks.storage import Lake
+from ragloop.flows.common import RunRecorder, flow_settings, lake_locked
+from ragloop.flows.evaluate import evaluate_chain
+from ragloop.flows.index import index_corpus
+from ragloop.flows.monitor import monitor_quality
+from ragloop.flows.synth import synth_golden_set
+from ragloop.tasks import nightly, reporting
+from ragloop.tasks.storage import Lake
 
 
 @flow(name="run-lifecycle")

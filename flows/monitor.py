@@ -15,12 +15,12 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
-from flows.common import RunRecorder, flow_settings, lake_locked
-from tasks import alerting, monitoring, observing, reporting, schemas
-from tasks.embedding import load_embedder
-from tasks.schemas import utcnow
-from tasks.settings import MonitorConfig
-from tasks.storage import Lake
+from ragloop.flows.common import RunRecorder, flow_settings, lake_locked
+from ragloop.tasks import alerting, monitoring, observing, reporting, schemas
+from ragloop.tasks.embedding import load_embedder
+from ragloop.tasks.schemas import utcnow
+from ragloop.tasks.settings import MonitorConfig
+from ragloop.tasks.storage import Lake
 
 OBSERVED_STATUSES = ("ok", "partial", "gate_failed", "gate_inconclusive")
 

@@ -4,21 +4,20 @@ from __future__ import annotations
 
 import random
 from collections import Counter
-from pathlib import Path
 
 import pyarrow as pa
 from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 
-from flows.common import RunRecorder, StageTimer, flow_settings, index_store, lake_locked
-from tasks import promotion, schemas
-from tasks import qa_generation as qa
-from tasks.embedding import load_embedder
-from tasks.lineage import canonical_hash
-from tasks.llm import LLMConfigError, LLMUnavailable, load_llm
-from tasks.prompts import PromptError, load_prompts
-from tasks.settings import ConfigError
-from tasks.storage import Lake
+from ragloop.flows.common import RunRecorder, StageTimer, flow_settings, index_store, lake_locked
+from ragloop.tasks import promotion, schemas
+from ragloop.tasks import qa_generation as qa
+from ragloop.tasks.embedding import load_embedder
+from ragloop.tasks.lineage import canonical_hash
+from ragloop.tasks.llm import LLMConfigError, LLMUnavailable, load_llm
+from ragloop.tasks.prompts import PromptError, load_prompt_set
+from ragloop.tasks.settings import ConfigError
+from ragloop.tasks.storage import Lake
 
 generate_candidates = task(qa.generate_candidates, name="generate-qa", cache_policy=NO_CACHE, retries=1, retry_delay_seconds=5)
 plan_tasks = task(qa.plan_tasks, name="plan-qa-tasks", cache_policy=NO_CACHE)
@@ -32,7 +31,7 @@ def synth_golden_set(lake: str | None = None, size: int | None = None, config_pa
     settings = flow_settings(config_path, {"lake": lake, "synth": {"size": size}})
     config = settings.synth
     try:
-        prompts = load_prompts(Path(settings.prompts_dir))
+        prompts = load_prompt_set(settings.prompts_dir)
     except PromptError as exc:
         raise ConfigError(str(exc)) from exc
     missing = [p for p in qa.REQUIRED_PROMPTS if p not in prompts]

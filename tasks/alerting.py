@@ -14,8 +14,8 @@ from urllib.parse import urlsplit
 
 import httpx
 
-from tasks.monitoring import SEVERITY_RANK
-from tasks.storage import Lake
+from ragloop.tasks.monitoring import SEVERITY_RANK
+from ragloop.tasks.storage import Lake
 
 logger = logging.getLogger(__name__)
 

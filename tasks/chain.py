@@ -10,12 +10,12 @@ from typing import Sequence
 
 import numpy as np
 
-from tasks import grounding
-from tasks.llm import LLM, Completion
-from tasks.prompts import GeneratedQuestion, Prompt
-from tasks.qa_generation import REFUSAL_ANSWER
-from tasks.retrieval import Hit, Retriever
-from tasks.settings import EvalConfig
+from ragloop.tasks import grounding
+from ragloop.tasks.llm import LLM, Completion
+from ragloop.tasks.prompts import GeneratedQuestion, Prompt
+from ragloop.tasks.qa_generation import REFUSAL_ANSWER
+from ragloop.tasks.retrieval import Hit, Retriever
+from ragloop.tasks.settings import EvalConfig
 
 REFUSAL_PATTERN = re.compile(r"\b(do(es)? not (say|mention|contain)|don't know|cannot answer|can't answer|no information)\b", re.I)
 

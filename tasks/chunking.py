@@ -11,9 +11,9 @@ from typing import Iterable, Iterator
 from markdown_it import MarkdownIt
 from semantic_text_splitter import MarkdownSplitter, TextSplitter
 
-from tasks.embedding import TokenCounter
-from tasks.schemas import Document
-from tasks.settings import ChunkingConfig
+from ragloop.tasks.embedding import TokenCounter
+from ragloop.tasks.schemas import Document
+from ragloop.tasks.settings import ChunkingConfig
 
 # Bump when the chunking logic changes in a way that changes chunks: it is part of chunker_hash,
 # so every document is re-chunked (vectors of unchanged texts are still reused).

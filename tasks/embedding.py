@@ -13,8 +13,8 @@ from typing import Protocol, Sequence
 import numpy as np
 from tokenizers import Tokenizer, models, normalizers, pre_tokenizers
 
-from tasks import onnx_encoder
-from tasks.settings import ConfigError, EmbeddingConfig
+from ragloop.tasks import onnx_encoder
+from ragloop.tasks.settings import ConfigError, EmbeddingConfig
 
 log = logging.getLogger(__name__)
 

@@ -9,8 +9,8 @@ from typing import Iterable, Mapping, Sequence
 import numpy as np
 from scipy import stats
 
-from tasks.ir_metrics import score_rankings
-from tasks.settings import EvalConfig
+from ragloop.tasks.ir_metrics import score_rankings
+from ragloop.tasks.settings import EvalConfig
 
 CHUNK_PREFIX = "chunk_"  # chunk-level IR metrics; unprefixed names are document-level (as in BEIR)
 # Metrics where lower is better, declared once: the gate and the monitor read a rise as the drop.

@@ -15,8 +15,8 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from tasks.evaluation import bootstrap_ci, higher_is_better
-from tasks.settings import GateBudgets, GateConfig
+from ragloop.tasks.evaluation import bootstrap_ci, higher_is_better
+from ragloop.tasks.settings import GateBudgets, GateConfig
 
 
 def paired_deltas(

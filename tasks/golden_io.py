@@ -10,7 +10,7 @@ from typing import Any, Iterable
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from tasks.schemas import utcnow
+from ragloop.tasks.schemas import utcnow
 
 QA_TYPES = ("single_hop", "multi_hop", "abstract", "unanswerable", "paraphrased", "imported")
 

@@ -17,12 +17,12 @@ from typing import Iterable, Iterator, Sequence
 import numpy as np
 import pyarrow as pa
 
-from tasks import schemas
-from tasks.chunking import Chunk
-from tasks.embedding import Embedder
-from tasks.schemas import Document, utcnow
-from tasks.settings import IndexConfig
-from tasks.storage import Lake, chunks_table_name
+from ragloop.tasks import schemas
+from ragloop.tasks.chunking import Chunk
+from ragloop.tasks.embedding import Embedder
+from ragloop.tasks.schemas import Document, utcnow
+from ragloop.tasks.settings import IndexConfig
+from ragloop.tasks.storage import Lake, chunks_table_name
 
 log = logging.getLogger(__name__)
 

@@ -22,9 +22,9 @@ from typing import Any, Callable, Iterator
 import pyarrow as pa
 import yaml
 
-from tasks.schemas import Document, Quarantined, QuarantineReason, utcnow
-from tasks.settings import IngestConfig
-from tasks.storage import Lake
+from ragloop.tasks.schemas import Document, Quarantined, QuarantineReason, utcnow
+from ragloop.tasks.settings import IngestConfig
+from ragloop.tasks.storage import Lake
 
 log = logging.getLogger(__name__)
 
@@ -139,7 +139,7 @@ def _h1(tokens, complete_before: int | None = None) -> str | None:
 def load_markdown(path: Path, data: bytes, ctx: LoadContext | None = None) -> list[Loaded]:
     import frontmatter
 
-    from tasks import mkdocs
+    from ragloop.tasks import mkdocs
 
     raw = decode_bytes(data)
     try:

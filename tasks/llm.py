@@ -30,7 +30,7 @@ PACKAGED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"  # shipped inside the PyPI whe
 PREFLIGHT_TIMEOUT_S = 3.0
 MAX_RETRY_AFTER_S = 60.0  # a server asking for a longer pause is treated as down, not waited for
 
-from tasks.settings import LLMConfig  # noqa: E402  (re-exported: the config lives with the other settings)
+from ragloop.tasks.settings import LLMConfig  # noqa: E402  (re-exported: the config lives with the other settings)
 
 Messages = list[dict[str, Any]]
 

@@ -14,8 +14,8 @@ from typing import Any, Iterable, Mapping, Sequence
 import numpy as np
 from scipy import stats
 
-from tasks.evaluation import higher_is_better
-from tasks.settings import MonitorConfig
+from ragloop.tasks.evaluation import higher_is_better
+from ragloop.tasks.settings import MonitorConfig
 
 SEVERITY_RANK = {"info": 0, "warning": 1, "critical": 2}
 

@@ -9,10 +9,10 @@ import json
 import numpy as np
 import pyarrow as pa
 
-from tasks.embedding import Embedder
-from tasks.indexing import _batched, sql_in
-from tasks.retrieval import Retriever
-from tasks.storage import Lake
+from ragloop.tasks.embedding import Embedder
+from ragloop.tasks.indexing import _batched, sql_in
+from ragloop.tasks.retrieval import Retriever
+from ragloop.tasks.storage import Lake
 
 
 def corpus_profile(lake: Lake, snapshot_id: str) -> tuple[dict[str, str], list[int]]:
@@ -83,7 +83,7 @@ def item_metrics(lake: Lake, run_id: str) -> dict[str, dict[str, float]]:
 def chunk_texts(lake: Lake, table_name: str, version: int, chunk_ids: list[str]) -> dict[str, dict]:
     """chunk_id -> {doc_id, headings, text} for chunks of a table version (the one an eval read), so a
     report can show what was retrieved instead of ids. Ids the version does not hold are absent."""
-    from tasks.indexing import sql_in
+    from ragloop.tasks.indexing import sql_in
 
     if not chunk_ids:
         return {}

@@ -22,8 +22,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from tasks.schemas import utcnow
-from tasks.storage import Lake
+from ragloop.tasks.schemas import utcnow
+from ragloop.tasks.storage import Lake
 
 SYNTHETIC = "synthetic"
 PromoteMode = Literal["nightly", "prompt-changed", "explicit"]

@@ -162,6 +162,31 @@ def load_prompt(path: Path) -> Prompt:
     return prompt
 
 
+# The default prompts ship inside the package (ragloop.prompts, the repository's prompts/ folder): in a
+# source checkout and in an installed wheel alike they sit beside this package.
+PACKAGED_PROMPTS = Path(__file__).resolve().parent.parent / "prompts"
+DEFAULT_PROMPTS_DIR = "prompts"
+
+
+def load_prompt_set(project_dir: str | Path | None = DEFAULT_PROMPTS_DIR) -> dict[str, Prompt]:
+    """The prompts a run uses: the packaged defaults, overridden file by file by the project's own.
+
+    `project_dir` is the `prompts_dir` setting, relative to the working directory. The default name
+    (`prompts`) may be absent: then the packaged prompts are used as they are, so `synth`/`eval` work
+    from any directory. Any other directory must exist (PromptError naming it). A project file with the
+    same name as a packaged one replaces it; new names are added. Raises PromptError on an invalid file.
+    """
+    prompts = load_prompts(PACKAGED_PROMPTS)
+    if project_dir is None:
+        return prompts
+    directory = Path(project_dir).expanduser()
+    if not directory.is_dir() and str(project_dir) == DEFAULT_PROMPTS_DIR:
+        return prompts
+    if directory.resolve() == PACKAGED_PROMPTS:
+        return prompts
+    return {**prompts, **load_prompts(directory)}
+
+
 def load_prompts(directory: Path) -> dict[str, Prompt]:
     """Every prompt in the directory by name; the first invalid file raises PromptError."""
     if not directory.is_dir():

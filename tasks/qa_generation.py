@@ -18,11 +18,11 @@ from typing import Sequence
 
 import numpy as np
 
-from tasks import grounding
-from tasks.indexing import ChunkStore, sql_in
-from tasks.prompts import Prompt
-from tasks.schemas import utcnow
-from tasks.settings import SynthConfig
+from ragloop.tasks import grounding
+from ragloop.tasks.indexing import ChunkStore, sql_in
+from ragloop.tasks.prompts import Prompt
+from ragloop.tasks.schemas import utcnow
+from ragloop.tasks.settings import SynthConfig
 
 log = logging.getLogger(__name__)
 

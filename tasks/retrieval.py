@@ -6,9 +6,9 @@ import time
 from dataclasses import dataclass
 from typing import Literal, Sequence
 
-from tasks.embedding import Embedder
-from tasks.indexing import sql_in
-from tasks.storage import Lake
+from ragloop.tasks.embedding import Embedder
+from ragloop.tasks.indexing import sql_in
+from ragloop.tasks.storage import Lake
 
 Mode = Literal["vector", "fts", "hybrid"]
 COLUMNS = ["chunk_id", "doc_id", "text"]

@@ -14,7 +14,7 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
-from tasks.lineage import canonical_hash
+from ragloop.tasks.lineage import canonical_hash
 
 DEFAULT_CONFIG_FILE = "ragloop.yaml"
 CONFIG_ENV_VAR = "RAGLOOP_CONFIG"

@@ -39,7 +39,7 @@ import pyarrow.dataset as pads
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from tasks import schemas
+from ragloop.tasks import schemas
 
 
 log = logging.getLogger(__name__)

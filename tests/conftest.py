@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-import flows  # noqa: F401  (offline runtime defaults before anything imports prefect)
-from tasks.embedding import HashEmbedder
-from tasks.settings import Settings, load_settings
+import ragloop.flows  # noqa: F401  (offline runtime defaults before anything imports prefect)
+from ragloop.tasks.embedding import HashEmbedder
+from ragloop.tasks.settings import Settings, load_settings
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"

@@ -10,9 +10,9 @@ import re
 import lancedb
 import pytest
 
-from flows import golden as golden_flow
-from flows import index as index_flow
-from flows.cli import main
+from ragloop.flows import golden as golden_flow
+from ragloop.flows import index as index_flow
+from ragloop.flows.cli import main
 from tests.conftest import write_files
 
 

@@ -8,14 +8,14 @@ import re
 
 import pytest
 
-from flows import beir as beir_flow
-from flows import evaluate as eval_flow
-from flows import golden as golden_flow
-from flows import index as index_flow
-from flows.cli import main
-from tasks.llm import LLMRequestError, ScriptedLLM
-from tasks.promotion import Refs
-from tasks.storage import Lake
+from ragloop.flows import beir as beir_flow
+from ragloop.flows import evaluate as eval_flow
+from ragloop.flows import golden as golden_flow
+from ragloop.flows import index as index_flow
+from ragloop.flows.cli import main
+from ragloop.tasks.llm import LLMRequestError, ScriptedLLM
+from ragloop.tasks.promotion import Refs
+from ragloop.tasks.storage import Lake
 from tests.conftest import REPO, write_files
 
 CORPUS = [
@@ -204,7 +204,7 @@ class JudgeFake:
         return {"model_id": self.model_id}
 
     def structured(self, messages, output_model, **params):
-        from tasks.llm import StructuredResult, Usage
+        from ragloop.tasks.llm import StructuredResult, Usage
 
         fields = set(output_model.model_fields)
         if fields == {"claims"}:
@@ -335,7 +335,7 @@ def test_questions_with_query_syntax_are_searched_as_text(prefect_backend, fakes
 
 
 def test_an_item_whose_retrieval_fails_fails_alone(prefect_backend, fakes, tmp_path, lake_dir, monkeypatch):
-    from tasks.retrieval import Retriever
+    from ragloop.tasks.retrieval import Retriever
 
     index_flow.index_corpus(sources=[str(write_files(tmp_path / "src", SYNTAX_CORPUS))], lake=str(lake_dir))
     _golden_for(tmp_path, lake_dir, {"spam.md": ["Which spam filter scores outbound mail?"],

@@ -10,8 +10,8 @@ import json
 import lancedb
 import pytest
 
-from flows import index as index_flow
-from flows.cli import main
+from ragloop.flows import index as index_flow
+from ragloop.flows.cli import main
 from tests.conftest import write_files
 
 LONG_SECTION = "\n\n".join(f"Paragraph {i} talks about bicycles, docks and batteries number {i}." for i in range(40))
@@ -142,7 +142,7 @@ def test_cli_index_json_prints_one_object_and_records_the_run(prefect_backend, f
     summary = json.loads(out)
     assert code == 0 and out.count("\n") == 1
     assert summary["status"] == "ok" and summary["chunks"]["total"] > 0
-    from tasks.storage import Lake
+    from ragloop.tasks.storage import Lake
 
     runs = Lake(str(lake_dir)).read_runs().to_pylist()
     assert {r["flow"]: r["status"] for r in runs} == {"ingest": "ok", "index": "ok"}

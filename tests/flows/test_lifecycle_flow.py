@@ -5,11 +5,11 @@ from __future__ import annotations
 import json
 import re
 
-from flows import evaluate as eval_flow
-from flows import index as index_flow
-from flows import monitor as monitor_flow
-from flows import synth as synth_flow
-from flows.cli import main
+from ragloop.flows import evaluate as eval_flow
+from ragloop.flows import index as index_flow
+from ragloop.flows import monitor as monitor_flow
+from ragloop.flows import synth as synth_flow
+from ragloop.flows.cli import main
 from tests.conftest import REPO, write_files
 from tests.flows.test_synth_flow import DOCS, PassageLLM
 
@@ -59,7 +59,7 @@ def test_second_night_with_nothing_changed_recomputes_nothing(prefect_backend, t
 
 
 def _answer(conversation):
-    from tasks.llm import Completion, Usage
+    from ragloop.tasks.llm import Completion, Usage
 
     passages = re.findall(r'"""\n(.*?)\n"""', conversation[-1]["content"], re.S)
     text = passages[0].splitlines()[-1] if passages else "The documents do not say."

@@ -7,12 +7,12 @@ import json
 
 import pytest
 
-from flows import evaluate as eval_flow
-from flows import golden as golden_flow
-from flows import index as index_flow
-from flows import monitor as monitor_flow
-from flows.cli import main
-from tasks.storage import Lake
+from ragloop.flows import evaluate as eval_flow
+from ragloop.flows import golden as golden_flow
+from ragloop.flows import index as index_flow
+from ragloop.flows import monitor as monitor_flow
+from ragloop.flows.cli import main
+from ragloop.tasks.storage import Lake
 from tests.conftest import REPO, write_files
 from tests.flows.test_eval_flow import _answers
 from tests.unit.test_alerting import Receiver
@@ -40,7 +40,7 @@ def lake_with_golden(prefect_backend, fakes_llm, tmp_path, lake_dir, monkeypatch
 
 @pytest.fixture
 def fakes_llm(monkeypatch, fake_embedder):
-    from tasks.llm import ScriptedLLM
+    from ragloop.tasks.llm import ScriptedLLM
 
     llm = ScriptedLLM()
     for module in (index_flow, eval_flow, golden_flow, monitor_flow):
@@ -140,7 +140,7 @@ def _artifacts(name: str, lake_dir) -> list[dict]:
     import httpx
     from prefect.settings import PREFECT_API_URL
 
-    from tasks.reporting import artifact_key
+    from ragloop.tasks.reporting import artifact_key
 
     key = artifact_key(name, Lake(str(lake_dir)).uri)
     response = httpx.post(f"{PREFECT_API_URL.value()}/artifacts/filter", json={

@@ -9,15 +9,15 @@ import shutil
 
 import pytest
 
-from flows import evaluate as eval_flow
-from flows import golden as golden_flow
-from flows import index as index_flow
-from flows import monitor as monitor_flow
-from flows import synth as synth_flow
-from flows.cli import main
-from tasks.embedding import HashEmbedder
-from tasks.promotion import Refs
-from tasks.storage import Lake
+from ragloop.flows import evaluate as eval_flow
+from ragloop.flows import golden as golden_flow
+from ragloop.flows import index as index_flow
+from ragloop.flows import monitor as monitor_flow
+from ragloop.flows import synth as synth_flow
+from ragloop.flows.cli import main
+from ragloop.tasks.embedding import HashEmbedder
+from ragloop.tasks.promotion import Refs
+from ragloop.tasks.storage import Lake
 from tests.conftest import REPO, write_files
 from tests.flows.test_synth_flow import DOCS, PassageLLM
 from tests.reliability.helpers import chunk_rows, import_station_golden, station_docs
@@ -207,7 +207,7 @@ def test_a_qa_prompt_edit_marks_the_items_it_made_outdated_and_regenerates_them(
     active = [i for i in rows.values() if i["status"] == "active"]
     new_hash = [i for i in active if i["prompt_id"].startswith("qa_single_hop@")]
     assert new_hash
-    from tasks.prompts import load_prompts
+    from ragloop.tasks.prompts import load_prompts
 
     current = load_prompts(prompts)["qa_single_hop"].prompt_hash
     assert all(i["prompt_hash"] == current for i in new_hash), "every active single-hop item is from the edited prompt"

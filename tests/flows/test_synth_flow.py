@@ -9,11 +9,11 @@ import shutil
 import lancedb
 import pytest
 
-from flows import golden as golden_flow
-from flows import index as index_flow
-from flows import synth as synth_flow
-from flows.cli import main
-from tasks.llm import LLMUnavailable, StructuredResult, Usage
+from ragloop.flows import golden as golden_flow
+from ragloop.flows import index as index_flow
+from ragloop.flows import synth as synth_flow
+from ragloop.flows.cli import main
+from ragloop.tasks.llm import LLMUnavailable, StructuredResult, Usage
 from tests.conftest import REPO, write_files
 
 DOCS = {
@@ -83,7 +83,7 @@ def fakes(monkeypatch, fake_embedder):
 
 
 def _golden(lake_dir, golden_set_id):
-    from tasks.storage import Lake
+    from ragloop.tasks.storage import Lake
 
     return Lake(str(lake_dir)).read_golden(golden_set_id).to_pylist()
 
@@ -222,8 +222,8 @@ def test_golden_set_round_trips_through_jsonl_and_ragas(prefect_backend, fakes, 
     for item in items:
         assert back[item["question"]]["reference_chunk_ids"] == item["reference_chunk_ids"]
         assert back[item["question"]]["review"] == "imported"
-    from tasks.promotion import Refs
-    from tasks.storage import Lake
+    from ragloop.tasks.promotion import Refs
+    from ragloop.tasks.storage import Lake
 
     refs = Refs(Lake(str(lake_dir)))
     assert refs.resolve_golden("latest", [])[0] == imported["golden_set_id"] and refs.lines().chosen == "r"

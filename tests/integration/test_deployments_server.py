@@ -63,7 +63,7 @@ def test_prompt_change_event_triggers_a_gated_eval(tmp_path):
     serve = None
     try:
         _wait(lambda: _get(f"{api}/health"), 180, "the Prefect server")
-        serve = subprocess.Popen([sys.executable, "-m", "deployments.serve"], env={**served, "PYTHONPATH": str(REPO)},
+        serve = subprocess.Popen([sys.executable, "-m", "ragloop.deployments.serve"], env={**served, "PYTHONPATH": str(REPO)},
                                  cwd=tmp_path, stdout=logs, stderr=subprocess.STDOUT)
         names = _wait(lambda: {d["name"] for d in _post(f"{api}/deployments/filter", {})} >= {"nightly", "prompt-changed"}
                       and {d["name"]: d for d in _post(f"{api}/deployments/filter", {})}, 120, "the served deployments")
@@ -87,7 +87,7 @@ def test_prompt_change_event_triggers_a_gated_eval(tmp_path):
         assert run["parameters"] == {"prompt": "answer", "prompt_hash": summary["changed"][0]["prompt_hash"],
                                      "lake": summary["lake"]}, "the event names the lake it was checked against"
         # what the UI shows for it: the eval's metrics/gate and the monitor's headline, as artifacts keyed by lake
-        from tasks.reporting import artifact_key
+        from ragloop.tasks.reporting import artifact_key
 
         artifacts = _post(f"{api}/artifacts/filter", {"limit": 100, "offset": 0, "sort": "CREATED_DESC"})
         keys = {a["key"] for a in artifacts}

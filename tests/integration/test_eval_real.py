@@ -6,9 +6,9 @@ import json
 
 import pytest
 
-from flows.beir import import_beir
-from flows.evaluate import evaluate_chain
-from tasks.storage import Lake
+from ragloop.flows.beir import import_beir
+from ragloop.flows.evaluate import evaluate_chain
+from ragloop.tasks.storage import Lake
 from tests.conftest import REPO, SHARED_DATA
 
 SCIFACT = SHARED_DATA / "scifact"

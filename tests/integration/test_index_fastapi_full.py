@@ -8,7 +8,7 @@ import shutil
 import lancedb
 import pytest
 
-from flows.cli import main
+from ragloop.flows.cli import main
 from tests.conftest import SHARED_DATA
 
 FASTAPI_DOCS = SHARED_DATA / "corpora" / "fastapi-docs" / "docs"

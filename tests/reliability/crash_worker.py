@@ -24,20 +24,20 @@ COUNTS: Counter = Counter()
 
 # target name -> (owner import path, attribute)
 TARGETS = {
-    "move_into_place": ("tasks.storage:Lake", "_move_into_place"),  # every atomic write's rename
-    "write_run": ("tasks.storage:Lake", "write_run"),
-    "write_ref": ("tasks.storage:Lake", "write_ref"),
-    "snapshot_write": ("tasks.storage:SnapshotWriter", "write"),
-    "snapshot_finish": ("tasks.storage:SnapshotWriter", "finish"),
-    "store_open": ("tasks.indexing:ChunkStore", "__init__"),
-    "replace_documents": ("tasks.indexing:ChunkStore", "replace_documents"),
-    "commit_run": ("tasks.indexing:ChunkStore", "commit_run"),  # an index run's one LanceDB commit
-    "delete_documents": ("tasks.indexing:ChunkStore", "delete_documents"),
-    "refresh_indexes": ("tasks.indexing:ChunkStore", "refresh_indexes"),
-    "tag": ("tasks.indexing:ChunkStore", "tag"),
-    "encode": ("tasks.embedding:HashEmbedder", "encode"),
-    "write_golden": ("tasks.storage:Lake", "write_golden"),
-    "record_prompt": ("tasks.storage:Lake", "record_prompt"),
+    "move_into_place": ("ragloop.tasks.storage:Lake", "_move_into_place"),  # every atomic write's rename
+    "write_run": ("ragloop.tasks.storage:Lake", "write_run"),
+    "write_ref": ("ragloop.tasks.storage:Lake", "write_ref"),
+    "snapshot_write": ("ragloop.tasks.storage:SnapshotWriter", "write"),
+    "snapshot_finish": ("ragloop.tasks.storage:SnapshotWriter", "finish"),
+    "store_open": ("ragloop.tasks.indexing:ChunkStore", "__init__"),
+    "replace_documents": ("ragloop.tasks.indexing:ChunkStore", "replace_documents"),
+    "commit_run": ("ragloop.tasks.indexing:ChunkStore", "commit_run"),  # an index run's one LanceDB commit
+    "delete_documents": ("ragloop.tasks.indexing:ChunkStore", "delete_documents"),
+    "refresh_indexes": ("ragloop.tasks.indexing:ChunkStore", "refresh_indexes"),
+    "tag": ("ragloop.tasks.indexing:ChunkStore", "tag"),
+    "encode": ("ragloop.tasks.embedding:HashEmbedder", "encode"),
+    "write_golden": ("ragloop.tasks.storage:Lake", "write_golden"),
+    "record_prompt": ("ragloop.tasks.storage:Lake", "record_prompt"),
 }
 
 
@@ -83,12 +83,12 @@ def main(argv: list[str]) -> int:
     if args.pause:
         target, n, seconds = args.pause.split(":")
         pause = (target, int(n), float(seconds))
-    import flows  # noqa: F401  (offline defaults)
-    from tasks.embedding import HashEmbedder
+    import ragloop.flows  # noqa: F401  (offline defaults)
+    from ragloop.tasks.embedding import HashEmbedder
 
     install_hooks(kill, pause)
-    from flows import index as index_flow
-    from flows import synth as synth_flow
+    from ragloop.flows import index as index_flow
+    from ragloop.flows import synth as synth_flow
     from tests.flows.test_synth_flow import PassageLLM
 
     embedder = HashEmbedder(dim=32, max_tokens=64)  # what the fake_embedder fixture builds

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import lancedb
 
-from flows import golden as golden_flow
-from flows import index as index_flow
+from ragloop.flows import golden as golden_flow
+from ragloop.flows import index as index_flow
 from tests.conftest import write_files
 
 

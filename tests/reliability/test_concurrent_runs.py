@@ -15,9 +15,9 @@ import time
 
 import pytest
 
-from flows import index as index_flow
-from flows.cli import main
-from tasks.storage import Lake, LakeLocked
+from ragloop.flows import index as index_flow
+from ragloop.flows.cli import main
+from ragloop.tasks.storage import Lake, LakeLocked
 from tests.reliability.test_crash_recovery import _env, clean, index_state, runs_of  # noqa: F401  (fixture)
 
 

@@ -27,10 +27,10 @@ from pathlib import Path
 
 import pytest
 
-from flows import index as index_flow
-from flows import synth as synth_flow
-from tasks.promotion import Refs
-from tasks.storage import Lake
+from ragloop.flows import index as index_flow
+from ragloop.flows import synth as synth_flow
+from ragloop.tasks.promotion import Refs
+from ragloop.tasks.storage import Lake
 from tests.conftest import REPO, write_files
 from tests.reliability.helpers import chunk_rows
 

@@ -11,9 +11,9 @@ import time
 
 import pytest
 
-from flows import evaluate as eval_flow
-from tasks.llm import LLMConfig, LLMRequestError, LLMUnavailable, OpenAICompatLLM
-from tasks.storage import Lake
+from ragloop.flows import evaluate as eval_flow
+from ragloop.tasks.llm import LLMConfig, LLMRequestError, LLMUnavailable, OpenAICompatLLM
+from ragloop.tasks.storage import Lake
 from tests.reliability.fault_server import FaultServer
 from tests.reliability.helpers import copy_answer, import_station_golden, index_stations
 

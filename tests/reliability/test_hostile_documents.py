@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from flows import evaluate as eval_flow
-from tasks.llm import ScriptedLLM
-from tasks.prompts import load_prompts
-from tasks.storage import Lake
+from ragloop.flows import evaluate as eval_flow
+from ragloop.tasks.llm import ScriptedLLM
+from ragloop.tasks.prompts import load_prompts
+from ragloop.tasks.storage import Lake
 from tests.conftest import REPO
 from tests.reliability.helpers import chunk_rows, import_station_golden, index_stations
 

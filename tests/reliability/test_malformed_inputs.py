@@ -16,10 +16,10 @@ from pathlib import Path
 import lancedb
 import pytest
 
-from flows import index as index_flow
-from tasks.ingestion import iter_sources
-from tasks.settings import IngestConfig
-from tasks.storage import Lake
+from ragloop.flows import index as index_flow
+from ragloop.tasks.ingestion import iter_sources
+from ragloop.tasks.settings import IngestConfig
+from ragloop.tasks.storage import Lake
 from tests.conftest import REPO, write_files
 from tests.unit.test_ingestion import HTML_PAGE, make_pdf
 
@@ -202,9 +202,9 @@ def test_a_good_file_turning_bad_keeps_its_previous_version(prefect_backend, has
 # -- the 200 MB file, memory measured in a child process ------------------------------------------
 MEMORY_PROBE = """
 import json, resource, sys
-from tasks.ingestion import build_snapshot
-from tasks.settings import IngestConfig
-from tasks.storage import Lake
+from ragloop.tasks.ingestion import build_snapshot
+from ragloop.tasks.settings import IngestConfig
+from ragloop.tasks.storage import Lake
 result = build_snapshot(Lake(sys.argv[2]), [sys.argv[1]], IngestConfig())
 print(json.dumps({"quarantine": [[q.source_uri, q.reason.value, q.detail] for q in result.quarantine],
                   "seen": result.counts["seen"], "max_rss_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}))

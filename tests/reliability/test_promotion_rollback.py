@@ -7,13 +7,13 @@ import json
 
 import numpy as np
 
-from flows import evaluate as eval_flow
-from flows import index as index_flow
-from flows.cli import main
-from tasks.embedding import HashEmbedder
-from tasks.llm import ScriptedLLM
-from tasks.promotion import Refs
-from tasks.storage import Lake
+from ragloop.flows import evaluate as eval_flow
+from ragloop.flows import index as index_flow
+from ragloop.flows.cli import main
+from ragloop.tasks.embedding import HashEmbedder
+from ragloop.tasks.llm import ScriptedLLM
+from ragloop.tasks.promotion import Refs
+from ragloop.tasks.storage import Lake
 from tests.conftest import REPO, write_files
 from tests.reliability.helpers import chunk_rows, copy_answer, import_station_golden, station_docs
 

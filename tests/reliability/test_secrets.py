@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from flows.cli import main
+from ragloop.flows.cli import main
 from tests.reliability.fault_server import FaultServer
 from tests.conftest import write_files
 from tests.reliability.helpers import copy_answer, import_station_golden, station_docs
@@ -99,7 +99,7 @@ def test_an_api_key_from_env_never_appears_anywhere(prefect_backend, hash_embedd
 
 
 def _eval_items(lake_dir: Path) -> list[dict]:
-    from tasks.storage import Lake
+    from ragloop.tasks.storage import Lake
 
     lake = Lake(str(lake_dir))
     runs = [r for r in lake.read_runs().to_pylist() if r["flow"] == "eval"]

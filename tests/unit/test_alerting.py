@@ -10,8 +10,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from tasks import alerting
-from tasks.storage import Lake
+from ragloop.tasks import alerting
+from ragloop.tasks.storage import Lake
 
 ALERTS = [
     {"kind": "regression", "message": "ndcg@10 regressed: 0.5, 0.5 ...", "severity": "critical", "metric": "ndcg@10", "details": {}},
@@ -128,7 +128,7 @@ def test_jsonl_sink_appends_one_line_per_alert(tmp_path):
 
 
 def test_log_sink_logs_at_the_alert_severity(caplog):
-    with caplog.at_level(logging.INFO, logger="tasks.alerting"):
+    with caplog.at_level(logging.INFO, logger="ragloop.tasks.alerting"):
         alerting.LogSink().send(ALERTS, CONTEXT)
     assert [r.levelname for r in caplog.records] == ["ERROR", "WARNING", "INFO"]
     assert "regression" in caplog.records[0].getMessage()

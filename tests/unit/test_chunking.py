@@ -7,10 +7,10 @@ from functools import cache
 import pytest
 from tokenizers import Tokenizer
 
-from tasks.chunking import Chunker
-from tasks.embedding import HashEmbedder, TokenCounter
-from tasks.schemas import Document
-from tasks.settings import ChunkingConfig
+from ragloop.tasks.chunking import Chunker
+from ragloop.tasks.embedding import HashEmbedder, TokenCounter
+from ragloop.tasks.schemas import Document
+from ragloop.tasks.settings import ChunkingConfig
 
 MINILM_LIMIT = 254  # all-MiniLM-L6-v2: max_seq_length 256 minus [CLS] and [SEP]
 

@@ -6,9 +6,9 @@ import json
 
 import pytest
 
-from deployments.definitions import PROMPT_CHANGED_EVENT, build_deployments
-from flows.cli import main
-from tasks.settings import ConfigError, load_settings
+from ragloop.deployments.definitions import PROMPT_CHANGED_EVENT, build_deployments
+from ragloop.flows.cli import main
+from ragloop.tasks.settings import ConfigError, load_settings
 
 
 def test_deployments_have_their_names_schedules_and_triggers():
@@ -22,7 +22,7 @@ def test_deployments_have_their_names_schedules_and_triggers():
     assert trigger.parameters == {"prompt": "{{ event.payload.name }}", "prompt_hash": "{{ event.payload.prompt_hash }}",
                                   "lake": "{{ event.payload.lake }}"}, "the triggered run evaluates the lake that was checked"
     assert not deployments["index"].schedules and not deployments["eval"].triggers
-    from tasks.storage import Lake
+    from ragloop.tasks.storage import Lake
 
     lake = Lake(settings.lake).uri
     assert lake.startswith("/") and all(deployments[n].parameters == {"lake": lake} for n in ("nightly", "index", "eval")), \
@@ -41,7 +41,7 @@ def test_emit_without_a_server_exits_2_naming_what_to_do(tmp_path, monkeypatch, 
     from tests.conftest import REPO
 
     monkeypatch.delenv("PREFECT_API_URL", raising=False)
-    from tasks.storage import Lake
+    from ragloop.tasks.storage import Lake
 
     monkeypatch.setenv("RAGLOOP_PROMPTS_DIR", str(REPO / "prompts"))
     assert main(["prompts", "check", "--emit", "--lake", str(tmp_path / "lake"), "--json"]) == 0, \

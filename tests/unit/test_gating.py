@@ -6,9 +6,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from tasks.gating import (baseline_problem, check_gate, detectable_drop, items_needed, paired_deltas, run_status,
+from ragloop.tasks.gating import (baseline_problem, check_gate, detectable_drop, items_needed, paired_deltas, run_status,
                           unpaired_metrics)
-from tasks.settings import GateConfig
+from ragloop.tasks.settings import GateConfig
 
 
 def _rows(values, metric="ndcg@10"):
@@ -161,7 +161,7 @@ def test_run_status(verdict, policy, failed, status):
 
 
 def test_chain_differences_name_each_changed_setting():
-    from tasks.gating import chain_differences
+    from ragloop.tasks.gating import chain_differences
 
     assert chain_differences({"retrieval": "hybrid", "k": 5, "answer": {"name": "answer"}},
                              {"retrieval": "fts", "k": 5, "answer": None}) == [

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tasks import golden_io
+from ragloop.tasks import golden_io
 
 CATALOG = [
     {"chunk_id": "c2", "doc_id": "b.md", "text": "The outbound filter scores mail.\n"},

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tasks import grounding
+from ragloop.tasks import grounding
 
 CONTEXT = ("Riverside Hub has 32 docks, 10 of them with chargers. Backups run nightly at 02:15 and are kept "
            "35 days. Start the server with uvicorn and pass response_model to FastAPI.")

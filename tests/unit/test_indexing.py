@@ -6,13 +6,13 @@ import json
 
 import pytest
 
-from tasks import indexing
-from tasks.chunking import Chunker
-from tasks.embedding import HashEmbedder
-from tasks.ingestion import content_sha256
-from tasks.schemas import Document
-from tasks.settings import ChunkingConfig, IndexConfig
-from tasks.storage import Lake
+from ragloop.tasks import indexing
+from ragloop.tasks.chunking import Chunker
+from ragloop.tasks.embedding import HashEmbedder
+from ragloop.tasks.ingestion import content_sha256
+from ragloop.tasks.schemas import Document
+from ragloop.tasks.settings import ChunkingConfig, IndexConfig
+from ragloop.tasks.storage import Lake
 
 
 def _doc(doc_id: str, text: str) -> Document:
@@ -168,7 +168,7 @@ def test_fts_tokenizer_auto_segments_scripts_written_without_spaces(store, chunk
 
 
 def test_icu_full_text_index_finds_cjk_words_and_keeps_accent_folding(store, chunker, fake_embedder):
-    from tasks.retrieval import plain_text_query
+    from ragloop.tasks.retrieval import plain_text_query
 
     _write(store, chunker, fake_embedder, [_doc("ja.md", "東京駅には自転車の駐輪場が二十あります。"),
                                            _doc("zh.md", "北京的地铁站每天早上六点开门。"),

@@ -10,17 +10,17 @@ from pathlib import Path
 
 import pytest
 
-from tasks import ingestion
-from tasks.ingestion import (
+from ragloop.tasks import ingestion
+from ragloop.tasks.ingestion import (
     build_snapshot,
     decode_bytes,
     iter_sources,
     normalize_text,
     snapshot_id_of,
 )
-from tasks.schemas import Document, Quarantined, QuarantineReason
-from tasks.settings import IngestConfig
-from tasks.storage import Lake
+from ragloop.tasks.schemas import Document, Quarantined, QuarantineReason
+from ragloop.tasks.settings import IngestConfig
+from ragloop.tasks.storage import Lake
 from tests.conftest import write_files
 
 GOOD_MD = "# Good\n\nA good document that must survive its bad neighbours.\n"

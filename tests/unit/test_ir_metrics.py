@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from tasks.ir_metrics import mean_metrics, score_rankings
+from ragloop.tasks.ir_metrics import mean_metrics, score_rankings
 
 RELEVANT = {"q1": {"a": 1, "c": 1}, "q2": {"x": 2, "y": 1}, "q3": {}, "q4": {"p": 1}}
 RANKINGS = {"q1": ["a", "b", "c", "d"], "q2": ["z", "y", "x"], "q3": ["a"], "q4": []}

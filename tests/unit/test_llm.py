@@ -14,7 +14,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 from pydantic import BaseModel, ValidationError
 
-from tasks.llm import (
+from ragloop.tasks.llm import (
     PREFLIGHT_TIMEOUT_S,
     LLMConfig,
     LLMConfigError,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tasks import mkdocs
+from ragloop.tasks import mkdocs
 from tests.conftest import write_files
 
 

@@ -7,8 +7,8 @@ import datetime as dt
 import numpy as np
 import pytest
 
-from tasks import monitoring
-from tasks.settings import MonitorConfig
+from ragloop.tasks import monitoring
+from ragloop.tasks.settings import MonitorConfig
 
 T0 = dt.datetime(2026, 11, 1, 2, 0, tzinfo=dt.timezone.utc)
 
@@ -237,7 +237,7 @@ def _obs(i, mode="nightly", chain="c1", line="synthetic"):
 
 
 def test_watched_series_is_the_latest_served_chain_and_experiments_stay_apart():
-    from tasks.monitoring import watched_series
+    from ragloop.tasks.monitoring import watched_series
 
     obs = [_obs(1), _obs(2, mode="experiment", chain="fts"), _obs(3, mode=None), _obs(4, mode="experiment", chain="c1"),
            _obs(5, chain="c2"), _obs(6, mode="prompt-changed", chain="c2")]
@@ -248,7 +248,7 @@ def test_watched_series_is_the_latest_served_chain_and_experiments_stay_apart():
 
 
 def test_alerts_are_sent_once_per_condition_and_once_when_cleared():
-    from tasks.monitoring import alerts_to_send
+    from ragloop.tasks.monitoring import alerts_to_send
 
     regression = {"kind": "regression", "metric": "ndcg@10", "severity": "warning", "message": "down"}
     sent, state = alerts_to_send([regression], {})
@@ -265,7 +265,7 @@ def test_alerts_are_sent_once_per_condition_and_once_when_cleared():
 
 
 def test_latest_answered_skips_retrieval_only_runs():
-    from tasks.monitoring import latest_answered
+    from ragloop.tasks.monitoring import latest_answered
 
     chains = {"r1": {"answer": {"name": "answer"}}, "r2": {"answer": None}}
     assert latest_answered([_obs(1), _obs(2)], chains.get)["run_id"] == "r1"
@@ -275,7 +275,7 @@ def test_latest_answered_skips_retrieval_only_runs():
 def test_chain_label_and_history_rows_carry_the_series():
     import datetime as dt
 
-    from tasks.monitoring import chain_label, history_rows
+    from ragloop.tasks.monitoring import chain_label, history_rows
 
     assert chain_label({"retrieval": "hybrid", "k": 5, "answer": {"name": "answer"}, "rerank": {"kind": "embedding"}}) == \
         "hybrid k5 +rerank +answer"
@@ -287,7 +287,7 @@ def test_chain_label_and_history_rows_carry_the_series():
 
 
 def test_stage_failures_are_critical_alerts():
-    from tasks.monitoring import check_stage_failures
+    from ragloop.tasks.monitoring import check_stage_failures
 
     check = check_stage_failures([{"stage": "synth", "run_id": "s1", "error": "no accepted items"}])
     (alert,) = check.alerts
@@ -305,7 +305,7 @@ def test_stage_failures_are_critical_alerts():
     (None, "serving", None),
 ])
 def test_observation_mode(promotion, role, mode):
-    from tasks.monitoring import observation_mode
+    from ragloop.tasks.monitoring import observation_mode
 
     outputs = {"index": {"role": role}, **({"promotion": promotion} if promotion else {})}
     assert observation_mode({"outputs": outputs}) == mode

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tasks.nightly import night_status, stage_failure
+from ragloop.tasks.nightly import night_status, stage_failure
 
 
 @pytest.mark.parametrize("stage, summary, failed", [

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import pytest
 
-from tasks import promotion
-from tasks.promotion import (GoldenLines, Promotion, PromotionError, Refs, ServingRef, index_disposition, line_name,
+from ragloop.tasks import promotion
+from ragloop.tasks.promotion import (GoldenLines, Promotion, PromotionError, Refs, ServingRef, index_disposition, line_name,
                              pick_index, promotable_after_the_fact, promotion_decision, rollback_target)
-from tasks.storage import Lake
+from ragloop.tasks.storage import Lake
 
 
 @pytest.fixture

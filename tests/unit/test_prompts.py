@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tasks.prompts import PromptError, changed_prompts, load_prompts, parse_prompt
+from ragloop.tasks.prompts import PromptError, changed_prompts, load_prompts, parse_prompt
 from tests.conftest import REPO
 
 GOOD = """\
@@ -20,7 +20,7 @@ user: |
 
 
 def test_repo_prompts_all_load_and_cover_every_question_type():
-    from tasks.qa_generation import REQUIRED_PROMPTS
+    from ragloop.tasks.qa_generation import REQUIRED_PROMPTS
 
     prompts = load_prompts(REPO / "prompts")
     assert set(REQUIRED_PROMPTS) <= set(prompts)
@@ -83,7 +83,7 @@ def test_load_prompts_requires_file_name_to_match(tmp_path):
 
 
 def test_changed_prompts_against_the_registry(lake_dir, tmp_path):
-    from tasks.storage import Lake
+    from ragloop.tasks.storage import Lake
 
     (tmp_path / "p").mkdir()
     (tmp_path / "p" / "demo.yaml").write_text(GOOD)
@@ -138,3 +138,20 @@ def test_repo_answer_prompt_declares_contexts_a_list():
 def test_declared_text_but_looped_over_is_rejected():
     with pytest.raises(PromptError, match=r"\['contexts'\] declared text but iterated"):
         parse_prompt(LOOP.format(vars="{question: text, contexts: text}"), "inline")
+
+
+def test_packaged_prompts_are_used_from_any_directory_and_a_project_file_overrides_one(tmp_path, monkeypatch):
+    from ragloop.tasks.prompts import PACKAGED_PROMPTS, load_prompt_set
+
+    monkeypatch.chdir(tmp_path)  # no prompts/ here: the packaged defaults answer
+    packaged = load_prompt_set("prompts")
+    assert set(packaged) == set(load_prompts(PACKAGED_PROMPTS)) and "answer" in packaged
+    (tmp_path / "prompts").mkdir()
+    (tmp_path / "prompts" / "demo.yaml").write_text(GOOD)
+    (tmp_path / "prompts" / "answer.yaml").write_text(GOOD.replace("name: demo", "name: answer"))
+    project = load_prompt_set("prompts")
+    assert set(project) == set(packaged) | {"demo"}
+    assert project["answer"].prompt_hash != packaged["answer"].prompt_hash, "the project's file wins"
+    assert project["qa_single_hop"].prompt_hash == packaged["qa_single_hop"].prompt_hash
+    with pytest.raises(PromptError, match="prompts directory not found: elsewhere"):
+        load_prompt_set("elsewhere")  # a directory the user named must exist

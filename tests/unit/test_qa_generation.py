@@ -8,10 +8,10 @@ from collections import Counter
 import pyarrow as pa
 import pytest
 
-from tasks import qa_generation as qa
-from tasks.embedding import HashEmbedder
-from tasks.prompts import load_prompts
-from tasks.settings import SynthConfig
+from ragloop.tasks import qa_generation as qa
+from ragloop.tasks.embedding import HashEmbedder
+from ragloop.tasks.prompts import load_prompts
+from ragloop.tasks.settings import SynthConfig
 from tests.conftest import REPO
 
 CONTEXT = "Riverside Hub has 32 docks, 10 of them with chargers. Backups run nightly at 02:15 and are kept 35 days."

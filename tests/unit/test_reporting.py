@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 
-from tasks import reporting
+from ragloop.tasks import reporting
 
 T0 = dt.datetime(2026, 11, 1, 2, 0, tzinfo=dt.timezone.utc)
 HOSTILE = '<script>alert("x")</script> {{ 7*7 }}'
@@ -75,7 +75,7 @@ def test_markdown_summary_carries_the_same_numbers():
 
 
 def test_figure_rows_never_show_raw_json():
-    from tasks.reporting import figure_rows
+    from ragloop.tasks.reporting import figure_rows
 
     rows = figure_rows({"observations": 3, "checked": {"ndcg@10": {"baseline": 0.7, "window": [0.5, 0.4]}},
                         "failures": ["a", "b"], "pairing": {"shared_items": 4}})
@@ -87,7 +87,7 @@ def test_figure_rows_never_show_raw_json():
 
 
 def test_worst_item_shows_texts_and_marks_relevant_and_missed_chunks():
-    from tasks.reporting import worst_item
+    from ragloop.tasks.reporting import worst_item
 
     row = {"qa_id": "q", "qa_type": "single_hop", "question": "How many docks?", "answer": "Nine.", "status": "ok",
            "metrics": {"semantic_similarity": 0.2}, "retrieved_chunk_ids": ["c2", "c1"], "error": None}
@@ -103,7 +103,7 @@ def test_worst_item_shows_texts_and_marks_relevant_and_missed_chunks():
 
 
 def test_artifact_keys_carry_the_lake():
-    from tasks.reporting import artifact_key
+    from ragloop.tasks.reporting import artifact_key
 
     a, b = artifact_key("ragloop-monitor", "/lakes/a"), artifact_key("ragloop-monitor", "/lakes/b")
     assert a != b and a.startswith("ragloop-monitor-") and a == artifact_key("ragloop-monitor", "/lakes/a")

@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import pytest
 
-from tasks import chain, indexing
-from tasks.chunking import Chunker
-from tasks.ingestion import content_sha256
-from tasks.retrieval import Retriever
-from tasks.schemas import Document
-from tasks.settings import ChunkingConfig, IndexConfig
-from tasks.storage import Lake
+from ragloop.tasks import chain, indexing
+from ragloop.tasks.chunking import Chunker
+from ragloop.tasks.ingestion import content_sha256
+from ragloop.tasks.retrieval import Retriever
+from ragloop.tasks.schemas import Document
+from ragloop.tasks.settings import ChunkingConfig, IndexConfig
+from ragloop.tasks.storage import Lake
 
 TEXTS = {
     "spam.md": "What spam filter scores outbound mail? The outbound filter does.",

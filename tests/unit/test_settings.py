@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from tasks.settings import ChunkingConfig, ConfigError, Settings, load_settings
+from ragloop.tasks.settings import ChunkingConfig, ConfigError, Settings, load_settings
 
 
 def write_yaml(path: Path, text: str) -> Path:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-from flows.cli import COMMANDS, _parser
+from ragloop.flows.cli import COMMANDS, _parser
 from tests.conftest import REPO
 
 
