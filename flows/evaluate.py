@@ -10,11 +10,11 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
 from ragloop.flows.common import RunRecorder, StageTimer, flow_settings, lake_locked
+from ragloop.tasks import providers
 from ragloop.tasks import chain as chain_steps
 from ragloop.tasks import evaluation, gating, monitoring, promotion, reporting, schemas
-from ragloop.tasks.embedding import load_embedder
 from ragloop.tasks.lineage import canonical_hash
-from ragloop.tasks.llm import LLMConfigError, LLMUnavailable, load_llm
+from ragloop.tasks.llm import LLMConfigError, LLMUnavailable
 from ragloop.tasks.prompts import PromptError, load_prompt_set
 from ragloop.tasks.ragas_metrics import RagasScorer
 from ragloop.tasks.retrieval import Retriever, doc_ranking
@@ -84,7 +84,7 @@ def evaluate_chain(
     if golden_set_id is None:
         raise ConfigError(f"--golden {golden}: no such golden set or line in {store_lake.uri} "
                           f"(have: {', '.join(store_lake.list_golden()) or 'none'}); run synth, golden import or import-beir")
-    embedder = load_embedder(settings.embedding)
+    embedder = providers.current().build_embedder(settings.embedding)
     try:
         serving, role = promotion.pick_index(refs.serving(), refs.candidate(), chunks_table_name(embedder.slug), index)
     except promotion.PromotionError as exc:
@@ -106,14 +106,14 @@ def evaluate_chain(
         if missing:
             raise ConfigError(f"eval: prompt(s) {missing} not found in {settings.prompts_dir}")
         prompts = {w: available[w] for w in wanted}
-        llm = load_llm(settings.llm)
+        llm = providers.current().build_llm(settings.llm)
         try:  # before any work: the endpoint answers and the largest prompt fits its window
             llm.preflight(_largest_prompt_tokens(prompts, items, llm, config, retriever.longest_texts(config.k)))
         except (PromptError, LLMUnavailable, LLMConfigError) as exc:
             raise ConfigError(str(exc)) from exc
     judge = None
     if config.judge is not None and not retrieval_only:
-        judge = load_llm(config.judge)
+        judge = providers.current().build_judge(config.judge)
         try:
             judge.preflight(4 * config.judge_max_tokens)  # ragas' prompts carry schemas and examples
         except (LLMUnavailable, LLMConfigError) as exc:

@@ -9,8 +9,8 @@ import pyarrow as pa
 from prefect import flow
 
 from ragloop.flows.common import RunRecorder, flow_settings, index_store, lake_locked
+from ragloop.tasks import providers
 from ragloop.tasks import golden_io, promotion, schemas
-from ragloop.tasks.embedding import load_embedder
 from ragloop.tasks.indexing import ChunkStore
 from ragloop.tasks.qa_generation import golden_set_id_of
 from ragloop.tasks.settings import ConfigError, Settings
@@ -19,7 +19,7 @@ from ragloop.tasks.storage import Lake
 
 def _store(settings: Settings) -> tuple[Lake, ChunkStore]:
     lake = Lake(settings.lake)
-    return lake, index_store(lake, load_embedder(settings.embedding))[0]
+    return lake, index_store(lake, providers.current().build_embedder(settings.embedding))[0]
 
 
 @flow(name="import-golden-set")

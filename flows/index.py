@@ -12,9 +12,9 @@ from tqdm import tqdm
 
 from ragloop.flows.common import RunRecorder, StageTimer, flow_settings, lake_locked
 from ragloop.flows.ingest import ingest_corpus
+from ragloop.tasks import providers
 from ragloop.tasks import indexing, promotion, validation
 from ragloop.tasks.chunking import Chunker
-from ragloop.tasks.embedding import load_embedder
 from ragloop.tasks.settings import ConfigError
 from ragloop.tasks.storage import Lake
 
@@ -39,7 +39,7 @@ def check_chunking(settings) -> None:
     """ConfigError when the chunking settings do not fit the embedder (a chunk size or an overlap the
     model cannot take); the CLI calls it before any flow starts, so the error is one line."""
     try:
-        Chunker(settings.chunking, load_embedder(settings.embedding).counter)
+        Chunker(settings.chunking, providers.current().build_embedder(settings.embedding).counter)
     except ValueError as exc:
         raise ConfigError(str(exc)) from exc
 
@@ -58,7 +58,7 @@ def index_corpus(
     """Bring the chunks table in line with the sources; embeds only text that has no vector yet.
     Other sources' documents are kept unless named in forget_sources (see ingest_corpus)."""
     settings = flow_settings(config_path, {"lake": lake, "chunking": {"strategy": chunking}, "ingest": {"sources": sources}})
-    embedder = load_embedder(settings.embedding)
+    embedder = providers.current().build_embedder(settings.embedding)
     try:  # checked before any work: a chunk size the model would silently truncate is a config error
         chunker = Chunker(settings.chunking, embedder.counter)
     except ValueError as exc:

@@ -5,9 +5,8 @@ from __future__ import annotations
 from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 
-from ragloop.flows.common import RunRecorder, check_sources, flow_settings, lake_locked
+from ragloop.flows.common import check_sources, flow_settings, stage_run
 from ragloop.tasks import ingestion, validation
-from ragloop.tasks.storage import Lake
 
 # Content hashes are our idempotency mechanism, not Prefect's result cache (STYLE.md).
 build_snapshot = task(ingestion.build_snapshot, name="build-snapshot", cache_policy=NO_CACHE)
@@ -15,7 +14,6 @@ validate_documents = task(validation.validate_documents, name="validate-document
 
 
 @flow(name="ingest-corpus")
-@lake_locked("ingest")
 def ingest_corpus(sources: list[str] | None = None, lake: str | None = None, config_path: str | None = None,
                   allow_mass_delete: bool = False, forget_sources: list[str] | None = None) -> dict:
     """Load every source file, quarantine bad ones, write a snapshot and move the ref if it validates.
@@ -25,9 +23,8 @@ def ingest_corpus(sources: list[str] | None = None, lake: str | None = None, con
     write, unless allow_mass_delete."""
     settings = flow_settings(config_path, {"lake": lake, "ingest": {"sources": sources}})
     check_sources(settings.ingest.sources)
-    store = Lake(settings.lake)
-    run = RunRecorder(store, "ingest", settings)
-    try:
+    with stage_run("ingest", settings) as stage:
+        store, run = stage.lake, stage.start()
         previous = store.read_ref("documents")
         previous_run = store.read_run(previous["run_id"]) if previous and previous.get("run_id") else None
         known_roots = ((previous_run or {}).get("outputs") or {}).get("scope", {}).get("known_sources")
@@ -77,6 +74,3 @@ def ingest_corpus(sources: list[str] | None = None, lake: str | None = None, con
             result.snapshot_id, c["seen"], c["new"], c["changed"], c["unchanged"], c["deleted"], c["quarantined"],
         )
         return run.finish("ok", outputs)
-    except BaseException as exc:
-        run.finish("failed", {"error": f"{type(exc).__name__}: {exc}"})
-        raise

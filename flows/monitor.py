@@ -16,8 +16,8 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
 from ragloop.flows.common import RunRecorder, flow_settings, lake_locked
+from ragloop.tasks import providers
 from ragloop.tasks import alerting, monitoring, observing, reporting, schemas
-from ragloop.tasks.embedding import load_embedder
 from ragloop.tasks.schemas import utcnow
 from ragloop.tasks.settings import MonitorConfig
 from ragloop.tasks.storage import Lake
@@ -167,7 +167,7 @@ def monitor_quality(lake: str | None = None, config_path: str | None = None, eva
             state["table"] = {"name": serving["table"], "version": serving["version"]}
             questions = observing.sample_questions(golden_rows, config.retrieval_sample)
             if questions:
-                embedder = load_embedder(settings.embedding)
+                embedder = providers.current().build_embedder(settings.embedding)
                 if embedder.slug in serving["table"]:
                     scores = top1_similarities(store_lake, serving["table"], serving["version"], embedder,
                                                [q["question"] for q in questions])

@@ -10,11 +10,11 @@ from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 
 from ragloop.flows.common import RunRecorder, StageTimer, flow_settings, index_store, lake_locked
+from ragloop.tasks import providers
 from ragloop.tasks import promotion, schemas
 from ragloop.tasks import qa_generation as qa
-from ragloop.tasks.embedding import load_embedder
 from ragloop.tasks.lineage import canonical_hash
-from ragloop.tasks.llm import LLMConfigError, LLMUnavailable, load_llm
+from ragloop.tasks.llm import LLMConfigError, LLMUnavailable
 from ragloop.tasks.prompts import PromptError, load_prompt_set
 from ragloop.tasks.settings import ConfigError
 from ragloop.tasks.storage import Lake
@@ -38,10 +38,10 @@ def synth_golden_set(lake: str | None = None, size: int | None = None, config_pa
     if missing:
         raise ConfigError(f"prompts_dir {settings.prompts_dir}: missing prompt file(s) {missing}")
     store_lake = Lake(settings.lake)
-    embedder = load_embedder(settings.embedding)
+    embedder = providers.current().build_embedder(settings.embedding)
     store, _ = index_store(store_lake, embedder)
     refs = promotion.Refs(store_lake)
-    llm = load_llm(settings.llm)
+    llm = providers.current().build_llm(settings.llm)
     timer = StageTimer()
     run = RunRecorder(store_lake, "synth", settings)
     try:

@@ -12,7 +12,7 @@ import pytest
 
 from ragloop.flows import index as index_flow
 from ragloop.flows.cli import main
-from tests.conftest import write_files
+from tests.conftest import use_fakes, write_files
 
 LONG_SECTION = "\n\n".join(f"Paragraph {i} talks about bicycles, docks and batteries number {i}." for i in range(40))
 
@@ -30,7 +30,7 @@ def _corpus(root):
 
 @pytest.fixture
 def fake(monkeypatch, fake_embedder):
-    monkeypatch.setattr(index_flow, "load_embedder", lambda config: fake_embedder)
+    use_fakes(embedder=lambda config: fake_embedder)
     return fake_embedder
 
 

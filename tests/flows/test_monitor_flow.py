@@ -10,10 +10,9 @@ import pytest
 from ragloop.flows import evaluate as eval_flow
 from ragloop.flows import golden as golden_flow
 from ragloop.flows import index as index_flow
-from ragloop.flows import monitor as monitor_flow
 from ragloop.flows.cli import main
 from ragloop.tasks.storage import Lake
-from tests.conftest import REPO, write_files
+from tests.conftest import REPO, use_fakes, write_files
 from tests.flows.test_eval_flow import _answers
 from tests.unit.test_alerting import Receiver
 
@@ -43,9 +42,8 @@ def fakes_llm(monkeypatch, fake_embedder):
     from ragloop.tasks.llm import ScriptedLLM
 
     llm = ScriptedLLM()
-    for module in (index_flow, eval_flow, golden_flow, monitor_flow):
-        monkeypatch.setattr(module, "load_embedder", lambda config: fake_embedder)
-    monkeypatch.setattr(eval_flow, "load_llm", lambda config: llm)
+    use_fakes(embedder=lambda config: fake_embedder)
+    use_fakes(llm=lambda config: llm)
     monkeypatch.setenv("RAGLOOP_PROMPTS_DIR", str(REPO / "prompts"))
     return llm
 

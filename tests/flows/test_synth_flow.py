@@ -9,12 +9,11 @@ import shutil
 import lancedb
 import pytest
 
-from ragloop.flows import golden as golden_flow
 from ragloop.flows import index as index_flow
 from ragloop.flows import synth as synth_flow
 from ragloop.flows.cli import main
 from ragloop.tasks.llm import LLMUnavailable, StructuredResult, Usage
-from tests.conftest import REPO, write_files
+from tests.conftest import REPO, use_fakes, write_files
 
 DOCS = {
     f"page{i}.md": f"# Page {i}\n\n## Facts\n\nStation {i} has {10 + i} docks and {i} chargers near the harbour. "
@@ -73,10 +72,10 @@ class PassageLLM:
 @pytest.fixture
 def fakes(monkeypatch, fake_embedder):
     llm = PassageLLM()
-    monkeypatch.setattr(index_flow, "load_embedder", lambda config: fake_embedder)
-    monkeypatch.setattr(synth_flow, "load_embedder", lambda config: fake_embedder)
-    monkeypatch.setattr(synth_flow, "load_llm", lambda config: llm)
-    monkeypatch.setattr(golden_flow, "load_embedder", lambda config: fake_embedder)
+    use_fakes(embedder=lambda config: fake_embedder)
+    use_fakes(embedder=lambda config: fake_embedder)
+    use_fakes(llm=lambda config: llm)
+    use_fakes(embedder=lambda config: fake_embedder)
     monkeypatch.setenv("RAGLOOP_PROMPTS_DIR", str(REPO / "prompts"))
     monkeypatch.setenv("RAGLOOP_SYNTH__MIN_CONTEXT_TOKENS", "5")
     return llm

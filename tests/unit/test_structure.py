@@ -49,3 +49,47 @@ def test_every_tight_pin_says_why():
         if "#" not in line and not lines[i - 1].strip().startswith("#"):
             unexplained.append(spec.group(1))
     assert unexplained == []
+
+
+def _flow_module_aliases(tree) -> set[str]:
+    import ast
+
+    names = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.module == "ragloop.flows":
+            names |= {a.asname or a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("ragloop.flows."):
+            continue  # names imported from a flow module are functions, not the module
+        elif isinstance(node, ast.Import):
+            names |= {a.asname for a in node.names if a.name.startswith("ragloop.flows.") and a.asname}
+    return names
+
+
+def test_no_test_patches_a_flow_module():
+    """Fakes go in through the one provider seam (tasks.providers), never by patching a flow module."""
+    import ast
+
+    offenders = []
+    for path in (REPO / "tests").rglob("*.py"):
+        tree = ast.parse(path.read_text())
+        flows = _flow_module_aliases(tree)
+        for node in ast.walk(tree):
+            target = None
+            if isinstance(node, ast.Call) and getattr(node.func, "attr", None) == "setattr" and node.args:
+                target = node.args[0]
+            elif isinstance(node, ast.Assign):
+                target = next((t.value for t in node.targets if isinstance(t, ast.Attribute)), None)
+            if isinstance(target, ast.Name) and target.id in flows:
+                offenders.append(f"{path.relative_to(REPO)}:{node.lineno}")
+            if isinstance(target, ast.Constant) and str(target.value).startswith("ragloop.flows"):
+                offenders.append(f"{path.relative_to(REPO)}:{node.lineno}")
+            if isinstance(node, ast.Call) and any(isinstance(a, ast.Constant) and a.value in ("load_embedder", "load_llm")
+                                                  for a in node.args[1:2]):
+                offenders.append(f"{path.relative_to(REPO)}:{node.lineno}")  # e.g. a loop over flow modules
+    assert offenders == []
+
+
+def test_flows_get_models_only_from_the_provider_seam():
+    offenders = [str(p.relative_to(REPO)) for p in (REPO / "flows").glob("*.py")
+                 if re.search(r"\b(load_embedder|load_llm|SentenceTransformerEmbedder|LocalLLM|OpenAICompatLLM)\b", p.read_text())]
+    assert offenders == []
