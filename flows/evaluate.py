@@ -15,6 +15,7 @@ from ragloop.tasks import chain as chain_steps
 from ragloop.tasks import evaluation, gating, monitoring, promotion, reporting, schemas
 from ragloop.tasks.lineage import canonical_hash
 from ragloop.tasks.llm import LLMConfigError, LLMUnavailable
+from ragloop.tasks.metrics import scored_metrics
 from ragloop.tasks.prompts import PromptError, load_prompt_set
 from ragloop.tasks.ragas_metrics import RagasScorer
 from ragloop.tasks.retrieval import Retriever, doc_ranking
@@ -201,7 +202,7 @@ def evaluate_chain(
                 "retrieval_scores": [float(h.score) for h in result.hits], "answer": result.answer,
                 "refused": result.refused, "grounded": result.grounded, "degenerate": result.degenerate,
                 "relevance": result.relevance,
-                "metrics": {**per_item[item["qa_id"]], **evaluation.answer_metrics(item, result), **judged.metrics},
+                "metrics": {**per_item[item["qa_id"]], **scored_metrics(item, result), **judged.metrics},
                 "failed_metrics": sorted(judged.failed),
                 "stale_references": stale.get(item["qa_id"], []),
             })

@@ -8,8 +8,6 @@ report plus Prefect artifacts with the same headline numbers.
 
 from __future__ import annotations
 
-import os
-
 import pyarrow as pa
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
@@ -25,41 +23,9 @@ from ragloop.tasks.storage import Lake
 OBSERVED_STATUSES = ("ok", "partial", "gate_failed", "gate_inconclusive")
 
 
-class ArtifactSink:
-    """Alerts as a Prefect markdown artifact on the monitor's flow run (key `ragloop-alerts`)."""
-
-    name = "artifact"
-
-    def send(self, alerts, context) -> dict:
-        if not alerts:
-            return {"sink": self.name, "status": "skipped", "count": 0}
-        lines = [f"# ragloop alerts ({len(alerts)})", ""] + [
-            f"- **{a['severity']}** `{a['kind']}`" + (f" ({a['metric']})" if a.get("metric") else "")
-            + f": {reporting.md_escape(a['message'])}" for a in alerts]
-        create_markdown_artifact(markdown="\n".join(lines), key=reporting.artifact_key("ragloop-alerts", context["lake"]),
-                                 description=f"alerts of monitor run {context.get('run_id')} on lake {context['lake']}")
-        return {"sink": self.name, "status": "sent", "count": len(alerts)}
-
-
 def build_sinks(config: MonitorConfig, lake: Lake, logger) -> tuple[list, list[dict]]:
-    """The configured sinks, and a record for each one that cannot run (e.g. its URL is unset)."""
-    sinks, skipped = [], []
-    for name in config.sinks:
-        if name == "log":
-            sinks.append(alerting.LogSink(logger))
-        elif name == "jsonl":
-            sinks.append(alerting.JsonlSink(lake, config.alerts_file or lake.default_alerts_path()))
-        elif name == "artifact":
-            sinks.append(ArtifactSink())
-        elif name == "webhook":
-            url = os.environ.get(config.webhook_url_env, "").strip()
-            if not url:
-                skipped.append({"sink": "webhook", "status": "skipped", "count": 0,
-                                "error": f"{config.webhook_url_env} is not set"})
-                continue
-            sinks.append(alerting.WebhookSink(url, timeout_s=config.webhook_timeout_s, retries=config.webhook_retries,
-                                              backoff_s=config.webhook_backoff_s, min_severity=config.webhook_min_severity))
-    return sinks, skipped
+    """The configured sinks (tasks/alerting.py SINKS), and a record for each one that cannot run."""
+    return alerting.build_sinks(config, lake, logger, publish_markdown=create_markdown_artifact)
 
 
 def observe(lake: Lake, eval_run_id: str | None, observer_run_id: str | None) -> list[str]:

@@ -16,6 +16,7 @@ from ragloop.tasks import qa_generation as qa
 from ragloop.tasks.lineage import canonical_hash
 from ragloop.tasks.llm import LLMConfigError, LLMUnavailable
 from ragloop.tasks.prompts import PromptError, load_prompt_set
+from ragloop.tasks.question_types import must_refuse, required_prompts
 from ragloop.tasks.settings import ConfigError
 from ragloop.tasks.storage import Lake
 
@@ -34,7 +35,7 @@ def synth_golden_set(lake: str | None = None, size: int | None = None, config_pa
         prompts = load_prompt_set(settings.prompts_dir)
     except PromptError as exc:
         raise ConfigError(str(exc)) from exc
-    missing = [p for p in qa.REQUIRED_PROMPTS if p not in prompts]
+    missing = [p for p in required_prompts() if p not in prompts]
     if missing:
         raise ConfigError(f"prompts_dir {settings.prompts_dir}: missing prompt file(s) {missing}")
     store_lake = Lake(settings.lake)
@@ -50,7 +51,7 @@ def synth_golden_set(lake: str | None = None, size: int | None = None, config_pa
         doc_ids = {r["doc_id"] for r in catalog}
         previous_ref = refs.lines().lines.get(promotion.SYNTHETIC)  # synth follows its own line only
         previous = store_lake.read_golden(previous_ref.golden_set_id).to_pylist() if previous_ref else []
-        current_prompts = {n: prompts[n].prompt_hash for n in qa.REQUIRED_PROMPTS}
+        current_prompts = {n: prompts[n].prompt_hash for n in required_prompts()}
         verdicts = qa.classify_previous(previous, chunk_ids, doc_ids, current_prompts)
         kept = [i for i in previous if verdicts.get(i["qa_id"]) == "kept"]
         changed = [dict(i, status=verdicts[i["qa_id"]]) for i in previous if verdicts.get(i["qa_id"]) in qa.REPLACED]
@@ -62,7 +63,7 @@ def synth_golden_set(lake: str | None = None, size: int | None = None, config_pa
         inputs = canonical_hash({"table": [store.name, store.version], "synth": config.model_dump(mode="json"),
                                   "llm": settings.llm.model_dump(mode="json"),
                                   # only the prompts synth renders: an answer-prompt change re-runs eval, not synth
-                                  "prompts": {n: prompts[n].prompt_hash for n in sorted(qa.REQUIRED_PROMPTS)}})
+                                  "prompts": {n: prompts[n].prompt_hash for n in sorted(required_prompts())}})
         up_to_date = bool(previous_ref) and previous_ref.inputs == inputs and not changed
         rng = random.Random(config.seed)
         report = qa.GenerationReport()
@@ -101,7 +102,7 @@ def synth_golden_set(lake: str | None = None, size: int | None = None, config_pa
                     passed.append(cand)
             with timer("answerable_check"):
                 # An "unanswerable" item the index can answer would punish a chain for answering right.
-                unanswerable = [c for c in passed if c.task.qa_type == "unanswerable"]
+                unanswerable = [c for c in passed if c.task.kind.must_refuse]
                 found = qa.search_texts(store, embedder.encode, [c.question for c in unanswerable], config.answerable_check_k)
                 answered = {id(c) for c, texts in zip(unanswerable, found)
                             if qa.answered_by(c.question, texts, config.answerable_coverage)}
@@ -145,7 +146,7 @@ def synth_golden_set(lake: str | None = None, size: int | None = None, config_pa
         covered = {d for i in active for d in i["source_doc_ids"]}
         folders = Counter(qa.top_folder(d) for d in doc_ids)
         folders_covered = Counter(qa.top_folder(d) for d in covered if d in doc_ids)
-        answerable_new = [i for i in report.accepted if i["qa_type"] != "unanswerable"]
+        answerable_new = [i for i in report.accepted if not must_refuse(i["qa_type"])]
         outputs = {
             "lake": store_lake.uri,
             "golden_set_id": golden_set_id,

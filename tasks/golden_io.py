@@ -10,9 +10,8 @@ from typing import Any, Iterable
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from ragloop.tasks.question_types import IMPORTED, QUESTION_TYPES
 from ragloop.tasks.schemas import utcnow
-
-QA_TYPES = ("single_hop", "multi_hop", "abstract", "unanswerable", "paraphrased", "imported")
 
 
 class GoldenImportError(ValueError):
@@ -29,7 +28,7 @@ class ImportedItem(BaseModel):
     reference_chunk_ids: list[str] = Field(default_factory=list)
     reference_doc_ids: list[str] = Field(default_factory=list)
     reference_contexts: list[str] = Field(default_factory=list)  # matched to chunk texts
-    qa_type: str = "imported"
+    qa_type: str = IMPORTED
     persona: str = ""
     qa_id: str | None = None
 
@@ -110,7 +109,7 @@ def _ragloop_fields(data: dict, shape: str) -> dict:
             "reference_contexts": _as_list(data.get("reference_contexts"), "reference_contexts"),
             "reference_chunk_ids": _as_list(data.get("reference_context_ids"), "reference_context_ids"),
             "persona": data.get("persona_name") or "",
-            **({"qa_type": style} if style in QA_TYPES else {}),
+            **({"qa_type": style} if style in QUESTION_TYPES else {}),
         }
     truth = data.get("ground_truth")
     if truth is None and data.get("ground_truths"):
@@ -119,7 +118,7 @@ def _ragloop_fields(data: dict, shape: str) -> dict:
     contexts = [] if "answer" in data else _as_list(data.get("contexts"), "contexts")
     return {
         "question": data["question"], "reference_answer": truth, "reference_contexts": contexts,
-        "qa_type": RAGAS01_TYPES.get(data.get("evolution_type"), "imported"),
+        "qa_type": RAGAS01_TYPES.get(data.get("evolution_type"), IMPORTED),
     }
 
 
@@ -230,7 +229,7 @@ def resolve_items(
         missing_docs = [d for d in item.reference_doc_ids if d not in known_docs]
         if missing_docs:
             errors.append(f"item {number}: reference_doc_ids not in the index: {missing_docs[:3]}")
-        qa_type = item.qa_type if item.qa_type in QA_TYPES else "imported"
+        qa_type = item.qa_type if item.qa_type in QUESTION_TYPES else IMPORTED
         qa_id = item.qa_id or hashlib.sha256(
             json.dumps([item.question.strip(), qa_type, sorted(chunk_ids), sorted(doc_ids)]).encode()
         ).hexdigest()[:24]
