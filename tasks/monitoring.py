@@ -1,7 +1,7 @@
 """Quality monitoring: history rows, the windowed regression rule, drift checks and budgets (pure).
 
 Every check returns its figures (for the history and the report) and the alerts they raise; nothing
-here reads the lake or sends anything (flows/monitor.py wires the I/O, tasks/alerting.py the sinks).
+here reads the lake or sends anything (tasks/monitor_run.py reads a pass's inputs, tasks/alerting.py has the sinks).
 """
 
 from __future__ import annotations

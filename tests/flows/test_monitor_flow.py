@@ -275,3 +275,12 @@ def test_two_lakes_on_one_prefect_database_keep_separate_artifacts(prefect_backe
         artifacts = _artifacts("ragloop-monitor", lake)
         assert artifacts and all(reports[lake.name] in (a["data"] or "") for a in artifacts[:1]), (lake, artifacts[:1])
     assert _artifacts("ragloop-monitor", lakes[0])[0]["key"] != _artifacts("ragloop-monitor", lakes[1])[0]["key"]
+
+
+def test_the_monitor_summary_is_a_dump_of_its_model(prefect_backend, lake_dir, capsys, monkeypatch):
+    from ragloop.tasks.monitor_run import MonitorSummary
+
+    monkeypatch.setenv("RAGLOOP_MONITOR__SINKS", '["log", "webhook"]')
+    monkeypatch.delenv("ALERT_WEBHOOK_URL", raising=False)
+    summary = _monitor(lake_dir, capsys)
+    assert MonitorSummary.model_validate(summary).dump() == summary
