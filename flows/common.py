@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import functools
-import inspect
 import time
 from contextlib import contextmanager
-from typing import Any, Callable, Iterator
+from typing import Any, Iterator
 
 from prefect import get_run_logger
 from prefect.runtime import flow_run
@@ -31,30 +29,6 @@ def flow_settings(config_path: str | None, overrides: dict[str, Any]) -> Setting
         if value is not None and value != "":  # "" = not given (e.g. an event payload without the field)
             clean[key] = value
     return load_settings(config_path, clean)
-
-
-def lake_locked(flow_name: str) -> Callable:
-    """Run the decorated flow function under the lake's run lock (tasks.storage.Lake.lock).
-
-    Goes under @flow: the lake comes from the flow's own `lake`/`config_path` parameters, resolved like
-    the flow resolves them. Subflows in the same process re-enter the lock; another process waits up
-    to the `lock_wait_s` setting, then fails with LakeLocked naming the holder (pid, host, since when).
-    """
-
-    def decorate(fn: Callable) -> Callable:
-        signature = inspect.signature(fn)
-
-        @functools.wraps(fn)
-        def locked(*args, **kwargs):
-            bound = signature.bind(*args, **kwargs)
-            settings = flow_settings(bound.arguments.get("config_path"), {"lake": bound.arguments.get("lake")})
-            run_name = flow_run.name or ""
-            with Lake(settings.lake).lock(f"{flow_name} flow {run_name}".strip(), wait_s=settings.lock_wait_s):
-                return fn(*args, **kwargs)
-
-        return locked
-
-    return decorate
 
 
 def check_sources(sources: list[str]) -> None:

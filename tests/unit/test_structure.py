@@ -93,3 +93,30 @@ def test_flows_get_models_only_from_the_provider_seam():
     offenders = [str(p.relative_to(REPO)) for p in (REPO / "flows").glob("*.py")
                  if re.search(r"\b(load_embedder|load_llm|SentenceTransformerEmbedder|LocalLLM|OpenAICompatLLM)\b", p.read_text())]
     assert offenders == []
+
+
+MAX_FLOW_BODY_LINES = 60
+
+
+def flow_body_lines() -> dict[str, int]:
+    """Lines of every @flow function's body (its docstring excluded), by flows/<module>.py:<function>."""
+    import ast
+
+    sizes = {}
+    for path in sorted((REPO / "flows").glob("*.py")):
+        for node in ast.parse(path.read_text()).body:
+            if not isinstance(node, ast.FunctionDef):
+                continue
+            names = {getattr(d.func if isinstance(d, ast.Call) else d, "id", None) for d in node.decorator_list}
+            if "flow" not in names:
+                continue
+            body = node.body[1:] if isinstance(node.body[0], ast.Expr) and isinstance(node.body[0].value, ast.Constant) else node.body
+            sizes[f"{path.name}:{node.name}"] = body[-1].end_lineno - body[0].lineno + 1
+    return sizes
+
+
+def test_flow_bodies_are_wiring():
+    """Flows wire, tasks decide (STYLE.md): no flow body over MAX_FLOW_BODY_LINES lines."""
+    sizes = flow_body_lines()
+    assert len(sizes) >= 9, sizes  # the measure finds the flows
+    assert {name: n for name, n in sizes.items() if n > MAX_FLOW_BODY_LINES} == {}
