@@ -62,7 +62,7 @@ def evaluate_chain(
             get_run_logger().info("eval inputs unchanged since run %s: its results are reused", reuse.summary.run_id)
             summary = (_promote(refs, reuse.summary, chosen.line_key, promote, gate_config.on_inconclusive, role)
                        if reuse.promote else reuse.summary)
-            return summary.model_dump(mode="json", exclude_unset=True)
+            return summary.dump()
 
         run, timer = stage.start(), stage.timer
         results = _run_chain(timer, retriever, embedder, items, models, config)
@@ -89,8 +89,7 @@ def evaluate_chain(
         summary = _promote(refs, summary, chosen.line_key, promote, gate_config.on_inconclusive, role)
         store.write_ref(eval_run.cache_ref(cache_key), {"run_id": run.run_id})
         _publish_artifacts(summary.run_id, summary.status, summary.outputs(), summary.lineage)
-        run.finish(summary.status, summary.outputs())
-        return summary.model_dump(mode="json", exclude_unset=True)
+        return summary.finish(run)
 
 
 def _run_chain(timer: StageTimer, retriever: Retriever, embedder, items: list[dict], models: ChainModels,

@@ -52,17 +52,8 @@ def _stage(stages: dict, name: str, flow_fn, **params) -> dict | None:
         summary = flow_fn(**params)
     except Exception as exc:  # any stage error: recorded, alerted by the monitor, the night ends Failed
         summary = {"status": "failed", "error": f"{type(exc).__name__}: {exc}"}
-    stages[name] = _brief(summary)
+    stages[name] = nightly.stage_summary(name, summary)
     return nightly.stage_failure(name, summary)
-
-
-def _brief(summary: dict) -> dict:
-    keep = ("run_id", "status", "documents", "chunks", "table", "quarantine", "notes", "scope", "validation", "golden_set_id", "items",
-            "by_type", "rejects", "coverage", "up_to_date", "metrics", "ci", "n", "failed_judgments", "gate", "cached", "promoted", "promotion", "stale_references", "golden_line", "index",
-            "serving", "candidate", "disposition", "line",
-            "results", "error", "lake", "alerts", "notified", "observations", "observed", "checks", "sinks", "report",
-            "series", "experiments", "deltas", "baseline_run_id", "lineage")
-    return {k: summary[k] for k in keep if k in summary}
 
 
 def _finish(run: RunRecorder, status: str, stages: dict, error: str | None) -> dict:
@@ -71,7 +62,12 @@ def _finish(run: RunRecorder, status: str, stages: dict, error: str | None) -> d
     report = stages.get("monitor", {}).get("report")
     if report:
         run.logger.info("report: %s", report)
-    return run.finish(status, {"stages": stages, **({"report": report} if report else {}), **({"error": error} if error else {})})
+    summary = nightly.LifecycleSummary(run_id=run.run_id, status=status, lineage=run.lineage, stages=stages)
+    if report:
+        summary.report = report
+    if error:
+        summary.error = error
+    return summary.finish(run)
 
 
 @flow(name="prompt-changed")

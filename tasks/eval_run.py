@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Any, Iterator, Literal, Mapping, Sequence
 
 import pyarrow as pa
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import ConfigDict, Field
 
 from ragloop.tasks import evaluation, gating, monitoring, promotion, schemas
 from ragloop.tasks.lineage import canonical_hash
@@ -22,17 +22,18 @@ from ragloop.tasks.retrieval import doc_ranking
 from ragloop.tasks.schemas import utcnow
 from ragloop.tasks.settings import ConfigError, EvalConfig, GateConfig, LLMConfig, Settings
 from ragloop.tasks.storage import Lake, chunks_table_name
+from ragloop.tasks.summaries import StageSummary
 
 QUERY_BATCH = 256  # questions per call of each chain step
 
 
 # -- the summary -------------------------------------------------------------------------------------
-class EvalSummary(BaseModel):
+class EvalSummary(StageSummary):
     """What evaluate-chain returns (and records as its run's outputs). A reused run returns its stored
     summary, with `cached` and the fields it was recorded with; fields newer than such a run are
     optional and left out of the dump when the run lacks them (dump with exclude_unset=True)."""
 
-    model_config = ConfigDict(extra="allow")  # a reused run recorded by another version keeps its keys
+    model_config = ConfigDict(extra="allow", validate_assignment=True)  # a reused run recorded by another version keeps its keys
 
     run_id: str = Field(description="the eval run (when cached: the reused run)")
     status: Literal["ok", "partial", "gate_failed", "gate_inconclusive"] = Field(
@@ -69,10 +70,6 @@ class EvalSummary(BaseModel):
     promoted: bool | None = Field(None, description="whether this run became its line's baseline")
     prefect_flow_run_id: str | None = Field(None, description="set on a reused run: the flow run that recorded it")
     cached: bool | None = Field(None, description="True when a stored run with the same inputs was reused")
-
-    def outputs(self) -> dict:
-        """The run manifest's outputs: the summary without run_id, status and lineage."""
-        return self.model_dump(mode="json", exclude_unset=True, exclude={"run_id", "status", "lineage"})
 
     def with_promotion(self, outcome: Mapping) -> "EvalSummary":
         """This summary with a promotion outcome (promotion and promoted set)."""

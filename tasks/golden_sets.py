@@ -15,7 +15,7 @@ from pydantic import Field
 
 from ragloop.tasks import golden_io, promotion, schemas
 from ragloop.tasks.qa_generation import golden_set_id_of
-from ragloop.tasks.run_summary import LineMove, RunSummary, SummaryModel
+from ragloop.tasks.summaries import LineMove, StageSummary, SummaryModel
 from ragloop.tasks.schemas import utcnow
 from ragloop.tasks.settings import ConfigError
 from ragloop.tasks.storage import Lake
@@ -66,7 +66,7 @@ def resolve_import(items: list[golden_io.ImportedItem], catalog: list[dict], pat
         raise ConfigError(f"{path}: {exc}") from exc
 
 
-class ImportGoldenSummary(RunSummary):
+class ImportGoldenSummary(StageSummary):
     """What an import-golden-set run returns (and its manifest stores as outputs)."""
 
     lake: str = Field(description="the lake's URI")
@@ -178,7 +178,7 @@ def beir_failure(indexed: dict, rows: list[dict], lake: Lake) -> dict | None:
     return None
 
 
-class ImportBeirSummary(RunSummary):
+class ImportBeirSummary(StageSummary):
     """What an import-beir run returns (and its manifest stores as outputs). A failed run carries only
     `error` (and `index` when the index run failed); an ok run carries the rest."""
 

@@ -1,12 +1,25 @@
-"""The base of a stage's typed summary: run id, status and lineage, then the stage's own outputs (pure)."""
+"""Typed summaries: what every stage run returns and records, defined once as pydantic models (pure).
+
+Each stage's model lives with the stage's decisions (tasks/ingest_run.py IngestSummary, index_run.py
+IndexSummary, synth_run.py SynthSummary, eval_run.py EvalSummary, monitor_run.py MonitorSummary,
+golden_sets.py ImportGoldenSummary/ImportBeirSummary/ExportSummary) on the base here; `SUMMARIES` maps
+each command to its model. The flow builds its outputs through the model and returns `dump()`; the
+lifecycle nests the stages' dumps; the CLI prints them; a test checks README "Summary JSON" against the
+models' fields.
+
+A summary holds exactly the keys that were set: a field with a default is an optional key, absent (not
+null) when the run did not reach it, so `"error" in summary` keeps its meaning, while a None that was
+set (e.g. `candidate`: no pending candidate) stays.
+"""
 
 from __future__ import annotations
 
 from typing import Any, Protocol
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_serializer
 
-_RUN_FIELDS = {"run_id", "status", "lineage"}
+# What a run manifest stores beside its outputs (flows.common.RunRecorder); the rest are outputs.
+RUN_KEYS = frozenset({"run_id", "status", "lineage"})
 
 
 class Finishes(Protocol):
@@ -15,27 +28,60 @@ class Finishes(Protocol):
     def finish(self, status: str, outputs: dict) -> dict: ...
 
 
-class StageSummary(BaseModel):
-    """What a stage run returns, and (every field but run_id, status, lineage) the `outputs` of its manifest.
+class SummaryModel(BaseModel):
+    """A summary, or a part of one, that serializes only the fields that were set."""
 
-    Output fields a run did not reach are absent from the dumps, not null: a summary keeps exactly the keys
-    its run produced (e.g. an ingest stopped by the mass-delete guard has only `lake` and `error`)."""
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
-    model_config = ConfigDict(extra="forbid")
+    @model_serializer(mode="wrap")
+    def _set_keys_only(self, handler) -> dict[str, Any]:
+        data = handler(self)
+        return {k: v for k, v in data.items() if k in self.model_fields_set or k in (self.model_extra or {})}
+
+
+class StageSummary(SummaryModel):
+    """What a stage run returns; every field but run_id, status and lineage is an output of its manifest."""
 
     run_id: str = Field(description="the run's id, <UTC time>-<flow>-<random> (tasks.lineage.new_run_id)")
-    status: str = Field(description="how the run ended")
+    status: str = Field(description="how the run ended (each stage narrows it: ok | partial | failed | gate_*)")
     lineage: dict[str, Any] = Field(description="what the run was made from: config hash, git commit, inputs' ids")
 
     def outputs(self) -> dict[str, Any]:
-        """The manifest's outputs: the fields set on this summary, minus run_id, status and lineage."""
-        return self.model_dump(exclude_unset=True, exclude=_RUN_FIELDS)
+        """The manifest's outputs: the fields set on this summary, minus run_id, status and lineage (JSON types)."""
+        return {k: v for k, v in self.dump().items() if k not in RUN_KEYS}
 
     def dump(self) -> dict[str, Any]:
-        """The summary as the flow returns it (JSON types; unset output fields left out)."""
+        """The summary as the flow returns it (JSON types; unset optional fields left out)."""
         return self.model_dump(mode="json", exclude_unset=True)
 
     def finish(self, run: Finishes) -> dict[str, Any]:
         """End the run's manifest with this status and these outputs; returns `dump()`."""
         run.finish(self.status, self.outputs())
         return self.dump()
+
+    record = finish
+
+
+class LineMove(SummaryModel):
+    """Where a golden set went among the golden-set lines (tasks.promotion.Refs.set_line)."""
+
+    line: str = Field(description="the line now pointing at the golden set")
+    chosen: str | None = Field(description="the chosen line after the move (what --golden latest evaluates)")
+    previous_chosen: str | None = Field(description="the chosen line before the move")
+    changed: bool = Field(description="whether the line's head or inputs changed")
+
+
+def summary_models() -> dict[str, type[SummaryModel]]:
+    """Command -> the model of the summary it returns (`--json`). Imported on call: the stage modules
+    import this one."""
+    from ragloop.tasks.eval_run import EvalSummary
+    from ragloop.tasks.golden_sets import ExportSummary, ImportBeirSummary, ImportGoldenSummary
+    from ragloop.tasks.index_run import IndexSummary
+    from ragloop.tasks.ingest_run import IngestSummary
+    from ragloop.tasks.monitor_run import MonitorSummary
+    from ragloop.tasks.nightly import LifecycleSummary
+    from ragloop.tasks.synth_run import SynthSummary
+
+    return {"ingest": IngestSummary, "index": IndexSummary, "synth": SynthSummary, "eval": EvalSummary,
+            "monitor": MonitorSummary, "run": LifecycleSummary, "golden import": ImportGoldenSummary,
+            "import-beir": ImportBeirSummary, "golden export": ExportSummary}

@@ -24,7 +24,7 @@ from ragloop.tasks.lineage import canonical_hash
 from ragloop.tasks.llm import LLMConfigError, LLMUnavailable
 from ragloop.tasks.prompts import Prompt, PromptError, load_prompt_set
 from ragloop.tasks.question_types import must_refuse, required_prompts
-from ragloop.tasks.run_summary import LineMove, RunSummary, SummaryModel
+from ragloop.tasks.summaries import LineMove, StageSummary, SummaryModel
 from ragloop.tasks.settings import ConfigError, LLMConfig, SynthConfig
 from ragloop.tasks.storage import Lake
 
@@ -287,7 +287,7 @@ class Shortfall(SummaryModel):
     rejects: dict[str, int] = Field(description="rejects by reason (non-zero, sorted)")
 
 
-class SynthSummary(RunSummary):
+class SynthSummary(StageSummary):
     """What a synth-golden-set run returns (and its manifest stores as outputs)."""
 
     lake: str = Field(description="the lake's URI")
