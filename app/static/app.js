@@ -124,6 +124,7 @@
 
   function addChunk(button) {
     const list = $("#edit-chunks");
+    if (button.dataset.replace) list.innerHTML = "";
     if (list.querySelector('li[data-chunk="' + CSS.escape(button.dataset.chunk) + '"]')) return;
     const li = document.createElement("li");
     li.dataset.chunk = button.dataset.chunk;
@@ -135,7 +136,7 @@
     li.appendChild(remove);
     list.appendChild(li);
     chunksChanged = true;
-    flash("evidence chunk added", "ok");
+    flash(button.dataset.replace ? "evidence replaced" : "evidence chunk added", "ok");
     $("#edit-answer").focus();
   }
 
@@ -161,6 +162,7 @@
       event.preventDefault();
       const r = await post("/api/reviewer", {name: $("#reviewer-name").value});
       flash(r.status === 200 ? "reviewing as " + r.data.reviewer : r.data.error, r.status === 200 ? "ok" : "error");
+      if (r.status === 200) document.activeElement.blur();  // the keys act on the queue again
     } else if (form.id === "apply-form") {
       event.preventDefault();
       const body = {line: form.dataset.line, promote_to: $("#promote").checked ? $("#promote-to").value : ""};
@@ -185,6 +187,8 @@
     }
     if (event.key === "Escape") { pendingConflict = null; flash("", "ok"); closePanels(); return; }
     if (target.id === "evidence-search" && event.key === "Enter") { event.preventDefault(); search(target.value); return; }
+    const editing = $("#edit-panel") && !$("#edit-panel").hidden;
+    if (editing && event.key === "/" && (event.ctrlKey || !typing)) { event.preventDefault(); $("#evidence-search").focus(); return; }
     if ((event.ctrlKey || event.metaKey) && event.key === "Enter" && target.closest && target.closest("#edit-panel")) {
       event.preventDefault(); submitEdit(); return;
     }
@@ -209,7 +213,6 @@
       compare: {b: () => prefer("baseline"), c: () => prefer("candidate"), t: () => prefer("tie"),
                 m: () => $("#comment").focus(), s: () => decide("skip")},
     }[queue] || {};
-    if (key === "/" && $("#edit-panel") && !$("#edit-panel").hidden) { event.preventDefault(); $("#evidence-search").focus(); return; }
     if (handlers[key] && current()) { event.preventDefault(); handlers[key](); }
   });
 })();
