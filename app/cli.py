@@ -79,7 +79,7 @@ def _serve(lake, args) -> dict:
     sys.stderr.write(f"ragloop review: {url} on lake {lake.uri}" + (" (open it with ?token=<RAGLOOP_REVIEW_TOKEN>)" if token else "")
                      + "; Ctrl+C stops\n")
     sys.stderr.flush()
-    server.serve(lake.uri, args.host, args.port, args.reviewer, token)
+    server.serve(lake.uri, args.host, args.port, args.reviewer, token, getattr(args, "line", None))
     return {"status": "ok", "url": url, "lake": lake.uri}
 
 

@@ -119,8 +119,10 @@ class _Guard(BaseHTTPMiddleware):
 class AppState:
     """What the routes share: the lake, the default reviewer, the token, the CSRF secret and a cached index."""
 
-    def __init__(self, lake_uri: str, reviewer: str | None, token: str | None, allowed_hosts, index_factory) -> None:
+    def __init__(self, lake_uri: str, reviewer: str | None, token: str | None, allowed_hosts, index_factory,
+                 line: str | None = None) -> None:
         self.lake = Lake(lake_uri)
+        self.line = line
         self.reviewer = (reviewer or "").strip() or None
         self.token = token or None
         self.allowed_hosts = allowed_hosts
@@ -192,7 +194,7 @@ def _pick(state: review.QueueState, visible: list[dict], p: dict[str, str], skip
 def golden_context(st: AppState, p: dict[str, str], skipped: list[str], queue: str) -> dict[str, Any]:
     """What the golden and stale pages show for the line: both queues' progress, the filters, one item."""
     lake, index = st.lake, st.index()
-    line = p["line"] or review.default_line(lake)
+    line = p["line"] or st.line or review.default_line(lake)
     if not line:
         return {"queue": queue, "empty_lake": True}
     ref, rows, events = review.effective_rows(lake, line)
@@ -283,10 +285,10 @@ CONTEXTS = {"golden": golden_context, "stale": golden_context, "answers": answer
 
 # -- the app ------------------------------------------------------------------------------------------
 def create_app(lake_uri: str, reviewer: str | None = None, token: str | None = None,
-               allowed_hosts: set[str] | None = None, index_factory=review.LakeIndex) -> Starlette:
+               allowed_hosts: set[str] | None = None, index_factory=review.LakeIndex, line: str | None = None) -> Starlette:
     """The review app over one lake. allowed_hosts: Host header names accepted (None: any; `serve` passes the
     loopback names when bound to loopback, against DNS rebinding)."""
-    st = AppState(lake_uri, reviewer, token, allowed_hosts, index_factory)
+    st = AppState(lake_uri, reviewer, token, allowed_hosts, index_factory, line)
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(HERE / "templates")), autoescape=True,
                              trim_blocks=True, lstrip_blocks=True)
     env.filters["short"] = lambda s, n=12: (s or "")[:n]
@@ -348,7 +350,7 @@ def create_app(lake_uri: str, reviewer: str | None = None, token: str | None = N
                                 action=str(data.get("action", "")), reviewer=name, payload=payload,
                                 base_event_id=str(data.get("base_event_id") or "") or None)
             if d.queue in ("golden", "stale"):
-                line = str(data.get("line") or "") or review.default_line(st.lake)
+                line = str(data.get("line") or "") or st.line or review.default_line(st.lake)
                 event = review.record_decision(st.lake, d, line=line, index=st.index())
             else:
                 run_id = str(data.get("run") or "")
@@ -368,7 +370,7 @@ def create_app(lake_uri: str, reviewer: str | None = None, token: str | None = N
     async def apply(request: Request) -> Response:
         try:
             data = await _body(request)
-            line = str(data.get("line") or "") or review.default_line(st.lake)
+            line = str(data.get("line") or "") or st.line or review.default_line(st.lake)
             if not line:
                 raise review.ReviewError("the lake has no golden-set line")
             result = review.apply_reviews(st.lake, line)
@@ -405,11 +407,11 @@ def create_app(lake_uri: str, reviewer: str | None = None, token: str | None = N
 
 
 def serve(lake_uri: str, host: str = "127.0.0.1", port: int = 8765, reviewer: str | None = None,
-          token: str | None = None) -> None:
+          token: str | None = None, line: str | None = None) -> None:
     """Run the app with uvicorn until interrupted (ReviewError before binding when a token is missing)."""
     import uvicorn
 
     check_bind(host, token)
     allowed = {"127.0.0.1", "localhost", "::1"} if is_loopback(host) else None
-    app = create_app(lake_uri, reviewer, token, allowed)
+    app = create_app(lake_uri, reviewer, token, allowed, line=line)
     uvicorn.run(app, host=host, port=port, log_level="warning")

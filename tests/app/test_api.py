@@ -283,3 +283,19 @@ def test_a_review_session_writes_only_inside_the_lake(client, review_lake, tmp_p
     new = files() - before
     assert new and all(p.startswith("lake" + os.sep) for p in new), sorted(new)
     assert json.loads(json.dumps(sorted(new)))  # something was written, all of it under the lake
+
+
+def test_the_review_commands_and_app_never_import_prefect(review_lake, tmp_path):
+    import subprocess
+    import sys
+
+    code = ("import sys\nfrom ragloop.flows import cli\nimport ragloop.app.server\n"
+            f"assert cli.main(['review', 'export', '--queue', 'golden', '--out', {str(tmp_path / 's.csv')!r}, "
+            f"'--lake', {review_lake['lake'].uri!r}]) == 0\n"
+            "assert not [m for m in sys.modules if m.split('.')[0] == 'prefect'], 'prefect was imported'\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    import re
+
+    assert not [p for p in rf.Path(server.__file__).parent.rglob("*.py")
+                if re.search(r"^\s*(from|import)\s+prefect\b", p.read_text(), re.M)]
