@@ -138,6 +138,10 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--emit", action="store_true",
                    help="emit a `ragloop.prompt.changed` Prefect event per prompt changed since a run used it (needs PREFECT_API_URL)")
     common(c)
+
+    from ragloop.app.cli import add_review_parser  # argparse only: no web framework imported here
+
+    add_review_parser(sub, common)
     return parser
 
 
@@ -690,7 +694,15 @@ COMMANDS: dict[str, tuple[Callable[[argparse.Namespace], dict], Callable[[dict],
     "rollback": (_run_rollback, _human_rollback),
     "promote": (_run_promote, _human_promote),
     "runs": (_run_runs, _human_runs),
+    "review": (lambda args: _review_cli().run_review(args), lambda summary: _review_cli().human_review(summary)),
 }
+
+
+def _review_cli():
+    """`review`: the review app and its sheet round-trip (ragloop.app.cli); no Prefect."""
+    from ragloop.app import cli
+
+    return cli
 
 
 def _precheck(args: argparse.Namespace, settings) -> None:

@@ -132,6 +132,12 @@ GOLDEN = pa.schema(
         # characters, per chunk. Empty for unanswerable and imported items; null in sets written
         # before the column existed (read as empty).
         ("evidence", pa.list_(pa.struct([("chunk_id", pa.string()), ("start", pa.int32()), ("end", pa.int32())]))),
+        # Provenance of a human review (tasks.review): who decided, when, why (a rejection's reason) and the
+        # last review event applied to the item. Null on items no person has decided yet.
+        ("reviewer", pa.string()),
+        ("reviewed_at", TS),
+        ("review_reason", pa.string()),
+        ("review_event_id", pa.string()),
     ]
 )
 
@@ -189,5 +195,26 @@ HISTORY = pa.schema(
         ("chain_hash", pa.string()),
         ("chain_label", pa.string()),  # short human name of the chain, for plot axes
         ("mode", pa.string()),  # nightly | prompt-changed | explicit | experiment (null: written before modes)
+    ]
+)
+
+
+# Review events (tasks.review), append-only: one Parquet file per write under reviews/. `before`/`after`
+# are JSON objects of the fields the action changed; `golden_set_id` is the version decided on, `run_id`
+# the eval run for answer grades.
+REVIEWS = pa.schema(
+    [
+        ("event_id", pa.string()),
+        ("reviewer", pa.string()),
+        ("at", TS),
+        ("queue", pa.string()),  # golden | stale | answers | compare
+        ("item_id", pa.string()),  # the qa_id (golden, stale, answers, compare)
+        ("action", pa.string()),  # approve | edit | reject | skip | reapprove | retire | grade | prefer
+        ("before", pa.string()),  # JSON
+        ("after", pa.string()),  # JSON
+        ("golden_set_id", pa.string()),
+        ("run_id", pa.string()),
+        ("line", pa.string()),  # the golden-set line the item belongs to
+        ("base_event_id", pa.string()),  # the latest event the reviewer saw on the item (conflict check)
     ]
 )

@@ -9,6 +9,7 @@ Layout under the lake root (a local path or an object-store URI; pyarrow filesys
                                                 index, golden-set lines, baselines (tasks.promotion
                                                 writes those), eval cache keys, monitor state
     promotions/<run_id>.json                    every promotion (tasks.promotion), for rollback
+    reviews/<batch_id>.parquet                  review events, append-only (tasks.review)
     golden/<golden_set_id>.parquet              golden-set versions
     eval/<run_id>/items.parquet, traces.parquet per-item results and per-step traces of an eval run
     prompts/<name>__<hash>.parquet              the prompts registry
@@ -391,6 +392,20 @@ class Lake:
         selector = pafs.FileSelector(self._path("golden"), allow_not_found=True)
         return sorted(posixpath.basename(i.path)[: -len(".parquet")] for i in self.fs.get_file_info(selector)
                       if i.path.endswith(".parquet"))
+
+    # -- review events (tasks.review) ------------------------------------------------------------
+    def write_reviews(self, batch_id: str, table: pa.Table) -> str:
+        """Append review events: one new file per batch (temp + rename), so a batch is all or nothing
+        and two writers never touch the same file."""
+        path = self._path("reviews", f"{batch_id}.parquet")
+        if self.exists(path):
+            raise FileExistsError(path)
+        self.write_parquet(table, path)
+        return path
+
+    def read_reviews(self) -> pa.Table:
+        """Every review event of the lake, unordered."""
+        return self._read_dir("reviews", schemas.REVIEWS)
 
     # -- monitoring ----------------------------------------------------------------------------
     def write_history(self, observation_id: str, table: pa.Table) -> None:

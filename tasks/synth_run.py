@@ -17,7 +17,7 @@ from typing import Any, Callable, ContextManager, Sequence
 import pyarrow as pa
 from pydantic import Field
 
-from ragloop.tasks import promotion, schemas
+from ragloop.tasks import promotion, review, schemas
 from ragloop.tasks import qa_generation as qa
 from ragloop.tasks.indexing import ChunkStore
 from ragloop.tasks.lineage import canonical_hash
@@ -81,6 +81,10 @@ class SynthPlan:
     inputs: str  # generation_inputs of this run
     up_to_date: bool  # inputs unchanged since the last synth and nothing changed: generate nothing
     need: int  # new items wanted in the first round
+    # Items people decided (tasks.review) that synth carries as they are: rejected ones, and reviewed ones whose
+    # chunks changed (status stale: they wait in the review app's stale queue, never regenerated).
+    held: list[dict] = field(default_factory=list)
+    rejected_pairs: frozenset = frozenset()  # (qa_type, chunk_id) people rejected: never generated again
 
     def status_counts(self) -> Counter:
         return Counter(i["status"] for i in self.changed)
@@ -94,7 +98,7 @@ def plan_synth(previous: list[dict], previous_ref: promotion.GoldenLine | None, 
     chunk_ids = {r["chunk_id"] for r in catalog}
     doc_ids = {r["doc_id"] for r in catalog}
     current_prompts = {n: prompts[n].prompt_hash for n in required_prompts()}
-    verdicts = qa.classify_previous(previous, chunk_ids, doc_ids, current_prompts)
+    verdicts, held = review.protect_human(previous, qa.classify_previous(previous, chunk_ids, doc_ids, current_prompts))
     kept = [i for i in previous if verdicts.get(i["qa_id"]) == "kept"]
     changed = [dict(i, status=verdicts[i["qa_id"]]) for i in previous if verdicts.get(i["qa_id"]) in qa.REPLACED]
     covered = {d for i in kept for d in i["source_doc_ids"]}
@@ -102,7 +106,7 @@ def plan_synth(previous: list[dict], previous_ref: promotion.GoldenLine | None, 
                 + sorted(doc_ids - covered))
     up_to_date = bool(previous_ref) and previous_ref.inputs == inputs and not changed
     need = 0 if up_to_date else max(size - len(kept), 0)
-    return SynthPlan(kept, changed, priority, doc_ids, inputs, up_to_date, need)
+    return SynthPlan(kept, changed, priority, doc_ids, inputs, up_to_date, need, held, review.rejected_pairs(previous))
 
 
 # -- the budget loop ------------------------------------------------------------------------------
@@ -179,6 +183,10 @@ def fill_budget(plan: SynthPlan, store: ChunkStore, encode, llm, prompts: dict[s
         with timer("plan"):
             counts = qa.allocate(planned_count(need, report), config.types)
             tasks = plan_step(store, counts, config, rng, priority, report.ineligible_chunks)
+            allowed = [t for t in tasks if not review.blocked_task(t.qa_type, [c.chunk_id for c in t.chunks], plan.rejected_pairs)]
+            if len(allowed) < len(tasks):
+                report.ineligible_chunks["rejected_by_review"] += len(tasks) - len(allowed)
+                tasks = allowed
         if not tasks:
             break
         if not preflight_done:
@@ -214,10 +222,10 @@ class SynthGolden:
 
 def assemble_golden(plan: SynthPlan, accepted: list[dict]) -> SynthGolden:
     """Active items first; a replaced item that a new prompt regenerated word for word (same qa_id)
-    appears once, as the new active item."""
+    appears once, as the new active item; items people decided that are not active come last, as they are."""
     active = plan.kept + accepted
     regenerated = {i["qa_id"] for i in active}
-    return SynthGolden(active, active + [i for i in plan.changed if i["qa_id"] not in regenerated])
+    return SynthGolden(active, active + [i for i in plan.changed + plan.held if i["qa_id"] not in regenerated])
 
 
 def write_version(lake: Lake, golden: SynthGolden, plan: SynthPlan,
