@@ -1,4 +1,4 @@
-"""Golden sets in and out of the lake: import-golden-set flow (JSONL) and export (JSONL, ragas)."""
+"""The import-golden-set flow (JSONL into the lake). Export is read-only work: tasks.golden_io.export_golden_set."""
 
 from __future__ import annotations
 
@@ -8,10 +8,10 @@ from pathlib import Path
 import pyarrow as pa
 from prefect import flow
 
-from ragloop.flows.common import RunRecorder, flow_settings, index_store, lake_locked
+from ragloop.flows.common import RunRecorder, flow_settings, lake_locked
 from ragloop.tasks import golden_io, promotion, schemas
 from ragloop.tasks.embedding import load_embedder
-from ragloop.tasks.indexing import ChunkStore
+from ragloop.tasks.indexing import ChunkStore, index_store
 from ragloop.tasks.qa_generation import golden_set_id_of
 from ragloop.tasks.settings import ConfigError, Settings
 from ragloop.tasks.storage import Lake
@@ -58,34 +58,3 @@ def import_golden_set(path: str, lake: str | None = None, config_path: str | Non
         "written": written,
         "line": chosen,
     })
-
-
-def export_golden_set(out: str, fmt: str = "jsonl", golden: str = "latest", include_inactive: bool = False,
-                      lake: str | None = None, config_path: str | None = None) -> dict:
-    """Write a golden set to JSONL (ragloop's columns) or a ragas EvaluationDataset JSONL (read-only)."""
-    settings = flow_settings(config_path, {"lake": lake})
-    store_lake = Lake(settings.lake)
-    golden_set_id, _ = promotion.Refs(store_lake).resolve_golden(golden, store_lake.list_golden())
-    if golden_set_id is None:
-        raise ConfigError(f"--golden {golden}: no such golden set in {store_lake.uri} "
-                          f"(have: {', '.join(store_lake.list_golden()) or 'none'})")
-    rows = store_lake.read_golden(golden_set_id).to_pylist()
-    statuses = ("active", "stale", "retired") if include_inactive else ("active",)
-    target = Path(out)
-    if fmt == "jsonl":
-        count = golden_io.export_rows(rows, target, statuses)
-    elif fmt == "ragas":
-        doc_only = [r["qa_id"] for r in rows if r["status"] in statuses and r["reference_doc_ids"] and not r["reference_chunk_ids"]]
-        if doc_only:  # ragas carries chunk texts as references: document-level ones would be silently lost
-            raise ConfigError(f"--format ragas: {len(doc_only)} items reference documents only (e.g. {doc_only[0]}), which a "
-                              "ragas dataset cannot carry (its references are context texts); use --format jsonl")
-        _, store = _store(settings)
-        wanted = {c for r in rows for c in r["reference_chunk_ids"]}
-        texts = {r["chunk_id"]: r["text"] for r in store.scan(["chunk_id", "text"]).to_pylist() if r["chunk_id"] in wanted}
-        dataset = golden_io.to_ragas_dataset(rows, texts, statuses)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        dataset.to_jsonl(target)
-        count = len(dataset)
-    else:
-        raise ConfigError(f"--format {fmt}: expected jsonl or ragas")
-    return {"status": "ok", "golden_set_id": golden_set_id, "format": fmt, "items": count, "path": str(target.resolve())}

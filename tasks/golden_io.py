@@ -1,4 +1,7 @@
-"""Golden sets in and out: JSONL (ragloop rows, ragas 0.2+ samples, ragas 0.1 testsets) and ragas EvaluationDataset (pure)."""
+"""Golden sets in and out: JSONL (ragloop rows, ragas 0.2+ samples, ragas 0.1 testsets) and ragas EvaluationDataset.
+
+Pure but for export_golden_set, which reads the lake (and the index, for ragas) and writes one file.
+"""
 
 from __future__ import annotations
 
@@ -10,7 +13,12 @@ from typing import Any, Iterable
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from ragloop.tasks import promotion
+from ragloop.tasks.embedding import load_embedder
+from ragloop.tasks.indexing import index_store
 from ragloop.tasks.schemas import utcnow
+from ragloop.tasks.settings import ConfigError, EmbeddingConfig
+from ragloop.tasks.storage import Lake
 
 QA_TYPES = ("single_hop", "multi_hop", "abstract", "unanswerable", "paraphrased", "imported")
 
@@ -161,6 +169,37 @@ def to_ragas_dataset(rows: Iterable[dict], chunk_texts: dict[str, str], statuses
             )
         )
     return EvaluationDataset(samples=samples)
+
+
+def export_golden_set(lake: Lake, embedding: EmbeddingConfig, out: Path, fmt: str = "jsonl", golden: str = "latest",
+                      include_inactive: bool = False) -> dict:
+    """Write a golden set of the lake to JSONL (ragloop's columns) or a ragas EvaluationDataset JSONL.
+
+    Reads the lake (and, for ragas, the chunk texts of the index under test); writes only `out`.
+    Returns the summary `ragloop golden export` prints."""
+    golden_set_id, _ = promotion.Refs(lake).resolve_golden(golden, lake.list_golden())
+    if golden_set_id is None:
+        raise ConfigError(f"--golden {golden}: no such golden set in {lake.uri} "
+                          f"(have: {', '.join(lake.list_golden()) or 'none'})")
+    rows = lake.read_golden(golden_set_id).to_pylist()
+    statuses = ("active", "stale", "retired") if include_inactive else ("active",)
+    if fmt == "jsonl":
+        count = export_rows(rows, out, statuses)
+    elif fmt == "ragas":
+        doc_only = [r["qa_id"] for r in rows if r["status"] in statuses and r["reference_doc_ids"] and not r["reference_chunk_ids"]]
+        if doc_only:  # ragas carries chunk texts as references: document-level ones would be silently lost
+            raise ConfigError(f"--format ragas: {len(doc_only)} items reference documents only (e.g. {doc_only[0]}), which a "
+                              "ragas dataset cannot carry (its references are context texts); use --format jsonl")
+        store, _ = index_store(lake, load_embedder(embedding))
+        wanted = {c for r in rows for c in r["reference_chunk_ids"]}
+        texts = {r["chunk_id"]: r["text"] for r in store.scan(["chunk_id", "text"]).to_pylist() if r["chunk_id"] in wanted}
+        dataset = to_ragas_dataset(rows, texts, statuses)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        dataset.to_jsonl(out)
+        count = len(dataset)
+    else:
+        raise ConfigError(f"--format {fmt}: expected jsonl or ragas")
+    return {"status": "ok", "golden_set_id": golden_set_id, "format": fmt, "items": count, "path": str(out.resolve())}
 
 
 def read_import_file(path: Path) -> list[ImportedItem]:

@@ -13,6 +13,7 @@ from ragloop.flows import golden as golden_flow
 from ragloop.flows import index as index_flow
 from ragloop.flows import synth as synth_flow
 from ragloop.flows.cli import main
+from ragloop.tasks import golden_io
 from ragloop.tasks.llm import LLMUnavailable, StructuredResult, Usage
 from tests.conftest import REPO, write_files
 
@@ -77,6 +78,7 @@ def fakes(monkeypatch, fake_embedder):
     monkeypatch.setattr(synth_flow, "load_embedder", lambda config: fake_embedder)
     monkeypatch.setattr(synth_flow, "load_llm", lambda config: llm)
     monkeypatch.setattr(golden_flow, "load_embedder", lambda config: fake_embedder)
+    monkeypatch.setattr(golden_io, "load_embedder", lambda config: fake_embedder)  # golden export (no flow)
     monkeypatch.setenv("RAGLOOP_PROMPTS_DIR", str(REPO / "prompts"))
     monkeypatch.setenv("RAGLOOP_SYNTH__MIN_CONTEXT_TOKENS", "5")
     return llm
