@@ -14,9 +14,6 @@ log = logging.getLogger(__name__)
 
 os.environ.setdefault("RAGAS_DO_NOT_TRACK", "true")  # read once, at ragas' first import
 
-NON_LLM = ("id_context_precision", "id_context_recall", "rouge_l", "semantic_similarity")
-JUDGED = ("faithfulness", "answer_relevancy", "context_precision", "context_recall", "factual_correctness")
-
 
 class JudgeError(RuntimeError):
     """The judge's reply could not be turned into the metric's structure (after repair and re-ask)."""
@@ -26,7 +23,6 @@ class JudgeError(RuntimeError):
 class ItemScores:
     metrics: dict[str, float] = field(default_factory=dict)
     failed: dict[str, str] = field(default_factory=dict)  # metric -> why its judgment failed
-    traces: list[dict] = field(default_factory=list)
 
 
 def _embeddings(encode: Callable[[list[str]], Any]):
