@@ -35,7 +35,7 @@ PROMPT_FOR_TYPE = {
     "paraphrased": "qa_single_hop",  # generated single-hop, then rewritten by qa_paraphrase
 }
 REQUIRED_PROMPTS = ("qa_single_hop", "qa_multi_hop", "qa_abstract", "qa_unanswerable", "qa_paraphrase")
-REFUSAL_ANSWER = "The documents do not say."
+REFUSAL_ANSWER = grounding.REFUSAL_ANSWER
 CONTEXT_REFERENCE = re.compile(
     r"\b(the|this|that|these|above|given|provided)\s+(passages?|texts?|context|documents?|excerpts?|snippets?|sections?)\b"
     r"|\b(of|in|from) the following\b|\bthe following\s*\?", re.I
@@ -350,7 +350,8 @@ REJECT_REASONS = (
 
 
 def answer_support(answer: str, context: str) -> float:
-    """Share of the answer's content words (any script) that occur in the context (0.0 for none)."""
+    """Share of the answer's content words (any script) that occur in the context; 0.0 when the answer
+    has no content words (an empty answer, or stopwords only)."""
     return grounding.support(answer, context)
 
 
