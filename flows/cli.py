@@ -33,6 +33,12 @@ def _positive_int(text: str) -> int:
 
 
 def _parser() -> argparse.ArgumentParser:
+    from typing import get_args
+
+    from ragloop.tasks.settings import ChunkingStrategyName
+
+    # No argparse `choices`: the settings check the name (a registered strategy passes too), exit 2 if unknown.
+    chunking_help = f"chunking strategy: {', '.join(get_args(ChunkingStrategyName))} or a registered one"
     parser = argparse.ArgumentParser(prog="ragloop", description=__doc__.splitlines()[0])
     parser.add_argument("--config", help="config file (default: $RAGLOOP_CONFIG or ./ragloop.yaml)")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -51,7 +57,7 @@ def _parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("index", help="ingest, then chunk + embed what changed and upsert into LanceDB")
     p.add_argument("--source", action="append", metavar="PATH", help="a directory or file; repeatable")
-    p.add_argument("--chunking", choices=["markdown", "recursive", "none"], help="chunking strategy")
+    p.add_argument("--chunking", metavar="STRATEGY", help=chunking_help)
     p.add_argument("--allow-mass-delete", action="store_true",
                    help="delete even when a source lost more than index.max_delete_fraction of its documents")
     p.add_argument("--forget-source", action="append", metavar="PATH",
@@ -92,7 +98,7 @@ def _parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("import-beir", help="index a BEIR corpus and import its queries + qrels as a golden set")
     p.add_argument("path", metavar="DIR", help="a BEIR dataset directory (corpus.jsonl, queries.jsonl, qrels/)")
-    p.add_argument("--chunking", choices=["markdown", "recursive", "none"], help="chunking strategy (none = BEIR setup)")
+    p.add_argument("--chunking", metavar="STRATEGY", help=chunking_help + " (none = BEIR setup)")
     p.add_argument("--split", default="test", help="the qrels split to import (default: test)")
     common(p)
 
@@ -523,7 +529,7 @@ def _golden_export(args: argparse.Namespace) -> dict:
     """`golden export`: read the lake, write one file (no Prefect; ragas only for --format ragas)."""
     from pathlib import Path
 
-    from ragloop.tasks.golden_io import export_golden_set
+    from ragloop.tasks.golden_sets import export_golden_set
     from ragloop.tasks.settings import load_settings
     from ragloop.tasks.storage import Lake
 

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import functools
-import inspect
 import time
 from contextlib import contextmanager
-from typing import Any, Callable
+from typing import Any, Iterator
 
 from prefect import get_run_logger
 from prefect.runtime import flow_run
@@ -30,30 +28,6 @@ def flow_settings(config_path: str | None, overrides: dict[str, Any]) -> Setting
         if value is not None and value != "":  # "" = not given (e.g. an event payload without the field)
             clean[key] = value
     return load_settings(config_path, clean)
-
-
-def lake_locked(flow_name: str) -> Callable:
-    """Run the decorated flow function under the lake's run lock (tasks.storage.Lake.lock).
-
-    Goes under @flow: the lake comes from the flow's own `lake`/`config_path` parameters, resolved like
-    the flow resolves them. Subflows in the same process re-enter the lock; another process waits up
-    to the `lock_wait_s` setting, then fails with LakeLocked naming the holder (pid, host, since when).
-    """
-
-    def decorate(fn: Callable) -> Callable:
-        signature = inspect.signature(fn)
-
-        @functools.wraps(fn)
-        def locked(*args, **kwargs):
-            bound = signature.bind(*args, **kwargs)
-            settings = flow_settings(bound.arguments.get("config_path"), {"lake": bound.arguments.get("lake")})
-            run_name = flow_run.name or ""
-            with Lake(settings.lake).lock(f"{flow_name} flow {run_name}".strip(), wait_s=settings.lock_wait_s):
-                return fn(*args, **kwargs)
-
-        return locked
-
-    return decorate
 
 
 def check_sources(sources: list[str]) -> None:
@@ -94,6 +68,7 @@ class RunRecorder:
         self.started_at = utcnow()
         self.lineage: dict[str, Any] = base_lineage(settings.config_hash())
         self.logger = get_run_logger()
+        self.finished = False
         self._write("running", None, {})
 
     def _write(self, status: str, ended_at, outputs: dict) -> None:
@@ -112,4 +87,44 @@ class RunRecorder:
     def finish(self, status: str, outputs: dict) -> dict:
         """Record the final status; returns the summary (run_id, status, lineage, outputs)."""
         self._write(status, utcnow(), outputs)
+        self.finished = True
         return {"run_id": self.run_id, "status": status, "lineage": self.lineage, **outputs}
+
+
+class Stage:
+    """One run of a stage inside `stage_run`: its settings, lake, step timer and (once started) manifest."""
+
+    def __init__(self, name: str, settings: Settings) -> None:
+        self.name = name
+        self.settings = settings
+        self.lake = Lake(settings.lake)
+        self.timer = StageTimer()
+        self.run: RunRecorder | None = None
+        # Merged into the manifest when the body raises after start() (e.g. the lake and table it ran on).
+        self.failure_outputs: dict[str, Any] = {}
+
+    def start(self) -> RunRecorder:
+        """Write the run manifest with status 'running' (once) and return its recorder."""
+        if self.run is None:
+            self.run = RunRecorder(self.lake, self.name, self.settings)
+        return self.run
+
+
+@contextmanager
+def stage_run(name: str, settings: Settings) -> Iterator[Stage]:
+    """The one way a stage runs: under the lake's run lock, with a run manifest, failures recorded.
+
+    The lock (tasks.storage.Lake.lock) is re-entrant for subflows in the same process; another
+    process waits `lock_wait_s`, then fails with LakeLocked naming the holder. `stage.start()` writes
+    the manifest ('running'); the body ends it with `run.finish(status, outputs)`. A body that raises
+    after start() leaves the manifest 'failed' with the error (plus `stage.failure_outputs`) and the
+    exception propagates. A body that returns without start() (e.g. a reused eval) writes no manifest.
+    """
+    stage = Stage(name, settings)
+    with stage.lake.lock(f"{name} flow {flow_run.name or ''}".strip(), wait_s=settings.lock_wait_s):
+        try:
+            yield stage
+        except BaseException as exc:
+            if stage.run is not None and not stage.run.finished:
+                stage.run.finish("failed", {**stage.failure_outputs, "error": f"{type(exc).__name__}: {exc}"})
+            raise

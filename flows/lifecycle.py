@@ -11,7 +11,7 @@ from prefect import flow
 from prefect.artifacts import create_markdown_artifact
 from prefect.states import Failed
 
-from ragloop.flows.common import RunRecorder, flow_settings, lake_locked
+from ragloop.flows.common import RunRecorder, flow_settings, stage_run
 from ragloop.flows.evaluate import evaluate_chain
 from ragloop.flows.index import index_corpus
 from ragloop.flows.monitor import monitor_quality
@@ -21,16 +21,15 @@ from ragloop.tasks.storage import Lake
 
 
 @flow(name="run-lifecycle")
-@lake_locked("lifecycle")  # held across the stages, so no other run slips in between them
 def run_lifecycle(sources: list[str] | None = None, lake: str | None = None, config_path: str | None = None,
                   progress: bool = False, size: int | None = None):
     """One nightly pass; stops at the first stage that fails. The monitor always runs: a failed stage
     reaches every alert sink as `stage_failed`, and the flow run ends Failed (its data is the summary).
     `size`: the golden set's active items (synth.size), as `ragloop synth --size` takes it."""
     settings = flow_settings(config_path, {"lake": lake, "ingest": {"sources": sources}})
-    run = RunRecorder(Lake(settings.lake), "lifecycle", settings)
-    stages: dict[str, dict] = {}
-    try:
+    with stage_run("lifecycle", settings) as stage:  # the lock is held across the stages: no run slips in between
+        run, stages = stage.start(), {}
+        stage.failure_outputs = {"stages": stages}
         failure = _stage(stages, "index", index_corpus, sources=sources, lake=lake, config_path=config_path, progress=progress)
         if not failure:
             failure = _stage(stages, "synth", synth_golden_set, lake=lake, size=size, config_path=config_path)
@@ -44,9 +43,6 @@ def run_lifecycle(sources: list[str] | None = None, lake: str | None = None, con
         if summary["status"] == "failed":
             return Failed(message=f"{failure['stage'] if failure else 'a'} stage failed: {summary.get('error')}", data=summary)
         return summary
-    except BaseException as exc:
-        run.finish("failed", {"error": f"{type(exc).__name__}: {exc}", "stages": stages})
-        raise
 
 
 def _stage(stages: dict, name: str, flow_fn, **params) -> dict | None:
@@ -79,7 +75,6 @@ def _finish(run: RunRecorder, status: str, stages: dict, error: str | None) -> d
 
 
 @flow(name="prompt-changed")
-@lake_locked("prompt-changed")
 def prompt_changed(prompt: str, prompt_hash: str, lake: str | None = None, config_path: str | None = None):
     """Triggered by `ragloop.prompt.changed` (whose payload names the lake): re-evaluate the chosen
     golden-set line with the prompts as they are now and gate the result against the baseline (promoted
@@ -87,20 +82,22 @@ def prompt_changed(prompt: str, prompt_hash: str, lake: str | None = None, confi
     `ragloop-prompt-changed-<lake>` artifact with the verdict and the alerts; a failed eval reaches every
     sink as `stage_failed` and the run ends Failed."""
     lake = lake or None  # an event without a lake: the configured one
-    stages: dict[str, dict] = {}
-    failure = _stage(stages, "eval", evaluate_chain, lake=lake, golden="latest", config_path=config_path,
-                     promote="prompt-changed")
-    _stage(stages, "monitor", monitor_quality, lake=lake, config_path=config_path, failures=[failure] if failure else [])
-    monitored = stages["monitor"]
-    summary = {**stages["eval"], "alerts": monitored.get("alerts", []), "report": monitored.get("report"), "stages": stages}
-    used = summary.get("lineage", {}).get("prompts", {})
-    if prompt in used and used[prompt] != prompt_hash:
-        summary.setdefault("warnings", []).append(
-            f"event named {prompt}@{prompt_hash[:12]} but the file on disk is {used[prompt][:12]}: it changed again")
-    lake_uri = Lake(flow_settings(config_path, {"lake": lake}).lake).uri
-    create_markdown_artifact(markdown=reporting.prompt_changed_markdown(prompt, prompt_hash, summary, lake_uri),
-                             key=reporting.artifact_key("ragloop-prompt-changed", lake_uri),
-                             description=f"prompt {prompt} changed: eval verdict and alerts on lake {lake_uri}")
-    if failure:
-        return Failed(message=f"{failure['stage']} failed: {failure['error']}", data={**summary, "status": "failed"})
-    return summary
+    settings = flow_settings(config_path, {"lake": lake})
+    with stage_run("prompt-changed", settings):  # the lock only: its eval and monitor record their own runs
+        stages: dict[str, dict] = {}
+        failure = _stage(stages, "eval", evaluate_chain, lake=lake, golden="latest", config_path=config_path,
+                         promote="prompt-changed")
+        _stage(stages, "monitor", monitor_quality, lake=lake, config_path=config_path, failures=[failure] if failure else [])
+        monitored = stages["monitor"]
+        summary = {**stages["eval"], "alerts": monitored.get("alerts", []), "report": monitored.get("report"), "stages": stages}
+        used = summary.get("lineage", {}).get("prompts", {})
+        if prompt in used and used[prompt] != prompt_hash:
+            summary.setdefault("warnings", []).append(
+                f"event named {prompt}@{prompt_hash[:12]} but the file on disk is {used[prompt][:12]}: it changed again")
+        lake_uri = Lake(settings.lake).uri
+        create_markdown_artifact(markdown=reporting.prompt_changed_markdown(prompt, prompt_hash, summary, lake_uri),
+                                 key=reporting.artifact_key("ragloop-prompt-changed", lake_uri),
+                                 description=f"prompt {prompt} changed: eval verdict and alerts on lake {lake_uri}")
+        if failure:
+            return Failed(message=f"{failure['stage']} failed: {failure['error']}", data={**summary, "status": "failed"})
+        return summary

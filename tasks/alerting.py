@@ -1,20 +1,28 @@
-"""Alert sinks behind one small interface: log, a JSONL file, a webhook (JSON POST) and a recording fake (I/O).
+"""Alert sinks behind one small interface: log, a JSONL file, a Prefect artifact, a webhook (JSON POST)
+and a recording fake (I/O).
 
-The Prefect-artifact sink lives in flows/monitor.py (tasks/ never imports prefect). Every sink returns
-a delivery record instead of raising, so one broken sink never silences the others.
+SINKS maps each name `monitor.sinks` accepts to a factory that builds the sink from a SinkSetup;
+build_sinks builds the configured ones. The artifact sink gets Prefect's create_markdown_artifact from
+the flow (tasks/ never imports prefect). Every sink returns a delivery record instead of raising, so one
+broken sink never silences the others.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
 import time
+from dataclasses import dataclass
 from typing import Any, Callable, Protocol, Sequence
 from urllib.parse import urlsplit
 
 import httpx
 
+from ragloop.tasks import reporting
 from ragloop.tasks.monitoring import SEVERITY_RANK
+from ragloop.tasks.registry import Registry
+from ragloop.tasks.settings import MonitorConfig
 from ragloop.tasks.storage import Lake
 
 logger = logging.getLogger(__name__)
@@ -140,6 +148,95 @@ class RecordingSink:
             return {"sink": self.name, "status": "failed", "count": 0, "error": "scripted failure"}
         self.sent.append((list(alerts), dict(context)))
         return {"sink": self.name, "status": "sent" if alerts else "skipped", "count": len(alerts)}
+
+
+class ArtifactSink:
+    """Alerts as a Prefect markdown artifact on the monitor's flow run (key `ragloop-alerts` plus the lake's
+    identity); `publish` is prefect.artifacts.create_markdown_artifact, passed in by the flow."""
+
+    name = "artifact"
+
+    def __init__(self, publish: Callable[..., Any]) -> None:
+        self.publish = publish
+
+    def send(self, alerts: Sequence[dict], context: dict) -> dict:
+        if not alerts:
+            return {"sink": self.name, "status": "skipped", "count": 0}
+        lines = [f"# ragloop alerts ({len(alerts)})", ""] + [
+            f"- **{a['severity']}** `{a['kind']}`" + (f" ({a['metric']})" if a.get("metric") else "")
+            + f": {reporting.md_escape(a['message'])}" for a in alerts]
+        self.publish(markdown="\n".join(lines), key=reporting.artifact_key("ragloop-alerts", context["lake"]),
+                     description=f"alerts of monitor run {context.get('run_id')} on lake {context['lake']}")
+        return {"sink": self.name, "status": "sent", "count": len(alerts)}
+
+
+# -- the sink registry (monitor.sinks) ------------------------------------------------------------------
+@dataclass(frozen=True)
+class SinkSetup:
+    """What a sink factory may build its sink from: the monitor's settings, the lake, the flow's logger,
+    and Prefect's create_markdown_artifact (None outside a flow run)."""
+
+    config: MonitorConfig
+    lake: Lake
+    logger: logging.Logger | logging.LoggerAdapter
+    publish_markdown: Callable[..., Any] | None = None
+
+
+class SinkUnavailable(Exception):
+    """Raised by a sink factory when its sink cannot run now (e.g. its URL variable is unset): the sink
+    is reported as skipped with this message, and the others still run."""
+
+
+SinkFactory = Callable[[SinkSetup], AlertSink]
+SINKS: Registry[SinkFactory] = Registry("alert sink", "monitor.sinks")
+
+
+def register_sink(name: str, *, replace: bool = False) -> Callable[[SinkFactory], SinkFactory]:
+    """Decorator: register `factory(setup: SinkSetup) -> AlertSink` under `name` (the value
+    `monitor.sinks` lists it by). The factory raises SinkUnavailable when the sink cannot run.
+    ValueError if the name is taken and not `replace`."""
+    return SINKS.register(name, replace=replace)
+
+
+@register_sink("log")
+def _log_sink(setup: SinkSetup) -> AlertSink:
+    return LogSink(setup.logger)
+
+
+@register_sink("jsonl")
+def _jsonl_sink(setup: SinkSetup) -> AlertSink:
+    return JsonlSink(setup.lake, setup.config.alerts_file or setup.lake.default_alerts_path())
+
+
+@register_sink("artifact")
+def _artifact_sink(setup: SinkSetup) -> AlertSink:
+    if setup.publish_markdown is None:
+        raise SinkUnavailable("no Prefect flow run to attach an artifact to")
+    return ArtifactSink(setup.publish_markdown)
+
+
+@register_sink("webhook")
+def _webhook_sink(setup: SinkSetup) -> AlertSink:
+    config = setup.config
+    url = os.environ.get(config.webhook_url_env, "").strip()
+    if not url:
+        raise SinkUnavailable(f"{config.webhook_url_env} is not set")
+    return WebhookSink(url, timeout_s=config.webhook_timeout_s, retries=config.webhook_retries,
+                       backoff_s=config.webhook_backoff_s, min_severity=config.webhook_min_severity)
+
+
+def build_sinks(config: MonitorConfig, lake: Lake, logger: logging.Logger | logging.LoggerAdapter,
+                publish_markdown: Callable[..., Any] | None = None) -> tuple[list[AlertSink], list[dict]]:
+    """The sinks `config.sinks` names, in its order, and a `skipped` delivery record ({sink, status,
+    count, error}) for each one that cannot run. Raises UnknownName for a name no sink is registered under."""
+    setup = SinkSetup(config, lake, logger, publish_markdown)
+    sinks, skipped = [], []
+    for name in config.sinks:
+        try:
+            sinks.append(SINKS[name](setup))
+        except SinkUnavailable as exc:
+            skipped.append({"sink": name, "status": "skipped", "count": 0, "error": str(exc)})
+    return sinks, skipped
 
 
 def deliver(sinks: Sequence[AlertSink], alerts: Sequence[dict], context: dict) -> list[dict]:

@@ -1,4 +1,8 @@
-"""Token-bounded chunking (pure): markdown (heading-aware), recursive, none; content-derived ids."""
+"""Token-bounded chunking (pure): markdown (heading-aware), recursive, none; content-derived ids.
+
+Strategies are registered in CHUNKING_STRATEGIES under the names `chunking.strategy` accepts; a new one
+is a function `(chunker, doc, spans) -> chunks` decorated with `@register_strategy("name")`.
+"""
 
 from __future__ import annotations
 
@@ -6,12 +10,13 @@ import hashlib
 import json
 import re
 from dataclasses import dataclass, field
-from typing import Iterable, Iterator
+from typing import Callable, Iterable, Iterator
 
 from markdown_it import MarkdownIt
 from semantic_text_splitter import MarkdownSplitter, TextSplitter
 
 from ragloop.tasks.embedding import TokenCounter
+from ragloop.tasks.registry import Registry
 from ragloop.tasks.schemas import Document
 from ragloop.tasks.settings import ChunkingConfig
 
@@ -65,6 +70,43 @@ class Chunk:
     metadata: dict = field(default_factory=dict)
 
 
+Spans = list[tuple[int, str]]  # (character offset, text) pieces from the text splitter
+
+
+def _never(doc: Document) -> bool:
+    return False
+
+
+@dataclass(frozen=True)
+class ChunkingStrategy:
+    """A registered way to split documents into chunks.
+
+    `split(chunker, doc, spans)` returns the document's chunks in reading order, built with
+    `chunker.make_chunks` (which cuts anything over the embedder's limit and derives the chunk ids).
+    `prose(doc)` is True for the documents it splits with the chunker's text splitter: chunk_documents
+    splits all of those in one parallel call and passes each document's `spans` in (None otherwise).
+    `version`: bump it when the strategy's output changes, so documents are re-chunked (0 = built-in,
+    covered by CHUNKER_VERSION).
+    """
+
+    split: Callable[["Chunker", Document, Spans | None], list[Chunk]]
+    prose: Callable[[Document], bool] = _never
+    version: int = 0
+
+
+CHUNKING_STRATEGIES: Registry[ChunkingStrategy] = Registry("chunking strategy", "chunking.strategy")
+
+
+def register_strategy(name: str, *, prose: Callable[[Document], bool] = _never, version: int = 0):
+    """Decorator: register `split(chunker, doc, spans) -> list[Chunk]` as chunking strategy `name`
+    (the value `chunking.strategy` selects it by). ValueError if the name is taken."""
+    def wrap(split):
+        CHUNKING_STRATEGIES.register(name, ChunkingStrategy(split, prose, version))
+        return split
+
+    return wrap
+
+
 def _dedent(line: str, n: int) -> str:
     """The line without up to n leading spaces."""
     return line[min(n, len(line) - len(line.lstrip(" "))):]
@@ -85,6 +127,7 @@ class Chunker:
             )
         self.config = config
         self.counter = counter
+        self.strategy = CHUNKING_STRATEGIES[config.strategy]
         self.capacity = config.max_tokens or counter.max_tokens
         if config.overlap_tokens >= self.capacity:
             # Cutting it silently would change every chunk (and the corpus's vectors) without a word.
@@ -95,64 +138,59 @@ class Chunker:
         overlap = self.overlap = config.overlap_tokens
         self._sized: dict[tuple[int, bool], MarkdownSplitter | TextSplitter] = {}
         tokenizer = counter.tokenizer
-        self._markdown = MarkdownSplitter.from_huggingface_tokenizer(tokenizer, self.capacity, overlap)
         self._text = TextSplitter.from_huggingface_tokenizer(tokenizer, self.capacity, overlap)
         # Only block structure is needed (heading lines); skipping inline parsing halves the cost.
         self._md_parser = MarkdownIt("commonmark").disable(["inline", "text_join"])
-        self.hash = sha256_text(
-            json.dumps(
-                {
-                    "version": CHUNKER_VERSION,
-                    "strategy": config.strategy,
-                    "capacity": self.capacity,
-                    "overlap": overlap,
-                    "tokenizer": sha256_text(tokenizer.to_str()),
-                },
-                sort_keys=True,
-            )
-        )
+        identity = {
+            "version": CHUNKER_VERSION,
+            "strategy": config.strategy,
+            "capacity": self.capacity,
+            "overlap": overlap,
+            "tokenizer": sha256_text(tokenizer.to_str()),
+        }
+        if self.strategy.version:  # only registered strategies set one; built-ins keep their existing hashes
+            identity["strategy_version"] = self.strategy.version
+        self.hash = sha256_text(json.dumps(identity, sort_keys=True))
 
-    def chunk_document(self, doc: Document, spans: list[tuple[int, str]] | None = None) -> list[Chunk]:
-        """The document's chunks in reading order; equal inputs give equal chunk ids.
+    def chunk_document(self, doc: Document, spans: Spans | None = None) -> list[Chunk]:
+        """The document's chunks in reading order, by the configured strategy; equal inputs give equal
+        chunk ids.
 
-        `spans` are the splitter's (offset, text) pieces of this document when the caller already has
-        them (chunk_documents splits a whole window in one parallel call).
+        `spans` are the text splitter's (offset, text) pieces of this document when the caller already
+        has them (chunk_documents splits a whole window in one parallel call).
         """
-        splitter = self._splitter(doc)
-        if splitter is None:
-            text, source_tokens = self.counter.truncate(doc.text.strip(), self.capacity)
-            return self._make_chunks(doc, [(0, text, ())],
-                                     {"truncated": source_tokens > self.capacity, "source_tokens": source_tokens})
-        if splitter is self._markdown:
-            return self._make_chunks(doc, self._split_markdown(doc.text, self._pack_markdown(doc.text)), {})
-        if doc.mime == TABLE_ROW_MIME:
-            return self._chunk_table_row(doc)
-        spans = splitter.chunk_indices(doc.text) if spans is None else spans
-        return self._make_chunks(doc, [(offset, text, ()) for offset, text in spans], {})
+        return self.strategy.split(self, doc, spans)
 
     def chunk_documents(self, docs: Iterable[Document]) -> list[Chunk]:
         """All chunks of the documents, document by document.
 
-        The splitting itself (token-sized, Rust) is the costly part: each splitter gets all of its
-        documents in one `chunk_all_indices` call, which runs them in parallel and releases the GIL.
-        The output is the same as chunk_document one at a time.
+        The splitting itself (token-sized, Rust) is the costly part: the text splitter gets all the
+        documents the strategy sends to it in one `chunk_all_indices` call, which runs them in parallel
+        and releases the GIL. The output is the same as chunk_document one at a time.
         """
         docs = list(docs)
-        spans: list[list[tuple[int, str]] | None] = [None] * len(docs)
-        for splitter in (self._text,):  # Markdown is packed block by block (chunk_document)
-            picked = [i for i, d in enumerate(docs) if self._splitter(d) is splitter and d.mime != TABLE_ROW_MIME]
-            if picked:
-                for i, found in zip(picked, splitter.chunk_all_indices([docs[i].text for i in picked])):
-                    spans[i] = found
+        spans: list[Spans | None] = [None] * len(docs)
+        picked = [i for i, d in enumerate(docs) if self.strategy.prose(d)]  # Markdown is packed block by block
+        if picked:
+            for i, found in zip(picked, self._text.chunk_all_indices([docs[i].text for i in picked])):
+                spans[i] = found
         return [chunk for doc, found in zip(docs, spans) for chunk in self.chunk_document(doc, found)]
 
-    def _splitter(self, doc: Document) -> MarkdownSplitter | TextSplitter | None:
-        """The splitter for this document; None for strategy 'none' (one truncated chunk)."""
-        if self.config.strategy == "none":
-            return None
-        if self.config.strategy == "markdown" and doc.mime in MARKDOWN_MIMES:
-            return self._markdown
-        return self._text
+    # -- building blocks for strategies -----------------------------------------------------------------
+    def markdown_chunks(self, doc: Document) -> list[Chunk]:
+        """Markdown packed block by block, each chunk with its heading trail (see _pack_markdown)."""
+        return self.make_chunks(doc, self._split_markdown(doc.text, self._pack_markdown(doc.text)))
+
+    def text_chunks(self, doc: Document, spans: Spans | None = None) -> list[Chunk]:
+        """Token-bounded pieces from the text splitter (sentence and line boundaries, with overlap)."""
+        spans = self._text.chunk_indices(doc.text) if spans is None else spans
+        return self.make_chunks(doc, [(offset, text, ()) for offset, text in spans])
+
+    def whole_chunk(self, doc: Document) -> list[Chunk]:
+        """The document as one chunk, cut at the chunk size; the metadata says whether it was cut."""
+        text, source_tokens = self.counter.truncate(doc.text.strip(), self.capacity)
+        return self.make_chunks(doc, [(0, text, ())], {"truncated": source_tokens > self.capacity,
+                                                        "source_tokens": source_tokens})
 
     def _split_markdown(self, text: str, spans: list[tuple[int, str, int]]) -> list[tuple[int, str, tuple[str, ...], int]]:
         """(offset, text, heading trail at the offset, end offset) for each packed span."""
@@ -330,7 +368,7 @@ class Chunker:
         return self._sized[key]
 
     # -- table rows ------------------------------------------------------------------------------------
-    def _chunk_table_row(self, doc: Document) -> list[Chunk]:
+    def table_row_chunks(self, doc: Document) -> list[Chunk]:
         """A table row's chunks; when the row is split, each piece starts with the row's identity line
         (table, id column and row key), so no piece is anonymous. Identity also goes into the metadata."""
         meta = doc.metadata or {}
@@ -340,14 +378,14 @@ class Chunker:
         identity = {"table": table, "id_column": id_column, "row_key": key}
         text = doc.text.strip()
         if self.counter.count(text) <= self.capacity:
-            return self._make_chunks(doc, [(0, text, ())], identity)
+            return self.make_chunks(doc, [(0, text, ())], identity)
         line = f"{table} row {id_column}={key}" if id_column else f"{table} row {key}"
         room = self.capacity - self.counter.count(line) - 1
         if room < 16:
-            return self._make_chunks(doc, [(0, text, ())], identity)
+            return self.make_chunks(doc, [(0, text, ())], identity)
         splitter = self._sized_splitter(room, True)
         pieces = [(offset, f"{line}\n{piece}", (), offset + len(piece)) for offset, piece in splitter.chunk_indices(text)]
-        return self._make_chunks(doc, pieces, identity)
+        return self.make_chunks(doc, pieces, identity)
 
     def _heading_offsets(self, text: str) -> list[tuple[int, int, str]]:
         """(char offset, level, title) of every ATX/setext heading; code fences are respected."""
@@ -360,7 +398,11 @@ class Chunker:
                 out.append((line_starts[tok.map[0]], int(tok.tag[1]), title))
         return out
 
-    def _make_chunks(self, doc: Document, pieces, extra: dict) -> list[Chunk]:
+    def make_chunks(self, doc: Document, pieces, extra: dict | None = None) -> list[Chunk]:
+        """Chunks from (offset, text, heading trail[, end offset]) pieces: empty pieces dropped, any piece
+        over the embedder's limit cut (_enforce_limit), ids from (doc, chunker hash, occurrence, text);
+        `extra` goes into every chunk's metadata."""
+        extra = extra or {}
         chunks: list[Chunk] = []
         seen: dict[str, int] = {}
         for offset, text, headings, *end in pieces:
@@ -405,3 +447,32 @@ class Chunker:
             stripped = rest.lstrip()
             offset += len(head) + len(rest) - len(stripped)
             text = stripped
+
+
+# -- the built-in strategies (chunking.strategy) ---------------------------------------------------------
+def _prose(doc: Document) -> bool:
+    return doc.mime != TABLE_ROW_MIME
+
+
+@register_strategy("recursive", prose=_prose)
+def split_recursive(chunker: Chunker, doc: Document, spans: Spans | None = None) -> list[Chunk]:
+    """Token-bounded text pieces on sentence and line boundaries; a table row that is split keeps its
+    identity line on every piece."""
+    if doc.mime == TABLE_ROW_MIME:
+        return chunker.table_row_chunks(doc)
+    return chunker.text_chunks(doc, spans)
+
+
+@register_strategy("markdown", prose=lambda doc: doc.mime not in MARKDOWN_MIMES and _prose(doc))
+def split_markdown(chunker: Chunker, doc: Document, spans: Spans | None = None) -> list[Chunk]:
+    """Heading-aware: Markdown (and HTML, extracted to Markdown) packed block by block with its heading
+    trail; any other document as 'recursive'."""
+    if doc.mime in MARKDOWN_MIMES:
+        return chunker.markdown_chunks(doc)
+    return split_recursive(chunker, doc, spans)
+
+
+@register_strategy("none")
+def keep_whole(chunker: Chunker, doc: Document, spans: Spans | None = None) -> list[Chunk]:
+    """One chunk per document, cut at the chunk size (the BEIR setup: a corpus of short passages)."""
+    return chunker.whole_chunk(doc)

@@ -11,13 +11,9 @@ import numpy as np
 from ragloop.tasks.ir_metrics import score_rankings
 from ragloop.tasks.settings import EvalConfig
 
-CHUNK_PREFIX = "chunk_"  # chunk-level IR metrics; unprefixed names are document-level (as in BEIR)
-# Metrics where lower is better, declared once: the gate and the monitor read a rise as the drop.
-LOWER_IS_BETTER = frozenset({"degenerate", "false_refusal"})
-
-
-def higher_is_better(name: str) -> bool:
-    return name not in LOWER_IS_BETTER
+# Chunk-level IR metrics; unprefixed names are document-level (as in BEIR). What each metric means (its
+# direction, range, level) is declared in tasks/metrics.py METRIC_INFO.
+CHUNK_PREFIX = "chunk_"
 
 
 def cutoffs(config: EvalConfig, k: int) -> list[int]:
@@ -70,23 +66,6 @@ def without_stale_references(item: Mapping, missing: Sequence[str] | None) -> di
 def stale_summary(stale: Mapping[str, Sequence[str]], sample: int = 5) -> dict:
     """{items, references, qa_ids (first few)} for the eval summary."""
     return {"items": len(stale), "references": sum(len(v) for v in stale.values()), "qa_ids": sorted(stale)[:sample]}
-
-
-def answer_metrics(item: Mapping, result) -> dict[str, float]:
-    """Chain-level checks that need no judge, each 0/1 per item:
-    - `refusal_correct`: refused exactly when the item is unanswerable (all items);
-    - `refusal_recall`: refused, on unanswerable items only (a chain that answers everything scores 0);
-    - `false_refusal`: refused, on answerable items only (lower is better);
-    - `grounded` and `degenerate` (lower is better): on answered items, from the answer checks."""
-    if result.refused is None:  # no answer step ran (retrieval-only) or it failed
-        return {}
-    unanswerable = item["qa_type"] == "unanswerable"
-    out = {"refusal_correct": float(result.refused == unanswerable),
-           "refusal_recall" if unanswerable else "false_refusal": float(result.refused)}
-    if not result.refused and result.grounded is not None:
-        out["grounded"] = float(result.grounded)
-        out["degenerate"] = float(result.degenerate is not None)
-    return out
 
 
 def bootstrap_ci(values: Sequence[float], resamples: int, confidence: float, seed: int) -> tuple[float, float]:

@@ -15,7 +15,8 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from ragloop.tasks.evaluation import bootstrap_ci, higher_is_better
+from ragloop.tasks.evaluation import bootstrap_ci
+from ragloop.tasks.metrics import higher_is_better
 from ragloop.tasks.settings import GateBudgets, GateConfig
 
 
@@ -94,7 +95,7 @@ def check_gate(
     """The gate's verdict on a candidate run.
 
     `budget_reasons` (from check_budgets) fail the gate like a floor. For a lower-is-better metric
-    (evaluation.LOWER_IS_BETTER) the floor is a ceiling and a rise is the drop.
+    (better="lower" in tasks/metrics.py METRIC_INFO) the floor is a ceiling and a rise is the drop.
     Returns {"status": passed | failed | inconclusive | no_baseline, "reasons": [...], "warnings": [...],
     "paired_items": n, "gated": [metrics], "not_compared": {baseline_only, candidate_only},
     "power": {metric: {n, sd, half_width, detectable_drop, items_needed}}}.

@@ -1,7 +1,4 @@
-"""Golden sets in and out: JSONL (ragloop rows, ragas 0.2+ samples, ragas 0.1 testsets) and ragas EvaluationDataset.
-
-Pure but for export_golden_set, which reads the lake (and the index, for ragas) and writes one file.
-"""
+"""Golden sets in and out: JSONL (ragloop rows, ragas 0.2+ samples, ragas 0.1 testsets) and ragas EvaluationDataset (pure)."""
 
 from __future__ import annotations
 
@@ -13,14 +10,8 @@ from typing import Any, Iterable
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from ragloop.tasks import promotion
-from ragloop.tasks.embedding import load_embedder
-from ragloop.tasks.indexing import index_store
+from ragloop.tasks.question_types import IMPORTED, QUESTION_TYPES
 from ragloop.tasks.schemas import utcnow
-from ragloop.tasks.settings import ConfigError, EmbeddingConfig
-from ragloop.tasks.storage import Lake
-
-QA_TYPES = ("single_hop", "multi_hop", "abstract", "unanswerable", "paraphrased", "imported")
 
 
 class GoldenImportError(ValueError):
@@ -37,7 +28,7 @@ class ImportedItem(BaseModel):
     reference_chunk_ids: list[str] = Field(default_factory=list)
     reference_doc_ids: list[str] = Field(default_factory=list)
     reference_contexts: list[str] = Field(default_factory=list)  # matched to chunk texts
-    qa_type: str = "imported"
+    qa_type: str = IMPORTED
     persona: str = ""
     qa_id: str | None = None
 
@@ -118,7 +109,7 @@ def _ragloop_fields(data: dict, shape: str) -> dict:
             "reference_contexts": _as_list(data.get("reference_contexts"), "reference_contexts"),
             "reference_chunk_ids": _as_list(data.get("reference_context_ids"), "reference_context_ids"),
             "persona": data.get("persona_name") or "",
-            **({"qa_type": style} if style in QA_TYPES else {}),
+            **({"qa_type": style} if style in QUESTION_TYPES else {}),
         }
     truth = data.get("ground_truth")
     if truth is None and data.get("ground_truths"):
@@ -127,7 +118,7 @@ def _ragloop_fields(data: dict, shape: str) -> dict:
     contexts = [] if "answer" in data else _as_list(data.get("contexts"), "contexts")
     return {
         "question": data["question"], "reference_answer": truth, "reference_contexts": contexts,
-        "qa_type": RAGAS01_TYPES.get(data.get("evolution_type"), "imported"),
+        "qa_type": RAGAS01_TYPES.get(data.get("evolution_type"), IMPORTED),
     }
 
 
@@ -169,37 +160,6 @@ def to_ragas_dataset(rows: Iterable[dict], chunk_texts: dict[str, str], statuses
             )
         )
     return EvaluationDataset(samples=samples)
-
-
-def export_golden_set(lake: Lake, embedding: EmbeddingConfig, out: Path, fmt: str = "jsonl", golden: str = "latest",
-                      include_inactive: bool = False) -> dict:
-    """Write a golden set of the lake to JSONL (ragloop's columns) or a ragas EvaluationDataset JSONL.
-
-    Reads the lake (and, for ragas, the chunk texts of the index under test); writes only `out`.
-    Returns the summary `ragloop golden export` prints."""
-    golden_set_id, _ = promotion.Refs(lake).resolve_golden(golden, lake.list_golden())
-    if golden_set_id is None:
-        raise ConfigError(f"--golden {golden}: no such golden set in {lake.uri} "
-                          f"(have: {', '.join(lake.list_golden()) or 'none'})")
-    rows = lake.read_golden(golden_set_id).to_pylist()
-    statuses = ("active", "stale", "retired") if include_inactive else ("active",)
-    if fmt == "jsonl":
-        count = export_rows(rows, out, statuses)
-    elif fmt == "ragas":
-        doc_only = [r["qa_id"] for r in rows if r["status"] in statuses and r["reference_doc_ids"] and not r["reference_chunk_ids"]]
-        if doc_only:  # ragas carries chunk texts as references: document-level ones would be silently lost
-            raise ConfigError(f"--format ragas: {len(doc_only)} items reference documents only (e.g. {doc_only[0]}), which a "
-                              "ragas dataset cannot carry (its references are context texts); use --format jsonl")
-        store, _ = index_store(lake, load_embedder(embedding))
-        wanted = {c for r in rows for c in r["reference_chunk_ids"]}
-        texts = {r["chunk_id"]: r["text"] for r in store.scan(["chunk_id", "text"]).to_pylist() if r["chunk_id"] in wanted}
-        dataset = to_ragas_dataset(rows, texts, statuses)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        dataset.to_jsonl(out)
-        count = len(dataset)
-    else:
-        raise ConfigError(f"--format {fmt}: expected jsonl or ragas")
-    return {"status": "ok", "golden_set_id": golden_set_id, "format": fmt, "items": count, "path": str(out.resolve())}
 
 
 def read_import_file(path: Path) -> list[ImportedItem]:
@@ -269,7 +229,7 @@ def resolve_items(
         missing_docs = [d for d in item.reference_doc_ids if d not in known_docs]
         if missing_docs:
             errors.append(f"item {number}: reference_doc_ids not in the index: {missing_docs[:3]}")
-        qa_type = item.qa_type if item.qa_type in QA_TYPES else "imported"
+        qa_type = item.qa_type if item.qa_type in QUESTION_TYPES else IMPORTED
         qa_id = item.qa_id or hashlib.sha256(
             json.dumps([item.question.strip(), qa_type, sorted(chunk_ids), sorted(doc_ids)]).encode()
         ).hexdigest()[:24]

@@ -22,6 +22,7 @@ from typing import Any, Callable, Iterator
 import pyarrow as pa
 import yaml
 
+from ragloop.tasks.registry import Registry
 from ragloop.tasks.schemas import Document, Quarantined, QuarantineReason, utcnow
 from ragloop.tasks.settings import IngestConfig
 from ragloop.tasks.storage import Lake
@@ -75,7 +76,7 @@ def _json_safe(value: Any) -> Any:
     return json.loads(json.dumps(value, default=str))
 
 
-# -- loaders: (path, data) -> list of (doc_id suffix, text, title, metadata, mime) ---------------
+# -- loaders: (path, data, context) -> [Loaded(text, title, mime, metadata, row key)] -------------------
 @dataclass
 class Loaded:
     text: str
@@ -94,6 +95,26 @@ class LoadContext:
 
     root: Path
     config: IngestConfig
+
+
+Loader = Callable[[Path, bytes, LoadContext | None], list[Loaded]]
+# File extension (lower case, with its dot) -> loader; load_file quarantines a file no loader reads as
+# `unsupported`.
+LOADERS: Registry[Loader] = Registry("loader for file extension")
+
+
+def register_loader(*extensions: str, replace: bool = False) -> Callable[[Loader], Loader]:
+    """Decorator: register `loader(path, data, ctx) -> list[Loaded]` for files ending in `extensions`
+    (".md", ...; matched case-insensitively). The loader raises LoadError(reason, detail) for a file it
+    cannot read; it is quarantined with that reason. ValueError if an extension is taken and not `replace`."""
+    def wrap(loader: Loader) -> Loader:
+        for ext in extensions:
+            if not ext.startswith("."):
+                raise ValueError(f"loader extension {ext!r} must start with a dot")
+            LOADERS.register(ext.lower(), loader, replace=replace)
+        return loader
+
+    return wrap
 
 
 _HEADING_PREFIX_CHARS = 4096
@@ -135,6 +156,7 @@ def _h1(tokens, complete_before: int | None = None) -> str | None:
     return None
 
 
+@register_loader(".md", ".markdown")
 def load_markdown(path: Path, data: bytes, ctx: LoadContext | None = None) -> list[Loaded]:
     import frontmatter
 
@@ -154,6 +176,7 @@ def load_markdown(path: Path, data: bytes, ctx: LoadContext | None = None) -> li
     return [Loaded(text, title, "text/markdown", {"front_matter": meta} if meta else {}, notes=notes)]
 
 
+@register_loader(".ipynb")
 def load_notebook(path: Path, data: bytes, ctx: LoadContext | None = None) -> list[Loaded]:
     """A Jupyter notebook as Markdown: markdown cells as they are, code cells fenced with the kernel's
     language; outputs are dropped unless ingest.notebook_outputs (they are mostly noise: reprs, plots)."""
@@ -189,6 +212,7 @@ def load_notebook(path: Path, data: bytes, ctx: LoadContext | None = None) -> li
     return [Loaded(text, title, "text/markdown", {"notebook": {"cells": len(nb.cells), "language": language}}, notes=notes)]
 
 
+@register_loader(".txt")
 def load_text(path: Path, data: bytes, ctx: LoadContext | None = None) -> list[Loaded]:
     return [Loaded(normalize_text(decode_bytes(data)), path.stem, "text/plain")]
 
@@ -207,6 +231,7 @@ def _check_html_depth(html: str) -> None:
             raise LoadError(QuarantineReason.parse_error, f"html: {error.message} (nesting too deep)")
 
 
+@register_loader(".html", ".htm")
 def load_html(path: Path, data: bytes, ctx: LoadContext | None = None) -> list[Loaded]:
     import trafilatura
 
@@ -225,6 +250,7 @@ def load_html(path: Path, data: bytes, ctx: LoadContext | None = None) -> list[L
     return [Loaded(normalize_text(text or ""), title, "text/html")]
 
 
+@register_loader(".pdf")
 def load_pdf(path: Path, data: bytes, ctx: LoadContext | None = None) -> list[Loaded]:
     import pypdf
 
@@ -334,6 +360,7 @@ def _read_table(path: Path, data: bytes) -> tuple[pa.Table, dict[str, int]]:
     return table, notes
 
 
+@register_loader(".csv", ".parquet", ".jsonl")
 def load_table(path: Path, data: bytes, ctx: LoadContext | None = None) -> list[Loaded]:
     """Each row becomes a document; the sidecar's descriptions go into text and metadata, and the row's
     identity (table, id column, row key) into metadata, so every chunk of a split row can carry it."""
@@ -372,20 +399,6 @@ def load_table(path: Path, data: bytes, ctx: LoadContext | None = None) -> list[
         out.append(Loaded(normalize_text("\n".join(lines)), title, "application/x-table-row", metadata, key,
                           notes=notes if not out else {}))
     return out
-
-
-LOADERS: dict[str, Callable[..., list[Loaded]]] = {
-    ".md": load_markdown,
-    ".ipynb": load_notebook,
-    ".markdown": load_markdown,
-    ".txt": load_text,
-    ".html": load_html,
-    ".htm": load_html,
-    ".pdf": load_pdf,
-    ".csv": load_table,
-    ".parquet": load_table,
-    ".jsonl": load_table,
-}
 
 
 def iter_beir_corpus(path: Path) -> Iterator[Document | Quarantined]:

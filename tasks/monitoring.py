@@ -1,7 +1,7 @@
 """Quality monitoring: history rows, the windowed regression rule, drift checks and budgets (pure).
 
 Every check returns its figures (for the history and the report) and the alerts they raise; nothing
-here reads the lake or sends anything (flows/monitor.py wires the I/O, tasks/alerting.py the sinks).
+here reads the lake or sends anything (tasks/monitor_run.py reads a pass's inputs, tasks/alerting.py has the sinks).
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from typing import Any, Iterable, Mapping, Sequence
 import numpy as np
 from scipy import stats
 
-from ragloop.tasks.evaluation import higher_is_better
+from ragloop.tasks.metrics import higher_is_better
 from ragloop.tasks.settings import MonitorConfig
 
 SEVERITY_RANK = {"info": 0, "warning": 1, "critical": 2}
@@ -216,7 +216,7 @@ def check_regression(series: Sequence[Mapping], config: MonitorConfig) -> Check:
         if any(v is None for v in current) or not baseline_values:
             continue
         baseline = float(np.median(baseline_values))
-        # a lower-is-better metric (degenerate, false_refusal) regresses by rising
+        # a lower-is-better metric (degenerate, false_refusal: METRIC_INFO) regresses by rising
         drops = [baseline - v if higher_is_better(name) else v - baseline for v in current]
         checked[name] = {"baseline": round(baseline, 6), "window": [round(v, 6) for v in current],
                          "min_drop": round(min(drops), 6)}

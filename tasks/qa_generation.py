@@ -21,20 +21,12 @@ import numpy as np
 from ragloop.tasks import grounding
 from ragloop.tasks.indexing import ChunkStore, sql_in
 from ragloop.tasks.prompts import Prompt
+from ragloop.tasks.question_types import QUESTION_TYPES, QuestionType
 from ragloop.tasks.schemas import utcnow
 from ragloop.tasks.settings import SynthConfig
 
 log = logging.getLogger(__name__)
 
-QA_TYPES = ("single_hop", "multi_hop", "abstract", "unanswerable", "paraphrased")
-PROMPT_FOR_TYPE = {
-    "single_hop": "qa_single_hop",
-    "multi_hop": "qa_multi_hop",
-    "abstract": "qa_abstract",
-    "unanswerable": "qa_unanswerable",
-    "paraphrased": "qa_single_hop",  # generated single-hop, then rewritten by qa_paraphrase
-}
-REQUIRED_PROMPTS = ("qa_single_hop", "qa_multi_hop", "qa_abstract", "qa_unanswerable", "qa_paraphrase")
 REFUSAL_ANSWER = grounding.REFUSAL_ANSWER
 CONTEXT_REFERENCE = re.compile(
     r"\b(the|this|that|these|above|given|provided)\s+(passages?|texts?|context|documents?|excerpts?|snippets?|sections?)\b"
@@ -66,6 +58,10 @@ class GenTask:
     persona: str
     chunks: list[ChunkRef]
 
+    @property
+    def kind(self) -> QuestionType:
+        return QUESTION_TYPES[self.qa_type]
+
 
 @dataclass
 class Candidate:
@@ -89,12 +85,13 @@ class GenerationReport:
 
 # -- budget and staleness -------------------------------------------------------------------------
 def allocate(total: int, weights: dict[str, float]) -> dict[str, int]:
-    """Split a budget over types by weight (largest remainder, deterministic tie-break by order)."""
+    """Split a budget over types by weight (largest remainder, ties broken by registration order)."""
     live = {t: w for t, w in weights.items() if w > 0}
     norm = sum(live.values())
     raw = {t: total * w / norm for t, w in live.items()}
     counts = {t: int(v) for t, v in raw.items()}
-    for t in sorted(live, key=lambda t: (-(raw[t] - counts[t]), QA_TYPES.index(t)))[: total - sum(counts.values())]:
+    order = list(QUESTION_TYPES)
+    for t in sorted(live, key=lambda t: (-(raw[t] - counts[t]), order.index(t)))[: total - sum(counts.values())]:
         counts[t] += 1
     return counts
 
@@ -230,36 +227,48 @@ def plan_tasks(
         rows.sort(key=lambda r: r["position"])
     first = [d for d in dict.fromkeys(priority_docs) if d in by_doc]
     order = stratified_order(first, rng) + stratified_order([d for d in by_doc if d not in set(first)], rng)
-    slots = [t for t in QA_TYPES for _ in range(counts.get(t, 0))]
+    slots = [t for t in QUESTION_TYPES for _ in range(counts.get(t, 0))]
     rng.shuffle(slots)
 
     picks: list[tuple[str, str, list[str]]] = []  # (type, doc, chunk ids)
     for i, qa_type in enumerate(slots):
         doc = order[i % len(order)]
-        rows = by_doc[doc]
-        if qa_type == "abstract":
-            chosen, budget = [], 0
-            start = rng.randrange(len(rows))
-            for row in rows[start:] + rows[:start]:
-                if budget + row["n_tokens"] > config.max_context_tokens and chosen:
-                    break
-                chosen.append(row["chunk_id"])
-                budget += row["n_tokens"]
-            picks.append((qa_type, doc, chosen))
-        else:
-            picks.append((qa_type, doc, [rng.choice(rows)["chunk_id"]]))
+        picks.append((qa_type, doc, SAMPLERS[QUESTION_TYPES[qa_type].sampling](by_doc[doc], rng, config)))
     fetched = _fetch(store, sorted({c for _, _, ids in picks for c in ids}))
     tasks = []
     for i, (qa_type, doc, ids) in enumerate(picks):
         refs = [_ref(fetched[c]) for c in ids if c in fetched]
-        if qa_type == "multi_hop":
+        kind = QUESTION_TYPES[qa_type]
+        if kind.sampling == "related_pair":
             partner = _neighbour(store, fetched[ids[0]])
-            if partner is None:
-                qa_type = "single_hop"  # a one-chunk corpus has no second hop
+            if partner is None:  # a one-chunk corpus has no second hop
+                if kind.fallback is None:
+                    continue
+                qa_type = kind.fallback
             else:
                 refs.append(partner)
         tasks.append(GenTask(qa_type, config.personas[i % len(config.personas)], refs))
     return tasks
+
+
+def _one_chunk(rows: list[dict], rng: random.Random, config: SynthConfig) -> list[str]:
+    return [rng.choice(rows)["chunk_id"]]
+
+
+def _chunk_run(rows: list[dict], rng: random.Random, config: SynthConfig) -> list[str]:
+    chosen, budget = [], 0
+    start = rng.randrange(len(rows))
+    for row in rows[start:] + rows[:start]:
+        if budget + row["n_tokens"] > config.max_context_tokens and chosen:
+            break
+        chosen.append(row["chunk_id"])
+        budget += row["n_tokens"]
+    return chosen
+
+
+# question_types.Sampling -> (a document's eligible chunk rows in order, rng, config) -> chunk ids. A
+# related_pair starts from one chunk; plan_tasks adds its partner from the index (_neighbour).
+SAMPLERS = {"one_chunk": _one_chunk, "related_pair": _one_chunk, "chunk_run": _chunk_run}
 
 
 def _ref(row: dict) -> ChunkRef:
@@ -289,15 +298,16 @@ def _neighbour(store: ChunkStore, row: dict) -> ChunkRef | None:
 
 # -- prompts -> messages -------------------------------------------------------------------------
 def task_messages(task: GenTask, prompts: dict[str, Prompt]) -> tuple[Prompt, list[dict]]:
-    prompt = prompts[PROMPT_FOR_TYPE[task.qa_type]]
-    if task.qa_type == "multi_hop":
+    prompt = prompts[task.kind.prompt]
+    if task.kind.sampling == "related_pair":
         return prompt, prompt.render(context_a=task.chunks[0].text, context_b=task.chunks[1].text, persona=task.persona)
     context = "\n\n".join(c.text for c in task.chunks)
     return prompt, prompt.render(context=context, persona=task.persona)
 
 
 def generate_candidates(tasks: list[GenTask], prompts: dict[str, Prompt], llm) -> list[Candidate]:
-    """One LLM structured call per task (batched per prompt), then the paraphrase step."""
+    """One LLM structured call per task (batched per prompt), then the rewrite step of the types that
+    have one (paraphrased), batched per rewrite prompt."""
     candidates: list[Candidate | None] = [None] * len(tasks)
     groups: dict[str, list[int]] = {}
     rendered = {}
@@ -314,9 +324,12 @@ def generate_candidates(tasks: list[GenTask], prompts: dict[str, Prompt], llm) -
                 tasks[i], getattr(value, "question", "") if value else "", getattr(value, "answer", "") if value else "",
                 prompt, None if value is not None else (res.error or "no value"), res.finish_reason,
             )
-    para_idx = [i for i, c in enumerate(candidates) if c and c.task.qa_type == "paraphrased" and not c.error]
-    if para_idx:
-        prompt = prompts["qa_paraphrase"]
+    rewrites: dict[str, list[int]] = {}
+    for i, c in enumerate(candidates):
+        if c and c.task.kind.rewrite_prompt and not c.error:
+            rewrites.setdefault(c.task.kind.rewrite_prompt, []).append(i)
+    for name, para_idx in rewrites.items():
+        prompt = prompts[name]
         results = llm.structured_many(
             [prompt.render(question=candidates[i].question, persona=tasks[i].persona) for i in para_idx],
             prompt.output_model(), **prompt.params,
@@ -337,8 +350,11 @@ def max_prompt_tokens(tasks: list[GenTask], prompts: dict[str, Prompt], count_to
         prompt, messages = task_messages(task, prompts)
         size = sum(count_tokens(m["content"]) + 8 for m in messages) + int(prompt.params.get("max_tokens", 256))
         worst = max(worst, size)
-    para = prompts["qa_paraphrase"]
-    return max(worst, sum(count_tokens(m["content"]) for m in para.render(question="x" * 300, persona="p")) + 128)
+    for name in dict.fromkeys(k.rewrite_prompt for k in QUESTION_TYPES.values() if k.rewrite_prompt):
+        rewrite = prompts[name]
+        rendered = rewrite.render(question="x" * 300, persona="p")
+        worst = max(worst, sum(count_tokens(m["content"]) for m in rendered) + 128)
+    return worst
 
 
 # -- filters -------------------------------------------------------------------------------------
@@ -399,12 +415,13 @@ def reject_reason(cand: Candidate, config: SynthConfig) -> str | None:
     if cand.error:
         return "unparseable"
     q, a = cand.question.strip(), cand.answer.strip()
-    answerable = cand.task.qa_type != "unanswerable"
+    kind = cand.task.kind
+    answerable = not kind.must_refuse
     if not (config.min_question_chars <= len(q) <= config.max_question_chars):
         return "too_short" if len(q) < config.min_question_chars else "too_long"
     if answerable and (not a or len(a) > config.max_answer_chars):
         return "too_short" if not a else "too_long"
-    if "\n" in q or (cand.task.qa_type != "paraphrased" and not q.endswith("?")):
+    if "\n" in q or (kind.question_mark and not q.endswith("?")):
         return "malformed"  # a cut-off question, or one with its answer run into it
     if CONTEXT_REFERENCE.search(q):
         return "refers_to_context"  # "what is the passage about?" means nothing to a retriever
@@ -429,7 +446,7 @@ def reject_reason(cand: Candidate, config: SynthConfig) -> str | None:
         return "made_up_fact"  # in a chunk, but only beside the supporting sentences (max_spans)
     if not evidence or answer_support(a, spans) < config.min_answer_support:
         return "unsupported_answer"
-    if cand.task.qa_type == "multi_hop" and len(evidence) < len(cand.task.chunks):
+    if kind.evidence_in_every_chunk and len(evidence) < len(cand.task.chunks):
         return "missing_evidence"
     cand.evidence = evidence
     return None
@@ -467,11 +484,13 @@ def qa_id_of(question: str, qa_type: str, source_chunk_ids: Sequence[str]) -> st
 
 
 def to_item(cand: Candidate, generator: str) -> dict:
-    """The golden row of an accepted candidate. An abstract item refers to the chunks its answer has
-    evidence in (the ones it summarizes), not every chunk it was shown; `evidence` lists the spans."""
+    """The golden row of an accepted candidate. A type with references="evidence" (abstract) refers to
+    the chunks its answer has evidence in (the ones it summarizes), not every chunk it was shown;
+    `evidence` lists the spans. A must-refuse type gets the refusal answer and no references."""
     chunks = cand.task.chunks
-    answerable = cand.task.qa_type != "unanswerable"
-    refs = [c for c in chunks if c.chunk_id in cand.evidence] if cand.task.qa_type == "abstract" and cand.evidence else chunks
+    answerable = not cand.task.kind.must_refuse
+    cited = cand.task.kind.references == "evidence" and cand.evidence
+    refs = [c for c in chunks if c.chunk_id in cand.evidence] if cited else chunks
     return {
         "qa_id": qa_id_of(cand.question, cand.task.qa_type, [c.chunk_id for c in chunks]),
         "question": cand.question.strip(),

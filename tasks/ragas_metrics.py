@@ -10,9 +10,14 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Sequence
 
+from ragloop.tasks.question_types import must_refuse
+
 log = logging.getLogger(__name__)
 
 os.environ.setdefault("RAGAS_DO_NOT_TRACK", "true")  # read once, at ragas' first import
+
+NON_LLM = ("id_context_precision", "id_context_recall", "rouge_l", "semantic_similarity")
+JUDGED = ("faithfulness", "answer_relevancy", "context_precision", "context_recall", "factual_correctness")
 
 
 class JudgeError(RuntimeError):
@@ -107,7 +112,7 @@ class RagasScorer:
                                       reference_context_ids=list(item["reference_chunk_ids"]))
             out.metrics["id_context_precision"] = float(self.id_precision.single_turn_score(sample))
             out.metrics["id_context_recall"] = float(self.id_recall.single_turn_score(sample))
-        if not answer or not item["reference_answer"] or item["qa_type"] == "unanswerable":
+        if not answer or not item["reference_answer"] or must_refuse(item["qa_type"]):
             return out
         reference = item["reference_answer"]
         # A refusal of an answerable question is scored like any wrong answer (low overlap, low

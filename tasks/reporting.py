@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
@@ -16,6 +17,8 @@ import matplotlib
 
 matplotlib.use("Agg")  # files only, never a display
 import matplotlib.pyplot as plt  # noqa: E402
+
+from ragloop.tasks.metrics import higher_is_better, metric_range  # noqa: E402
 
 PREFERRED = ("ndcg@10", "ndcg@5", "hit@5", "recall@10", "recall@5", "mrr@10", "mrr@5", "semantic_similarity",
              "rouge_l", "refusal_correct", "refusal_recall", "grounded", "degenerate", "faithfulness", "answer_relevancy")
@@ -143,8 +146,8 @@ def _trend_plot(series: Sequence[Mapping], names: Sequence[str]) -> bytes:
         for x in changes:
             ax.axvline(x - 0.5, color="#B45309", linestyle="--", linewidth=1)
             ax.annotate("golden set changed", (x - 0.5, 1.0), fontsize=6, color="#B45309", rotation=90, va="top", ha="right")
-        ax.set_title(name, fontsize=10)
-        ax.set_ylim(-0.02, 1.02)
+        ax.set_title(name if higher_is_better(name) else f"{name} (lower is better)", fontsize=10)
+        ax.set_ylim(*_padded(metric_range(name), 0.02))
         ax.set_xticks(xs)
         ax.set_xticklabels(labels, rotation=45, ha="right", fontsize=6)
         ax.grid(alpha=0.3)
@@ -163,11 +166,22 @@ def _by_type_plot(by_type: Mapping[str, Mapping], names: Sequence[str]) -> bytes
         ax.bar([x + i * width for x in range(len(types))], values, width=width, label=name)
     ax.set_xticks([x + width * (len(names) - 1) / 2 for x in range(len(types))])
     ax.set_xticklabels([f"{t}\n(n={by_type[t].get('n', '?')})" for t in types], fontsize=8)
-    ax.set_ylim(0, 1.05)
+    low = min(metric_range(n)[0] for n in names)
+    high = max(metric_range(n)[1] for n in names)
+    if math.isfinite(low) and math.isfinite(high):
+        ax.set_ylim(low, high + 0.05 * (high - low))
     ax.legend(fontsize=7, ncol=min(len(names), 4))
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
     return _png(fig)
+
+
+def _padded(bounds: tuple[float, float], share: float) -> tuple[float | None, float | None]:
+    """A plot's y limits: the metric's range widened by `share` of it on each side (None for an open end)."""
+    low, high = bounds
+    if not (math.isfinite(low) and math.isfinite(high)):
+        return (low if math.isfinite(low) else None), (high if math.isfinite(high) else None)
+    return low - share * (high - low), high + share * (high - low)
 
 
 def _histogram(previous: Sequence[float] | None, current: Sequence[float], xlabel: str) -> bytes:
@@ -210,9 +224,9 @@ details{margin:6px 0}img{max-width:100%}.muted{color:#777;font-size:12px}
 {% if latest %}
 <p>eval run <b>{{ latest.run_id }}</b> · golden set {{ latest.golden_set_id }} · {{ latest["items"].total }} items ({{ latest["items"].failed }} failed) · gate {{ latest.gate.status if latest.gate else "n/a" }}</p>
 <table><tr><th>metric</th><th class="num">value</th><th class="num">95% CI</th><th class="num">n</th><th class="num">Δ previous run</th></tr>
-{% for m in headline %}<tr><td>{{ m.name }}</td><td class="num">{{ "%.4f"|format(m.value) }}</td>
+{% for m in headline %}<tr><td>{{ m.name }}{% if not m.higher_is_better %} <span class="muted">(lower is better)</span>{% endif %}</td><td class="num">{{ "%.4f"|format(m.value) }}</td>
 <td class="num">{% if m.ci %}[{{ "%.4f"|format(m.ci[0]) }}, {{ "%.4f"|format(m.ci[1]) }}]{% endif %}</td><td class="num">{{ m.n or "" }}</td>
-<td class="num {{ 'bad' if m.delta is not none and m.delta < 0 else '' }}">{{ "%+.4f"|format(m.delta) if m.delta is not none else "" }}</td></tr>
+<td class="num {{ 'bad' if m.worse else '' }}">{{ "%+.4f"|format(m.delta) if m.delta is not none else "" }}</td></tr>
 {% endfor %}</table>
 {% else %}<p>No eval run observed yet: run <code>ragloop eval</code> or <code>ragloop run</code>.</p>{% endif %}
 
@@ -284,8 +298,11 @@ def render_report(d: ReportData) -> dict[str, bytes]:
         previous = d.series[-2]["metrics"] if len(d.series) > 1 else {}
         for name in headline_metrics(sorted(metrics), d.metrics) or sorted(metrics):
             before = (previous.get(name) or {}).get("value")
+            delta = metrics[name] - before if before is not None else None
+            higher = higher_is_better(name)
             headline.append({"name": name, "value": metrics[name], "ci": cis.get(name), "n": counts.get(name),
-                             "delta": metrics[name] - before if before is not None else None})
+                             "delta": delta, "higher_is_better": higher,
+                             "worse": delta is not None and (delta < 0 if higher else delta > 0)})
         groups = latest.get("by_type") or {}
         by_type = sorted(groups.items())
         type_names = sorted({m for g in groups.values() for m in g.get("metrics", {})})

@@ -5,16 +5,17 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import (
-    BaseModel, ConfigDict, Field, NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt, ValidationError,
-    model_validator,
+    AfterValidator, BaseModel, ConfigDict, Field, NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt,
+    ValidationError, model_validator,
 )
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from ragloop.tasks.lineage import canonical_hash
+from ragloop.tasks.registry import name_check
 
 DEFAULT_CONFIG_FILE = "ragloop.yaml"
 CONFIG_ENV_VAR = "RAGLOOP_CONFIG"
@@ -55,8 +56,16 @@ class IngestConfig(Section):
         return self
 
 
+# The closed lists below name ragloop's built-in entries; each value has a registry entry where the thing
+# is defined (a structure test checks both ways). A field also accepts a name an extension registered
+# before the settings were loaded (README: Extending ragloop).
+ChunkingStrategyName = Literal["markdown", "recursive", "none"]  # tasks/chunking.py CHUNKING_STRATEGIES
+ChunkingStrategyChoice = Annotated[str, AfterValidator(name_check(ChunkingStrategyName, "chunking.strategy",
+                                                            "chunking strategy"))]
+
+
 class ChunkingConfig(Section):
-    strategy: Literal["markdown", "recursive", "none"] = "markdown"
+    strategy: ChunkingStrategyChoice = "markdown"
     # Content tokens per chunk, counted with the embedder's tokenizer. None = the embedder's
     # own limit (max_seq_length minus its special tokens); a larger value is an error.
     max_tokens: PositiveInt | None = None
@@ -138,14 +147,15 @@ class LLMConfig(Section):
         return self
 
 
-QAType = Literal["single_hop", "multi_hop", "abstract", "unanswerable", "paraphrased"]
+QAType = Literal["single_hop", "multi_hop", "abstract", "unanswerable", "paraphrased"]  # tasks/question_types.py
+QuestionTypeChoice = Annotated[str, AfterValidator(name_check(QAType, "synth.types", "question type"))]
 
 
 class SynthConfig(Section):
     size: PositiveInt = 20  # active items the golden set should hold
     seed: int = 0
     # Share of the budget per question type (normalized); a type with weight 0 is not generated.
-    types: dict[QAType, float] = Field(
+    types: dict[QuestionTypeChoice, float] = Field(
         default_factory=lambda: {"single_hop": 0.4, "multi_hop": 0.2, "abstract": 0.15,
                                  "unanswerable": 0.1, "paraphrased": 0.15}
     )
@@ -236,7 +246,8 @@ class GateConfig(Section):
     min_baseline_overlap: float = Field(default=0.5, ge=0, le=1)
 
 
-AlertSinkName = Literal["log", "jsonl", "artifact", "webhook"]
+AlertSinkName = Literal["log", "jsonl", "artifact", "webhook"]  # tasks/alerting.py SINKS
+AlertSinkChoice = Annotated[str, AfterValidator(name_check(AlertSinkName, "monitor.sinks", "alert sink"))]
 
 
 class MonitorConfig(Section):
@@ -250,7 +261,9 @@ class MonitorConfig(Section):
     baseline_runs: PositiveInt = 5
     max_drop: float = Field(default=0.05, ge=0)
     critical_drop: float = Field(default=0.15, ge=0)
-    metrics: list[str] = Field(default_factory=list)  # checked and plotted; empty = every metric (all higher-is-better)
+    # Checked and plotted; empty = every metric. Each metric's direction (a rise of `degenerate` is its
+    # drop) comes from tasks/metrics.py METRIC_INFO.
+    metrics: list[str] = Field(default_factory=list)
     min_golden_overlap: float = Field(default=0.5, ge=0, le=1)
     # Drift between the previously monitored state and the current one.
     max_corpus_change: float = Field(default=0.2, ge=0)  # (added + removed + changed docs) / previous docs
@@ -268,7 +281,7 @@ class MonitorConfig(Section):
     # Sinks: log, an alerts JSONL file (default <lake>/alerts/alerts.jsonl), a Prefect artifact, and a
     # JSON POST (Slack-compatible `text`) to the URL in the env var named here; the URL is a secret,
     # so it is never a config value. The webhook is skipped (and says so) while the variable is unset.
-    sinks: list[AlertSinkName] = Field(default_factory=lambda: ["log", "jsonl", "artifact", "webhook"])
+    sinks: list[AlertSinkChoice] = Field(default_factory=lambda: ["log", "jsonl", "artifact", "webhook"])
     alerts_file: str | None = None
     webhook_url_env: str = "ALERT_WEBHOOK_URL"
     webhook_min_severity: Literal["info", "warning", "critical"] = "warning"
@@ -394,7 +407,10 @@ def _parse_env_scalar(raw: str) -> Any:
 def _format_error(exc: ValidationError, origin: str) -> str:
     lines = []
     for err in exc.errors():
-        field = ".".join(str(p) for p in err["loc"]) or "(root)"
+        loc = err["loc"]
+        if loc and loc[-1] == "[key]":  # a bad mapping key (synth.types.toy.[key]): name the mapping
+            loc = loc[:-2]
+        field = ".".join(str(p) for p in loc) or "(root)"
         msg = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
         lines.append(f"{field}: {msg} (got {err.get('input')!r})" if err["type"] != "extra_forbidden"
                      else f"{field}: {msg}")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import subprocess
 from pathlib import Path
@@ -9,6 +10,7 @@ from pathlib import Path
 import pytest
 
 import ragloop.flows  # noqa: F401  (offline runtime defaults before anything imports prefect)
+from ragloop.tasks import providers
 from ragloop.tasks.embedding import HashEmbedder
 from ragloop.tasks.settings import Settings, load_settings
 
@@ -23,6 +25,21 @@ def _isolated_env(monkeypatch, tmp_path):
         if name.startswith("RAGLOOP_"):
             monkeypatch.delenv(name)
     monkeypatch.chdir(tmp_path)
+
+
+@pytest.fixture(autouse=True)
+def _real_providers():
+    """Every test starts and ends with the real providers (tasks.providers); `use_fakes` swaps them."""
+    providers.install(None)
+    yield
+    providers.install(None)
+
+
+def use_fakes(embedder=None, llm=None) -> None:
+    """Build the run's embedder and/or LLM (chain and judge) with these factories (config -> object)
+    for the rest of the test, through the one provider seam every flow uses."""
+    changes = {name: factory for name, factory in (("embedder", embedder), ("llm", llm)) if factory is not None}
+    providers.install(dataclasses.replace(providers.current(), **changes))
 
 
 @pytest.fixture

@@ -11,9 +11,9 @@ import sys
 import pytest
 
 from ragloop.flows import evaluate as eval_flow
-from ragloop.flows import golden as golden_flow
-from ragloop.flows import index as index_flow
+from ragloop.tasks import providers
 from ragloop.tasks.embedding import HashEmbedder
+from ragloop.tasks.llm import ScriptedLLM
 from ragloop.tasks.storage import Lake
 from tests.conftest import REPO
 from tests.reliability.helpers import import_station_golden, index_stations
@@ -31,9 +31,9 @@ FORBIDDEN_RAGAS_EXPORT = tuple(m for m in FORBIDDEN if m not in ("ragas", "lance
 DRIVER = """
 import json, os, sys
 if os.environ.get("FAKE_EMBEDDER"):
-    from ragloop.tasks import golden_io
+    from ragloop.tasks import providers
     from ragloop.tasks.embedding import HashEmbedder
-    golden_io.load_embedder = lambda config: HashEmbedder(dim=32, max_tokens=64)
+    providers.install(providers.Providers(embedder=lambda config: HashEmbedder(dim=32, max_tokens=64)))
 from ragloop.flows.cli import main
 code = main(sys.argv[1:])
 forbidden = os.environ["FORBIDDEN_MODULES"].split(",")
@@ -52,14 +52,13 @@ def lake(prefect_backend, tmp_path_factory):
             if name.startswith("RAGLOOP_"):
                 mp.delenv(name)
         mp.chdir(root)
-        embedder = HashEmbedder(dim=32, max_tokens=64)
-        for module in (index_flow, eval_flow, golden_flow):
-            mp.setattr(module, "load_embedder", lambda config: embedder)
         mp.setenv("RAGLOOP_PROMPTS_DIR", str(REPO / "prompts"))
-        index_stations(root, lake_dir, 6)
-        import_station_golden(root, lake_dir)
-        runs = [eval_flow.evaluate_chain(lake=str(lake_dir), retrieval=mode, k=3, retrieval_only=True)["run_id"]
-                for mode in ("vector", "fts")]
+        embedder = HashEmbedder(dim=32, max_tokens=64)
+        with providers.use(providers.Providers(embedder=lambda config: embedder, llm=lambda config: ScriptedLLM())):
+            index_stations(root, lake_dir, 6)
+            import_station_golden(root, lake_dir)
+            runs = [eval_flow.evaluate_chain(lake=str(lake_dir), retrieval=mode, k=3, retrieval_only=True)["run_id"]
+                    for mode in ("vector", "fts")]
     return root, lake_dir, runs
 
 

@@ -10,10 +10,9 @@ import re
 import lancedb
 import pytest
 
-from ragloop.flows import golden as golden_flow
 from ragloop.flows import index as index_flow
 from ragloop.flows.cli import main
-from tests.conftest import write_files
+from tests.conftest import use_fakes, write_files
 
 
 def _notebook(title: str, code: str, output: str) -> str:
@@ -61,8 +60,8 @@ CONFIG = "ingest:\n  exclude:\n    - overrides/\n    - assets/\n    - data/\n   
 
 @pytest.fixture
 def fake(monkeypatch, fake_embedder):
-    monkeypatch.setattr(index_flow, "load_embedder", lambda config: fake_embedder)
-    monkeypatch.setattr(golden_flow, "load_embedder", lambda config: fake_embedder)
+    use_fakes(embedder=lambda config: fake_embedder)
+    use_fakes(embedder=lambda config: fake_embedder)
     return fake_embedder
 
 

@@ -16,7 +16,7 @@ from ragloop.flows.cli import main
 from ragloop.tasks.llm import LLMRequestError, ScriptedLLM
 from ragloop.tasks.promotion import Refs
 from ragloop.tasks.storage import Lake
-from tests.conftest import REPO, write_files
+from tests.conftest import REPO, use_fakes, write_files
 
 CORPUS = [
     {"_id": "d1", "title": "Harbour station", "text": "The harbour station has twelve docks and two chargers."},
@@ -45,9 +45,8 @@ def beir_dir(tmp_path):
 @pytest.fixture
 def fakes(monkeypatch, fake_embedder):
     llm = ScriptedLLM()
-    for module in (index_flow, eval_flow, golden_flow):
-        monkeypatch.setattr(module, "load_embedder", lambda config: fake_embedder)
-    monkeypatch.setattr(eval_flow, "load_llm", lambda config: llm)
+    use_fakes(embedder=lambda config: fake_embedder)
+    use_fakes(llm=lambda config: llm)
     monkeypatch.setenv("RAGLOOP_PROMPTS_DIR", str(REPO / "prompts"))
     return llm
 
@@ -239,7 +238,7 @@ def test_ragas_metrics_and_failed_judgments_are_counted(prefect_backend, fakes, 
     golden_flow.import_golden_set(path=str(golden), lake=str(lake_dir))
     fakes.add(lambda messages: "The harbour station has twelve docks.")
     judge = JudgeFake()
-    monkeypatch.setattr(eval_flow, "load_llm", lambda config: judge if config.provider == "fake" else fakes)
+    use_fakes(llm=lambda config: judge if config.provider == "fake" else fakes)
     monkeypatch.setenv("RAGLOOP_EVAL__JUDGE", '{"provider": "fake"}')
     monkeypatch.setenv("RAGLOOP_EVAL__REFUSE_BELOW", "-1")
 

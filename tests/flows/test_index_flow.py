@@ -12,7 +12,7 @@ import pytest
 
 from ragloop.flows import index as index_flow
 from ragloop.flows.cli import main
-from tests.conftest import write_files
+from tests.conftest import use_fakes, write_files
 
 LONG_SECTION = "\n\n".join(f"Paragraph {i} talks about bicycles, docks and batteries number {i}." for i in range(40))
 
@@ -30,7 +30,7 @@ def _corpus(root):
 
 @pytest.fixture
 def fake(monkeypatch, fake_embedder):
-    monkeypatch.setattr(index_flow, "load_embedder", lambda config: fake_embedder)
+    use_fakes(embedder=lambda config: fake_embedder)
     return fake_embedder
 
 
@@ -249,3 +249,15 @@ def test_front_matter_reaches_the_chunk_rows(prefect_backend, fake, tmp_path, la
     _index(src, lake_dir)
     meta = {r["doc_id"]: json.loads(r["metadata"]) for r in _table_rows(lake_dir)}
     assert meta["a.md"]["front_matter"] == {"team": "ops", "lang": "en"} and "front_matter" not in meta["b.md"]
+
+
+def test_index_and_ingest_summaries_are_dumps_of_their_models(prefect_backend, fake, tmp_path, lake_dir):
+    from ragloop.flows.ingest import ingest_corpus
+    from ragloop.tasks.index_run import IndexSummary
+    from ragloop.tasks.ingest_run import IngestSummary
+
+    src = _corpus(tmp_path / "src")
+    indexed = _index(src, lake_dir)
+    assert IndexSummary.model_validate(indexed).dump() == indexed
+    ingested = ingest_corpus(sources=[str(src)], lake=str(lake_dir))
+    assert IngestSummary.model_validate(ingested).dump() == ingested

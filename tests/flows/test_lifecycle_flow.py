@@ -5,21 +5,16 @@ from __future__ import annotations
 import json
 import re
 
-from ragloop.flows import evaluate as eval_flow
-from ragloop.flows import index as index_flow
-from ragloop.flows import monitor as monitor_flow
-from ragloop.flows import synth as synth_flow
 from ragloop.flows.cli import main
-from tests.conftest import REPO, write_files
+from tests.conftest import REPO, use_fakes, write_files
 from tests.flows.test_synth_flow import DOCS, PassageLLM
 
 
 def test_second_night_with_nothing_changed_recomputes_nothing(prefect_backend, tmp_path, lake_dir, monkeypatch, fake_embedder, capsys):
     llm = PassageLLM()
-    for module in (index_flow, synth_flow, eval_flow, monitor_flow):
-        monkeypatch.setattr(module, "load_embedder", lambda config: fake_embedder)
-    monkeypatch.setattr(synth_flow, "load_llm", lambda config: llm)
-    monkeypatch.setattr(eval_flow, "load_llm", lambda config: llm)
+    use_fakes(embedder=lambda config: fake_embedder)
+    use_fakes(llm=lambda config: llm)
+    use_fakes(llm=lambda config: llm)
     monkeypatch.setenv("RAGLOOP_PROMPTS_DIR", str(REPO / "prompts"))
     monkeypatch.setenv("RAGLOOP_SYNTH__MIN_CONTEXT_TOKENS", "5")
     monkeypatch.setenv("RAGLOOP_SYNTH__SIZE", "6")
@@ -70,9 +65,8 @@ def test_a_failed_synth_reaches_every_sink_and_the_night_ends_failed(prefect_bac
                                                                     fake_embedder, capsys):
     from tests.unit.test_alerting import Receiver
 
-    for module in (index_flow, synth_flow, eval_flow, monitor_flow):
-        monkeypatch.setattr(module, "load_embedder", lambda config: fake_embedder)
-    monkeypatch.setattr(synth_flow, "load_llm", lambda config: PassageLLM(garbage=True))  # nothing parses: synth fails
+    use_fakes(embedder=lambda config: fake_embedder)
+    use_fakes(llm=lambda config: PassageLLM(garbage=True))  # nothing parses: synth fails
     monkeypatch.setenv("RAGLOOP_PROMPTS_DIR", str(REPO / "prompts"))
     monkeypatch.setenv("RAGLOOP_SYNTH__MIN_CONTEXT_TOKENS", "5")
     receiver = Receiver([])

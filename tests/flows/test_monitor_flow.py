@@ -10,10 +10,9 @@ import pytest
 from ragloop.flows import evaluate as eval_flow
 from ragloop.flows import golden as golden_flow
 from ragloop.flows import index as index_flow
-from ragloop.flows import monitor as monitor_flow
 from ragloop.flows.cli import main
 from ragloop.tasks.storage import Lake
-from tests.conftest import REPO, write_files
+from tests.conftest import REPO, use_fakes, write_files
 from tests.flows.test_eval_flow import _answers
 from tests.unit.test_alerting import Receiver
 
@@ -43,9 +42,8 @@ def fakes_llm(monkeypatch, fake_embedder):
     from ragloop.tasks.llm import ScriptedLLM
 
     llm = ScriptedLLM()
-    for module in (index_flow, eval_flow, golden_flow, monitor_flow):
-        monkeypatch.setattr(module, "load_embedder", lambda config: fake_embedder)
-    monkeypatch.setattr(eval_flow, "load_llm", lambda config: llm)
+    use_fakes(embedder=lambda config: fake_embedder)
+    use_fakes(llm=lambda config: llm)
     monkeypatch.setenv("RAGLOOP_PROMPTS_DIR", str(REPO / "prompts"))
     return llm
 
@@ -277,3 +275,12 @@ def test_two_lakes_on_one_prefect_database_keep_separate_artifacts(prefect_backe
         artifacts = _artifacts("ragloop-monitor", lake)
         assert artifacts and all(reports[lake.name] in (a["data"] or "") for a in artifacts[:1]), (lake, artifacts[:1])
     assert _artifacts("ragloop-monitor", lakes[0])[0]["key"] != _artifacts("ragloop-monitor", lakes[1])[0]["key"]
+
+
+def test_the_monitor_summary_is_a_dump_of_its_model(prefect_backend, lake_dir, capsys, monkeypatch):
+    from ragloop.tasks.monitor_run import MonitorSummary
+
+    monkeypatch.setenv("RAGLOOP_MONITOR__SINKS", '["log", "webhook"]')
+    monkeypatch.delenv("ALERT_WEBHOOK_URL", raising=False)
+    summary = _monitor(lake_dir, capsys)
+    assert MonitorSummary.model_validate(summary).dump() == summary

@@ -10,7 +10,6 @@ import shutil
 import pytest
 
 from ragloop.flows import evaluate as eval_flow
-from ragloop.flows import golden as golden_flow
 from ragloop.flows import index as index_flow
 from ragloop.flows import monitor as monitor_flow
 from ragloop.flows import synth as synth_flow
@@ -18,7 +17,7 @@ from ragloop.flows.cli import main
 from ragloop.tasks.embedding import HashEmbedder
 from ragloop.tasks.promotion import Refs
 from ragloop.tasks.storage import Lake
-from tests.conftest import REPO, write_files
+from tests.conftest import REPO, use_fakes, write_files
 from tests.flows.test_synth_flow import DOCS, PassageLLM
 from tests.reliability.helpers import chunk_rows, import_station_golden, station_docs
 
@@ -27,8 +26,7 @@ from tests.reliability.helpers import chunk_rows, import_station_golden, station
 def embedders(monkeypatch, fake_embedder):
     """Switchable embedder for every flow: set `use[0]` to the one the config 'names'."""
     use = [fake_embedder]
-    for module in (index_flow, eval_flow, golden_flow, synth_flow, monitor_flow):
-        monkeypatch.setattr(module, "load_embedder", lambda config: use[0])
+    use_fakes(embedder=lambda config: use[0])
     monkeypatch.setenv("RAGLOOP_PROMPTS_DIR", str(REPO / "prompts"))
     return use
 
@@ -122,7 +120,7 @@ def test_a_worse_chunker_fails_on_300_items_and_is_inconclusive_on_8(prefect_bac
 def test_a_curated_line_stays_chosen_across_a_corpus_change_while_synth_refreshes_its_own(
         prefect_backend, embedders, tmp_path, lake_dir, monkeypatch, capsys):
     llm = PassageLLM()
-    monkeypatch.setattr(synth_flow, "load_llm", lambda config: llm)
+    use_fakes(llm=lambda config: llm)
     monkeypatch.setenv("RAGLOOP_SYNTH__MIN_CONTEXT_TOKENS", "5")
     src = write_files(tmp_path / "src", DOCS)
     index_flow.index_corpus(sources=[str(src)], lake=str(lake_dir))
@@ -184,7 +182,7 @@ def test_vanished_references_are_counted_left_out_and_alerted(prefect_backend, e
 def test_a_qa_prompt_edit_marks_the_items_it_made_outdated_and_regenerates_them(
         prefect_backend, embedders, tmp_path, lake_dir, monkeypatch):
     llm = PassageLLM()
-    monkeypatch.setattr(synth_flow, "load_llm", lambda config: llm)
+    use_fakes(llm=lambda config: llm)
     monkeypatch.setenv("RAGLOOP_SYNTH__MIN_CONTEXT_TOKENS", "5")
     src = write_files(tmp_path / "src", DOCS)
     index_flow.index_corpus(sources=[str(src)], lake=str(lake_dir))

@@ -3,82 +3,28 @@
 from __future__ import annotations
 
 import json
-import re
 import shutil
 
 import lancedb
 import pytest
 
-from ragloop.flows import golden as golden_flow
 from ragloop.flows import index as index_flow
 from ragloop.flows import synth as synth_flow
 from ragloop.flows.cli import main
-from ragloop.tasks import golden_io
-from ragloop.tasks.llm import LLMUnavailable, StructuredResult, Usage
-from tests.conftest import REPO, write_files
-
-DOCS = {
-    f"page{i}.md": f"# Page {i}\n\n## Facts\n\nStation {i} has {10 + i} docks and {i} chargers near the harbour. "
-    f"Rides from station {i} cost {i} credits on weekdays.\n\n## Hours\n\nStation {i} opens at {6 + i % 3} in the morning "
-    f"and closes at midnight, except on festival days when it stays open all night long."
-    for i in range(8)
-}
-
-
-class PassageLLM:
-    """Deterministic fake: questions and answers built from the passage it is shown."""
-
-    model_id = "passage-fake@1"
-    context_window = 4096
-
-    def __init__(self, garbage: bool = False) -> None:
-        self.garbage = garbage
-        self.calls = 0
-
-    def count_tokens(self, text: str) -> int:
-        return len(text.split())
-
-    def preflight(self, required_context_tokens: int) -> dict:
-        return {"model": self.model_id, "required": required_context_tokens}
-
-    def structured_many(self, conversations, output_model, **params):
-        return [self._one(messages, output_model) for messages in conversations]
-
-    def _one(self, messages, output_model):
-        self.calls += 1
-        if self.garbage:
-            return StructuredResult(value=None, raw="{not json", attempts=3, error="invalid JSON", usage=Usage(0, 0), latency_ms=1.0)
-        user = messages[-1]["content"]
-        passages = re.findall(r'"""\n(.*?)\n"""', user, re.S)
-        if output_model.__name__ == "QAPair":
-            # One fact sentence from each passage (a multi-hop answer needs evidence in both), picked by
-            # the call count so that questions about one chunk differ; the question names its words.
-            facts = []
-            for p in passages:
-                prose = " ".join(line for line in p.splitlines() if not line.startswith("#"))
-                sentences = [s for s in re.split(r"(?<=\.)\s", prose) if s.strip()]
-                facts.append(sentences[self.calls % len(sentences)] if sentences else "")
-            names = [(re.findall(r"[A-Za-z]+ \d+", p) or ["it"])[0] for p in passages]
-            topic = " ".join(w for f in facts for w in re.findall(r"[a-z]{5,}", f)[:3])
-            value = output_model(question=f"What about {topic} at {' and '.join(dict.fromkeys(names))}?",
-                                 answer=" ".join(facts))
-        elif "Question:" in user:  # the paraphrase prompt
-            original = user.split("Question:", 1)[1].splitlines()[0].strip()
-            value = output_model(question="quick q: " + original.lower().rstrip("?"))
-        else:
-            words = re.findall(r"[A-Za-z]+ \d+", passages[0]) or ["it"]
-            value = output_model(question=f"Who painted the signs at {words[0]} in 1970?")
-        return StructuredResult(value=value, raw=value.model_dump_json(), attempts=1, error=None, usage=Usage(10, 10), latency_ms=1.0)
+from ragloop.tasks.golden_sets import ExportSummary, ImportGoldenSummary
+from ragloop.tasks.llm import LLMUnavailable
+from ragloop.tasks.synth_run import SynthSummary
+from tests.conftest import REPO, use_fakes, write_files
+from tests.synth_fakes import DOCS, PassageLLM  # noqa: F401  (DOCS, PassageLLM: other flow tests import them from here)
 
 
 @pytest.fixture
 def fakes(monkeypatch, fake_embedder):
     llm = PassageLLM()
-    monkeypatch.setattr(index_flow, "load_embedder", lambda config: fake_embedder)
-    monkeypatch.setattr(synth_flow, "load_embedder", lambda config: fake_embedder)
-    monkeypatch.setattr(synth_flow, "load_llm", lambda config: llm)
-    monkeypatch.setattr(golden_flow, "load_embedder", lambda config: fake_embedder)
-    monkeypatch.setattr(golden_io, "load_embedder", lambda config: fake_embedder)  # golden export (no flow)
+    use_fakes(embedder=lambda config: fake_embedder)
+    use_fakes(embedder=lambda config: fake_embedder)
+    use_fakes(llm=lambda config: llm)
+    use_fakes(embedder=lambda config: fake_embedder)
     monkeypatch.setenv("RAGLOOP_PROMPTS_DIR", str(REPO / "prompts"))
     monkeypatch.setenv("RAGLOOP_SYNTH__MIN_CONTEXT_TOKENS", "5")
     return llm
@@ -95,6 +41,7 @@ def test_synth_builds_a_typed_golden_set_tied_to_existing_chunks(prefect_backend
     index_flow.index_corpus(sources=[str(src)], lake=str(lake_dir))
     summary = synth_flow.synth_golden_set(lake=str(lake_dir), size=10)
     assert summary["status"] == "ok", summary
+    assert SynthSummary.model_validate(summary).model_dump(mode="json") == summary, "the typed summary round-trips"
     assert summary["items"]["total"] == summary["items"]["new"] > 0
     assert len(summary["by_type"]) >= 3
     items = _golden(lake_dir, summary["golden_set_id"])
@@ -164,6 +111,7 @@ def test_synth_with_zero_accepted_items_fails_with_reasons(prefect_backend, fake
     assert code == 1 and summary["status"] == "failed"
     assert summary["items"]["total"] == 0 and summary["rejects"]["unparseable"] >= 5
     assert "no accepted items" in summary["error"]
+    assert SynthSummary.model_validate(summary).model_dump(mode="json") == summary
 
 
 def test_synth_unreachable_endpoint_exits_2_before_generation(prefect_backend, fakes, tmp_path, lake_dir, capsys, monkeypatch):
@@ -203,6 +151,7 @@ def test_golden_set_round_trips_through_jsonl_and_ragas(prefect_backend, fakes, 
     assert main(["golden", "export", "--lake", str(lake_dir), "--out", str(tmp_path / "g.jsonl"), "--json"]) == 0
     exported = json.loads(capsys.readouterr().out)
     assert exported["golden_set_id"] == synth["golden_set_id"] and exported["items"] == len(items)
+    assert ExportSummary.model_validate(exported).model_dump(mode="json") == exported
     lines = [json.loads(line) for line in (tmp_path / "g.jsonl").read_text().splitlines()]
     assert [line["qa_id"] for line in lines] == [i["qa_id"] for i in items]
 
@@ -220,6 +169,7 @@ def test_golden_set_round_trips_through_jsonl_and_ragas(prefect_backend, fakes, 
     assert main(["golden", "import", str(tmp_path / "r.jsonl"), "--lake", str(lake_dir), "--json"]) == 0
     imported = json.loads(capsys.readouterr().out)
     assert imported["status"] == "ok" and imported["items"]["total"] == len(items)
+    assert ImportGoldenSummary.model_validate(imported).model_dump(mode="json") == imported
     back = {i["question"]: i for i in _golden(lake_dir, imported["golden_set_id"])}
     for item in items:
         assert back[item["question"]]["reference_chunk_ids"] == item["reference_chunk_ids"]

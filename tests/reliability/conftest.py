@@ -12,11 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from ragloop.flows import evaluate as eval_flow
-from ragloop.flows import golden as golden_flow
-from ragloop.flows import index as index_flow
-from ragloop.flows import synth as synth_flow
-from tests.conftest import REPO
+from tests.conftest import REPO, use_fakes
 
 FIGURES: dict[str, dict] = {}
 FIGURES_ENV = "RELIABILITY_FIGURES_JSON"  # read at session end; never set by the suite itself
@@ -46,7 +42,6 @@ def pytest_terminal_summary(terminalreporter):
 @pytest.fixture
 def hash_embedder(monkeypatch, fake_embedder):
     """The deterministic hash embedder in every flow that loads an embedder."""
-    for module in (index_flow, synth_flow, eval_flow, golden_flow):
-        monkeypatch.setattr(module, "load_embedder", lambda config: fake_embedder)
+    use_fakes(embedder=lambda config: fake_embedder)
     monkeypatch.setenv("RAGLOOP_PROMPTS_DIR", str(REPO / "prompts"))
     return fake_embedder

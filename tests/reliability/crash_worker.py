@@ -84,6 +84,7 @@ def main(argv: list[str]) -> int:
         target, n, seconds = args.pause.split(":")
         pause = (target, int(n), float(seconds))
     import ragloop.flows  # noqa: F401  (offline defaults)
+    from ragloop.tasks import providers
     from ragloop.tasks.embedding import HashEmbedder
 
     install_hooks(kill, pause)
@@ -92,9 +93,7 @@ def main(argv: list[str]) -> int:
     from tests.flows.test_synth_flow import PassageLLM
 
     embedder = HashEmbedder(dim=32, max_tokens=64)  # what the fake_embedder fixture builds
-    index_flow.load_embedder = lambda config: embedder
-    synth_flow.load_embedder = lambda config: embedder
-    synth_flow.load_llm = lambda config: PassageLLM()
+    providers.install(providers.Providers(embedder=lambda config: embedder, llm=lambda config: PassageLLM()))
     print("READY", flush=True)
     if args.stage == "index":
         summary = index_flow.index_corpus(sources=[args.source], lake=args.lake)

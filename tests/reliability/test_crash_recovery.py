@@ -31,7 +31,7 @@ from ragloop.flows import index as index_flow
 from ragloop.flows import synth as synth_flow
 from ragloop.tasks.promotion import Refs
 from ragloop.tasks.storage import Lake
-from tests.conftest import REPO, write_files
+from tests.conftest import REPO, use_fakes, write_files
 from tests.reliability.helpers import chunk_rows
 
 V1 = {
@@ -217,7 +217,7 @@ def clean(prefect_backend, hash_embedder, tmp_path_factory, monkeypatch) -> Clea
     monkeypatch.setenv("RAGLOOP_INDEX__DOCS_PER_BATCH", DOCS_PER_BATCH)
     monkeypatch.setenv("RAGLOOP_SYNTH__MIN_CONTEXT_TOKENS", "5")
     monkeypatch.setenv("RAGLOOP_SYNTH__SIZE", "6")
-    monkeypatch.setattr(synth_flow, "load_llm", lambda config: _passage_llm())
+    use_fakes(llm=lambda config: _passage_llm())
     if not CLEAN:
         CLEAN.append(CleanStates(tmp_path_factory.mktemp("clean")))
     return CLEAN[0]

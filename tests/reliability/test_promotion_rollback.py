@@ -14,7 +14,7 @@ from ragloop.tasks.embedding import HashEmbedder
 from ragloop.tasks.llm import ScriptedLLM
 from ragloop.tasks.promotion import Refs
 from ragloop.tasks.storage import Lake
-from tests.conftest import REPO, write_files
+from tests.conftest import REPO, use_fakes, write_files
 from tests.reliability.helpers import chunk_rows, copy_answer, import_station_golden, station_docs
 
 
@@ -39,7 +39,7 @@ def _state(lake: Lake, golden_set_id: str) -> dict:
 def test_bad_candidates_are_not_promoted_and_rollback_restores_the_previous_state(
     prefect_backend, hash_embedder, tmp_path, lake_dir, monkeypatch, capsys, figures
 ):
-    monkeypatch.setattr(eval_flow, "load_llm", lambda config: ScriptedLLM([copy_answer] * 50))
+    use_fakes(llm=lambda config: ScriptedLLM([copy_answer] * 50))
     monkeypatch.setenv("RAGLOOP_EVAL__REFUSE_BELOW", "-1")
     monkeypatch.setenv("RAGLOOP_GATE__MIN_ITEMS", "1")  # 6 items: this test is about refs, not power
     src = write_files(tmp_path / "src", station_docs(6))
@@ -68,12 +68,12 @@ def test_bad_candidates_are_not_promoted_and_rollback_restores_the_previous_stat
 
     # 2. A failed GE suite on the chunks does not move the serving version, whatever the table holds now.
     write_files(src, {"station90.md": "# Station 90\n\nA new station with forty docks."})
-    monkeypatch.setattr(index_flow, "load_embedder", lambda config: UnnormalizedEmbedder(dim=32, max_tokens=64))
+    use_fakes(embedder=lambda config: UnnormalizedEmbedder(dim=32, max_tokens=64))
     broken = index_flow.index_corpus(sources=[str(src)], lake=str(lake_dir))
     assert broken["status"] == "failed" and not broken["validation"]["chunks"]["success"]
     assert _state(lake, golden) == s1, "a failed GE suite leaves the serving version where it was"
     blocked.append("ge_failed")
-    monkeypatch.setattr(index_flow, "load_embedder", lambda config: hash_embedder)
+    use_fakes(embedder=lambda config: hash_embedder)
 
     # 3. A good candidate is promoted: a new index version and a passing eval.
     second_index = index_flow.index_corpus(sources=[str(src)], lake=str(lake_dir))

@@ -20,8 +20,9 @@ user: |
 
 
 def test_repo_prompts_all_load_and_cover_every_question_type():
-    from ragloop.tasks.qa_generation import REQUIRED_PROMPTS
+    from ragloop.tasks.question_types import required_prompts
 
+    REQUIRED_PROMPTS = required_prompts()  # the prompts of every registered question type
     prompts = load_prompts(REPO / "prompts")
     assert set(REQUIRED_PROMPTS) <= set(prompts)
     assert {"answer", "query_rewrite"} <= set(prompts), "the chain's prompts"

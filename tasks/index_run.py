@@ -1,0 +1,241 @@
+"""One index run's decisions and bookkeeping (lake and table I/O through the given store): the chunker
+check, what the run carries over from its ingest, the batches of its one commit, whether indexes are
+refreshed and the version tagged, where a validated version goes (serving or candidate), the typed
+summary and its log lines."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from contextlib import AbstractContextManager
+from typing import Any, Callable, Iterator, Literal, Mapping, Protocol, Sequence
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+from pydantic import Field
+from tqdm import tqdm
+
+from ragloop.tasks import indexing, promotion
+from ragloop.tasks.chunking import Chunker
+from ragloop.tasks.embedding import Embedder
+from ragloop.tasks.indexing import ChunkStore, IndexPlan
+from ragloop.tasks.settings import ChunkingConfig, ConfigError, IndexConfig
+from ragloop.tasks.storage import Lake
+from ragloop.tasks.summaries import StageSummary
+from ragloop.tasks.validation import ValidationReport
+
+CARRIED = ("documents", "quarantine", "scope", "notes")  # what an index summary repeats of its ingest's
+INDEXES_UNCHANGED = {"fts": "unchanged", "ann": "unchanged"}
+FACT_COLUMNS = ["chunk_id", "text_length", "vector_dim", "vector_norm"]
+
+
+class IndexSummary(StageSummary):
+    """What index-corpus returns and records. A run whose ingest failed has the ingest's `documents`,
+    `quarantine`, `scope`, `notes` (those it had), `error` and `validation`; a run whose chunks suite
+    failed has everything but `serving`, `candidate` and `disposition`; an ok run has every field but
+    `error`."""
+
+    status: Literal["ok", "failed"] = Field(description="ok, or failed (the ingest failed, or the chunks suite)")
+    documents: dict[str, int] | None = Field(
+        None, description="the ingest's document counts: seen, new, changed, unchanged, deleted, quarantined")
+    quarantine: list[dict[str, Any]] | None = Field(None, description="the ingest's [{source, reason, detail, new}]")
+    scope: dict[str, Any] | None = Field(None, description="the ingest's scope: sources, other_sources_kept, forgotten, ...")
+    notes: dict[str, int] | None = Field(None, description="the ingest's notes: count per note")
+    error: str | None = Field(None, description="'ingest run <run_id> <status>[: <error>]' when the ingest failed")
+    lake: str | None = Field(None, description="the lake's URI")
+    snapshot_id: str | None = Field(None, description="the documents snapshot indexed")
+    chunks: dict[str, int] | None = Field(
+        None, description="chunks: total in the table; embedded (texts encoded), reused (vectors), written, deleted, "
+                          "truncated by this run")
+    documents_indexed: int | None = Field(None, description="documents (re)chunked by this run")
+    index_plan: dict[str, int] | None = Field(
+        None, description="documents new, changed, unchanged, deleted, measured against the table")
+    table: dict[str, Any] | None = Field(None, description="{name, version} of the chunks table after the run")
+    indexes: dict[str, str] | None = Field(None, description="what happened to each index: fts, fts_tokenizer, ann")
+    validation: dict[str, Any] | None = Field(
+        None, description="suite name (documents, chunks) -> {suite, success, evaluated, failures}")
+    timings_s: dict[str, float] | None = Field(None, description="wall seconds per step (ingest, plan, chunk, embed, ...)")
+    serving: dict[str, Any] | None = Field(None, description="{table, version} served after the run, or null")
+    candidate: dict[str, Any] | None = Field(None, description="{table, version} pending its gate, or null")
+    disposition: dict[str, str] | None = Field(
+        None, description="{action: serve | candidate | ..., reason}: where this version went")
+
+
+class Timer(Protocol):
+    """A step timer (flows.common.StageTimer): `with timer(name):` adds wall seconds to `seconds[name]`."""
+
+    seconds: dict[str, float]
+
+    def __call__(self, name: str) -> AbstractContextManager: ...
+
+
+def build_chunker(config: ChunkingConfig, embedder: Embedder) -> Chunker:
+    """The run's chunker; ConfigError when the settings do not fit the embedder (a chunk size the model
+    would silently truncate, an overlap as big as a chunk), checked before any work."""
+    try:
+        return Chunker(config, embedder.counter)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from exc
+
+
+def carried_outputs(ingested: Mapping[str, Any]) -> dict[str, Any]:
+    """What the index summary repeats of its ingest's summary (the keys of CARRIED it has)."""
+    return {k: ingested[k] for k in CARRIED if k in ingested}
+
+
+def ingest_failed(run_id: str, lineage: dict, ingested: Mapping[str, Any]) -> IndexSummary | None:
+    """The failed summary of an index run whose ingest did not end ok; None when it did."""
+    if ingested["status"] == "ok":
+        return None
+    error = f"ingest run {ingested['run_id']} {ingested['status']}" + (
+        f": {ingested['error']}" if ingested.get("error") else "")
+    return IndexSummary(run_id=run_id, status="failed", lineage=lineage, **carried_outputs(ingested), error=error,
+                        validation=ingested.get("validation", {}))
+
+
+def index_lineage(ingested: Mapping[str, Any], chunker: Chunker, chunking: ChunkingConfig, embedder: Embedder) -> dict:
+    """The lineage an index run adds: its snapshot and ingest run, the chunker and the embedder."""
+    return {
+        "snapshot_id": ingested["snapshot_id"],
+        "ingest_run_id": ingested["run_id"],
+        "chunker_hash": chunker.hash,
+        "chunker": {**chunking.model_dump(), "capacity": chunker.capacity},
+        "embedder": {"name": embedder.name, "weights_sha256": embedder.weights_sha256,
+                     "dim": embedder.dim, "max_tokens": embedder.counter.max_tokens},
+    }
+
+
+def chunk_facts(chunks: Sequence, vectors: np.ndarray) -> pd.DataFrame:
+    """Per-row facts of written chunks for the chunks suite: chunk_id, text_length, vector_dim, vector_norm."""
+    return pd.DataFrame(
+        {
+            "chunk_id": [c.chunk_id for c in chunks],
+            "text_length": [len(c.text) for c in chunks],
+            "vector_dim": [vectors.shape[1]] * len(chunks),
+            "vector_norm": np.linalg.norm(vectors, axis=1) if len(chunks) else [],
+        }
+    )
+
+
+class ChunkBatches:
+    """The plan's documents chunked and embedded batch by batch, as chunk rows for the run's one commit,
+    counting what was done: `counts` (embedded, reused, written, truncated) and `facts()`.
+
+    LanceDB consumes the batches inside the commit, on its own thread: plain calls, no Prefect tasks.
+    A progress bar (documents) shows on a terminal when `progress`."""
+
+    def __init__(self, lake: Lake, snapshot_id: str, plan: IndexPlan, chunker: Chunker, store: ChunkStore,
+                 embedder: Embedder, docs_per_batch: int, timer: Timer, progress: bool = False) -> None:
+        self.lake, self.snapshot_id, self.plan = lake, snapshot_id, plan
+        self.chunker, self.store, self.embedder = chunker, store, embedder
+        self.docs_per_batch, self.timer = docs_per_batch, timer
+        self.counts = {"embedded": 0, "reused": 0, "written": 0, "truncated": 0}
+        self._frames: list[pd.DataFrame] = []
+        self._fresh = indexing.FreshVectors()
+        self._bar = tqdm(total=len(plan.to_index), desc="indexing documents", unit="doc",
+                         disable=not (progress and sys.stderr.isatty()), file=sys.stderr)
+
+    def __iter__(self) -> Iterator[pa.Table]:
+        for docs in indexing.iter_document_batches(self.lake, self.snapshot_id, self.plan.to_index, self.docs_per_batch):
+            with self.timer("chunk"):
+                chunks = self.chunker.chunk_documents(docs)
+            with self.timer("embed"):
+                embedded = indexing.embed_missing(chunks, self.store, self.embedder, self._fresh)
+            self._frames.append(chunk_facts(chunks, embedded.vectors))
+            self.counts["embedded"] += embedded.encoded
+            self.counts["reused"] += embedded.reused
+            self.counts["written"] += len(chunks)
+            self.counts["truncated"] += sum(1 for c in chunks if c.metadata.get("truncated"))
+            self._bar.update(len(docs))
+            yield indexing.chunk_rows(chunks, embedded.vectors, self.store.dim, {d.doc_id: d.metadata for d in docs})
+
+    def facts(self) -> pd.DataFrame:
+        """The facts of every chunk written so far (an empty frame with the columns when none)."""
+        return pd.concat(self._frames) if self._frames else pd.DataFrame(columns=FACT_COLUMNS)
+
+    def close(self) -> None:
+        """Close the progress bar (once the commit consumed the batches)."""
+        self._bar.close()
+
+
+def changes_table(plan: IndexPlan) -> bool:
+    """Whether the plan writes anything: documents to (re)chunk or to delete."""
+    return bool(plan.to_index or plan.to_delete)
+
+
+def commit_plan(store: ChunkStore, plan: IndexPlan, batches: ChunkBatches, timer: Timer,
+                commit: Callable[[ChunkStore, Any, list[str]], int] = ChunkStore.commit_run) -> int:
+    """Write the plan as the run's one commit (`commit`: ChunkStore.commit_run or its task wrapper);
+    nothing when the plan changes nothing. Returns rows deleted.
+
+    One commit: vanished documents and stale rows are deleted together with the upserts, so no table
+    version ever mixes this run's changes with the previous state, and vectors are looked up while the
+    vanished documents' rows still exist (a move re-embeds nothing). The batches are chunked and embedded
+    inside the commit, so the `upsert` timing keeps only what LanceDB itself took."""
+    deleted = 0
+    if changes_table(plan):
+        with timer("upsert"):
+            deleted = commit(store, batches, plan.replaced + plan.to_delete)
+        timer.seconds["upsert"] -= timer.seconds.get("chunk", 0.0) + timer.seconds.get("embed", 0.0)
+    batches.close()
+    return deleted
+
+
+def needs_refresh(plan: IndexPlan, store: ChunkStore, config: IndexConfig) -> bool:
+    """Refresh the indexes when the run changed the table, or when they are stale (what a killed run
+    left undone is repaired by the next run, even one that changes nothing)."""
+    return changes_table(plan) or store.indexes_stale(config)
+
+
+def tag_version(store: ChunkStore, run_id: str, refreshed: bool) -> None:
+    """Tag the table version with the run id when this run refreshed it (a no-op run tags nothing)."""
+    if refreshed:
+        store.tag(run_id)
+
+
+def place_version(lake: Lake, store: ChunkStore, run_id: str, chunker_hash: str, plan: IndexPlan,
+                  report: ValidationReport) -> dict | None:
+    """Blue/green: a version that passed its chunks suite is served, or is a candidate until the gate
+    passes on it (a new embedder, backend or chunker); see promotion.index_disposition. Returns
+    {action, reason, serving, candidate}, or None when the suite failed (no ref moves)."""
+    if not report.success:
+        return None
+    return promotion.Refs(lake).record_index(store.name, store.version, run_id, chunker_hash, changes_table(plan))
+
+
+def summarize(run_id: str, lineage: dict, ingested: Mapping[str, Any], lake_uri: str, store: ChunkStore,
+              plan: IndexPlan, batches: ChunkBatches, deleted: int, total: int, indexes: dict,
+              report: ValidationReport, timings_s: dict[str, float], placed: dict | None) -> IndexSummary:
+    """The summary of an index run that validated its table: ok when placed, failed when the suite failed."""
+    counts = batches.counts
+    placement = {} if placed is None else {
+        "serving": placed["serving"], "candidate": placed["candidate"],
+        "disposition": {"action": placed["action"], "reason": placed["reason"]}}
+    return IndexSummary(
+        run_id=run_id, status="ok" if placed is not None else "failed", lineage=lineage, **carried_outputs(ingested),
+        lake=lake_uri, snapshot_id=ingested["snapshot_id"],
+        chunks={"total": total, "embedded": counts["embedded"], "reused": counts["reused"],
+                "written": counts["written"], "deleted": deleted, "truncated": counts["truncated"]},
+        documents_indexed=len(plan.to_index), index_plan=plan.counts(), table=table_ref(store), indexes=indexes,
+        validation={**ingested.get("validation", {}), "chunks": report.summary()}, timings_s=timings_s, **placement)
+
+
+def table_ref(store: ChunkStore) -> dict[str, Any]:
+    """{name, version} of the store's table as it stands."""
+    return {"name": store.name, "version": store.version}
+
+
+def log_lines(summary: IndexSummary) -> list[tuple[int, str]]:
+    """(level, message) to log about a run that validated its table."""
+    table, chunks = summary.table or {}, summary.chunks or {}
+    if summary.disposition is None:
+        failures = ((summary.validation or {}).get("chunks") or {}).get("failures")
+        return [(logging.ERROR, f"chunks suite failed: {failures}; the serving table version is not moved")]
+    return [
+        (logging.INFO, f"index version {table['name']} v{table['version']}: {summary.disposition['action']} "
+                       f"({summary.disposition['reason']})"),
+        (logging.INFO, f"table {table['name']} v{table['version']}: {chunks['total']} chunks; "
+                       f"{summary.documents_indexed} documents re-chunked, {chunks['embedded']} texts embedded, "
+                       f"{chunks['reused']} vectors reused, {chunks['deleted']} chunks deleted"),
+    ]

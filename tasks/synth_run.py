@@ -1,0 +1,366 @@
+"""The synth stage's decisions: the prompts it needs, what the previous golden set keeps, the budget
+loop that refills after rejects, the version it writes, its status and its typed summary.
+
+No prefect here: the flow (flows/synth.py) passes its Prefect task wrappers in as the plan and
+generate steps, and its StageTimer as `timer`. I/O goes through the ChunkStore and the Lake.
+"""
+
+from __future__ import annotations
+
+import random
+from collections import Counter
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, ContextManager, Sequence
+
+import pyarrow as pa
+from pydantic import Field
+
+from ragloop.tasks import promotion, schemas
+from ragloop.tasks import qa_generation as qa
+from ragloop.tasks.indexing import ChunkStore
+from ragloop.tasks.lineage import canonical_hash
+from ragloop.tasks.llm import LLMConfigError, LLMUnavailable
+from ragloop.tasks.prompts import Prompt, PromptError, load_prompt_set
+from ragloop.tasks.question_types import must_refuse, required_prompts
+from ragloop.tasks.run_summary import LineMove, RunSummary, SummaryModel
+from ragloop.tasks.settings import ConfigError, LLMConfig, SynthConfig
+from ragloop.tasks.storage import Lake
+
+Timer = Callable[[str], ContextManager]
+
+
+def _no_timer(name: str) -> ContextManager:
+    return nullcontext()
+
+
+# -- prompts --------------------------------------------------------------------------------------
+def load_synth_prompts(prompts_dir: str | Path | None) -> dict[str, Prompt]:
+    """The run's prompt set (tasks.prompts.load_prompt_set), checked to hold every prompt synth renders.
+    Raises ConfigError (exit 2) naming an invalid file or the missing names."""
+    try:
+        prompts = load_prompt_set(prompts_dir)
+    except PromptError as exc:
+        raise ConfigError(str(exc)) from exc
+    missing = [p for p in required_prompts() if p not in prompts]
+    if missing:
+        raise ConfigError(f"prompts_dir {prompts_dir}: missing prompt file(s) {missing}")
+    return prompts
+
+
+def record_prompts(lake: Lake, prompts: dict[str, Prompt]) -> None:
+    """Register every prompt version the run loaded (idempotent: a known version is not rewritten)."""
+    for prompt in prompts.values():
+        lake.record_prompt(prompt.name, prompt.prompt_hash, prompt.text)
+
+
+# -- what the previous golden set keeps ---------------------------------------------------------------
+def read_previous(lake: Lake, refs: promotion.Refs) -> tuple[promotion.GoldenLine | None, list[dict]]:
+    """The head of synth's own line (never the chosen line: synth follows its own) and its rows."""
+    previous_ref = refs.lines().lines.get(promotion.SYNTHETIC)
+    return previous_ref, (lake.read_golden(previous_ref.golden_set_id).to_pylist() if previous_ref else [])
+
+
+def generation_inputs(table: tuple[str, int], config: SynthConfig, llm: LLMConfig, prompts: dict[str, Prompt]) -> str:
+    """Hash of what generation depends on: the table version, the synth and LLM settings and the prompts
+    synth renders (an answer-prompt change re-runs eval, not synth). Equal inputs: nothing to generate."""
+    return canonical_hash({"table": list(table), "synth": config.model_dump(mode="json"),
+                           "llm": llm.model_dump(mode="json"),
+                           "prompts": {n: prompts[n].prompt_hash for n in sorted(required_prompts())}})
+
+
+@dataclass
+class SynthPlan:
+    """What the previous golden set keeps and what this run generates."""
+
+    kept: list[dict]  # previous active items kept exactly as they were
+    changed: list[dict]  # previous active items now stale | retired | outdated (their `status` set so)
+    priority: list[str]  # doc ids to seed first: those of stale/outdated items, then documents no kept item covers
+    doc_ids: set[str]  # every document in the index
+    inputs: str  # generation_inputs of this run
+    up_to_date: bool  # inputs unchanged since the last synth and nothing changed: generate nothing
+    need: int  # new items wanted in the first round
+
+    def status_counts(self) -> Counter:
+        return Counter(i["status"] for i in self.changed)
+
+
+def plan_synth(previous: list[dict], previous_ref: promotion.GoldenLine | None, catalog: Sequence[dict],
+               prompts: dict[str, Prompt], inputs: str, size: int) -> SynthPlan:
+    """Classify the previous set's active items against the index (catalog: {chunk_id, doc_id} rows) and
+    the current prompts (tasks.qa_generation.classify_previous), and size the budget: `size` active
+    items, of which the kept ones count."""
+    chunk_ids = {r["chunk_id"] for r in catalog}
+    doc_ids = {r["doc_id"] for r in catalog}
+    current_prompts = {n: prompts[n].prompt_hash for n in required_prompts()}
+    verdicts = qa.classify_previous(previous, chunk_ids, doc_ids, current_prompts)
+    kept = [i for i in previous if verdicts.get(i["qa_id"]) == "kept"]
+    changed = [dict(i, status=verdicts[i["qa_id"]]) for i in previous if verdicts.get(i["qa_id"]) in qa.REPLACED]
+    covered = {d for i in kept for d in i["source_doc_ids"]}
+    priority = (sorted({d for i in changed if i["status"] in ("stale", "outdated") for d in i["source_doc_ids"]})
+                + sorted(doc_ids - covered))
+    up_to_date = bool(previous_ref) and previous_ref.inputs == inputs and not changed
+    need = 0 if up_to_date else max(size - len(kept), 0)
+    return SynthPlan(kept, changed, priority, doc_ids, inputs, up_to_date, need)
+
+
+# -- the budget loop ------------------------------------------------------------------------------
+@dataclass
+class Budget:
+    """What the generation rounds produced."""
+
+    report: qa.GenerationReport = field(default_factory=qa.GenerationReport)
+    attempted_by_type: Counter = field(default_factory=Counter)  # candidates generated, by question type
+
+
+def planned_count(need: int, report: qa.GenerationReport) -> int:
+    """Tasks to plan for a round: the need at first; after a round, the need scaled by the accept rate
+    seen so far, up to 2x the need, so a small model's rejects do not leave the budget unfilled."""
+    if not report.attempted:
+        return need
+    return min(2 * need, -(-need * report.attempted // max(len(report.accepted), 1)))
+
+
+def preflight(llm, tasks: list[qa.GenTask], prompts: dict[str, Prompt]) -> None:
+    """Before any generation: the endpoint answers and the model fits the largest prompt. ConfigError (exit 2)."""
+    try:
+        llm.preflight(qa.max_prompt_tokens(tasks, prompts, llm.count_tokens))
+    except (PromptError, LLMUnavailable, LLMConfigError) as exc:
+        raise ConfigError(str(exc)) from exc
+
+
+def screen(candidates: Sequence[qa.Candidate], config: SynthConfig, report: qa.GenerationReport) -> list[qa.Candidate]:
+    """The candidates no filter rejects (tasks.qa_generation.reject_reason); rejects are counted by reason."""
+    passed = []
+    for cand in candidates:
+        reason = qa.reject_reason(cand, config)
+        if reason:
+            report.rejects[reason] += 1
+        else:
+            passed.append(cand)
+    return passed
+
+
+def drop_answerable(passed: list[qa.Candidate], store: ChunkStore, encode, config: SynthConfig,
+                    report: qa.GenerationReport) -> list[qa.Candidate]:
+    """Drop "unanswerable" candidates the index can answer (they would punish a chain for answering
+    right); counted as rejects["answerable"]."""
+    unanswerable = [c for c in passed if c.task.kind.must_refuse]
+    found = qa.search_texts(store, encode, [c.question for c in unanswerable], config.answerable_check_k)
+    answered = {id(c) for c, texts in zip(unanswerable, found) if qa.answered_by(c.question, texts, config.answerable_coverage)}
+    report.rejects["answerable"] += len(answered)
+    return [c for c in passed if id(c) not in answered]
+
+
+def take_budget(fresh: list[dict], need: int, report: qa.GenerationReport) -> None:
+    """Accept up to `need` of the fresh items; the rest count as rejects["over_budget"], so that
+    attempted == new + rejected always holds."""
+    report.accepted.extend(fresh[:need])
+    if len(fresh) > need:
+        report.rejects["over_budget"] += len(fresh) - need
+
+
+def fill_budget(plan: SynthPlan, store: ChunkStore, encode, llm, prompts: dict[str, Prompt], config: SynthConfig, *,
+                plan_step=qa.plan_tasks, generate_step=qa.generate_candidates, timer: Timer = _no_timer) -> Budget:
+    """Generate new items in up to config.rounds rounds until plan.need items are accepted (kept + new ==
+    config.size). Round 1 seeds plan.priority documents first; later rounds sample freely. The LLM is
+    preflighted once, before the first generation. Seeded (config.seed): the same inputs, the same plan.
+
+    plan_step/generate_step default to tasks.qa_generation.plan_tasks/generate_candidates (the flow
+    passes its Prefect task wrappers); timer(name) times the steps plan, preflight, generate,
+    answerable_check and dedupe."""
+    rng = random.Random(config.seed)
+    budget = Budget()
+    report, need, priority, preflight_done = budget.report, plan.need, plan.priority, False
+    for _ in range(config.rounds):
+        if need <= 0:
+            break
+        with timer("plan"):
+            counts = qa.allocate(planned_count(need, report), config.types)
+            tasks = plan_step(store, counts, config, rng, priority, report.ineligible_chunks)
+        if not tasks:
+            break
+        if not preflight_done:
+            with timer("preflight"):
+                preflight(llm, tasks, prompts)
+            preflight_done = True
+        with timer("generate"):
+            candidates = generate_step(tasks, prompts, llm)
+        report.attempted += len(candidates)
+        budget.attempted_by_type.update(c.task.qa_type for c in candidates)
+        passed = screen(candidates, config, report)
+        with timer("answerable_check"):
+            passed = drop_answerable(passed, store, encode, config, report)
+        fresh = [qa.to_item(c, llm.model_id) for c in passed]
+        with timer("dedupe"):
+            fresh, dropped = qa.drop_near_duplicates(fresh, plan.kept + report.accepted, encode,
+                                                     config.near_duplicate_similarity, config.same_chunk_similarity)
+        report.rejects["near_duplicate"] += dropped
+        take_budget(fresh, need, report)
+        need = config.size - len(plan.kept) - len(report.accepted)
+        priority = []  # later rounds sample freely
+    return budget
+
+
+# -- the version written ---------------------------------------------------------------------------
+@dataclass
+class SynthGolden:
+    """The new golden set: active items (kept + new), then the replaced ones no new item regenerated."""
+
+    active: list[dict]
+    items: list[dict]
+
+
+def assemble_golden(plan: SynthPlan, accepted: list[dict]) -> SynthGolden:
+    """Active items first; a replaced item that a new prompt regenerated word for word (same qa_id)
+    appears once, as the new active item."""
+    active = plan.kept + accepted
+    regenerated = {i["qa_id"] for i in active}
+    return SynthGolden(active, active + [i for i in plan.changed if i["qa_id"] not in regenerated])
+
+
+def write_version(lake: Lake, golden: SynthGolden, plan: SynthPlan,
+                  previous_ref: promotion.GoldenLine | None) -> tuple[str, bool]:
+    """(golden_set_id, written). Up to date: the previous version stays, so the nightly's eval is
+    reused; else the content-addressed version is written (False when it already exists)."""
+    if plan.up_to_date:
+        return previous_ref.golden_set_id, False
+    golden_set_id = qa.golden_set_id_of(golden.items)
+    return golden_set_id, lake.write_golden(golden_set_id, pa.Table.from_pylist(golden.items, schema=schemas.GOLDEN))
+
+
+def synth_lineage(golden_set_id: str, previous_ref: promotion.GoldenLine | None, store: ChunkStore,
+                  prompts: dict[str, Prompt], llm_config: LLMConfig, generator: str, embedder, seed: int) -> dict:
+    """What the golden set was made from, merged into the run's lineage."""
+    return {
+        "golden_set_id": golden_set_id,
+        "previous_golden_set_id": previous_ref.golden_set_id if previous_ref else None,
+        "golden_line": promotion.SYNTHETIC,
+        "table": {"name": store.name, "version": store.version},
+        "prompts": {name: p.prompt_hash for name, p in sorted(prompts.items())},
+        "llm": {"provider": llm_config.provider, "model": generator},
+        "embedder": {"name": embedder.name, "weights_sha256": embedder.weights_sha256},
+        "seed": seed,
+    }
+
+
+# -- the summary ----------------------------------------------------------------------------------
+class SynthItems(SummaryModel):
+    total: int = Field(description="active items in the written golden set (kept + new)")
+    new: int = Field(description="items accepted this run")
+    kept: int = Field(description="previous active items kept unchanged")
+    stale: int = Field(description="previous items whose source chunk changed (document still there)")
+    retired: int = Field(description="previous items whose source document is gone")
+    outdated: int = Field(description="previous items made by another version of their prompt")
+    rejected: int = Field(description="candidates rejected this run, all reasons")
+
+
+class FolderCoverage(SummaryModel):
+    documents: int = Field(description="documents of the folder some active item comes from")
+    of: int = Field(description="documents of the folder in the index")
+
+
+class Coverage(SummaryModel):
+    documents: int = Field(description="indexed documents some active item comes from")
+    of: int = Field(description="documents in the index")
+    ratio: float = Field(description="documents / of, 3 decimals (0.0 for an empty index)")
+    folders: int = Field(description="top-level folders some active item comes from")
+    of_folders: int = Field(description="top-level folders in the index ('.' = the root)")
+    by_folder: dict[str, FolderCoverage] = Field(description="top-level folder -> coverage, sorted by folder")
+
+
+class EvidenceSupported(SummaryModel):
+    items: int = Field(description="new answerable items whose answer has evidence spans")
+    of: int = Field(description="new answerable items (an accept rule: always all of them)")
+
+
+class PerMinute(SummaryModel):
+    candidates: float | None = Field(description="candidates per minute of generation time (LLM calls included); None without generation")
+    accepted: float | None = Field(description="accepted items per minute of generation time; None without generation")
+
+
+class Shortfall(SummaryModel):
+    asked: int = Field(description="synth.size: the active items wanted")
+    active: int = Field(description="active items reached")
+    rounds: int = Field(description="synth.rounds: generation rounds allowed")
+    rejects: dict[str, int] = Field(description="rejects by reason (non-zero, sorted)")
+
+
+class SynthSummary(RunSummary):
+    """What a synth-golden-set run returns (and its manifest stores as outputs)."""
+
+    lake: str = Field(description="the lake's URI")
+    golden_set_id: str = Field(description="the golden set version this run leaves as synth's line head")
+    items: SynthItems
+    by_type: dict[str, int] = Field(description="active items by question type, sorted")
+    rejects: dict[str, int] = Field(description="rejected candidates by reason (non-zero, sorted)")
+    attempted: int = Field(description="candidates generated this run (== new + rejected)")
+    up_to_date: bool = Field(description="inputs unchanged since the last synth: nothing generated, version reused")
+    accept_rate_by_type: dict[str, float] = Field(description="accepted / attempted per question type, 3 decimals")
+    coverage: Coverage
+    ineligible_chunks: dict[str, int] = Field(description="chunks not allowed to seed questions, by reason (last round)")
+    evidence_supported: EvidenceSupported
+    written: bool = Field(description="whether this run wrote a new golden set version")
+    timings_s: dict[str, float] = Field(description="wall seconds per step (plan, preflight, generate, answerable_check, dedupe)")
+    per_minute: PerMinute
+    shortfall: Shortfall | None = Field(default=None, description="set when fewer than synth.size items are active")
+    error: str | None = Field(default=None, description="why the run is failed or partial")
+    line: LineMove | None = Field(default=None, description="the move of synth's line; absent when the version is reused")
+
+
+def _nonzero(rejects: Counter) -> dict[str, int]:
+    return dict(sorted((k, v) for k, v in rejects.items() if v))
+
+
+def summarize(run_id: str, lineage: dict[str, Any], *, lake_uri: str, golden_set_id: str, written: bool,
+              plan: SynthPlan, golden: SynthGolden, budget: Budget, config: SynthConfig,
+              timings_s: dict[str, float], generate_s: float | None) -> SynthSummary:
+    """The run's summary with its status: failed without any active item; partial when generation ran
+    but accepted nothing, or left fewer than config.size active items (a shortfall is never a silent
+    "ok"); else ok. generate_s: seconds spent generating (None/0 when nothing was generated)."""
+    report, active, status_counts = budget.report, golden.active, plan.status_counts()
+    covered = {d for i in active for d in i["source_doc_ids"]}
+    folders = Counter(qa.top_folder(d) for d in plan.doc_ids)
+    folders_covered = Counter(qa.top_folder(d) for d in covered if d in plan.doc_ids)
+    answerable_new = [i for i in report.accepted if not must_refuse(i["qa_type"])]
+    summary = SynthSummary(
+        run_id=run_id, status="ok", lineage=lineage, lake=lake_uri, golden_set_id=golden_set_id,
+        items={"total": len(active), "new": len(report.accepted), "kept": len(plan.kept), "stale": status_counts["stale"],
+               "retired": status_counts["retired"], "outdated": status_counts["outdated"],
+               "rejected": sum(report.rejects.values())},
+        by_type=dict(sorted(Counter(i["qa_type"] for i in active).items())),
+        rejects=_nonzero(report.rejects), attempted=report.attempted, up_to_date=plan.up_to_date,
+        accept_rate_by_type={t: round(sum(1 for i in report.accepted if i["qa_type"] == t) / n, 3)
+                             for t, n in sorted(budget.attempted_by_type.items())},
+        coverage={"documents": len(covered), "of": len(plan.doc_ids),
+                  "ratio": round(len(covered) / len(plan.doc_ids), 3) if plan.doc_ids else 0.0,
+                  "folders": len(folders_covered), "of_folders": len(folders),
+                  "by_folder": {f: {"documents": folders_covered[f], "of": n} for f, n in sorted(folders.items())}},
+        ineligible_chunks=dict(sorted(report.ineligible_chunks.items())),
+        evidence_supported={"items": sum(1 for i in answerable_new if i["evidence"]), "of": len(answerable_new)},
+        written=written, timings_s=timings_s,
+        per_minute={"candidates": round(report.attempted * 60 / generate_s, 2) if generate_s else None,
+                    "accepted": round(len(report.accepted) * 60 / generate_s, 2) if generate_s else None},
+    )
+    if not active:
+        summary.status = "failed"
+        summary.error = f"no accepted items: {report.attempted} generated, rejected by reason {dict(report.rejects)}"
+    elif report.attempted and not report.accepted:
+        summary.status = "partial"
+        summary.error = f"no new item accepted out of {report.attempted}: {dict(report.rejects)}"
+    elif report.attempted and len(active) < config.size:
+        summary.status = "partial"
+        summary.shortfall = {"asked": config.size, "active": len(active), "rounds": config.rounds,
+                             "rejects": _nonzero(report.rejects)}
+        summary.error = (f"{len(active)} of {config.size} items after {config.rounds} rounds; "
+                         f"rejected by reason {summary.shortfall.rejects}")
+    return summary
+
+
+def moves_line(summary: SynthSummary, plan: SynthPlan, previous_ref: promotion.GoldenLine | None) -> bool:
+    """Whether synth's own line moves to the summary's version: not on a failed run, and not when the
+    version is the line's head already (up to date). The chosen line is never moved by synth."""
+    if summary.status == "failed":
+        return False
+    return not (plan.up_to_date and previous_ref.golden_set_id == summary.golden_set_id)

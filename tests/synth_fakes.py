@@ -1,0 +1,60 @@
+"""Scripted fakes for synth: a small corpus and an LLM that writes questions from the passages it is shown."""
+
+from __future__ import annotations
+
+import re
+
+from ragloop.tasks.llm import StructuredResult, Usage
+
+DOCS = {
+    f"page{i}.md": f"# Page {i}\n\n## Facts\n\nStation {i} has {10 + i} docks and {i} chargers near the harbour. "
+    f"Rides from station {i} cost {i} credits on weekdays.\n\n## Hours\n\nStation {i} opens at {6 + i % 3} in the morning "
+    f"and closes at midnight, except on festival days when it stays open all night long."
+    for i in range(8)
+}
+
+
+class PassageLLM:
+    """Deterministic fake: questions and answers built from the passage it is shown."""
+
+    model_id = "passage-fake@1"
+    context_window = 4096
+
+    def __init__(self, garbage: bool = False) -> None:
+        self.garbage = garbage
+        self.calls = 0
+
+    def count_tokens(self, text: str) -> int:
+        return len(text.split())
+
+    def preflight(self, required_context_tokens: int) -> dict:
+        return {"model": self.model_id, "required": required_context_tokens}
+
+    def structured_many(self, conversations, output_model, **params):
+        return [self._one(messages, output_model) for messages in conversations]
+
+    def _one(self, messages, output_model):
+        self.calls += 1
+        if self.garbage:
+            return StructuredResult(value=None, raw="{not json", attempts=3, error="invalid JSON", usage=Usage(0, 0), latency_ms=1.0)
+        user = messages[-1]["content"]
+        passages = re.findall(r'"""\n(.*?)\n"""', user, re.S)
+        if output_model.__name__ == "QAPair":
+            # One fact sentence from each passage (a multi-hop answer needs evidence in both), picked by
+            # the call count so that questions about one chunk differ; the question names its words.
+            facts = []
+            for p in passages:
+                prose = " ".join(line for line in p.splitlines() if not line.startswith("#"))
+                sentences = [s for s in re.split(r"(?<=\.)\s", prose) if s.strip()]
+                facts.append(sentences[self.calls % len(sentences)] if sentences else "")
+            names = [(re.findall(r"[A-Za-z]+ \d+", p) or ["it"])[0] for p in passages]
+            topic = " ".join(w for f in facts for w in re.findall(r"[a-z]{5,}", f)[:3])
+            value = output_model(question=f"What about {topic} at {' and '.join(dict.fromkeys(names))}?",
+                                 answer=" ".join(facts))
+        elif "Question:" in user:  # the paraphrase prompt
+            original = user.split("Question:", 1)[1].splitlines()[0].strip()
+            value = output_model(question="quick q: " + original.lower().rstrip("?"))
+        else:
+            words = re.findall(r"[A-Za-z]+ \d+", passages[0]) or ["it"]
+            value = output_model(question=f"Who painted the signs at {words[0]} in 1970?")
+        return StructuredResult(value=value, raw=value.model_dump_json(), attempts=1, error=None, usage=Usage(10, 10), latency_ms=1.0)

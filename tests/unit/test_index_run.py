@@ -1,0 +1,207 @@
+"""An index run's decisions without Prefect: the chunker check, the ingest hand-over, the one commit's
+batches and counts, refresh and tag, where a validated version goes, the summary and its log lines."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections import defaultdict
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+
+from ragloop.tasks import index_run, indexing
+from ragloop.tasks.ingestion import build_snapshot
+from ragloop.tasks.settings import ChunkingConfig, ConfigError, IndexConfig, IngestConfig
+from ragloop.tasks.storage import Lake
+from ragloop.tasks.validation import ValidationReport
+from tests.conftest import write_files
+
+SUMMARIES = json.loads((Path(__file__).parent / "data" / "stage_summaries.json").read_text())
+
+
+class Timer:
+    """What flows.common.StageTimer offers, without Prefect."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = defaultdict(float)
+
+    @contextmanager
+    def __call__(self, name: str):
+        yield
+        self.seconds[name] += 1.0
+
+
+def _report(success: bool = True) -> ValidationReport:
+    failures = [] if success else [{"type": "expect_column_values_to_be_unique", "unexpected_count": 2}]
+    return ValidationReport("chunks", success, 5, failures, {})
+
+
+@pytest.fixture
+def lake(lake_dir) -> Lake:
+    return Lake(str(lake_dir))
+
+
+@pytest.fixture
+def store(lake, fake_embedder):
+    return indexing.ChunkStore(lake, fake_embedder)
+
+
+@pytest.fixture
+def chunker(fake_embedder):
+    return index_run.build_chunker(ChunkingConfig(max_tokens=16, overlap_tokens=0), fake_embedder)
+
+
+def _snapshot(lake, tmp_path, files):
+    result = build_snapshot(lake, [str(write_files(tmp_path / "src", files))], IngestConfig())
+    lake.write_ref("documents", {"snapshot_id": result.snapshot_id, "run_id": "ingest-1"})
+    return result.snapshot_id
+
+
+@pytest.mark.parametrize("config, match", [
+    (ChunkingConfig(max_tokens=65), "exceeds the embedder's limit of 64"),
+    (ChunkingConfig(overlap_tokens=64), "must be smaller than the chunk size of 64"),  # the embedder's limit
+])
+def test_build_chunker_turns_a_misfit_into_a_config_error(fake_embedder, config, match):
+    with pytest.raises(ConfigError, match=match):
+        index_run.build_chunker(config, fake_embedder)
+
+
+def test_carried_outputs_repeat_only_the_ingest_keys_it_has():
+    ingested = {"run_id": "i", "status": "ok", "documents": {"seen": 1}, "notes": {}, "lake": "/l", "validation": {}}
+    assert index_run.carried_outputs(ingested) == {"documents": {"seen": 1}, "notes": {}}
+    assert list(index_run.carried_outputs({**ingested, "quarantine": []})) == ["documents", "quarantine", "notes"]
+
+
+def test_an_ok_ingest_is_no_failure():
+    assert index_run.ingest_failed("r", {}, {"run_id": "i", "status": "ok"}) is None
+
+
+@pytest.mark.parametrize("ingested, error, keys", [
+    ({"run_id": "i1", "status": "failed", "lake": "/l", "error": "source /s: 2 of its 3 documents would be deleted"},
+     "ingest run i1 failed: source /s: 2 of its 3 documents would be deleted", ["error", "validation"]),
+    ({"run_id": "i2", "status": "failed", "lake": "/l", "documents": {"seen": 3}, "quarantine": [], "scope": {},
+      "notes": {}, "validation": {"documents": {"success": False}}},
+     "ingest run i2 failed", ["documents", "quarantine", "scope", "notes", "error", "validation"]),
+])
+def test_a_failed_ingest_fails_the_index_run_with_what_the_ingest_had(ingested, error, keys):
+    summary = index_run.ingest_failed("idx", {"config_hash": "c"}, ingested)
+    assert summary.status == "failed" and summary.error == error
+    assert list(summary.outputs()) == keys
+    assert summary.validation == ingested.get("validation", {})
+
+
+def test_index_lineage_names_snapshot_ingest_chunker_and_embedder(chunker, fake_embedder):
+    lineage = index_run.index_lineage({"snapshot_id": "s1", "run_id": "i1"}, chunker, chunker.config, fake_embedder)
+    assert lineage["snapshot_id"] == "s1" and lineage["ingest_run_id"] == "i1"
+    assert lineage["chunker_hash"] == chunker.hash and lineage["chunker"]["capacity"] == 16
+    assert lineage["embedder"] == {"name": fake_embedder.name, "weights_sha256": fake_embedder.weights_sha256,
+                                   "dim": 32, "max_tokens": 64}
+
+
+def test_the_plan_is_one_commit_that_counts_its_work_and_a_rerun_commits_nothing(lake, store, chunker, fake_embedder,
+                                                                                tmp_path):
+    long = " ".join(f"alpha{i} words" for i in range(40))
+    snapshot_id = _snapshot(lake, tmp_path, {"a.md": f"# A\n\n{long}", "b.txt": "bravo", "c.txt": "bravo"})
+    plan = indexing.plan_index(lake, snapshot_id, store, chunker.hash)
+    timer, commits = Timer(), []
+
+    def commit(store_, batches, doc_ids):
+        commits.append(doc_ids)
+        return indexing.ChunkStore.commit_run(store_, batches, doc_ids)
+
+    batches = index_run.ChunkBatches(lake, snapshot_id, plan, chunker, store, fake_embedder, 1, timer)
+    assert index_run.commit_plan(store, plan, batches, timer, commit=commit) == 0 and commits == [[]]
+    rows = store.count()
+    assert rows > 3, "the long document is several chunks"
+    assert batches.counts == {"embedded": rows - 1, "reused": 1, "written": rows, "truncated": 0}, \
+        "c's text was encoded for b in an earlier batch of the same commit"
+    assert sorted(batches.facts()["chunk_id"]) == sorted(store.profile()["chunk_id"].to_pylist())
+    assert timer.seconds["upsert"] == 1.0 - timer.seconds["chunk"] - timer.seconds["embed"], "upsert minus the work inside"
+    assert index_run.changes_table(plan)
+
+    again = indexing.plan_index(lake, snapshot_id, store, chunker.hash)
+    timer = Timer()
+    batches = index_run.ChunkBatches(lake, snapshot_id, again, chunker, store, fake_embedder, 1, timer)
+    assert index_run.commit_plan(store, again, batches, timer, commit=commit) == 0 and len(commits) == 1
+    assert not index_run.changes_table(again) and "upsert" not in timer.seconds
+    assert list(batches.facts().columns) == index_run.FACT_COLUMNS and batches.facts().empty
+
+
+class _Store:
+    def __init__(self, stale: bool) -> None:
+        self.stale, self.asked, self.tags = stale, 0, []
+
+    def indexes_stale(self, config) -> bool:
+        self.asked += 1
+        return self.stale
+
+    def tag(self, tag: str) -> None:
+        self.tags.append(tag)
+
+
+@pytest.mark.parametrize("changed, stale, refresh, asked", [
+    (True, False, True, 0),    # a change always refreshes; staleness is not even looked at
+    (False, True, True, 1),    # a no-op run repairs what a killed run left undone
+    (False, False, False, 1),
+])
+def test_indexes_are_refreshed_after_a_change_or_when_stale(changed, stale, refresh, asked):
+    plan = indexing.IndexPlan({"a.md"} if changed else set(), [], 0)
+    store = _Store(stale)
+    assert index_run.needs_refresh(plan, store, IndexConfig()) is refresh and store.asked == asked
+    index_run.tag_version(store, "run-1", refresh)
+    assert store.tags == (["run-1"] if refresh else [])
+
+
+def test_a_version_that_failed_its_suite_moves_no_ref(lake, store):
+    plan = indexing.IndexPlan({"a.md"}, [], 0)
+    assert index_run.place_version(lake, store, "r1", "h1", plan, _report(success=False)) is None
+    assert lake.read_ref("serving") is None and lake.read_ref("candidate") is None
+
+
+def test_the_first_validated_version_is_served(lake, store):
+    placed = index_run.place_version(lake, store, "r1", "h1", indexing.IndexPlan({"a.md"}, [], 0), _report())
+    assert placed["action"] == "serve" and placed["serving"] == {"table": store.name, "version": store.version}
+    assert lake.read_ref("serving")["run_id"] == "r1"
+
+
+def _summary(store, placed, report):
+    class Batches:
+        counts = {"embedded": 4, "reused": 1, "written": 5, "truncated": 0}
+
+    ingested = {"run_id": "i1", "status": "ok", "snapshot_id": "s1", "documents": {"seen": 2}, "quarantine": [],
+                "scope": {}, "notes": {}, "validation": {"documents": {"success": True}}}
+    plan = indexing.IndexPlan({"a.md", "b.md"}, ["c.md"], 1, ["b.md"])
+    return index_run.summarize("idx", {"config_hash": "c"}, ingested, "/lake", store, plan, Batches(), 3, 9,
+                               {"fts": "created"}, report, {"ingest": 0.5}, placed)
+
+
+def test_a_placed_run_is_ok_and_says_where_its_version_went(store):
+    placed = {"action": "candidate", "reason": "new embedder", "serving": None, "candidate": {"table": "t", "version": 2}}
+    summary = _summary(store, placed, _report())
+    assert summary.status == "ok" and summary.disposition == {"action": "candidate", "reason": "new embedder"}
+    assert summary.chunks == {"total": 9, "embedded": 4, "reused": 1, "written": 5, "deleted": 3, "truncated": 0}
+    assert summary.index_plan == {"new": 1, "changed": 1, "unchanged": 1, "deleted": 1}
+    assert summary.validation == {"documents": {"success": True}, "chunks": _report().summary()}
+    assert summary.dump()["serving"] is None, "a null that was set stays in the summary"
+    assert [level for level, _ in index_run.log_lines(summary)] == [logging.INFO, logging.INFO]
+    assert "candidate (new embedder)" in index_run.log_lines(summary)[0][1]
+    assert "9 chunks; 2 documents re-chunked, 4 texts embedded, 1 vectors reused, 3 chunks deleted" in \
+        index_run.log_lines(summary)[1][1]
+
+
+def test_a_run_whose_suite_failed_has_no_placement_and_logs_the_failures(store):
+    summary = _summary(store, None, _report(success=False))
+    assert summary.status == "failed"
+    assert not {"serving", "candidate", "disposition", "error"} & set(summary.dump())
+    [(level, message)] = index_run.log_lines(summary)
+    assert level == logging.ERROR and "expect_column_values_to_be_unique" in message and "not moved" in message
+
+
+@pytest.mark.parametrize("name", ["index_ok", "index_ingest_failed"])
+def test_index_summaries_of_the_flow_round_trip_through_the_model(name):
+    produced = SUMMARIES[name]  # returned by index-corpus (tests/unit/data/stage_summaries.json)
+    model = index_run.IndexSummary.model_validate(produced)
+    assert model.dump() == produced
+    assert set(model.outputs()) == set(produced) - {"run_id", "status", "lineage"}
