@@ -1,6 +1,10 @@
 """The `ragloop` command: each stage runs as a Prefect flow; --json prints one JSON object on stdout.
 
 Exit codes: 0 ok, 1 failed, 2 bad usage or config, 3 gate failed.
+
+Commands that only read the lake (runs, lineage, compare, golden list/show/export, prompts check without
+--emit) call plain functions from tasks/ and import them lazily: they never import prefect nor start its
+server, and load no model (tests/flows/test_cli_read_only.py holds them to it).
 """
 
 from __future__ import annotations
@@ -518,11 +522,24 @@ def _run_golden(args: argparse.Namespace) -> dict:
         return _golden_lines(args)
     if args.golden_command == "show":
         return _golden_show(args)
-    from ragloop.flows.golden import export_golden_set, import_golden_set
+    if args.golden_command == "export":
+        return _golden_export(args)
+    from ragloop.flows.golden import import_golden_set
 
-    if args.golden_command == "import":
-        return import_golden_set(path=args.path, lake=args.lake, config_path=args.config, line=args.line)
-    return export_golden_set(args.out, args.format, args.golden, args.include_inactive, args.lake, args.config)
+    return import_golden_set(path=args.path, lake=args.lake, config_path=args.config, line=args.line)
+
+
+def _golden_export(args: argparse.Namespace) -> dict:
+    """`golden export`: read the lake, write one file (no Prefect; ragas only for --format ragas)."""
+    from pathlib import Path
+
+    from ragloop.tasks.golden_sets import export_golden_set
+    from ragloop.tasks.settings import load_settings
+    from ragloop.tasks.storage import Lake
+
+    settings = load_settings(args.config, {"lake": args.lake} if args.lake else {})
+    return export_golden_set(Lake(settings.lake), settings.embedding, Path(args.out), args.format, args.golden,
+                             args.include_inactive)
 
 
 def _golden_lines(args: argparse.Namespace) -> dict:

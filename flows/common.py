@@ -9,12 +9,11 @@ from typing import Any, Iterator
 from prefect import get_run_logger
 from prefect.runtime import flow_run
 
-from ragloop.tasks import promotion
-from ragloop.tasks.indexing import ChunkStore
-from ragloop.tasks.storage import chunks_table_name
+# index_store is plain work (tasks.indexing); the flows that read the index import it from here.
+from ragloop.tasks.indexing import index_store  # noqa: F401
 from ragloop.tasks.lineage import base_lineage, new_run_id
 from ragloop.tasks.schemas import utcnow
-from ragloop.tasks.settings import ConfigError, Settings, load_settings
+from ragloop.tasks.settings import Settings, load_settings
 from ragloop.tasks.storage import Lake
 
 
@@ -36,20 +35,6 @@ def check_sources(sources: list[str]) -> None:
     from ragloop.tasks.settings import check_sources as check
 
     check(sources)
-
-
-def index_store(lake: Lake, embedder, which: str = "auto") -> tuple[ChunkStore, str]:
-    """The chunks table later stages read, checked out at the version under test: the pending candidate
-    of this embedder, else the served version (tasks.promotion.pick_index; exit 2 when neither fits).
-    Returns (store, role)."""
-    refs = promotion.Refs(lake)
-    try:
-        ref, role = promotion.pick_index(refs.serving(), refs.candidate(), chunks_table_name(embedder.slug), which)
-    except promotion.PromotionError as exc:
-        raise ConfigError(str(exc)) from exc
-    store = ChunkStore(lake, embedder)
-    store.table.checkout(ref.version)
-    return store, role
 
 
 class StageTimer:

@@ -13,7 +13,6 @@ import numpy as np
 from ragloop.tasks import grounding
 from ragloop.tasks.llm import LLM, Completion
 from ragloop.tasks.prompts import GeneratedQuestion, Prompt
-from ragloop.tasks.qa_generation import REFUSAL_ANSWER
 from ragloop.tasks.retrieval import Hit, Retriever
 from ragloop.tasks.settings import EvalConfig
 
@@ -43,7 +42,7 @@ def trace(qa_id: str, step: str, input: str, output: str | None, latency_ms: flo
 
 
 def is_refusal(answer: str) -> bool:
-    return answer.strip() == REFUSAL_ANSWER or bool(REFUSAL_PATTERN.search(answer))
+    return answer.strip() == grounding.REFUSAL_ANSWER or bool(REFUSAL_PATTERN.search(answer))
 
 
 def rewrite_queries(qa_ids: Sequence[str], questions: Sequence[str], prompt: Prompt, llm: LLM) -> tuple[list[str], list[dict]]:
@@ -71,7 +70,7 @@ def guard(results: Sequence[ChainResult], questions: Sequence[str], encode, conf
         else:
             result.relevance = -1.0
         if result.relevance < config.refuse_below:
-            result.answer, result.refused = REFUSAL_ANSWER, True
+            result.answer, result.refused = grounding.REFUSAL_ANSWER, True
         result.traces.append(trace(result.qa_id, "guardrail", question,
                                    f"relevance={result.relevance:.3f} " + ("refuse" if result.refused else "pass"),
                                    (time.perf_counter() - start) * 1000))

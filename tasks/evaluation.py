@@ -7,7 +7,6 @@ import math
 from typing import Iterable, Mapping, Sequence
 
 import numpy as np
-from scipy import stats
 
 from ragloop.tasks.ir_metrics import score_rankings
 from ragloop.tasks.settings import EvalConfig
@@ -77,6 +76,8 @@ def bootstrap_ci(values: Sequence[float], resamples: int, confidence: float, see
         return (math.nan, math.nan)
     if data.size == 1 or np.all(data == data[0]):
         return (float(data[0]), float(data[0]))
+    from scipy import stats  # ~0.6 s to import: paid only when an interval is computed, not by importers
+
     result = stats.bootstrap((data,), np.mean, n_resamples=resamples, confidence_level=confidence,
                              method="percentile", random_state=np.random.default_rng(seed))
     return (float(result.confidence_interval.low), float(result.confidence_interval.high))

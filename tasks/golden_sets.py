@@ -1,5 +1,6 @@
 """Golden sets from outside synth: the import-golden-set and import-beir stages' decisions and typed
-summaries, and the export's checks. Reads import files and the lake; writes golden set versions.
+summaries, and the export (read-only: `ragloop golden export` runs it without Prefect). Reads import
+files and the lake; writes golden set versions, and the export's one file.
 """
 
 from __future__ import annotations
@@ -13,11 +14,12 @@ from typing import Any, Sequence
 import pyarrow as pa
 from pydantic import Field
 
-from ragloop.tasks import golden_io, promotion, schemas
+from ragloop.tasks import golden_io, promotion, providers, schemas
+from ragloop.tasks.indexing import index_store
 from ragloop.tasks.qa_generation import golden_set_id_of
 from ragloop.tasks.summaries import LineMove, StageSummary, SummaryModel
 from ragloop.tasks.schemas import utcnow
-from ragloop.tasks.settings import ConfigError
+from ragloop.tasks.settings import ConfigError, EmbeddingConfig
 from ragloop.tasks.storage import Lake
 
 
@@ -116,6 +118,33 @@ class ExportSummary(SummaryModel):
     format: str = Field(description="jsonl | ragas")
     items: int = Field(description="items written to the file")
     path: str = Field(description="the file written, absolute")
+
+
+def export_golden_set(lake: Lake, embedding: EmbeddingConfig, out: Path, fmt: str = "jsonl", golden: str = "latest",
+                      include_inactive: bool = False) -> dict:
+    """Write a golden set to JSONL (ragloop's columns) or a ragas EvaluationDataset JSONL.
+
+    Reads the lake (and, for ragas, the chunk texts of the index under test); writes only `out`.
+    Returns the ExportSummary as JSON-ready data."""
+    golden_set_id, _ = promotion.Refs(lake).resolve_golden(golden, lake.list_golden())
+    if golden_set_id is None:
+        raise ConfigError(f"--golden {golden}: no such golden set in {lake.uri} "
+                          f"(have: {', '.join(lake.list_golden()) or 'none'})")
+    rows = lake.read_golden(golden_set_id).to_pylist()
+    statuses = export_statuses(include_inactive)
+    check_export(rows, fmt, statuses)
+    if fmt == "jsonl":
+        count = golden_io.export_rows(rows, out, statuses)
+    else:
+        store, _ = index_store(lake, providers.current().build_embedder(embedding))
+        wanted = {c for r in rows for c in r["reference_chunk_ids"]}
+        texts = {r["chunk_id"]: r["text"] for r in store.scan(["chunk_id", "text"]).to_pylist() if r["chunk_id"] in wanted}
+        dataset = golden_io.to_ragas_dataset(rows, texts, statuses)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        dataset.to_jsonl(out)
+        count = len(dataset)
+    return ExportSummary(status="ok", golden_set_id=golden_set_id, format=fmt, items=count,
+                         path=str(out.resolve())).model_dump(mode="json")
 
 
 # -- import-beir ----------------------------------------------------------------------------------

@@ -13,6 +13,9 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Iterable, Sequence
 
+# The exact reply the answer prompt asks for when the context lacks the answer: the reference answer of
+# an unanswerable golden item (synth) and the answer the chain's guardrail gives (eval).
+REFUSAL_ANSWER = "The documents do not say."
 STOPWORDS = frozenset(
     "the a an and or of to in on for with is are was were be been it its this that these those by as at "
     "from can you your what which who how when where why does do not no yes will would should may".split()

@@ -17,11 +17,11 @@ from typing import Iterable, Iterator, Sequence
 import numpy as np
 import pyarrow as pa
 
-from ragloop.tasks import schemas
+from ragloop.tasks import promotion, schemas
 from ragloop.tasks.chunking import Chunk
 from ragloop.tasks.embedding import Embedder
 from ragloop.tasks.schemas import Document, utcnow
-from ragloop.tasks.settings import IndexConfig
+from ragloop.tasks.settings import ConfigError, IndexConfig
 from ragloop.tasks.storage import Lake, chunks_table_name
 
 log = logging.getLogger(__name__)
@@ -212,6 +212,20 @@ class ChunkStore:
 
     def tag(self, tag: str) -> None:
         self.table.tags.create(tag, self.table.version)
+
+
+def index_store(lake: Lake, embedder: Embedder, which: str = "auto") -> tuple[ChunkStore, str]:
+    """The chunks table later stages read, checked out at the version under test: the pending candidate
+    of this embedder, else the served version (tasks.promotion.pick_index; exit 2 when neither fits).
+    Returns (store, role)."""
+    refs = promotion.Refs(lake)
+    try:
+        ref, role = promotion.pick_index(refs.serving(), refs.candidate(), chunks_table_name(embedder.slug), which)
+    except promotion.PromotionError as exc:
+        raise ConfigError(str(exc)) from exc
+    store = ChunkStore(lake, embedder)
+    store.table.checkout(ref.version)
+    return store, role
 
 
 def unspaced_share(texts: Iterable[str]) -> float:

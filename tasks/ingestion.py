@@ -30,7 +30,6 @@ from ragloop.tasks.storage import Lake
 log = logging.getLogger(__name__)
 
 SIDECAR_SUFFIX = ".schema.yaml"
-TABLE_SUFFIXES = {".csv", ".parquet", ".jsonl"}
 BEIR_CORPUS_NAME = "corpus.jsonl"
 
 

@@ -11,8 +11,6 @@ from typing import Mapping, Sequence
 
 import pytrec_eval
 
-METRICS = ("hit", "recall", "mrr", "ndcg")
-
 
 def _as_scores(ranking: Sequence[str]) -> dict[str, float]:
     seen: dict[str, float] = {}

@@ -440,8 +440,3 @@ def check_budgets(traces: Sequence[Mapping], items: int, config: MonitorConfig) 
 def golden_overlap(latest_ids: set[str], other_ids: set[str]) -> float:
     """Share of the latest golden set's questions that another golden set also holds."""
     return len(latest_ids & other_ids) / len(latest_ids) if latest_ids else 0.0
-
-
-def max_severity(alerts: Iterable[Alert]) -> str | None:
-    ranked = sorted((a.severity for a in alerts), key=SEVERITY_RANK.__getitem__)
-    return ranked[-1] if ranked else None

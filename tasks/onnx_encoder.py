@@ -27,7 +27,6 @@ log = logging.getLogger(__name__)
 
 # Bump when the export or quantization recipe changes: new cache files and a new embedder identity.
 EXPORT_FORMAT = 1
-ONNX_BACKENDS = ("onnx", "onnx-int8")
 _INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 _SUPPORTED_MODULES = {"sentence_transformers.models.Transformer", "sentence_transformers.models.Pooling",
                       "sentence_transformers.models.Normalize"}

@@ -27,7 +27,7 @@ from ragloop.tasks.settings import SynthConfig
 
 log = logging.getLogger(__name__)
 
-REFUSAL_ANSWER = "The documents do not say."
+REFUSAL_ANSWER = grounding.REFUSAL_ANSWER
 CONTEXT_REFERENCE = re.compile(
     r"\b(the|this|that|these|above|given|provided)\s+(passages?|texts?|context|documents?|excerpts?|snippets?|sections?)\b"
     r"|\b(of|in|from) the following\b|\bthe following\s*\?", re.I
@@ -366,7 +366,8 @@ REJECT_REASONS = (
 
 
 def answer_support(answer: str, context: str) -> float:
-    """Share of the answer's content words (any script) that occur in the context (0.0 for none)."""
+    """Share of the answer's content words (any script) that occur in the context; 0.0 when the answer
+    has no content words (an empty answer, or stopwords only)."""
     return grounding.support(answer, context)
 
 

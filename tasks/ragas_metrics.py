@@ -28,7 +28,6 @@ class JudgeError(RuntimeError):
 class ItemScores:
     metrics: dict[str, float] = field(default_factory=dict)
     failed: dict[str, str] = field(default_factory=dict)  # metric -> why its judgment failed
-    traces: list[dict] = field(default_factory=list)
 
 
 def _embeddings(encode: Callable[[list[str]], Any]):

@@ -5,9 +5,12 @@ Layout under the lake root (a local path or an object-store URI; pyarrow filesys
     quarantine/<run_id>.parquet                 files an ingest run could not use, with reasons
     validations/<run_id>/<suite>.json           great-expectations results
     runs/<run_id>.parquet                       run manifests (status, times, lineage, outputs)
-    refs/<name>.json                            small pointers: latest snapshot, serving and candidate
-                                                index, golden-set lines, baselines (tasks.promotion
-                                                writes those), eval cache keys, monitor state
+    refs/<name>.json                            small pointers: latest snapshot (documents), serving and
+                                                candidate index, golden-set lines, baselines (tasks.promotion
+                                                writes those), prompt hashes last used by a run (prompts),
+                                                each chunks table's embedder fingerprint (table__<table>) and
+                                                full-text tokenizer (fts__<table>), eval cache keys
+                                                (eval_cache__<key>), monitor state (monitor_state)
     promotions/<run_id>.json                    every promotion (tasks.promotion), for rollback
     reviews/<batch_id>.parquet                  review events, append-only (tasks.review)
     golden/<golden_set_id>.parquet              golden-set versions
@@ -33,7 +36,7 @@ import time
 import uuid
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import TYPE_CHECKING, Any, Iterator
 
 import pyarrow as pa
 import pyarrow.dataset as pads
@@ -42,6 +45,8 @@ import pyarrow.parquet as pq
 
 from ragloop.tasks import schemas
 
+if TYPE_CHECKING:
+    import pandas as pd
 
 log = logging.getLogger(__name__)
 

@@ -17,6 +17,18 @@ def test_tasks_never_import_prefect():
     assert offenders == []
 
 
+def test_the_eval_chain_imports_nothing_from_the_synth_modules():
+    """Helpers both stages use live in a shared tasks module (grounding, prompts), not in synth's."""
+    eval_chain = ("flows/evaluate.py", "tasks/eval_run.py", "tasks/chain.py", "tasks/evaluation.py")
+    offenders = [
+        path for path in eval_chain
+        if re.search(r"^\s*(from|import)\s+ragloop\.(tasks\.(qa_generation|synth_run)|flows\.synth)\b"
+                     r"|^\s*from\s+ragloop\.(tasks|flows)\s+import\s+.*\b(qa_generation|synth_run|synth)\b",
+                     (REPO / path).read_text(), re.M)
+    ]
+    assert offenders == []
+
+
 def test_data_folders_hold_no_python():
     for folder in ("datasets", "prompts"):
         root = REPO / folder
