@@ -68,7 +68,6 @@ class _Guard(BaseHTTPMiddleware):
         host = (request.headers.get("host") or "").rsplit(":", 1)[0].strip("[]")
         if st.allowed_hosts is not None and host not in st.allowed_hosts:
             return PlainTextResponse("unknown host", status_code=400)
-        set_token = False
         if st.token:
             given = request.cookies.get(TOKEN_COOKIE) or ""
             auth = request.headers.get("authorization") or ""

@@ -9,8 +9,6 @@ from typing import Any, Iterator
 from prefect import get_run_logger
 from prefect.runtime import flow_run
 
-# index_store is plain work (tasks.indexing); the flows that read the index import it from here.
-from ragloop.tasks.indexing import index_store  # noqa: F401
 from ragloop.tasks.lineage import base_lineage, new_run_id
 from ragloop.tasks.schemas import utcnow
 from ragloop.tasks.settings import Settings, load_settings

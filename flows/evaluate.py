@@ -44,12 +44,12 @@ def evaluate_chain(
     settings = flow_settings(config_path, {"lake": lake, "eval": {"retrieval": retrieval, "k": k}})
     config, gate_config = settings.eval, settings.gate
     with stage_run("eval", settings) as stage:
-        store, refs = stage.lake, promotion.Refs(stage.lake)
+        refs = promotion.Refs(stage.lake)
         chosen = eval_run.resolve_golden(refs, golden)
         embedder = providers.current().build_embedder(settings.embedding)
         serving, role = eval_run.pick_index(refs, embedder.slug, index)
-        items = eval_run.active_items(store, chosen.golden_set_id)
-        retriever = Retriever(store, serving.table, serving.version, embedder, exact=config.exact,
+        items = eval_run.active_items(stage.lake, chosen.golden_set_id)
+        retriever = Retriever(stage.lake, serving.table, serving.version, embedder, exact=config.exact,
                               rerank_depth=eval_run.rerank_depth(config))
         stale = evaluation.check_references(items, *retriever.catalog())
         models = eval_run.prepare_models(config, settings.llm, settings.prompts_dir, retrieval_only, items, retriever,
@@ -57,7 +57,7 @@ def evaluate_chain(
         chain = eval_run.describe_chain(config, models, retrieval_only)
         baseline = refs.baseline(chosen.line_key)
         cache_key = eval_run.eval_cache_key(chosen.golden_set_id, serving, chain, models, embedder.weights_sha256, settings)
-        reuse = eval_run.find_reuse(store, cache_key, baseline, chosen.line_key, promote) if reuse_cached else None
+        reuse = eval_run.find_reuse(stage.lake, cache_key, baseline, chosen.line_key, promote) if reuse_cached else None
         if reuse is not None:
             get_run_logger().info("eval inputs unchanged since run %s: its results are reused", reuse.summary.run_id)
             summary = (_promote(refs, reuse.summary, chosen.line_key, promote, gate_config.on_inconclusive, role)
@@ -75,19 +75,19 @@ def evaluate_chain(
         scored = eval_run.item_rows(items, results, judged, scores, stale)
         with timer("aggregate"):
             aggregates = eval_run.aggregate_rows(scored.rows, config)
-        paths = eval_run.write_results(store, run.run_id, scored)
-        run.lineage.update(eval_run.run_lineage(eval_run.index_lineage(store, serving), chosen, serving, role, models,
+        paths = eval_run.write_results(stage.lake, run.run_id, scored)
+        run.lineage.update(eval_run.run_lineage(eval_run.index_lineage(stage.lake, serving), chosen, serving, role, models,
                                                 embedder, chain, retrieval_only))
-        eval_run.record_prompts(store, models)
+        eval_run.record_prompts(stage.lake, models)
         with timer("gate"):
-            assessment = eval_run.assess_gate(eval_run.load_baseline(store, baseline), scored.rows, scored.traces,
+            assessment = eval_run.assess_gate(eval_run.load_baseline(stage.lake, baseline), scored.rows, scored.traces,
                                               aggregates.metrics, chain, chosen.line_key, config, gate_config,
                                               settings.monitor.price_per_1k_tokens)
         run.lineage["eval_cache_key"] = cache_key
-        summary = eval_run.summarize(run.run_id, run.lineage, store.uri, chosen, aggregates, scored, stale, assessment,
+        summary = eval_run.summarize(run.run_id, run.lineage, stage.lake.uri, chosen, aggregates, scored, stale, assessment,
                                      serving, role, paths, timer.report(), gate_config.on_inconclusive)
         summary = _promote(refs, summary, chosen.line_key, promote, gate_config.on_inconclusive, role)
-        store.write_ref(eval_run.cache_ref(cache_key), {"run_id": run.run_id})
+        stage.lake.write_ref(eval_run.cache_ref(cache_key), {"run_id": run.run_id})
         _publish_artifacts(summary.run_id, summary.status, summary.outputs(), summary.lineage)
         return summary.finish(run)
 

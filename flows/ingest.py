@@ -24,20 +24,20 @@ def ingest_corpus(sources: list[str] | None = None, lake: str | None = None, con
     settings = flow_settings(config_path, {"lake": lake, "ingest": {"sources": sources}})
     check_sources(settings.ingest.sources)
     with stage_run("ingest", settings) as stage:
-        store, run = stage.lake, stage.start()
-        previous = ingest_run.previous_ingest(store)
+        run = stage.start()
+        previous = ingest_run.previous_ingest(stage.lake)
         try:
-            result = build_snapshot(store, list(settings.ingest.sources), settings.ingest,
+            result = build_snapshot(stage.lake, list(settings.ingest.sources), settings.ingest,
                                     ingest_run.delete_guard(settings.index, allow_mass_delete), forget_sources,
                                     previous.known_roots)
         except ingestion.MassDeleteError as exc:
             run.logger.error("%s", exc)
-            return ingest_run.mass_delete_summary(run.run_id, run.lineage, store.uri, exc).finish(run)
-        store.write_quarantine(run.run_id, ingest_run.quarantine_rows(result, run.started_at))
-        report = validate_documents(store.snapshot_profile(result.snapshot_id))
-        store.write_validation(run.run_id, report.suite, report.result)
+            return ingest_run.mass_delete_summary(run.run_id, run.lineage, stage.lake.uri, exc).finish(run)
+        stage.lake.write_quarantine(run.run_id, ingest_run.quarantine_rows(result, run.started_at))
+        report = validate_documents(stage.lake.snapshot_profile(result.snapshot_id))
+        stage.lake.write_validation(run.run_id, report.suite, report.result)
         run.lineage.update({"snapshot_id": result.snapshot_id, "previous_snapshot_id": result.previous_snapshot_id})
-        summary = ingest_run.summarize(run.run_id, run.lineage, store.uri, result, report, settings.ingest.sources, previous)
-        published = ingest_run.publish_snapshot(store, summary, result, report)
+        summary = ingest_run.summarize(run.run_id, run.lineage, stage.lake.uri, result, report, settings.ingest.sources, previous)
+        published = ingest_run.publish_snapshot(stage.lake, summary, result, report)
         run.logger.log(published.level, "%s", published.message)
         return summary.finish(run)

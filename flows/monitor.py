@@ -45,31 +45,31 @@ def monitor_quality(lake: str | None = None, config_path: str | None = None, eva
     settings = flow_settings(config_path, {"lake": lake})
     config = settings.monitor
     with stage_run("monitor", settings) as stage:
-        store_lake, run = stage.lake, stage.start()
-        observed = observe_runs(store_lake, eval_run_id, observer_run_id)
-        selection = monitor_run.select_series(store_lake, config)
-        checks = {"regression": monitor_run.check_series_regression(store_lake, selection.comparable, config)}
-        previous = store_lake.read_ref("monitor_state") or {}  # what the last pass saw
+        run = stage.start()
+        observed = observe_runs(stage.lake, eval_run_id, observer_run_id)
+        selection = monitor_run.select_series(stage.lake, config)
+        checks = {"regression": monitor_run.check_series_regression(stage.lake, selection.comparable, config)}
+        previous = stage.lake.read_ref("monitor_state") or {}  # what the last pass saw
         at = utcnow().isoformat()
         drift = monitor_run.check_drift(
-            store_lake, previous, selection, config, sample=sample_vectors, top1=top1_similarities,
+            stage.lake, previous, selection, config, sample=sample_vectors, top1=top1_similarities,
             embedder=functools.partial(providers.current().build_embedder, settings.embedding), logger=run.logger)
         checks.update(drift.checks)
-        checks.update(monitor_run.health_checks(store_lake, selection, failures, config))
+        checks.update(monitor_run.health_checks(stage.lake, selection, failures, config))
         notes = monitor_run.notifications(checks, previous)
-        sinks, skipped = build_sinks(config, store_lake, run.logger)
-        deliveries = deliver_alerts(sinks, notes.to_send, monitor_run.delivery_context(run.run_id, at, store_lake)) + skipped
+        sinks, skipped = build_sinks(config, stage.lake, run.logger)
+        deliveries = deliver_alerts(sinks, notes.to_send, monitor_run.delivery_context(run.run_id, at, stage.lake)) + skipped
         status = monitor_run.pass_status(deliveries)
 
-        report_data = monitor_run.report_data(store_lake, run.run_id, at, status, selection, checks, notes, drift,
+        report_data = monitor_run.report_data(stage.lake, run.run_id, at, status, selection, checks, notes, drift,
                                               deliveries, config)
-        report_path = store_lake.write_report(run.run_id, reporting.render_report(report_data))
-        _publish_artifacts(monitor_run.report_artifacts(report_data, report_path, store_lake.uri))
-        monitor_run.record_check_history(store_lake, run.run_id, checks, selection.latest_obs)
+        report_path = stage.lake.write_report(run.run_id, reporting.render_report(report_data))
+        _publish_artifacts(monitor_run.report_artifacts(report_data, report_path, stage.lake.uri))
+        monitor_run.record_check_history(stage.lake, run.run_id, checks, selection.latest_obs)
         state = monitor_run.next_state(run.run_id, at, drift, notes)
-        store_lake.write_ref("monitor_state", state)
+        stage.lake.write_ref("monitor_state", state)
         run.lineage.update(monitor_run.monitor_lineage(selection, state, previous))
-        return monitor_run.summarize(run.run_id, status, run.lineage, store_lake.uri, observed, selection, checks,
+        return monitor_run.summarize(run.run_id, status, run.lineage, stage.lake.uri, observed, selection, checks,
                                      notes, deliveries, report_path).finish(run)
 
 

@@ -5,9 +5,10 @@ from __future__ import annotations
 from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 
-from ragloop.flows.common import flow_settings, index_store, stage_run
+from ragloop.flows.common import flow_settings, stage_run
 from ragloop.tasks import promotion, providers, synth_run
 from ragloop.tasks import qa_generation as qa
+from ragloop.tasks.indexing import index_store
 
 generate_candidates = task(qa.generate_candidates, name="generate-qa", cache_policy=NO_CACHE, retries=1, retry_delay_seconds=5)
 plan_tasks = task(qa.plan_tasks, name="plan-qa-tasks", cache_policy=NO_CACHE)
