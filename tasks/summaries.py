@@ -2,10 +2,10 @@
 
 Each stage's model lives with the stage's decisions (tasks/ingest_run.py IngestSummary, index_run.py
 IndexSummary, synth_run.py SynthSummary, eval_run.py EvalSummary, monitor_run.py MonitorSummary,
-golden_sets.py ImportGoldenSummary/ImportBeirSummary/ExportSummary) on the base here; `SUMMARIES` maps
-each command to its model. The flow builds its outputs through the model and returns `dump()`; the
-lifecycle nests the stages' dumps; the CLI prints them; a test checks README "Summary JSON" against the
-models' fields.
+golden_sets.py ImportGoldenSummary/ImportBeirSummary/ExportSummary; commands.py those of the commands
+that are not runs, on CommandSummary) on the bases here; `summary_models()` maps each command to its
+model. The flow builds its outputs through the model and returns `dump()`; the lifecycle nests the
+stages' dumps; the CLI prints them; a test checks README "Summary JSON" against the models' fields.
 
 A summary holds exactly the keys that were set: a field with a default is an optional key, absent (not
 null) when the run did not reach it, so `"error" in summary` keeps its meaning, while a None that was
@@ -14,7 +14,7 @@ set (e.g. `candidate`: no pending candidate) stays.
 
 from __future__ import annotations
 
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field, model_serializer
 
@@ -62,6 +62,15 @@ class StageSummary(SummaryModel):
     record = finish
 
 
+class CommandSummary(SummaryModel):
+    """What a command that is not a stage run returns (tasks/commands.py): no run id nor lineage of its
+    own, but always `status`. NaN and infinities stay floats in the JSON dump, as `json.dumps` writes them."""
+
+    model_config = ConfigDict(ser_json_inf_nan="constants")
+
+    status: Literal["ok"] = Field(description="always ok: a problem raises ConfigError (exit 2, {status: failed, error})")
+
+
 class LineMove(SummaryModel):
     """Where a golden set went among the golden-set lines (tasks.promotion.Refs.set_line)."""
 
@@ -74,6 +83,7 @@ class LineMove(SummaryModel):
 def summary_models() -> dict[str, type[SummaryModel]]:
     """Command -> the model of the summary it returns (`--json`). Imported on call: the stage modules
     import this one."""
+    from ragloop.tasks import commands
     from ragloop.tasks.eval_run import EvalSummary
     from ragloop.tasks.golden_sets import ExportSummary, ImportBeirSummary, ImportGoldenSummary
     from ragloop.tasks.index_run import IndexSummary
@@ -84,4 +94,9 @@ def summary_models() -> dict[str, type[SummaryModel]]:
 
     return {"ingest": IngestSummary, "index": IndexSummary, "synth": SynthSummary, "eval": EvalSummary,
             "monitor": MonitorSummary, "run": LifecycleSummary, "golden import": ImportGoldenSummary,
-            "import-beir": ImportBeirSummary, "golden export": ExportSummary}
+            "import-beir": ImportBeirSummary, "golden export": ExportSummary,
+            "compare": commands.CompareSummary, "lineage": commands.LineageSummary,
+            "rollback": commands.RollbackSummary, "promote": commands.PromoteSummary,
+            "golden list": commands.GoldenListSummary, "golden use": commands.GoldenUseSummary,
+            "golden show": commands.GoldenShowSummary, "runs": commands.RunsSummary,
+            "prompts check": commands.PromptsCheckSummary}

@@ -1,0 +1,334 @@
+"""The commands that are not stage runs: compare, lineage, rollback, promote, golden list/use/show, runs
+and prompts check, each a plain function returning its typed summary (lake I/O; no prefect, no model).
+
+A problem the user can fix (an unknown run, line or golden set, nothing to roll back to, a run that may
+not be promoted) raises ConfigError (exit 2). The CLI prints `model_dump(mode="json")`; `prompts check
+--emit` sends its Prefect events from flows/cli.py. Heavy imports (numpy/scipy via tasks.gating, the
+prompt templates) are made on call, so the read-only commands stay light (tests/flows/test_cli_read_only.py).
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field
+
+from ragloop.tasks import promotion
+from ragloop.tasks.settings import ConfigError, EvalConfig
+from ragloop.tasks.storage import Lake
+from ragloop.tasks.summaries import CommandSummary, SummaryModel
+
+# Lineage keys that differ between any two runs: not worth listing as a change.
+UNCOMPARED_LINEAGE = ("git_commit", "eval_cache_key")
+GOLDEN_ITEM_FIELDS = ("qa_id", "question", "qa_type", "persona", "status", "review", "reference_answer",
+                      "reference_chunk_ids", "reference_doc_ids", "generator", "created_at")
+
+
+class CompareSummary(CommandSummary):
+    """What `compare RUN_A RUN_B` returns: per-metric paired deltas (B - A) on the questions both runs scored."""
+
+    golden_set_id: str | None = Field(description="run B's golden set")
+    golden_set_ids: dict[str, str | None] = Field(description="{a, b}: each run's golden set (they may differ)")
+    shared_items: int = Field(description="questions (qa_ids) both runs scored: the pairs")
+    items: dict[str, int] = Field(description="{a, b}: items each run scored")
+    run_a: str = Field(description="the baseline run id")
+    run_b: str = Field(description="the candidate run id")
+    deltas: dict[str, dict[str, Any]] = Field(
+        description="{metric: {baseline, candidate (means over the pairs), delta (candidate - baseline), ci [low, high] "
+                    "of the paired mean delta (eval.confidence, bootstrap), n (pairs), sd (of the paired differences)}}")
+    not_compared: dict[str, list[str]] = Field(description="{baseline_only, candidate_only}: metrics only one run measured")
+    lineage_changes: dict[str, dict[str, Any]] = Field(
+        description="{lineage key: {a, b}}: what differs between the runs' lineages (git commit and cache key left out)")
+
+
+class LineageSummary(CommandSummary):
+    """What `lineage RUN_ID` returns: the run's manifest as recorded (any flow)."""
+
+    run_id: str = Field(description="the run")
+    flow: str = Field(description="the flow that made it (ingest, index, synth, eval, monitor, lifecycle, ...)")
+    run_status: str = Field(description="how the run ended (its own status; `status` is this command's)")
+    started_at: str = Field(description="UTC start time, as str(datetime)")
+    ended_at: str | None = Field(description="UTC end time, as str(datetime); null while running or if killed")
+    lineage: dict[str, Any] = Field(description="what the run was made from, as its manifest recorded it")
+
+
+class RollbackSummary(CommandSummary):
+    """What `rollback` returns: a line's promoted state moved back to the promotion before the current one."""
+
+    golden_set_id: str = Field(description="the golden set the restored baseline was scored on")
+    line: str = Field(description="the golden-set line rolled back (id:<golden_set_id> for a set outside any line)")
+    from_run_id: str = Field(description="the baseline run left")
+    to_run_id: str = Field(description="the baseline run restored")
+    table: dict[str, dict[str, Any]] = Field(description="{from, to}: {name, version} of the index each run was scored on")
+    serving_before: dict[str, Any] | None = Field(description="the serving ref before the rollback (null: none)")
+    prompts: dict[str, dict[str, Any]] = Field(
+        description="{prompt: {promoted (hash the restored run used), file (hash in prompts/ now, null if missing), "
+                    "matches}}")
+
+
+class PromoteSummary(CommandSummary):
+    """What `promote RUN_ID` returns: a passed eval run made its line's baseline after the fact."""
+
+    run_id: str = Field(description="the eval run promoted")
+    line: str = Field(description="its golden-set line (id:<golden_set_id> for a set outside any line)")
+    promoted: Literal[True] = Field(description="always true (a run that may not be promoted raises)")
+    reason: str = Field(description="why: promoted by hand, with the run's gate verdict")
+    serving_moved: dict[str, Any] | None = Field(
+        description="{from, to} ({table, version} or null) when the run scored the candidate index, which now serves")
+    serving: dict[str, Any] | None = Field(description="{table, version} served after the promotion, or null")
+    candidate: dict[str, Any] | None = Field(description="{table, version} of a pending candidate index, or null")
+
+
+class GoldenLineRow(SummaryModel):
+    """One golden-set line as `golden list` shows it."""
+
+    golden_set_id: str = Field(description="the line's head version")
+    kind: str = Field(description="synthetic | imported | curated | pinned")
+    versions: int = Field(description="versions the line has pointed at")
+    updated_at: str | None = Field(description="when the head last moved (UTC ISO), null for old lakes")
+    baseline_run_id: str | None = Field(description="the line's baseline eval run, null before its first promotion")
+
+
+class GoldenListSummary(CommandSummary):
+    """What `golden list` returns: the lines, their versions, the chosen one and each line's baseline."""
+
+    chosen: str | None = Field(description="the chosen line: what --golden latest, the nightly and prompt-changed evaluate")
+    lines: dict[str, GoldenLineRow] = Field(description="{line: {golden_set_id, kind, versions, updated_at, baseline_run_id}}, "
+                                                     "by name")
+
+
+class GoldenUseSummary(CommandSummary):
+    """What `golden use LINE|ID` returns: the chosen line after and before (an id outside any line is pinned)."""
+
+    chosen: str = Field(description="the chosen line now (pinned-<id12> for a pinned version)")
+    previous_chosen: str | None = Field(description="the chosen line before")
+    golden_set_id: str = Field(description="the chosen line's head version")
+
+
+class GoldenShowSummary(CommandSummary):
+    """What `golden show ID` returns: the items of one golden set."""
+
+    golden_set_id: str = Field(description="the version shown")
+    line: str | None = Field(description="the line it heads or last belonged to, null if none")
+    count: int = Field(description="items in the set, every status")
+    by_status: dict[str, int] = Field(description="{status: items}, by status name")
+    by_type: dict[str, int] = Field(description="{qa_type: items}, by type name")
+    items: list[dict[str, Any]] = Field(
+        description="[{qa_id, question, qa_type, persona, status, review, reference_answer, reference_chunk_ids, "
+                    "reference_doc_ids, generator, created_at (str)}] in stored order")
+
+
+class RunRow(SummaryModel):
+    """One run manifest as `runs` lists it."""
+
+    run_id: str = Field(description="the run's id")
+    flow: str = Field(description="the flow that made it")
+    status: str = Field(description="the run's status as its manifest records it")
+    started_at: str = Field(description="UTC, as str(datetime)")
+    ended_at: str | None = Field(description="UTC, as str(datetime); null while running or if killed")
+    seconds: float | None = Field(description="wall time, 0.1 s resolution; null while running or if killed")
+    golden_set_id: str | None = Field(description="from the lineage, for runs that read a golden set")
+    snapshot_id: str | None = Field(description="from the lineage, for runs that read a documents snapshot")
+    error: Any = Field(description="the run's `error` output (a message), null if none")
+
+
+class RunsSummary(CommandSummary):
+    """What `runs` returns: the lake's run manifests, newest first."""
+
+    lake: str = Field(description="the lake's URI")
+    total: int = Field(description="runs matching --flow")
+    shown: int = Field(description="runs listed (at most --limit)")
+    runs: list[RunRow] = Field(description="[{run_id, flow, status, started_at, ended_at, seconds, golden_set_id, "
+                                           "snapshot_id, error}], newest first")
+
+
+class PromptsCheckSummary(CommandSummary):
+    """What `prompts check` returns: prompts whose file differs from the version the lake last recorded."""
+
+    lake: str = Field(description="the lake's URI")
+    prompts: int = Field(description="prompt files in prompts_dir")
+    changed: list[dict[str, Any]] = Field(
+        description="[{name, prompt_hash, previous_hash (null if new), status: new|changed}], by name")
+    emitted: int = Field(description="`ragloop.prompt.changed` events sent (--emit only; else 0)")
+
+    def to_emit(self) -> list[dict[str, Any]]:
+        """The changes worth an event: only a prompt that changed since a run used it has a baseline to gate
+        against; a new prompt (never used by a run) is listed but not emitted."""
+        return [c for c in self.changed if c["status"] == "changed"]
+
+
+def compare_runs(lake: Lake, run_a: str, run_b: str, config: EvalConfig) -> CompareSummary:
+    """Pair two eval runs' items by qa_id and compare each metric both scored (bootstrap CI of the paired
+    mean delta, seeded by eval.seed: the same runs compare the same way). Reads the lake only."""
+    from ragloop.tasks import gating
+
+    runs = {}
+    for run_id in (run_a, run_b):
+        record = lake.read_run(run_id)
+        items = lake.read_eval_items(run_id)
+        if record is None or items is None:
+            raise ConfigError(f"{run_id}: no eval run with that id in {lake.uri}")
+        runs[run_id] = (record, items.to_pylist())
+    (a, a_items), (b, b_items) = runs[run_a], runs[run_b]
+    ga, gb = a["lineage"].get("golden_set_id"), b["lineage"].get("golden_set_id")
+    shared = {r["qa_id"] for r in a_items} & {r["qa_id"] for r in b_items}
+    if not shared:
+        raise ConfigError(f"runs share no question (golden sets {ga} and {gb}): their items cannot be paired")
+    rows_a, rows_b = ([{"qa_id": r["qa_id"], "metrics": dict(r["metrics"])} for r in items] for items in (a_items, b_items))
+    deltas = gating.paired_deltas(rows_a, rows_b, config.bootstrap_resamples, config.confidence, config.seed)
+    changed = {k: {"a": a["lineage"].get(k), "b": b["lineage"].get(k)} for k in sorted(set(a["lineage"]) | set(b["lineage"]))
+               if a["lineage"].get(k) != b["lineage"].get(k) and k not in UNCOMPARED_LINEAGE}
+    return CompareSummary(status="ok", golden_set_id=gb, golden_set_ids={"a": ga, "b": gb}, shared_items=len(shared),
+                          items={"a": len(a_items), "b": len(b_items)}, run_a=run_a, run_b=run_b, deltas=deltas,
+                          not_compared=gating.unpaired_metrics(rows_a, rows_b), lineage_changes=changed)
+
+
+def run_lineage(lake: Lake, run_id: str) -> LineageSummary:
+    """The run's manifest: flow, how it ended, when, and its lineage. Reads the lake only."""
+    record = lake.read_run(run_id)
+    if record is None:
+        raise ConfigError(f"{run_id}: no run with that id in {lake.uri}")
+    return LineageSummary(status="ok", run_id=record["run_id"], flow=record["flow"], run_status=record["status"],
+                          started_at=str(record["started_at"]),
+                          ended_at=str(record["ended_at"]) if record["ended_at"] else None, lineage=record["lineage"])
+
+
+def rollback_line(lake: Lake, golden: str, prompts_dir: str | Path) -> RollbackSummary:
+    """Return a golden-set line (a line name, golden_set_id or unique prefix, or 'latest') to its previous
+    promotion: baseline and serving index version, which must still be readable. Writes the refs under the
+    lake's lock; prompt files are only compared (a differing one must be restored from version control)."""
+    from ragloop.tasks.prompts import PromptError, load_prompt_set
+
+    refs = promotion.Refs(lake)
+    golden_set_id, line = refs.resolve_golden(golden, lake.list_golden())
+    if golden_set_id is None:
+        raise ConfigError(f"--golden {golden}: no such golden set or line in {lake.uri}")
+    line = line or f"id:{golden_set_id}"
+
+    def readable(name: str, version: int) -> str | None:  # index.keep_versions_days keeps promoted versions
+        try:
+            lake.connect_vectors().open_table(name).checkout(version)
+        except Exception as exc:  # LanceDB raises ValueError/RuntimeError/OSError for a missing table or version
+            return str(exc)
+        return None
+
+    with lake.lock("rollback"):
+        try:
+            done = refs.rollback(line, readable)
+        except promotion.PromotionError as exc:
+            raise ConfigError(f"line {line}: {exc}") from exc
+    current, previous, before = done["from"], done["to"], done["serving_before"]
+    try:
+        files = {name: p.prompt_hash for name, p in load_prompt_set(prompts_dir).items()}
+    except PromptError:
+        files = {}
+    prompts = {name: {"promoted": h, "file": files.get(name), "matches": files.get(name) == h}
+               for name, h in sorted(previous.prompts.items())}
+    return RollbackSummary(status="ok", golden_set_id=previous.golden_set_id, line=line, from_run_id=current.run_id,
+                           to_run_id=previous.run_id, table={"from": current.table, "to": previous.table},
+                           serving_before=before.model_dump(mode="json", exclude_none=True) if before else None,
+                           prompts=prompts)
+
+
+def promote_run(lake: Lake, run_id: str) -> PromoteSummary:
+    """Make a finished eval run whose gate passed (against the line's current baseline) its line's baseline;
+    serve its index if it scored the candidate. Writes the refs under the lake's lock."""
+    from ragloop.tasks.schemas import utcnow
+
+    refs = promotion.Refs(lake)
+    record = lake.read_run(run_id)
+    if record is None:
+        raise ConfigError(f"{run_id}: no run with that id in {lake.uri}")
+    lineage, outputs = record["lineage"], record["outputs"]
+    line = outputs.get("golden_line") or lineage.get("golden_line") or f"id:{lineage.get('golden_set_id')}"
+    with lake.lock("promote"):
+        problem = promotion.promotable_after_the_fact(record, refs.baseline(line))
+        if problem:
+            raise ConfigError(f"promote: {problem}")
+        moved = refs.promote(promotion.Promotion(
+            run_id=record["run_id"], golden_set_id=lineage["golden_set_id"], line=line, table=lineage["table"],
+            prompts=lineage.get("prompts") or {}, chain=lineage.get("chain"), chain_hash=lineage.get("chain_hash"),
+            metrics=outputs.get("metrics") or {}, verdict=outputs["gate"]["status"], mode="explicit",
+            promoted_at=utcnow().isoformat(), index_run_id=lineage.get("index_run_id"),
+            chunker_hash=lineage.get("chunker_hash")), candidate_evaluated=lineage.get("index_role") == "candidate")
+    return PromoteSummary(status="ok", run_id=record["run_id"], line=line, promoted=True,
+                          reason=f"promoted by hand (gate {outputs['gate']['status']})", **moved, **refs.state())
+
+
+def golden_lines(lake: Lake) -> GoldenListSummary:
+    """The golden-set lines by name, the chosen one, and each line's baseline run. Reads the lake only."""
+    refs = promotion.Refs(lake)
+    lines = refs.lines()
+
+    def baseline_of(name: str) -> str | None:
+        baseline = refs.baseline(name)
+        return baseline.run_id if baseline else None
+
+    return GoldenListSummary(status="ok", chosen=lines.chosen, lines={
+        name: GoldenLineRow(golden_set_id=line.golden_set_id, kind=line.kind, versions=len(line.history),
+                         updated_at=line.updated_at, baseline_run_id=baseline_of(name))
+        for name, line in sorted(lines.lines.items())})
+
+
+def use_line(lake: Lake, spec: str) -> GoldenUseSummary:
+    """Choose the line (a name), or pin a version (an id or unique prefix), that `--golden latest`, the
+    nightly and prompt-changed evaluate. Writes refs/golden_lines.json under the lake's lock."""
+    with lake.lock("golden use"):
+        try:
+            used = promotion.Refs(lake).use(spec, lake.list_golden())
+        except promotion.PromotionError as exc:
+            raise ConfigError(str(exc)) from exc
+    return GoldenUseSummary(status="ok", **used)
+
+
+def show_golden(lake: Lake, spec: str) -> GoldenShowSummary:
+    """The items of a golden set (an id, unique prefix, line name or 'latest'), counted by status and type.
+    Reads the lake only."""
+    golden_set_id, line = promotion.Refs(lake).resolve_golden(spec, lake.list_golden())
+    if golden_set_id is None:
+        raise ConfigError(f"golden show {spec}: no such golden set or line in {lake.uri} "
+                          f"(have: {', '.join(lake.list_golden()) or 'none'}; see `ragloop golden list`)")
+    rows = lake.read_golden(golden_set_id).to_pylist()
+    items = [{k: (str(r[k]) if k == "created_at" else r.get(k)) for k in GOLDEN_ITEM_FIELDS} for r in rows]
+    return GoldenShowSummary(status="ok", golden_set_id=golden_set_id, line=line, count=len(items),
+                             by_status=dict(sorted(Counter(i["status"] for i in items).items())),
+                             by_type=dict(sorted(Counter(i["qa_type"] for i in items).items())), items=items)
+
+
+def list_runs(lake: Lake, flow: str | None = None, limit: int | None = 20) -> RunsSummary:
+    """The lake's run manifests (of one flow if given), newest first, at most `limit` (0 or None: all).
+    Reads the lake only."""
+    if limit is not None and limit < 0:
+        raise ConfigError(f"--limit {limit}: must be >= 0")
+    rows = lake.read_runs().to_pylist()
+    flows = sorted({r["flow"] for r in rows})
+    if flow and flow not in flows:
+        raise ConfigError(f"--flow {flow}: no run of that flow in {lake.uri} (flows with runs: {', '.join(flows) or 'none'})")
+    rows = [r for r in rows if not flow or r["flow"] == flow]
+    rows.sort(key=lambda r: (r["started_at"], r["run_id"]), reverse=True)
+    runs = []
+    for r in rows[:limit] if limit else rows:
+        lineage, outputs = json.loads(r["lineage"] or "{}"), json.loads(r["outputs"] or "{}")
+        seconds = (r["ended_at"] - r["started_at"]).total_seconds() if r["ended_at"] else None
+        runs.append(RunRow(run_id=r["run_id"], flow=r["flow"], status=r["status"], started_at=str(r["started_at"]),
+                           ended_at=str(r["ended_at"]) if r["ended_at"] else None,
+                           seconds=round(seconds, 1) if seconds is not None else None,
+                           golden_set_id=lineage.get("golden_set_id"), snapshot_id=lineage.get("snapshot_id"),
+                           error=outputs.get("error")))
+    return RunsSummary(status="ok", lake=lake.uri, total=len(rows), shown=len(runs), runs=runs)
+
+
+def check_prompts(lake: Lake, prompts_dir: str | Path) -> PromptsCheckSummary:
+    """The prompts in prompts_dir whose hash differs from the one the lake last recorded (new ones
+    included), by name; `emitted` is 0 (the CLI's --emit sets it). Reads the lake and the prompt files."""
+    from ragloop.tasks.prompts import PromptError, changed_prompts, load_prompt_set
+
+    try:
+        current = load_prompt_set(prompts_dir)
+    except PromptError as exc:
+        raise ConfigError(str(exc)) from exc
+    changes = changed_prompts(current, lake.last_prompt_hashes())
+    return PromptsCheckSummary(status="ok", lake=lake.uri, prompts=len(current), changed=changes, emitted=0)
