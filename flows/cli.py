@@ -2,8 +2,9 @@
 
 Exit codes: 0 ok, 1 failed, 2 bad usage or config, 3 gate failed.
 
-Commands that only read the lake (runs, lineage, compare, golden list/show/export, prompts check without
---emit) call plain functions from tasks/ and import them lazily: they never import prefect nor start its
+Commands that are not stage runs (runs, lineage, compare, promote, rollback, golden list/use/show/export,
+prompts check) call a plain function from tasks/ (tasks/commands.py, tasks/golden_sets.py) that returns the
+command's typed summary, and import it lazily: the read-only ones never import prefect nor start its
 server, and load no model (tests/flows/test_cli_read_only.py holds them to it).
 """
 
@@ -201,6 +202,19 @@ def _human_index(summary: dict) -> list[str]:
     return _with_error(lines, summary)
 
 
+def _settings(args: argparse.Namespace):
+    """The settings with --lake applied (the commands that call tasks/ functions directly)."""
+    from ragloop.tasks.settings import load_settings
+
+    return load_settings(args.config, {"lake": args.lake} if args.lake else {})
+
+
+def _lake(settings):
+    from ragloop.tasks.storage import Lake
+
+    return Lake(settings.lake)
+
+
 def _run_ingest(args: argparse.Namespace) -> dict:
     from ragloop.flows.ingest import ingest_corpus
 
@@ -369,32 +383,10 @@ def _human_import_beir(summary: dict) -> list[str]:
 
 
 def _run_compare(args: argparse.Namespace) -> dict:
-    from ragloop.tasks import gating
-    from ragloop.tasks.settings import ConfigError, load_settings
-    from ragloop.tasks.storage import Lake
+    from ragloop.tasks.commands import compare_runs
 
-    settings = load_settings(args.config, {"lake": args.lake} if args.lake else {})
-    lake = Lake(settings.lake)
-    runs = {}
-    for run_id in (args.run_a, args.run_b):
-        record = lake.read_run(run_id)
-        items = lake.read_eval_items(run_id)
-        if record is None or items is None:
-            raise ConfigError(f"{run_id}: no eval run with that id in {lake.uri}")
-        runs[run_id] = (record, items.to_pylist())
-    (a, a_items), (b, b_items) = runs[args.run_a], runs[args.run_b]
-    ga, gb = a["lineage"].get("golden_set_id"), b["lineage"].get("golden_set_id")
-    shared = {r["qa_id"] for r in a_items} & {r["qa_id"] for r in b_items}
-    if not shared:
-        raise ConfigError(f"runs share no question (golden sets {ga} and {gb}): their items cannot be paired")
-    config = settings.eval
-    rows = lambda items: [{"qa_id": r["qa_id"], "metrics": dict(r["metrics"])} for r in items]  # noqa: E731
-    deltas = gating.paired_deltas(rows(a_items), rows(b_items), config.bootstrap_resamples, config.confidence, config.seed)
-    changed = {k: {"a": a["lineage"].get(k), "b": b["lineage"].get(k)} for k in sorted(set(a["lineage"]) | set(b["lineage"]))
-               if a["lineage"].get(k) != b["lineage"].get(k) and k not in ("git_commit", "eval_cache_key")}
-    return {"status": "ok", "golden_set_id": gb, "golden_set_ids": {"a": ga, "b": gb}, "shared_items": len(shared),
-            "items": {"a": len(a_items), "b": len(b_items)}, "run_a": args.run_a, "run_b": args.run_b, "deltas": deltas,
-            "not_compared": gating.unpaired_metrics(rows(a_items), rows(b_items)), "lineage_changes": changed}
+    settings = _settings(args)
+    return compare_runs(_lake(settings), args.run_a, args.run_b, settings.eval).model_dump(mode="json")
 
 
 def _human_compare(summary: dict) -> list[str]:
@@ -416,16 +408,9 @@ def _human_compare(summary: dict) -> list[str]:
 
 
 def _run_lineage(args: argparse.Namespace) -> dict:
-    from ragloop.tasks.settings import ConfigError, load_settings
-    from ragloop.tasks.storage import Lake
+    from ragloop.tasks.commands import run_lineage
 
-    lake = Lake(load_settings(args.config, {"lake": args.lake} if args.lake else {}).lake)
-    record = lake.read_run(args.run_id)
-    if record is None:
-        raise ConfigError(f"{args.run_id}: no run with that id in {lake.uri}")
-    return {"status": "ok", "run_id": record["run_id"], "flow": record["flow"], "run_status": record["status"],
-            "started_at": str(record["started_at"]), "ended_at": str(record["ended_at"]) if record["ended_at"] else None,
-            "lineage": record["lineage"]}
+    return run_lineage(_lake(_settings(args)), args.run_id).model_dump(mode="json")
 
 
 def _human_lineage(summary: dict) -> list[str]:
@@ -434,69 +419,16 @@ def _human_lineage(summary: dict) -> list[str]:
 
 
 def _run_rollback(args: argparse.Namespace) -> dict:
+    from ragloop.tasks.commands import rollback_line
 
-    from ragloop.tasks import promotion
-    from ragloop.tasks.prompts import PromptError, load_prompt_set
-    from ragloop.tasks.settings import ConfigError, load_settings
-    from ragloop.tasks.storage import Lake
-
-    settings = load_settings(args.config, {"lake": args.lake} if args.lake else {})
-    lake = Lake(settings.lake)
-    refs = promotion.Refs(lake)
-    golden_set_id, line = refs.resolve_golden(args.golden, lake.list_golden())
-    if golden_set_id is None:
-        raise ConfigError(f"--golden {args.golden}: no such golden set or line in {lake.uri}")
-    line = line or f"id:{golden_set_id}"
-
-    def readable(name: str, version: int) -> str | None:  # index.keep_versions_days keeps promoted versions
-        try:
-            lake.connect_vectors().open_table(name).checkout(version)
-        except Exception as exc:  # LanceDB raises ValueError/RuntimeError/OSError for a missing table or version
-            return str(exc)
-        return None
-
-    with lake.lock("rollback"):
-        try:
-            done = refs.rollback(line, readable)
-        except promotion.PromotionError as exc:
-            raise ConfigError(f"line {line}: {exc}") from exc
-    current, previous, before = done["from"], done["to"], done["serving_before"]
-    try:
-        files = {name: p.prompt_hash for name, p in load_prompt_set(settings.prompts_dir).items()}
-    except PromptError:
-        files = {}
-    prompts = {name: {"promoted": h, "file": files.get(name), "matches": files.get(name) == h}
-               for name, h in sorted(previous.prompts.items())}
-    return {"status": "ok", "golden_set_id": previous.golden_set_id, "line": line, "from_run_id": current.run_id,
-            "to_run_id": previous.run_id, "table": {"from": current.table, "to": previous.table},
-            "serving_before": before.model_dump(mode="json", exclude_none=True) if before else None, "prompts": prompts}
+    settings = _settings(args)
+    return rollback_line(_lake(settings), args.golden, settings.prompts_dir).model_dump(mode="json")
 
 
 def _run_promote(args: argparse.Namespace) -> dict:
-    from ragloop.tasks import promotion
-    from ragloop.tasks.schemas import utcnow
-    from ragloop.tasks.settings import ConfigError, load_settings
-    from ragloop.tasks.storage import Lake
+    from ragloop.tasks.commands import promote_run
 
-    lake = Lake(load_settings(args.config, {"lake": args.lake} if args.lake else {}).lake)
-    refs = promotion.Refs(lake)
-    record = lake.read_run(args.run_id)
-    if record is None:
-        raise ConfigError(f"{args.run_id}: no run with that id in {lake.uri}")
-    lineage, outputs = record["lineage"], record["outputs"]
-    line = outputs.get("golden_line") or lineage.get("golden_line") or f"id:{lineage.get('golden_set_id')}"
-    with lake.lock("promote"):
-        problem = promotion.promotable_after_the_fact(record, refs.baseline(line))
-        if problem:
-            raise ConfigError(f"promote: {problem}")
-        moved = refs.promote(promotion.Promotion(
-            run_id=record["run_id"], golden_set_id=lineage["golden_set_id"], line=line, table=lineage["table"],
-            prompts=lineage.get("prompts") or {}, chain=lineage.get("chain"), chain_hash=lineage.get("chain_hash"),
-            metrics=outputs.get("metrics") or {}, verdict=outputs["gate"]["status"], mode="explicit",
-            promoted_at=utcnow().isoformat(), index_run_id=lineage.get("index_run_id"),
-            chunker_hash=lineage.get("chunker_hash")), candidate_evaluated=lineage.get("index_role") == "candidate")
-    return {"status": "ok", "run_id": record["run_id"], "line": line, "promoted": True,
-            "reason": f"promoted by hand (gate {outputs['gate']['status']})", **moved, **refs.state()}
+    return promote_run(_lake(_settings(args)), args.run_id).model_dump(mode="json")
 
 
 def _human_promote(summary: dict) -> list[str]:
@@ -534,83 +466,33 @@ def _golden_export(args: argparse.Namespace) -> dict:
     from pathlib import Path
 
     from ragloop.tasks.golden_sets import export_golden_set
-    from ragloop.tasks.settings import load_settings
-    from ragloop.tasks.storage import Lake
 
-    settings = load_settings(args.config, {"lake": args.lake} if args.lake else {})
-    return export_golden_set(Lake(settings.lake), settings.embedding, Path(args.out), args.format, args.golden,
+    settings = _settings(args)
+    return export_golden_set(_lake(settings), settings.embedding, Path(args.out), args.format, args.golden,
                              args.include_inactive)
 
 
 def _golden_lines(args: argparse.Namespace) -> dict:
     """`golden use` and `golden list`: only refs, no Prefect."""
-    from ragloop.tasks import promotion
-    from ragloop.tasks.settings import ConfigError, load_settings
-    from ragloop.tasks.storage import Lake
+    from ragloop.tasks.commands import golden_lines, use_line
 
-    lake = Lake(load_settings(args.config, {"lake": args.lake} if args.lake else {}).lake)
-    refs = promotion.Refs(lake)
-    if args.golden_command == "use":
-        with lake.lock("golden use"):
-            try:
-                used = refs.use(args.spec, lake.list_golden())
-            except promotion.PromotionError as exc:
-                raise ConfigError(str(exc)) from exc
-        return {"status": "ok", **used}
-    lines = refs.lines()
-    return {"status": "ok", "chosen": lines.chosen, "lines": {
-        name: {"golden_set_id": line.golden_set_id, "kind": line.kind, "versions": len(line.history),
-               "updated_at": line.updated_at, "baseline_run_id": (refs.baseline(name).run_id if refs.baseline(name) else None)}
-        for name, line in sorted(lines.lines.items())}}
+    lake = _lake(_settings(args))
+    summary = use_line(lake, args.spec) if args.golden_command == "use" else golden_lines(lake)
+    return summary.model_dump(mode="json")
 
 
 def _golden_show(args: argparse.Namespace) -> dict:
     """`golden show ID`: the items of one golden set, read from the lake (no Prefect)."""
-    from collections import Counter
+    from ragloop.tasks.commands import show_golden
 
-    from ragloop.tasks import promotion
-    from ragloop.tasks.settings import ConfigError, load_settings
-    from ragloop.tasks.storage import Lake
-
-    lake = Lake(load_settings(args.config, {"lake": args.lake} if args.lake else {}).lake)
-    golden_set_id, line = promotion.Refs(lake).resolve_golden(args.spec, lake.list_golden())
-    if golden_set_id is None:
-        raise ConfigError(f"golden show {args.spec}: no such golden set or line in {lake.uri} "
-                          f"(have: {', '.join(lake.list_golden()) or 'none'}; see `ragloop golden list`)")
-    rows = lake.read_golden(golden_set_id).to_pylist()
-    fields = ("qa_id", "question", "qa_type", "persona", "status", "review", "reference_answer",
-              "reference_chunk_ids", "reference_doc_ids", "generator", "created_at")
-    items = [{k: (str(r[k]) if k == "created_at" else r.get(k)) for k in fields} for r in rows]
-    return {"status": "ok", "golden_set_id": golden_set_id, "line": line, "count": len(items),
-            "by_status": dict(sorted(Counter(i["status"] for i in items).items())),
-            "by_type": dict(sorted(Counter(i["qa_type"] for i in items).items())), "items": items}
+    return show_golden(_lake(_settings(args)), args.spec).model_dump(mode="json")
 
 
 def _run_runs(args: argparse.Namespace) -> dict:
     """`runs`: the run manifests in the lake, newest first (no Prefect)."""
-    from ragloop.tasks.settings import ConfigError, load_settings
-    from ragloop.tasks.storage import Lake
+    from ragloop.tasks.commands import list_runs
 
-    if args.limit is not None and args.limit < 0:
-        raise ConfigError(f"--limit {args.limit}: must be >= 0")
-    lake = Lake(load_settings(args.config, {"lake": args.lake} if args.lake else {}).lake)
-    rows = lake.read_runs().to_pylist()
-    flows = sorted({r["flow"] for r in rows})
-    if args.flow and args.flow not in flows:
-        raise ConfigError(f"--flow {args.flow}: no run of that flow in {lake.uri} (flows with runs: {', '.join(flows) or 'none'})")
-    rows = [r for r in rows if not args.flow or r["flow"] == args.flow]
-    rows.sort(key=lambda r: (r["started_at"], r["run_id"]), reverse=True)
-    shown = rows[:args.limit] if args.limit else rows
-    runs = []
-    for r in shown:
-        lineage, outputs = json.loads(r["lineage"] or "{}"), json.loads(r["outputs"] or "{}")
-        seconds = (r["ended_at"] - r["started_at"]).total_seconds() if r["ended_at"] else None
-        runs.append({"run_id": r["run_id"], "flow": r["flow"], "status": r["status"], "started_at": str(r["started_at"]),
-                     "ended_at": str(r["ended_at"]) if r["ended_at"] else None,
-                     "seconds": round(seconds, 1) if seconds is not None else None,
-                     "golden_set_id": lineage.get("golden_set_id"), "snapshot_id": lineage.get("snapshot_id"),
-                     "error": outputs.get("error")})
-    return {"status": "ok", "lake": lake.uri, "total": len(rows), "shown": len(runs), "runs": runs}
+    return list_runs(_lake(_settings(args)), args.flow, args.limit).model_dump(mode="json")
 
 
 def _human_runs(summary: dict) -> list[str]:
@@ -656,38 +538,36 @@ def _human_golden(summary: dict) -> list[str]:
 
 
 def _run_prompts(args: argparse.Namespace) -> dict:
+    """`prompts check`: reads the prompt files and the lake (no Prefect); --emit sends an event per change."""
+    from ragloop.tasks.commands import check_prompts
 
-    from ragloop.tasks.prompts import PromptError, changed_prompts, load_prompt_set
-    from ragloop.tasks.settings import ConfigError, load_settings
-    from ragloop.tasks.storage import Lake
+    settings = _settings(args)
+    summary = check_prompts(_lake(settings), settings.prompts_dir)
+    if args.emit and summary.to_emit():
+        summary.emitted = _emit_prompt_changes(summary.to_emit(), summary.lake)
+    return summary.model_dump(mode="json")
 
-    settings = load_settings(args.config, {"lake": args.lake} if args.lake else {})
-    try:
-        current = load_prompt_set(settings.prompts_dir)
-    except PromptError as exc:
-        raise ConfigError(str(exc)) from exc
-    lake = Lake(settings.lake)
-    changes = changed_prompts(current, lake.last_prompt_hashes())
+
+def _emit_prompt_changes(changes: list[dict], lake_uri: str) -> int:
+    """Send a `ragloop.prompt.changed` Prefect event per change; returns how many were emitted."""
+    from ragloop.tasks.settings import ConfigError
+
+    if not os.environ.get("PREFECT_API_URL"):
+        raise ConfigError("--emit needs a Prefect server to send events to: start one (`make server`) and set "
+                          "PREFECT_API_URL=http://127.0.0.1:4200/api")
+    from prefect.events import emit_event
+    from prefect.events.worker import EventsWorker
+
     emitted = 0
-    # Only a prompt that changed since a run used it has a baseline to gate against; a new prompt
-    # (never used by a run) is listed but not emitted.
-    to_emit = [c for c in changes if c["status"] == "changed"]
-    if args.emit and to_emit:
-        if not os.environ.get("PREFECT_API_URL"):
-            raise ConfigError("--emit needs a Prefect server to send events to: start one (`make server`) and set "
-                              "PREFECT_API_URL=http://127.0.0.1:4200/api")
-        from prefect.events import emit_event
-        from prefect.events.worker import EventsWorker
-
-        for change in to_emit:
-            event = emit_event(
-                event="ragloop.prompt.changed",
-                resource={"prefect.resource.id": f"ragloop.prompt.{change['name']}", "prefect.resource.name": change["name"]},
-                payload={**change, "lake": lake.uri},  # the triggered run evaluates the lake that was checked
-            )
-            emitted += event is not None
-        EventsWorker.drain_all()  # send before the process exits
-    return {"status": "ok", "lake": lake.uri, "prompts": len(current), "changed": changes, "emitted": emitted}
+    for change in changes:
+        event = emit_event(
+            event="ragloop.prompt.changed",
+            resource={"prefect.resource.id": f"ragloop.prompt.{change['name']}", "prefect.resource.name": change["name"]},
+            payload={**change, "lake": lake_uri},  # the triggered run evaluates the lake that was checked
+        )
+        emitted += event is not None
+    EventsWorker.drain_all()  # send before the process exits
+    return emitted
 
 
 def _human_prompts(summary: dict) -> list[str]:
