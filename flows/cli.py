@@ -254,7 +254,7 @@ def _human_synth(summary: dict) -> list[str]:
 def _run_synth(args: argparse.Namespace) -> dict:
     from ragloop.flows.synth import synth_golden_set
 
-    return synth_golden_set(lake=args.lake, size=args.size, config_path=args.config)
+    return synth_golden_set(lake=args.lake, size=args.size, config_path=args.config, progress=not args.json)
 
 
 def _run_lifecycle(args: argparse.Namespace) -> dict:
@@ -313,7 +313,7 @@ def _run_eval(args: argparse.Namespace) -> dict:
 
     return evaluate_chain(lake=args.lake, golden=args.golden, retrieval=args.retrieval, k=args.k,
                           retrieval_only=args.retrieval_only, config_path=args.config,
-                          promote="explicit" if args.promote else None, index=args.index)
+                          promote="explicit" if args.promote else None, index=args.index, progress=not args.json)
 
 
 def _human_eval(summary: dict) -> list[str]:

@@ -10,6 +10,7 @@ from ragloop.flows.common import StageTimer, flow_settings, stage_run
 from ragloop.tasks import chain as chain_steps
 from ragloop.tasks import eval_run, evaluation, promotion, providers, reporting
 from ragloop.tasks.eval_run import ChainModels, EvalSummary
+from ragloop.tasks.progress import Progress
 from ragloop.tasks.ragas_metrics import RagasScorer
 from ragloop.tasks.retrieval import Retriever
 from ragloop.tasks.settings import EvalConfig
@@ -33,6 +34,7 @@ def evaluate_chain(
     reuse_cached: bool = False,
     promote: str | None = None,
     index: str = "auto",
+    progress: bool = False,
 ) -> dict:
     """Score the chain over the active items of a golden set; per-item results and traces go to
     the lake, the summary carries metrics with bootstrap CIs overall and per question type, the gate's
@@ -40,7 +42,8 @@ def evaluate_chain(
 
     promote: None = an experiment (gated, never promoted); "nightly" | "prompt-changed" | "explicit"
     may promote. index: auto (the pending candidate index of this embedder, else the served one) |
-    serving | candidate."""
+    serving | candidate. progress: show items through the chain and the judge's scoring (a bar on a
+    terminal, else log lines)."""
     settings = flow_settings(config_path, {"lake": lake, "eval": {"retrieval": retrieval, "k": k}})
     config, gate_config = settings.eval, settings.gate
     with stage_run("eval", settings) as stage:
@@ -65,13 +68,16 @@ def evaluate_chain(
             return summary.dump()
 
         run, timer = stage.start(), stage.timer
-        results = _run_chain(timer, retriever, embedder, items, models, config)
+        with Progress("eval chain", len(items), enabled=progress, log_to=run.logger) as track:
+            results = _run_chain(timer, retriever, embedder, items, models, config, track)
         if warning := eval_run.stale_warning(stale, len(items), serving):
             run.logger.warning("%s", warning)
         with timer("score"):
             scores = eval_run.score_retrieval(items, results, stale, config)
-        with timer("ragas"):
-            judged = score_ragas(RagasScorer(embedder.encode, models.judge, config.judge_max_tokens), scores.items, results)
+        with timer("ragas"), Progress("eval judge", len(items), enabled=progress and models.judge is not None,
+                                      log_to=run.logger) as track:
+            judged = score_ragas(RagasScorer(embedder.encode, models.judge, config.judge_max_tokens), scores.items, results,
+                                 on_done=track)
         scored = eval_run.item_rows(items, results, judged, scores, stale)
         with timer("aggregate"):
             aggregates = eval_run.aggregate_rows(scored.rows, config)
@@ -93,9 +99,10 @@ def evaluate_chain(
 
 
 def _run_chain(timer: StageTimer, retriever: Retriever, embedder, items: list[dict], models: ChainModels,
-               config: EvalConfig) -> list[chain_steps.ChainResult]:
+               config: EvalConfig, track: Progress) -> list[chain_steps.ChainResult]:
     """The chain over the items, a batch at a time: rewrite (when the chain has a rewrite prompt),
-    retrieve, then guardrail and answer (when it has an answer prompt: not retrieval-only)."""
+    retrieve, then guardrail and answer (when it has an answer prompt: not retrieval-only).
+    `track` counts items through the chain: each answer as it arrives, every item by the end of its batch."""
     results = []
     for qa_ids, questions in eval_run.batches(items):
         queries, rewrite_traces = questions, []
@@ -109,8 +116,9 @@ def _run_chain(timer: StageTimer, retriever: Retriever, embedder, items: list[di
             with timer("guardrail"):
                 guard(batch, questions, embedder.encode, config)
             with timer("answer"):
-                answer(batch, questions, models.answer, models.llm, config)
+                answer(batch, questions, models.answer, models.llm, config, on_done=track)
         results.extend(batch)
+        track.reach(len(results))  # refused, failed and retrieval-only items count when their batch ends
     return results
 
 

@@ -48,7 +48,7 @@ def index_corpus(
         with stage.timer("plan"):
             plan = indexing.plan_index(stage.lake, ingested["snapshot_id"], store, chunker.hash)
         batches = index_run.ChunkBatches(stage.lake, ingested["snapshot_id"], plan, chunker, store, embedder,
-                                         settings.index.docs_per_batch, stage.timer, progress)
+                                         settings.index.docs_per_batch, stage.timer, progress, log_to=run.logger)
         deleted = index_run.commit_plan(store, plan, batches, stage.timer, commit=commit_run)
         refresh = index_run.needs_refresh(plan, store, settings.index)
         with stage.timer("refresh_indexes"):

@@ -32,10 +32,11 @@ def run_lifecycle(sources: list[str] | None = None, lake: str | None = None, con
         stage.failure_outputs = {"stages": stages}
         failure = _stage(stages, "index", index_corpus, sources=sources, lake=lake, config_path=config_path, progress=progress)
         if not failure:
-            failure = _stage(stages, "synth", synth_golden_set, lake=lake, size=size, config_path=config_path)
+            failure = _stage(stages, "synth", synth_golden_set, lake=lake, size=size, config_path=config_path,
+                             progress=progress)
         if not failure:
             failure = _stage(stages, "eval", evaluate_chain, lake=lake, golden="latest", config_path=config_path,
-                             reuse_cached=True, promote="nightly")
+                             reuse_cached=True, promote="nightly", progress=progress)
         _stage(stages, "monitor", monitor_quality, lake=lake, config_path=config_path,
                eval_run_id=stages.get("eval", {}).get("run_id"), observer_run_id=run.run_id,
                failures=[failure] if failure else [])

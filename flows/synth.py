@@ -9,15 +9,18 @@ from ragloop.flows.common import flow_settings, stage_run
 from ragloop.tasks import promotion, providers, synth_run
 from ragloop.tasks import qa_generation as qa
 from ragloop.tasks.indexing import index_store
+from ragloop.tasks.progress import Progress
 
 generate_candidates = task(qa.generate_candidates, name="generate-qa", cache_policy=NO_CACHE, retries=1, retry_delay_seconds=5)
 plan_tasks = task(qa.plan_tasks, name="plan-qa-tasks", cache_policy=NO_CACHE)
 
 
 @flow(name="synth-golden-set")
-def synth_golden_set(lake: str | None = None, size: int | None = None, config_path: str | None = None) -> dict:
+def synth_golden_set(lake: str | None = None, size: int | None = None, config_path: str | None = None,
+                     progress: bool = False) -> dict:
     """Keep untouched items, mark changed ones stale and vanished ones retired, and generate new
-    items within the budget; writes a new golden set version (the previous stays readable)."""
+    items within the budget; writes a new golden set version (the previous stays readable).
+    progress: show candidates generated and items accepted (a bar on a terminal, else log lines)."""
     settings = flow_settings(config_path, {"lake": lake, "synth": {"size": size}})
     config = settings.synth
     with stage_run("synth", settings) as stage:
@@ -31,8 +34,9 @@ def synth_golden_set(lake: str | None = None, size: int | None = None, config_pa
         inputs = synth_run.generation_inputs((store.name, store.version), config, settings.llm, prompts)
         plan = synth_run.plan_synth(previous, previous_ref, store.scan(["chunk_id", "doc_id"]).to_pylist(), prompts,
                                     inputs, config.size)
-        budget = synth_run.fill_budget(plan, store, embedder.encode, llm, prompts, config,
-                                       plan_step=plan_tasks, generate_step=generate_candidates, timer=stage.timer)
+        with Progress("synth", unit="candidate", enabled=progress, log_to=run.logger) as track:
+            budget = synth_run.fill_budget(plan, store, embedder.encode, llm, prompts, config, plan_step=plan_tasks,
+                                           generate_step=generate_candidates, timer=stage.timer, progress=track)
         golden = synth_run.assemble_golden(plan, budget.report.accepted)
         golden_set_id, written = synth_run.write_version(stage.lake, golden, plan, previous_ref)
         synth_run.record_prompts(stage.lake, prompts)

@@ -11,7 +11,7 @@ from typing import Sequence
 import numpy as np
 
 from ragloop.tasks import grounding
-from ragloop.tasks.llm import LLM, Completion
+from ragloop.tasks.llm import LLM, Completion, OnDone
 from ragloop.tasks.prompts import GeneratedQuestion, Prompt
 from ragloop.tasks.retrieval import Hit, Retriever
 from ragloop.tasks.settings import EvalConfig
@@ -76,13 +76,15 @@ def guard(results: Sequence[ChainResult], questions: Sequence[str], encode, conf
                                    (time.perf_counter() - start) * 1000))
 
 
-def answer(results: Sequence[ChainResult], questions: Sequence[str], prompt: Prompt, llm: LLM, config: EvalConfig) -> None:
+def answer(results: Sequence[ChainResult], questions: Sequence[str], prompt: Prompt, llm: LLM, config: EvalConfig,
+           on_done: OnDone | None = None) -> None:
     """Generate answers for results the guardrail passed; flag answers not grounded in their context.
-    A failed call leaves the item with its error (counted as failed, never dropped)."""
+    A failed call leaves the item with its error (counted as failed, never dropped). on_done() once per
+    answer call as it finishes (progress)."""
     todo = [(r, q) for r, q in zip(results, questions) if not r.refused and not r.retrieval_failed]
     conversations = [prompt.render(question=q, contexts=[h.text for h in r.hits]) for r, q in todo]
     params = {k: v for k, v in prompt.params.items() if k in ("temperature", "max_tokens", "seed", "frequency_penalty")}
-    completions = llm.complete_many(conversations, **params) if conversations else []
+    completions = llm.complete_many(conversations, on_done=on_done, **params) if conversations else []
     for (result, question), completion in zip(todo, completions):
         if isinstance(completion, Exception):
             result.error = f"answer: {type(completion).__name__}: {completion}"

@@ -8,7 +8,7 @@ from __future__ import annotations
 import logging
 from collections import Counter, defaultdict
 from dataclasses import dataclass
-from typing import Any, Iterator, Literal, Mapping, Sequence
+from typing import Any, Callable, Iterator, Literal, Mapping, Sequence
 
 import pyarrow as pa
 from pydantic import ConfigDict, Field
@@ -316,11 +316,15 @@ def score_retrieval(items: Sequence[Mapping], results: Sequence, stale: Mapping[
     return RetrievalScores(scored, doc_rank, per_item)
 
 
-def judge_items(scorer, items: Sequence[Mapping], results: Sequence) -> list:
+def judge_items(scorer, items: Sequence[Mapping], results: Sequence, on_done: Callable[[], None] | None = None) -> list:
     """ragas metrics per item (tasks.ragas_metrics.RagasScorer); a judge failure is recorded on the item,
-    never raised."""
-    return [scorer.score(item, [h.chunk_id for h in r.hits], [h.text for h in r.hits], r.answer, r.refused)
-            for item, r in zip(items, results)]
+    never raised. on_done() once per item scored (progress)."""
+    judged = []
+    for item, r in zip(items, results):
+        judged.append(scorer.score(item, [h.chunk_id for h in r.hits], [h.text for h in r.hits], r.answer, r.refused))
+        if on_done is not None:
+            on_done()
+    return judged
 
 
 @dataclass(frozen=True)

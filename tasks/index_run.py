@@ -6,7 +6,6 @@ summary and its log lines."""
 from __future__ import annotations
 
 import logging
-import sys
 from contextlib import AbstractContextManager
 from typing import Any, Callable, Iterator, Literal, Mapping, Protocol, Sequence
 
@@ -14,12 +13,12 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 from pydantic import Field
-from tqdm import tqdm
 
 from ragloop.tasks import indexing, promotion
 from ragloop.tasks.chunking import Chunker
 from ragloop.tasks.embedding import Embedder
 from ragloop.tasks.indexing import ChunkStore, IndexPlan
+from ragloop.tasks.progress import Progress
 from ragloop.tasks.settings import ChunkingConfig, ConfigError, IndexConfig
 from ragloop.tasks.storage import Lake
 from ragloop.tasks.summaries import StageSummary
@@ -123,18 +122,18 @@ class ChunkBatches:
     counting what was done: `counts` (embedded, reused, written, truncated) and `facts()`.
 
     LanceDB consumes the batches inside the commit, on its own thread: plain calls, no Prefect tasks.
-    A progress bar (documents) shows on a terminal when `progress`."""
+    With `progress`, documents done show as a bar on a terminal, else as lines on `log_to` (tasks.progress)."""
 
     def __init__(self, lake: Lake, snapshot_id: str, plan: IndexPlan, chunker: Chunker, store: ChunkStore,
-                 embedder: Embedder, docs_per_batch: int, timer: Timer, progress: bool = False) -> None:
+                 embedder: Embedder, docs_per_batch: int, timer: Timer, progress: bool = False,
+                 log_to: logging.Logger | logging.LoggerAdapter | None = None) -> None:
         self.lake, self.snapshot_id, self.plan = lake, snapshot_id, plan
         self.chunker, self.store, self.embedder = chunker, store, embedder
         self.docs_per_batch, self.timer = docs_per_batch, timer
         self.counts = {"embedded": 0, "reused": 0, "written": 0, "truncated": 0}
         self._frames: list[pd.DataFrame] = []
         self._fresh = indexing.FreshVectors()
-        self._bar = tqdm(total=len(plan.to_index), desc="indexing documents", unit="doc",
-                         disable=not (progress and sys.stderr.isatty()), file=sys.stderr)
+        self._bar = Progress("indexing documents", len(plan.to_index), unit="doc", enabled=progress, log_to=log_to)
 
     def __iter__(self) -> Iterator[pa.Table]:
         for docs in indexing.iter_document_batches(self.lake, self.snapshot_id, self.plan.to_index, self.docs_per_batch):

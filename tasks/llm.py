@@ -33,6 +33,7 @@ MAX_RETRY_AFTER_S = 60.0  # a server asking for a longer pause is treated as dow
 from ragloop.tasks.settings import LLMConfig  # noqa: E402  (re-exported: the config lives with the other settings)
 
 Messages = list[dict[str, Any]]
+OnDone = Callable[[], None]  # called once per finished item of a batch call (progress); any thread
 
 
 class LLMError(RuntimeError):
@@ -106,8 +107,10 @@ class LLM(Protocol):
         """One chat completion; json_schema asks for JSON of that shape (constrained where supported)."""
         ...
 
-    def complete_many(self, messages_list: Sequence[Messages], **params: Any) -> list[Completion | Exception]:
-        """One completion per conversation, in input order; a failed request is its LLMError."""
+    def complete_many(self, messages_list: Sequence[Messages], *, on_done: OnDone | None = None,
+                      **params: Any) -> list[Completion | Exception]:
+        """One completion per conversation, in input order; a failed request is its LLMError.
+        on_done() is called once per conversation as it finishes (failed or not), possibly from another thread."""
         ...
 
     def structured(
@@ -116,8 +119,10 @@ class LLM(Protocol):
 
     def structured_many(
         self, messages_list: Sequence[Messages], output_model: type[BaseModel], *, max_repairs: int = 2,
-        **params: Any,
-    ) -> list[StructuredResult]: ...
+        on_done: OnDone | None = None, **params: Any,
+    ) -> list[StructuredResult]:
+        """structured() per conversation, in input order; on_done() once per conversation, after its repairs."""
+        ...
 
     def preflight(self, required_context_tokens: int) -> dict[str, Any]: ...
 
@@ -197,7 +202,8 @@ class _SyncStructured(abc.ABC):
     def complete(self, messages: Messages, **params: Any) -> Completion:
         """One chat completion (the provider's own)."""
 
-    def complete_many(self, messages_list: Sequence[Messages], **params: Any) -> list[Completion | Exception]:
+    def complete_many(self, messages_list: Sequence[Messages], *, on_done: OnDone | None = None,
+                      **params: Any) -> list[Completion | Exception]:
         """One completion per conversation, sequentially, in input order; a failed request is its LLMError."""
         out: list[Completion | Exception] = []
         for messages in messages_list:
@@ -205,6 +211,9 @@ class _SyncStructured(abc.ABC):
                 out.append(self.complete(messages, **params))
             except LLMError as exc:
                 out.append(exc)
+            finally:
+                if on_done is not None:
+                    on_done()
         return out
 
     def structured(
@@ -223,10 +232,17 @@ class _SyncStructured(abc.ABC):
 
     def structured_many(
         self, messages_list: Sequence[Messages], output_model: type[BaseModel], *, max_repairs: int = 2,
-        **params: Any,
+        on_done: OnDone | None = None, **params: Any,
     ) -> list[StructuredResult]:
         """structured() for each conversation, in input order."""
-        return [self.structured(m, output_model, max_repairs=max_repairs, **params) for m in messages_list]
+        out = []
+        for messages in messages_list:
+            try:
+                out.append(self.structured(messages, output_model, max_repairs=max_repairs, **params))
+            finally:
+                if on_done is not None:
+                    on_done()
+        return out
 
 
 # -- local: llama.cpp in-process ----------------------------------------------------------------
@@ -565,8 +581,9 @@ class OpenAICompatLLM:
             if result is not None:
                 return result
 
-    def _run_batch(self, make: Callable[[_Batch, Any], Any], items: Sequence) -> list:
-        """make(batch, item) for every item on one client and semaphore; an LLMError comes back as a value."""
+    def _run_batch(self, make: Callable[[_Batch, Any], Any], items: Sequence, on_done: OnDone | None = None) -> list:
+        """make(batch, item) for every item on one client and semaphore; an LLMError comes back as a value.
+        on_done() once per item as it finishes, whatever its outcome."""
         model = self.config.model or (self.model_id if items else "")  # resolved before the fan-out
 
         async def run() -> list:
@@ -579,6 +596,9 @@ class OpenAICompatLLM:
                         return await make(batch, item)
                     except LLMError as exc:
                         return exc
+                    finally:
+                        if on_done is not None:
+                            on_done()
 
                 return await asyncio.gather(*(one(item) for item in items))
 
@@ -596,13 +616,14 @@ class OpenAICompatLLM:
             raise result
         return result
 
-    def complete_many(self, messages_list: Sequence[Messages], **params: Any) -> list[Completion | Exception]:
+    def complete_many(self, messages_list: Sequence[Messages], *, on_done: OnDone | None = None,
+                      **params: Any) -> list[Completion | Exception]:
         """Completions for many conversations, at most llm.concurrency in flight, in input order.
 
         A failed request is its LLMError; once one request finds the endpoint down (retries spent),
         the rest of the batch fails fast with LLMUnavailable instead of retrying on its own.
         """
-        return self._run_batch(lambda batch, m: self._acomplete(batch, m, **params), messages_list)
+        return self._run_batch(lambda batch, m: self._acomplete(batch, m, **params), messages_list, on_done)
 
     def structured(
         self, messages: Messages, output_model: type[BaseModel], *, max_repairs: int = 2, **params: Any
@@ -612,11 +633,11 @@ class OpenAICompatLLM:
 
     def structured_many(
         self, messages_list: Sequence[Messages], output_model: type[BaseModel], *, max_repairs: int = 2,
-        **params: Any,
+        on_done: OnDone | None = None, **params: Any,
     ) -> list[StructuredResult]:
         """structured() for each conversation concurrently, in input order; outages and auth errors raise."""
         results = self._run_batch(
-            lambda batch, m: self._astructured(batch, m, output_model, max_repairs, params), messages_list
+            lambda batch, m: self._astructured(batch, m, output_model, max_repairs, params), messages_list, on_done
         )
         for result in results:
             if isinstance(result, Exception):

@@ -305,9 +305,10 @@ def task_messages(task: GenTask, prompts: dict[str, Prompt]) -> tuple[Prompt, li
     return prompt, prompt.render(context=context, persona=task.persona)
 
 
-def generate_candidates(tasks: list[GenTask], prompts: dict[str, Prompt], llm) -> list[Candidate]:
+def generate_candidates(tasks: list[GenTask], prompts: dict[str, Prompt], llm, on_done=None) -> list[Candidate]:
     """One LLM structured call per task (batched per prompt), then the rewrite step of the types that
-    have one (paraphrased), batched per rewrite prompt."""
+    have one (paraphrased), batched per rewrite prompt. on_done() once per task as its first call
+    finishes (progress; the LLM calls it, possibly from its worker thread)."""
     candidates: list[Candidate | None] = [None] * len(tasks)
     groups: dict[str, list[int]] = {}
     rendered = {}
@@ -317,7 +318,8 @@ def generate_candidates(tasks: list[GenTask], prompts: dict[str, Prompt], llm) -
         groups.setdefault(prompt.name, []).append(i)
     for name, idxs in groups.items():
         prompt = prompts[name]
-        results = llm.structured_many([rendered[i][1] for i in idxs], prompt.output_model(), **prompt.params)
+        results = llm.structured_many([rendered[i][1] for i in idxs], prompt.output_model(), on_done=on_done,
+                                      **prompt.params)
         for i, res in zip(idxs, results):
             value = res.value
             candidates[i] = Candidate(

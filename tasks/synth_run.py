@@ -22,6 +22,7 @@ from ragloop.tasks import qa_generation as qa
 from ragloop.tasks.indexing import ChunkStore
 from ragloop.tasks.lineage import canonical_hash
 from ragloop.tasks.llm import LLMConfigError, LLMUnavailable
+from ragloop.tasks.progress import Progress
 from ragloop.tasks.prompts import Prompt, PromptError, load_prompt_set
 from ragloop.tasks.question_types import must_refuse, required_prompts
 from ragloop.tasks.summaries import LineMove, StageSummary, SummaryModel
@@ -166,14 +167,17 @@ def take_budget(fresh: list[dict], need: int, report: qa.GenerationReport) -> No
 
 
 def fill_budget(plan: SynthPlan, store: ChunkStore, encode, llm, prompts: dict[str, Prompt], config: SynthConfig, *,
-                plan_step=qa.plan_tasks, generate_step=qa.generate_candidates, timer: Timer = _no_timer) -> Budget:
+                plan_step=qa.plan_tasks, generate_step=qa.generate_candidates, timer: Timer = _no_timer,
+                progress: Progress | None = None) -> Budget:
     """Generate new items in up to config.rounds rounds until plan.need items are accepted (kept + new ==
     config.size). Round 1 seeds plan.priority documents first; later rounds sample freely. The LLM is
     preflighted once, before the first generation. Seeded (config.seed): the same inputs, the same plan.
 
     plan_step/generate_step default to tasks.qa_generation.plan_tasks/generate_candidates (the flow
     passes its Prefect task wrappers); timer(name) times the steps plan, preflight, generate,
-    answerable_check and dedupe."""
+    answerable_check and dedupe. `progress` counts candidates generated of those planned so far (each
+    round adds its tasks to the total) and notes the items accepted of those needed."""
+    track = progress or Progress("synth", enabled=False)
     rng = random.Random(config.seed)
     budget = Budget()
     report, need, priority, preflight_done = budget.report, plan.need, plan.priority, False
@@ -194,7 +198,10 @@ def fill_budget(plan: SynthPlan, store: ChunkStore, encode, llm, prompts: dict[s
                 preflight(llm, tasks, prompts)
             preflight_done = True
         with timer("generate"):
-            candidates = generate_step(tasks, prompts, llm)
+            track.add_total(len(tasks))
+            done = track.n
+            candidates = generate_step(tasks, prompts, llm, on_done=track)
+            track.reach(done + len(tasks))  # an LLM that does not report each item still moves the count
         report.attempted += len(candidates)
         budget.attempted_by_type.update(c.task.qa_type for c in candidates)
         passed = screen(candidates, config, report)
@@ -207,6 +214,7 @@ def fill_budget(plan: SynthPlan, store: ChunkStore, encode, llm, prompts: dict[s
         report.rejects["near_duplicate"] += dropped
         take_budget(fresh, need, report)
         need = config.size - len(plan.kept) - len(report.accepted)
+        track.set_note(accepted=f"{len(report.accepted)}/{plan.need}")
         priority = []  # later rounds sample freely
     return budget
 
