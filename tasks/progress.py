@@ -49,6 +49,7 @@ class Progress:
         self._every_n, self._every_s, self._min_gap_s = every_n, every_s, min_gap_s
         self._started = self._last_t = clock()
         self._last_n = 0
+        self._unlogged = False  # counts or notes changed since the last line
         self._closed = False
         stream = stream or sys.stderr
         self.mode = "off" if not enabled else ("bar" if _isatty(stream) else "log")
@@ -67,6 +68,7 @@ class Progress:
             if self.total is not None:  # a retried step must not count past the total
                 n = max(0, min(n, self.total - self.n))
             self.n += n
+            self._unlogged = True
             if self._bar is not None:
                 self._bar.update(n)
             elif self.mode == "log":
@@ -93,6 +95,7 @@ class Progress:
         """Figures shown after the count (bar postfix, or the end of each log line)."""
         with self._lock:
             self.note.update(figures)
+            self._unlogged = True
             if self._bar is not None:
                 self._bar.set_postfix(self.note, refresh=True)
 
@@ -121,17 +124,17 @@ class Progress:
 
     def _emit(self, now: float) -> None:
         self._log.info("%s", self.line())
-        self._last_t, self._last_n = now, self.n
+        self._last_t, self._last_n, self._unlogged = now, self.n, False
 
     def close(self) -> None:
-        """The last line (log mode, when anything was counted since the last one) or close the bar; idempotent."""
+        """The last line (log mode, when anything was counted or noted since the last one) or close the bar; idempotent."""
         with self._lock:
             if self._closed:
                 return
             self._closed = True
             if self._bar is not None:
                 self._bar.close()
-            elif self.mode == "log" and self.n and self.n != self._last_n:
+            elif self.mode == "log" and self.n and self._unlogged:
                 self._emit(self._clock())
 
 

@@ -472,3 +472,25 @@ def test_the_summary_model_round_trips_a_summary_the_flow_returned(which):
     dumped = summary.model_dump(mode="json", exclude_unset=True)
     assert dumped == recorded and list(dumped) == list(recorded)
     assert (summary.cached is True) is (which == "reused")
+
+
+# -- progress: each item counted once -----------------------------------------------------------
+def test_answer_reports_each_answer_call_once_failures_included():
+    from ragloop.tasks import chain
+    from ragloop.tasks.llm import LLMRequestError
+
+    done = []
+    prompt = SimpleNamespace(params={"max_tokens": 16}, render=lambda question, contexts: [{"role": "user", "content": question}])
+    results = [_result("q1"), _result("q2"), _result("q3", retrieval_failed=True, error="retrieve: x"), _result("q4", refused=True)]
+    llm = ScriptedLLM(["It has text of c1.", LLMRequestError("bad")])
+    chain.answer(results, ["q1?", "q2?", "q3?", "q4?"], prompt, llm, EvalConfig(), on_done=lambda: done.append(1))
+    assert len(done) == 2 == len(llm.requests), "the skipped items are counted by the caller, at the batch's end"
+    assert results[1].error.startswith("answer: LLMRequestError")
+
+
+def test_judge_items_reports_each_item_once():
+    done = []
+    scorer = SimpleNamespace(score=lambda item, ids, texts, answer, refused: {"qa_id": item["qa_id"]})
+    judged = eval_run.judge_items(scorer, [_item("q1"), _item("q2")], [_result("q1"), _result("q2")],
+                                  on_done=lambda: done.append(1))
+    assert judged == [{"qa_id": "q1"}, {"qa_id": "q2"}] and len(done) == 2

@@ -432,3 +432,26 @@ def test_preflight_reports_the_served_model(stub, models, configured, model_id, 
     assert llm.model_id == model_id
     llm.complete(ASK)
     assert stub.requests[0]["body"]["model"] == model_id
+
+
+# -- progress: on_done once per item ------------------------------------------------------------
+def test_scripted_batches_call_on_done_once_per_item_failures_included():
+    done = []
+    llm = ScriptedLLM(["a", LLMRequestError("bad"), "c"])
+    out = llm.complete_many([ASK, ASK, ASK], on_done=lambda: done.append(1))
+    assert len(out) == 3 and isinstance(out[1], LLMRequestError) and len(done) == 3
+    llm.add("nope", GOOD.model_dump_json(), LLMRequestError("down"))
+    results = llm.structured_many([ASK, ASK], QA, max_repairs=1, on_done=lambda: done.append(2))
+    assert [r.attempts for r in results] == [2, 1] and done[3:] == [2, 2], "once per conversation, not per attempt"
+    assert "on_done" not in llm.requests[-1], "never passed on to a request"
+
+
+def test_openai_batches_call_on_done_once_per_item_even_when_the_endpoint_is_down(stub):
+    done = []
+    stub.default = {"status": 500}
+    results = _client(stub, max_retries=1, concurrency=2).complete_many([ASK] * 5, on_done=lambda: done.append(1))
+    assert all(isinstance(r, LLMUnavailable) for r in results) and len(done) == 5
+    stub.default = {}
+    stub.script.extend([{"content": "not json"}, {"content": GOOD.model_dump_json()}, {"content": GOOD.model_dump_json()}])
+    results = _client(stub, concurrency=1).structured_many([ASK, ASK], QA, max_repairs=1, on_done=lambda: done.append(2))
+    assert [r.value for r in results] == [GOOD, GOOD] and done[5:] == [2, 2]

@@ -352,3 +352,37 @@ def test_the_summary_model_round_trips_a_flow_summary():
 def test_the_summary_model_rejects_unknown_keys():
     with pytest.raises(ValueError, match="surprise"):
         synth_run.SynthSummary.model_validate({**FLOW_SUMMARY, "surprise": 1})
+
+
+class _ReportingLLM(PassageLLM):
+    """PassageLLM that reports each finished conversation, as the real LLMs do."""
+
+    def structured_many(self, conversations, output_model, on_done=None, **params):
+        out = []
+        for messages in conversations:
+            out.append(self._one(messages, output_model))
+            if on_done is not None:  # the rewrite step does not count: candidates are counted once
+                on_done()
+        return out
+
+
+@pytest.mark.parametrize("llm_class, garbage", [(_ReportingLLM, False), (_ReportingLLM, True), (PassageLLM, False)],
+                         ids=["reports-each", "every-candidate-fails", "reports-nothing"])
+def test_fill_budget_progress_counts_every_candidate_once_and_notes_the_accepted(store, prompts, fake_embedder, caplog,
+                                                                                 llm_class, garbage):
+    import io
+    import logging
+
+    from ragloop.tasks.progress import Progress
+
+    caplog.set_level(logging.INFO, logger="test.synth")
+    track = Progress("synth", unit="candidate", log_to=logging.getLogger("test.synth"), stream=io.StringIO(),
+                     every_n=1, min_gap_s=0)
+    budget = synth_run.fill_budget(_fresh_plan(store, prompts, 5), store, fake_embedder.encode, llm_class(garbage=garbage),
+                                   prompts, _config(size=5, rounds=3), progress=track)
+    track.close()
+    assert track.n == track.total == budget.report.attempted > 0
+    assert track.note == {"accepted": f"{len(budget.report.accepted)}/5"}
+    lines = [r.getMessage() for r in caplog.records if r.name == "test.synth"]
+    assert lines and lines[-1].startswith(f"synth: {track.n}/{track.n} candidates (100%)")
+    assert lines[-1].endswith(f"accepted {len(budget.report.accepted)}/5")
