@@ -210,9 +210,9 @@ def _settings(args: argparse.Namespace):
 
 
 def _lake(settings):
-    from ragloop.tasks.storage import Lake
+    from ragloop.tasks.preflight import open_lake
 
-    return Lake(settings.lake)
+    return open_lake(settings.lake)  # a lake URI that cannot be resolved is a usage error (exit 2)
 
 
 def _run_ingest(args: argparse.Namespace) -> dict:
@@ -602,19 +602,42 @@ def _review_cli():
     return cli
 
 
-def _precheck(args: argparse.Namespace, settings) -> None:
-    """Usage errors a flow would only find after Prefect starts (a misspelt --source, a chunk overlap the
-    model cannot take), raised first so they print as one line (exit 2)."""
-    from ragloop.tasks.settings import check_sources
+def _precheck(args: argparse.Namespace) -> None:
+    """Usage errors a flow would only find after Prefect starts (a misspelt --source or --lake, a prompt
+    file that does not parse, a lake without an index, an unknown --golden, a chunk overlap the model
+    cannot take), raised first so they print as one line (exit 2). The checks up to the chunking one
+    import neither prefect nor a model (tasks/preflight.py)."""
+    from ragloop.tasks.preflight import preflight
 
-    if args.command in ("ingest", "index", "run"):
-        check_sources(list(args.source or settings.ingest.sources))
+    command = "golden import" if args.command == "golden" and args.golden_command == "import" else args.command
+    preflight(command, _settings(args), sources=getattr(args, "source", None), golden=getattr(args, "golden", None),
+              retrieval_only=getattr(args, "retrieval_only", False), path=getattr(args, "path", None))
     if args.command in ("index", "run", "import-beir"):
         from ragloop.flows.index import check_chunking
         from ragloop.tasks.settings import load_settings
 
         chunking = getattr(args, "chunking", None)
         check_chunking(load_settings(args.config, {"chunking": {"strategy": chunking}} if chunking else {}))
+
+
+class _UsageErrorsInOneLine(logging.Filter):
+    """Prefect logs the exception a flow or task run raised, traceback and all; a ConfigError is a usage
+    error that the CLI prints as one line (and the run's final state still names), so its record is
+    dropped. Any other exception keeps Prefect's full log."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        from ragloop.tasks.settings import ConfigError
+
+        return not (record.exc_info and isinstance(record.exc_info[1], ConfigError))
+
+
+def _quiet_usage_errors() -> None:
+    """Install the filter on Prefect's run loggers (by name: prefect need not be imported yet; its
+    logging setup adds handlers but keeps a logger's filters)."""
+    for name in ("prefect.flow_runs", "prefect.task_runs"):
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _UsageErrorsInOneLine) for f in logger.filters):
+            logger.addFilter(_UsageErrorsInOneLine())
 
 
 def _emit(summary: dict, as_json: bool, human: Callable[[dict], list[str]]) -> None:
@@ -635,8 +658,9 @@ def main(argv: list[str] | None = None) -> int:
 
     run, human = COMMANDS[args.command]
     try:
-        settings = load_settings(args.config)  # a bad config fails here, before Prefect starts or any work
-        _precheck(args, settings)
+        load_settings(args.config)  # a bad config fails here, before Prefect starts or any work
+        _precheck(args)
+        _quiet_usage_errors()
         summary: dict[str, Any] = run(args)
     except ConfigError as exc:
         _emit({"status": "failed", "error": str(exc), "exit_code": EXIT_USAGE}, args.json, lambda s: [f"error: {s['error']}"])

@@ -1,0 +1,70 @@
+"""Usage checks the CLI runs before any flow starts (reads files and the lake's refs only; no prefect, no model):
+each failure is a ConfigError whose message is the one line the user sees (exit 2)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ragloop.tasks import promotion
+from ragloop.tasks.settings import ConfigError, Settings, check_sources
+from ragloop.tasks.storage import Lake
+
+
+def open_lake(uri: str) -> Lake:
+    """The lake at `uri`; ConfigError when the URI cannot be resolved (an unknown scheme, a bad bucket URI)."""
+    try:
+        return Lake(uri)
+    except Exception as exc:  # pyarrow raises ArrowInvalid, OSError or ValueError depending on the scheme
+        raise ConfigError(f"lake {uri}: cannot be opened ({exc})") from None
+
+
+def check_index(lake: Lake) -> None:
+    """ConfigError when the lake holds no index (neither served nor pending) for synth or eval to read."""
+    refs = promotion.Refs(lake)
+    if refs.serving() is None and refs.candidate() is None:
+        raise ConfigError(f"the lake {lake.uri} has no index yet: run `ragloop index` first (or check --lake)")
+
+
+def check_path(path: str, what: str) -> None:
+    """ConfigError when a file or directory the command reads does not exist."""
+    if not Path(path).expanduser().exists():
+        raise ConfigError(f"{what}: not found: {path}")
+
+
+def check_synth(settings: Settings) -> None:
+    """The prompts synth renders parse and are all there."""
+    from ragloop.tasks.synth_run import load_synth_prompts
+
+    load_synth_prompts(settings.prompts_dir)
+
+
+def check_eval(settings: Settings, retrieval_only: bool) -> None:
+    """The prompts the chain under test renders parse and are all there."""
+    from ragloop.tasks.eval_run import select_prompts, wanted_prompts
+
+    wanted = wanted_prompts(settings.eval, retrieval_only)
+    if wanted:
+        select_prompts(wanted, settings.prompts_dir)
+
+
+def preflight(command: str, settings: Settings, *, sources: list[str] | None = None, golden: str | None = None,
+              retrieval_only: bool = False, path: str | None = None) -> None:
+    """The cheap checks of one CLI command, in the order a user would fix them: the lake URI, the paths
+    given, the prompts, then what the lake must already hold (an index; the golden set eval names)."""
+    lake = open_lake(settings.lake)
+    if command in ("ingest", "index", "run"):
+        check_sources(list(sources or settings.ingest.sources))
+    if command == "import-beir" and path is not None:
+        check_path(path, "import-beir")
+    if command == "golden import" and path is not None:
+        check_path(path, "golden import")
+    if command in ("synth", "run"):
+        check_synth(settings)
+    if command in ("eval", "run"):
+        check_eval(settings, retrieval_only)
+    if command in ("synth", "eval", "golden import"):
+        check_index(lake)
+    if command == "eval":
+        from ragloop.tasks.eval_run import resolve_golden
+
+        resolve_golden(promotion.Refs(lake), golden or "latest")
