@@ -663,7 +663,8 @@ def main(argv: list[str] | None = None) -> int:
         _quiet_usage_errors()
         summary: dict[str, Any] = run(args)
     except ConfigError as exc:
-        _emit({"status": "failed", "error": str(exc), "exit_code": EXIT_USAGE}, args.json, lambda s: [f"error: {s['error']}"])
+        one_line = " ".join(str(exc).split())  # a usage error is one line, whatever text it quotes
+        _emit({"status": "failed", "error": one_line, "exit_code": EXIT_USAGE}, args.json, lambda s: [f"error: {s['error']}"])
         return EXIT_USAGE
     except Exception as exc:  # the flow already recorded the failure in its run manifest
         logging.getLogger("ragloop").debug("command failed", exc_info=True)

@@ -13,6 +13,8 @@ from jinja2.exceptions import SecurityError, UndefinedError
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from ragloop.tasks.settings import yaml_problem
+
 PROMPT_SUFFIX = ".yaml"
 
 class QAPair(BaseModel):
@@ -123,7 +125,7 @@ def parse_prompt(text: str, origin: str) -> Prompt:
         data = yaml.safe_load(text)
         spec = PromptFile.model_validate(data)
     except yaml.YAMLError as exc:
-        raise PromptError(f"prompt file {origin}: invalid YAML: {exc}") from exc
+        raise PromptError(f"prompt file {origin}: invalid YAML: {yaml_problem(exc)}") from exc
     except ValidationError as exc:
         fields = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
         raise PromptError(f"prompt file {origin}: {fields}") from exc

@@ -428,10 +428,17 @@ def read_config_file(path: str | os.PathLike[str] | None) -> tuple[dict[str, Any
     try:
         data = yaml.safe_load(candidate.read_text(encoding="utf-8")) or {}
     except yaml.YAMLError as exc:
-        raise ConfigError(f"config file {candidate} is not valid YAML: {exc}") from exc
+        raise ConfigError(f"config file {candidate} is not valid YAML: {yaml_problem(exc)}") from exc
     if not isinstance(data, dict):
         raise ConfigError(f"config file {candidate}: top level must be a mapping")
     return data, str(candidate)
+
+
+def yaml_problem(exc: Exception) -> str:
+    """A YAML parse error in one line: the problem and where (PyYAML's own text spans several lines)."""
+    mark = getattr(exc, "problem_mark", None)
+    problem = getattr(exc, "problem", None) or " ".join(str(exc).split())
+    return problem + (f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else "")
 
 
 def check_sources(sources: list[str]) -> None:

@@ -1,0 +1,70 @@
+"""Usage errors come first, in one line: the CLI's pre-flight stops a misspelt path, a bad config value or
+prompt file, a lake without an index, before any flow (so before prefect is even imported)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import REPO
+
+# Runs the CLI in a fresh interpreter; a last stderr line of its own says whether prefect got imported.
+DRIVER = """
+import sys
+from ragloop.flows.cli import main
+code = main(sys.argv[1:])
+sys.stderr.write("PREFECT_IMPORTED=%s\\n" % ("prefect" in sys.modules))
+sys.exit(code)
+"""
+
+
+def _ragloop(cwd, *args, env=None) -> tuple[int, list[str], list[str], bool]:
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("RAGLOOP_")}
+    clean["RAGLOOP_PROMPTS_DIR"] = str(REPO / "prompts")
+    done = subprocess.run([sys.executable, "-c", DRIVER, *args], cwd=cwd, env={**clean, **(env or {})},
+                          capture_output=True, text=True, timeout=120)
+    err = done.stderr.splitlines()
+    imported = err.pop() == "PREFECT_IMPORTED=True"
+    return done.returncode, done.stdout.splitlines(), err, imported
+
+
+@pytest.fixture
+def broken_prompts(tmp_path):
+    folder = tmp_path / "bad_prompts"
+    folder.mkdir()
+    (folder / "qa_single_hop.yaml").write_text("name: qa_single_hop\ntemplate: [unclosed\n")
+    return folder
+
+
+@pytest.mark.parametrize("args, env, message", [
+    (["index", "--source", "/nope/docs"], {}, "error: ingest.sources: not found: /nope/docs"),
+    (["ingest", "--source", "docs", "--source", "/nope/b"], {}, "error: ingest.sources: not found: /nope/b"),
+    (["synth", "--lake", "empty-lake"], {}, "no index yet"),
+    (["eval", "--lake", "empty-lake"], {}, "no index yet"),
+    (["runs", "--lake", "foo://bucket/lake"], {}, "error: lake foo://bucket/lake: cannot be opened"),
+    (["index", "--lake", "foo://bucket/lake", "--source", "docs"], {}, "cannot be opened"),
+    (["import-beir", "/nope/scifact"], {}, "error: import-beir: not found: /nope/scifact"),
+    (["golden", "import", "/nope/g.jsonl"], {}, "error: golden import: not found: /nope/g.jsonl"),
+    (["synth"], {"RAGLOOP_SYNTH__SIZE": "0"}, "synth.size"),
+    (["synth", "--lake", "empty-lake"], {"RAGLOOP_PROMPTS_DIR": "bad_prompts"}, "qa_single_hop.yaml: invalid YAML"),
+], ids=["index-source", "ingest-second-source", "synth-no-index", "eval-no-index", "runs-bad-lake-uri",
+        "index-bad-lake-uri", "beir-path", "golden-import-path", "bad-config-value", "bad-prompt-file"])
+def test_a_usage_error_is_one_line_exit_2_before_prefect(tmp_path, broken_prompts, args, env, message):
+    (tmp_path / "docs").mkdir()
+    code, out, err, prefect_imported = _ragloop(tmp_path, *args, env=env)
+    assert (code, len(out), err) == (2, 1, []), (out, err)
+    assert out[0].startswith("error: ") and message in out[0]
+    assert not prefect_imported
+    assert not (tmp_path / "empty-lake").exists(), "a checked lake is not created"
+
+
+def test_a_usage_error_in_json_mode_is_one_json_object(tmp_path):
+    code, out, err, prefect_imported = _ragloop(tmp_path, "synth", "--lake", "empty-lake", "--json")
+    assert (code, len(out), err, prefect_imported) == (2, 1, [], False)
+    assert json.loads(out[0]) == {"status": "failed", "exit_code": 2,
+                                  "error": f"the lake {tmp_path / 'empty-lake'} has no index yet: run `ragloop index` "
+                                           "first (or check --lake)"}
