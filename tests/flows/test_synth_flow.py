@@ -199,3 +199,21 @@ def test_golden_import_rejects_bad_files_before_writing(prefect_backend, fakes, 
     assert main(["golden", "import", str(bad), "--lake", str(lake_dir), "--json"]) == 2
     assert needle in json.loads(capsys.readouterr().out)["error"]
     assert not (lake_dir / "golden").exists()
+
+
+def test_synth_cli_shows_progress_off_a_terminal_and_keeps_json_clean(prefect_backend, fakes, tmp_path, lake_dir, capsys,
+                                                                       caplog):
+    import logging
+
+    src = write_files(tmp_path / "src", DOCS)
+    index_flow.index_corpus(sources=[str(src)], lake=str(lake_dir))
+    caplog.set_level(logging.INFO)
+    assert main(["synth", "--lake", str(lake_dir), "--size", "5"]) == 0
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("synth: ")]
+    assert lines and "candidates (100%)" in lines[-1] and "accepted 5/5" in lines[-1], lines
+    capsys.readouterr()
+    caplog.clear()
+    assert main(["synth", "--lake", str(lake_dir), "--size", "7", "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["status"] == "ok" and summary["items"]["total"] == 7
+    assert not [r for r in caplog.records if r.getMessage().startswith("synth: ")], "--json: no progress"
