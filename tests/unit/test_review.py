@@ -268,7 +268,7 @@ def test_synth_never_regenerates_a_rejected_pair_nor_overwrites_a_human_item(lak
         ineligible.clear()
         return [qa.GenTask("single_hop", "newcomer", [rejected_ref]), qa.GenTask("paraphrased", "newcomer", [rejected_ref])]
 
-    def generate_step(tasks, prompts, llm):
+    def generate_step(tasks, prompts, llm, on_done=None):
         generated.extend((t.qa_type, t.chunks[0].chunk_id) for t in tasks)
         return []
 
