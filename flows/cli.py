@@ -103,6 +103,18 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--split", default="test", help="the qrels split to import (default: test)")
     common(p)
 
+    p = sub.add_parser("calibrate", help="judges vs human answer grades: kappa with CI, who may gate, what to grade next")
+    scope = p.add_mutually_exclusive_group()
+    scope.add_argument("--run", metavar="RUN_ID", help="one eval run (default: every eval run on the chosen line)")
+    scope.add_argument("--golden", metavar="LINE", help="every eval run on this golden-set line (default: latest, the chosen one)")
+    common(p)
+
+    p = sub.add_parser("export", help="datasets for the next model: sft conversations or preference pairs (JSONL)")
+    p.add_argument("kind", choices=["sft", "preference"])
+    p.add_argument("--out", required=True, metavar="FILE", help="the JSONL file to write")
+    p.add_argument("--golden", metavar="LINE", help="the golden-set line (default: latest, the chosen one)")
+    common(p)
+
     p = sub.add_parser("compare", help="per-metric deltas between two eval runs on the same golden set, with paired CIs")
     p.add_argument("run_a", metavar="RUN_A", help="the baseline run id")
     p.add_argument("run_b", metavar="RUN_B", help="the candidate run id")
@@ -488,6 +500,52 @@ def _golden_show(args: argparse.Namespace) -> dict:
     return show_golden(_lake(_settings(args)), args.spec).model_dump(mode="json")
 
 
+def _run_calibrate(args: argparse.Namespace) -> dict:
+    """`calibrate`: judges against human grades, stored with their identity (tasks/calibration.py; no Prefect)."""
+    from ragloop.tasks.calibration import calibrate_lake
+
+    settings = _settings(args)
+    return calibrate_lake(_lake(settings), settings.gate.calibration, args.run, args.golden,
+                          resamples=settings.eval.bootstrap_resamples, confidence=settings.eval.confidence,
+                          seed=settings.eval.seed).model_dump(mode="json")
+
+
+def _human_calibrate(summary: dict) -> list[str]:
+    lines = [f"calibrated on {summary['scope']}: {summary['graded']} of {summary['items']} answers of the newest run "
+             f"graded; labels {summary['labels']}",
+             f"{'metric':22} {'n':>4} {'acc':>6} {'kappa':>6} {'95% CI':>16} {'thr':>5}  may gate"]
+    for name, m in summary["metrics"].items():
+        ci = f"[{m['kappa_ci'][0]:+.2f}, {m['kappa_ci'][1]:+.2f}]" if m["kappa_ci"] else "-"
+        kappa = f"{m['kappa']:+.2f}" if m["kappa"] is not None else "-"
+        acc = f"{m['accuracy']:.2f}" if m["accuracy"] is not None else "-"
+        lines.append(f"{name:22} {m['n']:>4} {acc:>6} {kappa:>6} {ci:>16} {m['threshold']:>5.2f}  "
+                     f"{'yes' if m['may_gate'] else 'no: ' + m['reason']}")
+        ppi, plain = m["estimates"].get("ppi"), m["estimates"].get("judge")
+        if ppi and plain:
+            lines.append(f"{'':22} share passing: judge {plain['estimate']:.2f} [{plain['ci'][0]:.2f}, {plain['ci'][1]:.2f}], "
+                         f"PPI {ppi['estimate']:.2f} [{ppi['ci'][0]:.2f}, {ppi['ci'][1]:.2f}]")
+    lines += [f"not gated: {name}: {why}" for name, why in summary["not_gated"].items() if name not in summary["metrics"]]
+    lines += [f"warning: {w}" for w in summary["warnings"]]
+    if summary["label_next"]:
+        lines.append("grade next (the metrics disagree most): " + ", ".join(r["qa_id"] for r in summary["label_next"]))
+    return lines
+
+
+def _run_export(args: argparse.Namespace) -> dict:
+    """`export sft|preference`: JSONL datasets from reviewed items and graded answers (tasks/exports.py; no Prefect)."""
+    from pathlib import Path
+
+    from ragloop.tasks.exports import export_dataset
+
+    settings = _settings(args)
+    return export_dataset(_lake(settings), args.kind, Path(args.out), settings.prompts_dir, args.golden).model_dump(mode="json")
+
+
+def _human_export(summary: dict) -> list[str]:
+    return [f"{summary['rows']} {summary['kind']} rows from line {summary['line']} ({summary['golden_set_id']}) -> "
+            f"{summary['path']}; sources {summary['sources']}; skipped {summary['skipped']}"]
+
+
 def _run_runs(args: argparse.Namespace) -> dict:
     """`runs`: the run manifests in the lake, newest first (no Prefect)."""
     from ragloop.tasks.commands import list_runs
@@ -591,6 +649,8 @@ COMMANDS: dict[str, tuple[Callable[[argparse.Namespace], dict], Callable[[dict],
     "rollback": (_run_rollback, _human_rollback),
     "promote": (_run_promote, _human_promote),
     "runs": (_run_runs, _human_runs),
+    "calibrate": (_run_calibrate, _human_calibrate),
+    "export": (_run_export, _human_export),
     "review": (lambda args: _review_cli().run_review(args), lambda summary: _review_cli().human_review(summary)),
 }
 

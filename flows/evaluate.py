@@ -8,7 +8,7 @@ from prefect.cache_policies import NO_CACHE
 
 from ragloop.flows.common import StageTimer, flow_settings, stage_run
 from ragloop.tasks import chain as chain_steps
-from ragloop.tasks import eval_run, evaluation, promotion, providers, reporting
+from ragloop.tasks import calibration, eval_run, evaluation, promotion, providers, reporting
 from ragloop.tasks.eval_run import ChainModels, EvalSummary
 from ragloop.tasks.progress import Progress
 from ragloop.tasks.ragas_metrics import RagasScorer
@@ -82,16 +82,21 @@ def evaluate_chain(
         with timer("aggregate"):
             aggregates = eval_run.aggregate_rows(scored.rows, config)
         paths = eval_run.write_results(stage.lake, run.run_id, scored)
+        judges = calibration.judge_identities(aggregates.metrics, config, models.judge_id, embedder.name,
+                                              embedder.weights_sha256)
         run.lineage.update(eval_run.run_lineage(eval_run.index_lineage(stage.lake, serving), chosen, serving, role, models,
-                                                embedder, chain, retrieval_only))
+                                                embedder, chain, retrieval_only, judges))
         eval_run.record_prompts(stage.lake, models)
         with timer("gate"):
             assessment = eval_run.assess_gate(eval_run.load_baseline(stage.lake, baseline), scored.rows, scored.traces,
                                               aggregates.metrics, chain, chosen.line_key, config, gate_config,
-                                              settings.monitor.price_per_1k_tokens)
+                                              settings.monitor.price_per_1k_tokens,
+                                              calibration.eval_judges(stage.lake, aggregates.metrics, judges,
+                                                                      gate_config.calibration))
         run.lineage["eval_cache_key"] = cache_key
         summary = eval_run.summarize(run.run_id, run.lineage, stage.lake.uri, chosen, aggregates, scored, stale, assessment,
-                                     serving, role, paths, timer.report(), gate_config.on_inconclusive)
+                                     serving, role, paths, timer.report(), gate_config.on_inconclusive,
+                                     calibration.eval_estimates(stage.lake, scored.rows, judges, config.confidence))
         summary = _promote(refs, summary, chosen.line_key, promote, gate_config.on_inconclusive, role)
         stage.lake.write_ref(eval_run.cache_ref(cache_key), {"run_id": run.run_id})
         _publish_artifacts(summary.run_id, summary.status, summary.outputs(), summary.lineage)

@@ -70,6 +70,9 @@ class EvalSummary(StageSummary):
     promoted: bool | None = Field(None, description="whether this run became its line's baseline")
     prefect_flow_run_id: str | None = Field(None, description="set on a reused run: the flow run that recorded it")
     cached: bool | None = Field(None, description="True when a stored run with the same inputs was reused")
+    estimates: dict[str, dict[str, Any]] | None = Field(
+        None, description="verdict metric -> share of answers people would pass: {threshold, judge, human, ppi: "
+                          "{estimate, ci, width}, n_labelled, n_unlabelled, confidence} (tasks.calibration.run_estimates)")
 
     def with_promotion(self, outcome: Mapping) -> "EvalSummary":
         """This summary with a promotion outcome (promotion and promoted set)."""
@@ -401,7 +404,8 @@ def index_lineage(lake: Lake, serving: promotion.ServingRef) -> dict:
 
 
 def run_lineage(built_from: Mapping, golden: GoldenChoice, serving: promotion.ServingRef, role: str,
-                models: ChainModels, embedder, chain: Mapping, retrieval_only: bool) -> dict:
+                models: ChainModels, embedder, chain: Mapping, retrieval_only: bool,
+                judges: Mapping[str, Mapping] | None = None) -> dict:
     """The eval's lineage entries, in order: what the table was built from (snapshot, chunker, embedder,
     from `built_from`, the index run's lineage), then the golden set, table, prompts, models and chain."""
     return {
@@ -418,6 +422,7 @@ def run_lineage(built_from: Mapping, golden: GoldenChoice, serving: promotion.Se
         "chain_hash": canonical_hash(chain),
         "judge": models.judge_id,
         "retrieval_only": retrieval_only,
+        **({"judges": dict(judges)} if judges else {}),
     }
 
 
@@ -453,12 +458,14 @@ class GateAssessment:
 
 def assess_gate(base: BaselineRun, rows: Sequence[Mapping], traces: Sequence[Mapping], metrics: Mapping[str, float],
                 chain: Mapping, line_key: str, config: EvalConfig, gate_config: GateConfig,
-                price_per_1k_tokens: float) -> GateAssessment:
+                price_per_1k_tokens: float, calibration: Mapping[str, Mapping] | None = None) -> GateAssessment:
     """The gate against the line's baseline: compared on the questions both runs scored when they share
     enough of them (gate.min_baseline_overlap), with paired deltas, floors, the failed fraction and the
     budgets; a baseline of another chain is compared on what both measured, with a warning naming the
-    differences first."""
+    differences first. `calibration` (tasks.calibration.gate_calibration) names the judged metrics and
+    whether their judge is calibrated: the others are reported, not gated, and the gate says why."""
     baseline = base.record
+    calibration = {m: dict(c) for m, c in (calibration or {}).items()}
     shared = len({r["qa_id"] for r in base.rows} & {r["qa_id"] for r in rows})
     no_baseline = gating.baseline_problem(baseline and baseline.run_id, base.has_items, shared, len(rows),
                                           gate_config.min_baseline_overlap, line_key)
@@ -468,7 +475,9 @@ def assess_gate(base: BaselineRun, rows: Sequence[Mapping], traces: Sequence[Map
     failed = sum(1 for r in rows if r["status"] == "failed")
     gate = gating.check_gate(metrics, deltas, failed, len(rows), gate_config, config.confidence,
                              None if no_baseline else gating.unpaired_metrics(base.rows, rows), no_baseline,
-                             gating.check_budgets(budgets, base.budgets, gate_config.budgets))
+                             gating.check_budgets(budgets, base.budgets, gate_config.budgets),
+                             {m: c["reason"] for m, c in calibration.items() if not c["gated"]})
+    gate["calibration"] = calibration
     if deltas is not None and baseline.chain_hash != canonical_hash(chain):
         gate["warnings"].insert(0, "the baseline ran another chain, compared on what both measured: "
                                 + "; ".join(gating.chain_differences(baseline.chain, chain)))
@@ -480,7 +489,7 @@ def assess_gate(base: BaselineRun, rows: Sequence[Mapping], traces: Sequence[Map
 def summarize(run_id: str, lineage: Mapping, lake_uri: str, golden: GoldenChoice, aggregates: Aggregates,
               scored: ItemRows, stale: Mapping[str, Sequence[str]], assessment: GateAssessment,
               serving: promotion.ServingRef, role: str, paths: Mapping[str, str], timings_s: Mapping[str, float],
-              on_inconclusive: str) -> EvalSummary:
+              on_inconclusive: str, estimates: Mapping[str, dict] | None = None) -> EvalSummary:
     """The run's summary before promotion: counts of items, failed judgments and answers, the gate and
     its status (tasks.gating.run_status)."""
     rows = scored.rows
@@ -512,6 +521,7 @@ def summarize(run_id: str, lineage: Mapping, lake_uri: str, golden: GoldenChoice
         deltas=assessment.deltas,
         results=dict(paths),
         timings_s=dict(timings_s),
+        **({"estimates": dict(estimates)} if estimates else {}),
     )
 
 

@@ -91,6 +91,7 @@ def check_gate(
     not_compared: Mapping[str, list[str]] | None = None,
     no_baseline_reason: str | None = None,
     budget_reasons: Sequence[str] = (),
+    ungated: Mapping[str, str] | None = None,
 ) -> dict:
     """The gate's verdict on a candidate run.
 
@@ -102,11 +103,16 @@ def check_gate(
     `deltas` is None when there is no baseline (`no_baseline_reason` says why). Floors and the failed
     fraction are absolute and fail even without a baseline. Power uses a one-sided test at
     (1 - confidence) / 2, the level of "CI wholly below", and `config.power`.
+    `ungated` (metric -> why, from tasks.calibration.gate_calibration: an uncalibrated judge) are reported,
+    never gated: no floor, no drop, not counted as missing from `gate.metrics`; the result lists them.
     """
     reasons: list[str] = []
-    warnings: list[str] = []
+    ungated = dict(ungated or {})
+    warnings: list[str] = [f"{name}: reported, not gated ({why})" for name, why in sorted(ungated.items())]
     for name, floor in sorted(config.floors.items()):
         value = metrics.get(name)
+        if name in ungated:
+            continue
         if value is None:
             reasons.append(f"{name}: floor {floor} set but the run has no such metric")
         elif higher_is_better(name) and value < floor:
@@ -118,7 +124,8 @@ def check_gate(
         reasons.append(f"{failed} of {total} items failed ({fraction:.1%} > {config.max_failed_fraction:.1%})")
     reasons.extend(budget_reasons)
     result = {"reasons": reasons, "warnings": warnings, "paired_items": 0, "gated": [], "max_drop": config.max_drop,
-              "not_compared": dict(not_compared or {"baseline_only": [], "candidate_only": []}), "power": {}}
+              "not_compared": dict(not_compared or {"baseline_only": [], "candidate_only": []}), "power": {},
+              "ungated": ungated}
     if deltas is None:
         result["status"] = "failed" if reasons else "no_baseline"
         if not reasons:
@@ -126,9 +133,9 @@ def check_gate(
         return result
 
     alpha = (1 - confidence) / 2
-    wanted = list(config.metrics) or sorted(deltas)
+    wanted = [m for m in (list(config.metrics) or sorted(deltas)) if m not in ungated]
     gated = [m for m in wanted if m in deltas]
-    missing = [m for m in config.metrics if m not in deltas]
+    missing = [m for m in config.metrics if m not in deltas and m not in ungated]
     result["gated"] = gated
     result["paired_items"] = max((d["n"] for d in deltas.values()), default=0)
     for side, names in result["not_compared"].items():

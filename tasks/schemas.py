@@ -218,3 +218,26 @@ REVIEWS = pa.schema(
         ("base_event_id", pa.string()),  # the latest event the reviewer saw on the item (conflict check)
     ]
 )
+
+# One judge's agreement with human answer grades (tasks/calibration.py), one file per calibration.
+CALIBRATIONS = pa.schema(
+    [
+        ("calibration_id", pa.string()),  # hash of the content: the same labels and judge, the same id
+        ("judge_id", pa.string()),  # hash of `judge`: a changed judge is another judge, uncalibrated
+        ("metric", pa.string()),
+        ("judge", pa.string()),  # JSON: kind, provider, model, prompt hashes / params / code hash
+        ("n", pa.int64()),  # labelled items the metric scored
+        ("labels", pa.string()),  # JSON {correct, partially_correct, incorrect}
+        ("accuracy", pa.float64()),
+        ("kappa", pa.float64()),  # Cohen's kappa (scikit-learn); null when undefined (one class only)
+        ("kappa_low", pa.float64()),
+        ("kappa_high", pa.float64()),
+        ("confusion", pa.string()),  # JSON [[tn, fp], [fn, tp]]: rows human fail/pass, columns judge fail/pass
+        ("base_rate_human", pa.float64()),
+        ("base_rate_judge", pa.float64()),
+        ("threshold", pa.float64()),  # the judge passes an item at value >= threshold (continuous metrics)
+        ("run_ids", pa.list_(pa.string())),
+        ("calibrated_at", TS),
+    ]
+)
+

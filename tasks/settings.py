@@ -226,6 +226,18 @@ class GateBudgets(Section):
     max_tokens_ratio: PositiveFloat | None = 2.0
 
 
+class CalibrationConfig(Section):
+    """When a judged metric may gate: enough human labels and enough agreement with them (tasks/calibration.py)."""
+
+    # 30 labels: below that a kappa's bootstrap CI spans most of [0, 1]; 0.6: "substantial" agreement on
+    # Landis & Koch's scale, the usual bar for letting a rater stand in for people.
+    min_labels: PositiveInt = 30
+    min_kappa: float = Field(default=0.6, ge=-1, le=1)
+    # Metrics of these levels (tasks/metrics.py) are gated only when their judge is calibrated; "answer"
+    # adds ragloop's own checks (grounded, degenerate, refusal_correct, similarity) to the rule.
+    levels: list[Literal["answer", "judge"]] = Field(default_factory=lambda: ["judge"])
+
+
 class GateConfig(Section):
     """The regression gate between a candidate eval run and its line's baseline (last promoted run)."""
 
@@ -244,6 +256,7 @@ class GateConfig(Section):
     # The baseline is the line's last promoted run; it is compared on the questions both scored, and
     # only when they share at least this share of the candidate's questions (else: no_baseline).
     min_baseline_overlap: float = Field(default=0.5, ge=0, le=1)
+    calibration: CalibrationConfig = Field(default_factory=CalibrationConfig)
 
 
 AlertSinkName = Literal["log", "jsonl", "artifact", "webhook"]  # tasks/alerting.py SINKS

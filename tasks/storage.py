@@ -412,6 +412,21 @@ class Lake:
         """Every review event of the lake, unordered."""
         return self._read_dir("reviews", schemas.REVIEWS)
 
+    # -- judge calibrations (tasks.calibration) ---------------------------------------------------
+    def write_calibration(self, table: pa.Table) -> bool:
+        """One calibration of one judge (`calibrations/<judge_id>__<calibration_id>.parquet`); False when
+        that calibration (same judge, same labels, same figures) is already stored."""
+        row = table.slice(0, 1).to_pylist()[0]
+        path = self._path("calibrations", f"{row['judge_id'][:24]}__{row['calibration_id'][:16]}.parquet")
+        if self.exists(path):
+            return False
+        self.write_parquet(table, path)
+        return True
+
+    def read_calibrations(self) -> pa.Table:
+        """Every stored calibration, unordered."""
+        return self._read_dir("calibrations", schemas.CALIBRATIONS)
+
     # -- monitoring ----------------------------------------------------------------------------
     def write_history(self, observation_id: str, table: pa.Table) -> None:
         """One observation's metric rows (rewriting the same observation replaces it: idempotent)."""

@@ -84,7 +84,9 @@ def summary_models() -> dict[str, type[SummaryModel]]:
     """Command -> the model of the summary it returns (`--json`). Imported on call: the stage modules
     import this one."""
     from ragloop.tasks import commands
+    from ragloop.tasks.calibration import CalibrateSummary
     from ragloop.tasks.eval_run import EvalSummary
+    from ragloop.tasks.exports import ExportDatasetSummary
     from ragloop.tasks.golden_sets import ExportSummary, ImportBeirSummary, ImportGoldenSummary
     from ragloop.tasks.index_run import IndexSummary
     from ragloop.tasks.ingest_run import IngestSummary
@@ -99,4 +101,5 @@ def summary_models() -> dict[str, type[SummaryModel]]:
             "rollback": commands.RollbackSummary, "promote": commands.PromoteSummary,
             "golden list": commands.GoldenListSummary, "golden use": commands.GoldenUseSummary,
             "golden show": commands.GoldenShowSummary, "runs": commands.RunsSummary,
-            "prompts check": commands.PromptsCheckSummary}
+            "prompts check": commands.PromptsCheckSummary, "calibrate": CalibrateSummary,
+            "export sft": ExportDatasetSummary, "export preference": ExportDatasetSummary}

@@ -85,6 +85,7 @@ def _run_with(root, argv: list[str], forbidden: tuple[str, ...], fake_embedder: 
     ["golden", "show", "latest"],
     ["golden", "export", "--out", "{root}/golden.jsonl"],
     ["prompts", "check"],
+    ["calibrate"],
 ], ids=lambda argv: " ".join(a for a in argv if "{" not in a))
 def test_read_only_commands_import_neither_prefect_nor_models(lake, argv):
     root, lake_dir, (run_a, run_b) = lake
@@ -114,3 +115,14 @@ def test_lineage_prints_the_run_manifest_it_read(lake):
     root, lake_dir, (run_a, _) = lake
     summary, _ = _run_with(root, ["lineage", run_a, "--lake", str(lake_dir), "--json"], FORBIDDEN)
     assert summary["lineage"] == json.loads(json.dumps(Lake(str(lake_dir)).read_run(run_a)["lineage"], default=str))
+
+
+@pytest.mark.parametrize("kind", ["sft", "preference"])
+def test_export_reads_the_lake_and_the_index_only(lake, kind):
+    root, lake_dir, _ = lake
+    out = root / f"{kind}.jsonl"
+    summary, report = _run_with(root, ["export", kind, "--out", str(out), "--lake", str(lake_dir), "--json"],
+                                tuple(m for m in FORBIDDEN if m != "lancedb"))
+    assert report == {"exit_code": 0, "imported": []}, summary
+    assert summary["rows"] == len(out.read_text().splitlines())  # nothing reviewed or graded yet: 0 rows
+

@@ -119,3 +119,19 @@ def test_the_per_type_table_shows_refusal_on_each_side():
     table = html.split("unanswerable", 1)[1].split("</tr>", 1)[0]
     assert "0.250" in table, "the unanswerable row is not blank: its refusal recall"
     assert "false_refusal" in html and "0.125" in html
+
+
+def test_the_report_shows_which_judges_gate_and_ppi_beside_the_plain_judge_estimate():
+    latest = _data().latest_eval
+    latest["gate"] = {"status": "passed", "calibration": {
+        "faithfulness": {"gated": False, "reason": "12 labels < gate.calibration.min_labels 30", "n": 12, "kappa": 0.05,
+                         "kappa_ci": [-0.2, 0.3]},
+        "factual_correctness": {"gated": True, "reason": "calibrated: kappa 0.81 on 40 labels", "n": 40, "kappa": 0.81,
+                                "kappa_ci": [0.66, 0.93]}}}
+    latest["estimates"] = {"faithfulness": {
+        "n_labelled": 30, "n_unlabelled": 270, "judge": {"estimate": 0.74, "ci": [0.69, 0.79], "width": 0.1},
+        "human": {"estimate": 0.6, "ci": [0.42, 0.78], "width": 0.36}, "ppi": {"estimate": 0.61, "ci": [0.5, 0.72], "width": 0.22}}}
+    html = reporting.render_report(_data(latest_eval=latest))["report.html"].decode()
+    assert "Judges" in html and "no: reported only" in html and "12 labels &lt; gate.calibration.min_labels 30" in html
+    assert "0.81 [0.66, 0.93]" in html and "30 / 270" in html
+    assert "0.740 [0.690, 0.790] 0.100" in html and "0.610 [0.500, 0.720] 0.220" in html
