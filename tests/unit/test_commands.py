@@ -247,8 +247,8 @@ def test_every_command_summary_requires_status_ok():
     from ragloop.tasks.summaries import CommandSummary, summary_models
 
     models = {name: m for name, m in summary_models().items() if issubclass(m, CommandSummary)}
-    assert set(models) == {"compare", "lineage", "rollback", "promote", "golden list", "golden use", "golden show",
-                           "runs", "prompts check"}
+    assert set(models) >= {"compare", "lineage", "rollback", "promote", "golden list", "golden use", "golden show",
+                           "runs", "prompts check"}  # and the later ones (calibrate, export ...)
     for model in models.values():
         assert model.model_fields["status"].is_required(), model.__name__
     with pytest.raises(ValueError, match="status"):
