@@ -94,6 +94,21 @@ def _as_list(value: Any, field: str) -> list:
     return value
 
 
+def check_qa_type(data: dict) -> None:
+    """ValueError when a ragloop row's own `qa_type` is not a registered type (or IMPORTED), or names a
+    type the chain must answer while the row gives no reference chunks, docs or contexts."""
+    qa_type = data["qa_type"]
+    if qa_type != IMPORTED and qa_type not in QUESTION_TYPES:
+        raise ValueError(f"qa_type {qa_type!r} is not a registered question type "
+                         f"(registered: {', '.join(QUESTION_TYPES)}; or {IMPORTED!r})")
+    kind = QUESTION_TYPES.get(qa_type)
+    if kind and not kind.must_refuse and not any(
+        data.get(f) for f in ("reference_chunk_ids", "reference_doc_ids", "reference_contexts")
+    ):
+        raise ValueError(f"qa_type {qa_type!r} needs reference_chunk_ids, reference_doc_ids or reference_contexts "
+                         "(only a must-refuse type such as 'unanswerable' has none)")
+
+
 def to_item(data: dict, shape: str) -> ImportedItem:
     """The ImportedItem for a line of the given shape (pydantic's errors name the ragloop field)."""
     return ImportedItem.model_validate(_ragloop_fields(data, shape))
@@ -181,6 +196,8 @@ def read_import_file(path: Path) -> list[ImportedItem]:
                     first_shape = (shape, number)
                 elif shape != first_shape[0]:
                     raise ValueError(f"{SHAPES[shape]}, but line {first_shape[1]} is {SHAPES[first_shape[0]]}")
+                if shape == "ragloop" and data.get("qa_type") is not None:
+                    check_qa_type(data)
                 items.append(to_item(data, shape))
             except json.JSONDecodeError as exc:
                 errors.append(f"line {number}: not JSON ({exc.msg})")

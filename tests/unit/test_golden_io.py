@@ -85,3 +85,25 @@ def test_each_supported_shape_is_recognised(tmp_path, line, expected):
 def test_anything_else_fails_naming_line_and_field(tmp_path, lines, match):
     with pytest.raises(golden_io.GoldenImportError, match=match):
         golden_io.read_import_file(_write(tmp_path, lines))
+
+
+# -- a ragloop row's own qa_type (fresh-user follow-up) ---------------------------------------------
+@pytest.mark.parametrize(
+    ("lines", "match"),
+    [
+        ([{"question": "A?", "reference_chunk_ids": ["c1"]}, {"question": "B?", "reference_chunk_ids": ["c2"], "qa_type": "yes_no"}],
+         r"line 2: qa_type 'yes_no' is not a registered question type \(registered: single_hop, .*unanswerable"),
+        ([{"question": "Who owns the docks?", "qa_type": "single_hop"}],
+         r"line 1: qa_type 'single_hop' needs reference_chunk_ids, reference_doc_ids or reference_contexts"),
+    ],
+    ids=["unknown-type", "answerable-type-without-references"],
+)
+def test_a_rows_qa_type_is_checked(tmp_path, lines, match):
+    with pytest.raises(golden_io.GoldenImportError, match=match):
+        golden_io.read_import_file(_write(tmp_path, lines))
+
+
+def test_rows_without_a_type_or_must_refuse_rows_need_no_references(tmp_path):
+    lines = [{"question": "A?"}, {"question": "B?", "qa_type": "unanswerable"}, {"question": "C?", "qa_type": "imported"}]
+    items = golden_io.read_import_file(_write(tmp_path, lines))
+    assert [i.qa_type for i in items] == ["imported", "unanswerable", "imported"]
