@@ -669,7 +669,7 @@ def _precheck(args: argparse.Namespace) -> None:
     import neither prefect nor a model (tasks/preflight.py)."""
     from ragloop.tasks.preflight import preflight
 
-    command = "golden import" if args.command == "golden" and args.golden_command == "import" else args.command
+    command = f"golden {args.golden_command}" if args.command == "golden" else args.command
     preflight(command, _settings(args), sources=getattr(args, "source", None), golden=getattr(args, "golden", None),
               retrieval_only=getattr(args, "retrieval_only", False), path=getattr(args, "path", None))
     if args.command in ("index", "run", "import-beir"):

@@ -18,6 +18,19 @@ def open_lake(uri: str) -> Lake:
         raise ConfigError(f"lake {uri}: cannot be opened ({exc})") from None
 
 
+# Commands that only read or act on what earlier runs left in the lake: on a misspelt --lake they must
+# not start (and create an empty lake) but say so. index, ingest, run and import-beir create a lake.
+EXISTING_LAKE_COMMANDS = ("monitor", "review", "calibrate", "export", "golden use", "rollback", "promote")
+
+
+def check_lake_exists(lake: Lake) -> None:
+    """ConfigError when the lake is not there or has no runs yet (reads only; creates nothing)."""
+    if not lake.exists(lake.root):
+        raise ConfigError(f"lake {lake.uri}: not found: run `ragloop index` first (or check --lake)")
+    if not lake.has_runs():
+        raise ConfigError(f"lake {lake.uri}: no runs yet: run `ragloop index` first (or check --lake)")
+
+
 def check_index(lake: Lake) -> None:
     """ConfigError when the lake holds no index (neither served nor pending) for synth or eval to read."""
     refs = promotion.Refs(lake)
@@ -52,6 +65,8 @@ def preflight(command: str, settings: Settings, *, sources: list[str] | None = N
     """The cheap checks of one CLI command, in the order a user would fix them: the lake URI, the paths
     given, the prompts, then what the lake must already hold (an index; the golden set eval names)."""
     lake = open_lake(settings.lake)
+    if command in EXISTING_LAKE_COMMANDS:
+        check_lake_exists(lake)
     if command in ("ingest", "index", "run"):
         check_sources(list(sources or settings.ingest.sources))
     if command == "import-beir" and path is not None:

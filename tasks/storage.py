@@ -299,6 +299,13 @@ class Lake:
         table = pa.Table.from_pylist([row], schema=schemas.RUNS)
         self.write_parquet(table, self._path("runs", f"{record['run_id']}.parquet"))
 
+    def has_runs(self) -> bool:
+        """Whether any run has been recorded here (without reading them)."""
+        path = self._path("runs")
+        return self.exists(path) and any(
+            i.path.endswith(".parquet") for i in self.fs.get_file_info(pafs.FileSelector(path))
+        )
+
     def read_runs(self) -> pa.Table:
         return self._read_dir("runs", schemas.RUNS)
 

@@ -68,3 +68,20 @@ def test_a_usage_error_in_json_mode_is_one_json_object(tmp_path):
     assert json.loads(out[0]) == {"status": "failed", "exit_code": 2,
                                   "error": f"the lake {tmp_path / 'empty-lake'} has no index yet: run `ragloop index` "
                                            "first (or check --lake)"}
+
+
+@pytest.mark.parametrize("args", [
+    ["monitor"], ["review"], ["calibrate"], ["export", "sft", "--out", "x.jsonl"], ["golden", "use", "synthetic"],
+    ["rollback"], ["promote", "r1"],
+], ids=lambda a: " ".join(a[:2]))
+def test_a_command_on_an_existing_lake_does_not_create_a_misspelt_one(tmp_path, args):
+    code, out, err, prefect_imported = _ragloop(tmp_path, *args, "--lake", "lakke")
+    assert (code, len(out), prefect_imported) == (2, 1, False), (out, err)
+    assert out[0] == f"error: lake {tmp_path / 'lakke'}: not found: run `ragloop index` first (or check --lake)"
+    assert not (tmp_path / "lakke").exists()
+
+
+def test_a_lake_directory_without_runs_is_a_usage_error_too(tmp_path):
+    (tmp_path / "lake").mkdir()
+    code, out, _, _ = _ragloop(tmp_path, "monitor", "--lake", "lake")
+    assert code == 2 and out == [f"error: lake {tmp_path / 'lake'}: no runs yet: run `ragloop index` first (or check --lake)"]
