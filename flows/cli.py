@@ -630,8 +630,15 @@ def _emit_prompt_changes(changes: list[dict], lake_uri: str) -> int:
 
 def _human_prompts(summary: dict) -> list[str]:
     if not summary["changed"]:
-        return [f"{summary['prompts']} prompts, none changed since last recorded"]
-    return [f"{c['name']}: {c['status']} ({(c['previous_hash'] or '-')[:12]} -> {c['prompt_hash'][:12]})" for c in summary["changed"]]
+        lines = [f"{summary['prompts']} prompts, none changed since last recorded"]
+    else:
+        lines = [f"{c['name']}: {c['status']} ({(c['previous_hash'] or '-')[:12]} -> {c['prompt_hash'][:12]})"
+                 for c in summary["changed"]]
+    folder = summary.get("prompts_dir")
+    if folder:  # a project prompts/ without some file: that prompt is the packaged default, say so
+        lines += [f"{name}: packaged default (no {os.path.join(folder, name)}.yaml)"
+                  for name, origin in summary.get("sources", {}).items() if origin == "packaged"]
+    return lines
 
 
 COMMANDS: dict[str, tuple[Callable[[argparse.Namespace], dict], Callable[[dict], list[str]]]] = {

@@ -153,6 +153,11 @@ class PromptsCheckSummary(CommandSummary):
     changed: list[dict[str, Any]] = Field(
         description="[{name, prompt_hash, previous_hash (null if new), status: new|changed}], by name")
     emitted: int = Field(description="`ragloop.prompt.changed` events sent (--emit only; else 0)")
+    prompts_dir: str | None = Field(
+        description="the project's prompts directory overlaid on the packaged defaults (null: none, all packaged)")
+    sources: dict[str, str] = Field(
+        description="each prompt's origin by name: project (a file in prompts_dir) or packaged (the packaged "
+                    "default: no prompts_dir, or no file of that name in it)")
 
     def to_emit(self) -> list[dict[str, Any]]:
         """The changes worth an event: only a prompt that changed since a run used it has a baseline to gate
@@ -323,12 +328,15 @@ def list_runs(lake: Lake, flow: str | None = None, limit: int | None = 20) -> Ru
 
 def check_prompts(lake: Lake, prompts_dir: str | Path) -> PromptsCheckSummary:
     """The prompts in prompts_dir whose hash differs from the one the lake last recorded (new ones
-    included), by name; `emitted` is 0 (the CLI's --emit sets it). Reads the lake and the prompt files."""
-    from ragloop.tasks.prompts import PromptError, changed_prompts, load_prompt_set
+    included), by name, and where each comes from (the project's file or the packaged default); `emitted` is 0 (the CLI's --emit sets it). Reads the lake and the prompt files."""
+    from ragloop.tasks.prompts import PromptError, changed_prompts, load_prompt_set, project_prompts_dir, prompt_sources
 
     try:
         current = load_prompt_set(prompts_dir)
     except PromptError as exc:
         raise ConfigError(str(exc)) from exc
     changes = changed_prompts(current, lake.last_prompt_hashes())
-    return PromptsCheckSummary(status="ok", lake=lake.uri, prompts=len(current), changed=changes, emitted=0)
+    project = project_prompts_dir(prompts_dir)
+    return PromptsCheckSummary(status="ok", lake=lake.uri, prompts=len(current), changed=changes, emitted=0,
+                               prompts_dir=None if project is None else str(project),
+                               sources=prompt_sources(current, prompts_dir))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Iterable, Literal
 
 import yaml
 from jinja2 import StrictUndefined, TemplateSyntaxError, meta, nodes
@@ -179,14 +179,29 @@ def load_prompt_set(project_dir: str | Path | None = DEFAULT_PROMPTS_DIR) -> dic
     same name as a packaged one replaces it; new names are added. Raises PromptError on an invalid file.
     """
     prompts = load_prompts(PACKAGED_PROMPTS)
+    directory = project_prompts_dir(project_dir)
+    return prompts if directory is None else {**prompts, **load_prompts(directory)}
+
+
+def project_prompts_dir(project_dir: str | Path | None = DEFAULT_PROMPTS_DIR) -> Path | None:
+    """The project's own prompts directory that load_prompt_set overlays on the packaged defaults; None
+    when there is none (unset, the default name absent, or the packaged folder itself)."""
     if project_dir is None:
-        return prompts
+        return None
     directory = Path(project_dir).expanduser()
     if not directory.is_dir() and str(project_dir) == DEFAULT_PROMPTS_DIR:
-        return prompts
+        return None
     if directory.resolve() == PACKAGED_PROMPTS:
-        return prompts
-    return {**prompts, **load_prompts(directory)}
+        return None
+    return directory
+
+
+def prompt_sources(names: Iterable[str], project_dir: str | Path | None = DEFAULT_PROMPTS_DIR) -> dict[str, str]:
+    """Where each prompt of load_prompt_set comes from: "project" (a file in the project's prompts
+    directory) or "packaged" (the packaged default: there is no project directory, or it has no such file)."""
+    directory = project_prompts_dir(project_dir)
+    return {n: "project" if directory is not None and (directory / f"{n}{PROMPT_SUFFIX}").is_file() else "packaged"
+            for n in sorted(names)}
 
 
 def load_prompts(directory: Path) -> dict[str, Prompt]:

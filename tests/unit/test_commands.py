@@ -225,7 +225,8 @@ def test_prompts_check_lists_new_and_changed_prompts_and_emits_only_changed_ones
     for prompt in recorded.values():
         lake.record_prompt(prompt.name, prompt.prompt_hash, prompt.text)
     unchanged = commands.check_prompts(lake, prompts).model_dump(mode="json")
-    assert unchanged == {"status": "ok", "lake": lake.uri, "prompts": len(recorded), "changed": [], "emitted": 0}
+    assert unchanged == {"status": "ok", "lake": lake.uri, "prompts": len(recorded), "changed": [], "emitted": 0,
+                         "prompts_dir": str(prompts), "sources": {name: "project" for name in sorted(recorded)}}
 
     answer = prompts / "answer.yaml"
     answer.write_text(answer.read_text().replace("one to three sentences", "one short sentence"))
@@ -260,3 +261,17 @@ def test_importing_the_commands_imports_neither_prefect_nor_scipy():
             "print(sorted(m for m in ('prefect', 'scipy', 'lancedb', 'jinja2') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_prompts_check_says_which_prompts_are_the_packaged_defaults(lake_dir, tmp_path, monkeypatch):
+    from ragloop.flows.cli import _human_prompts
+
+    monkeypatch.chdir(tmp_path)
+    lake = Lake(str(lake_dir))
+    assert set(commands.check_prompts(lake, "prompts").sources.values()) == {"packaged"}  # no prompts/: no note
+    shutil.copytree(REPO / "prompts", tmp_path / "prompts")
+    (tmp_path / "prompts" / "answer.yaml").unlink()
+    summary = commands.check_prompts(lake, "prompts").model_dump(mode="json")
+    assert summary["prompts_dir"] == "prompts" and summary["sources"]["answer"] == "packaged"
+    assert {o for n, o in summary["sources"].items() if n != "answer"} == {"project"}
+    assert "answer: packaged default (no prompts/answer.yaml)" in _human_prompts(summary)
