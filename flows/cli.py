@@ -403,8 +403,12 @@ def _run_compare(args: argparse.Namespace) -> dict:
 
 def _human_compare(summary: dict) -> list[str]:
     ids = summary.get("golden_set_ids") or {}
-    lines = [f"{summary['run_b']} vs {summary['run_a']}: {summary['shared_items']} shared questions"
+    lines = [f"{summary['run_a']} (baseline) -> {summary['run_b']} (candidate): delta = candidate - baseline, "
+             f"{summary['shared_items']} shared questions"
              + (f" (golden sets {ids['a']} and {ids['b']})" if ids.get("a") != ids.get("b") else f" (golden set {ids.get('b')})")]
+    if summary.get("changed_questions"):
+        lines.append(f"  warning: {summary['changed_questions']} of the {summary['shared_items']} shared qa_ids have a "
+                     "different question text in the two runs (edited between them): those pairs are not like for like")
     for name, d in summary["deltas"].items():
         lines.append(f"  {name:<22} {d['baseline']:.4f} -> {d['candidate']:.4f}  {d['delta']:+.4f} "
                      f"[{d['ci'][0]:+.4f}, {d['ci'][1]:+.4f}]  n={d['n']}")
