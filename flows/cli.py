@@ -359,6 +359,7 @@ def _gate_lines(summary: dict) -> list[str]:
     gate = summary.get("gate")
     if not gate:
         return []
+    from ragloop.tasks.gating import power_note
     index = summary.get("index") or {}
     lines = [f"gate: {gate['status']}" + (f" vs baseline {summary['baseline_run_id']}" if summary.get("baseline_run_id") else "")
              + (f" on line {summary['golden_line']}" if summary.get("golden_line") else "")
@@ -368,9 +369,8 @@ def _gate_lines(summary: dict) -> list[str]:
     for name, p in sorted((gate.get("power") or {}).items()):
         if name in (summary.get("deltas") or {}):
             d = summary["deltas"][name]
-            lines.append(f"  {name:<22} {d['delta']:+.4f} [{d['ci'][0]:+.4f}, {d['ci'][1]:+.4f}] n={p['n']}  "
-                         f"detectable drop {p['detectable_drop'] if p['detectable_drop'] is not None else '-'}, "
-                         f"items to detect a {gate.get('max_drop')} drop: {p['items_needed'] or '-'}")
+            lines.append(f"  {name:<22} {d['delta']:+.4f} [{d['ci'][0]:+.4f}, {d['ci'][1]:+.4f}]  "
+                         + power_note(name, p, gate.get("max_drop")))
     promo = summary.get("promotion")
     if promo:
         lines.append(f"promoted: {str(promo['promoted']).lower()} ({promo['reason']})")
@@ -403,8 +403,12 @@ def _run_compare(args: argparse.Namespace) -> dict:
 
 def _human_compare(summary: dict) -> list[str]:
     ids = summary.get("golden_set_ids") or {}
-    lines = [f"{summary['run_b']} vs {summary['run_a']}: {summary['shared_items']} shared questions"
+    lines = [f"{summary['run_a']} (baseline) -> {summary['run_b']} (candidate): delta = candidate - baseline, "
+             f"{summary['shared_items']} shared questions"
              + (f" (golden sets {ids['a']} and {ids['b']})" if ids.get("a") != ids.get("b") else f" (golden set {ids.get('b')})")]
+    if summary.get("changed_questions"):
+        lines.append(f"  warning: {summary['changed_questions']} of the {summary['shared_items']} shared qa_ids have a "
+                     "different question text in the two runs (edited between them): those pairs are not like for like")
     for name, d in summary["deltas"].items():
         lines.append(f"  {name:<22} {d['baseline']:.4f} -> {d['candidate']:.4f}  {d['delta']:+.4f} "
                      f"[{d['ci'][0]:+.4f}, {d['ci'][1]:+.4f}]  n={d['n']}")

@@ -33,6 +33,8 @@ class CompareSummary(CommandSummary):
     golden_set_id: str | None = Field(description="run B's golden set")
     golden_set_ids: dict[str, str | None] = Field(description="{a, b}: each run's golden set (they may differ)")
     shared_items: int = Field(description="questions (qa_ids) both runs scored: the pairs")
+    changed_questions: int = Field(description="shared qa_ids whose question text differs between the runs "
+                                               "(edited in the golden set between them): paired, but not the same question")
     items: dict[str, int] = Field(description="{a, b}: items each run scored")
     run_a: str = Field(description="the baseline run id")
     run_b: str = Field(description="the candidate run id")
@@ -182,11 +184,14 @@ def compare_runs(lake: Lake, run_a: str, run_b: str, config: EvalConfig) -> Comp
     shared = {r["qa_id"] for r in a_items} & {r["qa_id"] for r in b_items}
     if not shared:
         raise ConfigError(f"runs share no question (golden sets {ga} and {gb}): their items cannot be paired")
+    question_a = {r["qa_id"]: r.get("question") for r in a_items}
+    edited = sum(question_a[r["qa_id"]] != r.get("question") for r in b_items if r["qa_id"] in shared)
     rows_a, rows_b = ([{"qa_id": r["qa_id"], "metrics": dict(r["metrics"])} for r in items] for items in (a_items, b_items))
     deltas = gating.paired_deltas(rows_a, rows_b, config.bootstrap_resamples, config.confidence, config.seed)
     changed = {k: {"a": a["lineage"].get(k), "b": b["lineage"].get(k)} for k in sorted(set(a["lineage"]) | set(b["lineage"]))
                if a["lineage"].get(k) != b["lineage"].get(k) and k not in UNCOMPARED_LINEAGE}
     return CompareSummary(status="ok", golden_set_id=gb, golden_set_ids={"a": ga, "b": gb}, shared_items=len(shared),
+                          changed_questions=edited,
                           items={"a": len(a_items), "b": len(b_items)}, run_a=run_a, run_b=run_b, deltas=deltas,
                           not_compared=gating.unpaired_metrics(rows_a, rows_b), lineage_changes=changed)
 

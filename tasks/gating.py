@@ -3,8 +3,9 @@
 The gate is a non-inferiority test per metric on the paired per-item deltas (candidate - baseline):
 a metric *fails* when its delta's CI lies wholly below -max_drop (a drop beyond max_drop is shown),
 *passes* when the CI's lower end is at or above -max_drop (no such drop, shown), and is
-*inconclusive* otherwise: the data cannot tell. Fewer than `min_items` paired items is inconclusive
-unless a drop is shown: percentile-bootstrap CIs under-cover at such n, so a "no drop" there is no
+*inconclusive* otherwise: the data cannot tell. For a lower-is-better metric everything mirrors: the
+regression is a rise, a metric fails when the CI lies wholly above +max_drop, and every message says
+"rose"/"above". Fewer than `min_items` paired items is inconclusive unless a regression is shown: percentile-bootstrap CIs under-cover at such n, so a "no drop" there is no
 evidence, while a shown drop still blocks.
 """
 
@@ -16,7 +17,7 @@ from typing import Mapping, Sequence
 import numpy as np
 
 from ragloop.tasks.evaluation import bootstrap_ci
-from ragloop.tasks.metrics import higher_is_better
+from ragloop.tasks.metrics import higher_is_better, metric_range
 from ragloop.tasks.settings import GateBudgets, GateConfig
 
 
@@ -152,9 +153,10 @@ def check_gate(
             "detectable_drop": _round(detectable_drop(sd, d["n"], alpha, config.power)),
             "items_needed": items_needed(sd, config.max_drop, alpha, config.power, config.min_items),
         }
-        if high < -config.max_drop:  # a drop shown at any n blocks (small-n CIs err towards blocking here)
-            reasons.append(f"{name} dropped {sign * d['delta']:+.4f} vs baseline (CI [{low:+.4f}, {high:+.4f}] "
-                           f"wholly below -{config.max_drop}, n={d['n']})")
+        if high < -config.max_drop:  # a regression shown at any n blocks (small-n CIs err towards blocking here)
+            moved, side, bound = _regression_words(name, config.max_drop)
+            reasons.append(f"{name} {moved} {d['delta']:+.4f} vs baseline (CI [{d['ci'][0]:+.4f}, {d['ci'][1]:+.4f}] "
+                           f"wholly {side} {bound}, n={d['n']})")
         elif low < -config.max_drop:
             undecided.append(name)
     if reasons:
@@ -162,16 +164,14 @@ def check_gate(
         return result
     inconclusive = []
     if result["paired_items"] < config.min_items:
-        drops = [f"{m} {deltas[m]['delta']:+.4f}" for m in gated if deltas[m]["delta"] < 0]
+        drops = [f"{m} {deltas[m]['delta']:+.4f}" for m in gated if _worse(m, deltas[m]["delta"])]
         inconclusive.append(f"only {result['paired_items']} paired items (gate.min_items {config.min_items})"
-                            + (f"; observed drops: {', '.join(drops)}" if drops else ""))
+                            + (f"; observed regressions: {', '.join(drops)}" if drops else ""))
     for name in undecided:
-        p = result["power"][name]
-        need = f"~{p['items_needed']} items" if p["items_needed"] else "more items"
-        inconclusive.append(
-            f"{name}: CI of the delta [{deltas[name]['ci'][0]:+.4f}, {deltas[name]['ci'][1]:+.4f}] reaches below "
-            f"-{config.max_drop}; at n={p['n']} the detectable drop is {p['detectable_drop']}, {need} would show "
-            f"a drop of {config.max_drop}")
+        _, side, bound = _regression_words(name, config.max_drop)
+        ci = deltas[name]["ci"]
+        inconclusive.append(f"{name}: CI of the delta [{ci[0]:+.4f}, {ci[1]:+.4f}] reaches {side} {bound}; "
+                            + power_note(name, result["power"][name], config.max_drop))
     if missing:
         inconclusive.append(f"gate.metrics not measured by both runs: {', '.join(missing)}")
     if not gated:
@@ -179,6 +179,46 @@ def check_gate(
     result["reasons"] = inconclusive
     result["status"] = "inconclusive" if inconclusive else "passed"
     return result
+
+
+def _worse(name: str, delta: float) -> bool:
+    """Whether a delta (candidate - baseline) moved the metric the wrong way for its direction."""
+    return delta < 0 if higher_is_better(name) else delta > 0
+
+
+def _regression_words(name: str, max_drop: float) -> tuple[str, str, str]:
+    """How a regression of this metric reads: ("dropped", "below", "-0.01") or, for a lower-is-better
+    metric, ("rose", "above", "+0.01 (lower is better)")."""
+    if higher_is_better(name):
+        return "dropped", "below", f"-{max_drop}"
+    return "rose", "above", f"+{max_drop} (lower is better)"
+
+
+ABSURD_ITEMS_FACTOR = 100  # an items_needed beyond this many times the current n is reported as "far more"
+
+
+def power_note(name: str, power: Mapping, max_drop: float) -> str:
+    """What the gate could detect on this metric at its n, and what it would take to detect a regression
+    of max_drop, in the metric's own direction (a drop, or a rise for a lower-is-better metric). When the
+    detectable change exceeds the metric's whole declared range the gate cannot see any change; an
+    items-needed figure beyond ABSURD_ITEMS_FACTOR x n is reported as "far more than the n items here"."""
+    n, detectable, need = power["n"], power.get("detectable_drop"), power.get("items_needed")
+    change = "drop" if higher_is_better(name) else "rise"
+    low, high = metric_range(name)
+    if detectable is None:
+        seen = f"at n={n} no detectable {change} can be computed"
+    elif detectable > high - low:
+        seen = (f"the gate cannot detect any change on this metric with {n} items (the detectable {change} "
+                f"{detectable:.4g} exceeds its whole range {low:g}-{high:g})")
+    else:
+        seen = f"at n={n} the detectable {change} is {detectable:.4g}"
+    if not need:
+        more = "more items"
+    elif need > ABSURD_ITEMS_FACTOR * max(n, 1):
+        more = f"far more than the {n} items here"
+    else:
+        more = f"~{need} items"
+    return f"{seen}; it would take {more} to show a {change} of {max_drop}"
 
 
 def _round(value: float | None) -> float | None:

@@ -2,9 +2,11 @@
 
 mkdocs-material sites write admonitions (`!!! note "Title"` + an indented body), content tabs
 (`=== "Python"` + a 4-space-indented body), pymdownx blocks (`/// tip` ... `///`) and snippet
-includes (`--8<-- "file.md"`). Read as CommonMark, an indented body is a code block (its headings
+includes (`--8<-- "file.md"`), and Python-Markdown attr_list blocks (`## Install { #install .wide }`,
+or a `{: .note }` line after a block). Read as CommonMark, an indented body is a code block (its headings
 vanish from the heading trail) and a snippet marker is indexed literally. normalize() turns each into
-what a reader sees: a bold label line and the body at its own indentation, the included text in place.
+what a reader sees: a bold label line and the body at its own indentation, the included text in place,
+a heading without its attr list (a standalone attr-list line goes). Code fences are left as written.
 """
 
 from __future__ import annotations
@@ -20,16 +22,20 @@ BLOCK_CLOSE = re.compile(r"^/{3,}\s*$")
 SNIPPET = re.compile(r"""^(?P<indent> *)--8<--\s+(?P<q>["']?)(?P<target>[^"']+?)(?P=q)\s*$""")
 SNIPPET_BLOCK = re.compile(r"^(?P<indent> *)--8<--\s*$")
 SNIPPET_SECTION = re.compile(r"^\s*(?:<!--\s*)?[;]?--8<--\s*\[(?:start|end):[^\]]*\]")
+_ATTR = r"""(?:[#.][\w:-]+|[\w:-]+=(?:"[^"]*"|'[^']*'|[^\s"'}]+))"""  # #id, .class, key=value
+ATTR_LIST = rf"\{{:?\s*{_ATTR}(?:\s+{_ATTR})*\s*\}}"  # attr_list: `{ #id .class key=value }`, optional ':'
+HEADING_ATTRS = re.compile(rf"^(?P<heading> {{0,3}}#{{1,6}}\s.*?)\s*{ATTR_LIST}\s*#*\s*$")
+ATTR_LINE = re.compile(rf"^ {{0,3}}{ATTR_LIST}\s*$")
 FENCE = re.compile(r"^\s*(?P<mark>`{3,}|~{3,})")
 MAX_DEPTH = 4  # snippet includes nest at most this deep (and never cycle)
 
 
 def normalize(text: str, path: Path, root: Path) -> tuple[str, dict[str, int]]:
     """(plain Markdown, counts of what was rewritten: admonitions, content_tabs, blocks, snippets_resolved,
-    snippets_dropped). Snippets resolve against the including file's folder, then the source root; a
+    snippets_dropped, attr_lists). Snippets resolve against the including file's folder, then the source root; a
     target outside the source root, missing, or a URL is dropped (counted), never read."""
     notes: Counter = Counter()
-    if not any(mark in text for mark in ("!!!", "???", "===", "--8<--", "///")):
+    if not any(mark in text for mark in ("!!!", "???", "===", "--8<--", "///", "{")):
         return text, {}
     lines = _normalize(text.split("\n"), path, root.resolve(), notes, {path.resolve()})
     return "\n".join(lines), dict(sorted(notes.items()))
@@ -110,6 +116,13 @@ def _normalize(lines: list[str], path: Path, root: Path, notes: Counter, seen: s
                 out.extend(_include(target, m.group("indent"), path, root, notes, seen, depth))
             i = j + 1
             continue
+        if ATTR_LINE.match(line):
+            notes["attr_lists"] += 1
+            i += 1
+            continue
+        if m := HEADING_ATTRS.match(line):
+            notes["attr_lists"] += 1
+            line = m.group("heading")
         out.append(line)
         i += 1
     return out

@@ -66,6 +66,22 @@ def test_compare_pairs_items_by_question_and_says_what_it_could_not_compare(lake
     assert commands.compare_runs(lake5["lake"], a, b, EvalConfig(bootstrap_resamples=200)) == summary, "seeded"
 
 
+def test_compare_counts_shared_qa_ids_whose_question_was_edited_and_says_which_way_the_delta_goes(lake5):
+    from ragloop.flows.cli import _human_compare
+
+    edited = [dict(it) for it in lake5["items"]]
+    edited[1]["question"] = edited[1]["question"] + " (reworded)"
+    a = _eval_run(lake5, "a", [{"hit@1": 0.0}] * 3, 10)
+    b = _eval_run(lake5, "b", [{"hit@1": 1.0}] * 3, 20, items=edited)
+    data = commands.compare_runs(lake5["lake"], a, b, EvalConfig(bootstrap_resamples=50)).model_dump(mode="json")
+    assert data["shared_items"] == 3 and data["changed_questions"] == 1
+    lines = _human_compare(data)
+    assert lines[0].startswith("a (baseline) -> b (candidate): delta = candidate - baseline"), lines[0]
+    assert any("1 of the 3 shared qa_ids have a different question text" in line for line in lines), lines
+    same = commands.compare_runs(lake5["lake"], a, a, EvalConfig(bootstrap_resamples=50)).model_dump(mode="json")
+    assert same["changed_questions"] == 0 and not any("question text" in line for line in _human_compare(same))
+
+
 @pytest.mark.filterwarnings("ignore:The BCa confidence interval cannot be calculated")
 def test_compare_keeps_a_nan_metric_as_json_nan(lake5):
     a = _eval_run(lake5, "a", [{"ndcg@3": math.nan}] * 3, 10)

@@ -6,8 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from ragloop.tasks.gating import (baseline_problem, check_gate, detectable_drop, items_needed, paired_deltas, run_status,
-                          unpaired_metrics)
+from ragloop.tasks.gating import (baseline_problem, check_gate, detectable_drop, items_needed, paired_deltas, power_note,
+                          run_status, unpaired_metrics)
 from ragloop.tasks.settings import GateConfig
 
 
@@ -120,7 +120,8 @@ def test_metrics_only_one_run_measured_are_named_and_a_configured_one_missing_is
 def test_a_lower_is_better_metric_rising_is_a_drop(base):
     zeros, ones = _rows(np.zeros(300), "degenerate"), _rows(np.ones(300), "degenerate")
     gate = check_gate({}, paired_deltas(zeros, ones, 200, 0.95, 0), 0, 300, GateConfig())
-    assert gate["status"] == "failed" and "degenerate dropped -1.0000" in gate["reasons"][0]
+    assert gate["status"] == "failed" and "degenerate rose +1.0000" in gate["reasons"][0]
+    assert "wholly above +0.01 (lower is better)" in gate["reasons"][0], gate["reasons"]
 
 
 def test_power_helpers_match_statsmodels_and_edge_cases():
@@ -172,7 +173,7 @@ def test_chain_differences_name_each_changed_setting():
 @pytest.mark.parametrize(
     "name, base, cand, floors, needle",
     [
-        ("degenerate", [0.0] * 100, [1.0] * 30 + [0.0] * 70, {}, "degenerate dropped -0.3000"),  # more garbage answers
+        ("degenerate", [0.0] * 100, [1.0] * 30 + [0.0] * 70, {}, "degenerate rose +0.3000"),  # more garbage answers
         ("degenerate", [1.0] * 30 + [0.0] * 70, [0.0] * 100, {}, None),  # fewer garbage answers: an improvement
         ("false_refusal", [0.0] * 100, [0.0] * 100, {"false_refusal": 0.1}, None),
         ("false_refusal", [0.0] * 100, [1.0] * 20 + [0.0] * 80, {"false_refusal": 0.1}, "over its ceiling 0.1"),
@@ -184,3 +185,42 @@ def test_lower_is_better_metrics_fail_on_a_rise_and_floors_are_ceilings(name, ba
     gate = check_gate({name: float(np.mean(cand))}, deltas, 0, len(cand), GateConfig(floors=floors))
     assert gate["status"] == ("failed" if needle else "passed"), gate
     assert not needle or needle in gate["reasons"][0]
+
+
+def test_an_undecided_lower_is_better_metric_says_its_ci_reaches_above_not_below():
+    # degenerate (lower is better) rose on 3 of 40 items: the CI of the delta is about [0, +0.15], which
+    # reaches above +0.01 (a possible regression) and never below -0.01.
+    name = "degenerate"
+    rows = lambda values: [{"qa_id": f"q{i}", "metrics": {name: v}} for i, v in enumerate(values)]  # noqa: E731
+    deltas = paired_deltas(rows([0.0] * 40), rows([1.0] * 3 + [0.0] * 37), 1000, 0.95, 0)
+    assert deltas[name]["ci"][0] <= 0 < 0.01 < deltas[name]["ci"][1]
+    gate = check_gate({name: 0.075}, deltas, 0, 40, GateConfig())
+    assert gate["status"] == "inconclusive", gate
+    reason = next(r for r in gate["reasons"] if r.startswith(name))
+    assert "reaches above +0.01 (lower is better)" in reason and "below" not in reason, reason
+    assert "detectable rise" in reason and "drop" not in reason, reason
+
+
+def test_an_improving_lower_is_better_metric_is_no_observed_regression_at_small_n():
+    rows = lambda values: [{"qa_id": f"q{i}", "metrics": {"degenerate": v}} for i, v in enumerate(values)]  # noqa: E731
+    deltas = paired_deltas(rows([1.0] * 4 + [0.0] * 6), rows([0.0] * 10), 200, 0.95, 0)
+    gate = check_gate({}, deltas, 0, 10, GateConfig())
+    assert gate["status"] == "inconclusive" and "observed regressions" not in gate["reasons"][0], gate["reasons"]
+    worse = check_gate({}, paired_deltas(rows([0.0] * 10), rows([1.0] + [0.0] * 9), 200, 0.95, 0), 0, 10, GateConfig())
+    assert "observed regressions: degenerate +0.1000" in worse["reasons"][0], worse["reasons"]
+
+
+@pytest.mark.parametrize(
+    "name, power, needles, absent",
+    [
+        # a detectable change beyond the metric's whole 0-1 range and an absurd items-needed figure
+        ("degenerate", {"n": 4, "detectable_drop": 1.06, "items_needed": 26165},
+         ["cannot detect any change on this metric with 4 items", "whole range 0-1", "far more than the 4 items here",
+          "a rise of 0.01"], ["26165", "~"]),
+        ("ndcg@10", {"n": 300, "detectable_drop": 0.02, "items_needed": 1200},
+         ["at n=300 the detectable drop is 0.02", "it would take ~1200 items to show a drop of 0.01"], ["cannot"]),
+    ],
+)
+def test_power_note_caps_what_exceeds_the_range_or_is_absurd(name, power, needles, absent):
+    note = power_note(name, power, 0.01)
+    assert all(n in note for n in needles) and not any(a in note for a in absent), note

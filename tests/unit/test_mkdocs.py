@@ -59,3 +59,15 @@ def test_snippet_cycles_stop(tmp_path):
     root = write_files(tmp_path / "docs", {"a.md": '--8<-- "b.md"\nA', "b.md": '--8<-- "a.md"\nB'})
     out, notes = mkdocs.normalize((root / "a.md").read_text(), root / "a.md", root)
     assert out == "B\nA" and notes == {"snippets_resolved": 1, "snippets_dropped": 1}
+
+
+def test_attr_lists_leave_headings_and_lines_but_braces_elsewhere_stay(tmp_path):
+    text = ('## Install FastAPI { #install-fastapi }\n\n### Run it {: .wide data-x="a b" #run } ##\n\n'
+            'A paragraph.\n{: .note }\n\n```json\n{ "#a": 1 }\n{ #kept-in-code }\n```\n\n'
+            "Set {x} and `{ #inline }`.\n\n## Braces {like this}\n")
+    out, notes = mkdocs.normalize(text, tmp_path / "page.md", tmp_path)
+    assert out == ('## Install FastAPI\n\n### Run it\n\nA paragraph.\n\n```json\n{ "#a": 1 }\n{ #kept-in-code }\n```\n\n'
+                   "Set {x} and `{ #inline }`.\n\n## Braces {like this}\n")
+    assert notes == {"attr_lists": 3}
+    nested, _ = mkdocs.normalize('!!! note\n    ## Inside { #inside }', tmp_path / "page.md", tmp_path)
+    assert nested == "**Note**\n\n## Inside"
