@@ -18,6 +18,8 @@ import sys
 from typing import Any, Callable
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_GATE = 0, 1, 2, 3
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report a Ctrl-C
+INTERRUPT_GRACE_S = 10.0
 STATUS_EXIT = {"ok": EXIT_OK, "partial": EXIT_OK, "failed": EXIT_FAILED, "gate_failed": EXIT_GATE,
                "gate_inconclusive": EXIT_GATE}
 
@@ -719,8 +721,49 @@ def _emit(summary: dict, as_json: bool, human: Callable[[dict], list[str]]) -> N
     sys.stdout.flush()
 
 
+def _stop_on_interrupt(grace_s: float = INTERRUPT_GRACE_S) -> Callable[[], None]:
+    """Ctrl-C stops a command promptly. The terminal sends it to the whole process group, which also
+    stops Prefect's temporary server; the interrupted run would then wait on that dead server for
+    minutes. So: the first Ctrl-C interrupts the stage (its run manifest records `failed:
+    KeyboardInterrupt`; a LanceDB commit is atomic and the lake lock of a dead process is taken over),
+    and the process exits 130 at the latest `grace_s` later; a second Ctrl-C exits at once. Returns a
+    function that puts the previous SIGINT handler back (main() called in-process leaves none behind)."""
+    import signal
+    import threading
+
+    interrupted = threading.Event()
+
+    def leave(why: str) -> None:
+        print(f"interrupted: {why}; exiting", file=sys.stderr, flush=True)
+        os._exit(EXIT_INTERRUPTED)
+
+    def on_sigint(signum, frame):
+        if interrupted.is_set():
+            leave("second Ctrl-C")
+        interrupted.set()
+        print(f"interrupted: stopping the run (at most {grace_s:.0f} s; Ctrl-C again to quit at once)",
+              file=sys.stderr, flush=True)
+        timer = threading.Timer(grace_s, leave, args=(f"the run did not stop within {grace_s:.0f} s",))
+        timer.daemon = True
+        timer.start()
+        raise KeyboardInterrupt
+
+    if threading.current_thread() is not threading.main_thread():
+        return lambda: None
+    previous = signal.signal(signal.SIGINT, on_sigint)
+    return lambda: signal.signal(signal.SIGINT, previous)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    restore = _stop_on_interrupt()
+    try:
+        return _main(args)
+    finally:
+        restore()
+
+
+def _main(args: argparse.Namespace) -> int:
     if args.json:
         # stdout carries exactly one JSON object; keep stderr to warnings unless asked otherwise.
         os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
@@ -733,6 +776,10 @@ def main(argv: list[str] | None = None) -> int:
         _precheck(args)
         _quiet_usage_errors()
         summary: dict[str, Any] = run(args)
+    except KeyboardInterrupt:
+        print("interrupted: the run stopped; its manifest says so (`ragloop runs`)", file=sys.stderr, flush=True)
+        sys.stdout.flush()
+        os._exit(EXIT_INTERRUPTED)  # not sys.exit: Prefect's exit hooks would wait on its stopped temporary server
     except ConfigError as exc:
         one_line = " ".join(str(exc).split())  # a usage error is one line, whatever text it quotes
         _emit({"status": "failed", "error": one_line, "exit_code": EXIT_USAGE}, args.json, lambda s: [f"error: {s['error']}"])
