@@ -8,6 +8,11 @@ exists once the module that registers it has been imported.
 
 from __future__ import annotations
 
+import hashlib
+import importlib
+import importlib.util
+import sys
+from pathlib import Path
 from typing import Any, Callable, TypeVar, get_args
 
 T = TypeVar("T")
@@ -73,3 +78,43 @@ def name_check(builtin: Any, setting: str, kind: str) -> Callable[[str], str]:
 
     return check
 
+
+
+class ExtensionError(ValueError):
+    """An extension named in the `extensions` setting could not be imported (the message names it)."""
+
+
+def load_extensions(specs: list[str], base: Path) -> list[Any]:
+    """Import the user's extension modules, so their @register_* entries exist before settings name them.
+
+    Each spec is a module name importable from sys.path (`my_metrics`, `acme.ragloop_ext`) or a path to a
+    .py file (`ext/my_metrics.py`), relative to `base` (the config file's folder) when not absolute.
+    Importing the same file again reuses the module (its registrations happen once per process).
+    Returns the modules. Raises ExtensionError naming the entry (`extensions[i]`) and the cause.
+    """
+    modules = []
+    for i, spec in enumerate(specs):
+        try:
+            if spec.endswith(".py") or "/" in spec:
+                path = Path(spec).expanduser()
+                path = (path if path.is_absolute() else base / path).resolve()
+                if not path.is_file():
+                    raise ExtensionError(f"extensions[{i}]: no such file {path}")
+                name = f"ragloop_extension_{path.stem}_{hashlib.sha256(str(path).encode()).hexdigest()[:8]}"
+                if name not in sys.modules:
+                    module_spec = importlib.util.spec_from_file_location(name, path)
+                    module = importlib.util.module_from_spec(module_spec)
+                    sys.modules[name] = module
+                    try:
+                        module_spec.loader.exec_module(module)
+                    except BaseException:
+                        del sys.modules[name]
+                        raise
+                modules.append(sys.modules[name])
+            else:
+                modules.append(importlib.import_module(spec))
+        except ExtensionError:
+            raise
+        except Exception as exc:  # an extension's own error, reported as the entry's
+            raise ExtensionError(f"extensions[{i}] {spec!r}: {type(exc).__name__}: {exc}") from exc
+    return modules

@@ -15,7 +15,7 @@ from pydantic import (
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from ragloop.tasks.lineage import canonical_hash
-from ragloop.tasks.registry import name_check
+from ragloop.tasks.registry import ExtensionError, load_extensions, name_check
 
 DEFAULT_CONFIG_FILE = "ragloop.yaml"
 CONFIG_ENV_VAR = "RAGLOOP_CONFIG"
@@ -358,6 +358,9 @@ class Settings(BaseSettings):
     monitor: MonitorConfig = Field(default_factory=MonitorConfig)
     deployments: DeploymentsConfig = Field(default_factory=DeploymentsConfig)
     prompts_dir: str = "prompts"
+    # Your own registry entries (loaders, chunking strategies, question types, metrics, alert sinks):
+    # modules or .py files imported before the rest of the settings are checked (README: Extending ragloop).
+    extensions: list[str] = Field(default_factory=list)
     # A second run on a locked lake waits this long for the first to finish, then fails naming the
     # holder (pid, host, since when). 0 = fail at once (a nightly overlapping a manual run is news).
     lock_wait_s: NonNegativeFloat = 0.0
@@ -469,6 +472,15 @@ def load_settings(config_path: str | None = None, overrides: dict[str, Any] | No
     merged = _deep_merge(file_values, _env_values())
     merged = _deep_merge(merged, {k: v for k, v in (overrides or {}).items() if v is not None})
     origin = f"{file_name or 'defaults'} + RAGLOOP_* env + flags"
+    extensions = merged.get("extensions") or []
+    if extensions:  # registered names must exist before the settings naming them are checked
+        if not isinstance(extensions, list) or not all(isinstance(e, str) for e in extensions):
+            raise ConfigError(f"invalid configuration ({origin}): extensions: a list of modules or .py files "
+                              f"(got {extensions!r})")
+        try:
+            load_extensions(extensions, Path(file_name).parent if file_name else Path.cwd())
+        except ExtensionError as exc:
+            raise ConfigError(f"invalid configuration ({origin}): {exc}") from exc
     try:
         # The merged view goes in as init kwargs, which outrank pydantic-settings' own env
         # source; unknown RAGLOOP_* names were kept in it, so a typo is an error, not ignored.
