@@ -260,8 +260,9 @@ def _human_synth(summary: dict) -> list[str]:
         lines.append("by type: " + ", ".join(f"{k} {v}" for k, v in summary.get("by_type", {}).items()))
         if summary.get("rejects"):
             lines.append("rejects: " + ", ".join(f"{k} {v}" for k, v in summary["rejects"].items()))
-        cov = summary.get("coverage", {})
-        lines.append(f"coverage: {cov.get('documents')} of {cov.get('of')} documents")
+        cov = summary.get("coverage")
+        if cov:  # synth's; an import has none
+            lines.append(f"coverage: {cov.get('documents')} of {cov.get('of')} documents")
     return _with_error(lines, summary)
 
 
@@ -596,7 +597,7 @@ def _human_golden(summary: dict) -> list[str]:
     lines = _human_synth(summary)
     line = summary.get("line")
     if line:
-        lines.append(f"line {line['line']}" + (f"; chosen line is now {line['chosen']} (was {line['previous_chosen']})"
+        lines.append(f"line {line['line']}" + (f"; chosen line is now {line['chosen']} (was {line['previous_chosen'] or 'none'})"
                                                 if line["chosen"] != line["previous_chosen"] else f"; chosen line: {line['chosen']}"))
     return lines
 
