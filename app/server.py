@@ -258,11 +258,14 @@ def answers_context(st: AppState, p: dict[str, str], skipped: list[str], queue: 
     run, items = review.answer_items(lake, run_id)
     events = review.read_events(lake)
     state = review.answers_queue(items, events, run_id, queue)
-    other = review.answers_queue(items, events, run_id, "compare" if queue == "answers" else "answers")
+    other_queue = "compare" if queue == "answers" else "answers"
+    progress = {queue: _progress(state)}
+    if other_queue == "answers" or run["baseline_run_id"]:  # a run without a baseline has nothing to compare
+        progress[other_queue] = _progress(review.answers_queue(items, events, run_id, other_queue))
     visible = _visible(state, p)
     item = _pick(state, visible, p, skipped)
     latest = review.latest_events(events, (queue,), run_id=run_id)
-    ctx.update(run=run, progress={queue: _progress(state), ("compare" if queue == "answers" else "answers"): _progress(other)},
+    ctx.update(run=run, progress=progress,
                types=sorted({i["qa_type"] for i in items}), folders=sorted({review.item_folder(i) for i in items}),
                visible=len(visible), item=item, latest=None, base_event_id="")
     if item is None:

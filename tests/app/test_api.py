@@ -299,3 +299,12 @@ def test_the_review_commands_and_app_never_import_prefect(review_lake, tmp_path)
 
     assert not [p for p in rf.Path(server.__file__).parent.rglob("*.py")
                 if re.search(r"^\s*(from|import)\s+prefect\b", p.read_text(), re.M)]
+
+
+def test_the_answers_header_counts_a_compare_queue_only_for_a_run_with_a_baseline(client, review_lake):
+    def header(run: str) -> str:
+        page = client.http.get(f"/answers?run={run}").text
+        return page.split('<ul class="progress">', 1)[1].split("</ul>", 1)[0]
+
+    assert "compare" in header(review_lake["candidate_run"]), "the candidate run has a baseline"
+    assert "compare" not in header(review_lake["baseline_run"]), "nothing to compare for the baseline run itself"
