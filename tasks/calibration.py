@@ -124,8 +124,8 @@ def agreement(human: Sequence[int], judge: Sequence[int], resamples: int = 1000,
 
 def best_threshold(human: Sequence[int], scores: Sequence[float]) -> float:
     """The threshold on pass scores (pass at >= it) whose verdicts agree best with people: highest kappa,
-    then highest accuracy, then nearest 0.5. Candidates are the observed scores. Chosen on the same labels
-    it is judged on, so its kappa is optimistic at small n (the CI does not include that choice)."""
+    then highest accuracy, then nearest 0.5. Candidates are the observed scores. Its own kappa on the labels
+    it was chosen on is optimistic: calibration reports the leave-one-out agreement (loo_verdicts)."""
     h = np.asarray(human, dtype=int)
     s = np.asarray(scores, dtype=float)
     candidates = np.unique(s)
@@ -138,8 +138,20 @@ def best_threshold(human: Sequence[int], scores: Sequence[float]) -> float:
     return float(candidates[order[0]])
 
 
+def loo_verdicts(human: Sequence[int], scores: Sequence[float]) -> np.ndarray:
+    """Each item's verdict at the best threshold chosen on the *other* items (leave-one-out), so the
+    agreement of a continuous metric is not flattered by picking its threshold on the labels it is scored
+    on (with one passing answer among 40, an in-sample threshold always separates it: kappa 1.0)."""
+    h, s = np.asarray(human, dtype=int), np.asarray(scores, dtype=float)
+    out = np.zeros(len(h), dtype=int)
+    for i in range(len(h)):
+        rest = np.arange(len(h)) != i
+        out[i] = int(s[i] >= best_threshold(h[rest], s[rest]))
+    return out
+
+
 def eligibility(n: int, kappa_value: float | None, kappa_ci: Sequence[float] | None,
-                config: CalibrationConfig) -> dict:
+                config: CalibrationConfig, class_counts: Sequence[int] | None = None) -> dict:
     """Whether a judge may gate under gate.calibration, why, how many more labels it needs
     (`labels_needed`: to reach min_labels), and roughly how many labels in all would put the lower end of
     its kappa CI above min_kappa at the current kappa (`labels_for_ci`, CI width ~ 1/sqrt(n); None when
@@ -158,6 +170,12 @@ def eligibility(n: int, kappa_value: float | None, kappa_ci: Sequence[float] | N
     elif n < config.min_labels:
         out["reason"] = (f"{n} labels < gate.calibration.min_labels {config.min_labels}: "
                          f"grade {config.min_labels - n} more answers")
+    elif class_counts is not None and min(class_counts) < config.min_class_labels:
+        fails, passes = class_counts
+        scarce = "pass" if passes < fails else "fail"
+        out["reason"] = (f"only {min(class_counts)} '{scarce}' grade(s) among {n} labels < "
+                         f"gate.calibration.min_class_labels {config.min_class_labels}: grade more answers people "
+                         f"would {scarce}")
     elif kappa_value is None:
         out["reason"] = "kappa is undefined: the people's grades or the judge's verdicts hold one class only"
     elif kappa_value < config.min_kappa:
@@ -414,10 +432,17 @@ def metric_calibration(metric: str, pairs: Sequence[tuple[int, float]], config: 
     human = [h for h, _ in pairs]
     scores = [pass_score(metric, v) for _, v in pairs]
     threshold = best_threshold(human, scores) if kind == "continuous" and pairs else 0.5
-    judge = [int(s >= threshold) for s in scores]
+    if kind == "continuous" and len(pairs) > 2:
+        judge = loo_verdicts(human, scores).tolist()  # the threshold's choice is part of what is measured
+    else:
+        judge = [int(s >= threshold) for s in scores]
     stats = agreement(human, judge, resamples, confidence, seed)
-    return {"kind": kind, "threshold": round(threshold, 6), **stats,
-            **eligibility(stats["n"], stats["kappa"], stats["kappa_ci"], config)}
+    counts = [human.count(0), human.count(1)]
+    if min(counts) < config.min_class_labels:  # a bootstrap over 1-2 labels of a class is not an interval
+        stats["kappa_ci"] = None
+    return {"kind": kind, "threshold": round(threshold, 6),
+            "threshold_selection": "leave-one-out" if kind == "continuous" and len(pairs) > 2 else "fixed", **stats,
+            **eligibility(stats["n"], stats["kappa"], stats["kappa_ci"], config, counts)}
 
 
 def calibrate_lake(lake, config: CalibrationConfig, run: str | None = None, golden: str | None = None, *,

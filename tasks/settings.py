@@ -233,6 +233,9 @@ class CalibrationConfig(Section):
     # Landis & Koch's scale, the usual bar for letting a rater stand in for people.
     min_labels: PositiveInt = 30
     min_kappa: float = Field(default=0.6, ge=-1, le=1)
+    # Labels of each human verdict (pass and fail) a judge needs: kappa on 1 pass among 40 labels says
+    # nothing about how the judge treats a passing answer (and a threshold can always split one off).
+    min_class_labels: PositiveInt = 10
     # Metrics of these levels (tasks/metrics.py) are gated only when their judge is calibrated; "answer"
     # adds ragloop's own checks (grounded, degenerate, refusal_correct, similarity) to the rule.
     levels: list[Literal["answer", "judge"]] = Field(default_factory=lambda: ["judge"])

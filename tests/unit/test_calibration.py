@@ -214,19 +214,35 @@ def test_calibrate_lake_reports_stores_and_follows_answers_into_other_runs(tmp_p
                                              "q4": "incorrect", "q5": "incorrect"})
     # a later run gave the same answers to q0..q5: the grades follow the answer text
     _eval_run(lake, "20260102T000000Z-eval-b", values[:6] + [("q6", "new answer", 0.95)], judges)
-    out = cal.calibrate_lake(lake, CalibrationConfig(min_labels=3, min_kappa=0.7), run="20260102T000000Z-eval-b",
-                             resamples=100)
+    out = cal.calibrate_lake(lake, CalibrationConfig(min_labels=3, min_kappa=0.58, min_class_labels=2),
+                             run="20260102T000000Z-eval-b", resamples=100)
     sim = out.metrics["semantic_similarity"]
     assert out.graded == 5 and sim["n"] == 5 and sim["labels"] == {"correct": 2, "partially_correct": 1, "incorrect": 2}
-    assert sim["threshold"] == 0.8 and sim["kappa"] == 1.0 and sim["may_gate"] and sim["stored"]
+    # The threshold to use is chosen on all five labels (0.8 splits them perfectly), but the agreement is
+    # measured leave-one-out: without q1, 0.9 is the best threshold and q1 (0.8) is failed. po .8, pe .56.
+    assert sim["threshold"] == 0.8 and sim["threshold_selection"] == "leave-one-out"
+    assert sim["kappa"] == pytest.approx(0.24 / 0.44, abs=1e-6) and not sim["may_gate"] and sim["stored"]
     assert out.metrics["grounded"]["kappa"] == pytest.approx(0.32 / 0.52, abs=1e-6)  # po .8, pe .48: partial fails, grounded passed it
-    assert "grounded" in out.not_gated and out.may_gate == ["semantic_similarity"]
+    assert "semantic_similarity" in out.not_gated and out.may_gate == ["grounded"]
     assert [r["qa_id"] for r in out.label_next] == ["q3", "q6"]
     stored = lake.read_calibrations().to_pylist()
     assert {r["metric"] for r in stored} == {"semantic_similarity", "grounded"}
     assert json.loads(stored[0]["judge"])["metric"] in ("semantic_similarity", "grounded")
-    again = cal.calibrate_lake(lake, CalibrationConfig(min_labels=3, min_kappa=0.7), run="20260102T000000Z-eval-b",
-                               resamples=100)
+    again = cal.calibrate_lake(lake, CalibrationConfig(min_labels=3, min_kappa=0.58, min_class_labels=2),
+                               run="20260102T000000Z-eval-b", resamples=100)
     assert not again.metrics["semantic_similarity"]["stored"]  # same labels, same calibration: nothing new
     with pytest.raises(Exception, match="no finished eval run"):
         cal.calibrate_lake(lake, CONFIG, run="nope")
+
+
+def test_one_passing_answer_among_forty_cannot_calibrate_a_continuous_metric():
+    """Found on a real lake: 1 correct answer among 40 graded, and semantic_similarity's in-sample threshold
+    split it off perfectly (kappa 1.00, CI [1, 1], may gate). Leave-one-out agreement and the per-class
+    minimum keep that figure from flattering."""
+    human = [1] + [0] * 39
+    scores = [0.95] + [0.2 + 0.01 * i for i in range(39)]
+    in_sample = [int(s >= cal.best_threshold(human, scores)) for s in scores]
+    assert cal.kappa(human, in_sample) == 1.0, "the flattering figure"
+    entry = cal.metric_calibration("semantic_similarity", list(zip(human, scores)), CalibrationConfig(), 200, 0.95, 0)
+    assert not entry["may_gate"] and entry["kappa_ci"] is None, "no interval from a single passing label"
+    assert "only 1 'pass' grade(s) among 40 labels < gate.calibration.min_class_labels 10" in entry["reason"]
