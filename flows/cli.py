@@ -684,8 +684,10 @@ def _precheck(args: argparse.Namespace) -> None:
     from ragloop.tasks.preflight import preflight
 
     command = f"golden {args.golden_command}" if args.command == "golden" else args.command
-    preflight(command, _settings(args), sources=getattr(args, "source", None), golden=getattr(args, "golden", None),
-              retrieval_only=getattr(args, "retrieval_only", False), path=getattr(args, "path", None))
+    for warning in preflight(command, _settings(args), sources=getattr(args, "source", None),
+                             golden=getattr(args, "golden", None), retrieval_only=getattr(args, "retrieval_only", False),
+                             path=getattr(args, "path", None)):
+        print(f"warning: {warning}", file=sys.stderr, flush=True)
     if args.command in ("index", "run", "import-beir"):
         from ragloop.flows.index import check_chunking
         from ragloop.tasks.settings import load_settings

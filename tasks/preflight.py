@@ -20,7 +20,10 @@ def open_lake(uri: str) -> Lake:
 
 # Commands that only read or act on what earlier runs left in the lake: on a misspelt --lake they must
 # not start (and create an empty lake) but say so. index, ingest, run and import-beir create a lake.
-EXISTING_LAKE_COMMANDS = ("monitor", "review", "calibrate", "export", "golden use", "rollback", "promote")
+EXISTING_LAKE_COMMANDS = ("review", "calibrate", "export", "golden use", "rollback", "promote")
+# The monitor on a lake without runs reports "nothing to watch" (a new deployment's first pass does), but
+# says so on stderr: on a misspelt --lake that is the only sign.
+WARN_EMPTY_LAKE_COMMANDS = ("monitor",)
 
 
 def check_lake_exists(lake: Lake) -> None:
@@ -61,12 +64,16 @@ def check_eval(settings: Settings, retrieval_only: bool) -> None:
 
 
 def preflight(command: str, settings: Settings, *, sources: list[str] | None = None, golden: str | None = None,
-              retrieval_only: bool = False, path: str | None = None) -> None:
+              retrieval_only: bool = False, path: str | None = None) -> list[str]:
     """The cheap checks of one CLI command, in the order a user would fix them: the lake URI, the paths
-    given, the prompts, then what the lake must already hold (an index; the golden set eval names)."""
+    given, the prompts, then what the lake must already hold (an index; the golden set eval names).
+    Raises ConfigError; returns warnings for the user (e.g. the monitor pointed at a lake with no runs)."""
     lake = open_lake(settings.lake)
+    warnings: list[str] = []
     if command in EXISTING_LAKE_COMMANDS:
         check_lake_exists(lake)
+    if command in WARN_EMPTY_LAKE_COMMANDS and not (lake.exists(lake.root) and lake.has_runs()):
+        warnings.append(f"lake {lake.uri} has no runs yet: nothing to watch (check --lake)")
     if command in ("ingest", "index", "run"):
         check_sources(list(sources or settings.ingest.sources))
     if command == "import-beir" and path is not None:
@@ -83,3 +90,4 @@ def preflight(command: str, settings: Settings, *, sources: list[str] | None = N
         from ragloop.tasks.eval_run import resolve_golden
 
         resolve_golden(promotion.Refs(lake), golden or "latest")
+    return warnings

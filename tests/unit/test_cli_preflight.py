@@ -71,7 +71,7 @@ def test_a_usage_error_in_json_mode_is_one_json_object(tmp_path):
 
 
 @pytest.mark.parametrize("args", [
-    ["monitor"], ["review"], ["calibrate"], ["export", "sft", "--out", "x.jsonl"], ["golden", "use", "synthetic"],
+    ["review"], ["calibrate"], ["export", "sft", "--out", "x.jsonl"], ["golden", "use", "synthetic"],
     ["rollback"], ["promote", "r1"],
 ], ids=lambda a: " ".join(a[:2]))
 def test_a_command_on_an_existing_lake_does_not_create_a_misspelt_one(tmp_path, args):
@@ -83,5 +83,14 @@ def test_a_command_on_an_existing_lake_does_not_create_a_misspelt_one(tmp_path, 
 
 def test_a_lake_directory_without_runs_is_a_usage_error_too(tmp_path):
     (tmp_path / "lake").mkdir()
-    code, out, _, _ = _ragloop(tmp_path, "monitor", "--lake", "lake")
+    code, out, _, _ = _ragloop(tmp_path, "rollback", "--lake", "lake")
     assert code == 2 and out == [f"error: lake {tmp_path / 'lake'}: no runs yet: run `ragloop index` first (or check --lake)"]
+
+
+def test_the_monitor_on_a_lake_without_runs_warns_before_reporting_nothing_to_watch(tmp_path):
+    from ragloop.tasks.preflight import preflight
+    from ragloop.tasks.settings import load_settings
+
+    settings = load_settings(overrides={"lake": str(tmp_path / "lakke")})
+    assert preflight("monitor", settings) == [f"lake {tmp_path / 'lakke'} has no runs yet: nothing to watch (check --lake)"]
+    assert not (tmp_path / "lakke").exists(), "the check creates nothing"
