@@ -8,7 +8,7 @@ from prefect.cache_policies import NO_CACHE
 
 from ragloop.flows.common import StageTimer, flow_settings, stage_run
 from ragloop.tasks import chain as chain_steps
-from ragloop.tasks import calibration, eval_run, evaluation, promotion, providers, reporting
+from ragloop.tasks import eval_run, promotion, providers, reporting
 from ragloop.tasks.eval_run import ChainModels, EvalSummary
 from ragloop.tasks.progress import Progress
 from ragloop.tasks.ragas_metrics import RagasScorer
@@ -45,60 +45,34 @@ def evaluate_chain(
     serving | candidate. progress: show items through the chain and the judge's scoring (a bar on a
     terminal, else log lines)."""
     settings = flow_settings(config_path, {"lake": lake, "eval": {"retrieval": retrieval, "k": k}})
-    config, gate_config = settings.eval, settings.gate
+    config, on_inconclusive = settings.eval, settings.gate.on_inconclusive
     with stage_run("eval", settings) as stage:
-        refs = promotion.Refs(stage.lake)
-        chosen = eval_run.resolve_golden(refs, golden)
-        embedder = providers.current().build_embedder(settings.embedding)
-        serving, role = eval_run.pick_index(refs, embedder.slug, index)
-        items = eval_run.active_items(stage.lake, chosen.golden_set_id)
-        retriever = Retriever(stage.lake, serving.table, serving.version, embedder, exact=config.exact,
-                              rerank_depth=eval_run.rerank_depth(config))
-        stale = evaluation.check_references(items, *retriever.catalog())
-        models = eval_run.prepare_models(config, settings.llm, settings.prompts_dir, retrieval_only, items, retriever,
-                                         providers.current())
-        chain = eval_run.describe_chain(config, models, retrieval_only)
-        baseline = refs.baseline(chosen.line_key)
-        cache_key = eval_run.eval_cache_key(chosen.golden_set_id, serving, chain, models, embedder.weights_sha256, settings)
-        reuse = eval_run.find_reuse(stage.lake, cache_key, baseline, chosen.line_key, promote) if reuse_cached else None
+        plan = eval_run.plan_eval(stage.lake, settings, golden, index, retrieval_only, providers.current())
+        line, models = plan.chosen.line_key, plan.models
+        reuse = eval_run.find_reuse(stage.lake, plan.cache_key, plan.baseline, line, promote) if reuse_cached else None
         if reuse is not None:
             get_run_logger().info("eval inputs unchanged since run %s: its results are reused", reuse.summary.run_id)
-            summary = (_promote(refs, reuse.summary, chosen.line_key, promote, gate_config.on_inconclusive, role)
+            summary = (_promote(plan.refs, reuse.summary, line, promote, on_inconclusive, plan.role)
                        if reuse.promote else reuse.summary)
             return summary.dump()
 
         run, timer = stage.start(), stage.timer
-        with Progress("eval chain", len(items), enabled=progress, log_to=run.logger) as track:
-            results = _run_chain(timer, retriever, embedder, items, models, config, track)
-        if warning := eval_run.stale_warning(stale, len(items), serving):
+        with Progress("eval chain", len(plan.items), enabled=progress, log_to=run.logger) as track:
+            results = _run_chain(timer, plan.retriever, plan.embedder, plan.items, models, config, track)
+        if warning := eval_run.stale_warning(plan.stale, len(plan.items), plan.serving):
             run.logger.warning("%s", warning)
         with timer("score"):
-            scores = eval_run.score_retrieval(items, results, stale, config)
-        with timer("ragas"), Progress("eval judge", len(items), enabled=progress and models.judge is not None,
+            scores = eval_run.score_retrieval(plan.items, results, plan.stale, config)
+        with timer("ragas"), Progress("eval judge", len(plan.items), enabled=progress and models.judge is not None,
                                       log_to=run.logger) as track:
-            judged = score_ragas(RagasScorer(embedder.encode, models.judge, config.judge_max_tokens), scores.items, results,
-                                 on_done=track)
-        scored = eval_run.item_rows(items, results, judged, scores, stale)
+            judged = score_ragas(RagasScorer(plan.embedder.encode, models.judge, config.judge_max_tokens), scores.items,
+                                 results, on_done=track)
+        scored = eval_run.item_rows(plan.items, results, judged, scores, plan.stale)
         with timer("aggregate"):
             aggregates = eval_run.aggregate_rows(scored.rows, config)
-        paths = eval_run.write_results(stage.lake, run.run_id, scored)
-        judges = calibration.judge_identities(aggregates.metrics, config, models.judge_id, embedder.name,
-                                              embedder.weights_sha256)
-        run.lineage.update(eval_run.run_lineage(eval_run.index_lineage(stage.lake, serving), chosen, serving, role, models,
-                                                embedder, chain, retrieval_only, judges))
-        eval_run.record_prompts(stage.lake, models)
-        with timer("gate"):
-            assessment = eval_run.assess_gate(eval_run.load_baseline(stage.lake, baseline), scored.rows, scored.traces,
-                                              aggregates.metrics, chain, chosen.line_key, config, gate_config,
-                                              settings.monitor.price_per_1k_tokens,
-                                              calibration.eval_judges(stage.lake, aggregates.metrics, judges,
-                                                                      gate_config.calibration))
-        run.lineage["eval_cache_key"] = cache_key
-        summary = eval_run.summarize(run.run_id, run.lineage, stage.lake.uri, chosen, aggregates, scored, stale, assessment,
-                                     serving, role, paths, timer.report(), gate_config.on_inconclusive,
-                                     calibration.eval_estimates(stage.lake, scored.rows, judges, config.confidence))
-        summary = _promote(refs, summary, chosen.line_key, promote, gate_config.on_inconclusive, role)
-        stage.lake.write_ref(eval_run.cache_ref(cache_key), {"run_id": run.run_id})
+        summary = eval_run.conclude(stage.lake, run, plan, scored, aggregates, timer, settings, retrieval_only)
+        summary = _promote(plan.refs, summary, line, promote, on_inconclusive, plan.role)
+        stage.lake.write_ref(eval_run.cache_ref(plan.cache_key), {"run_id": run.run_id})
         _publish_artifacts(summary.run_id, summary.status, summary.outputs(), summary.lineage)
         return summary.finish(run)
 

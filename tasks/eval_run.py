@@ -18,7 +18,7 @@ from ragloop.tasks.lineage import canonical_hash
 from ragloop.tasks.llm import LLMConfigError, LLMUnavailable
 from ragloop.tasks.metrics import scored_metrics
 from ragloop.tasks.prompts import Prompt, PromptError, load_prompt_set
-from ragloop.tasks.retrieval import doc_ranking
+from ragloop.tasks.retrieval import Retriever, doc_ranking
 from ragloop.tasks.schemas import utcnow
 from ragloop.tasks.settings import ConfigError, EvalConfig, GateConfig, LLMConfig, Settings
 from ragloop.tasks.storage import Lake, chunks_table_name
@@ -563,3 +563,67 @@ def promotion_log(run_id: str, outcome: Mapping) -> tuple[int, str]:
         return logging.WARNING, f"not promoted: {outcome['reason']}; serving, baseline and prompts stay where they were"
     moved = f"; serving moved to {outcome['serving_moved']['to']}" if outcome["serving_moved"] else ""
     return logging.INFO, f"promoted run {run_id} as the baseline of line {outcome['line']} ({outcome['reason']}){moved}"
+
+
+# -- the run's two halves around the chain (the flow runs the chain and the judge between them) ----------
+@dataclass
+class EvalPlan:
+    """What an eval run is made of, resolved before any item runs (plan_eval)."""
+
+    refs: promotion.Refs
+    chosen: GoldenChoice
+    embedder: Any
+    serving: promotion.ServingRef
+    role: str  # serving | candidate
+    items: list[dict]
+    retriever: Retriever
+    stale: dict[str, list[str]]  # qa_id -> references no longer in the table
+    models: ChainModels
+    chain: dict
+    baseline: promotion.Promotion | None
+    cache_key: str
+
+
+def plan_eval(lake: Lake, settings: Settings, golden: str, index: str, retrieval_only: bool, providers) -> EvalPlan:
+    """Resolve the golden set, the index version, the active items, the chain's models (preflighted) and
+    the cache key. Raises ConfigError (exit 2) for a missing golden set, index, prompt or endpoint.
+    `providers`: tasks.providers.Providers (the embedder, LLM and judge come from it)."""
+    config = settings.eval
+    refs = promotion.Refs(lake)
+    chosen = resolve_golden(refs, golden)
+    embedder = providers.build_embedder(settings.embedding)
+    serving, role = pick_index(refs, embedder.slug, index)
+    items = active_items(lake, chosen.golden_set_id)
+    retriever = Retriever(lake, serving.table, serving.version, embedder, exact=config.exact,
+                          rerank_depth=rerank_depth(config))
+    stale = evaluation.check_references(items, *retriever.catalog())
+    models = prepare_models(config, settings.llm, settings.prompts_dir, retrieval_only, items, retriever, providers)
+    chain = describe_chain(config, models, retrieval_only)
+    cache_key = eval_cache_key(chosen.golden_set_id, serving, chain, models, embedder.weights_sha256, settings)
+    return EvalPlan(refs, chosen, embedder, serving, role, items, retriever, stale, models, chain,
+                    refs.baseline(chosen.line_key), cache_key)
+
+
+def conclude(lake: Lake, run, plan: EvalPlan, scored: ItemRows, aggregates: Aggregates, timer, settings: Settings,
+             retrieval_only: bool) -> EvalSummary:
+    """After scoring: write the items and traces, complete the run's lineage (index build, judges' identities,
+    cache key), record the prompts, assess the gate (timed as `gate`) and build the summary (not yet promoted).
+    `run`: flows.common.RunRecorder (run_id, lineage); `timer`: flows.common.StageTimer."""
+    from ragloop.tasks import calibration
+
+    config, gate_config, embedder = settings.eval, settings.gate, plan.embedder
+    paths = write_results(lake, run.run_id, scored)
+    judges = calibration.judge_identities(aggregates.metrics, config, plan.models.judge_id, embedder.name,
+                                          embedder.weights_sha256)
+    run.lineage.update(run_lineage(index_lineage(lake, plan.serving), plan.chosen, plan.serving, plan.role, plan.models,
+                                   embedder, plan.chain, retrieval_only, judges))
+    record_prompts(lake, plan.models)
+    with timer("gate"):
+        assessment = assess_gate(load_baseline(lake, plan.baseline), scored.rows, scored.traces, aggregates.metrics,
+                                 plan.chain, plan.chosen.line_key, config, gate_config,
+                                 settings.monitor.price_per_1k_tokens,
+                                 calibration.eval_judges(lake, aggregates.metrics, judges, gate_config.calibration))
+    run.lineage["eval_cache_key"] = plan.cache_key
+    return summarize(run.run_id, run.lineage, lake.uri, plan.chosen, aggregates, scored, plan.stale, assessment,
+                     plan.serving, plan.role, paths, timer.report(), gate_config.on_inconclusive,
+                     calibration.eval_estimates(lake, scored.rows, judges, config.confidence))
