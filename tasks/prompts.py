@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass, field
+import json
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Iterable, Literal
 
@@ -38,6 +39,15 @@ class PromptError(ValueError):
     """A prompt file is invalid or cannot be rendered; the message names the prompt and the field."""
 
 
+class PromptExample(BaseModel):
+    """A worked example shown to the model before the real input (few-shot): the user turn is the
+    prompt's `user` template rendered with `inputs`, the assistant turn `output` as JSON."""
+
+    model_config = ConfigDict(extra="forbid")
+    inputs: dict[str, Any]
+    output: dict[str, Any]
+
+
 class PromptFile(BaseModel):
     """The schema of a prompt file (YAML)."""
 
@@ -51,6 +61,7 @@ class PromptFile(BaseModel):
     params: dict[str, Any] = Field(default_factory=dict)  # temperature, max_tokens, ...
     system: str = ""
     user: str
+    examples: list[PromptExample] = Field(default_factory=list)
 
 
 _ENV = ImmutableSandboxedEnvironment(undefined=StrictUndefined, autoescape=False, keep_trailing_newline=True)
@@ -67,6 +78,7 @@ class Prompt:
     system: str = ""
     user: str = ""
     input_types: dict[str, str] = field(default_factory=dict)  # name -> "text" | "list", checked by render()
+    examples: tuple[tuple[dict, str], ...] = ()  # (inputs, reply JSON): few-shot turns before the real one
 
     @property
     def prompt_id(self) -> str:
@@ -96,7 +108,11 @@ class Prompt:
             messages = []
             if self.system.strip():
                 messages.append({"role": "system", "content": _ENV.from_string(self.system).render(**variables)})
-            messages.append({"role": "user", "content": _ENV.from_string(self.user).render(**variables)})
+            user = _ENV.from_string(self.user)
+            for inputs, reply in self.examples:
+                messages.append({"role": "user", "content": user.render(**inputs)})
+                messages.append({"role": "assistant", "content": reply})
+            messages.append({"role": "user", "content": user.render(**variables)})
             return messages
         except (UndefinedError, SecurityError) as exc:
             raise PromptError(f"prompt {self.name!r}: {exc}") from exc
@@ -150,11 +166,30 @@ def parse_prompt(text: str, origin: str) -> Prompt:
     clash = [n for n, t in declared_types.items() if t == "text" and n in loops]
     if clash:
         raise PromptError(f"prompt {spec.name!r} ({origin}): variable(s) {clash} declared text but iterated by a for loop")
-    return Prompt(
+    prompt = Prompt(
         name=spec.name, prompt_hash=hashlib.sha256(text.encode("utf-8")).hexdigest(), text=text,
         input_variables=tuple(spec.input_variables), output=spec.output, params=dict(spec.params),
         system=spec.system, user=spec.user, input_types=types,
     )
+    return replace(prompt, examples=tuple(_check_example(prompt, i, ex, origin) for i, ex in enumerate(spec.examples)))
+
+
+def _check_example(prompt: Prompt, i: int, example: PromptExample, origin: str) -> tuple[dict, str]:
+    """(inputs, reply JSON) of a few-shot example, checked like a real call: the same variables, and an
+    output the prompt's output model parses. PromptError naming `examples[i]`."""
+    where = f"prompt {prompt.name!r} ({origin}) examples[{i}]"
+    try:
+        prompt.render(**example.inputs)
+    except PromptError as exc:
+        raise PromptError(f"{where}: {str(exc).split(': ', 1)[-1]}") from exc
+    model = prompt.output_model()
+    if model is not None:
+        try:
+            model.model_validate(example.output)
+        except ValidationError as exc:
+            fields = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+            raise PromptError(f"{where}.output: {fields}") from exc
+    return dict(example.inputs), json.dumps(example.output, ensure_ascii=False)
 
 
 def load_prompt(path: Path) -> Prompt:

@@ -38,6 +38,12 @@ class QuestionType:
     evidence_in_every_chunk: the answer must have evidence in each of its chunks (multi-hop).
     references: "sampled" = every chunk it was asked about is a reference; "evidence" = only those the
         answer has evidence in (a summary over a run of chunks).
+    answer: "generated" = the prompt writes question and answer from the chunk text (`context`, or
+        `context_a`/`context_b`), and the answer's evidence is searched for afterwards; "extractive" =
+        synth first picks a fact-stating sentence in each chunk (tasks/qa_generation.fact_sentences), the
+        prompt writes only the question from `topic`/`sentence` (or `topic_a`, `sentence_a`, `topic_b`,
+        `sentence_b`), and the reference answer is that sentence verbatim, its span the evidence:
+        grounded by construction, so a small model cannot put a made-up fact into a reference.
 
     Raises ValueError for an unknown sampling or references value.
     """
@@ -51,6 +57,7 @@ class QuestionType:
     question_mark: bool = True
     evidence_in_every_chunk: bool = False
     references: Literal["sampled", "evidence"] = "sampled"
+    answer: Literal["generated", "extractive"] = "generated"
 
     def __post_init__(self) -> None:
         if self.sampling not in get_args(Sampling):
@@ -58,6 +65,11 @@ class QuestionType:
                              f"not {self.sampling!r}")
         if self.references not in ("sampled", "evidence"):
             raise ValueError(f"question type {self.name!r}: references must be 'sampled' or 'evidence'")
+        if self.answer not in ("generated", "extractive"):
+            raise ValueError(f"question type {self.name!r}: answer must be 'generated' or 'extractive'")
+        if self.answer == "extractive" and (self.must_refuse or self.sampling == "chunk_run"):
+            raise ValueError(f"question type {self.name!r}: an extractive answer needs one_chunk or related_pair "
+                             "sampling and an answerable type")
 
     @property
     def prompts(self) -> tuple[str, ...]:
@@ -88,11 +100,12 @@ def required_prompts() -> tuple[str, ...]:
 
 
 for _kind in (
-    QuestionType("single_hop", prompt="qa_single_hop"),
-    QuestionType("multi_hop", prompt="qa_multi_hop", sampling="related_pair", fallback="single_hop",
-                 evidence_in_every_chunk=True),
+    QuestionType("single_hop", prompt="qa_from_sentence", answer="extractive"),
+    QuestionType("multi_hop", prompt="qa_from_sentences", sampling="related_pair", fallback="single_hop",
+                 evidence_in_every_chunk=True, answer="extractive"),
     QuestionType("abstract", prompt="qa_abstract", sampling="chunk_run", references="evidence"),
     QuestionType("unanswerable", prompt="qa_unanswerable", must_refuse=True),
-    QuestionType("paraphrased", prompt="qa_single_hop", rewrite_prompt="qa_paraphrase", question_mark=False),
+    QuestionType("paraphrased", prompt="qa_from_sentence", rewrite_prompt="qa_paraphrase", question_mark=False,
+                 answer="extractive"),
 ):
     register_question_type(_kind)

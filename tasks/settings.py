@@ -173,6 +173,11 @@ class SynthConfig(Section):
     answerable_coverage: float = Field(default=0.8, gt=0, le=1)
     answerable_check_k: PositiveInt = 5
     min_answer_support: float = Field(default=0.5, ge=0, le=1)  # share of answer words found in context
+    # Extractive types: share of the question's topic words that must come from its answer sentence(s)
+    # and their headings; and how far below the best-matching sentence of its chunk (embedder cosine)
+    # the answer sentence may rank before the question counts as asking about something else.
+    min_question_support: float = Field(default=0.75, ge=0, le=1)
+    roundtrip_margin: float = Field(default=0.05, ge=0, le=2)
     max_verbatim_ratio: float = Field(default=0.8, gt=0, le=1)  # longest shared run / question length
     rounds: PositiveInt = 3  # generation rounds to fill the budget after rejects
 

@@ -158,6 +158,15 @@ def drop_answerable(passed: list[qa.Candidate], store: ChunkStore, encode, confi
     return [c for c in passed if id(c) not in answered]
 
 
+def drop_roundtrip(passed: list[qa.Candidate], encode, config: SynthConfig,
+                   report: qa.GenerationReport) -> list[qa.Candidate]:
+    """Drop extractive candidates whose question leads to another sentence of its chunk than its answer
+    (tasks.qa_generation.roundtrip_failures); counted as rejects["roundtrip"]."""
+    failed = qa.roundtrip_failures(passed, encode, config.roundtrip_margin)
+    report.rejects["roundtrip"] += len(failed)
+    return [c for i, c in enumerate(passed) if i not in failed]
+
+
 def take_budget(fresh: list[dict], need: int, report: qa.GenerationReport) -> None:
     """Accept up to `need` of the fresh items; the rest count as rejects["over_budget"], so that
     attempted == new + rejected always holds."""
@@ -175,7 +184,7 @@ def fill_budget(plan: SynthPlan, store: ChunkStore, encode, llm, prompts: dict[s
 
     plan_step/generate_step default to tasks.qa_generation.plan_tasks/generate_candidates (the flow
     passes its Prefect task wrappers); timer(name) times the steps plan, preflight, generate,
-    answerable_check and dedupe. `progress` counts candidates generated of those planned so far (each
+    answerable_check, roundtrip and dedupe. `progress` counts candidates generated of those planned so far (each
     round adds its tasks to the total) and notes the items accepted of those needed."""
     track = progress or Progress("synth", enabled=False)
     rng = random.Random(config.seed)
@@ -207,6 +216,8 @@ def fill_budget(plan: SynthPlan, store: ChunkStore, encode, llm, prompts: dict[s
         passed = screen(candidates, config, report)
         with timer("answerable_check"):
             passed = drop_answerable(passed, store, encode, config, report)
+        with timer("roundtrip"):
+            passed = drop_roundtrip(passed, encode, config, report)
         fresh = [qa.to_item(c, llm.model_id) for c in passed]
         with timer("dedupe"):
             fresh, dropped = qa.drop_near_duplicates(fresh, plan.kept + report.accepted, encode,

@@ -39,7 +39,15 @@ class PassageLLM:
             return StructuredResult(value=None, raw="{not json", attempts=3, error="invalid JSON", usage=Usage(0, 0), latency_ms=1.0)
         user = messages[-1]["content"]
         passages = re.findall(r'"""\n(.*?)\n"""', user, re.S)
-        if output_model.__name__ == "QAPair":
+        sentences = re.findall(r"^Sentence(?: [AB] \(topic: [^)]*\))?: (.*)$", user, re.M)
+        if sentences:  # extractive: the question names two words of each sentence and its station
+            words = []
+            for s in sentences:  # two of its words, rotating with the call count so questions differ
+                found = re.findall(r"[a-z]{5,}", s)
+                words += [found[(self.calls + k) % len(found)] for k in range(min(2, len(found)))]
+            names = [(re.findall(r"[A-Z][a-z]+ \d+", s) or ["it"])[0] for s in sentences]
+            value = output_model(question=f"What about {' '.join(words)} at {' and '.join(dict.fromkeys(names))}?")
+        elif output_model.__name__ == "QAPair":
             # One fact sentence from each passage (a multi-hop answer needs evidence in both), picked by
             # the call count so that questions about one chunk differ; the question names its words.
             facts = []

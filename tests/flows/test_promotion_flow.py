@@ -189,25 +189,25 @@ def test_a_qa_prompt_edit_marks_the_items_it_made_outdated_and_regenerates_them(
     first = synth_flow.synth_golden_set(lake=str(lake_dir), size=8)
     lake = Lake(str(lake_dir))
     before = lake.read_golden(first["golden_set_id"]).to_pylist()
-    made_by_single = {i["qa_id"] for i in before if i["status"] == "active" and i["prompt_id"].startswith("qa_single_hop@")}
+    made_by_single = {i["qa_id"] for i in before if i["status"] == "active" and i["prompt_id"].startswith("qa_from_sentence@")}
     assert made_by_single
 
     prompts = tmp_path / "prompts"
     shutil.copytree(REPO / "prompts", prompts)
-    edited = prompts / "qa_single_hop.yaml"
-    edited.write_text(edited.read_text().replace("Write one question", "Write exactly one question", 1))
-    assert edited.read_text() != (REPO / "prompts" / "qa_single_hop.yaml").read_text()
+    edited = prompts / "qa_from_sentence.yaml"
+    edited.write_text(edited.read_text().replace("You write one question", "You write exactly one question", 1))
+    assert edited.read_text() != (REPO / "prompts" / "qa_from_sentence.yaml").read_text()
     monkeypatch.setenv("RAGLOOP_PROMPTS_DIR", str(prompts))
     second = synth_flow.synth_golden_set(lake=str(lake_dir), size=8)
     assert second["items"]["outdated"] == len(made_by_single) and not second["up_to_date"]
     rows = {i["qa_id"]: i for i in lake.read_golden(second["golden_set_id"]).to_pylist()}
     assert {q for q, i in rows.items() if i["status"] == "outdated"} <= made_by_single
     active = [i for i in rows.values() if i["status"] == "active"]
-    new_hash = [i for i in active if i["prompt_id"].startswith("qa_single_hop@")]
+    new_hash = [i for i in active if i["prompt_id"].startswith("qa_from_sentence@")]
     assert new_hash
     from ragloop.tasks.prompts import load_prompts
 
-    current = load_prompts(prompts)["qa_single_hop"].prompt_hash
+    current = load_prompts(prompts)["qa_from_sentence"].prompt_hash
     assert all(i["prompt_hash"] == current for i in new_hash), "every active single-hop item is from the edited prompt"
     third = synth_flow.synth_golden_set(lake=str(lake_dir), size=8)
     assert third["up_to_date"] and third["golden_set_id"] == second["golden_set_id"], "the refresh is done once"

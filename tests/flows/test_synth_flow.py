@@ -58,7 +58,7 @@ def test_synth_builds_a_typed_golden_set_tied_to_existing_chunks(prefect_backend
         assert {e["chunk_id"] for e in item["evidence"]} == (set(item["reference_chunk_ids"]) if item["reference_chunk_ids"] else set())
         assert all(0 <= e["start"] < e["end"] <= len(texts[e["chunk_id"]]) for e in item["evidence"])
     assert summary["evidence_supported"]["items"] == summary["evidence_supported"]["of"] > 0
-    assert set(summary["lineage"]["prompts"]) >= {"qa_single_hop", "qa_paraphrase"}
+    assert set(summary["lineage"]["prompts"]) >= {"qa_from_sentence", "qa_from_sentences", "qa_paraphrase"}
     assert summary["lineage"]["table"]["version"] > 0
 
     calls = fakes.calls

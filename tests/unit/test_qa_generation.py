@@ -187,7 +187,8 @@ class _TreeStore:
 
     def __init__(self, doc_ids):
         self.rows = [{"chunk_id": f"c-{d}", "doc_id": d, "doc_sha256": "s", "position": 0, "n_tokens": 50,
-                      "text": f"Document {d} says station {i} has {i + 3} docks and opens at seven.", "vector": [0.0]}
+                      "text": f"Document {d} says station {i} has {i + 3} docks and opens at seven.", "vector": [0.0],
+                      "headings": ["Stations"]}
                      for i, d in enumerate(doc_ids)]
 
     def scan(self, columns, where=None):

@@ -82,7 +82,7 @@ def test_generation_inputs_follow_the_table_settings_and_synth_prompts_only(prom
 
 # -- what the previous golden set keeps ---------------------------------------------------------------
 def _previous(prompts):
-    single = prompts["qa_single_hop"]
+    single = prompts["qa_from_sentence"]
 
     def item(qa_id, chunks, docs, prompt_hash=single.prompt_hash, status="active"):
         return {"qa_id": qa_id, "source_chunk_ids": chunks, "source_doc_ids": docs, "status": status,
@@ -215,7 +215,7 @@ def test_the_timer_times_each_step_of_a_round(store, prompts, fake_embedder):
     steps: list[str] = []
     synth_run.fill_budget(_fresh_plan(store, prompts, 3), store, fake_embedder.encode, PassageLLM(), prompts,
                           _config(size=3, rounds=1), timer=lambda name: _Step(steps, name))
-    assert steps == ["plan", "preflight", "generate", "answerable_check", "dedupe"]
+    assert steps == ["plan", "preflight", "generate", "answerable_check", "roundtrip", "dedupe"]
 
 
 def test_screen_counts_rejects_by_reason_and_take_budget_counts_the_surplus(prompts):
