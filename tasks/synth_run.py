@@ -314,6 +314,8 @@ class SynthSummary(StageSummary):
     attempted: int = Field(description="candidates generated this run (== new + rejected)")
     up_to_date: bool = Field(description="inputs unchanged since the last synth: nothing generated, version reused")
     accept_rate_by_type: dict[str, float] = Field(description="accepted / attempted per question type, 3 decimals")
+    per_type: dict[str, dict[str, int]] | None = Field(
+        default=None, description="{type: {accepted, attempted}}: candidates generated and accepted this run, by type")
     coverage: Coverage
     ineligible_chunks: dict[str, int] = Field(description="chunks not allowed to seed questions, by reason (last round)")
     evidence_supported: EvidenceSupported
@@ -349,6 +351,8 @@ def summarize(run_id: str, lineage: dict[str, Any], *, lake_uri: str, golden_set
         rejects=_nonzero(report.rejects), attempted=report.attempted, up_to_date=plan.up_to_date,
         accept_rate_by_type={t: round(sum(1 for i in report.accepted if i["qa_type"] == t) / n, 3)
                              for t, n in sorted(budget.attempted_by_type.items())},
+        per_type={t: {"accepted": sum(1 for i in report.accepted if i["qa_type"] == t), "attempted": n}
+                  for t, n in sorted(budget.attempted_by_type.items())},
         coverage={"documents": len(covered), "of": len(plan.doc_ids),
                   "ratio": round(len(covered) / len(plan.doc_ids), 3) if plan.doc_ids else 0.0,
                   "folders": len(folders_covered), "of_folders": len(folders),
