@@ -302,3 +302,37 @@ def golden_diff(lake: Lake, spec_a: str, spec_b: str) -> GoldenDiffSummary:
     b, line_b = resolve_version(lake, spec_b, "golden diff")
     diff = diff_rows(lake.read_golden(a).to_pylist(), lake.read_golden(b).to_pylist())
     return GoldenDiffSummary(status="ok", a=a, b=b, lines={"a": line_a, "b": line_b}, **diff)
+
+
+# -- the suite a version passes before it becomes a line's head ------------------------------------------
+def referenced_chunk_texts(store, rows: Sequence[dict]) -> dict[str, str]:
+    """chunk_id -> text of the chunks the rows refer to (references and evidence) that the store's table
+    version holds (a tasks.indexing.ChunkStore; one filtered scan)."""
+    from ragloop.tasks.indexing import sql_in
+
+    wanted = sorted({c for r in rows for c in (r.get("reference_chunk_ids") or [])}
+                    | {e["chunk_id"] for r in rows for e in (r.get("evidence") or [])})
+    if not wanted:
+        return {}
+    return {r["chunk_id"]: r["text"] for r in store.scan(["chunk_id", "text"], sql_in("chunk_id", wanted)).to_pylist()}
+
+
+def validate_version(rows: Sequence[dict], chunk_texts: dict[str, str]):
+    """The great-expectations golden suite (tasks.validation.validate_golden) over a version's rows, with
+    the registered question types (plus `imported`): a ValidationReport."""
+    from ragloop.tasks.question_types import IMPORTED, QUESTION_TYPES
+    from ragloop.tasks.validation import validate_golden
+
+    answerable = {name: not kind.must_refuse for name, kind in QUESTION_TYPES.items()} | {IMPORTED: True}
+    return validate_golden(list(rows), chunk_texts, answerable)
+
+
+def validation_outcome(report) -> tuple[dict[str, Any], str | None]:
+    """({golden: the suite's summary}, error or None): what a stage summary reports of the suite; the
+    error names the failed expectations (the version is written but is not made a line's head)."""
+    error = None
+    if not report.success:
+        failed = "; ".join(f"{f['expectation']}({f['kwargs'].get('column')}): {f['unexpected_count']} e.g. {f['sample'][:3]}"
+                           for f in report.failures)
+        error = f"golden-set suite failed, the version is written but not made the line's head: {failed}"
+    return {"golden": report.summary()}, error

@@ -324,7 +324,11 @@ class SynthSummary(StageSummary):
     per_minute: PerMinute
     shortfall: Shortfall | None = Field(default=None, description="set when fewer than synth.size items are active")
     error: str | None = Field(default=None, description="why the run is failed or partial")
-    line: LineMove | None = Field(default=None, description="the move of synth's line; absent when the version is reused")
+    line: LineMove | None = Field(default=None, description="the move of synth's line; absent when the version is reused "
+                                                            "or failed the golden suite")
+    validation: dict[str, Any] | None = Field(
+        default=None, description="{golden: {suite, success, evaluated, failures}}: the great-expectations golden suite "
+                                  "run on a version before it becomes the line's head")
 
 
 def _nonzero(rejects: Counter) -> dict[str, int]:
@@ -376,6 +380,17 @@ def summarize(run_id: str, lineage: dict[str, Any], *, lake_uri: str, golden_set
         summary.error = (f"{len(active)} of {config.size} items after {config.rounds} rounds; "
                          f"rejected by reason {summary.shortfall.rejects}")
     return summary
+
+
+def record_validation(summary: SynthSummary, validation: dict[str, Any], error: str | None) -> bool:
+    """Put the golden suite's outcome (tasks.golden_quality.validation_outcome) on the summary; a failed
+    suite makes the run failed (the version stays written, nothing lost, but does not head the line).
+    Returns whether the line may move."""
+    summary.validation = validation
+    if error is not None:
+        summary.status = "failed"
+        summary.error = error
+    return error is None
 
 
 def moves_line(summary: SynthSummary, plan: SynthPlan, previous_ref: promotion.GoldenLine | None) -> bool:

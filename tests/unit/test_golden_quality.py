@@ -169,3 +169,41 @@ def test_golden_diff_on_a_lake_resolves_ids_and_lines(lake_dir):
     assert diff.counts == {"added": 0, "retired": 1, "changed": 0, "regenerated": 0, "unchanged": 2}
     with pytest.raises(ConfigError, match="golden diff nope"):
         gq.golden_diff(lake, "nope", b)
+
+
+# -- the great-expectations golden suite -----------------------------------------------------------------
+CHUNKS = {"c1": TEXT}
+
+
+@pytest.mark.parametrize("rows, expectation, column, sample", [
+    ([_item("a"), _item("a")], "expect_column_values_to_be_unique", "qa_id", ["a", "a"]),
+    ([_item("a", question="  \t ")], "expect_column_values_to_match_regex", "question", ["  \t "]),
+    ([_item("a", question=None)], "expect_column_values_to_not_be_null", "question", []),
+    ([_item("a", evidence=[{"chunk_id": "c1", "start": 40, "end": len(TEXT) + 1}])],
+     "expect_column_values_to_be_in_set", "evidence_in_chunks", ["a"]),
+    ([_item("a", evidence=[{"chunk_id": "c1", "start": 9, "end": 9}])],
+     "expect_column_values_to_be_in_set", "evidence_in_chunks", ["a"]),
+    ([_item("a", chunks=("missing",), evidence=[])], "expect_column_values_to_be_in_set", "references_in_index", ["a"]),
+    ([_item("a", qa_type="trivia")], "expect_column_values_to_be_in_set", "qa_type", ["trivia"]),
+    ([_item("a", status="deleted")], "expect_column_values_to_be_in_set", "status", ["deleted"]),
+], ids=["duplicate_qa_id", "whitespace_question", "null_question", "span_past_chunk_end", "empty_span",
+        "missing_reference", "unregistered_type", "unknown_status"])
+def test_golden_suite_names_the_failed_expectation(rows, expectation, column, sample):
+    report = gq.validate_version(rows, CHUNKS)
+    assert not report.success
+    failed = [(f["expectation"], f["kwargs"]["column"]) for f in report.failures]
+    assert failed == [(expectation, column)]
+    if sample:
+        assert report.failures[0]["sample"] == sample
+    validation, error = gq.validation_outcome(report)
+    assert validation["golden"]["success"] is False and expectation in error and "not made the line's head" in error
+
+
+def test_golden_suite_passes_a_good_set_and_skips_inactive_and_unanswerable_items():
+    rows = [_item("a"), _item("b", qa_type="unanswerable", chunks=(), evidence=[]),
+            _item("c", status="retired", chunks=("gone",), evidence=[{"chunk_id": "gone", "start": 0, "end": 3}]),
+            _item("d", qa_type="imported", evidence=[])]
+    report = gq.validate_version(rows, CHUNKS)
+    assert report.success and report.failures == [] and report.evaluated == 4
+    assert gq.validation_outcome(report) == ({"golden": report.summary()}, None)
+    assert gq.validate_version([], {}).success
