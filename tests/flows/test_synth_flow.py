@@ -246,6 +246,17 @@ def test_a_renamed_document_carries_its_items_over_and_the_next_night_writes_not
     assert third["up_to_date"] and not third["written"] and third["golden_set_id"] == second["golden_set_id"]
     assert fakes.calls == calls
 
+    from ragloop.tasks.golden_quality import golden_diff, golden_report
+    from ragloop.tasks.storage import Lake
+
+    lake = Lake(str(lake_dir))
+    report = golden_report(lake, first["golden_set_id"], sample=2)
+    assert report.generation["run_id"] == first["run_id"] and report.generation["attempted"] == first["attempted"]
+    assert report.generation["per_type"] == first["per_type"] and report.generation["rejects"] == first["rejects"]
+    diff = golden_diff(lake, first["golden_set_id"], "synthetic")
+    assert diff.counts["changed"] == len(moved) and diff.counts["added"] == diff.counts["retired"] == 0
+    assert all(set(c["fields"]) == {"evidence"} for c in diff.changed), "a rename re-points evidence, nothing else"
+
 
 def test_synth_does_not_move_its_line_to_a_version_that_fails_the_golden_suite(prefect_backend, fakes, tmp_path,
                                                                                lake_dir, monkeypatch):
