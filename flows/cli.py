@@ -2,7 +2,7 @@
 
 Exit codes: 0 ok, 1 failed, 2 bad usage or config, 3 gate failed.
 
-Commands that are not stage runs (runs, lineage, compare, promote, rollback, golden list/use/show/export,
+Commands that are not stage runs (runs, lineage, compare, promote, rollback, golden list/use/show/report/diff/export,
 prompts check) call a plain function from tasks/ (tasks/commands.py, tasks/golden_sets.py) that returns the
 command's typed summary, and import it lazily: the read-only ones never import prefect nor start its
 server, and load no model (tests/flows/test_cli_read_only.py holds them to it).
@@ -130,7 +130,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("run_id", metavar="RUN_ID")
     common(p)
 
-    p = sub.add_parser("golden", help="golden sets: list, use, export (JSONL or ragas), import (JSONL)")
+    p = sub.add_parser("golden", help="golden sets: list, use, show, report, diff, export (JSONL or ragas), import (JSONL)")
     gsub = p.add_subparsers(dest="golden_command", required=True, metavar="ACTION")
     g = gsub.add_parser("export", help="write a golden set as JSONL (ragloop columns) or a ragas EvaluationDataset")
     g.add_argument("--golden", default="latest", help="golden_set_id, a unique prefix, or 'latest' (default)")
@@ -149,6 +149,17 @@ def _parser() -> argparse.ArgumentParser:
     common(g)
     g = gsub.add_parser("show", help="a golden set's items: question, type, status, review, reference answer and evidence")
     g.add_argument("spec", metavar="ID", help="golden_set_id, a unique prefix, a line name, or 'latest'")
+    common(g)
+    g = gsub.add_parser("report", help="a golden set's quality: per type, rejects, coverage by folder, duplicates, "
+                                       "evidence support and a sample with its evidence marked")
+    g.add_argument("spec", metavar="ID|LINE", nargs="?", default="latest",
+                   help="golden_set_id, a unique prefix, a line name, or 'latest' (default: the chosen line's head)")
+    g.add_argument("--sample", type=int, default=5, metavar="N", help="active items to show with their evidence (default 5)")
+    g.add_argument("--seed", type=int, default=0, metavar="S", help="seed of the sample (default 0)")
+    common(g)
+    g = gsub.add_parser("diff", help="the items added, retired and changed from golden-set version A to B")
+    g.add_argument("spec_a", metavar="A", help="golden_set_id, a unique prefix, a line name, or 'latest'")
+    g.add_argument("spec_b", metavar="B", help="golden_set_id, a unique prefix, a line name, or 'latest'")
     common(g)
 
     p = sub.add_parser("prompts", help="prompt versions: `prompts check` lists prompts changed since last recorded")
@@ -473,6 +484,8 @@ def _run_golden(args: argparse.Namespace) -> dict:
         return _golden_lines(args)
     if args.golden_command == "show":
         return _golden_show(args)
+    if args.golden_command in ("report", "diff"):
+        return _golden_quality(args)
     if args.golden_command == "export":
         return _golden_export(args)
     from ragloop.flows.golden import import_golden_set
@@ -505,6 +518,67 @@ def _golden_show(args: argparse.Namespace) -> dict:
     from ragloop.tasks.commands import show_golden
 
     return show_golden(_lake(_settings(args)), args.spec).model_dump(mode="json")
+
+
+def _golden_quality(args: argparse.Namespace) -> dict:
+    """`golden report` and `golden diff`: read the lake (the report also the serving index's texts; no Prefect,
+    no model)."""
+    from ragloop.tasks.golden_quality import golden_diff, golden_report
+
+    lake = _lake(_settings(args))
+    if args.golden_command == "diff":
+        return golden_diff(lake, args.spec_a, args.spec_b).model_dump(mode="json")
+    return golden_report(lake, args.spec, args.sample, args.seed).model_dump(mode="json")
+
+
+def _human_golden_report(summary: dict) -> list[str]:
+    items, cov, ev, dup = summary["items"], summary["coverage"], summary["evidence_supported"], summary["duplicates"]
+    lines = [f"golden set {summary['golden_set_id']}" + (f" (line {summary['line']})" if summary.get("line") else "")
+             + f": {items['active']} active of {items['total']} items",
+             "per type (active/total): " + ", ".join(f"{t} {c['active']}/{c['total']}" for t, c in summary["by_type"].items())]
+    gen = summary["generation"]
+    if gen is None:
+        lines.append("generation: not recorded (no synth run wrote this version: imported or reviewed)")
+    else:
+        per_type = gen.get("per_type")
+        lines.append(f"generation (synth run {gen['run_id']}): {gen['accepted']} accepted of {gen['attempted']} attempted; "
+                     + ("per type " + ", ".join(f"{t} {c['accepted']}/{c['attempted']}" for t, c in per_type.items())
+                        if per_type else "per type accept rate " + (", ".join(f"{t} {r}" for t, r in gen["accept_rate_by_type"].items())
+                                                                     or "not recorded")))
+        lines.append("rejects: " + (", ".join(f"{k} {v}" for k, v in gen["rejects"].items()) or "none"))
+    lines.append(f"coverage: {cov['documents']} of {cov['of']} indexed documents have an active item"
+                 + (f" ({summary['index']['table']} v{summary['index']['version']})" if summary.get("index") else " (no index)"))
+    lines += [f"    {folder}: {c['documents']}/{c['of']}" for folder, c in cov["by_folder"].items()]
+    lines.append(f"duplicates: {dup['items']} of {dup['of']} active items ({dup['rate']:.1%}); {dup['measure']}")
+    rate = f"{ev['rate']:.1%}" if ev["rate"] is not None else "-"
+    lines.append(f"evidence-supported: {ev['items']} of {ev['of']} active answerable items ({rate})"
+                 + ("; failing: " + ", ".join(f"{k} {v}" for k, v in ev["failures"].items()) if ev["failures"] else ""))
+    for s in summary["sample"]:
+        lines += ["", f"[{s['qa_type']}] {s['qa_id']}", f"  Q: {s['question']}", f"  A: {s['answer']}"]
+        for e in s["evidence"] or []:
+            window = e["window"] if e["window"] is not None else "(chunk not in the index)"
+            lines.append(f"  evidence {e['chunk_id'][:12]} [{e['start']}:{e['end']}]: " + " ".join(window.split()))
+        if not s["evidence"]:
+            lines.append("  evidence: none")
+    return lines
+
+
+def _human_golden_diff(summary: dict) -> list[str]:
+    c = summary["counts"]
+    lines = [f"golden diff {summary['a']} -> {summary['b']}: {c['added']} added, {c['retired']} retired, "
+             f"{c['changed']} changed, {c['regenerated']} changed (regenerated), {c['unchanged']} unchanged"]
+    lines += [f"+ added   {i['qa_id']} {i['qa_type']} [{i['status']}]: {i['question']}" for i in summary["added"]]
+    lines += [f"- retired {i['qa_id']} {i['qa_type']} ({i['status_after'] or 'absent'} in B): {i['question']}"
+              for i in summary["retired"]]
+
+    def fields(changes: dict) -> list[str]:
+        return [f"      {name}: {v['before']!r} -> {v['after']!r}" for name, v in changes.items()]
+
+    for i in summary["changed"]:
+        lines += [f"~ changed {i['qa_id']} {i['qa_type']}"] + fields(i["fields"])
+    for i in summary["regenerated"]:
+        lines += [f"~ changed (regenerated) {i['qa_id_before']} -> {i['qa_id_after']} {i['qa_type']}"] + fields(i["fields"])
+    return lines
 
 
 def _run_calibrate(args: argparse.Namespace) -> dict:
@@ -574,6 +648,10 @@ def _human_runs(summary: dict) -> list[str]:
 
 
 def _human_golden(summary: dict) -> list[str]:
+    if "sample" in summary:
+        return _human_golden_report(summary)
+    if "regenerated" in summary:
+        return _human_golden_diff(summary)
     if "items" in summary and isinstance(summary["items"], list):
         lines = [f"golden set {summary['golden_set_id']}" + (f" (line {summary['line']})" if summary.get("line") else "")
                  + f": {summary['count']} items - " + ", ".join(f"{k} {v}" for k, v in summary["by_status"].items())]

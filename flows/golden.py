@@ -7,7 +7,7 @@ from pathlib import Path
 from prefect import flow
 
 from ragloop.flows.common import flow_settings, stage_run
-from ragloop.tasks import golden_sets, promotion, providers
+from ragloop.tasks import golden_quality, golden_sets, promotion, providers
 from ragloop.tasks.indexing import ChunkStore, index_store
 from ragloop.tasks.settings import Settings
 from ragloop.tasks.storage import Lake
@@ -29,9 +29,13 @@ def import_golden_set(path: str, lake: str | None = None, config_path: str | Non
         rows = golden_sets.resolve_import(items, store.scan(["chunk_id", "doc_id", "text"]).to_pylist(), Path(path))
         run = stage.start()
         golden_set_id, written = golden_sets.write_golden_rows(stage.lake, rows)
-        moved = promotion.Refs(stage.lake).set_line(line, golden_set_id, "imported", run.run_id, choose=True)
+        report = golden_quality.validate_version(rows, golden_quality.referenced_chunk_texts(store, rows))
+        stage.lake.write_validation(run.run_id, report.suite, report.result)
+        validation, error = golden_quality.validation_outcome(report)
+        moved = None if error else promotion.Refs(stage.lake).set_line(line, golden_set_id, "imported", run.run_id, choose=True)
         run.lineage.update({"golden_set_id": golden_set_id, "golden_line": line,
                             "table": {"name": store.name, "version": store.version},
                             "source_file": str(Path(path).resolve())})
-        summary = golden_sets.import_summary(run.run_id, run.lineage, stage.lake.uri, golden_set_id, rows, written, moved)
+        summary = golden_sets.import_summary(run.run_id, run.lineage, stage.lake.uri, golden_set_id, rows, written, moved,
+                                             validation, error)
         return summary.record(run)

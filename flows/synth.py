@@ -6,7 +6,7 @@ from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 
 from ragloop.flows.common import flow_settings, stage_run
-from ragloop.tasks import promotion, providers, synth_run
+from ragloop.tasks import golden_quality, promotion, providers, synth_run
 from ragloop.tasks import qa_generation as qa
 from ragloop.tasks.indexing import index_store
 from ragloop.tasks.progress import Progress
@@ -33,7 +33,7 @@ def synth_golden_set(lake: str | None = None, size: int | None = None, config_pa
         previous_ref, previous = synth_run.read_previous(stage.lake, refs)
         inputs = synth_run.generation_inputs((store.name, store.version), config, settings.llm, prompts)
         plan = synth_run.plan_synth(previous, previous_ref, store.scan(["chunk_id", "doc_id"]).to_pylist(), prompts,
-                                    inputs, config.size)
+                                    inputs, config.size, chunk_rows=lambda: store.scan(synth_run.RENAME_COLUMNS).to_pylist())
         with Progress("synth", unit="candidate", enabled=progress, log_to=run.logger) as track:
             budget = synth_run.fill_budget(plan, store, embedder.encode, llm, prompts, config, plan_step=plan_tasks,
                                            generate_step=generate_candidates, timer=stage.timer, progress=track)
@@ -46,6 +46,9 @@ def synth_golden_set(lake: str | None = None, size: int | None = None, config_pa
                                       written=written, plan=plan, golden=golden, budget=budget, config=config,
                                       timings_s=stage.timer.report(), generate_s=stage.timer.seconds.get("generate"))
         if synth_run.moves_line(summary, plan, previous_ref):
-            # synth moves its own line; the chosen line (what the nightly evaluates) stays as the user set it
-            summary.line = refs.set_line(promotion.SYNTHETIC, golden_set_id, "synthetic", run.run_id, plan.inputs)
+            report = golden_quality.validate_version(golden.items, golden_quality.referenced_chunk_texts(store, golden.items))
+            stage.lake.write_validation(run.run_id, report.suite, report.result)
+            if synth_run.record_validation(summary, *golden_quality.validation_outcome(report)):
+                # synth moves its own line; the chosen line (what the nightly evaluates) stays as the user set it
+                summary.line = refs.set_line(promotion.SYNTHETIC, golden_set_id, "synthetic", run.run_id, plan.inputs)
         return summary.record(run)

@@ -112,6 +112,12 @@ def _dedent(line: str, n: int) -> str:
     return line[min(n, len(line) - len(line.lstrip(" "))):]
 
 
+def chunk_id_of(doc_id: str, chunker_hash: str, occurrence: int, text: str) -> str:
+    """A chunk's id: its document, the chunker, which occurrence of this exact text in the document
+    (0 for the first) and the text. synth recomputes it to recognize a renamed document's chunks."""
+    return sha256_text(f"{doc_id}\x00{chunker_hash}\x00{occurrence}\x00{text}")[:32]
+
+
 def sha256_text(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
@@ -411,7 +417,7 @@ class Chunker:
                     continue
                 occurrence = seen.get(piece, 0)
                 seen[piece] = occurrence + 1
-                chunk_id = sha256_text(f"{doc.doc_id}\x00{self.hash}\x00{occurrence}\x00{piece}")[:32]
+                chunk_id = chunk_id_of(doc.doc_id, self.hash, occurrence, piece)
                 char_end = end[0] if end and piece == text else piece_offset + len(piece)
                 metadata = {"char_start": piece_offset, "char_end": char_end, **extra}
                 chunks.append(

@@ -76,17 +76,30 @@ class ImportGoldenSummary(StageSummary):
     items: ImportItems
     by_type: dict[str, int] = Field(description="items by qa_type, sorted")
     written: bool = Field(description="whether this run wrote the version (False: the same content existed)")
-    line: LineMove
+    line: LineMove | None = Field(default=None, description="the move of its line; absent when the golden suite failed")
+    validation: dict[str, Any] | None = Field(
+        default=None, description="{golden: {suite, success, evaluated, failures}}: the great-expectations golden suite")
+    error: str | None = Field(default=None, description="why the run failed (the golden suite's failed expectations)")
 
 
 def import_summary(run_id: str, lineage: dict[str, Any], lake_uri: str, golden_set_id: str, rows: list[dict],
-                   written: bool, line: dict) -> ImportGoldenSummary:
-    """The summary of an import that wrote (or found) its version and moved its line."""
-    return ImportGoldenSummary(
-        run_id=run_id, status="ok", lineage=lineage, lake=lake_uri, golden_set_id=golden_set_id,
+                   written: bool, line: dict | None, validation: dict | None = None,
+                   error: str | None = None) -> ImportGoldenSummary:
+    """The summary of an import that wrote (or found) its version: ok with the line moved, or failed when
+    the golden suite failed (error set, line absent: the version is written but heads no line)."""
+    summary = ImportGoldenSummary(
+        run_id=run_id, status="ok" if error is None else "failed", lineage=lineage, lake=lake_uri,
+        golden_set_id=golden_set_id,
         items={"total": len(rows), "new": len(rows), "kept": 0, "stale": 0, "retired": 0, "rejected": 0},
-        by_type=dict(sorted(_by_type(rows).items())), written=written, line=line,
+        by_type=dict(sorted(_by_type(rows).items())), written=written,
     )
+    if line is not None:
+        summary.line = line
+    if validation is not None:
+        summary.validation = validation
+    if error is not None:
+        summary.error = error
+    return summary
 
 
 # -- export ---------------------------------------------------------------------------------------

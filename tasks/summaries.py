@@ -83,7 +83,7 @@ class LineMove(SummaryModel):
 def summary_models() -> dict[str, type[SummaryModel]]:
     """Command -> the model of the summary it returns (`--json`). Imported on call: the stage modules
     import this one."""
-    from ragloop.tasks import commands
+    from ragloop.tasks import commands, golden_quality
     from ragloop.tasks.calibration import CalibrateSummary
     from ragloop.tasks.eval_run import EvalSummary
     from ragloop.tasks.exports import ExportDatasetSummary
@@ -100,6 +100,7 @@ def summary_models() -> dict[str, type[SummaryModel]]:
             "compare": commands.CompareSummary, "lineage": commands.LineageSummary,
             "rollback": commands.RollbackSummary, "promote": commands.PromoteSummary,
             "golden list": commands.GoldenListSummary, "golden use": commands.GoldenUseSummary,
-            "golden show": commands.GoldenShowSummary, "runs": commands.RunsSummary,
+            "golden show": commands.GoldenShowSummary,
+            "golden report": golden_quality.GoldenReportSummary, "golden diff": golden_quality.GoldenDiffSummary, "runs": commands.RunsSummary,
             "prompts check": commands.PromptsCheckSummary, "calibrate": CalibrateSummary,
             "export sft": ExportDatasetSummary, "export preference": ExportDatasetSummary}

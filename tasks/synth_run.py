@@ -86,28 +86,89 @@ class SynthPlan:
     # chunks changed (status stale: they wait in the review app's stale queue, never regenerated).
     held: list[dict] = field(default_factory=list)
     rejected_pairs: frozenset = frozenset()  # (qa_type, chunk_id) people rejected: never generated again
+    moved: list[str] = field(default_factory=list)  # qa_ids of kept items carried over a renamed document
 
     def status_counts(self) -> Counter:
         return Counter(i["status"] for i in self.changed)
 
 
+RENAME_COLUMNS = ["chunk_id", "doc_id", "doc_sha256", "text", "position", "chunker_hash"]  # what carry_over_renames reads
+
+
+def carry_over_renames(items: Sequence[dict], verdicts: dict[str, str], chunk_rows: Sequence[dict]) -> dict[str, dict]:
+    """qa_id -> the item re-pointed at its chunks' new ids, for retired items (a source document gone)
+    whose every vanished source chunk reappears unchanged under another document: a renamed or moved
+    file. A chunk is recognized by recomputing its id (tasks.chunking.chunk_id_of) under each gone
+    document id of the item from a current chunk's text, chunker hash and occurrence in its document,
+    so the text and the chunker must be the same. Reference, source and evidence chunk ids, doc ids
+    and doc hashes follow; evidence offsets stay (same text). chunk_rows: {chunk_id, doc_id,
+    doc_sha256, text, position, chunker_hash} of every chunk in the index. Items not fully found stay
+    retired (absent from the result)."""
+    from ragloop.tasks.chunking import chunk_id_of
+
+    present = {r["chunk_id"] for r in chunk_rows}
+    retired = [i for i in items if verdicts.get(i["qa_id"]) == "retired"]
+    gone_docs = {d for i in retired for d in i["source_doc_ids"]} - {r["doc_id"] for r in chunk_rows}
+    if not gone_docs:
+        return {}
+    seen: Counter = Counter()
+    renamed: dict[str, dict] = {}  # old chunk id -> the current chunk row it would have been
+    for row in sorted(chunk_rows, key=lambda r: (r["doc_id"], r["position"])):
+        occurrence = seen[(row["doc_id"], row["text"])]
+        seen[(row["doc_id"], row["text"])] += 1
+        for doc in gone_docs:
+            renamed.setdefault(chunk_id_of(doc, row["chunker_hash"], occurrence, row["text"]), row)
+    out = {}
+    for item in retired:
+        missing = [c for c in item["source_chunk_ids"] if c not in present]
+        if not missing or not all(c in renamed for c in missing):
+            continue
+        new_id = {c: renamed[c]["chunk_id"] for c in missing}
+        rows = {c: renamed[c] for c in missing}
+        doc_of = {r["chunk_id"]: r["doc_id"] for r in chunk_rows}
+        old_doc = dict(zip(item["source_doc_ids"], item.get("source_doc_sha256s") or []))
+        sha_of = {r["doc_id"]: r["doc_sha256"] for r in rows.values()}
+
+        def repoint(ids: Sequence[str]) -> list[str]:
+            return [new_id.get(c, c) for c in ids]
+
+        sources, references = repoint(item["source_chunk_ids"]), repoint(item["reference_chunk_ids"])
+        source_docs = list(dict.fromkeys(doc_of[c] for c in sources))
+        out[item["qa_id"]] = dict(
+            item, source_chunk_ids=sources, reference_chunk_ids=references, source_doc_ids=source_docs,
+            reference_doc_ids=list(dict.fromkeys(doc_of[c] for c in references)),
+            source_doc_sha256s=[sha_of.get(d) or old_doc.get(d, "") for d in source_docs],
+            evidence=[dict(e, chunk_id=new_id.get(e["chunk_id"], e["chunk_id"])) for e in item.get("evidence") or []])
+    return out
+
+
 def plan_synth(previous: list[dict], previous_ref: promotion.GoldenLine | None, catalog: Sequence[dict],
-               prompts: dict[str, Prompt], inputs: str, size: int) -> SynthPlan:
+               prompts: dict[str, Prompt], inputs: str, size: int,
+               chunk_rows: Callable[[], Sequence[dict]] | None = None) -> SynthPlan:
     """Classify the previous set's active items against the index (catalog: {chunk_id, doc_id} rows) and
     the current prompts (tasks.qa_generation.classify_previous), and size the budget: `size` active
-    items, of which the kept ones count."""
+    items, of which the kept ones count. An item whose document was renamed (its chunks' texts are back
+    under a new doc_id) is kept, re-pointed, and listed in `moved` (carry_over_renames; chunk_rows() is
+    called only when some item would be retired, and returns the rows it needs)."""
     chunk_ids = {r["chunk_id"] for r in catalog}
     doc_ids = {r["doc_id"] for r in catalog}
     current_prompts = {n: prompts[n].prompt_hash for n in required_prompts()}
-    verdicts, held = review.protect_human(previous, qa.classify_previous(previous, chunk_ids, doc_ids, current_prompts))
+    verdicts = qa.classify_previous(previous, chunk_ids, doc_ids, current_prompts)
+    moved = {}
+    if chunk_rows is not None and "retired" in verdicts.values():
+        moved = carry_over_renames(previous, verdicts, chunk_rows())
+        previous = [moved.get(i["qa_id"], i) for i in previous]
+        verdicts.update(dict.fromkeys(moved, "kept"))
+    verdicts, held = review.protect_human(previous, verdicts)
     kept = [i for i in previous if verdicts.get(i["qa_id"]) == "kept"]
     changed = [dict(i, status=verdicts[i["qa_id"]]) for i in previous if verdicts.get(i["qa_id"]) in qa.REPLACED]
     covered = {d for i in kept for d in i["source_doc_ids"]}
     priority = (sorted({d for i in changed if i["status"] in ("stale", "outdated") for d in i["source_doc_ids"]})
                 + sorted(doc_ids - covered))
-    up_to_date = bool(previous_ref) and previous_ref.inputs == inputs and not changed
+    up_to_date = bool(previous_ref) and previous_ref.inputs == inputs and not changed and not moved
     need = 0 if up_to_date else max(size - len(kept), 0)
-    return SynthPlan(kept, changed, priority, doc_ids, inputs, up_to_date, need, held, review.rejected_pairs(previous))
+    return SynthPlan(kept, changed, priority, doc_ids, inputs, up_to_date, need, held, review.rejected_pairs(previous),
+                     sorted(q for q in moved if verdicts.get(q) == "kept"))
 
 
 # -- the budget loop ------------------------------------------------------------------------------
@@ -276,7 +337,9 @@ def synth_lineage(golden_set_id: str, previous_ref: promotion.GoldenLine | None,
 class SynthItems(SummaryModel):
     total: int = Field(description="active items in the written golden set (kept + new)")
     new: int = Field(description="items accepted this run")
-    kept: int = Field(description="previous active items kept unchanged")
+    kept: int = Field(description="previous active items kept (unchanged, or moved)")
+    moved: int | None = Field(default=None, description="kept items carried over a renamed or moved document: "
+                                                        "same text, re-pointed at its new chunk and doc ids")
     stale: int = Field(description="previous items whose source chunk changed (document still there)")
     retired: int = Field(description="previous items whose source document is gone")
     outdated: int = Field(description="previous items made by another version of their prompt")
@@ -325,6 +388,8 @@ class SynthSummary(StageSummary):
     attempted: int = Field(description="candidates generated this run (== new + rejected)")
     up_to_date: bool = Field(description="inputs unchanged since the last synth: nothing generated, version reused")
     accept_rate_by_type: dict[str, float] = Field(description="accepted / attempted per question type, 3 decimals")
+    per_type: dict[str, dict[str, int]] | None = Field(
+        default=None, description="{type: {accepted, attempted}}: candidates generated and accepted this run, by type")
     coverage: Coverage
     ineligible_chunks: dict[str, int] = Field(description="chunks not allowed to seed questions, by reason (last round)")
     evidence_supported: EvidenceSupported
@@ -333,7 +398,11 @@ class SynthSummary(StageSummary):
     per_minute: PerMinute
     shortfall: Shortfall | None = Field(default=None, description="set when fewer than synth.size items are active")
     error: str | None = Field(default=None, description="why the run is failed or partial")
-    line: LineMove | None = Field(default=None, description="the move of synth's line; absent when the version is reused")
+    line: LineMove | None = Field(default=None, description="the move of synth's line; absent when the version is reused "
+                                                            "or failed the golden suite")
+    validation: dict[str, Any] | None = Field(
+        default=None, description="{golden: {suite, success, evaluated, failures}}: the great-expectations golden suite "
+                                  "run on a version before it becomes the line's head")
 
 
 def _nonzero(rejects: Counter) -> dict[str, int]:
@@ -353,13 +422,16 @@ def summarize(run_id: str, lineage: dict[str, Any], *, lake_uri: str, golden_set
     answerable_new = [i for i in report.accepted if not must_refuse(i["qa_type"])]
     summary = SynthSummary(
         run_id=run_id, status="ok", lineage=lineage, lake=lake_uri, golden_set_id=golden_set_id,
-        items={"total": len(active), "new": len(report.accepted), "kept": len(plan.kept), "stale": status_counts["stale"],
+        items={"total": len(active), "new": len(report.accepted), "kept": len(plan.kept),
+               "moved": len(plan.moved), "stale": status_counts["stale"],
                "retired": status_counts["retired"], "outdated": status_counts["outdated"],
                "rejected": sum(report.rejects.values())},
         by_type=dict(sorted(Counter(i["qa_type"] for i in active).items())),
         rejects=_nonzero(report.rejects), attempted=report.attempted, up_to_date=plan.up_to_date,
         accept_rate_by_type={t: round(sum(1 for i in report.accepted if i["qa_type"] == t) / n, 3)
                              for t, n in sorted(budget.attempted_by_type.items())},
+        per_type={t: {"accepted": sum(1 for i in report.accepted if i["qa_type"] == t), "attempted": n}
+                  for t, n in sorted(budget.attempted_by_type.items())},
         coverage={"documents": len(covered), "of": len(plan.doc_ids),
                   "ratio": round(len(covered) / len(plan.doc_ids), 3) if plan.doc_ids else 0.0,
                   "folders": len(folders_covered), "of_folders": len(folders),
@@ -383,6 +455,17 @@ def summarize(run_id: str, lineage: dict[str, Any], *, lake_uri: str, golden_set
         summary.error = (f"{len(active)} of {config.size} items after {config.rounds} rounds; "
                          f"rejected by reason {summary.shortfall.rejects}")
     return summary
+
+
+def record_validation(summary: SynthSummary, validation: dict[str, Any], error: str | None) -> bool:
+    """Put the golden suite's outcome (tasks.golden_quality.validation_outcome) on the summary; a failed
+    suite makes the run failed (the version stays written, nothing lost, but does not head the line).
+    Returns whether the line may move."""
+    summary.validation = validation
+    if error is not None:
+        summary.status = "failed"
+        summary.error = error
+    return error is None
 
 
 def moves_line(summary: SynthSummary, plan: SynthPlan, previous_ref: promotion.GoldenLine | None) -> bool:

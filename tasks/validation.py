@@ -100,3 +100,52 @@ def validate_chunks(table_frame: pd.DataFrame, written: pd.DataFrame, dim: int, 
     if frame.empty:
         frame = pd.DataFrame(columns=["chunk_id", "doc_id", "position", "n_tokens", "text_length", "vector_dim", "vector_norm"])
     return _run_suite("chunks", frame, expectations)
+
+
+GOLDEN_STATUSES = ("active", "stale", "retired", "outdated")  # what synth, import and review write
+
+
+def golden_frame(rows: list[dict], chunk_texts: dict[str, str], answerable: dict[str, bool]) -> pd.DataFrame:
+    """One row per golden item: qa_id, question, qa_type, status, and the checks GE cannot express as
+    column expectations, as booleans (True for items they do not apply to: not active, or unanswerable):
+    references_in_index (every reference_chunk_id is in chunk_texts, the serving index's chunk_id -> text)
+    and evidence_in_chunks (every span's chunk is indexed and 0 <= start < end <= len(its text)).
+    answerable: qa_type -> whether its items must be answered (unknown types count as answerable)."""
+    out = []
+    for r in rows:
+        checked = r.get("status") == "active" and answerable.get(r.get("qa_type"), True)
+        spans = r.get("evidence") or []
+        out.append({
+            "qa_id": r.get("qa_id"), "question": r.get("question"), "qa_type": r.get("qa_type"), "status": r.get("status"),
+            "references_in_index": not checked or all(c in chunk_texts for c in r.get("reference_chunk_ids") or []),
+            "evidence_in_chunks": not checked or all(
+                e["chunk_id"] in chunk_texts and 0 <= e["start"] < e["end"] <= len(chunk_texts[e["chunk_id"]]) for e in spans),
+        })
+    columns = ["qa_id", "question", "qa_type", "status", "references_in_index", "evidence_in_chunks"]
+    return pd.DataFrame(out, columns=columns)
+
+
+def validate_golden(rows: list[dict], chunk_texts: dict[str, str], answerable: dict[str, bool]) -> ValidationReport:
+    """Golden-set suite, run on a version before it becomes a line's head: qa_id present and unique,
+    question present and not whitespace-only, qa_type registered (the keys of `answerable`), status one
+    of GOLDEN_STATUSES, and for active answerable items every reference chunk in the serving index and
+    every evidence span inside its chunk (golden_frame). Each failure names its expectation and column."""
+    import great_expectations.expectations as gxe
+
+    frame = golden_frame(rows, chunk_texts, answerable)
+    expectations = [
+        gxe.ExpectColumnValuesToNotBeNull(column="qa_id"),
+        gxe.ExpectColumnValuesToBeUnique(column="qa_id"),
+        gxe.ExpectColumnValuesToNotBeNull(column="question"),
+        gxe.ExpectColumnValuesToMatchRegex(column="question", regex=r"\S"),
+        gxe.ExpectColumnValuesToBeInSet(column="qa_type", value_set=sorted(answerable)),
+        gxe.ExpectColumnValuesToBeInSet(column="status", value_set=list(GOLDEN_STATUSES)),
+        gxe.ExpectColumnValuesToBeInSet(column="references_in_index", value_set=[True]),
+        gxe.ExpectColumnValuesToBeInSet(column="evidence_in_chunks", value_set=[True]),
+    ]
+    report = _run_suite("golden", frame, expectations)
+    for failure in report.failures:  # a computed check's sample is [False]: name the items instead
+        column = failure["kwargs"].get("column")
+        if column in ("references_in_index", "evidence_in_chunks"):
+            failure["sample"] = frame.loc[~frame[column].astype(bool), "qa_id"].head(5).tolist()
+    return report

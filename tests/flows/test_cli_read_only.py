@@ -83,6 +83,7 @@ def _run_with(root, argv: list[str], forbidden: tuple[str, ...], fake_embedder: 
     ["compare", "{run_a}", "{run_b}"],
     ["golden", "list"],
     ["golden", "show", "latest"],
+    ["golden", "diff", "latest", "latest"],
     ["golden", "export", "--out", "{root}/golden.jsonl"],
     ["prompts", "check"],
     ["calibrate"],
@@ -102,6 +103,15 @@ def test_golden_export_as_ragas_needs_only_ragas_and_the_index(lake):
                                        "--json"], FORBIDDEN_RAGAS_EXPORT, fake_embedder=True)
     assert report == {"exit_code": 0, "imported": []}, summary
     assert summary["items"] == len(out.read_text().splitlines()) > 0
+
+
+def test_golden_report_reads_the_lake_and_the_index_only(lake):
+    root, lake_dir, _ = lake
+    summary, report = _run_with(root, ["golden", "report", "--sample", "2", "--lake", str(lake_dir), "--json"],
+                                tuple(m for m in FORBIDDEN if m != "lancedb"))
+    assert report == {"exit_code": 0, "imported": []}, summary
+    assert summary["generation"] is None and summary["items"]["active"] > 0 and len(summary["sample"]) == 2
+    assert summary["coverage"]["of"] > 0
 
 
 def test_a_read_only_usage_error_still_exits_2_without_prefect(lake):

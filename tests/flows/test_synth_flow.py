@@ -217,3 +217,61 @@ def test_synth_cli_shows_progress_off_a_terminal_and_keeps_json_clean(prefect_ba
     summary = json.loads(capsys.readouterr().out)
     assert summary["status"] == "ok" and summary["items"]["total"] == 7
     assert not [r for r in caplog.records if r.getMessage().startswith("synth: ")], "--json: no progress"
+
+
+def test_a_renamed_document_carries_its_items_over_and_the_next_night_writes_nothing(prefect_backend, fakes, tmp_path,
+                                                                                       lake_dir):
+    src = write_files(tmp_path / "src", DOCS)
+    index_flow.index_corpus(sources=[str(src)], lake=str(lake_dir))
+    first = synth_flow.synth_golden_set(lake=str(lake_dir), size=8)
+    before = {i["qa_id"]: i for i in _golden(lake_dir, first["golden_set_id"])}
+    renamed = sorted(d for i in before.values() for d in i["source_doc_ids"])[0]
+    (src / "moved").mkdir()
+    (src / renamed).rename(src / "moved" / renamed)
+    index_flow.index_corpus(sources=[str(src)], lake=str(lake_dir))
+    calls = fakes.calls
+
+    second = synth_flow.synth_golden_set(lake=str(lake_dir), size=8)
+    assert second["status"] == "ok", second
+    assert second["items"]["moved"] >= 1 and second["items"]["retired"] == 0 and second["items"]["new"] == 0
+    assert fakes.calls == calls, "a rename generates nothing"
+    assert second["validation"]["golden"]["success"] and second["golden_set_id"] != first["golden_set_id"]
+    after = {i["qa_id"]: i for i in _golden(lake_dir, second["golden_set_id"])}
+    assert set(after) == set(before) and all(i["status"] == "active" for i in after.values())
+    moved = [q for q, i in before.items() if renamed in i["source_doc_ids"]]
+    assert moved and all(f"moved/{renamed}" in after[q]["source_doc_ids"] and renamed not in after[q]["source_doc_ids"]
+                         for q in moved)
+
+    third = synth_flow.synth_golden_set(lake=str(lake_dir), size=8)
+    assert third["up_to_date"] and not third["written"] and third["golden_set_id"] == second["golden_set_id"]
+    assert fakes.calls == calls
+
+    from ragloop.tasks.golden_quality import golden_diff, golden_report
+    from ragloop.tasks.storage import Lake
+
+    lake = Lake(str(lake_dir))
+    report = golden_report(lake, first["golden_set_id"], sample=2)
+    assert report.generation["run_id"] == first["run_id"] and report.generation["attempted"] == first["attempted"]
+    assert report.generation["per_type"] == first["per_type"] and report.generation["rejects"] == first["rejects"]
+    diff = golden_diff(lake, first["golden_set_id"], "synthetic")
+    assert diff.counts["changed"] == len(moved) and diff.counts["added"] == diff.counts["retired"] == 0
+    assert all(set(c["fields"]) == {"evidence"} for c in diff.changed), "a rename re-points evidence, nothing else"
+
+
+def test_synth_does_not_move_its_line_to_a_version_that_fails_the_golden_suite(prefect_backend, fakes, tmp_path,
+                                                                               lake_dir, monkeypatch):
+    from ragloop.tasks import golden_quality
+    from ragloop.tasks.promotion import Refs
+    from ragloop.tasks.storage import Lake
+
+    src = write_files(tmp_path / "src", DOCS)
+    index_flow.index_corpus(sources=[str(src)], lake=str(lake_dir))
+    monkeypatch.setattr(golden_quality, "referenced_chunk_texts", lambda store, rows: {})  # every reference "missing"
+    summary = synth_flow.synth_golden_set(lake=str(lake_dir), size=4)
+    assert summary["status"] == "failed" and "line" not in summary
+    failures = summary["validation"]["golden"]["failures"]
+    assert {f["kwargs"]["column"] for f in failures} == {"references_in_index", "evidence_in_chunks"}
+    assert "references_in_index" in summary["error"]
+    lake = Lake(str(lake_dir))
+    assert summary["golden_set_id"] in lake.list_golden(), "the version is written: nothing lost"
+    assert Refs(lake).lines().lines.get("synthetic") is None

@@ -293,7 +293,8 @@ def test_status_is_never_a_silent_ok(kept, accepted, attempted, status, error, s
 
 def test_summary_counts_coverage_rates_and_throughput():
     summary = _summary(1, 3, 4).model_dump(mode="json")
-    assert summary["items"] == {"total": 4, "new": 3, "kept": 1, "stale": 0, "retired": 0, "outdated": 0, "rejected": 1}
+    assert summary["items"] == {"total": 4, "new": 3, "kept": 1, "moved": 0, "stale": 0, "retired": 0, "outdated": 0,
+                                "rejected": 1}
     assert summary["rejects"] == {"unparseable": 1}, "zero counts left out"
     assert summary["accept_rate_by_type"] == {"single_hop": 0.75} and summary["by_type"] == {"single_hop": 4}
     assert summary["coverage"] == {"documents": 2, "of": 2, "ratio": 1.0, "folders": 1, "of_folders": 1,
@@ -386,3 +387,83 @@ def test_fill_budget_progress_counts_every_candidate_once_and_notes_the_accepted
     lines = [r.getMessage() for r in caplog.records if r.name == "test.synth"]
     assert lines and lines[-1].startswith(f"synth: {track.n}/{track.n} candidates (100%)")
     assert lines[-1].endswith(f"accepted {len(budget.report.accepted)}/5")
+
+
+# -- a renamed document carries its items over -------------------------------------------------------------
+def _chunks(doc: str, texts: list[str], chunker: str = "ch1", sha: str | None = None) -> list[dict]:
+    """Catalog rows of a document as the chunker makes them (ids from tasks.chunking.chunk_id_of)."""
+    from ragloop.tasks.chunking import chunk_id_of
+
+    seen: Counter = Counter()
+    rows = []
+    for position, text in enumerate(texts):
+        rows.append({"chunk_id": chunk_id_of(doc, chunker, seen[text], text), "doc_id": doc,
+                     "doc_sha256": sha or f"sha-{doc}", "text": text, "position": position, "chunker_hash": chunker})
+        seen[text] += 1
+    return rows
+
+
+def _item_on(qa_id: str, rows: list[dict], prompts, qa_type: str = "single_hop") -> dict:
+    single = prompts["qa_single_hop"]
+    docs = list(dict.fromkeys(r["doc_id"] for r in rows))
+    return {"qa_id": qa_id, "question": f"{qa_id}?", "qa_type": qa_type, "status": "active", "review": "synthetic",
+            "source_chunk_ids": [r["chunk_id"] for r in rows], "reference_chunk_ids": [r["chunk_id"] for r in rows],
+            "source_doc_ids": docs, "reference_doc_ids": docs, "source_doc_sha256s": [rows[0]["doc_sha256"]],
+            "evidence": [{"chunk_id": r["chunk_id"], "start": 0, "end": 4} for r in rows],
+            "prompt_id": single.prompt_id, "prompt_hash": single.prompt_hash}
+
+
+TEXTS = ["Station 1 has 11 docks.", "Rides cost 2 credits.", "Rides cost 2 credits."]  # a repeated text: occurrence 1
+
+
+@pytest.mark.parametrize("new_doc, new_texts, chunker, moved, retired", [
+    ("guides/b.md", TEXTS, "ch1", True, []),  # renamed and moved to another folder, same text: carried over
+    # renamed and edited: the items on the unchanged first chunk follow it; the repeated text is now the
+    # first occurrence of its text, not the same chunk
+    ("a-renamed.md", TEXTS[:1] + ["Rides cost 3 credits.", TEXTS[2]], "ch1", ["first", "pair"], ["repeat"]),
+    ("a-renamed.md", TEXTS, "ch2", [], ["first", "pair", "repeat"]),  # another chunker: not the same chunks
+])
+def test_plan_carries_items_over_a_renamed_document(prompts, new_doc, new_texts, chunker, moved, retired):
+    old = _chunks("a.md", TEXTS)
+    other = _chunks("c.md", ["Station 3 has 13 docks."])
+    new = _chunks(new_doc, new_texts, chunker, sha="sha-new")
+    previous = [_item_on("first", old[:1], prompts), _item_on("repeat", old[2:3], prompts),
+                _item_on("pair", [old[0], other[0]], prompts, "multi_hop"), _item_on("other", other, prompts)]
+    catalog = new + other
+    calls = []
+    plan = synth_run.plan_synth(previous, None, catalog, prompts, "inputs", size=4,
+                                chunk_rows=lambda: calls.append(1) or catalog)
+    if moved is True:
+        by_id = {i["qa_id"]: i for i in plan.kept}
+        assert plan.moved == ["first", "pair", "repeat"] and not plan.changed and plan.need == 0
+        assert by_id["first"]["source_chunk_ids"] == by_id["first"]["reference_chunk_ids"] == [new[0]["chunk_id"]]
+        assert by_id["repeat"]["source_chunk_ids"] == [new[2]["chunk_id"]], "the second occurrence maps to the second"
+        assert by_id["pair"]["source_chunk_ids"] == [new[0]["chunk_id"], other[0]["chunk_id"]]
+        assert by_id["pair"]["source_doc_ids"] == by_id["pair"]["reference_doc_ids"] == [new_doc, "c.md"]
+        assert by_id["first"]["source_doc_sha256s"] == ["sha-new"]
+        assert by_id["first"]["evidence"] == [{"chunk_id": new[0]["chunk_id"], "start": 0, "end": 4}]
+        assert by_id["other"] == previous[3], "untouched items are kept as they were"
+        assert qa.golden_set_id_of(plan.kept) != qa.golden_set_id_of(previous), "re-pointed items are a new version"
+    else:
+        assert plan.moved == moved and {i["qa_id"]: i["status"] for i in plan.changed} == dict.fromkeys(retired, "retired")
+    assert calls == [1], "the chunk texts are read once, and only because some item would be retired"
+
+
+def test_plan_reads_no_chunk_text_when_nothing_would_be_retired(prompts):
+    rows = _chunks("a.md", TEXTS)
+    plan = synth_run.plan_synth([_item_on("first", rows[:1], prompts)], None, rows, prompts, "inputs", size=1,
+                                chunk_rows=lambda: pytest.fail("read chunk texts for nothing"))
+    assert plan.moved == [] and [i["qa_id"] for i in plan.kept] == ["first"]
+
+
+def test_a_moved_item_makes_the_plan_not_up_to_date_and_is_counted(prompts):
+    old, new = _chunks("a.md", TEXTS), _chunks("b.md", TEXTS)
+    ref = promotion.GoldenLine(golden_set_id="g1", kind="synthetic", inputs="inputs")
+    plan = synth_run.plan_synth([_item_on("first", old[:1], prompts)], ref, new, prompts, "inputs", size=1,
+                                chunk_rows=lambda: new)
+    assert plan.moved == ["first"] and not plan.up_to_date and plan.need == 0
+    golden = synth_run.assemble_golden(plan, [])
+    summary = synth_run.summarize("r", {}, lake_uri="l", golden_set_id="g2", written=True, plan=plan, golden=golden,
+                                  budget=synth_run.Budget(), config=_config(size=1), timings_s={}, generate_s=None)
+    assert summary.items.moved == 1 and summary.items.kept == 1 and summary.items.retired == 0
+    assert summary.status == "ok"
