@@ -80,6 +80,7 @@ class Candidate:
     prompt: Prompt
     error: str | None = None
     finish_reason: str | None = None  # of the generating call: "length" means cut at max_tokens
+    original_question: str = ""  # before a rewrite step (paraphrased): what the answer checks hold it to
     # Set by reject_reason on acceptance: chunk_id -> [(start, end)] character spans supporting the answer.
     evidence: dict[str, list[tuple[int, int]]] = field(default_factory=dict)
 
@@ -184,7 +185,14 @@ _DEPENDENT_START = re.compile(
     r"we|we'll|we're|you'll\s+see|in\s+this|in\s+that|for\s+example|for\s+instance|by\s+the\s+way|"
     r"of\s+course|in\s+fact|anyway|above|below|after\s+that|before\s+that|with\s+(?:it|that|this))\b", re.I)
 _POINTER = re.compile(r"\b(?:following|below|above|previous|next\s+(?:section|chapter|step)|same\s+as|like\s+before|"
-                      r"see|read\s+(?:more|the|about)|check\s+(?:the|out)|learn\s+more|example|screenshot|image)\b", re.I)
+                      r"see|read\s+(?:more|the|about)|check\s+(?:the|out)|learn|later|example|screenshot|image|"
+                      r"this|these|those)\b", re.I)
+# A link to another page of the docs ("... in [Settings](advanced/settings.md)") points at its answer.
+_INTERNAL_LINK = re.compile(r"\]\((?!https?:|mailto:)[^)]*\)")
+# A changelog line ("* Add GitHub action to ...", "Re-enable checks") records a change, not how things are.
+_CHANGELOG = re.compile(r"^\s*(?:[-*+]|\d+[.)])\s+(?:[^\w`]*\s*)?(?:add|adds|added|fix|fixes|fixed|update|updates|updated|"
+                        r"bump|bumps|remove|removes|removed|refactor|re-enable|enable|disable|upgrade|improve|"
+                        r"document|tweak|rename|drop|deprecate|revert|merge|sync|translate)\b", re.I)
 _INLINE_CODE = re.compile(r"`[^`]*`")
 _ABBREVIATION_END = re.compile(r"\b(?:e\.g|i\.e|etc|vs|cf|approx|incl|no|fig|eq)\.$", re.I)
 _LINK_TARGET = re.compile(r"\]\([^)]*\)")
@@ -200,8 +208,8 @@ def fact_sentences(text: str) -> list[tuple[int, int]]:
     out = []
     for start, end in grounding.prose_spans(text):
         sentence = text[start:end].strip()
-        if sentence.startswith(("|", ">", "!", "[")):
-            continue  # a table row, a quote, an image or a link line is no sentence to answer with
+        if sentence.startswith(("|", ">", "!", "[")) or _INTERNAL_LINK.search(sentence) or _CHANGELOG.match(sentence):
+            continue  # a table row, quote, image or link line; a pointer to another page; a changelog line
         body = re.sub(r"^\s*(?:[-*+]|\d+[.)])\s+", "", sentence)  # a list item's marker is not a word
         words = body.split()
         if not FACT_SENTENCE_WORDS[0] <= len(words) <= FACT_SENTENCE_WORDS[1]:
@@ -476,6 +484,7 @@ def generate_candidates(tasks: list[GenTask], prompts: dict[str, Prompt], llm, o
             if res.value is None:
                 cand.error = res.error or "no value"
             else:
+                cand.original_question = cand.question
                 cand.question, cand.prompt = res.value.question, prompt
     return [c for c in candidates if c is not None]
 
@@ -500,6 +509,7 @@ REJECT_REASONS = (
     "truncated", "copies_context", "circular", "made_up_fact", "unsupported_question", "unsupported_answer",
     "missing_evidence", "answerable", "roundtrip", "near_duplicate", "over_budget",
 )
+_REPEATED_RUN = re.compile(r"\b(\w+(?:\W+\w+){2,})\W+(?:\w+\W+){0,3}?\1\b", re.I)  # 3+ words said twice
 _WH = frozenset("how what which why when where who whom whose about regarding does do did can could should would will is are "
                 "was were may might must shall".split())
 
@@ -517,12 +527,6 @@ def question_support(question: str, source: str) -> float:
     flat = "".join(grounding.tokens(source))
     found = sum(1 for w in words if w in vocab or (len(w) >= 5 and w[:5] in stems) or (len(w) >= 3 and w in flat))
     return found / len(words)
-
-
-def adds_to(answer: str, question: str) -> int:
-    """Content words of the answer its question does not already contain (what the answer tells)."""
-    asked = set(grounding.content_words(question))
-    return len({w for w in grounding.content_words(answer) if w not in asked})
 
 
 def answer_support(answer: str, context: str) -> float:
@@ -573,10 +577,10 @@ def reject_reason(cand: Candidate, config: SynthConfig) -> str | None:
     answer's numbers (with units) and names must all lie in them and the question's in its chunks
     (`made_up_fact`), a multi-hop answer needs evidence in both chunks (`missing_evidence`). An
     extractive item's answer is its sentence(s), so the checks fall on the question: its topic words
-    must come from the sentences and their topics (`unsupported_question`, config.min_question_support),
-    and the answer must tell at least two content words the question lacks (`circular`: a question
-    that restates its answer sentence asks nothing). Its fit to the sentence is checked afterwards with
-    the embedder (roundtrip_failures).
+    must come from the sentences and their topics, half of them from the sentences themselves
+    (`unsupported_question`, config.min_question_support), and a question that restates its whole
+    answer sentence asks nothing (`circular`). Its fit to the sentence is checked afterwards with the
+    embedder (roundtrip_failures).
     """
     cand.evidence = {}
     if cand.error:
@@ -588,8 +592,8 @@ def reject_reason(cand: Candidate, config: SynthConfig) -> str | None:
         return "too_short" if len(q) < config.min_question_chars else "too_long"
     if answerable and (not a or len(a) > config.max_answer_chars):
         return "too_short" if not a else "too_long"
-    if "\n" in q or (kind.question_mark and not q.endswith("?")):
-        return "malformed"  # a cut-off question, or one with its answer run into it
+    if "\n" in q or (kind.question_mark and not q.endswith("?")) or q.count("?") > 1:
+        return "malformed"  # a cut-off question, one with its answer run into it, or two questions
     if CONTEXT_REFERENCE.search(q):
         return "refers_to_context"  # "what is the passage about?" means nothing to a retriever
     context = grounding.joined(c.text for c in cand.task.chunks)
@@ -597,20 +601,25 @@ def reject_reason(cand: Candidate, config: SynthConfig) -> str | None:
         return "placeholder"
     if answerable and (grounding.repetition(a) or grounding.passage_spam(a)):
         return "repetition"
+    if grounding.repetition(q) or _REPEATED_RUN.search(q):
+        return "repetition"  # "How do I X? How do I X?", "... in a group of paths in a group of paths?"
     extractive = bool(cand.task.answer_spans)
     if answerable and grounding.truncated(a, context, None if extractive else cand.finish_reason):
         return "truncated"
     if verbatim_ratio(q, context) > config.max_verbatim_ratio:
         return "copies_context"
-    if is_circular(q, a if answerable else "") or (extractive and adds_to(a, q) < 2):
+    if is_circular(q, a if answerable else ""):
         return "circular"
     if not answerable:
         return None
     if grounding.unsupported_facts(q, context) or grounding.unsupported_facts(a, context):
         return "made_up_fact"
     if extractive:
-        source = " ".join([a] + [c.topic for c in cand.task.chunks])
-        if question_support(q, source) < config.min_question_support:
+        # A paraphrase may drop words or add a typo: what it asks is held to the question it rewrote.
+        asked = cand.original_question or q
+        topics = " ".join(c.topic for c in cand.task.chunks)
+        if (question_support(asked, f"{a} {topics}") < config.min_question_support
+                or question_support(asked, a) < 0.5):  # at least half its words from the sentence itself
             return "unsupported_question"
     evidence = _evidence(cand)
     spans = grounding.joined(grounding.spans_text(c.text, evidence.get(c.chunk_id, [])) for c in cand.task.chunks)

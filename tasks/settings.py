@@ -170,9 +170,11 @@ class SynthConfig(Section):
     same_chunk_similarity: float = Field(default=0.8, gt=0, le=1)
     # An "unanswerable" question is rejected when one of the answerable_check_k chunks the index
     # retrieves for it holds its facts and this share of its topic words.
-    answerable_coverage: float = Field(default=0.8, gt=0, le=1)
+    answerable_coverage: float = Field(default=0.7, gt=0, le=1)
     answerable_check_k: PositiveInt = 5
-    min_answer_support: float = Field(default=0.5, ge=0, le=1)  # share of answer words found in context
+    # Generated answers (abstract): share of their content words found in their evidence spans; a summary
+    # that brings its own words ("a custom decorator") is not supported by the chunks it summarizes.
+    min_answer_support: float = Field(default=0.8, ge=0, le=1)
     # Extractive types: share of the question's topic words that must come from its answer sentence(s)
     # and their headings; and how far below the best-matching sentence of its chunk (embedder cosine)
     # the answer sentence may rank before the question counts as asking about something else.

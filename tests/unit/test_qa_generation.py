@@ -111,8 +111,15 @@ HOURS = "The museum station opens at 07:00 and closes at midnight. Night buses s
         ("What is the difference between a Prompts and a Prompts?", "Backups run nightly.", "single_hop", CONTEXT, "stop",
          "circular"),
         ("Which is better, docks vs docks?", "32 docks.", "single_hop", CONTEXT, "stop", "circular"),
-        ("What is the difference between a Riverside Hub and Riverside Hub? And why?", "", "unanswerable", CONTEXT, "stop",
+        ("What is the difference between a Riverside Hub and Riverside Hub?", "", "unanswerable", CONTEXT, "stop",
          "circular"),
+        ("What is the difference between a Riverside Hub and Riverside Hub? And why?", "", "unanswerable", CONTEXT, "stop",
+         "malformed"),  # two questions
+        # a question that loops
+        ("How can I enable backups at Riverside Hub? How can I enable backups at Riverside Hub?", "Backups run nightly.",
+         "single_hop", CONTEXT, "stop", "malformed"),
+        ("How many docks does the hub have for riders of the hub for riders of the hub?", "32 docks.", "single_hop",
+         CONTEXT, "stop", "repetition"),
         ("What is the answer to this question?", "32 docks.", "single_hop", CONTEXT, "stop", "circular"),
         ("How many docks does Riverside Hub have?", "How many docks does Riverside Hub have?", "single_hop", CONTEXT,
          "stop", "circular"),
@@ -263,3 +270,94 @@ def test_ids_are_content_derived():
     assert a["qa_id"] == b["qa_id"]
     assert qa.golden_set_id_of([a]) == qa.golden_set_id_of([b])
     assert qa.golden_set_id_of([a]) != qa.golden_set_id_of([dict(a, status="stale")])
+
+
+# -- extractive items: the answer is a sentence of the chunk ---------------------------------------------
+@pytest.mark.parametrize(
+    "sentence, usable",
+    [
+        ("Snapshots are kept for 30 days and then deleted automatically.", True),
+        ("- The worker polls the queue every 5 seconds by default.", True),  # a list item states a fact too
+        ("It is kept for 30 days and then deleted automatically.", False),  # leans on the sentence before
+        ("Or you might have any other way to reach the queue worker.", False),
+        ("Here's an example of a worker with some of the options above.", False),  # points elsewhere
+        ("You will learn how to configure workers in [Settings](advanced/settings.md).", False),  # another page
+        ("Later, when reading about queues, you will learn how to retry jobs.", False),
+        ("* Add GitHub action to auto-label approved pull requests.", False),  # a changelog line
+        ("| `timeout` | `int` | Seconds before the worker gives up on a job.", False),  # a table row
+        ("to a different domain, and would route the traffic to the right worker.", False),  # a wrapped line's tail
+        ("If you want to run jobs in your tests apart from the queue (e.g.", False),  # cut at an abbreviation
+        ("Workers retry.", False),  # too short to state a checkable fact
+        ("Does the worker retry jobs that failed three times in a row?", False),  # a question, not a statement
+        ("Swagger UI will handle it for you, but it needs this redirect helper.", False),  # "this" points back
+    ],
+)
+def test_fact_sentences_keep_only_sentences_that_stand_on_their_own(sentence, usable):
+    text = f"# Workers\n\n{sentence}\n"
+    spans = qa.fact_sentences(text)
+    assert bool(spans) is usable
+    if usable:
+        (start, end), = spans
+        assert text[start:end] == sentence
+
+
+def _extractive(question, sentence, qa_type="single_hop", other="Workers are started with the run command.",
+                topic=("Queues", "Workers")):
+    prompts = load_prompts(REPO / "prompts")
+    text = f"{sentence} {other}"
+    chunk = qa.ChunkRef("c1", "d1", "sha", text, 0, topic)
+    return qa.Candidate(qa.GenTask(qa_type, "a user", [chunk], [(0, len(sentence))]), question, sentence,
+                        prompts["qa_from_sentence"], None, "stop")
+
+
+SENTENCE = "A failed job is retried three times before it is marked dead."
+
+
+@pytest.mark.parametrize(
+    "question, reason",
+    [
+        ("How many times is a failed job retried before it is marked dead?", None),
+        ("How many times is a failed job retried in the acme-cli scheduler?", "unsupported_question"),  # a few-shot's name
+        ("How do I create a context for jobs in a web browser?", "unsupported_question"),  # words of its own
+        ("Is a failed job retried three times before it is marked dead?", "circular"),  # the answer adds nothing
+        ("How many times is a failed job retried? How many times is a failed job retried?", "malformed"),
+    ],
+)
+def test_extractive_reject_reasons_fall_on_the_question(question, reason):
+    cand = _extractive(question, SENTENCE)
+    assert qa.reject_reason(cand, SynthConfig()) == reason
+    if reason is None:
+        assert cand.evidence == {"c1": [(0, len(SENTENCE))]}, "the evidence is the answer sentence itself"
+
+
+def test_a_paraphrase_is_held_to_the_question_it_rewrote():
+    cand = _extractive("how many retrys b4 a job is dead", SENTENCE, qa_type="paraphrased")
+    cand.original_question = "How many times is a failed job retried before it is marked dead?"
+    assert qa.reject_reason(cand, SynthConfig()) is None
+    cand.original_question = "How many times is a job retried in the acme-cli scheduler?"
+    assert qa.reject_reason(cand, SynthConfig()) == "unsupported_question"
+
+
+def test_roundtrip_fails_a_question_whose_nearest_sentence_is_not_its_answer(fake_embedder):
+    other = "Workers poll the queue every five seconds for new jobs."
+    right = _extractive("How many times is a failed job retried before it is marked dead?", SENTENCE, other=other)
+    wrong = _extractive("How often do workers poll the queue for new jobs?", SENTENCE, other=other)
+    generated = _cand("How often do workers poll the queue?", "Every five seconds.", context=f"{SENTENCE} {other}")
+    assert qa.roundtrip_failures([right, wrong, generated], fake_embedder.encode, margin=0.05) == {1}
+
+
+def test_extractive_tasks_carry_a_fact_sentence_and_render_only_the_question_prompt():
+    store = _TreeStore([f"guide/page{i}.md" for i in range(6)])
+    config = SynthConfig(size=6, types={"single_hop": 1.0})
+    tasks = qa.plan_tasks(store, {"single_hop": 6}, config, random.Random(0))
+    assert len(tasks) == 6
+    prompts = load_prompts(REPO / "prompts")
+    for task in tasks:
+        (start, end), = task.answer_spans
+        sentence = task.chunks[0].text[start:end]
+        assert sentence.endswith(".") and sentence in task.chunks[0].text
+        prompt, messages = qa.task_messages(task, prompts)
+        assert prompt.name == "qa_from_sentence" and messages[-1]["content"].endswith(f"Sentence: {sentence}\n")
+        assert messages[-1]["content"].startswith("Topic: Stations")
+        assert [m["role"] for m in messages[1:-1]] == ["user", "assistant"] * 3, "the few-shot examples come first"
+        assert qa.extractive_answer(task) == sentence

@@ -266,7 +266,8 @@ def test_synth_never_regenerates_a_rejected_pair_nor_overwrites_a_human_item(lak
 
     def plan_step(store, counts, config, rng, priority, ineligible):
         ineligible.clear()
-        return [qa.GenTask("single_hop", "newcomer", [rejected_ref]), qa.GenTask("paraphrased", "newcomer", [rejected_ref])]
+        return [qa.GenTask("single_hop", "newcomer", [rejected_ref], [(0, 4)]),
+                qa.GenTask("paraphrased", "newcomer", [rejected_ref], [(0, 4)])]
 
     def generate_step(tasks, prompts, llm, on_done=None):
         generated.extend((t.qa_type, t.chunks[0].chunk_id) for t in tasks)

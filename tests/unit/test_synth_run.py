@@ -404,7 +404,7 @@ def _chunks(doc: str, texts: list[str], chunker: str = "ch1", sha: str | None = 
 
 
 def _item_on(qa_id: str, rows: list[dict], prompts, qa_type: str = "single_hop") -> dict:
-    single = prompts["qa_single_hop"]
+    single = prompts["qa_from_sentence"]
     docs = list(dict.fromkeys(r["doc_id"] for r in rows))
     return {"qa_id": qa_id, "question": f"{qa_id}?", "qa_type": qa_type, "status": "active", "review": "synthetic",
             "source_chunk_ids": [r["chunk_id"] for r in rows], "reference_chunk_ids": [r["chunk_id"] for r in rows],
