@@ -13,7 +13,7 @@ from typing import Any, Iterable, Sequence
 from pydantic import Field
 
 from ragloop.tasks import grounding, promotion
-from ragloop.tasks.qa_generation import top_folder
+from ragloop.tasks.qa_generation import report_folders
 from ragloop.tasks.question_types import must_refuse
 from ragloop.tasks.settings import ConfigError
 from ragloop.tasks.storage import Lake
@@ -39,12 +39,13 @@ def by_type(rows: Sequence[dict]) -> dict[str, dict[str, int]]:
 
 def folder_coverage(rows: Sequence[dict], chunk_docs: Iterable[str]) -> dict[str, Any]:
     """Documents with >= 1 active item / documents in the index, overall and per top-level folder
-    (tasks.qa_generation.top_folder; '.' = the root). chunk_docs: the doc_id of every indexed chunk.
+    (tasks.qa_generation.report_folders: top-level folders, a folder with most documents split; '.' = the root). chunk_docs: the doc_id of every indexed chunk.
     An item counts for its source documents that are still indexed."""
     docs = set(chunk_docs)
     covered = {d for r in rows if r["status"] == "active" for d in (r.get("source_doc_ids") or []) if d in docs}
-    folders = Counter(top_folder(d) for d in docs)
-    folders_covered = Counter(top_folder(d) for d in covered)
+    folder_of = report_folders(sorted(docs))
+    folders = Counter(folder_of.values())
+    folders_covered = Counter(folder_of[d] for d in covered)
     return {"documents": len(covered), "of": len(docs),
             "ratio": round(len(covered) / len(docs), 3) if docs else 0.0,
             "by_folder": {f: {"documents": folders_covered[f], "of": n} for f, n in sorted(folders.items())}}

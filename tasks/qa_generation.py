@@ -259,6 +259,24 @@ def top_folder(doc_id: str) -> str:
     return parts[0] if parts else "."
 
 
+def report_folders(doc_ids: Sequence[str], max_depth: int = 3) -> dict[str, str]:
+    """doc_id -> the folder its coverage is reported under: its top-level folder ("." at the root),
+    except that a folder holding more than half of all documents is split into its subfolders (down
+    to max_depth levels), so a corpus under one `docs/` folder reports `docs/tutorial`, `docs/advanced`,
+    ... rather than one line. Files directly in a split folder report as that folder."""
+    out = {d: (folder_path(d)[:1] or (".",)) for d in doc_ids}
+    for _ in range(max_depth - 1):
+        sizes = Counter(out.values())
+        big = {f for f, n in sizes.items() if f != (".",) and n > len(out) / 2}
+        if not big:
+            break
+        for d, f in out.items():
+            parts = folder_path(d)
+            if f in big and len(parts) > len(f):
+                out[d] = parts[: len(f) + 1]
+    return {d: "/".join(f) for d, f in out.items()}
+
+
 def stratified_order(doc_ids: Sequence[str], rng: random.Random, depth: int = 0) -> list[str]:
     """Documents interleaved over the folder tree, seeded: each folder (and the files directly in
     it, together) is one stream, and streams take turns in a shuffled order, recursively. The first

@@ -355,9 +355,10 @@ class Coverage(SummaryModel):
     documents: int = Field(description="indexed documents some active item comes from")
     of: int = Field(description="documents in the index")
     ratio: float = Field(description="documents / of, 3 decimals (0.0 for an empty index)")
-    folders: int = Field(description="top-level folders some active item comes from")
-    of_folders: int = Field(description="top-level folders in the index ('.' = the root)")
-    by_folder: dict[str, FolderCoverage] = Field(description="top-level folder -> coverage, sorted by folder")
+    folders: int = Field(description="report folders some active item comes from")
+    of_folders: int = Field(description="report folders in the index: top-level folders ('.' = the root), a folder "
+                                        "holding most documents split into its subfolders (qa_generation.report_folders)")
+    by_folder: dict[str, FolderCoverage] = Field(description="report folder -> coverage, sorted by folder")
 
 
 class EvidenceSupported(SummaryModel):
@@ -417,8 +418,9 @@ def summarize(run_id: str, lineage: dict[str, Any], *, lake_uri: str, golden_set
     "ok"); else ok. generate_s: seconds spent generating (None/0 when nothing was generated)."""
     report, active, status_counts = budget.report, golden.active, plan.status_counts()
     covered = {d for i in active for d in i["source_doc_ids"]}
-    folders = Counter(qa.top_folder(d) for d in plan.doc_ids)
-    folders_covered = Counter(qa.top_folder(d) for d in covered if d in plan.doc_ids)
+    folder_of = qa.report_folders(sorted(plan.doc_ids))
+    folders = Counter(folder_of.values())
+    folders_covered = Counter(folder_of[d] for d in covered if d in folder_of)
     answerable_new = [i for i in report.accepted if not must_refuse(i["qa_type"])]
     summary = SynthSummary(
         run_id=run_id, status="ok", lineage=lineage, lake=lake_uri, golden_set_id=golden_set_id,

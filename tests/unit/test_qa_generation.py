@@ -361,3 +361,13 @@ def test_extractive_tasks_carry_a_fact_sentence_and_render_only_the_question_pro
         assert messages[-1]["content"].startswith("Topic: Stations")
         assert [m["role"] for m in messages[1:-1]] == ["user", "assistant"] * 3, "the few-shot examples come first"
         assert qa.extractive_answer(task) == sentence
+
+
+def test_report_folders_split_a_folder_holding_most_documents():
+    docs = [f"docs/tutorial/p{i}.md" for i in range(5)] + [f"docs/advanced/p{i}.md" for i in range(3)] + \
+           ["docs/index.md", "README.md", "blog/post.md"]
+    folders = qa.report_folders(docs)
+    assert folders["docs/tutorial/p0.md"] == "docs/tutorial" and folders["docs/advanced/p1.md"] == "docs/advanced"
+    assert folders["docs/index.md"] == "docs" and folders["README.md"] == "." and folders["blog/post.md"] == "blog"
+    even = ["a/x.md", "a/y.md", "b/x.md", "b/y.md"]
+    assert qa.report_folders(even) == {"a/x.md": "a", "a/y.md": "a", "b/x.md": "b", "b/y.md": "b"}, "no folder dominates"
