@@ -81,6 +81,7 @@ class Candidate:
     error: str | None = None
     finish_reason: str | None = None  # of the generating call: "length" means cut at max_tokens
     original_question: str = ""  # before a rewrite step (paraphrased): what the answer checks hold it to
+    generator: str | None = None  # who wrote the question when not the LLM ("template:definition")
     # Set by reject_reason on acceptance: chunk_id -> [(start, end)] character spans supporting the answer.
     evidence: dict[str, list[tuple[int, int]]] = field(default_factory=dict)
 
@@ -194,6 +195,16 @@ _CHANGELOG = re.compile(r"^\s*(?:[-*+]|\d+[.)])\s+(?:[^\w`]*\s*)?(?:add|adds|add
                         r"bump|bumps|remove|removes|removed|refactor|re-enable|enable|disable|upgrade|improve|"
                         r"document|tweak|rename|drop|deprecate|revert|merge|sync|translate)\b", re.I)
 _INLINE_CODE = re.compile(r"`[^`]*`")
+# A hedged sentence ("you might want to", "it would probably") tells a story, not a fact to check.
+_HEDGE = re.compile(r"\b(?:might|would|could|probably|perhaps|maybe|possibly|likely|imagine|suppose)\b", re.I)
+# "X is a ...", "X are the ...", "X means ...": a definition, answered by the sentence whatever is asked.
+_DEFINITION = re.compile(r"^(?:an?\s+|the\s+)?(?P<term>[^,;:()]{2,60}?)\s*(?:\([^)]*\)\s*)?\s(?:is|are|means|refers\s+to)"
+                         r"\s+(?:an?|the|one|some|just|simply|basically)\b", re.I)
+# A "how do I ...?" question asks for a way: its answer sentence names one (code, or a verb of doing).
+_HOW_QUESTION = re.compile(r"^\s*how\s+(?:to|do|does|can|could|should|would|is|are)\b", re.I)
+_METHOD = re.compile(r"`|\b(?:use|using|pass|passing|set|setting|call|calling|add|adding|declare|declaring|import|"
+                     r"install|create|creating|run|running|put|write|define|defining|return|returns|inherit|"
+                     r"configure|by|with|through|via)\b", re.I)
 _ABBREVIATION_END = re.compile(r"\b(?:e\.g|i\.e|etc|vs|cf|approx|incl|no|fig|eq)\.$", re.I)
 _LINK_TARGET = re.compile(r"\]\([^)]*\)")
 FACT_SENTENCE_WORDS = (6, 45)  # words of a sentence that can be a reference answer on its own
@@ -203,8 +214,8 @@ def fact_sentences(text: str) -> list[tuple[int, int]]:
     """(start, end) of the sentences of a chunk that can be a reference answer verbatim: prose (no
     heading, code or template line; grounding.prose_spans), FACT_SENTENCE_WORDS long, a statement
     (ends with "." or "!"), standing on its own (no leading pronoun or connective: "It...", "Or...",
-    "Here's..."; no pointer elsewhere: "the following", "see below", "an example"), with at least four
-    content words outside inline code and links. In text order."""
+    "Here's..."; no pointer elsewhere: "the following", "see below", "an example"; no hedge: "you might
+    want to"), with at least four content words outside inline code and links. In text order."""
     out = []
     for start, end in grounding.prose_spans(text):
         sentence = text[start:end].strip()
@@ -217,7 +228,8 @@ def fact_sentences(text: str) -> list[tuple[int, int]]:
         if not body.rstrip("*_)\"'").endswith((".", "!")) or body.rstrip().endswith(("...", "…")):
             continue
         lead = body.lstrip("*_\"'(`")
-        if not lead or not (lead[0].isupper() or lead[0].isdigit()) or _DEPENDENT_START.match(lead) or _POINTER.search(body):
+        if (not lead or not (lead[0].isupper() or lead[0].isdigit()) or _DEPENDENT_START.match(lead)
+                or _POINTER.search(body) or _HEDGE.search(body)):
             continue  # a fragment (a wrapped line's tail), or a sentence leaning on another
         if (body.count("(") != body.count(")") or body.count("`") % 2 or body.count("**") % 2
                 or _ABBREVIATION_END.search(body)):
@@ -241,8 +253,37 @@ def pick_fact_sentence(text: str, rng: random.Random, like: str = "") -> tuple[i
         scores = [len(wanted & set(grounding.content_words(text[s:e]))) for s, e in spans]
         best = max(scores)
         return rng.choice([sp for sp, sc in zip(spans, scores) if sc == best])
-    weights = [1 + min(len(grounding.facts(text[s:e])), 3) for s, e in spans]
+    weights = [1 + min(len(grounding.facts(text[s:e])), 3) + 4 * bool(definition_term(text[s:e])) for s, e in spans]
     return rng.choices(spans, weights=weights)[0]
+
+
+DEFINITION_TEMPLATE = "template:definition"  # the generator of a question written by definition_question
+
+
+def definition_term(sentence: str) -> str | None:
+    """The term a definitional sentence defines ("An **environment variable** (also known as an env var)
+    is a value ..." -> "environment variable"), or None. Markdown emphasis and code marks are dropped;
+    a term of more than six words, or one opening with a pronoun, is no term."""
+    body = re.sub(r"^\s*(?:[-*+]|\d+[.)])\s+", "", sentence)
+    m = _DEFINITION.match(re.sub(r"[*_]{1,2}", "", body).strip())
+    if not m:
+        return None
+    term = m.group("term").strip().strip("`")
+    if not term or len(term.split()) > 6 or _DEPENDENT_START.match(term) or term.lower() in {"there", "what", "which"}:
+        return None
+    return term
+
+
+def definition_question(sentence: str) -> str | None:
+    """The question a definitional sentence answers, written without the model: "What is <term>?"
+    ("What are ...?" for a term ending in s), keeping the term's article; None for another sentence."""
+    term = definition_term(sentence)
+    if term is None:
+        return None
+    m = re.match(r"^\s*(?:[-*+]\s+)?(?:[*_]{1,2})?(an?|the)\s", sentence, re.I)
+    article = f"{m.group(1).lower()} " if m else ""
+    verb = "are" if re.search(r"\b(?:are)\s", sentence[: sentence.lower().find(term.lower()) + len(term) + 12]) else "is"
+    return f"What {verb} {article}{term}?"
 
 
 def folder_path(doc_id: str) -> tuple[str, ...]:
@@ -465,12 +506,20 @@ def extractive_answer(task: GenTask) -> str:
 
 def generate_candidates(tasks: list[GenTask], prompts: dict[str, Prompt], llm, on_done=None) -> list[Candidate]:
     """One LLM structured call per task (batched per prompt), then the rewrite step of the types that
-    have one (paraphrased), batched per rewrite prompt. on_done() once per task as its first call
+    have one (paraphrased), batched per rewrite prompt. An extractive one-sentence task whose sentence
+    is a definition gets "What is <term>?" (definition_question) without a call. on_done() once per task as its first call
     finishes (progress; the LLM calls it, possibly from its worker thread)."""
     candidates: list[Candidate | None] = [None] * len(tasks)
     groups: dict[str, list[int]] = {}
     rendered = {}
     for i, task in enumerate(tasks):
+        if len(task.answer_spans) == 1 and (question := definition_question(extractive_answer(task))):
+            # a definition answers "What is X?" whatever a model would write: no call needed
+            candidates[i] = Candidate(task, question, extractive_answer(task), prompts[task.kind.prompt],
+                                      generator=DEFINITION_TEMPLATE)
+            if on_done:
+                on_done()
+            continue
         prompt, messages = task_messages(task, prompts)
         rendered[i] = (prompt, messages)
         groups.setdefault(prompt.name, []).append(i)
@@ -524,7 +573,7 @@ def max_prompt_tokens(tasks: list[GenTask], prompts: dict[str, Prompt], count_to
 # -- filters -------------------------------------------------------------------------------------
 REJECT_REASONS = (
     "unparseable", "too_short", "too_long", "malformed", "refers_to_context", "placeholder", "repetition",
-    "truncated", "copies_context", "circular", "made_up_fact", "unsupported_question", "unsupported_answer",
+    "truncated", "copies_context", "circular", "made_up_fact", "unsupported_question", "question_form", "unsupported_answer",
     "missing_evidence", "answerable", "roundtrip", "near_duplicate", "over_budget",
 )
 _REPEATED_RUN = re.compile(r"\b(\w+(?:\W+\w+){2,})\W+(?:\w+\W+){0,3}?\1\b", re.I)  # 3+ words said twice
@@ -574,6 +623,8 @@ def is_circular(question: str, answer: str = "") -> bool:
     m = _PAIRED.search(question.strip())
     if m:
         left, right = (m.group(1), m.group(2)) if m.group(1) else (m.group(3), m.group(4))
+        # "between the LLM and the LLM, and how do you decide ...": the second term ends at a clause
+        right = re.split(r"[,;]|\s(?:and|or|which|how|when|why|if)\s", right or "", maxsplit=1)[0]
         if left and right and _term(left) and _term(left) == _term(right):
             return True
     if re.search(r"\b(this|the)\s+question\b", question, re.I):
@@ -639,6 +690,8 @@ def reject_reason(cand: Candidate, config: SynthConfig) -> str | None:
         if (question_support(asked, f"{a} {topics}") < config.min_question_support
                 or question_support(asked, a) < 0.5):  # at least half its words from the sentence itself
             return "unsupported_question"
+        if _HOW_QUESTION.match(asked) and not _METHOD.search(a):
+            return "question_form"  # "How do I ...?" answered by a sentence that names no way to do it
     evidence = _evidence(cand)
     spans = grounding.joined(grounding.spans_text(c.text, evidence.get(c.chunk_id, [])) for c in cand.task.chunks)
     if grounding.unsupported_facts(a, spans):
@@ -729,7 +782,7 @@ def to_item(cand: Candidate, generator: str) -> dict:
         "persona": cand.task.persona,
         "status": "active",
         "review": "synthetic",
-        "generator": generator,
+        "generator": cand.generator or generator,
         "prompt_id": cand.prompt.prompt_id,
         "prompt_hash": cand.prompt.prompt_hash,
         "created_at": utcnow(),

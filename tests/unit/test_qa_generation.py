@@ -371,3 +371,52 @@ def test_report_folders_split_a_folder_holding_most_documents():
     assert folders["docs/index.md"] == "docs" and folders["README.md"] == "." and folders["blog/post.md"] == "blog"
     even = ["a/x.md", "a/y.md", "b/x.md", "b/y.md"]
     assert qa.report_folders(even) == {"a/x.md": "a", "a/y.md": "a", "b/x.md": "b", "b/y.md": "b"}, "no folder dominates"
+
+
+@pytest.mark.parametrize(
+    "sentence, question",
+    [
+        ("An **environment variable** (also known as an **env var**) is a value that lives outside your code.",
+         "What is an environment variable?"),
+        ("Dependencies are a way to share code between path operations.", "What are Dependencies?"),
+        ("The worker is the process that runs queued jobs.", "What is the worker?"),
+        ("Snapshots are kept for 30 days and then deleted.", None),  # not a definition
+        ("It is the process that runs queued jobs.", None),
+        ("The `TestClient` is based on HTTPX, so you can use it directly.", None),
+    ],
+)
+def test_a_definition_gets_its_question_without_the_model(sentence, question):
+    assert qa.definition_question(sentence) == question
+
+
+def test_definitions_skip_the_llm_and_say_so_in_the_generator():
+    prompts = load_prompts(REPO / "prompts")
+    text = "The worker is the process that runs queued jobs. Workers poll the queue every five seconds."
+    chunk = qa.ChunkRef("c1", "d1", "sha", text, 0, ("Queues",))
+    task = qa.GenTask("single_hop", "a user", [chunk], [(0, text.index(".") + 1)])
+
+    class NoCalls:
+        def structured_many(self, conversations, output_model, **params):
+            assert not conversations, "a definition needs no LLM call"
+            return []
+
+    done = []
+    (cand,) = qa.generate_candidates([task], prompts, NoCalls(), on_done=lambda: done.append(1))
+    assert (cand.question, cand.answer, done) == ("What is the worker?", "The worker is the process that runs queued jobs.", [1])
+    assert qa.reject_reason(cand, SynthConfig()) is None
+    assert qa.to_item(cand, "model@1")["generator"] == qa.DEFINITION_TEMPLATE
+
+
+@pytest.mark.parametrize(
+    "question, sentence, reason",
+    [
+        ("How do I add a global dependency to an application?",
+         "Some applications need a global dependency for the whole application at once.", "question_form"),
+        ("How do I add a global dependency to an application?",
+         "Pass `dependencies` to the application to add a global dependency.", None),
+        ("What is the difference between the queue and the queue, and how do you decide which one to use?",
+         "The queue holds jobs until a worker takes them.", "circular"),
+    ],
+)
+def test_question_form_and_circular_comparisons(question, sentence, reason):
+    assert qa.reject_reason(_extractive(question, sentence), SynthConfig()) == reason
