@@ -13,7 +13,7 @@ from typing import Any, Callable, Iterator, Literal, Mapping, Sequence
 import pyarrow as pa
 from pydantic import ConfigDict, Field
 
-from ragloop.tasks import evaluation, gating, monitoring, promotion, schemas
+from ragloop.tasks import calibration, evaluation, gating, monitoring, promotion, schemas
 from ragloop.tasks.lineage import canonical_hash
 from ragloop.tasks.llm import LLMConfigError, LLMUnavailable
 from ragloop.tasks.metrics import scored_metrics
@@ -220,10 +220,13 @@ def describe_chain(config: EvalConfig, models: ChainModels, retrieval_only: bool
 
 
 def eval_cache_key(golden_set_id: str, serving: promotion.ServingRef, chain: Mapping, models: ChainModels,
-                   embedder_weights_sha256: str, settings: Settings) -> str:
-    """Everything the metrics depend on: equal key -> equal deterministic metrics (seeded bootstrap,
-    seeded LLM), so a run with this key can be reused instead of recomputed."""
+                   embedder_weights_sha256: str, settings: Settings, calibrations: Mapping[str, str] | None = None) -> str:
+    """Everything the metrics and the verdict depend on: equal key -> equal deterministic metrics
+    (seeded bootstrap, seeded LLM) and gate, so a run with this key can be reused instead of recomputed.
+    calibrations: judge_id -> its newest calibration_id (a new `ragloop calibrate` can change which
+    judges may gate, so it makes the next eval score again rather than reuse a stale verdict)."""
     return canonical_hash({
+        "calibrations": dict(sorted((calibrations or {}).items())),
         "golden_set_id": golden_set_id, "table": [serving.table, serving.version], "chain": chain,
         "prompts": {p.name: p.prompt_hash for p in models.prompts.values()}, "judge": models.judge_id,
         "embedder": embedder_weights_sha256, "eval": settings.eval.model_dump(mode="json"),
@@ -599,7 +602,9 @@ def plan_eval(lake: Lake, settings: Settings, golden: str, index: str, retrieval
     stale = evaluation.check_references(items, *retriever.catalog())
     models = prepare_models(config, settings.llm, settings.prompts_dir, retrieval_only, items, retriever, providers)
     chain = describe_chain(config, models, retrieval_only)
-    cache_key = eval_cache_key(chosen.golden_set_id, serving, chain, models, embedder.weights_sha256, settings)
+    stored = calibration.latest_calibrations(lake.read_calibrations().to_pylist())
+    cache_key = eval_cache_key(chosen.golden_set_id, serving, chain, models, embedder.weights_sha256, settings,
+                               {judge: row["calibration_id"] for judge, row in stored.items()})
     return EvalPlan(refs, chosen, embedder, serving, role, items, retriever, stale, models, chain,
                     refs.baseline(chosen.line_key), cache_key)
 

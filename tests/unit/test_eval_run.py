@@ -203,6 +203,10 @@ def test_the_cache_key_changes_with_anything_the_metrics_depend_on(lake_dir):
     assert key != eval_run.eval_cache_key("g1", SERVING, chain, models, "w", other_gate)
     assert key != eval_run.eval_cache_key("g1", SERVING.model_copy(update={"version": 4}), chain, models, "w", settings)
     assert key != eval_run.eval_cache_key("g1", SERVING, chain, ChainModels(None, _prompt("answer", "x" * 64)), "w", settings)
+    # a new calibration can change which judges gate: the next eval scores again instead of reusing a verdict
+    calibrated = eval_run.eval_cache_key("g1", SERVING, chain, models, "w", settings, {"judge-a": "cal-1"})
+    assert calibrated != key and calibrated != eval_run.eval_cache_key("g1", SERVING, chain, models, "w", settings,
+                                                                       {"judge-a": "cal-2"})
     assert eval_run.cache_ref(key) == f"eval_cache__{key[:32]}"
 
 
