@@ -243,8 +243,9 @@ def fact_sentences(text: str) -> list[tuple[int, int]]:
 
 def pick_fact_sentence(text: str, rng: random.Random, like: str = "") -> tuple[int, int] | None:
     """One of text's fact_sentences, seeded: the one sharing most content words with `like` when given
-    (the second hop of a multi-hop question), else a random one weighted towards sentences stating
-    numbers, names or identifiers (grounding.facts). None when the chunk has none."""
+    (the second hop of a multi-hop question), else a random one weighted towards sentences a question
+    can be written for by rule (template_question) and sentences stating numbers, names or identifiers
+    (grounding.facts). None when the chunk has none."""
     spans = fact_sentences(text)
     if not spans:
         return None
@@ -253,37 +254,90 @@ def pick_fact_sentence(text: str, rng: random.Random, like: str = "") -> tuple[i
         scores = [len(wanted & set(grounding.content_words(text[s:e]))) for s, e in spans]
         best = max(scores)
         return rng.choice([sp for sp, sc in zip(spans, scores) if sc == best])
-    weights = [1 + min(len(grounding.facts(text[s:e])), 3) + 4 * bool(definition_term(text[s:e])) for s, e in spans]
+    weights = [1 + min(len(grounding.facts(text[s:e])), 3) + 6 * bool(template_question(text[s:e])) for s, e in spans]
     return rng.choices(spans, weights=weights)[0]
 
 
-DEFINITION_TEMPLATE = "template:definition"  # the generator of a question written by definition_question
+TEMPLATE_GENERATOR = "template"  # generator prefix of a question written by template_question ("template:definition")
+_EMPHASIS = re.compile(r"(?<![\w*])[*_]{1,2}(?=\S)|(?<=\S)[*_]{1,2}(?![\w*])")
+_SUBJECT_START = re.compile(r"^(?:the|an?)\s+", re.I)
+_PARTICIPLE = (r"(?:[a-z]+ed|built|made|written|sent|kept|run|set|given|shown|done|known|found|held|read|"
+               r"based|meant|thrown|taken|chosen|seen)")
+# (form, pattern over the sentence without emphasis or list marker and without its final stop)
+_TEMPLATES = (
+    ("definition", re.compile(r"^(?P<art>an?\s+|the\s+)?(?P<term>[^,;:()]{2,60}?)\s*(?:\([^)]*\)\s*)?\s"
+                              r"(?P<be>is|are)\s+(?:an?|the|one|some|just|simply|basically)\s", re.I)),
+    ("purpose", re.compile(r"^To (?P<purpose>[^,]{8,120}),\s+(?P<rest>\S.{8,})$")),
+    ("goal", re.compile(r"^If you (?:want|need|would like) to (?P<goal>[^,]{6,120}),\s+(?P<rest>\S.{8,})$")),
+    ("means", re.compile(r"^You can (?P<act>[a-z]+ [^,]{3,80}?) (?:with|by|using|through|via) (?P<how>\S.{3,})$")),
+    ("passive", re.compile(r"^(?P<art>the\s+|an?\s+)?(?P<subj>[^,;:()]{2,50}?) (?P<be>is|are) "
+                           r"(?:(?:also|only|always|automatically|usually|now|then) )?(?P<part>" + _PARTICIPLE +
+                           r") (?P<prep>on|by|with|in|from|to|for|as|into) (?P<rest>\S.{2,})$", re.I)),
+    ("object", re.compile(r"^(?P<art>the\s+|an?\s+)?(?P<subj>[^,;:()]{2,50}?) (?P<verb>returns|requires|accepts|"
+                          r"supports|contains|uses|provides|includes|creates|generates|takes|expects|defines|stores|"
+                          r"handles|validates|converts|reads|sends|receives) (?P<obj>\S.{2,})$", re.I)),
+)
+
+
+def _subject_ok(subject: str) -> bool:
+    words = subject.split()
+    return 0 < len(words) <= 6 and not _DEPENDENT_START.match(subject) and subject.lower() not in {"there", "what", "which", "you", "we"}
+
+
+def _sentence_case(term: str, body: str) -> str:
+    """A term that opens its sentence keeps its capital only when it is a name: "Containers" becomes
+    "containers" when the sentence also writes it in lower case, "FastAPI" stays."""
+    first = term.split()[0]
+    if first[:1].isupper() and first[1:].islower() and re.search(rf"\b{re.escape(first.lower())}\b", body[len(first):]):
+        return first.lower() + term[len(first):]
+    return term
+
+
+def template_question(sentence: str) -> tuple[str, str] | None:
+    """(question, form) that a documentation sentence answers, written by rule, without a model, or
+    None when no form fits. Forms, tried in order:
+      definition  "An environment variable (...) is a value ..."   -> "What is an environment variable?"
+      purpose     "To send data, use POST ..."                     -> "How do you send data?"
+      goal        "If you want to X, ..."                          -> "How can you X?"
+      means       "You can X with/by/using Y"                      -> "How can you X?"
+      passive     "The TLS certificates are associated with ..."   -> "What are the TLS certificates associated with?"
+      object      "The TestClient returns ..."                     -> "What does the TestClient return?"
+    The subject of a definition, passive or object sentence is at most six words and no pronoun; an
+    object sentence's subject is specific (code, or two words or more: not just the product's name).
+    Markdown emphasis is dropped; code marks stay."""
+    body = re.sub(r"^\s*(?:[-*+]|\d+[.)])\s+", "", sentence).strip()
+    body = _EMPHASIS.sub("", body).rstrip(" .!")
+    for form, pattern in _TEMPLATES:
+        m = pattern.match(body)
+        if not m:
+            continue
+        g = m.groupdict()
+        art = (g.get("art") or "").lower()
+        if form == "definition" and _subject_ok(g["term"]):
+            return f"What {g['be'].lower()} {art}{_sentence_case(g['term'].strip(), body)}?", form
+        if form == "purpose":
+            return f"How do you {g['purpose'].strip()}?", form
+        if form in ("goal", "means"):
+            return f"How can you {(g.get('goal') or g.get('act')).strip()}?", form
+        subject = _sentence_case((g.get("subj") or "").strip(), body) if g.get("subj") else ""
+        if form == "passive" and _subject_ok(subject) and g["prep"].lower() == "for" and re.match(r"\d|(?:an?|one|two|three|several|many) \w+s?\b", g["rest"]):
+            return f"How long {g['be'].lower()} {art}{subject} {g['part']}?", form  # "kept for 30 days"
+        if form == "passive" and _subject_ok(subject):
+            return f"What {g['be'].lower()} {art}{subject} {g['part']} {g['prep'].lower()}?", form
+        # "What does FastAPI provide?" has a hundred answers in FastAPI's docs: the subject must be specific
+        specific = "`" in subject or len(subject.split()) >= 2
+        if form == "object" and _subject_ok(subject) and specific:
+            return f"What does {art}{subject} {g['verb'].lower()[:-1]}?", form
+    return None
 
 
 def definition_term(sentence: str) -> str | None:
     """The term a definitional sentence defines ("An **environment variable** (also known as an env var)
-    is a value ..." -> "environment variable"), or None. Markdown emphasis and code marks are dropped;
-    a term of more than six words, or one opening with a pronoun, is no term."""
-    body = re.sub(r"^\s*(?:[-*+]|\d+[.)])\s+", "", sentence)
-    m = _DEFINITION.match(re.sub(r"[*_]{1,2}", "", body).strip())
-    if not m:
+    is a value ..." -> "environment variable"), or None (template_question's `definition` form)."""
+    found = template_question(sentence)
+    if not found or found[1] != "definition":
         return None
-    term = m.group("term").strip().strip("`")
-    if not term or len(term.split()) > 6 or _DEPENDENT_START.match(term) or term.lower() in {"there", "what", "which"}:
-        return None
-    return term
-
-
-def definition_question(sentence: str) -> str | None:
-    """The question a definitional sentence answers, written without the model: "What is <term>?"
-    ("What are ...?" for a term ending in s), keeping the term's article; None for another sentence."""
-    term = definition_term(sentence)
-    if term is None:
-        return None
-    m = re.match(r"^\s*(?:[-*+]\s+)?(?:[*_]{1,2})?(an?|the)\s", sentence, re.I)
-    article = f"{m.group(1).lower()} " if m else ""
-    verb = "are" if re.search(r"\b(?:are)\s", sentence[: sentence.lower().find(term.lower()) + len(term) + 12]) else "is"
-    return f"What {verb} {article}{term}?"
+    return re.sub(r"^What (?:is|are) (?:an?\s|the\s)?", "", found[0]).rstrip("?")
 
 
 def folder_path(doc_id: str) -> tuple[str, ...]:
@@ -499,6 +553,20 @@ def task_messages(task: GenTask, prompts: dict[str, Prompt]) -> tuple[Prompt, li
     return prompt, prompt.render(**{k: v for k, v in available.items() if k in prompt.input_variables})
 
 
+def templated(task: GenTask) -> tuple[str, str] | None:
+    """(question, form) written by rule for an extractive task, or None (the model writes it): one
+    sentence's template_question, or for a pair of sentences that both have one, the two joined
+    ("What is X based on, and how can you run Y?", form "pair")."""
+    sentences = [c.text[s:e] for c, (s, e) in zip(task.chunks, task.answer_spans)]
+    found = [template_question(x) for x in sentences]
+    if not found or not all(found):
+        return None
+    if len(found) == 1:
+        return found[0]
+    first, second = found[0][0].rstrip("?"), found[1][0]
+    return f"{first}, and {second[0].lower()}{second[1:]}", "pair"
+
+
 def extractive_answer(task: GenTask) -> str:
     """An extractive task's reference answer: its sentences verbatim, in chunk order, one space apart."""
     return " ".join(c.text[s:e].strip() for c, (s, e) in zip(task.chunks, task.answer_spans))
@@ -507,16 +575,18 @@ def extractive_answer(task: GenTask) -> str:
 def generate_candidates(tasks: list[GenTask], prompts: dict[str, Prompt], llm, on_done=None) -> list[Candidate]:
     """One LLM structured call per task (batched per prompt), then the rewrite step of the types that
     have one (paraphrased), batched per rewrite prompt. An extractive one-sentence task whose sentence
-    is a definition gets "What is <term>?" (definition_question) without a call. on_done() once per task as its first call
+    fits a question form (template_question: "What is <term>?", "How do you <purpose>?", ...) gets that
+    question without a call. on_done() once per task as its first call
     finishes (progress; the LLM calls it, possibly from its worker thread)."""
     candidates: list[Candidate | None] = [None] * len(tasks)
     groups: dict[str, list[int]] = {}
     rendered = {}
     for i, task in enumerate(tasks):
-        if len(task.answer_spans) == 1 and (question := definition_question(extractive_answer(task))):
-            # a definition answers "What is X?" whatever a model would write: no call needed
-            candidates[i] = Candidate(task, question, extractive_answer(task), prompts[task.kind.prompt],
-                                      generator=DEFINITION_TEMPLATE)
+        found = templated(task)
+        if found:
+            # a sentence of a known form answers a question written by rule: no call, no invented words
+            candidates[i] = Candidate(task, found[0], extractive_answer(task), prompts[task.kind.prompt],
+                                      generator=f"{TEMPLATE_GENERATOR}:{found[1]}")
             if on_done:
                 on_done()
             continue

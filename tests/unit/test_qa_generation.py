@@ -374,22 +374,29 @@ def test_report_folders_split_a_folder_holding_most_documents():
 
 
 @pytest.mark.parametrize(
-    "sentence, question",
+    "sentence, expected",
     [
         ("An **environment variable** (also known as an **env var**) is a value that lives outside your code.",
-         "What is an environment variable?"),
-        ("Dependencies are a way to share code between path operations.", "What are Dependencies?"),
-        ("The worker is the process that runs queued jobs.", "What is the worker?"),
-        ("Snapshots are kept for 30 days and then deleted.", None),  # not a definition
-        ("It is the process that runs queued jobs.", None),
-        ("The `TestClient` is based on HTTPX, so you can use it directly.", None),
+         ("What is an environment variable?", "definition")),
+        ("Workers (mainly queue workers) are a simple way to run jobs in the background.",
+         ("What are workers?", "definition")),  # sentence case: the sentence writes "workers" too
+        ("The worker is the process that runs queued jobs.", ("What is the worker?", "definition")),
+        ("To retry a failed job, call `job.retry()` with the same arguments.", ("How do you retry a failed job?", "purpose")),
+        ("If you want to run jobs in your tests, use the `eager` setting.", ("How can you run jobs in your tests?", "goal")),
+        ("You can run several workers with the `--concurrency` option.", ("How can you run several workers?", "means")),
+        ("The **session cookies** are signed with the secret key.", ("What are the session cookies signed with?", "passive")),
+        ("The `Queue` class returns a job handle for every job.", ("What does the `Queue` class return?", "object")),
+        ("Snapshots are kept for 30 days and then deleted.", ("How long are Snapshots kept?", "passive")),
+        ("Snapshots are deleted after a month.", None),  # no form fits
+        ("It is the process that runs queued jobs.", None),  # a pronoun is no subject
+        ("Acme handles the validation for you.", None),  # "What does Acme handle?" has a hundred answers
     ],
 )
-def test_a_definition_gets_its_question_without_the_model(sentence, question):
-    assert qa.definition_question(sentence) == question
+def test_template_questions_by_form(sentence, expected):
+    assert qa.template_question(sentence) == expected
 
 
-def test_definitions_skip_the_llm_and_say_so_in_the_generator():
+def test_template_questions_skip_the_llm_and_say_so_in_the_generator():
     prompts = load_prompts(REPO / "prompts")
     text = "The worker is the process that runs queued jobs. Workers poll the queue every five seconds."
     chunk = qa.ChunkRef("c1", "d1", "sha", text, 0, ("Queues",))
@@ -404,7 +411,7 @@ def test_definitions_skip_the_llm_and_say_so_in_the_generator():
     (cand,) = qa.generate_candidates([task], prompts, NoCalls(), on_done=lambda: done.append(1))
     assert (cand.question, cand.answer, done) == ("What is the worker?", "The worker is the process that runs queued jobs.", [1])
     assert qa.reject_reason(cand, SynthConfig()) is None
-    assert qa.to_item(cand, "model@1")["generator"] == qa.DEFINITION_TEMPLATE
+    assert qa.to_item(cand, "model@1")["generator"] == "template:definition"
 
 
 @pytest.mark.parametrize(
@@ -420,3 +427,12 @@ def test_definitions_skip_the_llm_and_say_so_in_the_generator():
 )
 def test_question_form_and_circular_comparisons(question, sentence, reason):
     assert qa.reject_reason(_extractive(question, sentence), SynthConfig()) == reason
+
+
+def test_a_pair_of_template_sentences_makes_one_multi_hop_question():
+    a = qa.ChunkRef("c1", "d1", "sha", "The `Queue` class returns a job handle for every job.", 0, ("Queues",))
+    b = qa.ChunkRef("c2", "d2", "sha", "To retry a failed job, call `job.retry()` with the same arguments.", 0, ("Retries",))
+    task = qa.GenTask("multi_hop", "a user", [a, b], [(0, len(a.text)), (0, len(b.text))])
+    assert qa.templated(task) == ("What does the `Queue` class return, and how do you retry a failed job?", "pair")
+    c = qa.ChunkRef("c3", "d3", "sha", "Workers poll the queue every five seconds for new jobs.", 0, ())
+    assert qa.templated(qa.GenTask("multi_hop", "a user", [a, c], [(0, len(a.text)), (0, len(c.text))])) is None
