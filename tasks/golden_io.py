@@ -8,7 +8,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Iterable
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from ragloop.tasks.question_types import IMPORTED, QUESTION_TYPES
 from ragloop.tasks.schemas import utcnow
@@ -16,6 +16,15 @@ from ragloop.tasks.schemas import utcnow
 
 class GoldenImportError(ValueError):
     """An import file is unusable; the message names the file, line and field. Nothing is written."""
+
+
+class EvidenceSpan(BaseModel):
+    """A span of a reference chunk supporting the answer: text[start:end] of chunk `chunk_id`."""
+
+    model_config = ConfigDict(extra="forbid")
+    chunk_id: str
+    start: int = Field(ge=0)
+    end: int = Field(ge=0)
 
 
 class ImportedItem(BaseModel):
@@ -31,6 +40,14 @@ class ImportedItem(BaseModel):
     qa_type: str = IMPORTED
     persona: str = ""
     qa_id: str | None = None
+    evidence: list[EvidenceSpan] = Field(default_factory=list)  # what `golden export` writes; checked by the suite
+
+    @field_validator("question")
+    @classmethod
+    def _not_blank(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("empty or whitespace only")
+        return value
 
     @model_validator(mode="before")
     @classmethod
@@ -45,7 +62,7 @@ class ImportedItem(BaseModel):
 # The line shapes an import recognises, each by its own fields; any other field is an error, so a file
 # of another shape can never pass as items with empty references.
 RAGLOOP_FIELDS = {"qa_id", "question", "reference_answer", "reference_chunk_ids", "reference_doc_ids",
-                  "reference_contexts", "qa_type", "persona"}
+                  "reference_contexts", "qa_type", "persona", "evidence"}
 # What `golden export` writes beside them: provenance the import replaces with its own.
 RAGLOOP_IGNORED = {"source_chunk_ids", "source_doc_ids", "source_doc_sha256s", "status", "review", "generator",
                    "prompt_id", "prompt_hash", "created_at", "reviewer", "reviewed_at", "review_reason", "review_event_id"}
@@ -242,6 +259,9 @@ def resolve_items(
         unknown = [c for c in chunk_ids if c not in chunk_docs]
         if unknown:
             errors.append(f"item {number}: reference_chunk_ids not in the index: {unknown[:3]}")
+        stray = [e.chunk_id for e in item.evidence if e.chunk_id not in chunk_ids or e.end <= e.start]
+        if stray:
+            errors.append(f"item {number}: evidence spans must lie in its reference chunks with start < end: {stray[:3]}")
         doc_ids = list(dict.fromkeys(item.reference_doc_ids + [chunk_docs[c] for c in chunk_ids if c in chunk_docs]))
         missing_docs = [d for d in item.reference_doc_ids if d not in known_docs]
         if missing_docs:
@@ -268,7 +288,7 @@ def resolve_items(
                 "prompt_id": "",
                 "prompt_hash": "",
                 "created_at": utcnow(),
-                "evidence": [],  # an imported item says which chunks, not which spans
+                "evidence": [e.model_dump() for e in item.evidence],  # spans are checked by the golden suite
             }
         )
     if errors:

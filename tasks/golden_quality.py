@@ -24,9 +24,9 @@ from ragloop.tasks.summaries import CommandSummary
 LEXICAL_DUPLICATE_JACCARD = 0.7
 DUPLICATE_MEASURE = f"lexical: Jaccard of the questions' content-word sets >= {LEXICAL_DUPLICATE_JACCARD}"
 WINDOW_CHARS = 60  # chunk text shown on each side of an evidence span in the sample
-SHORT_CHARS = 80  # a field's before/after in the diff is cut to this many characters
+MIN_WORD_SUPPORT = 0.8  # share of an answer's content words its evidence spans must hold (synth's default)
 DIFF_FIELDS = ("question", "reference_answer", "evidence", "status")
-EVIDENCE_FAILURES = ("no_evidence", "chunk_missing", "span_outside_chunk", "unsupported_facts")
+EVIDENCE_FAILURES = ("no_evidence", "chunk_missing", "span_outside_chunk", "unsupported_facts", "unsupported_words")
 
 
 # -- the measures (pure) ---------------------------------------------------------------------------
@@ -40,9 +40,11 @@ def by_type(rows: Sequence[dict]) -> dict[str, dict[str, int]]:
 def folder_coverage(rows: Sequence[dict], chunk_docs: Iterable[str]) -> dict[str, Any]:
     """Documents with >= 1 active item / documents in the index, overall and per top-level folder
     (tasks.qa_generation.report_folders: top-level folders, a folder with most documents split; '.' = the root). chunk_docs: the doc_id of every indexed chunk.
-    An item counts for its source documents that are still indexed."""
+    An answerable item counts for its source documents that are still indexed; an unanswerable one asks
+    about something its document does not say, so it covers nothing."""
     docs = set(chunk_docs)
-    covered = {d for r in rows if r["status"] == "active" for d in (r.get("source_doc_ids") or []) if d in docs}
+    covered = {d for r in rows if r["status"] == "active" and not must_refuse(r["qa_type"])
+               for d in (r.get("source_doc_ids") or []) if d in docs}
     folder_of = report_folders(sorted(docs))
     folders = Counter(folder_of.values())
     folders_covered = Counter(folder_of[d] for d in covered)
@@ -83,14 +85,19 @@ def evidence_problem(row: dict, chunk_texts: dict[str, str]) -> str | None:
     if any(not (0 <= e["start"] < e["end"] <= len(chunk_texts[e["chunk_id"]])) for e in evidence):
         return "span_outside_chunk"
     spans = grounding.joined(grounding.spans_text(chunk_texts[e["chunk_id"]], [(e["start"], e["end"])]) for e in evidence)
-    if grounding.unsupported_facts(row.get("reference_answer") or "", spans):
+    answer = row.get("reference_answer") or ""
+    if grounding.unsupported_facts(answer, spans):
         return "unsupported_facts"
+    if grounding.support(answer, spans) < MIN_WORD_SUPPORT:
+        return "unsupported_words"  # "... using a custom decorator": words no span says
     return None
 
 
 def evidence_supported(rows: Sequence[dict], chunk_texts: dict[str, str]) -> dict[str, Any]:
-    """Of the active answerable items, those whose evidence spans exist, lie inside their chunk's text
-    and contain the answer's facts (numbers, units, dates, names: tasks.grounding.unsupported_facts):
+    """Of the active answerable items, those whose evidence spans exist, lie inside their chunk's text,
+    contain the answer's facts (numbers, units, dates, names: tasks.grounding.unsupported_facts) and
+    MIN_WORD_SUPPORT of its content words (synth's default min_answer_support). A supported answer can
+    still be wrong for its question: this measures grounding, not correctness (read the sample).
     {items, of, rate (3 decimals; null for no answerable item), failures {reason: n}}."""
     answerable = [r for r in rows if r["status"] == "active" and not must_refuse(r["qa_type"])]
     problems = Counter(p for r in answerable if (p := evidence_problem(r, chunk_texts)))
@@ -148,8 +155,7 @@ def generation_record(runs: Iterable[dict], golden_set_id: str) -> dict | None:
 
 
 def _short(value: Any) -> Any:
-    if isinstance(value, str) and len(value) > SHORT_CHARS:
-        return value[: SHORT_CHARS - 1] + "…"
+    """Values are kept whole: a change after the 80th character must show (the human output wraps)."""
     return value
 
 
@@ -160,7 +166,7 @@ def _field(row: dict, name: str) -> Any:
 
 
 def field_changes(a: dict, b: dict) -> dict[str, dict[str, Any]]:
-    """{field: {before, after}} for the DIFF_FIELDS that differ; strings cut to SHORT_CHARS, evidence as
+    """{field: {before, after}} for the DIFF_FIELDS that differ; strings whole, evidence as
     [[chunk_id, start, end]]."""
     return {f: {"before": _short(_field(a, f)), "after": _short(_field(b, f))}
             for f in DIFF_FIELDS if _field(a, f) != _field(b, f)}

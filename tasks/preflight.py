@@ -20,7 +20,8 @@ def open_lake(uri: str) -> Lake:
 
 # Commands that only read or act on what earlier runs left in the lake: on a misspelt --lake they must
 # not start (and create an empty lake) but say so. index, ingest, run and import-beir create a lake.
-EXISTING_LAKE_COMMANDS = ("review", "calibrate", "export", "golden use", "rollback", "promote")
+EXISTING_LAKE_COMMANDS = ("review", "calibrate", "export", "golden use", "golden list", "golden show", "golden report",
+                          "golden diff", "golden export", "rollback", "promote")
 # The monitor on a lake without runs reports "nothing to watch" (a new deployment's first pass does), but
 # says so on stderr: on a misspelt --lake that is the only sign.
 WARN_EMPTY_LAKE_COMMANDS = ("monitor",)
@@ -63,6 +64,17 @@ def check_eval(settings: Settings, retrieval_only: bool) -> None:
         select_prompts(wanted, settings.prompts_dir)
 
 
+def check_import_rows(path: str) -> None:
+    """Every line of a golden import file parses and validates (tasks.golden_io): a bad row is a usage
+    error naming its line before Prefect starts. References are checked against the index in the stage."""
+    from ragloop.tasks import golden_io
+
+    try:
+        golden_io.read_import_file(Path(path))
+    except golden_io.GoldenImportError as exc:
+        raise ConfigError(str(exc)) from exc
+
+
 def preflight(command: str, settings: Settings, *, sources: list[str] | None = None, golden: str | None = None,
               retrieval_only: bool = False, path: str | None = None) -> list[str]:
     """The cheap checks of one CLI command, in the order a user would fix them: the lake URI, the paths
@@ -80,6 +92,7 @@ def preflight(command: str, settings: Settings, *, sources: list[str] | None = N
         check_path(path, "import-beir")
     if command == "golden import" and path is not None:
         check_path(path, "golden import")
+        check_import_rows(path)
     if command in ("synth", "run"):
         check_synth(settings)
     if command in ("eval", "run"):

@@ -885,15 +885,14 @@ def drop_near_duplicates(
 
 
 def golden_set_id_of(items: list[dict]) -> str:
-    """Content hash of a version: each item's id, status, review and chunk ids (reference and source: an item
-    synth carried over a renamed document keeps its qa_id but points at new chunks, so it is a new version);
-    a human-edited item (whose qa_id stays while its text changes) adds the hash of what the reviewer wrote,
-    so two edits are two versions."""
+    """Content hash of a version: each item's id, status, review, question, reference answer, chunk ids
+    (reference and source: an item synth carried over a renamed document keeps its qa_id but points at new
+    chunks) and evidence spans. Any change of what an item says or points at is a new version: an import
+    that fixes a typo under the same qa_id, or a human edit, is never mistaken for the version before."""
     digest = hashlib.sha256()
     for item in sorted(items, key=lambda i: i["qa_id"]):
         digest.update(f"{item['qa_id']}\t{item['status']}\t{item['review']}\n".encode())
-        digest.update(json.dumps([list(item["reference_chunk_ids"] or []), list(item["source_chunk_ids"] or [])]).encode())
-        if item["review"] == "edited":
-            digest.update(json.dumps([item["question"], item["reference_answer"], list(item["reference_chunk_ids"]),
-                                      list(item["source_chunk_ids"])]).encode())
+        evidence = [[e["chunk_id"], e["start"], e["end"]] for e in (item.get("evidence") or [])]
+        digest.update(json.dumps([item.get("question"), item.get("reference_answer"), list(item["reference_chunk_ids"] or []),
+                                  list(item["source_chunk_ids"] or []), evidence]).encode())
     return digest.hexdigest()[:24]

@@ -352,7 +352,7 @@ class FolderCoverage(SummaryModel):
 
 
 class Coverage(SummaryModel):
-    documents: int = Field(description="indexed documents some active item comes from")
+    documents: int = Field(description="indexed documents some active answerable item comes from (an unanswerable one covers nothing)")
     of: int = Field(description="documents in the index")
     ratio: float = Field(description="documents / of, 3 decimals (0.0 for an empty index)")
     folders: int = Field(description="report folders some active item comes from")
@@ -417,7 +417,7 @@ def summarize(run_id: str, lineage: dict[str, Any], *, lake_uri: str, golden_set
     but accepted nothing, or left fewer than config.size active items (a shortfall is never a silent
     "ok"); else ok. generate_s: seconds spent generating (None/0 when nothing was generated)."""
     report, active, status_counts = budget.report, golden.active, plan.status_counts()
-    covered = {d for i in active for d in i["source_doc_ids"]}
+    covered = {d for i in active if not must_refuse(i["qa_type"]) for d in i["source_doc_ids"]}  # an unanswerable item covers nothing
     folder_of = qa.report_folders(sorted(plan.doc_ids))
     folders = Counter(folder_of.values())
     folders_covered = Counter(folder_of[d] for d in covered if d in folder_of)

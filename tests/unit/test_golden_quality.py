@@ -124,8 +124,10 @@ def test_diff_lists_added_retired_changed_and_pairs_regenerated_items():
                                                                                    "after": [["c1", 0, 10]]}}),
     ({"status": "stale"}, {}, {"status": {"before": "stale", "after": "active"}}),
     ({}, {"question": "Q" * 200}, {"question": {"before": "How many docks does Riverside Hub have?",
-                                                "after": "Q" * (gq.SHORT_CHARS - 1) + "…"}}),
-], ids=["evidence", "status", "long_question_cut"])
+                                                "after": "Q" * 200}}),
+    ({"question": "A" * 100 + "x"}, {"question": "A" * 100 + "y"}, {"question": {"before": "A" * 100 + "x",
+                                                                                  "after": "A" * 100 + "y"}}),
+], ids=["evidence", "status", "long_question_whole", "change_after_char_100_shows"])
 def test_diff_field_changes(before, after, fields):
     diff = gq.diff_rows([_item("x", **{k: v for k, v in before.items()})], [dict(_item("x"), **after)])
     assert diff["changed"][0]["fields"] == fields
