@@ -241,12 +241,20 @@ def fact_sentences(text: str) -> list[tuple[int, int]]:
     return out
 
 
-def pick_fact_sentence(text: str, rng: random.Random, like: str = "") -> tuple[int, int] | None:
+def candidate_sentences(text: str, writer: str = "rules_then_model") -> list[tuple[int, int]]:
+    """The fact_sentences an extractive item may be asked about: with writer "rules", only those a question
+    form fits (template_question), since no model writes the question."""
+    spans = fact_sentences(text)
+    return [(s, e) for s, e in spans if template_question(text[s:e])] if writer == "rules" else spans
+
+
+def pick_fact_sentence(text: str, rng: random.Random, like: str = "",
+                       writer: str = "rules_then_model") -> tuple[int, int] | None:
     """One of text's fact_sentences, seeded: the one sharing most content words with `like` when given
     (the second hop of a multi-hop question), else a random one weighted towards sentences a question
     can be written for by rule (template_question) and sentences stating numbers, names or identifiers
-    (grounding.facts). None when the chunk has none."""
-    spans = fact_sentences(text)
+    (grounding.facts). writer "rules": only sentences a question form fits. None when the chunk has none."""
+    spans = candidate_sentences(text, writer)
     if not spans:
         return None
     if like:
@@ -415,7 +423,7 @@ def plan_tasks(
         if why:
             skipped[why] += 1
             continue
-        row["facts"] = bool(fact_sentences(text))
+        row["facts"] = bool(candidate_sentences(text, config.question_writer))
         by_doc.setdefault(row["doc_id"], []).append(row)
     if ineligible is not None:
         ineligible.clear()
@@ -441,7 +449,7 @@ def plan_tasks(
     fetched = _fetch(store, sorted({c for _, _, ids in picks for c in ids}))
     tasks = []
     for i, (qa_type, doc, ids) in enumerate(picks):
-        task = _task(store, qa_type, [_ref(fetched[c]) for c in ids if c in fetched], fetched, rng)
+        task = _task(store, qa_type, [_ref(fetched[c]) for c in ids if c in fetched], fetched, rng, config.question_writer)
         if task is not None:
             task.persona = config.personas[i % len(config.personas)]
             tasks.append(task)
@@ -449,13 +457,13 @@ def plan_tasks(
 
 
 def _task(store: ChunkStore, qa_type: str, refs: list[ChunkRef], fetched: dict[str, dict],
-          rng: random.Random) -> GenTask | None:
+          rng: random.Random, writer: str = "rules_then_model") -> GenTask | None:
     """The task of one pick: a related pair gets its partner chunk (or falls back to its fallback type),
     an extractive type its answer sentence(s); None when no question can be asked."""
     kind = QUESTION_TYPES[qa_type]
     extractive = kind.answer == "extractive"
     if kind.sampling == "related_pair":
-        partner = _neighbour(store, fetched[refs[0].chunk_id], need_facts=extractive)
+        partner = _neighbour(store, fetched[refs[0].chunk_id], need_facts=extractive, writer=writer)
         if partner is None:  # a one-chunk corpus has no second hop
             if kind.fallback is None:
                 return None
@@ -468,7 +476,7 @@ def _task(store: ChunkStore, qa_type: str, refs: list[ChunkRef], fetched: dict[s
     spans: list[tuple[int, int]] = []
     for ref in refs:
         like = refs[0].text[slice(*spans[0])] if spans else ""
-        span = pick_fact_sentence(ref.text, rng, like=like)
+        span = pick_fact_sentence(ref.text, rng, like=like, writer=writer)
         if span is None:
             return None
         spans.append(span)
@@ -500,7 +508,7 @@ def _ref(row: dict) -> ChunkRef:
                     tuple(row.get("headings") or ()))
 
 
-def _neighbour(store: ChunkStore, row: dict, need_facts: bool = False) -> ChunkRef | None:
+def _neighbour(store: ChunkStore, row: dict, need_facts: bool = False, writer: str = "rules_then_model") -> ChunkRef | None:
     """The most similar chunk that is neither this chunk nor adjacent to it in its document (and, with
     need_facts, holds a fact sentence)."""
     hits = (
@@ -518,7 +526,7 @@ def _neighbour(store: ChunkStore, row: dict, need_facts: bool = False) -> ChunkR
             continue
         if ineligible_reason(hit["text"]):  # a link list or code block is no hop either
             continue
-        if need_facts and not fact_sentences(hit["text"]):
+        if need_facts and not candidate_sentences(hit["text"], writer):
             continue
         return _ref(hit)
     return None
@@ -572,17 +580,18 @@ def extractive_answer(task: GenTask) -> str:
     return " ".join(c.text[s:e].strip() for c, (s, e) in zip(task.chunks, task.answer_spans))
 
 
-def generate_candidates(tasks: list[GenTask], prompts: dict[str, Prompt], llm, on_done=None) -> list[Candidate]:
+def generate_candidates(tasks: list[GenTask], prompts: dict[str, Prompt], llm, on_done=None,
+                        writer: str = "rules_then_model") -> list[Candidate]:
     """One LLM structured call per task (batched per prompt), then the rewrite step of the types that
     have one (paraphrased), batched per rewrite prompt. An extractive one-sentence task whose sentence
     fits a question form (template_question: "What is <term>?", "How do you <purpose>?", ...) gets that
-    question without a call. on_done() once per task as its first call
+    question without a call, unless writer is "model" (synth.question_writer). on_done() once per task as its first call
     finishes (progress; the LLM calls it, possibly from its worker thread)."""
     candidates: list[Candidate | None] = [None] * len(tasks)
     groups: dict[str, list[int]] = {}
     rendered = {}
     for i, task in enumerate(tasks):
-        found = templated(task)
+        found = templated(task) if writer != "model" else None
         if found:
             # a sentence of a known form answers a question written by rule: no call, no invented words
             candidates[i] = Candidate(task, found[0], extractive_answer(task), prompts[task.kind.prompt],

@@ -179,6 +179,11 @@ class SynthConfig(Section):
     # and their headings; and how far below the best-matching sentence of its chunk (embedder cosine)
     # the answer sentence may rank before the question counts as asking about something else.
     min_question_support: float = Field(default=0.75, ge=0, le=1)
+    # Who writes an extractive type's question: "rules" = only sentences a question form fits
+    # (qa_generation.template_question) are picked, and the question is written by rule (the packaged
+    # 135M model's own questions were right about one time in six when read); "rules_then_model" = rules
+    # where a form fits, the model elsewhere; "model" = always the model (a capable endpoint).
+    question_writer: Literal["rules", "rules_then_model", "model"] = "rules"
     roundtrip_margin: float = Field(default=0.05, ge=0, le=2)
     max_verbatim_ratio: float = Field(default=0.8, gt=0, le=1)  # longest shared run / question length
     rounds: PositiveInt = 3  # generation rounds to fill the budget after rejects

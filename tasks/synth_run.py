@@ -270,7 +270,7 @@ def fill_budget(plan: SynthPlan, store: ChunkStore, encode, llm, prompts: dict[s
         with timer("generate"):
             track.add_total(len(tasks))
             done = track.n
-            candidates = generate_step(tasks, prompts, llm, on_done=track)
+            candidates = generate_step(tasks, prompts, llm, on_done=track, writer=config.question_writer)
             track.reach(done + len(tasks))  # an LLM that does not report each item still moves the count
         report.attempted += len(candidates)
         budget.attempted_by_type.update(c.task.qa_type for c in candidates)

@@ -45,3 +45,9 @@ def hash_embedder(monkeypatch, fake_embedder):
     use_fakes(embedder=lambda config: fake_embedder)
     monkeypatch.setenv("RAGLOOP_PROMPTS_DIR", str(REPO / "prompts"))
     return fake_embedder
+
+
+@pytest.fixture(autouse=True)
+def model_writes_questions(monkeypatch):
+    """The scripted PassageLLM writes golden questions here (see tests/flows/conftest.py)."""
+    monkeypatch.setenv("RAGLOOP_SYNTH__QUESTION_WRITER", "model")

@@ -194,7 +194,7 @@ class _TreeStore:
 
     def __init__(self, doc_ids):
         self.rows = [{"chunk_id": f"c-{d}", "doc_id": d, "doc_sha256": "s", "position": 0, "n_tokens": 50,
-                      "text": f"Document {d} says station {i} has {i + 3} docks and opens at seven.", "vector": [0.0],
+                      "text": f"The station {i} dock of document {d} is operated by crew {i + 3} on weekdays.", "vector": [0.0],
                       "headings": ["Stations"]}
                      for i, d in enumerate(doc_ids)]
 

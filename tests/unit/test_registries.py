@@ -250,7 +250,7 @@ class _Store:
 
     def __init__(self, n_docs: int) -> None:
         self.rows = [{"chunk_id": f"c{i}", "doc_id": f"doc{i}.md", "doc_sha256": "s", "position": 0, "n_tokens": 50,
-                      "text": f"Station {i} has {i + 3} docks and opens at seven every morning of the week.", "vector": [0.0],
+                      "text": f"The station {i} dock is operated by crew {i + 3} every morning of the week.", "vector": [0.0],
                       "headings": [f"Station {i}"]}
                      for i in range(n_docs)]
 

@@ -269,7 +269,7 @@ def test_synth_never_regenerates_a_rejected_pair_nor_overwrites_a_human_item(lak
         return [qa.GenTask("single_hop", "newcomer", [rejected_ref], [(0, 4)]),
                 qa.GenTask("paraphrased", "newcomer", [rejected_ref], [(0, 4)])]
 
-    def generate_step(tasks, prompts, llm, on_done=None):
+    def generate_step(tasks, prompts, llm, on_done=None, writer=None):
         generated.extend((t.qa_type, t.chunks[0].chunk_id) for t in tasks)
         return []
 

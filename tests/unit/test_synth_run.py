@@ -37,7 +37,7 @@ def store(lake_dir, fake_embedder):
 
 
 def _config(**changes) -> SynthConfig:
-    return SynthConfig(**{"size": 6, "min_context_tokens": 5, **changes})
+    return SynthConfig(**{"size": 6, "min_context_tokens": 5, "question_writer": "rules_then_model", **changes})
 
 
 def _catalog(store) -> list[dict]:
