@@ -231,6 +231,8 @@ def fact_sentences(text: str) -> list[tuple[int, int]]:
         if (not lead or not (lead[0].isupper() or lead[0].isdigit()) or _DEPENDENT_START.match(lead)
                 or _POINTER.search(body) or _HEDGE.search(body)):
             continue  # a fragment (a wrapped line's tail), or a sentence leaning on another
+        if re.search(r"\b(?:that|it|them|this|these|those)\W*$", body, re.I):
+            continue  # "... designed to satisfy that.": the fact is in the sentence before
         if (body.count("(") != body.count(")") or body.count("`") % 2 or body.count("**") % 2
                 or _ABBREVIATION_END.search(body)):
             continue  # cut inside a parenthesis, code span or bold run, or at "e.g." (a split, not an end)
@@ -277,26 +279,45 @@ _TEMPLATES = (
                               r"(?P<be>is|are)\s+(?:an?|the|one|some|just|simply|basically)\s", re.I)),
     ("purpose", re.compile(r"^To (?P<purpose>[^,]{8,120}),\s+(?P<rest>\S.{8,})$")),
     ("goal", re.compile(r"^If you (?:want|need|would like) to (?P<goal>[^,]{6,120}),\s+(?P<rest>\S.{8,})$")),
-    ("means", re.compile(r"^You can (?P<act>[a-z]+ [^,]{3,80}?) (?:with|by|using|through|via) (?P<how>\S.{3,})$")),
+    ("means", re.compile(r"^You can (?P<act>[a-z]+ [^,]{3,80}?) (?:by|using|through|via|with (?:(?:the|an?) )?`)"
+                         r"(?P<how>\S.{3,})$")),
     ("passive", re.compile(r"^(?P<art>the\s+|an?\s+)?(?P<subj>[^,;:()]{2,50}?) (?P<be>is|are) "
                            r"(?:(?:also|only|always|automatically|usually|now|then) )?(?P<part>" + _PARTICIPLE +
-                           r") (?P<prep>on|by|with|in|from|to|for|as|into) (?P<rest>\S.{2,})$", re.I)),
+                           r") (?P<prep>on|by|with|in|from|to|for|as|into) (?P<rest>(?!(?:be|do|make|satisfy|"
+                           r"use|run|get|have|help|work|handle|provide|show|allow)\b)\S.{2,})$", re.I)),
     ("object", re.compile(r"^(?P<art>the\s+|an?\s+)?(?P<subj>[^,;:()]{2,50}?) (?P<verb>returns|requires|accepts|"
                           r"supports|contains|uses|provides|includes|creates|generates|takes|expects|defines|stores|"
                           r"handles|validates|converts|reads|sends|receives) (?P<obj>\S.{2,})$", re.I)),
 )
 
 
+_NOT_SUBJECT_START = frozenset("because since although though while when whenever if unless for with without in on at by "
+                               "from of as after before during to into so and or but then also now there here what which "
+                               "who you we i they it".split())
+_PRONOUN = re.compile(r"\b(?:it|its|they|them|their|this|these|those|that|which|he|she|him|her)\b", re.I)
+_FUNCTION_WORDS = frozenset("all some each every most many any both only several other another".split())
+
+
 def _subject_ok(subject: str) -> bool:
+    """A subject a question can name: one to six words, not opening with a conjunction, preposition or
+    pronoun ("Because pydantic data structures", "For OAuth2 they"), holding no pronoun."""
     words = subject.split()
-    return 0 < len(words) <= 6 and not _DEPENDENT_START.match(subject) and subject.lower() not in {"there", "what", "which", "you", "we"}
+    return (0 < len(words) <= 6 and words[0].lower().strip("`*_") not in _NOT_SUBJECT_START
+            and not _DEPENDENT_START.match(subject) and not _PRONOUN.search(subject))
+
+
+def _clause_ok(clause: str) -> bool:
+    """A purpose, goal or action a question can carry: no pronoun pointing outside it ("configure them"),
+    not ending on a dangling "and <word>" (cut at its own "with"), not opening with "which"."""
+    return not _PRONOUN.search(clause) and not re.search(r"\b(?:and|or)\s+\w+$", clause.strip())
 
 
 def _sentence_case(term: str, body: str) -> str:
     """A term that opens its sentence keeps its capital only when it is a name: "Containers" becomes
     "containers" when the sentence also writes it in lower case, "FastAPI" stays."""
     first = term.split()[0]
-    if first[:1].isupper() and first[1:].islower() and re.search(rf"\b{re.escape(first.lower())}\b", body[len(first):]):
+    if first.lower() in _FUNCTION_WORDS or (first[:1].isupper() and first[1:].islower()
+                                            and re.search(rf"\b{re.escape(first.lower())}\b", body[len(first):])):
         return first.lower() + term[len(first):]
     return term
 
@@ -323,9 +344,9 @@ def template_question(sentence: str) -> tuple[str, str] | None:
         art = (g.get("art") or "").lower()
         if form == "definition" and _subject_ok(g["term"]):
             return f"What {g['be'].lower()} {art}{_sentence_case(g['term'].strip(), body)}?", form
-        if form == "purpose":
+        if form == "purpose" and _clause_ok(g["purpose"]):
             return f"How do you {g['purpose'].strip()}?", form
-        if form in ("goal", "means"):
+        if form in ("goal", "means") and _clause_ok(g.get("goal") or g.get("act")):
             return f"How can you {(g.get('goal') or g.get('act')).strip()}?", form
         subject = _sentence_case((g.get("subj") or "").strip(), body) if g.get("subj") else ""
         if form == "passive" and _subject_ok(subject) and g["prep"].lower() == "for" and re.match(r"\d|(?:an?|one|two|three|several|many) \w+s?\b", g["rest"]):

@@ -436,3 +436,23 @@ def test_a_pair_of_template_sentences_makes_one_multi_hop_question():
     assert qa.templated(task) == ("What does the `Queue` class return, and how do you retry a failed job?", "pair")
     c = qa.ChunkRef("c3", "d3", "sha", "Workers poll the queue every five seconds for new jobs.", 0, ())
     assert qa.templated(qa.GenTask("multi_hop", "a user", [a, c], [(0, len(a.text)), (0, len(c.text))])) is None
+
+
+@pytest.mark.parametrize(
+    "sentence",
+    [
+        "Because worker pools are just lists of processes, they restart quickly.",  # a conjunction is no subject
+        "For queues they are just names.",  # a preposition, a pronoun
+        "To configure them, pass the `pool_size` argument to the queue.",  # "them" points outside
+        "You can override any of them by setting a different value in `pool_size`.",
+        "You can combine queue workers with cron jobs on the same host.",  # "with cron jobs" is no means
+        "You can get the job directly in the handler and deal with retries using `Depends`.",  # cut at "and deal"
+        "The whole scheduler is designed to satisfy the needs of a queue.",  # "designed to <verb>"
+    ],
+)
+def test_template_questions_refuse_sentences_that_would_make_broken_questions(sentence):
+    assert qa.template_question(sentence) is None
+
+
+def test_a_sentence_ending_on_a_pronoun_is_no_answer():
+    assert qa.fact_sentences("# Queues\n\nThe whole scheduler is designed to satisfy that.\n") == []
