@@ -42,6 +42,9 @@ class IngestConfig(Section):
     # mkdocs: admonitions (!!! note) and content tabs (=== "Python") become plain Markdown, snippet includes
     # (--8<-- "file.md") are resolved inside the source (or dropped); commonmark: Markdown read as written.
     markdown_dialect: Literal["mkdocs", "commonmark"] = "mkdocs"
+    # false: a file whose stat (size, mtime, ctime, inode) is unchanged since the last snapshot reuses its
+    # stored documents and hashes (tasks/stat_cache.py); true: every file is read and hashed on every run.
+    verify_hashes: bool = False
 
     @model_validator(mode="after")
     def _valid_globs(self) -> "IngestConfig":
