@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -19,6 +20,12 @@ from ragloop.tasks.settings import ConfigError, EmbeddingConfig
 log = logging.getLogger(__name__)
 
 PACKAGED_DEFAULT = "all-minilm-l6-v2"
+
+
+@functools.lru_cache(maxsize=4)
+def _tokenizer_file(path: str, mtime_ns: int) -> Tokenizer:
+    """A tokenizer.json parsed once per process (TokenCounter takes its own copy of it)."""
+    return Tokenizer.from_file(path)
 
 
 class TokenCounter:
@@ -176,7 +183,7 @@ class SentenceTransformerEmbedder:
     @cached_property
     def counter(self) -> TokenCounter:
         tok_file = self._file("tokenizer.json")
-        tokenizer = Tokenizer.from_file(str(tok_file)) if tok_file else self.model.tokenizer.backend_tokenizer
+        tokenizer = _tokenizer_file(str(tok_file), tok_file.stat().st_mtime_ns) if tok_file else self.model.tokenizer.backend_tokenizer
         return TokenCounter(tokenizer, self.max_seq_length - _special_token_count(tokenizer))
 
     @cached_property

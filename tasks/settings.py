@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+import functools
 import json
 import os
 from pathlib import Path
@@ -448,12 +450,21 @@ def read_config_file(path: str | os.PathLike[str] | None) -> tuple[dict[str, Any
             raise ConfigError(f"config file not found: {candidate}")
         return {}, None
     try:
-        data = yaml.safe_load(candidate.read_text(encoding="utf-8")) or {}
+        st = candidate.stat()
+        data = copy.deepcopy(_parse_yaml_file(str(candidate.resolve()), st.st_mtime_ns, st.st_size))
     except yaml.YAMLError as exc:
         raise ConfigError(f"config file {candidate} is not valid YAML: {yaml_problem(exc)}") from exc
     if not isinstance(data, dict):
         raise ConfigError(f"config file {candidate}: top level must be a mapping")
     return data, str(candidate)
+
+
+@functools.lru_cache(maxsize=8)
+def _parse_yaml_file(path: str, mtime_ns: int, size: int) -> Any:
+    """The parsed file, once per (path, mtime, size): every flow run of a warm worker reads the config
+    (PyYAML's pure-Python parser takes ~40 ms on ragloop.yaml); an edited file is parsed again."""
+    with open(path, encoding="utf-8") as f:
+        return yaml.load(f.read(), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader)) or {}
 
 
 def yaml_problem(exc: Exception) -> str:
