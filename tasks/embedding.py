@@ -131,6 +131,9 @@ class SentenceTransformerEmbedder:
         self.name = config.model if self.backend == "torch" else f"{config.model}+{self.backend}"
         self.slug = base_slug if self.backend == "torch" else f"{base_slug}__{slugify(self.backend)}"
         self.path = self._resolve_path(config.model)
+        # ONNX backends encode each text alone (one per call), so a vector depends on its text only; torch
+        # pads a batch, which can move a vector in its last bits with its batch-mates.
+        self.per_text = self.backend != "torch"
         if self.backend != "torch":
             if self.path is None:
                 raise ConfigError(
@@ -248,6 +251,8 @@ class HashEmbedder:
 
     Texts sharing words are close, so retrieval behaves plausibly in unit tests; no model, no I/O.
     """
+
+    per_text = True  # a text's vector depends on that text only
 
     def __init__(self, dim: int = 32, max_tokens: int = 64, name: str = "hash-fake") -> None:
         self.name = name

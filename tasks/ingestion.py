@@ -609,8 +609,9 @@ def _load_cached(path: Path, base: Path, config: IngestConfig, label: str | None
     """load_file, or the file's stored documents when its stat signature says it is unchanged."""
     uri = str(path)
     loader = LOADERS.get(path.suffix.lower())
-    # Only built-in loaders are known to read nothing but the file (and a table's sidecar).
-    own = loader is not None and loader.__module__ == __name__ and not is_beir_corpus(path)
+    # Only built-in loaders (and the BEIR corpus reader) are known to read nothing but the file (and a
+    # table's sidecar).
+    own = loader is not None and loader.__module__ == __name__
     sig = stat_cache.signature(path, path.with_name(path.stem + SIDECAR_SUFFIX)) if own else None
     hit = cache.lookup(uri, label, sig)
     if hit is not None:

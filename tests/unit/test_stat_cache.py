@@ -153,3 +153,12 @@ def test_a_new_lake_or_a_missing_cache_reads_everything(lake, corpus, trust_now)
     (Path(lake.snapshot_dir(first.snapshot_id)) / "stat_cache.json").unlink()
     assert ingest(lake, corpus).unchanged_by_stat == 0
     assert ingest(lake, corpus).unchanged_by_stat == 3  # and the cache is written again
+
+
+def test_a_beir_corpus_is_reused_whole(lake, tmp_path, trust_now):
+    root = write_files(tmp_path / "beir", {"corpus.jsonl": '{"_id": "d1", "title": "One", "text": "First abstract."}\n'
+                                                           '{"_id": "d2", "title": "Two", "text": "Second abstract."}\n'})
+    first = ingest(lake, root)
+    second = ingest(lake, root)
+    assert second.unchanged_by_stat == 1 and second.counts["unchanged"] == 2
+    assert rows(lake, second.snapshot_id) == rows(lake, first.snapshot_id)
