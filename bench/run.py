@@ -104,6 +104,7 @@ def summarize(raw: dict) -> dict:
             "incremental_embedded": ib["incremental"][0]["chunks"].get("embedded"),
             "incremental_timings_s": ib["incremental"][0]["timings_s"],
             "noop_timings_s": ib["noop"][0]["timings_s"],
+            "noop_with_heartbeats_s": ib.get("noop_with_heartbeats_wall_s"),
             "cli_noop_s": ib.get("cli_noop_wall_s"),
             "cli_cold_start_s": (ib["cli_noop_wall_s"] - ib["noop_wall_s"]) if ib.get("cli_noop_wall_s") else None,
             "cli_noop_with_server_s": ib.get("cli_noop_with_server_wall_s"),
@@ -211,6 +212,7 @@ def table(results: dict) -> str:
                     lines[-1] += f"  / {p[peer]['noop_s']:.2f}"
         row(f"3 1% re-index / full ({d['incremental_s']:.2f}s, warm)", d["incremental_ratio"], TARGETS["incremental"])
         row(f"3 no-op re-index / full ({d['noop_s']:.2f}s, warm)", d["noop_ratio"], TARGETS["noop"])
+        row("  no-op s with Prefect heartbeats on (as a served deployment's run)", d.get("noop_with_heartbeats_s"), None, spec=".2f")
         row("3 CLI no-op s (cold process)", d["cli_noop_s"], None, spec=".1f")
         row("  CLI cold-start cost s (CLI no-op - warm no-op)", d["cli_cold_start_s"], None, spec=".1f")
         row("  CLI no-op s with a running Prefect server", d.get("cli_noop_with_server_s"), None, spec=".1f")

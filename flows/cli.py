@@ -11,6 +11,7 @@ server, and load no model (tests/flows/test_cli_read_only.py holds them to it).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
@@ -754,6 +755,20 @@ def _review_cli():
     return cli
 
 
+# Commands that start flow runs (the rest never import prefect).
+FLOW_COMMANDS = {"ingest", "index", "synth", "run", "monitor", "eval", "import-beir", "golden import"}
+
+
+def _ad_hoc(args: argparse.Namespace):
+    """A CLI command's flow runs are ad hoc: no Prefect heartbeats (flows/common.py: ad_hoc_runs)."""
+    command = f"golden {args.golden_command}" if args.command == "golden" else args.command
+    if command not in FLOW_COMMANDS:
+        return contextlib.nullcontext()
+    from ragloop.flows.common import ad_hoc_runs
+
+    return ad_hoc_runs()
+
+
 def _precheck(args: argparse.Namespace) -> None:
     """Usage errors a flow would only find after Prefect starts (a misspelt --source or --lake, a prompt
     file that does not parse, a lake without an index, an unknown --golden, a chunk overlap the model
@@ -856,7 +871,8 @@ def _main(args: argparse.Namespace) -> int:
         load_settings(args.config)  # a bad config fails here, before Prefect starts or any work
         _precheck(args)
         _quiet_usage_errors()
-        summary: dict[str, Any] = run(args)
+        with _ad_hoc(args):
+            summary: dict[str, Any] = run(args)
     except KeyboardInterrupt:
         print("interrupted: the run stopped; its manifest says so (`ragloop runs`)", file=sys.stderr, flush=True)
         sys.stdout.flush()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from contextlib import contextmanager
 from typing import Any, Iterator
@@ -26,6 +27,26 @@ def flow_settings(config_path: str | None, overrides: dict[str, Any]) -> Setting
         if value is not None and value != "":  # "" = not given (e.g. an event payload without the field)
             clean[key] = value
     return load_settings(config_path, clean)
+
+
+# Prefect 3.8's sync flow engine joins its heartbeat thread at every flow run's end, and that thread
+# sleeps in whole seconds: each run is rounded up to the next second (0.5-1 s on a no-op index).
+HEARTBEAT_ENV = ("PREFECT_FLOWS_HEARTBEAT_FREQUENCY", "PREFECT_RUNNER_HEARTBEAT_FREQUENCY")
+
+
+@contextmanager
+def ad_hoc_runs() -> Iterator[None]:
+    """Flow runs started inside run without Prefect heartbeats, unless the environment sets their
+    frequency. For runs started by hand (the CLI): heartbeats let a Prefect automation mark a killed
+    run Crashed, which only a served deployment relies on; a killed CLI run is visible from its
+    manifest ('running', no ended_at) and its lock is taken over. Served deployments keep them."""
+    if any(os.environ.get(name) for name in HEARTBEAT_ENV):
+        yield
+        return
+    from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
+
+    with temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
+        yield
 
 
 def check_sources(sources: list[str]) -> None:

@@ -6,7 +6,7 @@ from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 
 from ragloop.flows.common import flow_settings, stage_run
-from ragloop.flows.ingest import ingest_corpus
+from ragloop.flows.ingest import ingest_sources
 from ragloop.tasks import index_run, indexing, providers, validation
 
 commit_run = task(indexing.ChunkStore.commit_run, name="write-chunks", cache_policy=NO_CACHE)
@@ -37,8 +37,8 @@ def index_corpus(
     chunker = index_run.build_chunker(settings.chunking, embedder)  # a config error before any work
     with stage_run("index", settings) as stage:
         with stage.timer("ingest"):
-            ingested = ingest_corpus(sources=list(settings.ingest.sources), lake=settings.lake, config_path=config_path,
-                                     allow_mass_delete=allow_mass_delete, forget_sources=forget_sources)
+            ingested = ingest_sources(list(settings.ingest.sources), settings.lake, config_path,
+                                      allow_mass_delete, forget_sources)
         run = stage.start()
         stage.failure_outputs.update(index_run.carried_outputs(ingested))
         if (failed := index_run.ingest_failed(run.run_id, run.lineage, ingested)) is not None:

@@ -21,6 +21,13 @@ def ingest_corpus(sources: list[str] | None = None, lake: str | None = None, con
     Documents of sources not given are kept (scoped cleanup) unless their source is in forget_sources;
     a source losing more than index.max_delete_fraction of its documents fails the run before any
     write, unless allow_mass_delete."""
+    return ingest_sources(sources, lake, config_path, allow_mass_delete, forget_sources)
+
+
+def ingest_sources(sources: list[str] | None, lake: str | None, config_path: str | None,
+                   allow_mass_delete: bool = False, forget_sources: list[str] | None = None) -> dict:
+    """The ingest stage as tasks of the calling flow: its own ingest-corpus run, or the index-corpus run
+    (so an index run is one flow run, not two). Either way it writes its own 'ingest' run manifest."""
     settings = flow_settings(config_path, {"lake": lake, "ingest": {"sources": sources}})
     check_sources(settings.ingest.sources)
     with stage_run("ingest", settings) as stage:

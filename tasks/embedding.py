@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -19,6 +20,12 @@ from ragloop.tasks.settings import ConfigError, EmbeddingConfig
 log = logging.getLogger(__name__)
 
 PACKAGED_DEFAULT = "all-minilm-l6-v2"
+
+
+@functools.lru_cache(maxsize=4)
+def _tokenizer_file(path: str, mtime_ns: int) -> Tokenizer:
+    """A tokenizer.json parsed once per process (TokenCounter takes its own copy of it)."""
+    return Tokenizer.from_file(path)
 
 
 class TokenCounter:
@@ -124,6 +131,9 @@ class SentenceTransformerEmbedder:
         self.name = config.model if self.backend == "torch" else f"{config.model}+{self.backend}"
         self.slug = base_slug if self.backend == "torch" else f"{base_slug}__{slugify(self.backend)}"
         self.path = self._resolve_path(config.model)
+        # ONNX backends encode each text alone (one per call), so a vector depends on its text only; torch
+        # pads a batch, which can move a vector in its last bits with its batch-mates.
+        self.per_text = self.backend != "torch"
         if self.backend != "torch":
             if self.path is None:
                 raise ConfigError(
@@ -176,7 +186,7 @@ class SentenceTransformerEmbedder:
     @cached_property
     def counter(self) -> TokenCounter:
         tok_file = self._file("tokenizer.json")
-        tokenizer = Tokenizer.from_file(str(tok_file)) if tok_file else self.model.tokenizer.backend_tokenizer
+        tokenizer = _tokenizer_file(str(tok_file), tok_file.stat().st_mtime_ns) if tok_file else self.model.tokenizer.backend_tokenizer
         return TokenCounter(tokenizer, self.max_seq_length - _special_token_count(tokenizer))
 
     @cached_property
@@ -241,6 +251,8 @@ class HashEmbedder:
 
     Texts sharing words are close, so retrieval behaves plausibly in unit tests; no model, no I/O.
     """
+
+    per_text = True  # a text's vector depends on that text only
 
     def __init__(self, dim: int = 32, max_tokens: int = 64, name: str = "hash-fake") -> None:
         self.name = name

@@ -6,6 +6,8 @@ summary and its log lines."""
 from __future__ import annotations
 
 import logging
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractContextManager
 from typing import Any, Callable, Iterator, Literal, Mapping, Protocol, Sequence
 
@@ -117,6 +119,35 @@ def chunk_facts(chunks: Sequence, vectors: np.ndarray) -> pd.DataFrame:
     )
 
 
+PIPELINE_DOCS = 32  # documents per chunking step of a window's chunk -> encode pipeline
+
+
+def pipelined(items: Sequence, fn: Callable, timer: Timer, name: str, ahead: int = 2) -> Iterator:
+    """fn(item) for each item in order; with several items, computed on one worker thread up to `ahead`
+    items before the consumer asks (a bounded pipeline). Timed as `name`: the time the consumer waits.
+    An exception in fn is raised to the consumer; leaving early waits for at most `ahead` items."""
+    if len(items) < 2:
+        for item in items:
+            with timer(name):
+                result = fn(item)
+            yield result
+        return
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="chunking") as pool:
+        pending = deque(pool.submit(fn, item) for item in items[:ahead])
+        rest = iter(items[ahead:])
+        try:
+            while pending:
+                with timer(name):
+                    result = pending.popleft().result()
+                following = next(rest, None)
+                if following is not None:
+                    pending.append(pool.submit(fn, following))
+                yield result
+        finally:
+            for future in pending:
+                future.cancel()
+
+
 class ChunkBatches:
     """The plan's documents chunked and embedded batch by batch, as chunk rows for the run's one commit,
     counting what was done: `counts` (embedded, reused, written, truncated) and `facts()`.
@@ -137,17 +168,30 @@ class ChunkBatches:
 
     def __iter__(self) -> Iterator[pa.Table]:
         for docs in indexing.iter_document_batches(self.lake, self.snapshot_id, self.plan.to_index, self.docs_per_batch):
-            with self.timer("chunk"):
-                chunks = self.chunker.chunk_documents(docs)
-            with self.timer("embed"):
-                embedded = indexing.embed_missing(chunks, self.store, self.embedder, self._fresh)
-            self._frames.append(chunk_facts(chunks, embedded.vectors))
-            self.counts["embedded"] += embedded.encoded
-            self.counts["reused"] += embedded.reused
+            chunks, vectors = self._chunk_and_embed(docs)
+            self._frames.append(chunk_facts(chunks, vectors))
             self.counts["written"] += len(chunks)
             self.counts["truncated"] += sum(1 for c in chunks if c.metadata.get("truncated"))
             self._bar.update(len(docs))
-            yield indexing.chunk_rows(chunks, embedded.vectors, self.store.dim, {d.doc_id: d.metadata for d in docs})
+            yield indexing.chunk_rows(chunks, vectors, self.store.dim, {d.doc_id: d.metadata for d in docs})
+
+    def _chunk_and_embed(self, docs: list) -> tuple[list, np.ndarray]:
+        """The window's chunks and their vectors. For an encoder whose vectors depend on each text alone,
+        the window is chunked PIPELINE_DOCS documents at a time on a worker thread, up to two steps ahead
+        of the encoder, so chunking overlaps encoding; `chunk` then times only the waits for chunks.
+        Chunk ids are per document and vectors per text, so the output is the same as in one piece."""
+        steps = [docs[i:i + PIPELINE_DOCS] for i in range(0, len(docs), PIPELINE_DOCS)]
+        if len(steps) < 2 or not getattr(self.embedder, "per_text", False):
+            steps = [docs]
+        chunks, parts = [], []
+        for part in pipelined(steps, self.chunker.chunk_documents, self.timer, "chunk"):
+            with self.timer("embed"):
+                embedded = indexing.embed_missing(part, self.store, self.embedder, self._fresh)
+            chunks.extend(part)
+            parts.append(embedded.vectors)
+            self.counts["embedded"] += embedded.encoded
+            self.counts["reused"] += embedded.reused
+        return chunks, np.concatenate(parts) if parts else np.zeros((0, self.store.dim), dtype=np.float32)
 
     def facts(self) -> pd.DataFrame:
         """The facts of every chunk written so far (an empty frame with the columns when none)."""

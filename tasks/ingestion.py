@@ -22,9 +22,12 @@ from typing import Any, Callable, Iterator
 import pyarrow as pa
 import yaml
 
+from ragloop.tasks import stat_cache
+from ragloop.tasks.lineage import ragloop_version
 from ragloop.tasks.registry import Registry
 from ragloop.tasks.schemas import Document, Quarantined, QuarantineReason, utcnow
 from ragloop.tasks.settings import IngestConfig
+from ragloop.tasks.stat_cache import StatCache
 from ragloop.tasks.storage import Lake
 
 log = logging.getLogger(__name__)
@@ -579,11 +582,12 @@ def source_labels(roots: list[str]) -> dict[str, str]:
 
 
 def iter_sources(sources: list[str], config: IngestConfig, labels: dict[str, str] | None = None,
-                 notes: Counter | None = None) -> Iterator[Document | Quarantined]:
+                 notes: Counter | None = None, cache: StatCache | None = None) -> Iterator[Document | Quarantined]:
     """Every document or quarantine record under the sources, file by file in sorted order.
 
     `labels` (resolved root -> label) prefixes each source's path-derived doc ids, so two sources
-    holding the same relative path give two documents; None keeps plain relative paths (one source)."""
+    holding the same relative path give two documents; None keeps plain relative paths (one source).
+    With `cache`, a file whose stat signature is unchanged yields its stored documents unread."""
     for source in sources:
         root = Path(source).expanduser()
         if not root.exists():
@@ -594,8 +598,43 @@ def iter_sources(sources: list[str], config: IngestConfig, labels: dict[str, str
         for entry in discover(root, config, notes):
             if isinstance(entry, Quarantined):
                 yield entry
-            else:
+            elif cache is None:
                 yield from load_file(entry, base, config, label, notes)
+            else:
+                yield from _load_cached(entry, base, config, label, notes, cache)
+
+
+def _load_cached(path: Path, base: Path, config: IngestConfig, label: str | None, notes: Counter | None,
+                 cache: StatCache) -> Iterator[Document | Quarantined]:
+    """load_file, or the file's stored documents when its stat signature says it is unchanged."""
+    uri = str(path)
+    loader = LOADERS.get(path.suffix.lower())
+    # Only built-in loaders (and the BEIR corpus reader) are known to read nothing but the file (and a
+    # table's sidecar).
+    own = loader is not None and loader.__module__ == __name__
+    sig = stat_cache.signature(path, path.with_name(path.stem + SIDECAR_SUFFIX)) if own else None
+    hit = cache.lookup(uri, label, sig)
+    if hit is not None:
+        rows, file_notes = hit
+        if notes is not None:
+            notes.update(file_notes)
+        for r in rows:
+            yield Document(doc_id=r["doc_id"], source_uri=r["source_uri"], content_sha256=r["content_sha256"],
+                           text=r["text"], title=r["title"], mime=r["mime"], bytes=r["bytes"],
+                           metadata=json.loads(r["metadata"]) if r["metadata"] else {})
+        return
+    file_notes: Counter = Counter()
+    doc_ids: list[str] | None = []
+    for item in load_file(path, base, config, label, file_notes):
+        if isinstance(item, Quarantined):
+            doc_ids = None
+        elif doc_ids is not None:
+            doc_ids.append(item.doc_id)
+        yield item
+    if notes is not None:
+        notes.update(file_notes)
+    if doc_ids:
+        cache.record(uri, label, sig, doc_ids, dict(file_notes))
 
 
 # -- snapshot ------------------------------------------------------------------------------------
@@ -620,6 +659,7 @@ class IngestResult:
     known_roots: list[str] = field(default_factory=list)  # every source the snapshot's documents come from
     notes: dict[str, int] = field(default_factory=dict)  # files left out by globs, loader choices (see Loaded)
     labels: dict[str, str] = field(default_factory=dict)  # root -> doc id prefix, when the lake has several sources
+    unchanged_by_stat: int = 0  # files whose stored documents were reused unread (tasks/stat_cache.py)
 
 
 class MassDeleteError(RuntimeError):
@@ -680,16 +720,18 @@ def build_snapshot(lake: Lake, sources: list[str], config: IngestConfig, max_del
     # one source keeps plain relative paths, as before.
     labels = source_labels(known) if len(known) > 1 else {}
     notes: Counter = Counter()
+    cache = StatCache(lake, prev_id if previous else None, config, ragloop_version())
     writer = lake.snapshot_writer()
     buffer: list[dict] = []
     try:
-        for item in iter_sources(sources, config, labels, notes):
+        for item in iter_sources(sources, config, labels, notes, cache):
             if isinstance(item, Quarantined):
                 quarantine.append(item)
                 quarantined_uris.add(item.source_uri)
                 continue
             counts["seen"] += 1
             if item.doc_id in seen:
+                cache.discard(item.source_uri)
                 quarantine.append(Quarantined(item.source_uri, QuarantineReason.parse_error,
                                               f"duplicate doc_id {item.doc_id!r} (another source has it)"))
                 continue
@@ -728,8 +770,11 @@ def build_snapshot(lake: Lake, sources: list[str], config: IngestConfig, max_del
     except BaseException:
         writer.abort()
         raise
+    cache.keep_others(lambda uri: any(under_root(uri, r) for r in roots))
+    cache.save(lake, snapshot_id)
+    log.info("%d files unchanged by stat (read without parsing or hashing)", cache.hits)
     return IngestResult(snapshot_id, prev_id, counts, quarantine, written, carried, len(kept), len(forgotten), known,
-                        dict(sorted(notes.items())), {r: labels[r] for r in roots if r in labels})
+                        dict(sorted(notes.items())), {r: labels[r] for r in roots if r in labels}, cache.hits)
 
 
 def _moved_source(roots: list[str], known_roots: list[str] | None, forget: list[str]) -> bool:

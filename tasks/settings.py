@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+import functools
 import json
 import os
 from pathlib import Path
@@ -42,6 +44,9 @@ class IngestConfig(Section):
     # mkdocs: admonitions (!!! note) and content tabs (=== "Python") become plain Markdown, snippet includes
     # (--8<-- "file.md") are resolved inside the source (or dropped); commonmark: Markdown read as written.
     markdown_dialect: Literal["mkdocs", "commonmark"] = "mkdocs"
+    # false: a file whose stat (size, mtime, ctime, inode) is unchanged since the last snapshot reuses its
+    # stored documents and hashes (tasks/stat_cache.py); true: every file is read and hashed on every run.
+    verify_hashes: bool = False
 
     @model_validator(mode="after")
     def _valid_globs(self) -> "IngestConfig":
@@ -457,12 +462,21 @@ def read_config_file(path: str | os.PathLike[str] | None) -> tuple[dict[str, Any
             raise ConfigError(f"config file not found: {candidate}")
         return {}, None
     try:
-        data = yaml.safe_load(candidate.read_text(encoding="utf-8")) or {}
+        st = candidate.stat()
+        data = copy.deepcopy(_parse_yaml_file(str(candidate.resolve()), st.st_mtime_ns, st.st_size))
     except yaml.YAMLError as exc:
         raise ConfigError(f"config file {candidate} is not valid YAML: {yaml_problem(exc)}") from exc
     if not isinstance(data, dict):
         raise ConfigError(f"config file {candidate}: top level must be a mapping")
     return data, str(candidate)
+
+
+@functools.lru_cache(maxsize=8)
+def _parse_yaml_file(path: str, mtime_ns: int, size: int) -> Any:
+    """The parsed file, once per (path, mtime, size): every flow run of a warm worker reads the config
+    (PyYAML's pure-Python parser takes ~40 ms on ragloop.yaml); an edited file is parsed again."""
+    with open(path, encoding="utf-8") as f:
+        return yaml.load(f.read(), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader)) or {}
 
 
 def yaml_problem(exc: Exception) -> str:

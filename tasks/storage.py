@@ -2,6 +2,7 @@
 
 Layout under the lake root (a local path or an object-store URI; pyarrow filesystems):
     documents/snapshot_id=<id>/part-0.parquet   one snapshot per distinct corpus state
+    documents/snapshot_id=<id>/stat_cache.json  the source files' stat signatures -> doc ids (ingest's no-op proof)
     quarantine/<run_id>.parquet                 files an ingest run could not use, with reasons
     validations/<run_id>/<suite>.json           great-expectations results
     runs/<run_id>.parquet                       run manifests (status, times, lineage, outputs)
@@ -256,6 +257,13 @@ class Lake:
     def read_snapshot(self, snapshot_id: str, columns: list[str] | None = None) -> pa.Table:
         path = posixpath.join(self.snapshot_dir(snapshot_id), "part-0.parquet")
         return pq.read_table(path, columns=columns, filesystem=self.fs)
+
+    def read_stat_cache(self, snapshot_id: str) -> dict | None:
+        """The file signatures ingest stored beside a snapshot (tasks/stat_cache.py), None if absent."""
+        return self.read_json(posixpath.join(self.snapshot_dir(snapshot_id), "stat_cache.json"))
+
+    def write_stat_cache(self, snapshot_id: str, data: dict) -> None:
+        self.write_json(data, posixpath.join(self.snapshot_dir(snapshot_id), "stat_cache.json"))
 
     def snapshot_profile(self, snapshot_id: str) -> "pd.DataFrame":
         """Per-document facts for validation, streamed so the texts are never all in memory."""

@@ -205,3 +205,46 @@ def test_index_summaries_of_the_flow_round_trip_through_the_model(name):
     model = index_run.IndexSummary.model_validate(produced)
     assert model.dump() == produced
     assert set(model.outputs()) == set(produced) - {"run_id", "status", "lineage"}
+
+
+def test_pipelined_keeps_order_bounds_lookahead_and_raises_in_the_consumer():
+    started = []
+
+    def work(i):
+        started.append(i)
+        if i == 5:
+            raise ValueError("chunking failed on 5")
+        return i * 10
+
+    timer = Timer()
+    seen = []
+    with pytest.raises(ValueError, match="chunking failed on 5"):
+        for result in index_run.pipelined(list(range(8)), work, timer, "chunk", ahead=2):
+            seen.append(result)
+            assert len(started) <= len(seen) + 2, "never more than two steps ahead"
+    assert seen == [0, 10, 20, 30, 40]
+    assert list(index_run.pipelined([3], work, timer, "chunk")) == [30]
+    assert list(index_run.pipelined([], work, timer, "chunk")) == []
+
+
+def test_a_pipelined_window_gives_the_same_chunk_ids_and_vectors(lake, store, chunker, fake_embedder, tmp_path,
+                                                                  monkeypatch):
+    files = {f"d{i:02}.md": f"# Doc {i}\n\n" + " ".join(f"w{(i * 7 + j) % 50} text{j}" for j in range(30 + i))
+             for i in range(20)}
+    files["dup.md"] = files["d03.md"]  # a text repeated in another step of the window
+    snapshot_id = _snapshot(lake, tmp_path, files)
+    plan = indexing.plan_index(lake, snapshot_id, store, chunker.hash)
+    (docs,) = list(indexing.iter_document_batches(lake, snapshot_id, plan.to_index, 256))
+    monkeypatch.setattr(index_run, "PIPELINE_DOCS", 3)
+
+    def window(per_text: bool):
+        monkeypatch.setattr(fake_embedder, "per_text", per_text, raising=False)
+        batches = index_run.ChunkBatches(lake, snapshot_id, plan, chunker, store, fake_embedder, 256, Timer())
+        chunks, vectors = batches._chunk_and_embed(docs)
+        return [c.chunk_id for c in chunks], vectors, batches.counts
+
+    ids, vectors, counts = window(per_text=False)
+    piped_ids, piped_vectors, piped_counts = window(per_text=True)
+    assert piped_ids == ids and len(ids) > 40
+    assert (piped_vectors == vectors).all() and piped_vectors.dtype == vectors.dtype
+    assert piped_counts["embedded"] == counts["embedded"], "each distinct text is encoded once either way"
