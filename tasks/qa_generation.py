@@ -283,8 +283,7 @@ _TEMPLATES = (
                          r"(?P<how>\S.{3,})$")),
     ("passive", re.compile(r"^(?P<art>the\s+|an?\s+)?(?P<subj>[^,;:()]{2,50}?) (?P<be>is|are) "
                            r"(?:(?:also|only|always|automatically|usually|now|then) )?(?P<part>" + _PARTICIPLE +
-                           r") (?P<prep>on|by|with|in|from|to|for|as|into) (?P<rest>(?!(?:be|do|make|satisfy|"
-                           r"use|run|get|have|help|work|handle|provide|show|allow)\b)\S.{2,})$", re.I)),
+                           r") (?P<prep>on|by|with|in|from|to|for|as|into) (?P<rest>\S.{2,})$", re.I)),
     ("object", re.compile(r"^(?P<art>the\s+|an?\s+)?(?P<subj>[^,;:()]{2,50}?) (?P<verb>returns|requires|accepts|"
                           r"supports|contains|uses|provides|includes|creates|generates|takes|expects|defines|stores|"
                           r"handles|validates|converts|reads|sends|receives) (?P<obj>\S.{2,})$", re.I)),
@@ -302,7 +301,7 @@ def _subject_ok(subject: str) -> bool:
     """A subject a question can name: one to six words, not opening with a conjunction, preposition or
     pronoun ("Because pydantic data structures", "For OAuth2 they"), holding no pronoun."""
     words = subject.split()
-    return (0 < len(words) <= 6 and words[0].lower().strip("`*_") not in _NOT_SUBJECT_START
+    return (0 < len(words) <= 6 and subject[0] not in "\"'*_[(" and words[0].lower().strip("`*_") not in _NOT_SUBJECT_START
             and not _DEPENDENT_START.match(subject) and not _PRONOUN.search(subject))
 
 
@@ -349,6 +348,8 @@ def template_question(sentence: str) -> tuple[str, str] | None:
         if form in ("goal", "means") and _clause_ok(g.get("goal") or g.get("act")):
             return f"How can you {(g.get('goal') or g.get('act')).strip()}?", form
         subject = _sentence_case((g.get("subj") or "").strip(), body) if g.get("subj") else ""
+        if form == "passive" and g["prep"].lower() == "to" and not re.match(r"(?:the|an?|`|[A-Z\d])", g["rest"]):
+            continue  # "is pleased to announce", "is designed to satisfy": an infinitive, not a place
         if form == "passive" and _subject_ok(subject) and g["prep"].lower() == "for" and re.match(r"\d|(?:an?|one|two|three|several|many) \w+s?\b", g["rest"]):
             return f"How long {g['be'].lower()} {art}{subject} {g['part']}?", form  # "kept for 30 days"
         if form == "passive" and _subject_ok(subject):
@@ -425,12 +426,13 @@ def stratified_order(doc_ids: Sequence[str], rng: random.Random, depth: int = 0)
 
 def plan_tasks(
     store: ChunkStore, counts: dict[str, int], config: SynthConfig, rng: random.Random, priority_docs: Sequence[str] = (),
-    ineligible: Counter | None = None,
+    ineligible: Counter | None = None, avoid: frozenset[str] = frozenset(),
 ) -> list[GenTask]:
     """Generation tasks, stratified over the folder tree and documents: documents are visited in
     stratified_order (priority documents first, stratified among themselves), each task takes an
     eligible chunk of the next document. Chunks that state no facts (ineligible_reason) never seed
-    a question; their counts by reason are written into `ineligible` when given. An extractive type
+    a question; their counts by reason are written into `ineligible` when given. Chunks in `avoid` (the
+    ones earlier rounds of this run already asked about) are passed over while others are left. An extractive type
     takes the next document with a chunk holding a fact sentence, and its task carries the sentence
     picked in each chunk (pick_fact_sentence; the second hop's is the one closest to the first's)."""
     catalog = store.scan(["chunk_id", "doc_id", "position", "n_tokens", "text"]).to_pylist()
@@ -461,11 +463,12 @@ def plan_tasks(
     picks: list[tuple[str, str, list[str]]] = []  # (type, doc, chunk ids)
     for i, qa_type in enumerate(slots):
         kind = QUESTION_TYPES[qa_type]
-        for j in range(len(order)):  # an extractive type skips documents without a fact sentence
-            doc = order[(i + j) % len(order)]
-            rows = [r for r in by_doc[doc] if r["facts"]] if kind.answer == "extractive" else by_doc[doc]
-            if rows:
-                picks.append((qa_type, doc, SAMPLERS[kind.sampling](rows, rng, config)))
+        # An extractive type skips documents without a fact sentence; chunks asked about before are
+        # taken again only when no other chunk is left (a small corpus).
+        for skip in (avoid, frozenset()):
+            found = _next_doc(order, i, by_doc, kind.answer == "extractive", skip)
+            if found:
+                picks.append((qa_type, found[0], SAMPLERS[kind.sampling](found[1], rng, config)))
                 break
     fetched = _fetch(store, sorted({c for _, _, ids in picks for c in ids}))
     tasks = []
@@ -475,6 +478,17 @@ def plan_tasks(
             task.persona = config.personas[i % len(config.personas)]
             tasks.append(task)
     return tasks
+
+
+def _next_doc(order: list[str], start: int, by_doc: dict[str, list[dict]], need_facts: bool,
+              skip: frozenset[str]) -> tuple[str, list[dict]] | None:
+    """The first document from order[start] on (wrapping) with chunk rows to ask about, and those rows."""
+    for j in range(len(order)):
+        doc = order[(start + j) % len(order)]
+        rows = [r for r in by_doc[doc] if (r["facts"] or not need_facts) and r["chunk_id"] not in skip]
+        if rows:
+            return doc, rows
+    return None
 
 
 def _task(store: ChunkStore, qa_type: str, refs: list[ChunkRef], fetched: dict[str, dict],
@@ -652,8 +666,34 @@ def generate_candidates(tasks: list[GenTask], prompts: dict[str, Prompt], llm, o
                 cand.error = res.error or "no value"
             else:
                 cand.original_question = cand.question
-                cand.question, cand.prompt = res.value.question, prompt
+                rewritten = res.value.question
+                if _normalized(rewritten) == _normalized(cand.question):
+                    rewritten = casual_rewrite(cand.question)  # the model gave the question back unchanged
+                cand.question, cand.prompt = rewritten, prompt
     return [c for c in candidates if c is not None]
+
+
+def _normalized(text: str) -> str:
+    return " ".join(grounding.tokens(text))
+
+
+_CASUAL_OPENERS = ((r"^how do (?:you|i) ", "how to "), (r"^how can (?:you|i) ", "how to "),
+                   (r"^what (?:is|are) (?:an?|the) ", ""), (r"^what (?:is|are) ", ""), (r"^what does ", ""))
+
+
+def casual_rewrite(question: str) -> str:
+    """A question as a hurried user types it into a search box, by rule: lower case (code kept as
+    written), the opener shortened ("How do you X?" -> "how to X", "What is the Y?" -> "Y"), no question
+    mark. Used when the model returns a paraphrase identical to its question."""
+    text = question.strip().rstrip("?").strip()
+    parts = re.split(r"(`[^`]*`)", text)
+    text = "".join(p if p.startswith("`") else p.lower() for p in parts)
+    for pattern, repl in _CASUAL_OPENERS:
+        new = re.sub(pattern, repl, text)
+        if new != text:
+            text = new
+            break
+    return text
 
 
 def max_prompt_tokens(tasks: list[GenTask], prompts: dict[str, Prompt], count_tokens) -> int:

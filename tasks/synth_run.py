@@ -251,12 +251,13 @@ def fill_budget(plan: SynthPlan, store: ChunkStore, encode, llm, prompts: dict[s
     rng = random.Random(config.seed)
     budget = Budget()
     report, need, priority, preflight_done = budget.report, plan.need, plan.priority, False
+    asked: set[str] = set()  # chunks this run's earlier rounds asked about: later rounds ask elsewhere
     for _ in range(config.rounds):
         if need <= 0:
             break
         with timer("plan"):
             counts = qa.allocate(planned_count(need, report), config.types)
-            tasks = plan_step(store, counts, config, rng, priority, report.ineligible_chunks)
+            tasks = plan_step(store, counts, config, rng, priority, report.ineligible_chunks, frozenset(asked))
             allowed = [t for t in tasks if not review.blocked_task(t.qa_type, [c.chunk_id for c in t.chunks], plan.rejected_pairs)]
             if len(allowed) < len(tasks):
                 report.ineligible_chunks["rejected_by_review"] += len(tasks) - len(allowed)
@@ -272,6 +273,7 @@ def fill_budget(plan: SynthPlan, store: ChunkStore, encode, llm, prompts: dict[s
             done = track.n
             candidates = generate_step(tasks, prompts, llm, on_done=track, writer=config.question_writer)
             track.reach(done + len(tasks))  # an LLM that does not report each item still moves the count
+        asked.update(c.chunk_id for t in tasks for c in t.chunks)
         report.attempted += len(candidates)
         budget.attempted_by_type.update(c.task.qa_type for c in candidates)
         passed = screen(candidates, config, report)

@@ -456,3 +456,21 @@ def test_template_questions_refuse_sentences_that_would_make_broken_questions(se
 
 def test_a_sentence_ending_on_a_pronoun_is_no_answer():
     assert qa.fact_sentences("# Queues\n\nThe whole scheduler is designed to satisfy that.\n") == []
+
+
+def test_later_rounds_ask_about_other_chunks_while_any_are_left():
+    store = _TreeStore([f"guide/page{i}.md" for i in range(4)])
+    config = SynthConfig(size=2, types={"single_hop": 1.0})
+    first = qa.plan_tasks(store, {"single_hop": 2}, config, random.Random(0))
+    asked = frozenset(c.chunk_id for t in first for c in t.chunks)
+    second = qa.plan_tasks(store, {"single_hop": 2}, config, random.Random(0), avoid=asked)
+    assert not asked & {c.chunk_id for t in second for c in t.chunks}
+    everything = frozenset(r["chunk_id"] for r in store.rows)
+    again = qa.plan_tasks(store, {"single_hop": 2}, config, random.Random(0), avoid=everything)
+    assert len(again) == 2, "a small corpus is asked again rather than not at all"
+
+
+def test_casual_rewrite_when_the_model_returns_the_question_unchanged():
+    assert qa.casual_rewrite("How do you retry a failed job?") == "how to retry a failed job"
+    assert qa.casual_rewrite("What does the `Queue` class return?") == "the `Queue` class return"
+    assert qa.casual_rewrite("What are the session cookies signed with?") == "session cookies signed with"

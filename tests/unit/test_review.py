@@ -264,7 +264,7 @@ def test_synth_never_regenerates_a_rejected_pair_nor_overwrites_a_human_item(lak
     rejected_ref = qa.ChunkRef(rejected_chunk, items[0]["source_doc_ids"][0], "sha", "text", 0)
     generated = []
 
-    def plan_step(store, counts, config, rng, priority, ineligible):
+    def plan_step(store, counts, config, rng, priority, ineligible, avoid=frozenset()):
         ineligible.clear()
         return [qa.GenTask("single_hop", "newcomer", [rejected_ref], [(0, 4)]),
                 qa.GenTask("paraphrased", "newcomer", [rejected_ref], [(0, 4)])]

@@ -168,9 +168,9 @@ def test_fill_budget_refills_after_rejects_for_the_configured_rounds(store, prom
 def test_later_rounds_sample_freely_and_a_plan_step_can_be_injected(store, prompts, fake_embedder):
     priorities = []
 
-    def plan_step(store, counts, config, rng, priority, ineligible):
+    def plan_step(store, counts, config, rng, priority, ineligible, avoid=frozenset()):
         priorities.append(list(priority))
-        return qa.plan_tasks(store, counts, config, rng, priority, ineligible)
+        return qa.plan_tasks(store, counts, config, rng, priority, ineligible, avoid)
 
     plan = _fresh_plan(store, prompts, 4)
     synth_run.fill_budget(plan, store, fake_embedder.encode, PassageLLM(garbage=True), prompts, _config(size=4, rounds=2),
