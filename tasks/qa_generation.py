@@ -620,7 +620,8 @@ def generate_candidates(tasks: list[GenTask], prompts: dict[str, Prompt], llm, o
     """One LLM structured call per task (batched per prompt), then the rewrite step of the types that
     have one (paraphrased), batched per rewrite prompt. An extractive one-sentence task whose sentence
     fits a question form (template_question: "What is <term>?", "How do you <purpose>?", ...) gets that
-    question without a call, unless writer is "model" (synth.question_writer). on_done() once per task as its first call
+    question without a call, unless writer is "model" (synth.question_writer); with writer "rules" the
+    rewrite step is casual_rewrite, not the model. on_done() once per task as its first call
     finishes (progress; the LLM calls it, possibly from its worker thread)."""
     candidates: list[Candidate | None] = [None] * len(tasks)
     groups: dict[str, list[int]] = {}
@@ -653,6 +654,9 @@ def generate_candidates(tasks: list[GenTask], prompts: dict[str, Prompt], llm, o
     rewrites: dict[str, list[int]] = {}
     for i, c in enumerate(candidates):
         if c and c.task.kind.rewrite_prompt and not c.error:
+            if writer == "rules":  # no model writes a question: the hurried user's wording by rule too
+                c.original_question, c.question = c.question, casual_rewrite(c.question)
+                continue
             rewrites.setdefault(c.task.kind.rewrite_prompt, []).append(i)
     for name, para_idx in rewrites.items():
         prompt = prompts[name]
@@ -830,6 +834,8 @@ def reject_reason(cand: Candidate, config: SynthConfig) -> str | None:
         if (question_support(asked, f"{a} {topics}") < config.min_question_support
                 or question_support(asked, a) < 0.5):  # at least half its words from the sentence itself
             return "unsupported_question"
+        if cand.original_question and question_support(q, f"{asked} {a}") < config.min_question_support:
+            return "unsupported_question"  # a rewrite that brought words of its own (a few-shot example's)
         if _HOW_QUESTION.match(asked) and not _METHOD.search(a):
             return "question_form"  # "How do I ...?" answered by a sentence that names no way to do it
     evidence = _evidence(cand)
@@ -931,26 +937,35 @@ def to_item(cand: Candidate, generator: str) -> dict:
     }
 
 
+def _evidence_key(item: dict) -> tuple:
+    return tuple(sorted((e["chunk_id"], e["start"], e["end"]) for e in item.get("evidence") or []))
+
+
 def drop_near_duplicates(
     items: list[dict], existing: Sequence[dict], encode, threshold: float, same_chunk_threshold: float | None = None,
 ) -> tuple[list[dict], int]:
     """Keep items whose question is not within `threshold` cosine of an earlier or existing one, nor
     within `same_chunk_threshold` of one made from a shared source chunk (two questions about one
-    paragraph are duplicates well before their wording is). Items and existing: {question,
-    source_chunk_ids}; order decides which of two duplicates stays."""
+    paragraph are duplicates well before their wording is), nor with the very evidence spans of one
+    (the same answer sentence). Items and existing: {question, source_chunk_ids, evidence?}; order
+    decides which of two duplicates stays."""
     if not items:
         return items, 0
     same = threshold if same_chunk_threshold is None else min(threshold, same_chunk_threshold)
     vectors = encode([e["question"] for e in existing] + [i["question"] for i in items])
     kept_vectors = [(vec, set(e.get("source_chunk_ids") or [])) for vec, e in zip(vectors[: len(existing)], existing)]
+    answers = {_evidence_key(e) for e in existing} - {()}
     kept, dropped = [], 0
     for item, vec in zip(items, vectors[len(existing):]):
         sources = set(item.get("source_chunk_ids") or [])
-        if any(float(np.dot(vec, k)) >= (same if sources & ks else threshold) for k, ks in kept_vectors):
-            dropped += 1
+        key = _evidence_key(item)
+        if key in answers or any(float(np.dot(vec, k)) >= (same if sources & ks else threshold) for k, ks in kept_vectors):
+            dropped += 1  # the same answer sentence(s) twice is one item, however the questions differ
             continue
         kept.append(item)
         kept_vectors.append((vec, sources))
+        if key:
+            answers.add(key)
     return kept, dropped
 
 

@@ -331,7 +331,7 @@ def test_extractive_reject_reasons_fall_on_the_question(question, reason):
 
 
 def test_a_paraphrase_is_held_to_the_question_it_rewrote():
-    cand = _extractive("how many retrys b4 a job is dead", SENTENCE, qa_type="paraphrased")
+    cand = _extractive("how many retries b4 a job is dead", SENTENCE, qa_type="paraphrased")
     cand.original_question = "How many times is a failed job retried before it is marked dead?"
     assert qa.reject_reason(cand, SynthConfig()) is None
     cand.original_question = "How many times is a job retried in the acme-cli scheduler?"
@@ -474,3 +474,16 @@ def test_casual_rewrite_when_the_model_returns_the_question_unchanged():
     assert qa.casual_rewrite("How do you retry a failed job?") == "how to retry a failed job"
     assert qa.casual_rewrite("What does the `Queue` class return?") == "the `Queue` class return"
     assert qa.casual_rewrite("What are the session cookies signed with?") == "session cookies signed with"
+
+
+def test_a_rewrite_that_brings_its_own_words_is_unsupported_and_one_answer_sentence_makes_one_item(fake_embedder):
+    cand = _extractive("run multiple workers failed job retried how", SENTENCE, qa_type="paraphrased")
+    cand.original_question = "How many times is a failed job retried before it is marked dead?"
+    assert qa.reject_reason(cand, SynthConfig()) == "unsupported_question", "a few-shot example's words leaked in"
+    same = {"evidence": [{"chunk_id": "c1", "start": 0, "end": 40}], "source_chunk_ids": ["c1"]}
+    items = [dict(same, question="How many times is a failed job retried?"),
+             dict(same, question="job retry count b4 dead"),
+             {"evidence": [{"chunk_id": "c1", "start": 41, "end": 90}], "source_chunk_ids": ["c1"],
+              "question": "Which table holds the dead jobs of the queue?"}]
+    kept, dropped = qa.drop_near_duplicates(items, [], fake_embedder.encode, 0.95, 0.99)
+    assert [i["question"] for i in kept] == [items[0]["question"], items[2]["question"]] and dropped == 1
