@@ -461,14 +461,16 @@ def plan_tasks(
     rng.shuffle(slots)
 
     picks: list[tuple[str, str, list[str]]] = []  # (type, doc, chunk ids)
+    taken: set[str] = set()  # chunks this plan already asks about: the next slot asks elsewhere while it can
     for i, qa_type in enumerate(slots):
         kind = QUESTION_TYPES[qa_type]
         # An extractive type skips documents without a fact sentence; chunks asked about before are
         # taken again only when no other chunk is left (a small corpus).
-        for skip in (avoid, frozenset()):
+        for skip in (avoid | taken, frozenset()):
             found = _next_doc(order, i, by_doc, kind.answer == "extractive", skip)
             if found:
                 picks.append((qa_type, found[0], SAMPLERS[kind.sampling](found[1], rng, config)))
+                taken.update(picks[-1][2])
                 break
     fetched = _fetch(store, sorted({c for _, _, ids in picks for c in ids}))
     tasks = []
@@ -855,9 +857,12 @@ def roundtrip_failures(cands: Sequence[Candidate], encode, margin: float) -> set
     chunks, the answer sentence must be the prose sentence most similar to the question (embedder
     cosine), or within `margin` of it. Roundtrip consistency (Alberti et al., 2019), within the chunk
     only: a retrieval roundtrip over the index would keep only questions the retriever already gets
-    right, and flatter it. Generated (non-extractive) candidates are never failed here."""
+    right, and flatter it. Generated (non-extractive) candidates and questions written by rule (not
+    rewritten) are never failed here."""
     jobs = []  # (candidate index, sentence texts, index of the answer sentence)
     for i, cand in enumerate(cands):
+        if (cand.generator or "").startswith(TEMPLATE_GENERATOR) and not cand.original_question:
+            continue  # written by rule from the sentence's own words: it cannot drift to another sentence
         for chunk, (start, end) in zip(cand.task.chunks, cand.task.answer_spans):
             spans = grounding.prose_spans(chunk.text)
             answer = next((k for k, (s, e) in enumerate(spans) if s <= start < e or start <= s < end), None)
