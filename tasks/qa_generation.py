@@ -305,6 +305,17 @@ def _subject_ok(subject: str) -> bool:
             and not _DEPENDENT_START.match(subject) and not _PRONOUN.search(subject))
 
 
+_PRONOUN_START = re.compile(r"(?:it|they|we|you|he|she|there|this|that)\b", re.I)
+_CLAUSE_WORD = re.compile(r"\b(?:if|when|whether|because|that|which|where|who)\b", re.I)
+_VAGUE_HEAD = re.compile(r"^(?:(?:the|an?)\s+)?(?:most|least|best|worst|first|last|only|same|other|next|main|following)\b", re.I)
+
+
+def _term_ok(term: str) -> bool:
+    """A term a definition question can name: no clause inside it ("Check if there"), and not a bare
+    superlative or ordinal ("the most secure", "the first"): "What is the most secure?" asks about nothing."""
+    return not _CLAUSE_WORD.search(term) and not _VAGUE_HEAD.match(term)
+
+
 def _clause_ok(clause: str) -> bool:
     """A purpose, goal or action a question can carry: no pronoun pointing outside it ("configure them"),
     not ending on a dangling "and <word>" (cut at its own "with"), not opening with "which"."""
@@ -341,7 +352,7 @@ def template_question(sentence: str) -> tuple[str, str] | None:
             continue
         g = m.groupdict()
         art = (g.get("art") or "").lower()
-        if form == "definition" and _subject_ok(g["term"]):
+        if form == "definition" and _subject_ok(g["term"]) and _term_ok(g["term"]):
             return f"What {g['be'].lower()} {art}{_sentence_case(g['term'].strip(), body)}?", form
         if form == "purpose" and _clause_ok(g["purpose"]):
             return f"How do you {g['purpose'].strip()}?", form
@@ -350,6 +361,8 @@ def template_question(sentence: str) -> tuple[str, str] | None:
         subject = _sentence_case((g.get("subj") or "").strip(), body) if g.get("subj") else ""
         if form == "passive" and g["prep"].lower() == "to" and not re.match(r"(?:the|an?|`|[A-Z\d])", g["rest"]):
             continue  # "is pleased to announce", "is designed to satisfy": an infinitive, not a place
+        if form == "passive" and g["prep"].lower() == "as" and _PRONOUN_START.match(g["rest"]):
+            continue  # "is always required as it has to be ...": "as" means because here
         if form == "passive" and _subject_ok(subject) and g["prep"].lower() == "for" and re.match(r"\d|(?:an?|one|two|three|several|many) \w+s?\b", g["rest"]):
             return f"How long {g['be'].lower()} {art}{subject} {g['part']}?", form  # "kept for 30 days"
         if form == "passive" and _subject_ok(subject):

@@ -487,3 +487,15 @@ def test_a_rewrite_that_brings_its_own_words_is_unsupported_and_one_answer_sente
               "question": "Which table holds the dead jobs of the queue?"}]
     kept, dropped = qa.drop_near_duplicates(items, [], fake_embedder.encode, 0.95, 0.99)
     assert [i["question"] for i in kept] == [items[0]["question"], items[2]["question"]] and dropped == 1
+
+
+@pytest.mark.parametrize(
+    "sentence",
+    [
+        "A path parameter is always required as it has to be part of the path.",  # "as" = because
+        "* Check if there is an optional query parameter named `q` for `GET` requests.",  # a clause, no term
+        "The most secure is the code flow, but it needs more steps.",  # a superlative names nothing
+    ],
+)
+def test_template_questions_refuse_clauses_and_vague_terms(sentence):
+    assert qa.template_question(sentence) is None
