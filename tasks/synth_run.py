@@ -188,6 +188,26 @@ def planned_count(need: int, report: qa.GenerationReport) -> int:
     return min(2 * need, -(-need * report.attempted // max(len(report.accepted), 1)))
 
 
+def round_counts(need: int, targets: dict[str, int], report: qa.GenerationReport,
+                 attempted_by_type: Counter) -> dict[str, int]:
+    """Tasks per question type for the next round. Round 1: the type mix of the need (targets). Later
+    rounds: each type's own shortfall (target - accepted), scaled by that type's accept rate so far, up
+    to twice the shortfall (a type nothing of which passed gets twice its shortfall, not the leftover of
+    the types that pass easily, so the mix is kept where the model can make it); if every type reached
+    its target but the total did not (items dropped as duplicates), planned_count over the mix."""
+    if not report.attempted:
+        return dict(targets)
+    accepted = Counter(i["qa_type"] for i in report.accepted)
+    counts = {}
+    for qa_type, target in targets.items():
+        missing = max(target - accepted[qa_type], 0)
+        tried, passed = attempted_by_type[qa_type], accepted[qa_type]
+        counts[qa_type] = missing if not tried else min(2 * missing, -(-missing * tried // passed) if passed else 2 * missing)
+    if not any(counts.values()):
+        return qa.allocate(planned_count(need, report), {t: float(n) for t, n in targets.items() if n})
+    return counts
+
+
 def preflight(llm, tasks: list[qa.GenTask], prompts: dict[str, Prompt]) -> None:
     """Before any generation: the endpoint answers and the model fits the largest prompt. ConfigError (exit 2)."""
     try:
@@ -252,11 +272,12 @@ def fill_budget(plan: SynthPlan, store: ChunkStore, encode, llm, prompts: dict[s
     budget = Budget()
     report, need, priority, preflight_done = budget.report, plan.need, plan.priority, False
     asked: set[str] = set()  # chunks this run's earlier rounds asked about: later rounds ask elsewhere
+    targets = qa.allocate(need, config.types) if need > 0 else {}  # the type mix of the new items
     for _ in range(config.rounds):
         if need <= 0:
             break
         with timer("plan"):
-            counts = qa.allocate(planned_count(need, report), config.types)
+            counts = round_counts(need, targets, report, budget.attempted_by_type)
             tasks = plan_step(store, counts, config, rng, priority, report.ineligible_chunks, frozenset(asked))
             allowed = [t for t in tasks if not review.blocked_task(t.qa_type, [c.chunk_id for c in t.chunks], plan.rejected_pairs)]
             if len(allowed) < len(tasks):

@@ -467,3 +467,17 @@ def test_a_moved_item_makes_the_plan_not_up_to_date_and_is_counted(prompts):
                                   budget=synth_run.Budget(), config=_config(size=1), timings_s={}, generate_s=None)
     assert summary.items.moved == 1 and summary.items.kept == 1 and summary.items.retired == 0
     assert summary.status == "ok"
+
+
+def test_later_rounds_plan_each_types_own_shortfall_by_its_accept_rate():
+    targets = {"single_hop": 6, "unanswerable": 2, "abstract": 2}
+    assert synth_run.round_counts(10, targets, qa.GenerationReport(), Counter()) == targets, "round 1: the mix"
+    accepted = [{"qa_type": "single_hop"}] * 6 + [{"qa_type": "abstract"}]
+    report = qa.GenerationReport(accepted=accepted, attempted=12)
+    tried = Counter({"single_hop": 6, "unanswerable": 3, "abstract": 3})
+    # single-hop is full; nothing unanswerable passed: twice its shortfall; abstract 1 of 3: ceil(1 * 3 / 1), max 2
+    assert synth_run.round_counts(3, targets, report, tried) == {"single_hop": 0, "unanswerable": 4, "abstract": 2}
+    full = qa.GenerationReport(accepted=[{"qa_type": t} for t, n in targets.items() for _ in range(n)][:9], attempted=10)
+    full.accepted.append({"qa_type": "abstract"})  # every type at its target, yet one short overall (a duplicate)
+    assert sum(synth_run.round_counts(1, {"single_hop": 6, "unanswerable": 2, "abstract": 2}, full,
+                                      Counter({"single_hop": 6, "unanswerable": 2, "abstract": 2})).values()) >= 1
