@@ -347,7 +347,9 @@ def _human_eval(summary: dict) -> list[str]:
     lines = [f"run {summary['run_id']}: {summary['status']}"]
     if "metrics" in summary:
         i = summary["items"]
-        lines.append(f"golden set {summary['golden_set_id']}: {i['total']} items, {i['failed']} failed"
+        checked = sum(n for r, n in (i.get("by_review") or {}).items() if r in ("approved", "edited"))
+        lines.append(f"golden set {summary['golden_set_id']}: {i['total']} items ({checked} checked by a person), "
+                     f"{i['failed']} failed"
                      + (f" (judgments failed: {summary['failed_judgments']})" if summary.get("failed_judgments") else ""))
         metrics, ci = summary["metrics"], summary["ci"]
         ranked = sorted({n.split("@")[1] for n in metrics if "@" in n}, key=int)

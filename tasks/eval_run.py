@@ -47,7 +47,9 @@ class EvalSummary(StageSummary):
     ci: dict[str, list[float]] = Field(description="metric -> [low, high] bootstrap CI of the mean")
     n: dict[str, int] = Field(description="metric -> items it was measured on")
     by_type: dict[str, dict[str, Any]] = Field(description="qa_type -> {n, metrics, ci}, as overall")
-    items: dict[str, Any] = Field(description="{total, failed, by_type: {qa_type: items}}")
+    items: dict[str, Any] = Field(description="{total, failed, by_type: {qa_type: items}, by_review: {synthetic | "
+                                              "approved | edited | imported: items}}: how much of the score rests "
+                                              "on items a person checked")
     failed_judgments: dict[str, int] = Field(description="metric -> items whose judgment failed (counted, not NaN)")
     answers: dict[str, Any] = Field(
         description="{total, refused, ungrounded, degenerate, degenerate_by_reason: {reason: n}} over answered items")
@@ -492,9 +494,10 @@ def assess_gate(base: BaselineRun, rows: Sequence[Mapping], traces: Sequence[Map
 def summarize(run_id: str, lineage: Mapping, lake_uri: str, golden: GoldenChoice, aggregates: Aggregates,
               scored: ItemRows, stale: Mapping[str, Sequence[str]], assessment: GateAssessment,
               serving: promotion.ServingRef, role: str, paths: Mapping[str, str], timings_s: Mapping[str, float],
-              on_inconclusive: str, estimates: Mapping[str, dict] | None = None) -> EvalSummary:
-    """The run's summary before promotion: counts of items, failed judgments and answers, the gate and
-    its status (tasks.gating.run_status)."""
+              on_inconclusive: str, estimates: Mapping[str, dict] | None = None,
+              reviews: Mapping[str, int] | None = None) -> EvalSummary:
+    """The run's summary before promotion: counts of items (by type, and by review: how many a person
+    approved or edited), failed judgments and answers, the gate and its status (tasks.gating.run_status)."""
     rows = scored.rows
     failed = sum(1 for r in rows if r["status"] == "failed")
     answered = [r for r in rows if r["answer"] is not None]
@@ -508,7 +511,8 @@ def summarize(run_id: str, lineage: Mapping, lake_uri: str, golden: GoldenChoice
         ci=aggregates.ci,
         n=aggregates.n,
         by_type=aggregates.by_type,
-        items={"total": len(rows), "failed": failed, "by_type": dict(Counter(r["qa_type"] for r in rows))},
+        items={"total": len(rows), "failed": failed, "by_type": dict(Counter(r["qa_type"] for r in rows)),
+               "by_review": dict(sorted((reviews or {}).items()))},
         failed_judgments=dict(sorted(Counter(m for r in rows for m in r["failed_metrics"]).items())),
         answers={"total": len(answered), "refused": sum(1 for r in answered if r["refused"]),
                  "ungrounded": sum(1 for r in answered if r["grounded"] is False),
@@ -631,4 +635,5 @@ def conclude(lake: Lake, run, plan: EvalPlan, scored: ItemRows, aggregates: Aggr
     run.lineage["eval_cache_key"] = plan.cache_key
     return summarize(run.run_id, run.lineage, lake.uri, plan.chosen, aggregates, scored, plan.stale, assessment,
                      plan.serving, plan.role, paths, timer.report(), gate_config.on_inconclusive,
-                     calibration.eval_estimates(lake, scored.rows, judges, config.confidence))
+                     calibration.eval_estimates(lake, scored.rows, judges, config.confidence),
+                     Counter(i.get("review") or "synthetic" for i in plan.items))

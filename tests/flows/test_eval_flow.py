@@ -64,7 +64,7 @@ def test_import_beir_then_retrieval_only_eval(prefect_backend, fakes, beir_dir, 
     summary = json.loads(capsys.readouterr().out)
     assert code == 0 and summary["status"] == "ok", summary
     assert summary["golden_set_id"] == imported["golden_set_id"]
-    assert summary["items"] == {"total": 3, "failed": 0, "by_type": {"imported": 3}}
+    assert summary["items"] == {"total": 3, "failed": 0, "by_type": {"imported": 3}, "by_review": {"imported": 3}}
     assert set(summary["metrics"]) >= {"hit@1", "recall@4", "mrr@4", "ndcg@4"}
     assert summary["metrics"]["recall@4"] == 1.0, "k covers the whole corpus"
     for name, value in summary["metrics"].items():
@@ -329,7 +329,8 @@ def test_questions_with_query_syntax_are_searched_as_text(prefect_backend, fakes
     index_flow.index_corpus(sources=[str(write_files(tmp_path / "src", SYNTAX_CORPUS))], lake=str(lake_dir))
     _golden_for(tmp_path, lake_dir, SYNTAX_QUESTIONS)
     summary = eval_flow.evaluate_chain(lake=str(lake_dir), retrieval=mode, k=2, retrieval_only=True)
-    assert summary["status"] == "ok" and summary["items"] == {"total": 4, "failed": 0, "by_type": {"single_hop": 4}}
+    assert summary["status"] == "ok" and summary["items"] == {"total": 4, "failed": 0, "by_type": {"single_hop": 4},
+                                                        "by_review": {"imported": 4}}
     assert summary["metrics"]["hit@2"] == 1.0
 
 
