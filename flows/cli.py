@@ -263,8 +263,8 @@ def _human_synth(summary: dict) -> list[str]:
         i = summary["items"]
         lines.append(
             f"golden set {summary['golden_set_id']}: {i['total']} active - {i['new']} new, {i['kept']} kept, "
-            f"{i['stale']} stale, {i['retired']} retired" + (f", {i['outdated']} outdated (made by an older prompt)"
-                                                                if i.get("outdated") else "")
+            f"{i['stale']} stale, {i['retired']} retired" + (f", {i['outdated']} outdated (made by an older prompt "
+                                                                "or question writer)" if i.get("outdated") else "")
             + f"; {i['rejected']} candidates rejected"
         )
         if summary.get("up_to_date"):
@@ -272,6 +272,9 @@ def _human_synth(summary: dict) -> list[str]:
         lines.append("by type: " + ", ".join(f"{k} {v}" for k, v in summary.get("by_type", {}).items()))
         if summary.get("rejects"):
             lines.append("rejects: " + ", ".join(f"{k} {v}" for k, v in summary["rejects"].items()))
+        short = (summary.get("shortfall") or {}).get("by_type")
+        if short:
+            lines.append("short of the type mix: " + ", ".join(f"{k} {v}" for k, v in short.items()))
         cov = summary.get("coverage")
         if cov:  # synth's; an import has none
             lines.append(f"coverage: {cov.get('documents')} of {cov.get('of')} documents")

@@ -215,6 +215,9 @@ def load_prompt_set(project_dir: str | Path | None = DEFAULT_PROMPTS_DIR) -> dic
     """
     prompts = load_prompts(PACKAGED_PROMPTS)
     directory = project_prompts_dir(project_dir)
+    if directory is not None and not directory.is_dir():
+        what = "not a directory" if directory.exists() else "not found"
+        raise PromptError(f"prompts_dir: prompts directory {what}: {directory}")
     return prompts if directory is None else {**prompts, **load_prompts(directory)}
 
 

@@ -164,7 +164,7 @@ class SynthConfig(Section):
         default_factory=lambda: {"single_hop": 0.4, "multi_hop": 0.2, "abstract": 0.15,
                                  "unanswerable": 0.1, "paraphrased": 0.15}
     )
-    personas: list[str] = Field(default_factory=lambda: ["a first-time user", "an experienced operator"])
+    personas: list[str] = Field(default_factory=lambda: ["a first-time user", "an experienced operator"], min_length=1)
     min_context_tokens: PositiveInt = 24  # chunks shorter than this make poor questions
     max_context_tokens: PositiveInt = 700  # budget for multi-passage and summary contexts
     min_question_chars: PositiveInt = 12

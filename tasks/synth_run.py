@@ -144,7 +144,7 @@ def carry_over_renames(items: Sequence[dict], verdicts: dict[str, str], chunk_ro
 
 def plan_synth(previous: list[dict], previous_ref: promotion.GoldenLine | None, catalog: Sequence[dict],
                prompts: dict[str, Prompt], inputs: str, size: int,
-               chunk_rows: Callable[[], Sequence[dict]] | None = None) -> SynthPlan:
+               chunk_rows: Callable[[], Sequence[dict]] | None = None, writer: str | None = None) -> SynthPlan:
     """Classify the previous set's active items against the index (catalog: {chunk_id, doc_id} rows) and
     the current prompts (tasks.qa_generation.classify_previous), and size the budget: `size` active
     items, of which the kept ones count. An item whose document was renamed (its chunks' texts are back
@@ -399,6 +399,8 @@ class Shortfall(SummaryModel):
     active: int = Field(description="active items reached")
     rounds: int = Field(description="synth.rounds: generation rounds allowed")
     rejects: dict[str, int] = Field(description="rejects by reason (non-zero, sorted)")
+    by_type: dict[str, int] = Field(default_factory=dict, description="question type -> active items missing against "
+                                    "its share of synth.size (synth.types), non-zero: where the mix fell short")
 
 
 class SynthSummary(StageSummary):
@@ -462,7 +464,7 @@ def summarize(run_id: str, lineage: dict[str, Any], *, lake_uri: str, golden_set
                   "folders": len(folders_covered), "of_folders": len(folders),
                   "by_folder": {f: {"documents": folders_covered[f], "of": n} for f, n in sorted(folders.items())}},
         ineligible_chunks=dict(sorted(report.ineligible_chunks.items())),
-        evidence_supported={"items": sum(1 for i in answerable_new if i["evidence"]), "of": len(answerable_new)},
+        evidence_supported={"items": sum(1 for i in answerable_new if i["evidence"]), "of": len(answerable_new)},  # new only
         written=written, timings_s=timings_s,
         per_minute={"candidates": round(report.attempted * 60 / generate_s, 2) if generate_s else None,
                     "accepted": round(len(report.accepted) * 60 / generate_s, 2) if generate_s else None},
@@ -473,12 +475,14 @@ def summarize(run_id: str, lineage: dict[str, Any], *, lake_uri: str, golden_set
     elif report.attempted and not report.accepted:
         summary.status = "partial"
         summary.error = f"no new item accepted out of {report.attempted}: {dict(report.rejects)}"
-    elif report.attempted and len(active) < config.size:
+    elif len(active) < config.size:  # also on an up-to-date night: the set is still short
         summary.status = "partial"
+        wanted, have = qa.allocate(config.size, config.types), Counter(i["qa_type"] for i in active)
         summary.shortfall = {"asked": config.size, "active": len(active), "rounds": config.rounds,
-                             "rejects": _nonzero(report.rejects)}
-        summary.error = (f"{len(active)} of {config.size} items after {config.rounds} rounds; "
-                         f"rejected by reason {summary.shortfall.rejects}")
+                             "rejects": _nonzero(report.rejects),
+                             "by_type": {t: n - have[t] for t, n in sorted(wanted.items()) if n > have[t]}}
+        summary.error = (f"{len(active)} of {config.size} items" + (f" after {config.rounds} rounds; rejected by "
+                         f"reason {summary.shortfall.rejects}" if report.attempted else " (nothing generated: up to date)"))
     return summary
 
 

@@ -431,7 +431,7 @@ def _summary(verdict="passed", role="serving") -> EvalSummary:
 def test_the_summary_counts_items_answers_and_failed_judgments():
     summary = _summary()
     assert summary.status == "partial", "an item failed, the gate passed"
-    assert summary.items == {"total": 3, "failed": 1, "by_type": {"single_hop": 2, "abstract": 1}}
+    assert summary.items == {"total": 3, "failed": 1, "by_type": {"single_hop": 2, "abstract": 1}, "by_review": {}}
     assert summary.answers == {"total": 2, "refused": 1, "ungrounded": 1, "degenerate": 1, "degenerate_by_reason": {"loop": 1}}
     assert summary.failed_judgments == {"factual_correctness": 1}
     assert summary.stale_references == {"items": 1, "references": 1, "qa_ids": ["q1"]}

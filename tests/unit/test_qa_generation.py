@@ -499,3 +499,21 @@ def test_a_rewrite_that_brings_its_own_words_is_unsupported_and_one_answer_sente
 )
 def test_template_questions_refuse_clauses_and_vague_terms(sentence):
     assert qa.template_question(sentence) is None
+
+
+def test_under_rules_an_extractive_item_a_model_wrote_is_outdated():
+    def item(qa_id, qa_type, generator):
+        return {"qa_id": qa_id, "status": "active", "source_chunk_ids": ["c1"], "source_doc_ids": ["d1"],
+                "qa_type": qa_type, "generator": generator, "prompt_id": "qa_from_sentence@x", "prompt_hash": "h"}
+
+    items = [item("model", "single_hop", "SmolLM2@1"), item("rule", "single_hop", "template:definition"),
+             item("refuse", "unanswerable", "SmolLM2@1")]
+    hashes = {"qa_from_sentence": "h"}
+    assert qa.classify_previous(items, {"c1"}, {"d1"}, hashes, "rules") == {"model": "outdated", "rule": "kept",
+                                                                              "refuse": "kept"}
+    assert qa.classify_previous(items, {"c1"}, {"d1"}, hashes, "rules_then_model")["model"] == "kept"
+
+
+def test_synth_personas_may_not_be_empty():
+    with pytest.raises(ValueError, match="personas"):
+        SynthConfig(personas=[])

@@ -281,14 +281,17 @@ def _summary(kept: int, accepted: int, attempted: int, size: int = 4, up_to_date
         (0, 2, 5, "partial", "2 of 4 items after 3 rounds; rejected by reason {'unparseable': 3}", True),
         (1, 3, 4, "ok", None, False),
         (4, 0, 0, "ok", None, False),  # up to date: nothing attempted, nothing short
+        (3, 0, 0, "partial", "3 of 4 items (nothing generated: up to date)", True),  # up to date, still short
     ],
 )
 def test_status_is_never_a_silent_ok(kept, accepted, attempted, status, error, shortfall):
     summary = _summary(kept, accepted, attempted).model_dump(mode="json")
     assert summary["status"] == status and summary.get("error") == error
     assert ("shortfall" in summary) is shortfall and "line" not in summary
-    if shortfall:
-        assert summary["shortfall"] == {"asked": 4, "active": 2, "rounds": 3, "rejects": {"unparseable": 3}}
+    if shortfall and attempted:
+        # the mix of 4 (synth.types) is 2 single_hop, 1 multi_hop, 1 abstract: the set holds 2 single_hop
+        assert summary["shortfall"] == {"asked": 4, "active": 2, "rounds": 3, "rejects": {"unparseable": 3},
+                                        "by_type": {"abstract": 1, "multi_hop": 1}}
 
 
 def test_summary_counts_coverage_rates_and_throughput():
