@@ -34,7 +34,7 @@ def synth_golden_set(lake: str | None = None, size: int | None = None, config_pa
         inputs = synth_run.generation_inputs((store.name, store.version), config, settings.llm, prompts)
         plan = synth_run.plan_synth(previous, previous_ref, store.scan(["chunk_id", "doc_id"]).to_pylist(), prompts,
                                     inputs, config.size, chunk_rows=lambda: store.scan(synth_run.RENAME_COLUMNS).to_pylist(),
-                                    writer=config.question_writer)
+                                    writer=config.question_writer, config=config)
         with Progress("synth", unit="candidate", enabled=progress, log_to=run.logger) as track:
             budget = synth_run.fill_budget(plan, store, embedder.encode, llm, prompts, config, plan_step=plan_tasks,
                                            generate_step=generate_candidates, timer=stage.timer, progress=track)

@@ -900,6 +900,34 @@ def roundtrip_failures(cands: Sequence[Candidate], encode, margin: float) -> set
     return failed
 
 
+def failing_filters(items: Sequence[dict], chunk_texts: dict[str, str], config: SynthConfig) -> dict[str, str]:
+    """qa_id -> the reject reason today's filters give an item made by an earlier synth (reject_reason
+    over its question, answer, chunks and, for an extractive item, its evidence spans as the answer
+    sentences). Items whose chunks are not all in chunk_texts, human-made ones and must-refuse ones
+    the index check decides are not judged here."""
+    out = {}
+    for item in items:
+        kind = QUESTION_TYPES.get(item.get("qa_type") or "")
+        sources = list(item.get("source_chunk_ids") or [])
+        if kind is None or not sources or any(c not in chunk_texts for c in sources):
+            continue
+        chunks = [ChunkRef(c, "", "", chunk_texts[c], 0) for c in sources]
+        spans = []
+        if kind.answer == "extractive":
+            by_chunk = {e["chunk_id"]: (e["start"], e["end"]) for e in item.get("evidence") or []}
+            spans = [by_chunk[c] for c in sources if c in by_chunk]
+            if len(spans) != len(sources):
+                out[item["qa_id"]] = "missing_evidence"
+                continue
+        cand = Candidate(GenTask(item["qa_type"], item.get("persona") or "", chunks, spans), item["question"],
+                         "" if kind.must_refuse else item["reference_answer"], None, None, None,
+                         generator=item.get("generator"))
+        reason = reject_reason(cand, config)
+        if reason:
+            out[item["qa_id"]] = reason
+    return out
+
+
 def answered_by(question: str, texts: Sequence[str], coverage: float) -> bool:
     """Whether one of texts answers an "unanswerable" question: it holds the question's facts and
     at least `coverage` of its topic words (content words beyond the template words of a question)."""

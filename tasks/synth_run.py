@@ -7,6 +7,7 @@ generate steps, and its StageTimer as `timer`. I/O goes through the ChunkStore a
 
 from __future__ import annotations
 
+import hashlib
 import random
 from collections import Counter
 from contextlib import nullcontext
@@ -17,7 +18,7 @@ from typing import Any, Callable, ContextManager, Sequence
 import pyarrow as pa
 from pydantic import Field
 
-from ragloop.tasks import promotion, review, schemas
+from ragloop.tasks import grounding, promotion, review, schemas
 from ragloop.tasks import qa_generation as qa
 from ragloop.tasks.indexing import ChunkStore
 from ragloop.tasks.lineage import canonical_hash
@@ -63,10 +64,14 @@ def read_previous(lake: Lake, refs: promotion.Refs) -> tuple[promotion.GoldenLin
     return previous_ref, (lake.read_golden(previous_ref.golden_set_id).to_pylist() if previous_ref else [])
 
 
+# The code that decides which candidates pass: a change re-checks the kept items on the next synth.
+FILTERS_HASH = hashlib.sha256(b"".join(Path(m.__file__).read_bytes() for m in (qa, grounding))).hexdigest()[:16]
+
+
 def generation_inputs(table: tuple[str, int], config: SynthConfig, llm: LLMConfig, prompts: dict[str, Prompt]) -> str:
-    """Hash of what generation depends on: the table version, the synth and LLM settings and the prompts
-    synth renders (an answer-prompt change re-runs eval, not synth). Equal inputs: nothing to generate."""
-    return canonical_hash({"table": list(table), "synth": config.model_dump(mode="json"),
+    """Hash of what generation depends on: the table version, the synth and LLM settings, the filters' code
+    (FILTERS_HASH) and the prompts synth renders (an answer-prompt change re-runs eval, not synth). Equal inputs: nothing to generate."""
+    return canonical_hash({"table": list(table), "synth": config.model_dump(mode="json"), "filters": FILTERS_HASH,
                            "llm": llm.model_dump(mode="json"),
                            "prompts": {n: prompts[n].prompt_hash for n in sorted(required_prompts())}})
 
@@ -144,21 +149,28 @@ def carry_over_renames(items: Sequence[dict], verdicts: dict[str, str], chunk_ro
 
 def plan_synth(previous: list[dict], previous_ref: promotion.GoldenLine | None, catalog: Sequence[dict],
                prompts: dict[str, Prompt], inputs: str, size: int,
-               chunk_rows: Callable[[], Sequence[dict]] | None = None, writer: str | None = None) -> SynthPlan:
+               chunk_rows: Callable[[], Sequence[dict]] | None = None, writer: str | None = None,
+               config: SynthConfig | None = None) -> SynthPlan:
     """Classify the previous set's active items against the index (catalog: {chunk_id, doc_id} rows) and
-    the current prompts (tasks.qa_generation.classify_previous), and size the budget: `size` active
+    the current prompts and question writer (tasks.qa_generation.classify_previous), and size the budget: `size` active
     items, of which the kept ones count. An item whose document was renamed (its chunks' texts are back
     under a new doc_id) is kept, re-pointed, and listed in `moved` (carry_over_renames; chunk_rows() is
     called only when some item would be retired, and returns the rows it needs)."""
     chunk_ids = {r["chunk_id"] for r in catalog}
     doc_ids = {r["doc_id"] for r in catalog}
     current_prompts = {n: prompts[n].prompt_hash for n in required_prompts()}
-    verdicts = qa.classify_previous(previous, chunk_ids, doc_ids, current_prompts)
+    verdicts = qa.classify_previous(previous, chunk_ids, doc_ids, current_prompts, writer)
     moved = {}
     if chunk_rows is not None and "retired" in verdicts.values():
         moved = carry_over_renames(previous, verdicts, chunk_rows())
         previous = [moved.get(i["qa_id"], i) for i in previous]
         verdicts.update(dict.fromkeys(moved, "kept"))
+    if config is not None and chunk_rows is not None and not (previous_ref and previous_ref.inputs == inputs):
+        # The inputs changed (settings, prompts, or the filters' code): an item today's filters reject is
+        # outdated like one from an older prompt; human-reviewed items stay (review.protect_human).
+        texts = {r["chunk_id"]: r["text"] for r in chunk_rows()}
+        candidates = [i for i in previous if verdicts.get(i["qa_id"]) == "kept" and i.get("review") in (None, "synthetic")]
+        verdicts.update(dict.fromkeys(qa.failing_filters(candidates, texts, config), "outdated"))
     verdicts, held = review.protect_human(previous, verdicts)
     kept = [i for i in previous if verdicts.get(i["qa_id"]) == "kept"]
     changed = [dict(i, status=verdicts[i["qa_id"]]) for i in previous if verdicts.get(i["qa_id"]) in qa.REPLACED]

@@ -517,3 +517,17 @@ def test_under_rules_an_extractive_item_a_model_wrote_is_outdated():
 def test_synth_personas_may_not_be_empty():
     with pytest.raises(ValueError, match="personas"):
         SynthConfig(personas=[])
+
+
+def test_items_made_under_older_filters_are_judged_by_todays():
+    text = "Scopes are declared with `Security(scopes=[...])` on each dependency. The worker is the process that runs jobs."
+    good = {"qa_id": "good", "qa_type": "single_hop", "question": "What is the worker?",
+            "reference_answer": "The worker is the process that runs jobs.", "source_chunk_ids": ["c1"],
+            "evidence": [{"chunk_id": "c1", "start": text.index("The worker"), "end": len(text)}]}
+    invented = {"qa_id": "invented", "qa_type": "abstract", "question": "How are scopes declared at different levels?",
+                "reference_answer": "Scopes are declared using a custom decorator that allows declaring scopes directly.",
+                "source_chunk_ids": ["c1"], "evidence": [{"chunk_id": "c1", "start": 0, "end": 60}]}
+    doubled = dict(good, qa_id="doubled", question="What is the worker? What is the worker?")
+    gone = dict(good, qa_id="gone", source_chunk_ids=["c9"])
+    failing = qa.failing_filters([good, invented, doubled, gone], {"c1": text}, SynthConfig())
+    assert failing == {"invented": "unsupported_answer", "doubled": "malformed"}

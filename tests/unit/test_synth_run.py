@@ -484,3 +484,22 @@ def test_later_rounds_plan_each_types_own_shortfall_by_its_accept_rate():
     full.accepted.append({"qa_type": "abstract"})  # every type at its target, yet one short overall (a duplicate)
     assert sum(synth_run.round_counts(1, {"single_hop": 6, "unanswerable": 2, "abstract": 2}, full,
                                       Counter({"single_hop": 6, "unanswerable": 2, "abstract": 2})).values()) >= 1
+
+
+def test_changed_inputs_recheck_kept_items_against_todays_filters(prompts):
+    text = "Scopes are declared with `Security(scopes=[...])` on each dependency of a path operation function."
+    abstract = prompts["qa_abstract"]
+    item = {"qa_id": "invented", "qa_type": "abstract", "status": "active", "review": "synthetic",
+            "question": "How are scopes declared at different levels?",
+            "reference_answer": "Scopes are declared using a custom decorator that allows declaring scopes directly.",
+            "source_chunk_ids": ["c1"], "source_doc_ids": ["d1"], "reference_chunk_ids": ["c1"],
+            "evidence": [{"chunk_id": "c1", "start": 0, "end": 60}], "generator": "model@1",
+            "prompt_id": abstract.prompt_id, "prompt_hash": abstract.prompt_hash}
+    catalog = [{"chunk_id": "c1", "doc_id": "d1"}]
+    rows = lambda: [{"chunk_id": "c1", "doc_id": "d1", "doc_sha256": "s", "text": text, "position": 0,  # noqa: E731
+                     "chunker_hash": "h"}]
+    ref = promotion.GoldenLine(golden_set_id="g0", kind="synthetic", inputs="old-inputs", run_id="r0")
+    same = synth_run.plan_synth([item], ref, catalog, prompts, "old-inputs", 1, chunk_rows=rows, config=SynthConfig())
+    assert [i["qa_id"] for i in same.kept] == ["invented"] and same.up_to_date, "unchanged inputs: nothing re-judged"
+    changed = synth_run.plan_synth([item], ref, catalog, prompts, "new-inputs", 1, chunk_rows=rows, config=SynthConfig())
+    assert changed.kept == [] and changed.status_counts() == Counter({"outdated": 1}) and changed.need == 1
