@@ -260,6 +260,20 @@ def drop_roundtrip(passed: list[qa.Candidate], encode, config: SynthConfig,
     return [c for i, c in enumerate(passed) if i not in failed]
 
 
+def recheck_unanswerable(plan: SynthPlan, store: ChunkStore, encode, config: SynthConfig) -> int:
+    """Kept synthetic "unanswerable" items the index answers today (the `answerable` check with today's
+    settings, as for a new candidate) become outdated and their slots are regenerated: plan.kept,
+    plan.changed and plan.need change in place. Returns how many moved."""
+    kept = [i for i in plan.kept if must_refuse(i["qa_type"]) and i.get("review") in (None, "synthetic")]
+    found = qa.search_texts(store, encode, [i["question"] for i in kept], config.answerable_check_k)
+    answered = {i["qa_id"] for i, texts in zip(kept, found) if qa.answered_by(i["question"], texts, config.answerable_coverage)}
+    if answered:
+        plan.changed.extend(dict(i, status="outdated") for i in plan.kept if i["qa_id"] in answered)
+        plan.kept[:] = [i for i in plan.kept if i["qa_id"] not in answered]
+        plan.need += len(answered)
+    return len(answered)
+
+
 def take_budget(fresh: list[dict], need: int, report: qa.GenerationReport) -> None:
     """Accept up to `need` of the fresh items; the rest count as rejects["over_budget"], so that
     attempted == new + rejected always holds."""
@@ -278,10 +292,13 @@ def fill_budget(plan: SynthPlan, store: ChunkStore, encode, llm, prompts: dict[s
     plan_step/generate_step default to tasks.qa_generation.plan_tasks/generate_candidates (the flow
     passes its Prefect task wrappers); timer(name) times the steps plan, preflight, generate,
     answerable_check, roundtrip and dedupe. `progress` counts candidates generated of those planned so far (each
-    round adds its tasks to the total) and notes the items accepted of those needed."""
+    round adds its tasks to the total) and notes the items accepted of those needed. When the inputs
+    changed, kept "unanswerable" items the index now answers are outdated first (recheck_unanswerable)."""
     track = progress or Progress("synth", enabled=False)
     rng = random.Random(config.seed)
     budget = Budget()
+    if not plan.up_to_date:
+        recheck_unanswerable(plan, store, encode, config)
     report, need, priority, preflight_done = budget.report, plan.need, plan.priority, False
     asked: set[str] = set()  # chunks this run's earlier rounds asked about: later rounds ask elsewhere
     targets = qa.allocate(need, config.types) if need > 0 else {}  # the type mix of the new items

@@ -503,3 +503,13 @@ def test_changed_inputs_recheck_kept_items_against_todays_filters(prompts):
     assert [i["qa_id"] for i in same.kept] == ["invented"] and same.up_to_date, "unchanged inputs: nothing re-judged"
     changed = synth_run.plan_synth([item], ref, catalog, prompts, "new-inputs", 1, chunk_rows=rows, config=SynthConfig())
     assert changed.kept == [] and changed.status_counts() == Counter({"outdated": 1}) and changed.need == 1
+
+
+def test_kept_unanswerable_items_the_index_answers_are_outdated(store, prompts, fake_embedder):
+    answered = {"qa_id": "answered", "qa_type": "unanswerable", "review": "synthetic", "status": "active",
+                "question": "How many docks does station 3 have near the harbour?", "source_doc_ids": ["page3.md"]}
+    fine = dict(answered, qa_id="fine", question="Who painted the kiosk murals in 1970?")
+    plan = synth_run.SynthPlan([answered, fine], [], [], set(), "inputs", False, 0)
+    assert synth_run.recheck_unanswerable(plan, store, fake_embedder.encode, _config()) == 1
+    assert [i["qa_id"] for i in plan.kept] == ["fine"] and plan.need == 1
+    assert [(i["qa_id"], i["status"]) for i in plan.changed] == [("answered", "outdated")]
