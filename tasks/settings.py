@@ -175,7 +175,7 @@ class SynthConfig(Section):
     same_chunk_similarity: float = Field(default=0.8, gt=0, le=1)
     # An "unanswerable" question is rejected when one of the answerable_check_k chunks the index
     # retrieves for it holds its facts and this share of its topic words.
-    answerable_coverage: float = Field(default=0.7, gt=0, le=1)
+    answerable_coverage: float = Field(default=0.6, gt=0, le=1)
     answerable_check_k: PositiveInt = 5
     # Generated answers (abstract): share of their content words found in their evidence spans; a summary
     # that brings its own words ("a custom decorator") is not supported by the chunks it summarizes.

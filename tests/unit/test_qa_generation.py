@@ -531,3 +531,10 @@ def test_items_made_under_older_filters_are_judged_by_todays():
     gone = dict(good, qa_id="gone", source_chunk_ids=["c9"])
     failing = qa.failing_filters([good, invented, doubled, gone], {"c1": text}, SynthConfig())
     assert failing == {"invented": "unsupported_answer", "doubled": "malformed"}
+
+
+def test_an_unanswerable_question_two_of_whose_three_topic_words_a_chunk_holds_is_answered():
+    # "How can I use FastAPI with a production server?" was kept as unanswerable over docs that answer it
+    chunk = "## Deploy your own server\n\nFastAPI runs on an ASGI server such as Uvicorn."
+    assert qa.answered_by("How can I use FastAPI with a production server?", [chunk], SynthConfig().answerable_coverage)
+    assert not qa.answered_by("Who painted the kiosk murals in 1970?", [chunk], SynthConfig().answerable_coverage)
