@@ -54,7 +54,7 @@ def run_review(args: argparse.Namespace) -> dict:
             return review.import_sheet(lake, Path(args.path), reviewer, review.LakeIndex(lake))
         line = _line(lake, args)
         result = review.apply_reviews(lake, line)
-        if args.promote_to:
+        if args.promote_to and result["status"] == "ok":  # a version the golden suite failed is not promoted
             result["promotion"] = review.promote_curated(lake, line, args.promote_to)
         return result
     except (review.ReviewError, promotion.PromotionError) as exc:

@@ -376,6 +376,8 @@ def create_app(lake_uri: str, reviewer: str | None = None, token: str | None = N
             if not line:
                 raise review.ReviewError("the lake has no golden-set line")
             result = review.apply_reviews(st.lake, line)
+            if result["status"] != "ok":
+                return JSONResponse({"error": result["error"], **result}, status_code=409)
             promote_to = str(data.get("promote_to") or "").strip()
             if promote_to:
                 result["promotion"] = review.promote_curated(st.lake, line, promote_to)

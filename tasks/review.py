@@ -593,8 +593,9 @@ def record_decision(lake: Lake, d: Decision, *, line: str | None = None, run_id:
 # -- applying: a new version of the line, and the curated line ------------------------------------------
 def apply_reviews(lake: Lake, line: str, events: list[dict] | None = None) -> dict:
     """Write the line's head with its unapplied decisions as a new version (content-addressed; the line's
-    kind and synth inputs stay) and move the line to it. Returns {line, golden_set_id, previous, written,
-    applied {action: n}, reviews {review: n}}."""
+    kind and synth inputs stay) and move the line to it, unless the golden suite fails on it (status
+    failed with the error; the version stays written). Returns {status, line, golden_set_id, previous,
+    written, applied {action: n}, reviews {review: n}}."""
     with _WRITE_LOCK, lake.lock("review apply"):
         ref, head = line_head(lake, line)
         events = read_events(lake) if events is None else events
@@ -607,9 +608,29 @@ def apply_reviews(lake: Lake, line: str, events: list[dict] | None = None) -> di
             if new_id == ref.golden_set_id:  # only provenance moved (a re-approval with the same content)
                 new_id = canonical_hash([new_id, [r.get("review_event_id") for r in rows]])[:24]
             written = lake.write_golden(new_id, pa.Table.from_pylist(rows, schema=schemas.GOLDEN))
-            promotion.Refs(lake).set_line(line, new_id, kind=ref.kind, run_id=new_run_id("review"), inputs=ref.inputs)
+            run_id = new_run_id("review")
+            error = _golden_suite(lake, run_id, rows)
+            if error:  # the version stays written (nothing lost) but does not head the line
+                return {"status": "failed", "error": error, "line": line, "golden_set_id": new_id,
+                        "previous_golden_set_id": ref.golden_set_id, "written": written,
+                        "applied": dict(sorted(applied.items())), "reviews": review_counts(rows)}
+            promotion.Refs(lake).set_line(line, new_id, kind=ref.kind, run_id=run_id, inputs=ref.inputs)
     return {"status": "ok", "line": line, "golden_set_id": new_id, "previous_golden_set_id": ref.golden_set_id,
             "written": written, "applied": dict(sorted(applied.items())), "reviews": review_counts(rows)}
+
+
+def _golden_suite(lake: Lake, run_id: str, rows: list[dict]) -> str | None:
+    """The great-expectations golden suite (tasks.golden_quality.validate_version) on a reviewed version,
+    against the serving index's chunk texts (read from LanceDB, no model); its result is stored under
+    validations/<run_id>/. The error when it fails, else None; None without an index to check against."""
+    from ragloop.tasks import golden_quality
+
+    serving, catalog = golden_quality.serving_chunks(lake)
+    if serving is None:
+        return None
+    report = golden_quality.validate_version(rows, {r["chunk_id"]: r["text"] for r in catalog})
+    lake.write_validation(run_id, report.suite, report.result)
+    return golden_quality.validation_outcome(report)[1]
 
 
 def review_counts(rows: Iterable[dict]) -> dict[str, int]:
@@ -861,5 +882,7 @@ def import_sheet(lake: Lake, path: Path, reviewer: str, index: MemoryIndex) -> d
             d.base_event_id = (latest_events(events, (d.queue,), run_id=run).get(d.item_id) or {}).get("event_id")
             new_events.append(make_event(d, {}, dict(d.payload), None, run, None, now))
         write_events(lake, new_events)
-    return {"status": "ok", "queue": queue, "path": str(path.resolve()), "events": len(new_events),
+    failed = [a for a in applied if a["status"] != "ok"]
+    return {"status": "failed" if failed else "ok", **({"error": failed[0]["error"]} if failed else {}),
+            "queue": queue, "path": str(path.resolve()), "events": len(new_events),
             "by_action": dict(sorted(Counter(e["action"] for e in new_events).items())), "applied": applied}

@@ -417,3 +417,18 @@ def test_an_answer_sheet_records_grades_and_preferences(lake5, tmp_path):
     with pytest.raises(review.ReviewError, match="row 4: item .*grade 'superb'"):
         review.import_sheet(lake, path, "ana", _index(lake5))
     assert len(review.read_events(lake)) == 3
+
+
+def test_a_reviewed_version_the_golden_suite_fails_is_written_but_does_not_move_the_line(lake5, monkeypatch):
+    from ragloop.tasks import golden_quality
+
+    items = lake5["items"]
+    ref_before, _ = review.line_head(lake5["lake"], "synthetic")
+    _decide(lake5, items[0]["qa_id"], "reject", {"reason": "trivial"})
+    # the serving index no longer holds the chunks the other items refer to: the suite's reference check fails
+    monkeypatch.setattr(golden_quality, "serving_chunks", lambda lake: ({"table": "chunks", "version": 9}, []))
+    result = review.apply_reviews(lake5["lake"], "synthetic")
+    assert result["status"] == "failed" and "reference" in result["error"], result
+    ref_after, _ = review.line_head(lake5["lake"], "synthetic")
+    assert ref_after.golden_set_id == ref_before.golden_set_id, "the line stays on the version before"
+    assert lake5["lake"].read_golden(result["golden_set_id"]).num_rows, "the reviewed version is written, nothing lost"
