@@ -24,6 +24,8 @@ from ragloop.tasks.settings import MonitorConfig
 from ragloop.tasks.storage import Lake
 from ragloop.tasks.summaries import StageSummary
 
+log = logging.getLogger(__name__)
+
 OBSERVED_STATUSES = ("ok", "partial", "gate_failed", "gate_inconclusive")
 EXPERIMENTS_LISTED = 20  # the most recent experiments a report and a summary list
 # check -> the figures recorded as history rows (scope drift/budget), so they trend like metrics
@@ -302,7 +304,24 @@ def report_data(lake: Lake, run_id: str, at: str, status: str, selection: Select
         latest_eval=selection.latest_eval,
         worst_items=worst_items(lake, selection.latest_obs, selection.golden_rows, config),
         checks={name: c.figures for name, c in checks.items()},
-        distributions=drift.distributions, deliveries=deliveries, metrics=list(config.metrics))
+        distributions=drift.distributions, deliveries=deliveries, metrics=list(config.metrics),
+        golden=golden_quality_of(lake, selection.latest_eval))
+
+
+def golden_quality_of(lake: Lake, latest_eval: Mapping | None) -> dict | None:
+    """`ragloop golden report` of the golden set the latest eval scored (3 sample items), for the report's
+    Golden set section; None without an eval, or when the version or the index cannot be read."""
+    golden_set_id = (latest_eval or {}).get("golden_set_id")
+    if not golden_set_id:
+        return None
+    from ragloop.tasks import golden_quality
+    from ragloop.tasks.settings import ConfigError
+
+    try:
+        return golden_quality.golden_report(lake, golden_set_id, sample=3).model_dump(mode="json")
+    except (ConfigError, OSError, ValueError) as exc:
+        log.warning("golden set %s: no quality section in the report (%s)", golden_set_id, exc)
+        return None
 
 
 @dataclass(frozen=True)

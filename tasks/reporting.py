@@ -43,6 +43,7 @@ class ReportData:
     metrics: list[str] = field(default_factory=list)  # configured headline metrics; empty = chosen here
     watched: dict | None = None  # the series watched: {golden_line, chain_hash, chain_label}
     experiments: list[dict] = field(default_factory=list)  # experiment observations, listed apart
+    golden: dict | None = None  # `golden report` of the latest eval's golden set (tasks.golden_quality), None if unread
 
 
 def worst_item(row: Mapping, golden: Mapping, metric: str | None, texts: Mapping[str, Mapping],
@@ -260,6 +261,21 @@ part of the series above (<code>ragloop promote RUN_ID</code> can still promote 
 <table><tr><th>type</th><th class="num">n</th>{% for name in type_metrics %}<th class="num">{{ name }}</th>{% endfor %}</tr>
 {% for t, group in by_type %}<tr><td>{{ t }}</td><td class="num">{{ group.n }}</td>{% for name in type_metrics %}<td class="num">{% if name in group.metrics %}{{ "%.3f"|format(group.metrics[name]) }}{% if group.ci and name in group.ci %}<br><span class="muted">[{{ "%.2f"|format(group.ci[name][0]) }}, {{ "%.2f"|format(group.ci[name][1]) }}]</span>{% endif %}{% endif %}</td>{% endfor %}</tr>
 {% endfor %}</table>{% else %}<p>No per-type results.</p>{% endif %}
+
+<h2>Golden set</h2>
+{% if d.golden %}{% set g = d.golden %}<p>{{ g.golden_set_id }}{% if g.line %} (line {{ g.line }}){% endif %}: {{ g.items.active }} active of {{ g.items.total }} items.
+Evidence-supported: {{ g.evidence_supported["items"] }} of {{ g.evidence_supported.of }} answerable items (grounding, not correctness: read the sample).
+Coverage: {{ g.coverage.documents }} of {{ g.coverage.of }} indexed documents.
+Duplicates ({{ g.duplicates.measure }}): {{ g.duplicates["items"] }} of {{ g.duplicates.of }}.</p>
+<table><tr><th>type</th><th class="num">active</th><th class="num">total</th>{% if g.generation and g.generation.per_type %}<th class="num">accepted / attempted (last synth)</th>{% endif %}</tr>
+{% for t, n in g.by_type.items() %}<tr><td>{{ t }}</td><td class="num">{{ n.active }}</td><td class="num">{{ n.total }}</td>{% if g.generation and g.generation.per_type %}<td class="num">{% if t in g.generation.per_type %}{{ g.generation.per_type[t].accepted }} / {{ g.generation.per_type[t].attempted }}{% endif %}</td>{% endif %}</tr>
+{% endfor %}</table>
+{% if g.generation and g.generation.rejects %}<p>Rejects: {% for r, n in g.generation.rejects.items() %}{{ r }} {{ n }}{% if not loop.last %}, {% endif %}{% endfor %}</p>{% endif %}
+<table><tr><th>folder</th><th class="num">documents with an item</th><th class="num">of</th></tr>
+{% for f, c in g.coverage.by_folder.items() %}<tr><td>{{ f }}</td><td class="num">{{ c.documents }}</td><td class="num">{{ c.of }}</td></tr>{% endfor %}</table>
+{% for s in g.sample %}<details><summary>{{ s.qa_type }} · {{ s.question }}</summary><table><tr><th>answer</th><td>{{ s.answer }}</td></tr>
+{% for e in s.evidence %}<tr><th>evidence {{ e.chunk_id[:12] }}</th><td>{{ e.window }}</td></tr>{% else %}<tr><th>evidence</th><td class="muted">none</td></tr>{% endfor %}</table></details>
+{% endfor %}{% else %}<p class="muted">Not read (no evaluated golden set, or no index to read it against).</p>{% endif %}
 
 <h2>Worst items</h2>
 {% if d.worst_items %}{% for item in d.worst_items %}<details{% if loop.first %} open{% endif %}><summary><b>{{ item.metric }} {{ "%.3f"|format(item.score) }}</b> · {{ item.qa_type }} · {{ item.question }}</summary>

@@ -113,6 +113,9 @@ def test_a_regression_alerts_only_once_it_persists_and_reaches_every_sink(lake_w
         assert f'src="{png}"' in html
     assert "abstract" in html and "single_hop" in html and "refusal_correct regressed" in html
     assert "I don&#39;t know." in html, "worst items show their answers (escaped)"
+    golden_section = html.split("<h2>Golden set</h2>", 1)[1].split("<h2>", 1)[0]
+    assert "active of" in golden_section and "Evidence-supported" in golden_section and "<details>" in golden_section, \
+        "the golden set's quality, with sample items to read"
     assert summary["observations"] == 3
 
     # the Prefect artifacts carry the same headline (read over the API the UI uses)
