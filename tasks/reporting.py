@@ -263,13 +263,14 @@ part of the series above (<code>ragloop promote RUN_ID</code> can still promote 
 {% endfor %}</table>{% else %}<p>No per-type results.</p>{% endif %}
 
 <h2>Golden set</h2>
-{% if d.golden %}{% set g = d.golden %}<p>{{ g.golden_set_id }}{% if g.line %} (line {{ g.line }}){% endif %}: {{ g.items.active }} active of {{ g.items.total }} items.
+{% if d.golden %}{% set g = d.golden %}<p>{{ g.golden_set_id }}{% if g.line %} (line {{ g.line }}){% endif %}: {{ g["items"].active }} active of {{ g["items"].total }} items.
 Evidence-supported: {{ g.evidence_supported["items"] }} of {{ g.evidence_supported.of }} answerable items (grounding, not correctness: read the sample).
 Coverage: {{ g.coverage.documents }} of {{ g.coverage.of }} indexed documents.
 Duplicates ({{ g.duplicates.measure }}): {{ g.duplicates["items"] }} of {{ g.duplicates.of }}.</p>
 <table><tr><th>type</th><th class="num">active</th><th class="num">total</th>{% if g.generation and g.generation.per_type %}<th class="num">accepted / attempted (last synth)</th>{% endif %}</tr>
 {% for t, n in g.by_type.items() %}<tr><td>{{ t }}</td><td class="num">{{ n.active }}</td><td class="num">{{ n.total }}</td>{% if g.generation and g.generation.per_type %}<td class="num">{% if t in g.generation.per_type %}{{ g.generation.per_type[t].accepted }} / {{ g.generation.per_type[t].attempted }}{% endif %}</td>{% endif %}</tr>
 {% endfor %}</table>
+{% if g.generation and g.generation.per_type %}{% set unaccepted = [] %}{% for t, n in g.generation.per_type.items() %}{% if n.accepted == 0 %}{% do unaccepted.append(t ~ " 0 / " ~ n.attempted) %}{% endif %}{% endfor %}{% if unaccepted %}<p class="warning">Attempted, none accepted: {{ unaccepted|join(", ") }}</p>{% endif %}{% endif %}
 {% if g.generation and g.generation.rejects %}<p>Rejects: {% for r, n in g.generation.rejects.items() %}{{ r }} {{ n }}{% if not loop.last %}, {% endif %}{% endfor %}</p>{% endif %}
 <table><tr><th>folder</th><th class="num">documents with an item</th><th class="num">of</th></tr>
 {% for f, c in g.coverage.by_folder.items() %}<tr><td>{{ f }}</td><td class="num">{{ c.documents }}</td><td class="num">{{ c.of }}</td></tr>{% endfor %}</table>
@@ -307,7 +308,7 @@ Duplicates ({{ g.duplicates.measure }}): {{ g.duplicates["items"] }} of {{ g.dup
 """
 
 # Lenient undefined: an optional field missing from an older run renders empty rather than losing the report.
-_ENV = jinja2.Environment(autoescape=True)
+_ENV = jinja2.Environment(autoescape=True, extensions=["jinja2.ext.do"])
 
 
 def render_report(d: ReportData) -> dict[str, bytes]:
