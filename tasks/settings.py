@@ -12,7 +12,7 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import (
     AfterValidator, BaseModel, ConfigDict, Field, NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt,
-    ValidationError, model_validator,
+    ValidationError, field_validator, model_validator,
 )
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
@@ -193,13 +193,15 @@ class SynthConfig(Section):
     max_verbatim_ratio: float = Field(default=0.8, gt=0, le=1)  # longest shared run / question length
     rounds: PositiveInt = 3  # generation rounds to fill the budget after rejects
 
-    @model_validator(mode="after")
-    def _some_type(self) -> "SynthConfig":
-        if not any(w > 0 for w in self.types.values()):
-            raise ValueError("types: at least one question type needs a weight > 0")
-        if any(w < 0 for w in self.types.values()):
-            raise ValueError("types: weights must be >= 0")
-        return self
+    @field_validator("types")
+    @classmethod
+    def _some_type(cls, types: dict) -> dict:
+        # a field validator: the error names synth.types and quotes the weights, not the whole section
+        if any(w < 0 for w in types.values()):
+            raise ValueError("weights must be >= 0")
+        if not any(w > 0 for w in types.values()):
+            raise ValueError("at least one question type needs a weight > 0")
+        return types
 
 
 class EvalConfig(Section):

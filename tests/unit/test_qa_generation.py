@@ -538,3 +538,15 @@ def test_an_unanswerable_question_two_of_whose_three_topic_words_a_chunk_holds_i
     chunk = "## Deploy your own server\n\nFastAPI runs on an ASGI server such as Uvicorn."
     assert qa.answered_by("How can I use FastAPI with a production server?", [chunk], SynthConfig().answerable_coverage)
     assert not qa.answered_by("Who painted the kiosk murals in 1970?", [chunk], SynthConfig().answerable_coverage)
+
+
+@pytest.mark.parametrize("types, message", [({"single_hop": -1.0}, "weights must be >= 0"),
+                                            ({}, "at least one question type needs a weight > 0"),
+                                            ({"single_hop": 0.0}, "at least one question type")])
+def test_bad_type_weights_name_synth_types_and_quote_only_the_weights(types, message):
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError) as err:
+        SynthConfig(types=types)
+    (error,) = err.value.errors()
+    assert error["loc"] == ("types",) and message in error["msg"] and "personas" not in error["msg"]
