@@ -239,7 +239,7 @@ class GoldenReportSummary(CommandSummary):
         description="{rate, items, of (active), measure (lexical, named), pairs [[qa_id, qa_id]] (at most 10)}")
     evidence_supported: dict[str, Any] = Field(
         description="{items, of (active answerable items), rate (null: none), failures {no_evidence | chunk_missing "
-                    "| span_outside_chunk | unsupported_facts: n}}")
+                    "| span_outside_chunk | unsupported_facts | unsupported_words: n}}")
     index: dict[str, Any] | None = Field(description="{table, version} of the serving index read, null without an index")
     sample: list[dict[str, Any]] = Field(
         description="[{qa_id, qa_type, question, answer, evidence [{chunk_id, start, end, text, window (the span "

@@ -380,15 +380,6 @@ def template_question(sentence: str) -> tuple[str, str] | None:
     return None
 
 
-def definition_term(sentence: str) -> str | None:
-    """The term a definitional sentence defines ("An **environment variable** (also known as an env var)
-    is a value ..." -> "environment variable"), or None (template_question's `definition` form)."""
-    found = template_question(sentence)
-    if not found or found[1] != "definition":
-        return None
-    return re.sub(r"^What (?:is|are) (?:an?\s|the\s)?", "", found[0]).rstrip("?")
-
-
 def folder_path(doc_id: str) -> tuple[str, ...]:
     """The folders of a document id, outermost first; a table row's file counts as a folder
     ("tables/stations.csv#S1" -> ("tables", "stations.csv")), a top-level file has none."""
@@ -754,11 +745,17 @@ def question_support(question: str, source: str) -> float:
     words = [w for w in dict.fromkeys(grounding.content_words(question)) if w not in _QUESTION_WORDS | _WH]
     if not words:
         return 1.0
-    vocab = set(grounding.tokens(source))
+    return _words_found(words, source, compounds=True) / len(words)
+
+
+def _words_found(words: Sequence[str], text: str, compounds: bool = False) -> int:
+    """How many of words text holds: as a word, or by a 5-letter stem ("create" meets "creating",
+    "application" "applications"); with compounds, also inside a run of its words ("web socket" in
+    "WebSockets")."""
+    vocab = set(grounding.tokens(text))
     stems = {v[:5] for v in vocab if len(v) >= 5}
-    flat = "".join(grounding.tokens(source))
-    found = sum(1 for w in words if w in vocab or (len(w) >= 5 and w[:5] in stems) or (len(w) >= 3 and w in flat))
-    return found / len(words)
+    flat = "".join(grounding.tokens(text)) if compounds else ""
+    return sum(1 for w in words if w in vocab or (len(w) >= 5 and w[:5] in stems) or (compounds and len(w) >= 3 and w in flat))
 
 
 def answer_support(answer: str, context: str) -> float:
@@ -936,10 +933,7 @@ def answered_by(question: str, texts: Sequence[str], coverage: float) -> bool:
         return False
     question_facts = grounding.facts(question)
     for text in texts:
-        vocab = set(grounding.tokens(text))
-        stems = {v[:5] for v in vocab if len(v) >= 5}  # "create" meets "creating", "application" "applications"
-        found = sum(1 for w in words if w in vocab or (len(w) >= 5 and w[:5] in stems))
-        if found >= coverage * len(words) and all(grounding.fact_in(f, text) for f in question_facts):
+        if _words_found(words, text) >= coverage * len(words) and all(grounding.fact_in(f, text) for f in question_facts):
             return True
     return False
 
