@@ -784,7 +784,7 @@ def _precheck(args: argparse.Namespace) -> None:
     command = f"golden {args.golden_command}" if args.command == "golden" else args.command
     for warning in preflight(command, _settings(args), sources=getattr(args, "source", None),
                              golden=getattr(args, "golden", None), retrieval_only=getattr(args, "retrieval_only", False),
-                             path=getattr(args, "path", None)):
+                             path=getattr(args, "path", None), index=getattr(args, "index", "auto")):
         print(f"warning: {warning}", file=sys.stderr, flush=True)
     if args.command in ("index", "run", "import-beir"):
         from ragloop.flows.index import check_chunking
@@ -820,6 +820,15 @@ def _emit(summary: dict, as_json: bool, human: Callable[[dict], list[str]]) -> N
     else:
         sys.stdout.write("\n".join(human(summary)) + "\n")
     sys.stdout.flush()
+
+
+def _emit_error(summary: dict, as_json: bool) -> None:
+    """A failed command: with --json its object on stdout (stdout always carries the one object);
+    otherwise `error: ...` on stderr, so a pipeline reading stdout gets nothing instead of an error text."""
+    if as_json:
+        _emit(summary, True, lambda s: [])
+    else:
+        print(f"error: {summary['error']}", file=sys.stderr, flush=True)
 
 
 def _stop_on_interrupt(grace_s: float = INTERRUPT_GRACE_S) -> Callable[[], None]:
@@ -884,11 +893,11 @@ def _main(args: argparse.Namespace) -> int:
         os._exit(EXIT_INTERRUPTED)  # not sys.exit: Prefect's exit hooks would wait on its stopped temporary server
     except ConfigError as exc:
         one_line = " ".join(str(exc).split())  # a usage error is one line, whatever text it quotes
-        _emit({"status": "failed", "error": one_line, "exit_code": EXIT_USAGE}, args.json, lambda s: [f"error: {s['error']}"])
+        _emit_error({"status": "failed", "error": one_line, "exit_code": EXIT_USAGE}, args.json)
         return EXIT_USAGE
     except Exception as exc:  # the flow already recorded the failure in its run manifest
         logging.getLogger("ragloop").debug("command failed", exc_info=True)
-        _emit({"status": "failed", "error": f"{type(exc).__name__}: {exc}"}, args.json, lambda s: [f"error: {s['error']}"])
+        _emit_error({"status": "failed", "error": f"{type(exc).__name__}: {exc}"}, args.json)
         return EXIT_FAILED
     _emit(summary, args.json, human)
     return STATUS_EXIT.get(summary.get("status", "failed"), EXIT_FAILED)

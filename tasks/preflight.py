@@ -42,6 +42,18 @@ def check_index(lake: Lake) -> None:
         raise ConfigError(f"the lake {lake.uri} has no index yet: run `ragloop index` first (or check --lake)")
 
 
+def check_index_choice(lake: Lake, which: str) -> None:
+    """ConfigError when `eval --index serving|candidate` names an index the lake does not have (whether it is
+    the configured embedder's table is checked in the stage, once the embedder is known)."""
+    refs = promotion.Refs(lake)
+    if which == "candidate" and refs.candidate() is None:
+        raise ConfigError(f"--index candidate: no candidate index pending in {lake.uri} (index with a new embedder or "
+                          "chunker to build one; `--index serving` or `auto` scores the served index)")
+    if which == "serving" and refs.serving() is None:
+        raise ConfigError(f"--index serving: nothing is served yet in {lake.uri} (`--index candidate` or `auto` "
+                          "scores the pending candidate)")
+
+
 def check_path(path: str, what: str) -> None:
     """ConfigError when a file or directory the command reads does not exist."""
     if not Path(path).expanduser().exists():
@@ -76,7 +88,7 @@ def check_import_rows(path: str) -> None:
 
 
 def preflight(command: str, settings: Settings, *, sources: list[str] | None = None, golden: str | None = None,
-              retrieval_only: bool = False, path: str | None = None) -> list[str]:
+              retrieval_only: bool = False, path: str | None = None, index: str = "auto") -> list[str]:
     """The cheap checks of one CLI command, in the order a user would fix them: the lake URI, the paths
     given, the prompts, then what the lake must already hold (an index; the golden set eval names).
     Raises ConfigError; returns warnings for the user (e.g. the monitor pointed at a lake with no runs)."""
@@ -103,4 +115,5 @@ def preflight(command: str, settings: Settings, *, sources: list[str] | None = N
         from ragloop.tasks.eval_run import resolve_golden
 
         resolve_golden(promotion.Refs(lake), golden or "latest")
+        check_index_choice(lake, index)
     return warnings

@@ -232,7 +232,7 @@ def test_binding_beyond_loopback_needs_a_token(review_lake, monkeypatch, capsys)
     server.check_bind("::1", None)
     monkeypatch.delenv("RAGLOOP_REVIEW_TOKEN", raising=False)
     code = cli.main(["review", "--host", "0.0.0.0", "--lake", review_lake["lake"].uri])
-    assert code == 2 and "RAGLOOP_REVIEW_TOKEN" in capsys.readouterr().out
+    assert code == 2 and "RAGLOOP_REVIEW_TOKEN" in capsys.readouterr().err
 
 
 def test_an_unknown_host_header_is_refused_on_loopback(review_lake):

@@ -56,8 +56,8 @@ def broken_prompts(tmp_path):
 def test_a_usage_error_is_one_line_exit_2_before_prefect(tmp_path, broken_prompts, args, env, message):
     (tmp_path / "docs").mkdir()
     code, out, err, prefect_imported = _ragloop(tmp_path, *args, env=env)
-    assert (code, len(out), err) == (2, 1, []), (out, err)
-    assert out[0].startswith("error: ") and message in out[0]
+    assert (code, out, len(err)) == (2, [], 1), (out, err)  # the error on stderr: stdout stays clean
+    assert err[0].startswith("error: ") and message in err[0]
     assert not prefect_imported
     assert not (tmp_path / "empty-lake").exists(), "a checked lake is not created"
 
@@ -76,15 +76,15 @@ def test_a_usage_error_in_json_mode_is_one_json_object(tmp_path):
 ], ids=lambda a: " ".join(a[:2]))
 def test_a_command_on_an_existing_lake_does_not_create_a_misspelt_one(tmp_path, args):
     code, out, err, prefect_imported = _ragloop(tmp_path, *args, "--lake", "lakke")
-    assert (code, len(out), prefect_imported) == (2, 1, False), (out, err)
-    assert out[0] == f"error: lake {tmp_path / 'lakke'}: not found: run `ragloop index` first (or check --lake)"
+    assert (code, out, len(err), prefect_imported) == (2, [], 1, False), (out, err)
+    assert err[0] == f"error: lake {tmp_path / 'lakke'}: not found: run `ragloop index` first (or check --lake)"
     assert not (tmp_path / "lakke").exists()
 
 
 def test_a_lake_directory_without_runs_is_a_usage_error_too(tmp_path):
     (tmp_path / "lake").mkdir()
-    code, out, _, _ = _ragloop(tmp_path, "rollback", "--lake", "lake")
-    assert code == 2 and out == [f"error: lake {tmp_path / 'lake'}: no runs yet: run `ragloop index` first (or check --lake)"]
+    code, out, err, _ = _ragloop(tmp_path, "rollback", "--lake", "lake")
+    assert code == 2 and out == [] and err == [f"error: lake {tmp_path / 'lake'}: no runs yet: run `ragloop index` first (or check --lake)"]
 
 
 def test_the_monitor_on_a_lake_without_runs_warns_before_reporting_nothing_to_watch(tmp_path):
@@ -94,3 +94,21 @@ def test_the_monitor_on_a_lake_without_runs_warns_before_reporting_nothing_to_wa
     settings = load_settings(overrides={"lake": str(tmp_path / "lakke")})
     assert preflight("monitor", settings) == [f"lake {tmp_path / 'lakke'} has no runs yet: nothing to watch (check --lake)"]
     assert not (tmp_path / "lakke").exists(), "the check creates nothing"
+
+
+def test_eval_index_choice_names_a_missing_index_before_any_flow(tmp_path):
+    from ragloop.tasks.preflight import check_index_choice
+    from ragloop.tasks.settings import ConfigError
+    from ragloop.tasks.storage import Lake
+
+    lake = Lake(str(tmp_path / "lake"))
+    lake.write_ref("serving", {"table": "chunks__m", "version": 3})
+    check_index_choice(lake, "auto")
+    check_index_choice(lake, "serving")
+    with pytest.raises(ConfigError, match=r"^--index candidate: no candidate index pending in "):
+        check_index_choice(lake, "candidate")
+    lake.write_ref("candidate", {"table": "chunks__other", "version": 1})
+    lake.delete_ref("serving")
+    check_index_choice(lake, "candidate")
+    with pytest.raises(ConfigError, match=r"^--index serving: nothing is served yet"):
+        check_index_choice(lake, "serving")
