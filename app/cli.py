@@ -90,8 +90,8 @@ def _export(lake, args) -> dict:
     if args.queue == "golden":
         line = _line(lake, args)
         index = review.LakeIndex(lake)
-        ref, rows, _ = review.effective_rows(lake, line)
-        sheet = review.golden_sheet(rows, line, ref.golden_set_id, index, review.stale_ids(rows, index.chunk_ids()))
+        ref, rows, events = review.effective_rows(lake, line)
+        sheet = review.golden_sheet(rows, line, ref.golden_set_id, index, review.stale_ids(rows, index.chunk_ids()), events)
         count = review.write_sheet(sheet, review.GOLDEN_SHEET, out, args.format)
         return {"status": "ok", "queue": "golden", "line": line, "golden_set_id": ref.golden_set_id, "rows": count,
                 "path": str(out.resolve())}
@@ -109,7 +109,8 @@ def _export(lake, args) -> dict:
             baseline = {b["qa_id"]: b for b in review.answer_items(lake, run["baseline_run_id"])[1]}
         except review.ReviewError:
             baseline = None
-    count = review.write_sheet(review.answer_sheet(run, items, baseline), review.ANSWER_SHEET, out, args.format)
+    count = review.write_sheet(review.answer_sheet(run, items, baseline, review.read_events(lake)), review.ANSWER_SHEET,
+                               out, args.format)
     return {"status": "ok", "queue": "answers", "run_id": run_id, "baseline_run_id": run["baseline_run_id"] if baseline else None,
             "rows": count, "path": str(out.resolve())}
 

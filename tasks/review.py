@@ -447,7 +447,8 @@ def next_pending(state: QueueState, visible: Sequence[dict], skipped: Sequence[s
 
 
 # -- the lake side: one reviewed line ------------------------------------------------------------------
-_WRITE_LOCK = threading.Lock()  # one decision at a time per process: the conflict check and the write are one step
+_WRITE_LOCK = threading.RLock()  # one decision at a time per process: the conflict check and the write are one step
+DECISION_LOCK_WAIT_S = 10.0  # a decision is a read and one small append: another process holds the lock for ms
 
 
 def read_events(lake: Lake) -> list[dict]:
@@ -568,7 +569,9 @@ def record_decision(lake: Lake, d: Decision, *, line: str | None = None, run_id:
     """Validate a decision, check nobody decided the item since the reviewer looked (ReviewConflict), and
     append its event. Golden/stale decisions name the line; answer grades and preferences the eval run."""
     validate_decision(d)
-    with _WRITE_LOCK:
+    # Threads of one server take _WRITE_LOCK; other processes (a second `ragloop review` on the lake, a sheet
+    # import) the lake's review lock: the conflict check and the append are one step across both.
+    with _WRITE_LOCK, lake.lock("review decision", wait_s=DECISION_LOCK_WAIT_S, poll_s=0.05, name="review"):
         events = read_events(lake)
         if d.queue in ("golden", "stale"):
             if line is None or index is None:
@@ -705,15 +708,22 @@ def answer_items(lake: Lake, run_id: str) -> tuple[dict, list[dict]]:
 # -- the sheet --------------------------------------------------------------------------------------------
 GOLDEN_SHEET = ("line", "golden_set_id", "qa_id", "qa_type", "persona", "folder", "doc_ids", "question",
                 "reference_answer", "reference_chunk_ids", "evidence", "review", "action", "new_question",
-                "new_reference_answer", "new_reference_chunk_ids", "reason", "note")
+                "new_reference_answer", "new_reference_chunk_ids", "reason", "note", "seen_event_id")
 ANSWER_SHEET = ("run_id", "baseline_run_id", "qa_id", "qa_type", "question", "reference_answer", "answer",
-                "baseline_answer", "grade", "comment", "better")
+                "baseline_answer", "grade", "comment", "better", "seen_event_id")
+# seen_event_id: the item's latest decision when the sheet was exported. On import, a row whose item was decided
+# since (in the app, or by another sheet) is a conflict naming who decided it and that decision's id: nothing is
+# applied; putting that id in the row confirms deciding over it (as the app asks). A sheet without the column
+# (written by hand) decides over whatever is there.
 SHEET_ACTIONS = ("approve", "edit", "reject", "skip", "")
 
 
-def golden_sheet(rows: Sequence[dict], line: str, golden_set_id: str, index: MemoryIndex, stale: set[str]) -> list[dict]:
-    """One sheet row per item of the golden queue (pending first), with the evidence text to judge by."""
+def golden_sheet(rows: Sequence[dict], line: str, golden_set_id: str, index: MemoryIndex, stale: set[str],
+                 events: Sequence[dict] = ()) -> list[dict]:
+    """One sheet row per item of the golden queue (pending first), with the evidence text to judge by and
+    the item's latest decision event (seen_event_id)."""
     state = golden_queue(rows, stale, [], line)
+    latest = latest_events(events, ("golden", "stale"), line=line)
     order = {q: i for i, q in enumerate(state.pending)}
     out = []
     for r in sorted(state.items, key=lambda r: order.get(r["qa_id"], len(order))):
@@ -725,15 +735,38 @@ def golden_sheet(rows: Sequence[dict], line: str, golden_set_id: str, index: Mem
                     "reference_chunk_ids": " ".join(r["reference_chunk_ids"]),
                     "evidence": " ... ".join(spans) or " ... ".join(c.text for c in chunks.values()),
                     "review": r.get("review") or "", "action": "", "new_question": "", "new_reference_answer": "",
-                    "new_reference_chunk_ids": "", "reason": "", "note": ""})
+                    "new_reference_chunk_ids": "", "reason": "", "note": "",
+                    "seen_event_id": (latest.get(r["qa_id"]) or {}).get("event_id") or ""})
     return out
 
 
-def answer_sheet(run: dict, items: Sequence[dict], baseline: dict[str, dict] | None) -> list[dict]:
+def answer_sheet(run: dict, items: Sequence[dict], baseline: dict[str, dict] | None, events: Sequence[dict] = ()) -> list[dict]:
+    """One sheet row per answer of an eval run (with the baseline's answer when compared) and the item's
+    latest grade or preference event (seen_event_id)."""
+    latest = latest_events(events, ANSWER_QUEUES, run_id=run["run_id"])
     return [{"run_id": run["run_id"], "baseline_run_id": run.get("baseline_run_id") or "" if baseline else "",
              "qa_id": i["qa_id"], "qa_type": i["qa_type"], "question": i["question"], "reference_answer": i["reference_answer"],
              "answer": i["answer"] or "", "baseline_answer": ((baseline or {}).get(i["qa_id"]) or {}).get("answer") or "",
-             "grade": "", "comment": "", "better": ""} for i in items]
+             "grade": "", "comment": "", "better": "", "seen_event_id": (latest.get(i["qa_id"]) or {}).get("event_id") or ""}
+            for i in items]
+
+
+ANSWER_QUEUES = ("answers", "compare")
+
+
+def sheet_conflict(label: str, row: dict, latest: dict | None) -> str | None:
+    """The error of a sheet row whose item was decided after the sheet was exported (None: no conflict, or
+    a sheet without the seen_event_id column)."""
+    if "seen_event_id" not in row:
+        return None
+    seen = str(row.get("seen_event_id") or "").strip()
+    if (latest or {}).get("event_id", "") == seen:
+        return None
+    if latest is None:
+        return f"{label}: seen_event_id {seen!r} is not the item's latest decision (it has none)"
+    return (f"{label}: item {latest['item_id']} was decided after this sheet was exported ({latest['action']} by "
+            f"{latest['reviewer']} at {latest['at']:%Y-%m-%d %H:%M:%S}); to decide over it, set its seen_event_id to "
+            f"{latest['event_id']}")
 
 
 def write_sheet(rows: Sequence[dict], columns: Sequence[str], path: Path, fmt: str) -> int:
@@ -849,40 +882,58 @@ def import_sheet(lake: Lake, path: Path, reviewer: str, index: MemoryIndex) -> d
     """Apply a filled sheet: every row validated and every change computed first (ReviewError naming the row,
     nothing written), then all events as one batch, then (golden sheets) a new version of each line."""
     rows, queue = read_sheet(path)
+    with _WRITE_LOCK, lake.lock("review sheet import", wait_s=DECISION_LOCK_WAIT_S, poll_s=0.05, name="review"):
+        new_events, lines_decided = _sheet_events(lake, path, rows, queue, reviewer, index)
+        write_events(lake, new_events)
+    applied = [apply_reviews(lake, line) for line in lines_decided]
+    failed = [a for a in applied if a["status"] != "ok"]
+    return {"status": "failed" if failed else "ok", **({"error": failed[0]["error"]} if failed else {}),
+            "queue": queue, "path": str(path.resolve()), "events": len(new_events),
+            "by_action": dict(sorted(Counter(e["action"] for e in new_events).items())), "applied": applied}
+
+
+def _sheet_events(lake: Lake, path: Path, rows: list[tuple[str, dict]], queue: str, reviewer: str,
+                  index: MemoryIndex) -> tuple[list[dict], list[str]]:
+    """(the events a sheet's rows make, the golden lines they decide on); ReviewError naming the rows that
+    fail (a bad value, a change that cannot apply, an item decided since the export)."""
     events = read_events(lake)
+    by_label = dict(rows)
     now = utcnow()
     new_events: list[dict] = []
-    applied: list[dict] = []
+    errors: list[str] = []
     if queue == "golden":
         lines = promotion.Refs(lake).lines().lines
         heads = {name: effective_rows(lake, name, events)[1] for name in {str(r.get("line", "")).strip() for _, r in rows} if name in lines}
         known = {name: {r["qa_id"] for r in heads[name]} for name in heads}
         decisions = sheet_decisions(rows, queue, reviewer, known, str(path))
-        errors = []
         for d, line, label in decisions:
             row = next(r for r in heads[line] if r["qa_id"] == d.item_id)
-            d.base_event_id = (latest_events(events, ("golden", "stale"), line=line).get(d.item_id) or {}).get("event_id")
+            latest = latest_events(events, ("golden", "stale"), line=line).get(d.item_id)
+            d.base_event_id = (latest or {}).get("event_id")
+            conflict = sheet_conflict(label, by_label[label], latest)
+            if conflict:
+                errors.append(conflict)
+                continue
             try:
                 before, after = decision_change(d, row, index, events)
             except ReviewError as exc:
                 errors.append(f"{label}: {exc}")
                 continue
             new_events.append(make_event(d, before, after, lines[line].golden_set_id, None, line, now))
-        if errors:
-            raise ReviewError(f"{path}: " + "; ".join(errors[:5]) + " (nothing was applied)")
-        write_events(lake, new_events)
-        for line in sorted({line for _, line, _ in decisions}):
-            applied.append(apply_reviews(lake, line))
     else:
         runs = {r["run_id"] for r in eval_runs(lake)}
         scopes = {str(r.get("run_id", "")).strip() for _, r in rows}
         known = {run: {i["qa_id"] for i in answer_items(lake, run)[1]} for run in scopes if run in runs}
         decisions = sheet_decisions(rows, queue, reviewer, known, str(path))
-        for d, run, _ in decisions:
+        for d, run, label in decisions:
+            conflict = sheet_conflict(label, by_label[label], latest_events(events, ANSWER_QUEUES, run_id=run).get(d.item_id))
+            if conflict:
+                errors.append(conflict)
+                continue
             d.base_event_id = (latest_events(events, (d.queue,), run_id=run).get(d.item_id) or {}).get("event_id")
             new_events.append(make_event(d, {}, dict(d.payload), None, run, None, now))
-        write_events(lake, new_events)
-    failed = [a for a in applied if a["status"] != "ok"]
-    return {"status": "failed" if failed else "ok", **({"error": failed[0]["error"]} if failed else {}),
-            "queue": queue, "path": str(path.resolve()), "events": len(new_events),
-            "by_action": dict(sorted(Counter(e["action"] for e in new_events).items())), "applied": applied}
+    if errors:
+        errors = list(dict.fromkeys(errors))  # a row's grade and preference conflict once
+        raise ReviewError(f"{path}: " + "; ".join(errors[:5]) + (f"; ... and {len(errors) - 5} more" if len(errors) > 5 else "")
+                          + " (nothing was applied)")
+    return new_events, (sorted({line for _, line, _ in decisions}) if queue == "golden" else [])

@@ -156,8 +156,10 @@ class Lake:
 
     # -- the run lock ----------------------------------------------------------------------------
     @contextmanager
-    def lock(self, owner: str, wait_s: float = 0.0, poll_s: float = 0.2) -> Iterator[dict]:
-        """Hold the lake's run lock (locks/run.lock, created with O_EXCL: pid, host, started_at, owner).
+    def lock(self, owner: str, wait_s: float = 0.0, poll_s: float = 0.2, name: str = "run") -> Iterator[dict]:
+        """Hold the lake's run lock (locks/run.lock, created with O_EXCL: pid, host, started_at, owner), or
+        another named lock (locks/<name>.lock: e.g. 'review', the review decisions' check-and-append,
+        which must not wait for a nightly holding the run lock).
 
         Re-entrant within a process (a flow's subflows). A lock whose holder is provably dead (same
         host, pid gone) is stale and taken over. Otherwise waits up to wait_s, then raises LakeLocked
@@ -167,7 +169,7 @@ class Lake:
             log.warning("lake %s: the run lock needs a local lake; concurrent runs are not excluded", self.uri)
             yield {}
             return
-        path = self._path("locks", "run.lock")
+        path = self._path("locks", f"{name}.lock")
         with _HELD_GUARD:
             if _HELD.get(path):
                 _HELD[path] += 1

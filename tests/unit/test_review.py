@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import datetime as dt
+import io
 import json
 
 import pytest
@@ -174,6 +175,63 @@ def test_a_second_reviewer_deciding_an_item_already_decided_sees_the_first_decis
     assert [(e["reviewer"], e["action"]) for e in rf.events(lake5["lake"])] == [("ana", "approve"), ("bo", "reject")]
 
 
+def _decide_at(lake_uri: str, qa_id: str, reviewer: str, start: float) -> str:
+    """A reviewer in another process: waits for the shared start time, then approves with no decision seen."""
+    import time
+
+    lake = review.Lake(lake_uri)
+    index = review.LakeIndex(lake)
+    index.chunk_ids()  # load before the start, so both processes race on the decision itself
+    time.sleep(max(0.0, start - time.time()))
+    try:
+        review.record_decision(lake, review.Decision("golden", qa_id, "approve", reviewer, {}, None), line="synthetic", index=index)
+        return "decided"
+    except review.ReviewConflict as exc:
+        return f"conflict with {exc.latest['reviewer']}"
+
+
+def test_two_review_processes_deciding_one_item_at_once_one_is_asked(lake5):
+    """Two `ragloop review` servers (or a server and a sheet import) on one lake: the conflict check and the
+    append hold the lake's review lock, so of two decisions on the same unseen item one lands and the other
+    is a conflict naming the first reviewer, never two silent 'latest' decisions."""
+    import multiprocessing
+    import time
+
+    ctx = multiprocessing.get_context("spawn")
+    with ctx.Pool(2) as pool:
+        for item in lake5["items"][:3]:
+            start = time.time() + 3.0
+            outcomes = pool.starmap(_decide_at, [(lake5["lake"].uri, item["qa_id"], name, start) for name in ("ana", "bo")])
+            assert sorted(o.split(" ")[0] for o in outcomes) == ["conflict", "decided"], outcomes
+            winner = next(e["reviewer"] for e in rf.events(lake5["lake"]) if e["item_id"] == item["qa_id"])
+            assert f"conflict with {winner}" in outcomes
+    assert len(rf.events(lake5["lake"])) == 3
+
+
+def test_a_sheet_row_decided_in_the_app_since_the_export_is_a_conflict(lake5, tmp_path):
+    items = lake5["items"]
+    path = _golden_sheet(lake5, tmp_path, decisions={items[0]["qa_id"]: {"action": "approve"},
+                                                      items[1]["qa_id"]: {"action": "reject", "reason": "trivial"}})
+    app_decision = _decide(lake5, items[1]["qa_id"], "approve", reviewer="bo")  # in the browser, after the export
+    with pytest.raises(review.ReviewError, match=rf"row 3: item {items[1]['qa_id']} was decided after this sheet was "
+                                                  rf"exported \(approve by bo at .*\); to decide over it, set its seen_event_id to {app_decision['event_id']} "
+                                                  r"\(nothing was applied\)"):
+        review.import_sheet(lake5["lake"], path, "ana", _index(lake5))
+    assert [e["event_id"] for e in rf.events(lake5["lake"])] == [app_decision["event_id"]], "nothing half-applied"
+    text = path.read_text(encoding="utf-8-sig")  # the reviewer decides over it on purpose: the id the error named
+    rows = list(csv.DictReader(io.StringIO(text)))
+    rows[1]["seen_event_id"] = app_decision["event_id"]
+    with path.open("w", encoding="utf-8-sig", newline="") as out:
+        writer = csv.DictWriter(out, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    assert review.import_sheet(lake5["lake"], path, "ana", _index(lake5))["by_action"] == {"approve": 1, "reject": 1}
+    fresh = _golden_sheet(lake5, tmp_path)  # a new export carries the latest decisions
+    seen = {r["qa_id"]: r["seen_event_id"] for r in csv.DictReader(fresh.open(encoding="utf-8-sig"))}
+    latest = {e["item_id"]: e["event_id"] for e in rf.events(lake5["lake"])}
+    assert seen == {i["qa_id"]: latest.get(i["qa_id"], "") for i in items} and seen[items[1]["qa_id"]] != app_decision["event_id"]
+
+
 # -- stale items ----------------------------------------------------------------------------------------------
 def _approve_and_change_corpus(info):
     item = info["items"][0]
@@ -338,7 +396,7 @@ def _fill(rows, decisions):
 def _golden_sheet(info, tmp_path, fmt="csv", decisions=None):
     ref, rows, events = review.effective_rows(info["lake"], "synthetic")
     index = _index(info)
-    sheet = review.golden_sheet(rows, "synthetic", ref.golden_set_id, index, review.stale_ids(rows, index.chunk_ids()))
+    sheet = review.golden_sheet(rows, "synthetic", ref.golden_set_id, index, review.stale_ids(rows, index.chunk_ids()), events)
     path = tmp_path / f"sheet.{fmt}"
     review.write_sheet(_fill(sheet, decisions or {}), review.GOLDEN_SHEET, path, fmt)
     return path
