@@ -420,3 +420,63 @@ def test_looping_and_echoing_answers_are_degenerate_not_grounded(prefect_backend
     assert summary["by_type"]["unanswerable"]["metrics"]["refusal_recall"] == 0.0
     traces = [t for t in Lake(str(lake_dir)).read_traces(summary["run_id"]).to_pylist() if t["step"] == "grounding"]
     assert any("not_in_context=14" in t["output"] for t in traces)
+
+
+def test_eval_gates_on_a_judge_only_once_calibrate_finds_it_agrees_with_people(prefect_backend, fakes, tmp_path, lake_dir,
+                                                                                monkeypatch, capsys):
+    """The whole loop through the CLI: an eval whose answer checks are held to gate.calibration reports them
+    ungated ('uncalibrated judge'); a person grades the answers (review events); `calibrate` stores each
+    check's agreement; the next eval gates on the checks that agree with people and says why not for the rest."""
+    from ragloop.tasks import review
+
+    docs = {f"s{i}.md": f"# Station {i}\n\nStation {i} has {10 + i} docks and opens at {6 + i} in the morning." for i in range(12)}
+    index_flow.index_corpus(sources=[str(write_files(tmp_path / "src", docs))], lake=str(lake_dir))
+    golden = tmp_path / "golden.jsonl"
+    golden.write_text("".join(json.dumps({
+        "question": f"How many docks does station {i} have?", "reference_answer": f"Station {i} has {10 + i} docks.",
+        "reference_doc_ids": [f"s{i}.md"], "qa_type": "single_hop"}) + "\n" for i in range(12)))
+    golden_flow.import_golden_set(path=str(golden), lake=str(lake_dir))
+    monkeypatch.setenv("RAGLOOP_EVAL__REFUSE_BELOW", "-1")
+    monkeypatch.setenv("RAGLOOP_GATE__CALIBRATION__LEVELS", '["answer"]')
+    monkeypatch.setenv("RAGLOOP_GATE__CALIBRATION__MIN_LABELS", "8")
+    monkeypatch.setenv("RAGLOOP_GATE__CALIBRATION__MIN_CLASS_LABELS", "3")
+
+    def chain_answer(messages):  # right (and in the context) for even stations, an off-topic claim for odd ones
+        station = int(re.search(r"station (\d+) have\?", messages[-1]["content"]).group(1))
+        return f"Station {station} has {10 + station} docks." if station % 2 == 0 else "The museum closes at midnight on weekdays."
+
+    fakes.add(*[chain_answer] * 36)
+    args = ["eval", "--retrieval", "vector", "--k", "12", "--lake", str(lake_dir), "--json"]
+    assert main([*args, "--promote"]) == 0  # the line's baseline: the next run is compared with it
+    first = json.loads(capsys.readouterr().out)
+    calibration = first["gate"]["calibration"]
+    assert {"grounded", "semantic_similarity"} <= set(calibration)
+    assert not any(c["gated"] for c in calibration.values())
+    assert "uncalibrated judge" in calibration["semantic_similarity"]["reason"]
+    assert any(w.startswith("semantic_similarity: reported, not gated (uncalibrated judge") for w in first["gate"]["warnings"])
+
+    lake = Lake(str(lake_dir))
+    for item in lake.read_eval_items(first["run_id"]).to_pylist():
+        grade = "correct" if item["answer"].startswith("Station") else "incorrect"
+        review.record_decision(lake, review.Decision("answers", item["qa_id"], "grade", "ana", {"grade": grade}),
+                               run_id=first["run_id"])
+    assert main(["calibrate", "--run", first["run_id"], "--lake", str(lake_dir), "--json"]) == 0
+    calibrated = json.loads(capsys.readouterr().out)
+    assert calibrated["graded"] == 12 and calibrated["labels"] == {"correct": 6, "incorrect": 6, "partially_correct": 0}
+    assert {"grounded", "semantic_similarity"} <= set(calibrated["may_gate"])
+    assert calibrated["metrics"]["grounded"]["kappa"] == 1.0  # grounded exactly where a person said correct
+    assert calibrated["metrics"]["semantic_similarity"]["kappa"] >= 0.6  # leave-one-out thresholds on a hash embedder
+    assert "degenerate" in calibrated["not_gated"], "a check that never fires cannot show agreement"
+
+    assert main(args) in (0, 3)
+    second = json.loads(capsys.readouterr().out)
+    calibration = second["gate"]["calibration"]
+    assert calibration["semantic_similarity"]["gated"] and calibration["grounded"]["gated"]
+    assert calibration["grounded"]["n"] == 12 and calibration["grounded"]["kappa"] == 1.0
+    assert not calibration["degenerate"]["gated"] and calibration["degenerate"]["reason"]
+    assert {"semantic_similarity", "grounded"} <= set(second["gate"]["gated"])
+    assert "degenerate" in second["gate"]["ungated"] and "semantic_similarity" not in second["gate"]["ungated"]
+    human_args = [a for a in args if a != "--json"]
+    assert main(human_args) in (0, 3)
+    human = capsys.readouterr().out
+    assert "degenerate: reported, not gated" in human
