@@ -171,6 +171,7 @@
       let text = "applied: line " + r.data.line + " is now version " + r.data.golden_set_id.slice(0, 12);
       if (r.data.promotion) text += "; line " + r.data.promotion.line + " holds " + r.data.promotion.items + " reviewed items (chosen)";
       flash(text, "ok");
+      if ($("#line-version")) $("#line-version").textContent = "version " + r.data.golden_set_id.slice(0, 12);
       await loadNext();
     }
   });

@@ -194,6 +194,8 @@ def test_review_five_items_and_grade_three_answers_then_golden_export_shows_exac
     page.wait_for_function("() => document.querySelector('#flash').textContent.startsWith('applied')")
     seconds = time.monotonic() - started
     assert page.errors == []
+    new_version = page.inner_text("#flash").split(" is now version ")[1][:12]
+    assert page.inner_text("#line-version") == f"version {new_version}", "the bar shows the version just written"
 
     after = _export(lake_dir, tmp_path / "after.jsonl")
     changed = {q for q in before if {k: v for k, v in before[q].items() if k != "created_at"} !=
