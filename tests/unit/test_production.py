@@ -166,7 +166,7 @@ def test_no_coverage_alert_while_the_golden_set_covers_the_traffic():
 
 def test_feedback_latency_tokens_and_answer_checks_per_day():
     rows = _rows(200, days=2)
-    result = production.production_check(rows, [], None, LogsConfig(max_negative_feedback=0.5))
+    result = production.production_check(rows, [], None, LogsConfig(max_negative_feedback=0.3))
     day = result.by_day[sorted(result.by_day)[0]]
     assert day["logs"] == 100 and day["feedback_rate"] == pytest.approx(
         sum(1 for r in rows[:100] if r["feedback"]) / 100, abs=1e-4)
