@@ -38,7 +38,6 @@ the question, answer, contexts and comment before anything is written.
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import json
 import logging
 import math
