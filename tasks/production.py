@@ -618,7 +618,13 @@ def cluster_topics(questions: Sequence[str], vectors: np.ndarray, log_ids: Seque
         top = [terms[j] for j in np.argsort(-row, kind="stable")[:3] if row[j] > 0]
         centre = np.mean(vectors[g], axis=0)
         nearest = sorted(g, key=lambda i: (-float(vectors[i] @ centre), i))
-        examples = list(dict.fromkeys(questions[i] for i in nearest))[: config.topic_examples]
+        # examples that differ by more than a number first ("refund 2" and "refund 3" say the same thing)
+        seen, distinct, rest = set(), [], []
+        for i in nearest:
+            key = re.sub(r"\d+", "#", questions[i].lower())
+            (rest if key in seen else distinct).append(questions[i])
+            seen.add(key)
+        examples = list(dict.fromkeys(distinct + rest))[: config.topic_examples]
         out.append(Topic(", ".join(top) or "(no distinctive words)", len(g), round(len(g) / len(questions), 4), examples,
                          [log_ids[i] for i in nearest], dict(sorted(Counter(days[i] for i in g).items()))))
     return out
@@ -651,7 +657,7 @@ def production_check(rows: Sequence[dict], golden_questions: Sequence[str], enco
     with at least `min_day_logs` logs; a topic is named with example questions in the coverage alert."""
     window = in_window(rows, config.window_days)
     if not window:
-        return ProductionPass(Check({"logs": 0, "reason": "no production logs (ragloop logs import FILE)"}, []), {}, [], [])
+        return ProductionPass(Check({"window_logs": 0, "reason": "no production logs (ragloop logs import FILE)"}, []), {}, [], [])
     by_day_rows: dict[str, list[dict]] = {}
     for r in window:
         by_day_rows.setdefault(day_of(r["at"]), []).append(r)
@@ -707,7 +713,7 @@ def production_check(rows: Sequence[dict], golden_questions: Sequence[str], enco
 
     judged_days = [d for d in sorted(by_day) if by_day[d]["logs"] >= config.min_day_logs]
     day = judged_days[-1] if judged_days else None
-    figures: dict[str, Any] = {"logs": len(window), "days": len(by_day), "first_day": min(by_day), "last_day": max(by_day),
+    figures: dict[str, Any] = {"window_logs": len(window), "days": len(by_day), "first_day": min(by_day), "last_day": max(by_day),
                                "day": day, "golden_questions": len(golden_questions),
                                "uncovered_checked": len(uncovered), "topics": len(topics)}
     if day:

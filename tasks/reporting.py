@@ -308,7 +308,7 @@ Duplicates ({{ g.duplicates.measure }}): {{ g.duplicates["items"] }} of {{ g.dup
 
 <h2>Production</h2>
 {% if d.production %}{% set p = d.production %}{% set f = p.figures %}
-<p>{{ f.logs }} logged answers over {{ f.days }} days ({{ f.first_day }} to {{ f.last_day }}), no reference needed: ragloop's
+<p>{{ f.window_logs }} logged answers over {{ f.days }} days ({{ f.first_day }} to {{ f.last_day }}), no reference needed: ragloop's
 degenerate/grounded checks, refusals, question-to-first-context similarity, latency, tokens and feedback{% if f.day %}; alerts judge {{ f.day }}{% endif %}.
 {% if f.reason %}<span class="muted">{{ f.reason }}</span>{% endif %}
 Coverage: {% if f.coverage %}{{ f.coverage }}{% else %}a question is covered when an active golden question ({{ f.golden_questions }}) is within the cosine threshold{% endif %}.</p>
