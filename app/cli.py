@@ -42,11 +42,12 @@ def run_review(args: argparse.Namespace) -> dict:
     from ragloop.tasks.settings import ConfigError, load_settings
     from ragloop.tasks.storage import Lake
 
-    lake = Lake(load_settings(args.config, {"lake": args.lake} if args.lake else {}).lake)
+    settings = load_settings(args.config, {"lake": args.lake} if args.lake else {})
+    lake = Lake(settings.lake)
     try:
         action = getattr(args, "review_command", None)
         if action is None:
-            return _serve(lake, args)
+            return _serve(lake, args, settings.logs)
         if action == "export":
             return _export(lake, args)
         if action == "import":
@@ -70,7 +71,7 @@ def _line(lake, args) -> str:
     return line
 
 
-def _serve(lake, args) -> dict:
+def _serve(lake, args, logs=None) -> dict:
     from ragloop.app import server
 
     token = os.environ.get("RAGLOOP_REVIEW_TOKEN") or None
@@ -79,7 +80,7 @@ def _serve(lake, args) -> dict:
     sys.stderr.write(f"ragloop review: {url} on lake {lake.uri}" + (" (open it with ?token=<RAGLOOP_REVIEW_TOKEN>)" if token else "")
                      + "; Ctrl+C stops\n")
     sys.stderr.flush()
-    server.serve(lake.uri, args.host, args.port, args.reviewer, token, getattr(args, "line", None))
+    server.serve(lake.uri, args.host, args.port, args.reviewer, token, getattr(args, "line", None), logs)
     return {"status": "ok", "url": url, "lake": lake.uri}
 
 

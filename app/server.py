@@ -30,6 +30,7 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from ragloop.tasks import review
+from ragloop.tasks.settings import LogsConfig
 from ragloop.tasks.storage import Lake
 
 log = logging.getLogger(__name__)
@@ -37,7 +38,7 @@ HERE = Path(__file__).resolve().parent
 SESSION_COOKIE, TOKEN_COOKIE, REVIEWER_COOKIE = "ragloop_review_session", "ragloop_review_token", "ragloop_reviewer"
 CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; connect-src 'self'; "
        "form-action 'self'; frame-ancestors 'none'; base-uri 'none'")
-QUEUES = ("golden", "stale", "answers", "compare")
+QUEUES = ("golden", "stale", "answers", "compare", "production")
 
 
 def is_loopback(host: str) -> bool:
@@ -119,8 +120,9 @@ class AppState:
     """What the routes share: the lake, the default reviewer, the token, the CSRF secret and a cached index."""
 
     def __init__(self, lake_uri: str, reviewer: str | None, token: str | None, allowed_hosts, index_factory,
-                 line: str | None = None) -> None:
+                 line: str | None = None, logs: LogsConfig | None = None) -> None:
         self.lake = Lake(lake_uri)
+        self.logs = logs or LogsConfig()  # what counts as negative feedback (the production queue)
         self.line = line
         self.reviewer = (reviewer or "").strip() or None
         self.token = token or None
@@ -282,15 +284,55 @@ def answers_context(st: AppState, p: dict[str, str], skipped: list[str], queue: 
     return ctx
 
 
-CONTEXTS = {"golden": golden_context, "stale": golden_context, "answers": answers_context, "compare": answers_context}
+def production_context(st: AppState, p: dict[str, str], skipped: list[str], queue: str) -> dict[str, Any]:
+    """The production queue: logged questions rated down or not covered by the golden set, with the logged
+    answer and contexts; a promoted one joins the line (the line selector) when reviews are applied."""
+    from ragloop.tasks import production
+
+    lake = st.lake
+    line = p["line"] or st.line or review.default_line(lake)
+    if not line:
+        return {"queue": queue, "empty_lake": True}
+    ref, _ = review.line_head(lake, line)
+    candidates = [dict(c, qa_id=c["log_id"], qa_type="+".join(c["reasons"]), source_doc_ids=[])
+                  for c in production.review_candidates(lake, st.logs)]
+    events = review.read_events(lake)
+    state = review.production_queue(candidates, events)
+    visible = _visible(state, p)
+    item = _pick(state, visible, p, skipped)
+    latest = review.latest_events(events, ("production",))
+    ctx: dict[str, Any] = {"queue": queue, "line": line, "golden_set_id": ref.golden_set_id,
+                           "lines": sorted(review.promotion.Refs(lake).lines().lines), "progress": {queue: _progress(state)},
+                           "params": p, "item": item, "types": sorted({i["qa_type"] for i in state.items}), "folders": [],
+                           "visible": len(visible), "latest": None, "base_event_id": ""}
+    if item is not None:
+        last = latest.get(item["qa_id"])
+        ctx.update(latest=last, base_event_id=last["event_id"] if last else "")
+        ctx["contexts"] = list(item.get("contexts") or [])
+    return ctx
+
+
+def production_candidate(st: AppState, log_id: str) -> dict:
+    """The logged question a production decision is about; ReviewError when it is not a candidate."""
+    from ragloop.tasks import production
+
+    found = next((c for c in production.review_candidates(st.lake, st.logs) if c["log_id"] == log_id), None)
+    if found is None:
+        raise review.ReviewError(f"log {log_id} is not a production candidate (rated down or uncovered) in {st.lake.uri}")
+    return found
+
+
+CONTEXTS = {"golden": golden_context, "stale": golden_context, "answers": answers_context, "compare": answers_context,
+            "production": production_context}
 
 
 # -- the app ------------------------------------------------------------------------------------------
 def create_app(lake_uri: str, reviewer: str | None = None, token: str | None = None,
-               allowed_hosts: set[str] | None = None, index_factory=review.LakeIndex, line: str | None = None) -> Starlette:
+               allowed_hosts: set[str] | None = None, index_factory=review.LakeIndex, line: str | None = None,
+               logs: LogsConfig | None = None) -> Starlette:
     """The review app over one lake. allowed_hosts: Host header names accepted (None: any; `serve` passes the
     loopback names when bound to loopback, against DNS rebinding)."""
-    st = AppState(lake_uri, reviewer, token, allowed_hosts, index_factory, line)
+    st = AppState(lake_uri, reviewer, token, allowed_hosts, index_factory, line, logs)
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(HERE / "templates")), autoescape=True,
                              trim_blocks=True, lstrip_blocks=True)
     env.filters["short"] = lambda s, n=12: (s or "")[:n]
@@ -354,6 +396,10 @@ def create_app(lake_uri: str, reviewer: str | None = None, token: str | None = N
             if d.queue in ("golden", "stale"):
                 line = str(data.get("line") or "") or st.line or review.default_line(st.lake)
                 event = review.record_decision(st.lake, d, line=line, index=st.index())
+            elif d.queue == "production":
+                line = str(data.get("line") or "") or st.line or review.default_line(st.lake)
+                event = review.record_decision(st.lake, d, line=line, index=st.index(),
+                                               candidate=production_candidate(st, d.item_id))
             else:
                 run_id = str(data.get("run") or "")
                 if d.queue == "compare":
@@ -411,11 +457,11 @@ def create_app(lake_uri: str, reviewer: str | None = None, token: str | None = N
 
 
 def serve(lake_uri: str, host: str = "127.0.0.1", port: int = 8765, reviewer: str | None = None,
-          token: str | None = None, line: str | None = None) -> None:
+          token: str | None = None, line: str | None = None, logs: LogsConfig | None = None) -> None:
     """Run the app with uvicorn until interrupted (ReviewError before binding when a token is missing)."""
     import uvicorn
 
     check_bind(host, token)
     allowed = {"127.0.0.1", "localhost", "::1"} if is_loopback(host) else None
-    app = create_app(lake_uri, reviewer, token, allowed, line=line)
+    app = create_app(lake_uri, reviewer, token, allowed, line=line, logs=logs)
     uvicorn.run(app, host=host, port=port, log_level="warning")

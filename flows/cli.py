@@ -170,6 +170,14 @@ def _parser() -> argparse.ArgumentParser:
                    help="emit a `ragloop.prompt.changed` Prefect event per prompt changed since a run used it (needs PREFECT_API_URL)")
     common(c)
 
+    p = sub.add_parser("logs", help="production logs: `logs import` reads a RAG app's logs (JSONL or OTLP spans), redacted")
+    lsub = p.add_subparsers(dest="logs_command", required=True, metavar="ACTION")
+    g = lsub.add_parser("import", help="import JSONL records or OTLP/OpenInference spans; bad lines quarantined, re-import adds nothing")
+    g.add_argument("path", metavar="FILE|DIR", help="a log file, or a directory of .jsonl/.json/.ndjson files")
+    g.add_argument("--format", choices=["jsonl", "otel"], default="jsonl",
+                   help="jsonl (ragloop's log records, README) or otel (OTLP JSON spans with OpenInference attributes)")
+    common(g)
+
     from ragloop.app.cli import add_review_parser  # argparse only: no web framework imported here
 
     add_review_parser(sub, common)
@@ -732,6 +740,29 @@ def _human_prompts(summary: dict) -> list[str]:
     return lines
 
 
+def _run_logs(args: argparse.Namespace) -> dict:
+    from ragloop.flows.logs import import_logs
+
+    return import_logs(path=args.path, fmt=args.format, lake=args.lake, config_path=args.config)
+
+
+def _human_logs(summary: dict) -> list[str]:
+    r = summary["records"]
+    lines = [f"run {summary['run_id']}: {summary['status']}",
+             f"{r['read']} records read from {len(summary['files'])} file(s) ({summary['format']}): {r['new']} new, "
+             f"{r['known']} already in the lake, {r['quarantined']} lines quarantined; {summary['redactions']} spans "
+             f"redacted in {r['redacted']} records; {summary['seconds']} s"]
+    if summary.get("path"):
+        lines.append(f"written: {summary['path']}")
+    lines += [f"quarantined: {q['source']} line {q['line']}" + (f" {q['field']}" if q["field"] else "")
+              + f": {q['reason']} ({q['detail']})" for q in summary["quarantine"]]
+    if r["quarantined"] > len(summary["quarantine"]):
+        lines.append(f"... {r['quarantined'] - len(summary['quarantine'])} more quarantined lines (logs/quarantine/ in the lake)")
+    if summary.get("ignored_fields"):
+        lines.append("ignored fields (not stored): " + ", ".join(f"{k} {v}" for k, v in summary["ignored_fields"].items()))
+    return _with_error(lines, summary)
+
+
 COMMANDS: dict[str, tuple[Callable[[argparse.Namespace], dict], Callable[[dict], list[str]]]] = {
     "ingest": (_run_ingest, _human_index),
     "index": (_run_index, _human_index),
@@ -749,6 +780,7 @@ COMMANDS: dict[str, tuple[Callable[[argparse.Namespace], dict], Callable[[dict],
     "runs": (_run_runs, _human_runs),
     "calibrate": (_run_calibrate, _human_calibrate),
     "export": (_run_export, _human_export),
+    "logs": (_run_logs, _human_logs),
     "review": (lambda args: _review_cli().run_review(args), lambda summary: _review_cli().human_review(summary)),
 }
 
@@ -761,12 +793,21 @@ def _review_cli():
 
 
 # Commands that start flow runs (the rest never import prefect).
-FLOW_COMMANDS = {"ingest", "index", "synth", "run", "monitor", "eval", "import-beir", "golden import"}
+FLOW_COMMANDS = {"ingest", "index", "synth", "run", "monitor", "eval", "import-beir", "golden import", "logs import"}
+
+
+def _command_name(args: argparse.Namespace) -> str:
+    """The command with its action for the commands that have actions run as flows (golden import, logs import)."""
+    if args.command == "golden":
+        return f"golden {args.golden_command}"
+    if args.command == "logs":
+        return f"logs {args.logs_command}"
+    return args.command
 
 
 def _ad_hoc(args: argparse.Namespace):
     """A CLI command's flow runs are ad hoc: no Prefect heartbeats (flows/common.py: ad_hoc_runs)."""
-    command = f"golden {args.golden_command}" if args.command == "golden" else args.command
+    command = _command_name(args)
     if command not in FLOW_COMMANDS:
         return contextlib.nullcontext()
     from ragloop.flows.common import ad_hoc_runs
@@ -781,7 +822,7 @@ def _precheck(args: argparse.Namespace) -> None:
     import neither prefect nor a model (tasks/preflight.py)."""
     from ragloop.tasks.preflight import preflight
 
-    command = f"golden {args.golden_command}" if args.command == "golden" else args.command
+    command = _command_name(args)
     for warning in preflight(command, _settings(args), sources=getattr(args, "source", None),
                              golden=getattr(args, "golden", None), retrieval_only=getattr(args, "retrieval_only", False),
                              path=getattr(args, "path", None), index=getattr(args, "index", "auto")):

@@ -16,7 +16,7 @@ from prefect.cache_policies import NO_CACHE
 
 from ragloop.flows.common import flow_settings, stage_run
 from ragloop.tasks import providers
-from ragloop.tasks import alerting, monitor_run, observing, reporting
+from ragloop.tasks import alerting, monitor_run, observing, production, reporting
 from ragloop.tasks.schemas import utcnow
 from ragloop.tasks.settings import MonitorConfig
 from ragloop.tasks.storage import Lake
@@ -31,6 +31,7 @@ observe_runs = task(monitor_run.observe, name="observe-eval-runs", cache_policy=
 sample_vectors = task(observing.sample_vectors, name="sample-vectors", cache_policy=NO_CACHE)
 top1_similarities = task(observing.top1_similarities, name="top1-similarities", cache_policy=NO_CACHE)
 deliver_alerts = task(alerting.deliver, name="deliver-alerts", cache_policy=NO_CACHE)
+check_production = task(production.production_pass, name="production-checks", cache_policy=NO_CACHE)
 
 
 @flow(name="monitor-quality")
@@ -51,18 +52,20 @@ def monitor_quality(lake: str | None = None, config_path: str | None = None, eva
         checks = {"regression": monitor_run.check_series_regression(stage.lake, selection.comparable, config)}
         previous = stage.lake.read_ref("monitor_state") or {}  # what the last pass saw
         at = utcnow().isoformat()
-        drift = monitor_run.check_drift(
-            stage.lake, previous, selection, config, sample=sample_vectors, top1=top1_similarities,
-            embedder=functools.partial(providers.current().build_embedder, settings.embedding), logger=run.logger)
+        embedder = functools.partial(providers.current().build_embedder, settings.embedding)
+        drift = monitor_run.check_drift(stage.lake, previous, selection, config, sample=sample_vectors,
+                                        top1=top1_similarities, embedder=embedder, logger=run.logger)
         checks.update(drift.checks)
         checks.update(monitor_run.health_checks(stage.lake, selection, failures, config))
+        logs = check_production(stage.lake, selection.golden_rows, embedder, settings.logs, run.run_id)
+        checks.update({"production": logs.check} if logs else {})
         notes = monitor_run.notifications(checks, previous)
         sinks, skipped = build_sinks(config, stage.lake, run.logger)
         deliveries = deliver_alerts(sinks, notes.to_send, monitor_run.delivery_context(run.run_id, at, stage.lake)) + skipped
         status = monitor_run.pass_status(deliveries)
 
         report_data = monitor_run.report_data(stage.lake, run.run_id, at, status, selection, checks, notes, drift,
-                                              deliveries, config)
+                                              deliveries, config, logs)
         report_path = stage.lake.write_report(run.run_id, reporting.render_report(report_data))
         _publish_artifacts(monitor_run.report_artifacts(report_data, report_path, stage.lake.uri))
         monitor_run.record_check_history(stage.lake, run.run_id, checks, selection.latest_obs)

@@ -65,7 +65,7 @@ RAGLOOP_FIELDS = {"qa_id", "question", "reference_answer", "reference_chunk_ids"
                   "reference_contexts", "qa_type", "persona", "evidence"}
 # What `golden export` writes beside them: provenance the import replaces with its own.
 RAGLOOP_IGNORED = {"source_chunk_ids", "source_doc_ids", "source_doc_sha256s", "status", "review", "generator",
-                   "prompt_id", "prompt_hash", "created_at", "reviewer", "reviewed_at", "review_reason", "review_event_id"}
+                   "prompt_id", "prompt_hash", "created_at", "reviewer", "reviewed_at", "review_reason", "review_event_id", "source"}
 # ragas >= 0.2 SingleTurnSample (EvaluationDataset.to_jsonl) and its testset generator's extra columns.
 RAGAS_FIELDS = {"user_input", "reference", "reference_contexts", "reference_context_ids", "persona_name",
                 "query_style", "query_length", "synthesizer_name"}

@@ -326,11 +326,11 @@ def referenced_chunk_texts(store, rows: Sequence[dict]) -> dict[str, str]:
 
 def validate_version(rows: Sequence[dict], chunk_texts: dict[str, str]):
     """The great-expectations golden suite (tasks.validation.validate_golden) over a version's rows, with
-    the registered question types (plus `imported`): a ValidationReport."""
-    from ragloop.tasks.question_types import IMPORTED, QUESTION_TYPES
+    the registered question types (plus `imported` and `production`): a ValidationReport."""
+    from ragloop.tasks.question_types import IMPORTED, PRODUCTION, QUESTION_TYPES
     from ragloop.tasks.validation import validate_golden
 
-    answerable = {name: not kind.must_refuse for name, kind in QUESTION_TYPES.items()} | {IMPORTED: True}
+    answerable = {name: not kind.must_refuse for name, kind in QUESTION_TYPES.items()} | {IMPORTED: True, PRODUCTION: True}
     return validate_golden(list(rows), chunk_texts, answerable)
 
 

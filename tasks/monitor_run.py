@@ -16,7 +16,7 @@ import numpy as np
 import pyarrow as pa
 from pydantic import Field
 
-from ragloop.tasks import monitoring, observing, reporting, schemas
+from ragloop.tasks import monitoring, observing, production, reporting, schemas
 from ragloop.tasks.embedding import Embedder
 from ragloop.tasks.monitoring import Check
 from ragloop.tasks.schemas import utcnow
@@ -30,7 +30,8 @@ OBSERVED_STATUSES = ("ok", "partial", "gate_failed", "gate_inconclusive")
 EXPERIMENTS_LISTED = 20  # the most recent experiments a report and a summary list
 # check -> the figures recorded as history rows (scope drift/budget), so they trend like metrics
 HISTORY_FIGURES = {"corpus": ("change_fraction", "length_ks"), "embedding": ("centroid_shift", "replaced_fraction"),
-                   "retrieval": ("top1_median", "top1_ks"), "budgets": ("item_latency_p95_s", "tokens_per_item", "cost")}
+                   "retrieval": ("top1_median", "top1_ks"), "budgets": ("item_latency_p95_s", "tokens_per_item", "cost"),
+                   "production": production.DAY_FIGURES}
 
 SampleVectors = Callable[[Lake, str, int, int], "tuple[list[str], np.ndarray]"]  # observing.sample_vectors
 Top1 = Callable[[Lake, str, int, Embedder, list[str]], "list[float]"]  # observing.top1_similarities
@@ -53,8 +54,8 @@ class MonitorSummary(StageSummary):
     experiments: list[dict[str, Any]] = Field(
         description=f"the last {EXPERIMENTS_LISTED} experiment observations: [{{run_id, chain_label, golden_line}}]")
     checks: dict[str, dict[str, Any]] = Field(
-        description="check (regression, corpus, embedding, retrieval, validation, budgets, references, stages) "
-                    "-> its figures")
+        description="check (regression, corpus, embedding, retrieval, validation, budgets, references, stages, "
+                    "production) -> its figures")
     sinks: list[dict[str, Any]] = Field(description="one delivery per sink: [{sink, status, count, ...}]")
     report: str = Field(description="path of the HTML report")
 
@@ -296,8 +297,9 @@ def worst_items(lake: Lake, latest_obs: Mapping | None, golden_rows: list[dict],
 
 
 def report_data(lake: Lake, run_id: str, at: str, status: str, selection: Selection, checks: Mapping[str, Check],
-                notes: Notifications, drift: Drift, deliveries: list[dict], config: MonitorConfig) -> reporting.ReportData:
-    """Everything the HTML report and the Prefect artifacts show of this pass."""
+                notes: Notifications, drift: Drift, deliveries: list[dict], config: MonitorConfig,
+                logs: production.ProductionPass | None = None) -> reporting.ReportData:
+    """Everything the HTML report and the Prefect artifacts show of this pass (`logs`: its production section)."""
     return reporting.ReportData(
         run_id=run_id, at=at, status=status, lake=lake.uri, alerts=notes.alerts, series=selection.served,
         watched=selection.watched, experiments=selection.experiments[-EXPERIMENTS_LISTED:],
@@ -305,7 +307,7 @@ def report_data(lake: Lake, run_id: str, at: str, status: str, selection: Select
         worst_items=worst_items(lake, selection.latest_obs, selection.golden_rows, config),
         checks={name: c.figures for name, c in checks.items()},
         distributions=drift.distributions, deliveries=deliveries, metrics=list(config.metrics),
-        golden=golden_quality_of(lake, selection.latest_eval))
+        golden=golden_quality_of(lake, selection.latest_eval), production=logs.report() if logs else None)
 
 
 def golden_quality_of(lake: Lake, latest_eval: Mapping | None) -> dict | None:
@@ -353,7 +355,8 @@ def report_artifacts(data: reporting.ReportData, report_path: str, lake_uri: str
 
 def check_history_rows(run_id: str, checks: Mapping[str, Check], latest_obs: Mapping | None,
                        at: dt.datetime) -> list[dict]:
-    """Drift and budget figures (HISTORY_FIGURES) as history rows (scope drift/budget)."""
+    """Drift, budget and production figures (HISTORY_FIGURES) as history rows (scope drift/budget/production;
+    production: the newest judged day's figures, so they trend per monitor pass)."""
     rows = []
     for name, keys in HISTORY_FIGURES.items():
         figures = checks[name].figures if name in checks else {}
@@ -361,7 +364,7 @@ def check_history_rows(run_id: str, checks: Mapping[str, Check], latest_obs: Map
             if isinstance(figures.get(key), (int, float)):
                 rows.append({"observation_id": run_id, "run_id": run_id, "flow": "monitor",
                              "golden_set_id": latest_obs["golden_set_id"] if latest_obs else None,
-                             "scope": "budget" if name == "budgets" else "drift", "metric": f"{name}.{key}",
+                             "scope": {"budgets": "budget", "production": "production"}.get(name, "drift"), "metric": f"{name}.{key}",
                              "value": float(figures[key]), "ci_low": None, "ci_high": None, "n": None, "at": at})
     return rows
 

@@ -105,6 +105,12 @@ def preflight(command: str, settings: Settings, *, sources: list[str] | None = N
     if command == "golden import" and path is not None:
         check_path(path, "golden import")
         check_import_rows(path)
+    if command == "logs import" and path is not None:
+        from pathlib import Path
+
+        from ragloop.tasks.production import log_files
+
+        log_files(Path(path))  # a missing file, or a folder without logs, is a usage error
     if command in ("synth", "run"):
         check_synth(settings)
     if command in ("eval", "run"):

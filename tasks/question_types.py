@@ -21,6 +21,7 @@ from ragloop.tasks.registry import Registry
 #                 them joined as `context`
 Sampling = Literal["one_chunk", "related_pair", "chunk_run"]
 IMPORTED = "imported"  # the type of an imported golden item that names no registered type
+PRODUCTION = "production"  # the type of a golden item a reviewer made from a logged production question
 
 
 @dataclass(frozen=True)

@@ -44,6 +44,7 @@ class ReportData:
     watched: dict | None = None  # the series watched: {golden_line, chain_hash, chain_label}
     experiments: list[dict] = field(default_factory=list)  # experiment observations, listed apart
     golden: dict | None = None  # `golden report` of the latest eval's golden set (tasks.golden_quality), None if unread
+    production: dict | None = None  # the production section (tasks.production.ProductionPass.report), None without logs
 
 
 def worst_item(row: Mapping, golden: Mapping, metric: str | None, texts: Mapping[str, Mapping],
@@ -177,6 +178,33 @@ def _by_type_plot(by_type: Mapping[str, Mapping], names: Sequence[str]) -> bytes
     return _png(fig)
 
 
+PRODUCTION_RATES = ("uncovered", "negative_rate", "feedback_rate", "refusal", "degenerate", "grounded")
+
+
+def _production_plot(by_day: Mapping[str, Mapping]) -> bytes:
+    """Per day: the production rates (0-1) on the left, latency p50/p95 (ms) on the right."""
+    days = sorted(by_day)
+    fig, (left, right) = plt.subplots(1, 2, figsize=(12.4, 3.0))
+    for name in PRODUCTION_RATES:
+        points = [(i, by_day[d][name]) for i, d in enumerate(days) if by_day[d].get(name) is not None]
+        if points:
+            left.plot([p[0] for p in points], [p[1] for p in points], marker="o", markersize=3, label=name)
+    left.set_ylim(-0.02, 1.02)
+    left.set_title("rates per day", fontsize=10)
+    for name in ("latency_p50_ms", "latency_p95_ms"):
+        points = [(i, by_day[d][name]) for i, d in enumerate(days) if by_day[d].get(name) is not None]
+        if points:
+            right.plot([p[0] for p in points], [p[1] for p in points], marker="o", markersize=3, label=name)
+    right.set_title("latency per day (ms)", fontsize=10)
+    for ax in (left, right):
+        ax.set_xticks(range(len(days)))
+        ax.set_xticklabels(days, rotation=45, ha="right", fontsize=6)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=6)
+    fig.tight_layout()
+    return _png(fig)
+
+
 def _padded(bounds: tuple[float, float], share: float) -> tuple[float | None, float | None]:
     """A plot's y limits: the metric's range widened by `share` of it on each side (None for an open end)."""
     low, high = bounds
@@ -278,6 +306,25 @@ Duplicates ({{ g.duplicates.measure }}): {{ g.duplicates["items"] }} of {{ g.dup
 {% for e in s.evidence %}<tr><th>evidence {{ e.chunk_id[:12] }}</th><td>{{ e.window }}</td></tr>{% else %}<tr><th>evidence</th><td class="muted">none</td></tr>{% endfor %}</table></details>
 {% endfor %}{% else %}<p class="muted">Not read (no evaluated golden set, or no index to read it against).</p>{% endif %}
 
+<h2>Production</h2>
+{% if d.production %}{% set p = d.production %}{% set f = p.figures %}
+<p>{{ f.window_logs }} logged answers over {{ f.days }} days ({{ f.first_day }} to {{ f.last_day }}), no reference needed: ragloop's
+degenerate/grounded checks, refusals, question-to-first-context similarity, latency, tokens and feedback{% if f.day %}; alerts judge {{ f.day }}{% endif %}.
+{% if f.reason %}<span class="muted">{{ f.reason }}</span>{% endif %}
+Coverage: {% if f.coverage %}{{ f.coverage }}{% else %}a question is covered when an active golden question ({{ f.golden_questions }}) is within the cosine threshold{% endif %}.</p>
+{% if images.production %}<img src="{{ images.production }}" alt="production trends per day">{% endif %}
+<table><tr><th>day</th>{% for c in production_columns %}<th class="num">{{ c }}</th>{% endfor %}</tr>
+{% for day, row in p.by_day|dictsort %}<tr><td>{{ day }}</td>{% for c in production_columns %}<td class="num">{{ row[c]|cell }}</td>{% endfor %}</tr>
+{% endfor %}</table>
+<h3>What users ask that the golden set does not cover ({{ p.topics|length }} topics, {{ f.uncovered_checked }} uncovered questions checked)</h3>
+{% if p.topics %}<table><tr><th>topic (its most distinctive words)</th><th class="num">questions</th><th class="num">share of uncovered</th><th>days</th><th>example questions</th></tr>
+{% for t in p.topics %}<tr><td><b>{{ t.label }}</b></td><td class="num">{{ t.size }}</td><td class="num">{{ "%.0f%%"|format(100 * t.share) }}</td>
+<td>{% for day, n in t.days.items() %}{{ day }}: {{ n }}{% if not loop.last %}, {% endif %}{% endfor %}</td>
+<td><ul>{% for q in t.examples %}<li>{{ q }}</li>{% endfor %}</ul></td></tr>
+{% endfor %}</table><p class="muted">Uncovered questions are candidates in the review app's production queue (<code>ragloop review</code>), with questions people rated down.</p>
+{% else %}<p class="muted">None: no group of uncovered questions large enough to name.</p>{% endif %}
+{% else %}<p class="muted">No production logs in this lake (<code>ragloop logs import FILE</code>).</p>{% endif %}
+
 <h2>Worst items</h2>
 {% if d.worst_items %}{% for item in d.worst_items %}<details{% if loop.first %} open{% endif %}><summary><b>{{ item.metric }} {{ "%.3f"|format(item.score) }}</b> · {{ item.qa_type }} · {{ item.question }}</summary>
 <table><tr><th>question</th><td>{{ item.question }}</td></tr>
@@ -309,6 +356,7 @@ Duplicates ({{ g.duplicates.measure }}): {{ g.duplicates["items"] }} of {{ g.dup
 
 # Lenient undefined: an optional field missing from an older run renders empty rather than losing the report.
 _ENV = jinja2.Environment(autoescape=True, extensions=["jinja2.ext.do"])
+_ENV.filters["cell"] = lambda value: _cell(value)
 
 
 def render_report(d: ReportData) -> dict[str, bytes]:
@@ -345,13 +393,19 @@ def render_report(d: ReportData) -> dict[str, bytes]:
         if current_values is not None and len(current_values):
             files[f"{plot}.png"] = _histogram(previous_values, current_values, plot.replace("_", " "))
             images[check] = f"{plot}.png"
+    production_columns: list[str] = []
+    if d.production and d.production.get("by_day"):
+        files["production.png"] = _production_plot(d.production["by_day"])
+        images["production"] = "production.png"
+        production_columns = [c for c in next(iter(d.production["by_day"].values()))]
     for name in d.checks:
         images.setdefault(name, None)
     experiment_metrics = headline_metrics(sorted({m for o in d.experiments for m in o["metrics"]}), d.metrics)[:4]
-    check_rows = [(name, figure_rows(figures)) for name, figures in d.checks.items()]
+    check_rows = [(name, figure_rows({k: v for k, v in figures.items() if not (name == "production" and k == "by_day")}))
+                  for name, figures in d.checks.items()]
     html = _ENV.from_string(TEMPLATE).render(
         d=d, latest=latest, headline=headline, by_type=by_type, type_metrics=type_metrics, images=images,
-        experiment_metrics=experiment_metrics, check_rows=check_rows,
+        experiment_metrics=experiment_metrics, check_rows=check_rows, production_columns=production_columns,
         lineage=json.dumps((latest or {}).get("lineage") or {}, indent=2, sort_keys=True, default=str))
     files["report.html"] = html.encode("utf-8")
     return files

@@ -39,6 +39,7 @@ QUEUE_ACTIONS = {
     "stale": ("reapprove", "edit", "retire", "skip"),
     "answers": ("grade", "skip"),
     "compare": ("prefer", "skip"),
+    "production": ("promote", "dismiss", "skip"),  # logged questions people rated down or the golden set misses
 }
 REJECT_REASONS = {
     "wrong_answer": "the reference answer is wrong",
@@ -97,6 +98,13 @@ class MemoryIndex:
 
     def old(self, chunk_ids: Sequence[str]) -> dict[str, ChunkInfo]:
         return {c: self._old[c] for c in chunk_ids if c in self._old}
+
+    def with_texts(self, texts: Sequence[str]) -> list[ChunkInfo]:
+        """The chunks whose text is exactly one of these texts (a logged context), in the texts' order."""
+        by_text: dict[str, list[ChunkInfo]] = {}
+        for c in sorted(self._chunks.values(), key=lambda c: c.chunk_id):
+            by_text.setdefault(c.text, []).append(c)
+        return [c for t in dict.fromkeys(texts) for c in by_text.get(t, [])]
 
     def search(self, query: str, k: int = 8) -> list[ChunkInfo]:
         words = [w for w in query.lower().split() if w]
@@ -193,6 +201,11 @@ def validate_decision(d: Decision) -> None:
     if d.action == "edit":
         if not any(k in p for k in EDIT_FIELDS):
             raise ReviewError(f"item {d.item_id}: an edit must change question, reference_answer or reference_chunk_ids")
+        if "question" in p and not str(p["question"]).strip():
+            raise ReviewError(f"item {d.item_id}: the question cannot be empty")
+    if d.action == "promote":
+        if not str(p.get("reference_answer") or "").strip():
+            raise ReviewError(f"item {d.item_id}: a golden item needs a reference answer (write one, or keep the logged answer)")
         if "question" in p and not str(p["question"]).strip():
             raise ReviewError(f"item {d.item_id}: the question cannot be empty")
     if d.action == "grade" and p.get("grade") not in GRADES:
@@ -565,15 +578,23 @@ def reapproval(row: dict, index: MemoryIndex, events: Sequence[dict] = ()) -> di
 
 
 def record_decision(lake: Lake, d: Decision, *, line: str | None = None, run_id: str | None = None,
-                    index: MemoryIndex | None = None, at: datetime | None = None) -> dict:
+                    index: MemoryIndex | None = None, at: datetime | None = None, candidate: dict | None = None) -> dict:
     """Validate a decision, check nobody decided the item since the reviewer looked (ReviewConflict), and
-    append its event. Golden/stale decisions name the line; answer grades and preferences the eval run."""
+    append its event. Golden/stale decisions name the line; answer grades and preferences the eval run;
+    production decisions the line a promoted question joins and the logged `candidate` (a log row)."""
     validate_decision(d)
     # Threads of one server take _WRITE_LOCK; other processes (a second `ragloop review` on the lake, a sheet
     # import) the lake's review lock: the conflict check and the append are one step across both.
     with _WRITE_LOCK, lake.lock("review decision", wait_s=DECISION_LOCK_WAIT_S, poll_s=0.05, name="review"):
         events = read_events(lake)
-        if d.queue in ("golden", "stale"):
+        if d.queue == "production":
+            if line is None or index is None or candidate is None:
+                raise ReviewError("a production decision needs its line, the index and the logged question")
+            ref, _ = line_head(lake, line)
+            check_conflict(d, latest_events(events, ("production",)).get(d.item_id))
+            before, after = production_change(d, candidate, index)
+            event = make_event(d, before, after, ref.golden_set_id, None, line, at or utcnow())
+        elif d.queue in ("golden", "stale"):
             if line is None or index is None:
                 raise ReviewError("a golden or stale decision needs its line and the index")
             ref, rows, _ = effective_rows(lake, line, events)
@@ -593,6 +614,64 @@ def record_decision(lake: Lake, d: Decision, *, line: str | None = None, run_id:
     return event
 
 
+# -- the production queue: logged questions that become golden items -----------------------------------------
+def production_queue(candidates: Sequence[dict], events: Iterable[dict]) -> QueueState:
+    """Production candidates (tasks.production.review_candidates, each with qa_id = its log_id) in order;
+    pending: those nobody promoted or dismissed yet (on any line)."""
+    decided = latest_events(events, ("production",))
+    items = list(candidates)
+    pending = [i["qa_id"] for i in items if i["qa_id"] not in decided]
+    return QueueState(items, pending, len(items) - len(pending), _by_reviewer(events, ("production",)))
+
+
+def production_change(d: Decision, log_row: dict, index: MemoryIndex) -> tuple[dict, dict]:
+    """(before, after) of a production decision: before is the logged question, answer and contexts; a
+    promote's after is the golden item's question, reference answer and the served chunks holding the
+    logged contexts' exact texts (its references; none when the index no longer holds them)."""
+    before = {"log_id": log_row["log_id"], "question": log_row["question"], "answer": log_row.get("answer"),
+              "contexts": list(log_row.get("contexts") or [])}
+    if d.action == "skip":
+        return {}, {}
+    if d.action == "dismiss":
+        return before, {"note": str(d.payload.get("note") or "").strip()}
+    question = str(d.payload.get("question") or log_row["question"]).strip()
+    answer = str(d.payload["reference_answer"]).strip()
+    chunks = index.with_texts(before["contexts"])
+    return before, {"log_id": log_row["log_id"], "question": question, "reference_answer": answer,
+                    "reference_chunk_ids": [c.chunk_id for c in chunks],
+                    "reference_doc_ids": list(dict.fromkeys(c.doc_id for c in chunks)),
+                    "kept_logged_answer": answer == (log_row.get("answer") or "").strip() and question == log_row["question"].strip(),
+                    "chunk_texts": {c.chunk_id: c.text for c in chunks}}
+
+
+def production_items(events: Iterable[dict], line: str, rows: Sequence[dict]) -> list[dict]:
+    """Golden rows for the questions promoted into this line and not in it yet: type `production`, source
+    `production`, review approved (the logged answer kept) or edited (a reference written), with the
+    reviewer's provenance. A promote later dismissed is not added."""
+    from ragloop.tasks.qa_generation import qa_id_of
+    from ragloop.tasks.question_types import PRODUCTION
+
+    have = {r["qa_id"] for r in rows}
+    out = []
+    for e in latest_events(events, ("production",), line=line).values():
+        if e["action"] != "promote":
+            continue
+        after = _loads(e["after"])
+        qa_id = qa_id_of(after["question"], PRODUCTION, [f"log:{after['log_id']}"])
+        if qa_id in have:
+            continue
+        have.add(qa_id)
+        out.append({"qa_id": qa_id, "question": after["question"], "reference_answer": after["reference_answer"],
+                    "reference_chunk_ids": after["reference_chunk_ids"], "reference_doc_ids": after["reference_doc_ids"],
+                    "source_chunk_ids": after["reference_chunk_ids"], "source_doc_ids": after["reference_doc_ids"],
+                    "source_doc_sha256s": [], "qa_type": PRODUCTION, "persona": None, "status": "active",
+                    "review": "approved" if after.get("kept_logged_answer") else "edited", "generator": "production",
+                    "prompt_id": None, "prompt_hash": None, "created_at": e["at"], "evidence": [],
+                    "reviewer": e["reviewer"], "reviewed_at": e["at"], "review_reason": None,
+                    "review_event_id": e["event_id"], "source": "production"})
+    return sorted(out, key=lambda r: r["qa_id"])
+
+
 # -- applying: a new version of the line, and the curated line ------------------------------------------
 def apply_reviews(lake: Lake, line: str, events: list[dict] | None = None) -> dict:
     """Write the line's head with its unapplied decisions as a new version (content-addressed; the line's
@@ -605,6 +684,10 @@ def apply_reviews(lake: Lake, line: str, events: list[dict] | None = None) -> di
         rows = fold_events(head, events, line)
         applied = Counter(e["action"] for r, h in zip(rows, head) if r.get("review_event_id") != h.get("review_event_id")
                           for e in events if e["event_id"] == r["review_event_id"])
+        promoted = production_items(events, line, rows)
+        rows += promoted
+        if promoted:
+            applied["promote"] = len(promoted)
         new_id = golden_set_id_of(rows)
         written = False
         if new_id != ref.golden_set_id or rows != head:

@@ -138,6 +138,9 @@ GOLDEN = pa.schema(
         ("reviewed_at", TS),
         ("review_reason", pa.string()),
         ("review_event_id", pa.string()),
+        # Where a person took the item from: "production" for a logged user question a reviewer turned into a
+        # golden item (tasks.review, the production queue); null for synthetic and imported items.
+        ("source", pa.string()),
     ]
 )
 
@@ -241,3 +244,41 @@ CALIBRATIONS = pa.schema(
     ]
 )
 
+
+
+# Production logs (tasks/production.py): one Parquet file per import holding only the records the lake did
+# not have (log_id is the hash of the record as logged, before redaction), redacted before they were written.
+PRODUCTION_LOGS = pa.schema(
+    [
+        ("log_id", pa.string()),
+        ("question", pa.string()),
+        ("answer", pa.string()),
+        ("contexts", pa.list_(pa.string())),  # retrieved passages, in rank order
+        ("latency_ms", pa.float64()),
+        ("prompt_tokens", pa.int64()),
+        ("completion_tokens", pa.int64()),
+        ("tokens", pa.int64()),  # total (prompt + completion when only those were logged)
+        ("at", TS),  # when the question was asked
+        ("conversation_id", pa.string()),
+        ("feedback", pa.string()),  # up | down | null (no thumbs given)
+        ("rating", pa.float64()),  # e.g. 1-5 stars, as logged; null when none
+        ("comment", pa.string()),
+        ("redactions", pa.int64()),  # how many spans redaction replaced in this record
+        ("import_id", pa.string()),
+        ("source_format", pa.string()),  # jsonl | otel
+        ("imported_at", TS),
+    ]
+)
+
+# Log lines an import could not use, with the reason (one file per import that had any).
+LOG_QUARANTINE = pa.schema(
+    [
+        ("source", pa.string()),  # the file
+        ("line", pa.int64()),  # 1-based line number in it (otel: the line holding the span's export)
+        ("field", pa.string()),  # the field at fault, or "" for the whole line
+        ("reason", pa.string()),  # not_json | not_object | missing | bad_type | bad_value | unknown_field
+        ("detail", pa.string()),
+        ("import_id", pa.string()),
+        ("seen_at", TS),
+    ]
+)

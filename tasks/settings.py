@@ -334,6 +334,57 @@ class MonitorConfig(Section):
         return self
 
 
+class RedactConfig(Section):
+    """What `logs import` removes from production logs before anything is stored (tasks/production.py)."""
+
+    emails: bool = True  # an address like name@example.org becomes [EMAIL]
+    phones: bool = True  # a phone number (7 to 15 digits, optional +country, spaces/dots/dashes/parens) becomes [PHONE]
+    # Your own ids (customer numbers, tickets): Python regexes, each match becomes [REDACTED].
+    patterns: list[str] = Field(default_factory=list)
+
+    @field_validator("patterns")
+    @classmethod
+    def _compiles(cls, patterns: list[str]) -> list[str]:
+        import re
+
+        for pattern in patterns:
+            try:
+                re.compile(pattern)
+            except re.error as exc:
+                raise ValueError(f"bad regex {pattern!r}: {exc}") from exc
+        return patterns
+
+
+class LogsConfig(Section):
+    """Production logs: redaction on import, and the monitor's production section (reference-free checks,
+    budgets, feedback, coverage of the golden set); thresholds are alert policy reviewed like code."""
+
+    redact: RedactConfig = Field(default_factory=RedactConfig)
+    window_days: PositiveInt = 30  # days of logs (up to the newest one) the monitor reads
+    sample_per_day: PositiveInt = 200  # logs per day given the embedder and answer checks (seeded sample)
+    min_day_logs: PositiveInt = 20  # a day with fewer logs is shown but raises no alert (too few to tell)
+    min_grounding: float = Field(default=0.5, ge=0, le=1)  # as eval.min_grounding, for logged answers
+    # Coverage: a production question is covered when some active golden question is at least this
+    # cosine-similar to it (embedder vectors); uncovered ones are clustered into topics.
+    coverage_similarity: float = Field(default=0.5, ge=-1, le=1)
+    topic_similarity: float = Field(default=0.5, ge=-1, le=1)  # average-linkage cosine inside one topic
+    max_topics: PositiveInt = 5
+    min_topic_size: PositiveInt = 3
+    topic_examples: PositiveInt = 3
+    negative_rating_at_most: float = 2.0  # a rating (1-5) at or below this is negative feedback
+    max_candidates: PositiveInt = 200  # uncovered questions offered to the review app's production queue
+    # Alerts on the newest day with at least min_day_logs logs (None = not checked).
+    max_uncovered: float | None = Field(default=0.3, ge=0, le=1)
+    max_negative_feedback: float | None = Field(default=0.25, ge=0, le=1)  # negative / logs with feedback
+    max_degenerate: float | None = Field(default=0.1, ge=0, le=1)
+    min_grounded: float | None = Field(default=0.5, ge=0, le=1)
+    max_refusal: float | None = Field(default=0.3, ge=0, le=1)
+    min_top1_median: float | None = Field(default=0.2, ge=-1, le=1)  # question vs first context cosine
+    max_latency_p95_ms: PositiveFloat | None = 20_000
+    max_tokens_p95: PositiveInt | None = 8000
+    seed: int = 0
+
+
 class DeploymentsConfig(Section):
     """Schedules are reviewed like code: the nightly cron and its timezone live here."""
 
@@ -378,6 +429,7 @@ class Settings(BaseSettings):
     eval: EvalConfig = Field(default_factory=EvalConfig)
     gate: GateConfig = Field(default_factory=GateConfig)
     monitor: MonitorConfig = Field(default_factory=MonitorConfig)
+    logs: LogsConfig = Field(default_factory=LogsConfig)
     deployments: DeploymentsConfig = Field(default_factory=DeploymentsConfig)
     prompts_dir: str = "prompts"
     # Your own registry entries (loaders, chunking strategies, question types, metrics, alert sinks):

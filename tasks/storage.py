@@ -11,13 +11,16 @@ Layout under the lake root (a local path or an object-store URI; pyarrow filesys
                                                 writes those), prompt hashes last used by a run (prompts),
                                                 each chunks table's embedder fingerprint (table__<table>) and
                                                 full-text tokenizer (fts__<table>), eval cache keys
-                                                (eval_cache__<key>), monitor state (monitor_state)
+                                                (eval_cache__<key>), monitor state (monitor_state), the
+                                                uncovered production questions (production_candidates)
     promotions/<run_id>.json                    every promotion (tasks.promotion), for rollback
     reviews/<batch_id>.parquet                  review events, append-only (tasks.review)
     golden/<golden_set_id>.parquet              golden-set versions
     eval/<run_id>/items.parquet, traces.parquet per-item results and per-step traces of an eval run
     prompts/<name>__<hash>.parquet              the prompts registry
     locks/run.lock                              the lake's run lock
+    logs/parts/<import_id>.parquet              production log records, one part per import (tasks.production)
+    logs/quarantine/<id>.parquet                log lines an import could not use, with reasons
     history/<observation_id>.parquet            metric values per observed eval run (monitor)
     alerts/alerts.jsonl                         every alert the monitor raised, one JSON per line
     reports/<run_id>/report.html (+ PNGs)       the monitor's HTML report per run
@@ -428,6 +431,24 @@ class Lake:
     def read_reviews(self) -> pa.Table:
         """Every review event of the lake, unordered."""
         return self._read_dir("reviews", schemas.REVIEWS)
+
+    # -- production logs (tasks.production) --------------------------------------------------------
+    def write_logs(self, import_id: str, table: pa.Table) -> str:
+        """One import's new records as one Parquet part (temp + rename: all or nothing); returns its path."""
+        path = self._path("logs", "parts", f"{import_id}.parquet")
+        self.write_parquet(table, path)
+        return path
+
+    def read_logs(self, columns: list[str] | None = None) -> pa.Table:
+        """Every imported production log record (all parts), unordered."""
+        table = self._read_dir(posixpath.join("logs", "parts"), schemas.PRODUCTION_LOGS)
+        return table.select(columns) if columns else table
+
+    def write_log_quarantine(self, quarantine_id: str, table: pa.Table) -> None:
+        self.write_parquet(table, self._path("logs", "quarantine", f"{quarantine_id}.parquet"))
+
+    def read_log_quarantine(self) -> pa.Table:
+        return self._read_dir(posixpath.join("logs", "quarantine"), schemas.LOG_QUARANTINE)
 
     # -- judge calibrations (tasks.calibration) ---------------------------------------------------
     def write_calibration(self, table: pa.Table) -> bool:

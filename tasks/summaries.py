@@ -92,6 +92,7 @@ def summary_models() -> dict[str, type[SummaryModel]]:
     from ragloop.tasks.ingest_run import IngestSummary
     from ragloop.tasks.monitor_run import MonitorSummary
     from ragloop.tasks.nightly import LifecycleSummary
+    from ragloop.tasks.production import LogsImportSummary
     from ragloop.tasks.synth_run import SynthSummary
 
     return {"ingest": IngestSummary, "index": IndexSummary, "synth": SynthSummary, "eval": EvalSummary,
@@ -103,4 +104,5 @@ def summary_models() -> dict[str, type[SummaryModel]]:
             "golden show": commands.GoldenShowSummary,
             "golden report": golden_quality.GoldenReportSummary, "golden diff": golden_quality.GoldenDiffSummary, "runs": commands.RunsSummary,
             "prompts check": commands.PromptsCheckSummary, "calibrate": CalibrateSummary,
-            "export sft": ExportDatasetSummary, "export preference": ExportDatasetSummary}
+            "export sft": ExportDatasetSummary, "export preference": ExportDatasetSummary,
+            "logs import": LogsImportSummary}

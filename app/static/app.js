@@ -110,6 +110,12 @@
     decide("grade", {grade: value, comment: comment ? comment.value : ""});
   }
 
+  function promote() {
+    const payload = {question: $("#promote-question").value.trim(), reference_answer: $("#promote-answer").value.trim()};
+    if (!payload.reference_answer) { flash("write a reference answer first", "error"); $("#promote-answer").focus(); return; }
+    decide("promote", payload);
+  }
+
   function prefer(value) {
     const comment = $("#comment");
     decide("prefer", {better: value, comment: comment ? comment.value : ""});
@@ -151,6 +157,7 @@
     else if (action === "reject") openReject();
     else if (action === "grade") grade(t.dataset.grade);
     else if (action === "prefer") prefer(t.dataset.better);
+    else if (action === "promote") promote();
     else decide(action);
   });
 
@@ -211,6 +218,7 @@
       stale: {a: () => decide("reapprove"), e: openEdit, x: () => decide("retire"), s: () => decide("skip")},
       answers: {"1": () => grade("correct"), "2": () => grade("partially_correct"), "3": () => grade("incorrect"),
                 m: () => $("#comment").focus(), s: () => decide("skip")},
+      production: {p: promote, d: () => decide("dismiss"), s: () => decide("skip")},
       compare: {b: () => prefer("baseline"), c: () => prefer("candidate"), t: () => prefer("tie"),
                 m: () => $("#comment").focus(), s: () => decide("skip")},
     }[queue] || {};
