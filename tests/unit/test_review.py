@@ -490,3 +490,23 @@ def test_a_reviewed_version_the_golden_suite_fails_is_written_but_does_not_move_
     ref_after, _ = review.line_head(lake5["lake"], "synthetic")
     assert ref_after.golden_set_id == ref_before.golden_set_id, "the line stays on the version before"
     assert lake5["lake"].read_golden(result["golden_set_id"]).num_rows, "the reviewed version is written, nothing lost"
+
+
+def test_synth_keeps_an_item_a_reviewer_made_from_production_traffic(lake5):
+    """A production item (qa_type production, no prompt; its logged contexts matched to chunks, or none)
+    lives in the line synth refreshes: synth keeps it while its chunks stand and holds it as stale when
+    they change, like any item a person wrote."""
+    items = lake5["items"]
+    _, previous = review.line_head(lake5["lake"], "synthetic")
+    made = [dict(previous[0], qa_id="prod-a", qa_type="production", source="production", review="approved", prompt_id=None,
+                 prompt_hash=None, generator=None, source_chunk_ids=[], source_doc_ids=[], reference_chunk_ids=[]),
+            dict(previous[1], qa_id="prod-b", qa_type="production", source="production", review="edited", prompt_id=None,
+                 prompt_hash=None, generator=None)]
+    rf.edit_document(lake5["lake"], rf.docs(), items[1]["source_doc_ids"][0], "near the harbour", "by the old harbour")
+    store = lake5["store"].__class__(lake5["lake"], rf.embedder())
+    catalog = store.scan(["chunk_id", "doc_id"]).to_pylist()
+    prompts = synth_run.load_synth_prompts(str(rf.Path(__file__).resolve().parents[2] / "prompts"))
+    plan = synth_run.plan_synth(previous + made, None, catalog, prompts, "inputs-2", size=5)
+    assert "prod-a" in {i["qa_id"] for i in plan.kept}
+    assert {h["qa_id"]: h["status"] for h in plan.held}.get("prod-b") == "stale"
+    assert not {"prod-a", "prod-b"} & {c["qa_id"] for c in plan.changed}, "never regenerated"
