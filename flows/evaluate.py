@@ -65,7 +65,7 @@ def evaluate_chain(
             scores = eval_run.score_retrieval(plan.items, results, plan.stale, config)
         with timer("ragas"), Progress("eval judge", len(plan.items), enabled=progress and models.judge is not None,
                                       log_to=run.logger) as track:
-            judged = score_ragas(RagasScorer(plan.embedder.encode, models.judge, config.judge_max_tokens), scores.items,
+            judged = score_ragas(RagasScorer(plan.embedder.encode, models.judge, config.judge_max_tokens, config.judge_metrics), scores.items,
                                  results, on_done=track)
         scored = eval_run.item_rows(plan.items, results, judged, scores, plan.stale)
         with timer("aggregate"):

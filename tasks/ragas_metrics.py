@@ -76,7 +76,8 @@ def _judge(llm, max_tokens: int):
 class RagasScorer:
     """Builds the ragas metric objects once per run and scores items one by one."""
 
-    def __init__(self, encode: Callable[[list[str]], Any], judge_llm=None, judge_max_tokens: int = 512) -> None:
+    def __init__(self, encode: Callable[[list[str]], Any], judge_llm=None, judge_max_tokens: int = 512,
+                 judge_metrics: Sequence[str] = JUDGED) -> None:
         from ragas.metrics._context_precision import IDBasedContextPrecision
         from ragas.metrics._context_recall import IDBasedContextRecall
         from ragas.metrics.collections import RougeScore, SemanticSimilarity
@@ -99,6 +100,7 @@ class RagasScorer:
                 "context_recall": ContextRecall(llm=judge),
                 "factual_correctness": FactualCorrectness(llm=judge, mode="f1"),
             }
+            self.judged = {name: metric for name, metric in self.judged.items() if name in set(judge_metrics)}
 
     def score(self, item: Mapping, retrieved_ids: Sequence[str], contexts: Sequence[str],
               answer: str | None, refused: bool | None) -> ItemScores:

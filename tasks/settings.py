@@ -226,6 +226,12 @@ class EvalConfig(Section):
     # judge: point this at a capable OpenAI-compatible endpoint.
     judge: LLMConfig | None = None
     judge_max_tokens: PositiveInt = 512
+    # Which ragas LLM-judged metrics the judge scores (each costs several judge calls per item): all five by
+    # default; e.g. [faithfulness, answer_relevancy] for a slow or paid judge.
+    judge_metrics: list[Literal["faithfulness", "answer_relevancy", "context_precision", "context_recall",
+                                "factual_correctness"]] = Field(
+        default_factory=lambda: ["faithfulness", "answer_relevancy", "context_precision", "context_recall",
+                                 "factual_correctness"], min_length=1)
     bootstrap_resamples: PositiveInt = 1000
     confidence: float = Field(default=0.95, gt=0, lt=1)
     seed: int = 0

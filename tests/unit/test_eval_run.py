@@ -498,3 +498,20 @@ def test_judge_items_reports_each_item_once():
     judged = eval_run.judge_items(scorer, [_item("q1"), _item("q2")], [_result("q1"), _result("q2")],
                                   on_done=lambda: done.append(1))
     assert judged == [{"qa_id": "q1"}, {"qa_id": "q2"}] and len(done) == 2
+
+
+def test_judge_metrics_choose_which_ragas_metrics_the_judge_scores():
+    import numpy as np
+
+    from ragloop.tasks.ragas_metrics import JUDGED, RagasScorer
+    from ragloop.tasks.settings import ConfigError, load_settings
+    from tests.flows.test_eval_flow import JudgeFake
+
+    def encode(texts):
+        return np.ones((len(texts), 4), dtype="float32")
+
+    assert set(RagasScorer(encode, JudgeFake()).judged) == set(JUDGED)
+    assert set(RagasScorer(encode, JudgeFake(), 512, ["faithfulness", "answer_relevancy"]).judged) == {"faithfulness", "answer_relevancy"}
+    assert load_settings(overrides={"eval": {"judge_metrics": ["faithfulness"]}}).eval.judge_metrics == ["faithfulness"]
+    with pytest.raises(ConfigError, match="eval.judge_metrics"):
+        load_settings(overrides={"eval": {"judge_metrics": ["faithfullness"]}})
