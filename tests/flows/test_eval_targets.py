@@ -124,7 +124,7 @@ class FaultyApp:
                 reply = {"answer": f"Station {station} has docks.", "sources": [{"content": text}]}
                 status, data = 200, None
                 if station == "0":
-                    time.sleep(1.5)
+                    time.sleep(4.0)
                 elif station == "1":
                     status = 500
                 elif station == "2":
@@ -160,7 +160,7 @@ def test_a_faulty_http_target_fails_items_and_the_run_goes_on(corpus_lake, monke
     texts = {r["doc_id"][1:-3]: r["text"] for r in table.search().select(["doc_id", "text"]).limit(None).to_arrow().to_pylist()}
     with FaultyApp(texts) as app:
         monkeypatch.setenv("RAGLOOP_EVAL__TARGET", json.dumps({
-            "timeout_s": 0.5, "max_retries": 1, "backoff_s": 0.01, "concurrency": 8,
+            "timeout_s": 2.0, "max_retries": 1, "backoff_s": 0.01, "concurrency": 8,
             "http": {"url": app.url, "request": {"q": "{question}"},
                      "response": {"answer": "answer", "contexts": "sources", "text": "content"}}}))
         summary = eval_flow.evaluate_chain(lake=str(corpus_lake), k=3)
@@ -169,7 +169,7 @@ def test_a_faulty_http_target_fails_items_and_the_run_goes_on(corpus_lake, monke
     assert summary["contexts"] == {"total": 4, "id": 0, "exact": 3, "normalized": 0, "unmatched": 1}
     errors = {i["question"].split("station ")[1][0]: i["error"]
               for i in Lake(str(corpus_lake)).read_eval_items(summary["run_id"]).to_pylist() if i["status"] == "failed"}
-    assert errors["0"] == f"target: {app.url} failed 2 times; last: timed out after 0.5s"
+    assert errors["0"] == f"target: {app.url} failed 2 times; last: timed out after 2s"
     assert errors["1"] == f"target: {app.url} failed 2 times; last: HTTP 500"
     assert errors["2"].startswith(f"target: {app.url} answered with a body that is not JSON")
     assert errors["3"] == "target: the reply has no contexts"
