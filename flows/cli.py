@@ -379,6 +379,10 @@ def _human_eval(summary: dict) -> list[str]:
     if stale.get("items"):
         lines.append(f"stale references: {stale['items']} items reference {stale['references']} chunks/documents the index "
                      f"no longer holds, left out of those IR metrics (e.g. {', '.join(stale['qa_ids'][:3])})")
+    if summary.get("target"):
+        from ragloop.tasks.targets import target_line
+
+        lines.append(target_line(summary["target"], summary.get("contexts")))
     lines.extend(_gate_lines(summary))
     return _with_error(lines, summary)
 

@@ -8,7 +8,7 @@ from prefect.cache_policies import NO_CACHE
 
 from ragloop.flows.common import StageTimer, flow_settings, stage_run
 from ragloop.tasks import chain as chain_steps
-from ragloop.tasks import eval_run, promotion, providers, reporting
+from ragloop.tasks import eval_run, promotion, providers, reporting, targets
 from ragloop.tasks.eval_run import ChainModels, EvalSummary
 from ragloop.tasks.progress import Progress
 from ragloop.tasks.ragas_metrics import RagasScorer
@@ -21,6 +21,8 @@ rewrite_queries = task(chain_steps.rewrite_queries, name="rewrite-queries", cach
 guard = task(chain_steps.guard, name="guardrail", cache_policy=NO_CACHE)
 answer = task(chain_steps.answer, name="answer", cache_policy=NO_CACHE, retries=1, retry_delay_seconds=5)
 score_ragas = task(eval_run.judge_items, name="score-ragas", cache_policy=NO_CACHE)
+# No task retries: the target's HTTP calls are retried per item (tasks.http_retry), a failed item fails alone.
+call_target = task(targets.Target.run, name="call-target", cache_policy=NO_CACHE)
 
 
 @flow(name="evaluate-chain")
@@ -49,7 +51,8 @@ def evaluate_chain(
     with stage_run("eval", settings) as stage:
         plan = eval_run.plan_eval(stage.lake, settings, golden, index, retrieval_only, providers.current())
         line, models = plan.chosen.line_key, plan.models
-        reuse = eval_run.find_reuse(stage.lake, plan.cache_key, plan.baseline, line, promote) if reuse_cached else None
+        reuse = (eval_run.find_reuse(stage.lake, plan.cache_key, plan.baseline, line, promote)
+                 if reuse_cached and plan.reusable else None)
         if reuse is not None:
             get_run_logger().info("eval inputs unchanged since run %s: its results are reused", reuse.summary.run_id)
             summary = (_promote(plan.refs, reuse.summary, line, promote, on_inconclusive, plan.role)
@@ -58,7 +61,7 @@ def evaluate_chain(
 
         run, timer = stage.start(), stage.timer
         with Progress("eval chain", len(plan.items), enabled=progress, log_to=run.logger) as track:
-            results = _run_chain(timer, plan.retriever, plan.embedder, plan.items, models, config, track)
+            results = _answer_items(timer, plan, config, retrieval_only, track)
         if warning := eval_run.stale_warning(plan.stale, len(plan.items), plan.serving):
             run.logger.warning("%s", warning)
         with timer("score"):
@@ -75,6 +78,17 @@ def evaluate_chain(
         stage.lake.write_ref(eval_run.cache_ref(plan.cache_key), {"run_id": run.run_id})
         _publish_artifacts(summary.run_id, summary.status, summary.outputs(), summary.lineage)
         return summary.finish(run)
+
+
+def _answer_items(timer: StageTimer, plan: eval_run.EvalPlan, config: EvalConfig, retrieval_only: bool,
+                  track: Progress) -> list[chain_steps.ChainResult]:
+    """The items through what answers them: the eval target (timed as `target`) or the built-in chain."""
+    if plan.target is None:
+        return _run_chain(timer, plan.retriever, plan.embedder, plan.items, plan.models, config, track)
+    with timer("target"):
+        results = call_target(plan.target, plan.items, config.min_grounding, retrieval_only, on_done=track)
+    track.reach(len(results))
+    return results
 
 
 def _run_chain(timer: StageTimer, retriever: Retriever, embedder, items: list[dict], models: ChainModels,

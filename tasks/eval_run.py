@@ -13,7 +13,7 @@ from typing import Any, Callable, Iterator, Literal, Mapping, Sequence
 import pyarrow as pa
 from pydantic import ConfigDict, Field
 
-from ragloop.tasks import calibration, evaluation, gating, monitoring, promotion, schemas
+from ragloop.tasks import calibration, evaluation, gating, monitoring, promotion, schemas, targets
 from ragloop.tasks.lineage import canonical_hash
 from ragloop.tasks.llm import LLMConfigError, LLMUnavailable
 from ragloop.tasks.metrics import scored_metrics
@@ -75,6 +75,11 @@ class EvalSummary(StageSummary):
     estimates: dict[str, dict[str, Any]] | None = Field(
         None, description="verdict metric -> share of answers people would pass: {threshold, judge, human, ppi: "
                           "{estimate, ci, width}, n_labelled, n_unlabelled, confidence} (tasks.calibration.run_estimates)")
+    target: dict[str, Any] | None = Field(
+        None, description="the eval target that answered, when not the built-in chain (tasks.targets.target_identity)")
+    contexts: dict[str, int] | None = Field(
+        None, description="a target's contexts by how they were matched to chunks: {total, id, exact, normalized, "
+                          "unmatched} (tasks.targets.context_counts)")
 
     def with_promotion(self, outcome: Mapping) -> "EvalSummary":
         """This summary with a promotion outcome (promotion and promoted set)."""
@@ -148,7 +153,9 @@ class ChainModels:
 
 def wanted_prompts(config: EvalConfig, retrieval_only: bool) -> list[str]:
     """The prompt names the chain renders: the rewrite prompt (if any), then the answer prompt (unless
-    retrieval-only)."""
+    retrieval-only); none when an eval target answers."""
+    if config.target is not None:
+        return []
     return ([config.rewrite_prompt] if config.rewrite_prompt else []) + ([] if retrieval_only else [config.answer_prompt])
 
 
@@ -209,8 +216,11 @@ def _prompt_ref(prompt: Prompt | None) -> dict | None:
     return {"name": prompt.name, "prompt_hash": prompt.prompt_hash} if prompt else None
 
 
-def describe_chain(config: EvalConfig, models: ChainModels, retrieval_only: bool) -> dict:
-    """The chain under test as the lineage records it (its canonical hash is the chain_hash)."""
+def describe_chain(config: EvalConfig, models: ChainModels, retrieval_only: bool, target=None) -> dict:
+    """The chain under test as the lineage records it (its canonical hash is the chain_hash); with an eval
+    target (tasks.targets.Target), the target's (tasks.targets.describe_target_chain)."""
+    if target is not None:
+        return targets.describe_target_chain(target.identity, config.k, config.min_grounding, retrieval_only)
     return {
         "rewrite": _prompt_ref(models.rewrite),
         "retrieval": config.retrieval, "k": config.k, "exact": config.exact,
@@ -231,7 +241,9 @@ def eval_cache_key(golden_set_id: str, serving: promotion.ServingRef, chain: Map
         "calibrations": dict(sorted((calibrations or {}).items())),
         "golden_set_id": golden_set_id, "table": [serving.table, serving.version], "chain": chain,
         "prompts": {p.name: p.prompt_hash for p in models.prompts.values()}, "judge": models.judge_id,
-        "embedder": embedder_weights_sha256, "eval": settings.eval.model_dump(mode="json"),
+        "embedder": embedder_weights_sha256,
+        # eval.target's default (builtin) is left out, so the keys of runs recorded before it existed still hold
+        "eval": settings.eval.model_dump(mode="json", exclude={"target"} if settings.eval.target is None else None),
         "gate": settings.gate.model_dump(mode="json"),
     })
 
@@ -352,7 +364,8 @@ def item_rows(items: Sequence[Mapping], results: Sequence, judged: Sequence, sco
             "qa_id": item["qa_id"], "qa_type": item["qa_type"], "question": item["question"],
             "status": "failed" if errors else "ok", "error": "; ".join(errors) or None,
             "retrieved_chunk_ids": [h.chunk_id for h in result.hits], "retrieved_doc_ids": scores.doc_rank[item["qa_id"]],
-            "retrieval_scores": [float(h.score) for h in result.hits], "answer": result.answer,
+            "retrieval_scores": [None if h.score is None else float(h.score) for h in result.hits],
+            "answer": result.answer,
             "refused": result.refused, "grounded": result.grounded, "degenerate": result.degenerate,
             "relevance": result.relevance,
             "metrics": {**scores.per_item[item["qa_id"]], **scored_metrics(item, result), **scored.metrics},
@@ -495,9 +508,10 @@ def summarize(run_id: str, lineage: Mapping, lake_uri: str, golden: GoldenChoice
               scored: ItemRows, stale: Mapping[str, Sequence[str]], assessment: GateAssessment,
               serving: promotion.ServingRef, role: str, paths: Mapping[str, str], timings_s: Mapping[str, float],
               on_inconclusive: str, estimates: Mapping[str, dict] | None = None,
-              reviews: Mapping[str, int] | None = None) -> EvalSummary:
+              reviews: Mapping[str, int] | None = None, target: Mapping[str, Any] | None = None) -> EvalSummary:
     """The run's summary before promotion: counts of items (by type, and by review: how many a person
-    approved or edited), failed judgments and answers, the gate and its status (tasks.gating.run_status)."""
+    approved or edited), failed judgments and answers, the gate and its status (tasks.gating.run_status).
+    target: {target, contexts} of an eval target's run (tasks.targets.Target.summary); None for the built-in chain."""
     rows = scored.rows
     failed = sum(1 for r in rows if r["status"] == "failed")
     answered = [r for r in rows if r["answer"] is not None]
@@ -529,6 +543,7 @@ def summarize(run_id: str, lineage: Mapping, lake_uri: str, golden: GoldenChoice
         results=dict(paths),
         timings_s=dict(timings_s),
         **({"estimates": dict(estimates)} if estimates else {}),
+        **(dict(target) if target else {}),
     )
 
 
@@ -589,6 +604,12 @@ class EvalPlan:
     chain: dict
     baseline: promotion.Promotion | None
     cache_key: str
+    target: Any = None  # tasks.targets.Target when an eval target answers; None: the built-in chain
+
+    @property
+    def reusable(self) -> bool:
+        """Whether a stored run with the same cache key may stand for this one (tasks.targets.Target.reusable)."""
+        return self.target is None or self.target.reusable
 
 
 def plan_eval(lake: Lake, settings: Settings, golden: str, index: str, retrieval_only: bool, providers) -> EvalPlan:
@@ -604,13 +625,14 @@ def plan_eval(lake: Lake, settings: Settings, golden: str, index: str, retrieval
     retriever = Retriever(lake, serving.table, serving.version, embedder, exact=config.exact,
                           rerank_depth=rerank_depth(config))
     stale = evaluation.check_references(items, *retriever.catalog())
+    target = targets.prepare_target(config.target, retriever) if config.target is not None else None
     models = prepare_models(config, settings.llm, settings.prompts_dir, retrieval_only, items, retriever, providers)
-    chain = describe_chain(config, models, retrieval_only)
+    chain = describe_chain(config, models, retrieval_only, target)
     stored = calibration.latest_calibrations(lake.read_calibrations().to_pylist())
     cache_key = eval_cache_key(chosen.golden_set_id, serving, chain, models, embedder.weights_sha256, settings,
                                {judge: row["calibration_id"] for judge, row in stored.items()})
     return EvalPlan(refs, chosen, embedder, serving, role, items, retriever, stale, models, chain,
-                    refs.baseline(chosen.line_key), cache_key)
+                    refs.baseline(chosen.line_key), cache_key, target)
 
 
 def conclude(lake: Lake, run, plan: EvalPlan, scored: ItemRows, aggregates: Aggregates, timer, settings: Settings,
@@ -626,6 +648,8 @@ def conclude(lake: Lake, run, plan: EvalPlan, scored: ItemRows, aggregates: Aggr
                                           embedder.weights_sha256)
     run.lineage.update(run_lineage(index_lineage(lake, plan.serving), plan.chosen, plan.serving, plan.role, plan.models,
                                    embedder, plan.chain, retrieval_only, judges))
+    if plan.target is not None:
+        run.lineage["target"] = dict(plan.target.identity)
     record_prompts(lake, plan.models)
     with timer("gate"):
         assessment = assess_gate(load_baseline(lake, plan.baseline), scored.rows, scored.traces, aggregates.metrics,
@@ -636,4 +660,5 @@ def conclude(lake: Lake, run, plan: EvalPlan, scored: ItemRows, aggregates: Aggr
     return summarize(run.run_id, run.lineage, lake.uri, plan.chosen, aggregates, scored, plan.stale, assessment,
                      plan.serving, plan.role, paths, timer.report(), gate_config.on_inconclusive,
                      calibration.eval_estimates(lake, scored.rows, judges, config.confidence),
-                     Counter(i.get("review") or "synthetic" for i in plan.items))
+                     Counter(i.get("review") or "synthetic" for i in plan.items),
+                     plan.target.summary() if plan.target is not None else None)

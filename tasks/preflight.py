@@ -68,9 +68,14 @@ def check_synth(settings: Settings) -> None:
 
 
 def check_eval(settings: Settings, retrieval_only: bool) -> None:
-    """The prompts the chain under test renders parse and are all there."""
+    """The prompts the chain under test renders parse and are all there; an eval target imports (Python)
+    or has its header variables set (HTTP), tasks.targets.check_target."""
     from ragloop.tasks.eval_run import select_prompts, wanted_prompts
 
+    if settings.eval.target is not None:
+        from ragloop.tasks.targets import check_target
+
+        check_target(settings.eval.target)
     wanted = wanted_prompts(settings.eval, retrieval_only)
     if wanted:
         select_prompts(wanted, settings.prompts_dir)

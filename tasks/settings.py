@@ -6,12 +6,13 @@ import copy
 import functools
 import json
 import os
+import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import (
-    AfterValidator, BaseModel, ConfigDict, Field, NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt,
+    AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt,
     ValidationError, field_validator, model_validator,
 )
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
@@ -204,6 +205,88 @@ class SynthConfig(Section):
         return types
 
 
+# An eval target's callable: "package.module:callable" (importable from sys.path) or "path/to/app.py:callable";
+# the callable may be an attribute path (module:App.answer).
+PYTHON_TARGET = re.compile(r"^(?:[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*|[^:]+\.py):[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*$")
+
+
+class HTTPTargetResponse(Section):
+    """Where the answer and the contexts are in an HTTP target's JSON reply: dotted paths (`data.answer`,
+    `choices.0.message.content`; a number indexes a list). `text`, `chunk_id`, `doc_id` and `score` are
+    paths inside each context (text None: each context is the text itself); None = the reply has none."""
+
+    answer: str = "answer"
+    contexts: str = "contexts"
+    text: str | None = "text"
+    chunk_id: str | None = None
+    doc_id: str | None = None
+    score: str | None = None
+    trace: str | None = None  # the app's own trace steps (a list of {step, input, output, latency_ms, ...})
+
+
+class HTTPTarget(Section):
+    """A deployed service answering the golden questions (README: Evaluating your own app)."""
+
+    url: str
+    method: Literal["POST", "GET"] = "POST"
+    # header name -> the env var holding its value (a secret is never a config value); a variable that is
+    # not set fails the eval before any work, naming it.
+    headers_env: dict[str, str] = Field(default_factory=dict)
+    # The JSON body (POST) or query parameters (GET); "{question}", "{conversation_id}" and "{qa_id}"
+    # inside any string value are replaced (a value that is exactly one placeholder takes its value whole).
+    request: dict[str, Any] = Field(default_factory=lambda: {"question": "{question}",
+                                                              "conversation_id": "{conversation_id}"})
+    response: HTTPTargetResponse = Field(default_factory=HTTPTargetResponse)
+
+    @field_validator("url")
+    @classmethod
+    def _http_url(cls, url: str) -> str:
+        if not url.startswith(("http://", "https://")):
+            raise ValueError("must start with http:// or https://")
+        return url
+
+    @field_validator("headers_env")
+    @classmethod
+    def _secret_vars(cls, headers: dict[str, str]) -> dict[str, str]:
+        if any(var.startswith("RAGLOOP_") for var in headers.values()):
+            raise ValueError("RAGLOOP_* variables are settings; name another variable")
+        return headers
+
+
+class EvalTarget(Section):
+    """What answers the golden questions instead of the built-in chain: exactly one of `python` and `http`
+    (tasks/targets.py); the limits apply to either."""
+
+    python: str | None = None
+    http: HTTPTarget | None = None
+    concurrency: PositiveInt = 4  # calls in flight (a sync callable runs on that many threads)
+    timeout_s: PositiveFloat = 60  # per call, whole
+    max_retries: NonNegativeInt = 2  # http: on timeouts, 429 and 5xx, with exponential backoff
+    backoff_s: NonNegativeFloat = 0.5
+
+    @field_validator("python")
+    @classmethod
+    def _module_callable(cls, spec: str | None) -> str | None:
+        if spec is not None and not PYTHON_TARGET.match(spec):
+            raise ValueError(f"expected 'package.module:callable' (or 'path/to/app.py:callable'), got {spec!r}")
+        return spec
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> "EvalTarget":
+        if (self.python is None) == (self.http is None):
+            raise ValueError("give exactly one of python ('package.module:callable') or http ({url, ...})")
+        return self
+
+
+def _builtin_target(value: Any) -> Any:
+    """eval.target: "builtin" (the chain configured in eval) is None; a mapping is an EvalTarget."""
+    if value is None or value == "builtin":
+        return None
+    if isinstance(value, str):
+        raise ValueError(f"expected builtin or a mapping with python or http, got {value!r}")
+    return value
+
+
 class EvalConfig(Section):
     """The chain under test (its hash goes into the lineage) and how it is scored."""
 
@@ -235,6 +318,9 @@ class EvalConfig(Section):
     bootstrap_resamples: PositiveInt = 1000
     confidence: float = Field(default=0.95, gt=0, lt=1)
     seed: int = 0
+    # What answers the golden questions: builtin (None: the chain above), or your own app as
+    # {python: "package.module:callable"} or {http: {url, ...}} (README: Evaluating your own app).
+    target: Annotated[EvalTarget | None, BeforeValidator(_builtin_target)] = None
 
 
 class GateBudgets(Section):

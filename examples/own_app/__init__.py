@@ -1,0 +1,1 @@
+"""A team's own RAG app, evaluated by ragloop as an eval target."""
