@@ -764,7 +764,8 @@ def build_snapshot(lake: Lake, sources: list[str], config: IngestConfig, max_del
         counts["quarantined"] = len(quarantine)
         if max_delete_fraction is not None:
             had = {r: len(in_scope) if moved else sum(1 for d in in_scope if under_root(previous[d][2], r)) for r in roots}
-            _check_mass_delete(had, seen_uris, max_delete_fraction)
+            # A quarantined file keeps its previous version (carried): not a delete.
+            _check_mass_delete(had, seen_uris + [previous[d][2] for d in carried], max_delete_fraction)
         snapshot_id = snapshot_id_of(pairs)
         written = writer.finish(snapshot_id)
     except BaseException:

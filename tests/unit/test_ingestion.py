@@ -541,6 +541,19 @@ def test_build_snapshot_stops_before_writing_when_a_source_comes_back_empty(lake
     assert build_snapshot(lake, [str(s1), str(s2)], IngestConfig()).counts["deleted"] == 2, "no guard: an explicit override"
 
 
+def test_quarantined_files_keep_their_version_and_are_no_deletes_for_the_guard(lake, tmp_path):
+    """Two of three files turning bad (a crashed editor's binary write, a truncated export) are quarantined and
+    keep their previous version: nothing is deleted, so the mass-delete guard has nothing to stop."""
+    src = write_files(tmp_path / "src", {"a.md": "# A\n\nalpha", "b.md": "# B\n\nbeta", "c.md": "# C\n\ngamma"})
+    first = build_snapshot(lake, [str(src)], IngestConfig())
+    accept(lake, first)
+    (src / "a.md").write_bytes(b"\x00\x01 overwritten by a crashed editor")
+    (src / "b.md").write_bytes(b"\x00\x02\x03 also binary now")
+    second = build_snapshot(lake, [str(src)], IngestConfig(), max_delete_fraction=0.5)
+    assert sorted(q.reason.value for q in second.quarantine) == ["binary", "binary"]
+    assert second.counts["deleted"] == 0 and second.snapshot_id == first.snapshot_id
+
+
 def test_doc_id_is_the_nfc_spelling_of_the_file_name(tmp_path):
     import unicodedata
 
