@@ -71,6 +71,7 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("run", help="the nightly chain once: index, GE gate, refresh the golden set, eval, gate")
     p.add_argument("--source", action="append", metavar="PATH", help="a directory or file; repeatable")
     p.add_argument("--size", type=_positive_int, help="active items the golden set should hold (synth.size)")
+    p.add_argument("--no-cache", action="store_true", help="the eval bypasses the LLM call cache (llm.cache)")
     common(p)
 
     p = sub.add_parser("runs", help="the lake's runs, newest first (reads the lake only)")
@@ -91,6 +92,8 @@ def _parser() -> argparse.ArgumentParser:
                    help="promote the run if its gate passes (default: an experiment, compared but never promoted)")
     p.add_argument("--index", choices=["auto", "serving", "candidate"], default="auto",
                    help="the index to evaluate: auto (a pending candidate, else the served one)")
+    p.add_argument("--no-cache", action="store_true",
+                   help="bypass the LLM call cache: every answer, rewrite and judge call goes to the model (llm.cache)")
     common(p)
 
     p = sub.add_parser("promote", help="promote a passed eval run after the fact (its line's baseline; serving if it scored a candidate)")
@@ -291,7 +294,7 @@ def _run_lifecycle(args: argparse.Namespace) -> dict:
     from ragloop.flows.lifecycle import run_lifecycle
 
     state = run_lifecycle(sources=args.source, lake=args.lake, config_path=args.config, progress=not args.json,
-                          size=args.size, return_state=True)
+                          size=args.size, no_cache=args.no_cache, return_state=True)
     summary = state.result(raise_on_failure=False)  # a failed night is a Failed flow run carrying its summary
     if isinstance(summary, BaseException):
         raise summary
@@ -343,7 +346,8 @@ def _run_eval(args: argparse.Namespace) -> dict:
 
     return evaluate_chain(lake=args.lake, golden=args.golden, retrieval=args.retrieval, k=args.k,
                           retrieval_only=args.retrieval_only, config_path=args.config,
-                          promote="explicit" if args.promote else None, index=args.index, progress=not args.json)
+                          promote="explicit" if args.promote else None, index=args.index, progress=not args.json,
+                          no_cache=args.no_cache)
 
 
 def _human_eval(summary: dict) -> list[str]:
@@ -367,6 +371,10 @@ def _human_eval(summary: dict) -> list[str]:
             low, high = ci[name]
             lines.append(f"  {name:<22} {metrics[name]:.4f}  [{low:.4f}, {high:.4f}]  n={summary['n'][name]}")
         lines.append(f"results: {summary['results']['items']}")
+    from ragloop.tasks.llm_cache import cache_line
+
+    if line := cache_line(summary.get("llm_cache")):
+        lines.append(line)
     stale = summary.get("stale_references") or {}
     if stale.get("items"):
         lines.append(f"stale references: {stale['items']} items reference {stale['references']} chunks/documents the index "

@@ -35,6 +35,7 @@ def evaluate_chain(
     promote: str | None = None,
     index: str = "auto",
     progress: bool = False,
+    no_cache: bool = False,
 ) -> dict:
     """Score the chain over the active items of a golden set; per-item results and traces go to
     the lake, the summary carries metrics with bootstrap CIs overall and per question type, the gate's
@@ -43,11 +44,12 @@ def evaluate_chain(
     promote: None = an experiment (gated, never promoted); "nightly" | "prompt-changed" | "explicit"
     may promote. index: auto (the pending candidate index of this embedder, else the served one) |
     serving | candidate. progress: show items through the chain and the judge's scoring (a bar on a
-    terminal, else log lines)."""
+    terminal, else log lines). no_cache: bypass the LLM call cache (tasks/llm_cache.py), reads and writes."""
     settings = flow_settings(config_path, {"lake": lake, "eval": {"retrieval": retrieval, "k": k}})
     config, on_inconclusive = settings.eval, settings.gate.on_inconclusive
     with stage_run("eval", settings) as stage:
-        plan = eval_run.plan_eval(stage.lake, settings, golden, index, retrieval_only, providers.current())
+        plan = eval_run.plan_eval(stage.lake, settings, golden, index, retrieval_only, providers.current(),
+                                  use_llm_cache=not no_cache)
         line, models = plan.chosen.line_key, plan.models
         reuse = eval_run.find_reuse(stage.lake, plan.cache_key, plan.baseline, line, promote) if reuse_cached else None
         if reuse is not None:
