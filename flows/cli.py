@@ -124,6 +124,8 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("compare", help="per-metric deltas between two eval runs on the same golden set, with paired CIs")
     p.add_argument("run_a", metavar="RUN_A", help="the baseline run id")
     p.add_argument("run_b", metavar="RUN_B", help="the candidate run id")
+    p.add_argument("--format", choices=["text", "markdown"], default="text",
+                   help="markdown: a GitHub-flavoured table with the gate's verdict, to post on a pull request")
     common(p)
 
     p = sub.add_parser("rollback", help="return a golden-set line's promoted state (serving table version, baseline) to the previous promotion")
@@ -426,10 +428,21 @@ def _run_compare(args: argparse.Namespace) -> dict:
     from ragloop.tasks.commands import compare_runs
 
     settings = _settings(args)
-    return compare_runs(_lake(settings), args.run_a, args.run_b, settings.eval).model_dump(mode="json")
+    if args.json and args.format == "markdown":
+        from ragloop.tasks.settings import ConfigError
+
+        raise ConfigError("compare: choose --json or --format markdown, not both")
+    summary = compare_runs(_lake(settings), args.run_a, args.run_b, settings.eval, settings.gate).model_dump(mode="json")
+    if args.format == "markdown":
+        from ragloop.tasks.commands import compare_markdown
+
+        summary["markdown"] = compare_markdown(summary, settings.eval.confidence)
+    return summary
 
 
 def _human_compare(summary: dict) -> list[str]:
+    if "markdown" in summary:  # --format markdown: the comment alone
+        return [summary["markdown"].rstrip("\n")]
     ids = summary.get("golden_set_ids") or {}
     lines = [f"{summary['run_a']} (baseline) -> {summary['run_b']} (candidate): delta = candidate - baseline, "
              f"{summary['shared_items']} shared questions"
@@ -444,6 +457,10 @@ def _human_compare(summary: dict) -> list[str]:
         if names:
             who = summary["run_a"] if side == "baseline_only" else summary["run_b"]
             lines.append(f"  only in {who}: {', '.join(names)}")
+    gate = summary.get("gate")
+    if gate:
+        lines.append(f"gate (the candidate against the baseline): {gate['status']}")
+        lines.extend(f"  {reason}" for reason in gate.get("reasons", []))
     for key, change in summary["lineage_changes"].items():
         lines.append(f"  lineage {key}:")
         lines.append(f"    a: {json.dumps(change['a'], default=str, sort_keys=True)}")
