@@ -71,6 +71,7 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("run", help="the nightly chain once: index, GE gate, refresh the golden set, eval, gate")
     p.add_argument("--source", action="append", metavar="PATH", help="a directory or file; repeatable")
     p.add_argument("--size", type=_positive_int, help="active items the golden set should hold (synth.size)")
+    p.add_argument("--no-cache", action="store_true", help="the eval bypasses the LLM call cache (llm.cache)")
     common(p)
 
     p = sub.add_parser("runs", help="the lake's runs, newest first (reads the lake only)")
@@ -91,6 +92,8 @@ def _parser() -> argparse.ArgumentParser:
                    help="promote the run if its gate passes (default: an experiment, compared but never promoted)")
     p.add_argument("--index", choices=["auto", "serving", "candidate"], default="auto",
                    help="the index to evaluate: auto (a pending candidate, else the served one)")
+    p.add_argument("--no-cache", action="store_true",
+                   help="bypass the LLM call cache: every answer, rewrite and judge call goes to the model (llm.cache)")
     common(p)
 
     p = sub.add_parser("promote", help="promote a passed eval run after the fact (its line's baseline; serving if it scored a candidate)")
@@ -121,6 +124,8 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("compare", help="per-metric deltas between two eval runs on the same golden set, with paired CIs")
     p.add_argument("run_a", metavar="RUN_A", help="the baseline run id")
     p.add_argument("run_b", metavar="RUN_B", help="the candidate run id")
+    p.add_argument("--format", choices=["text", "markdown"], default="text",
+                   help="markdown: a GitHub-flavoured table with the gate's verdict, to post on a pull request")
     common(p)
 
     p = sub.add_parser("rollback", help="return a golden-set line's promoted state (serving table version, baseline) to the previous promotion")
@@ -299,7 +304,7 @@ def _run_lifecycle(args: argparse.Namespace) -> dict:
     from ragloop.flows.lifecycle import run_lifecycle
 
     state = run_lifecycle(sources=args.source, lake=args.lake, config_path=args.config, progress=not args.json,
-                          size=args.size, return_state=True)
+                          size=args.size, no_cache=args.no_cache, return_state=True)
     summary = state.result(raise_on_failure=False)  # a failed night is a Failed flow run carrying its summary
     if isinstance(summary, BaseException):
         raise summary
@@ -351,7 +356,8 @@ def _run_eval(args: argparse.Namespace) -> dict:
 
     return evaluate_chain(lake=args.lake, golden=args.golden, retrieval=args.retrieval, k=args.k,
                           retrieval_only=args.retrieval_only, config_path=args.config,
-                          promote="explicit" if args.promote else None, index=args.index, progress=not args.json)
+                          promote="explicit" if args.promote else None, index=args.index, progress=not args.json,
+                          no_cache=args.no_cache)
 
 
 def _human_eval(summary: dict) -> list[str]:
@@ -375,6 +381,10 @@ def _human_eval(summary: dict) -> list[str]:
             low, high = ci[name]
             lines.append(f"  {name:<22} {metrics[name]:.4f}  [{low:.4f}, {high:.4f}]  n={summary['n'][name]}")
         lines.append(f"results: {summary['results']['items']}")
+    from ragloop.tasks.llm_cache import cache_line
+
+    if line := cache_line(summary.get("llm_cache")):
+        lines.append(line)
     stale = summary.get("stale_references") or {}
     if stale.get("items"):
         lines.append(f"stale references: {stale['items']} items reference {stale['references']} chunks/documents the index "
@@ -430,10 +440,21 @@ def _run_compare(args: argparse.Namespace) -> dict:
     from ragloop.tasks.commands import compare_runs
 
     settings = _settings(args)
-    return compare_runs(_lake(settings), args.run_a, args.run_b, settings.eval).model_dump(mode="json")
+    if args.json and args.format == "markdown":
+        from ragloop.tasks.settings import ConfigError
+
+        raise ConfigError("compare: choose --json or --format markdown, not both")
+    summary = compare_runs(_lake(settings), args.run_a, args.run_b, settings.eval, settings.gate).model_dump(mode="json")
+    if args.format == "markdown":
+        from ragloop.tasks.commands import compare_markdown
+
+        summary["markdown"] = compare_markdown(summary, settings.eval.confidence)
+    return summary
 
 
 def _human_compare(summary: dict) -> list[str]:
+    if "markdown" in summary:  # --format markdown: the comment alone
+        return [summary["markdown"].rstrip("\n")]
     ids = summary.get("golden_set_ids") or {}
     lines = [f"{summary['run_a']} (baseline) -> {summary['run_b']} (candidate): delta = candidate - baseline, "
              f"{summary['shared_items']} shared questions"
@@ -448,6 +469,10 @@ def _human_compare(summary: dict) -> list[str]:
         if names:
             who = summary["run_a"] if side == "baseline_only" else summary["run_b"]
             lines.append(f"  only in {who}: {', '.join(names)}")
+    gate = summary.get("gate")
+    if gate:
+        lines.append(f"gate (the candidate against the baseline): {gate['status']}")
+        lines.extend(f"  {reason}" for reason in gate.get("reasons", []))
     for key, change in summary["lineage_changes"].items():
         lines.append(f"  lineage {key}:")
         lines.append(f"    a: {json.dumps(change['a'], default=str, sort_keys=True)}")

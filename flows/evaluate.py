@@ -37,6 +37,7 @@ def evaluate_chain(
     promote: str | None = None,
     index: str = "auto",
     progress: bool = False,
+    no_cache: bool = False,
 ) -> dict:
     """Score the chain over the active items of a golden set; per-item results and traces go to
     the lake, the summary carries metrics with bootstrap CIs overall and per question type, the gate's
@@ -45,11 +46,12 @@ def evaluate_chain(
     promote: None = an experiment (gated, never promoted); "nightly" | "prompt-changed" | "explicit"
     may promote. index: auto (the pending candidate index of this embedder, else the served one) |
     serving | candidate. progress: show items through the chain and the judge's scoring (a bar on a
-    terminal, else log lines)."""
+    terminal, else log lines). no_cache: bypass the LLM call cache (tasks/llm_cache.py), reads and writes."""
     settings = flow_settings(config_path, {"lake": lake, "eval": {"retrieval": retrieval, "k": k}})
     config, on_inconclusive = settings.eval, settings.gate.on_inconclusive
     with stage_run("eval", settings) as stage:
-        plan = eval_run.plan_eval(stage.lake, settings, golden, index, retrieval_only, providers.current())
+        plan = eval_run.plan_eval(stage.lake, settings, golden, index, retrieval_only, providers.current(),
+                                  use_llm_cache=not no_cache)
         line, models = plan.chosen.line_key, plan.models
         reuse = (eval_run.find_reuse(stage.lake, plan.cache_key, plan.baseline, line, promote)
                  if reuse_cached and plan.reusable else None)
@@ -68,8 +70,8 @@ def evaluate_chain(
             scores = eval_run.score_retrieval(plan.items, results, plan.stale, config)
         with timer("ragas"), Progress("eval judge", len(plan.items), enabled=progress and models.judge is not None,
                                       log_to=run.logger) as track:
-            judged = score_ragas(RagasScorer(plan.embedder.encode, models.judge, config.judge_max_tokens, config.judge_metrics), scores.items,
-                                 results, on_done=track)
+            scorer = RagasScorer(plan.embedder.encode, models.judge, config.judge_max_tokens, config.judge_metrics)
+            judged = score_ragas(scorer, scores.items, results, on_done=track)
         scored = eval_run.item_rows(plan.items, results, judged, scores, plan.stale)
         with timer("aggregate"):
             aggregates = eval_run.aggregate_rows(scored.rows, config)

@@ -22,10 +22,11 @@ from ragloop.tasks.storage import Lake
 
 @flow(name="run-lifecycle")
 def run_lifecycle(sources: list[str] | None = None, lake: str | None = None, config_path: str | None = None,
-                  progress: bool = False, size: int | None = None):
+                  progress: bool = False, size: int | None = None, no_cache: bool = False):
     """One nightly pass; stops at the first stage that fails. The monitor always runs: a failed stage
     reaches every alert sink as `stage_failed`, and the flow run ends Failed (its data is the summary).
-    `size`: the golden set's active items (synth.size), as `ragloop synth --size` takes it."""
+    `size`: the golden set's active items (synth.size), as `ragloop synth --size` takes it. `no_cache`:
+    the eval bypasses the LLM call cache (`ragloop run --no-cache`)."""
     settings = flow_settings(config_path, {"lake": lake, "ingest": {"sources": sources}})
     with stage_run("lifecycle", settings) as stage:  # the lock is held across the stages: no run slips in between
         run, stages = stage.start(), {}
@@ -36,7 +37,7 @@ def run_lifecycle(sources: list[str] | None = None, lake: str | None = None, con
                              progress=progress)
         if not failure:
             failure = _stage(stages, "eval", evaluate_chain, lake=lake, golden="latest", config_path=config_path,
-                             reuse_cached=True, promote="nightly", progress=progress)
+                             reuse_cached=True, promote="nightly", progress=progress, no_cache=no_cache)
         _stage(stages, "monitor", monitor_quality, lake=lake, config_path=config_path,
                eval_run_id=stages.get("eval", {}).get("run_id"), observer_run_id=run.run_id,
                failures=[failure] if failure else [])

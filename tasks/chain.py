@@ -36,9 +36,13 @@ class ChainResult:
 
 
 def trace(qa_id: str, step: str, input: str, output: str | None, latency_ms: float,
-          prompt_tokens: int | None = None, completion_tokens: int | None = None, error: str | None = None) -> dict:
+          prompt_tokens: int | None = None, completion_tokens: int | None = None, error: str | None = None,
+          cached: bool | None = None, original_latency_ms: float | None = None) -> dict:
+    """A trace row (schemas.TRACES). An LLM step served from the LLM call cache has cached=True, the
+    lookup's latency_ms and the original call's tokens and latency (original_latency_ms)."""
     return {"qa_id": qa_id, "step": step, "input": input, "output": output, "latency_ms": latency_ms,
-            "prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens, "error": error}
+            "prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens, "error": error,
+            "cached": cached, "original_latency_ms": original_latency_ms}
 
 
 def is_refusal(answer: str) -> bool:
@@ -53,7 +57,8 @@ def rewrite_queries(qa_ids: Sequence[str], questions: Sequence[str], prompt: Pro
         ok = result.value is not None and result.value.question.strip()
         queries.append(result.value.question.strip() if ok else question)
         traces.append(trace(qa_id, "rewrite", question, queries[-1], result.latency_ms, result.usage.prompt_tokens,
-                            result.usage.completion_tokens, None if ok else (result.error or "empty rewrite")))
+                            result.usage.completion_tokens, None if ok else (result.error or "empty rewrite"),
+                            result.cached, result.original_latency_ms))
     return queries, traces
 
 
@@ -96,7 +101,7 @@ def answer(results: Sequence[ChainResult], questions: Sequence[str], prompt: Pro
         result.refused = is_refusal(text)
         result.traces.append(trace(result.qa_id, "answer", question, text, completion.latency_ms,
                                    completion.usage.prompt_tokens, completion.usage.completion_tokens,
-                                   None if text else "empty answer"))
+                                   None if text else "empty answer", completion.cached, completion.original_latency_ms))
         if not text:
             result.error = "answer: empty reply"
     for result, question in zip(results, questions):

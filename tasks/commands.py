@@ -10,6 +10,7 @@ prompt templates) are made on call, so the read-only commands stay light (tests/
 from __future__ import annotations
 
 import json
+import math
 from collections import Counter
 from pathlib import Path
 from typing import Any, Literal
@@ -17,7 +18,7 @@ from typing import Any, Literal
 from pydantic import Field
 
 from ragloop.tasks import promotion
-from ragloop.tasks.settings import ConfigError, EvalConfig
+from ragloop.tasks.settings import ConfigError, EvalConfig, GateConfig
 from ragloop.tasks.storage import Lake
 from ragloop.tasks.summaries import CommandSummary, SummaryModel
 
@@ -44,6 +45,9 @@ class CompareSummary(CommandSummary):
     not_compared: dict[str, list[str]] = Field(description="{baseline_only, candidate_only}: metrics only one run measured")
     lineage_changes: dict[str, dict[str, Any]] = Field(
         description="{lineage key: {a, b}}: what differs between the runs' lineages (git commit and cache key left out)")
+    gate: dict[str, Any] = Field(
+        description="the gate (tasks.gating.check_gate) applied to B with A as its baseline: {status, reasons, warnings, "
+                    "paired_items, gated, max_drop, power, ungated, verdicts: {metric: passed | failed | inconclusive}}")
 
 
 class LineageSummary(CommandSummary):
@@ -167,9 +171,10 @@ class PromptsCheckSummary(CommandSummary):
         return [c for c in self.changed if c["status"] == "changed"]
 
 
-def compare_runs(lake: Lake, run_a: str, run_b: str, config: EvalConfig) -> CompareSummary:
+def compare_runs(lake: Lake, run_a: str, run_b: str, config: EvalConfig, gate_config: GateConfig | None = None) -> CompareSummary:
     """Pair two eval runs' items by qa_id and compare each metric both scored (bootstrap CI of the paired
-    mean delta, seeded by eval.seed: the same runs compare the same way). Reads the lake only."""
+    mean delta, seeded by eval.seed: the same runs compare the same way), and apply the gate (`gate_config`,
+    default the default gate) to B with A as its baseline. Reads the lake only."""
     from ragloop.tasks import gating
 
     runs = {}
@@ -190,10 +195,35 @@ def compare_runs(lake: Lake, run_a: str, run_b: str, config: EvalConfig) -> Comp
     deltas = gating.paired_deltas(rows_a, rows_b, config.bootstrap_resamples, config.confidence, config.seed)
     changed = {k: {"a": a["lineage"].get(k), "b": b["lineage"].get(k)} for k in sorted(set(a["lineage"]) | set(b["lineage"]))
                if a["lineage"].get(k) != b["lineage"].get(k) and k not in UNCOMPARED_LINEAGE}
+    not_compared = gating.unpaired_metrics(rows_a, rows_b)
+    gate = compare_gate(a, b, b_items, deltas, not_compared, config, gate_config or GateConfig())
     return CompareSummary(status="ok", golden_set_id=gb, golden_set_ids={"a": ga, "b": gb}, shared_items=len(shared),
                           changed_questions=edited,
                           items={"a": len(a_items), "b": len(b_items)}, run_a=run_a, run_b=run_b, deltas=deltas,
-                          not_compared=gating.unpaired_metrics(rows_a, rows_b), lineage_changes=changed)
+                          not_compared=not_compared, lineage_changes=changed, gate=gate)
+
+
+def compare_gate(a: dict, b: dict, b_items: list[dict], deltas: dict, not_compared: dict, config: EvalConfig,
+                 gate_config: GateConfig) -> dict:
+    """The gate's verdict on run B (record and items) against run A as its baseline, as an eval would give
+    it: paired deltas, floors on B's metrics, B's failed items, B's budgets against A's, and the judged
+    metrics B's own gate did not gate (an uncalibrated judge) reported, not gated. Adds `verdicts`:
+    {metric: passed | failed | inconclusive} for each gated metric (tasks.gating.metric_verdict)."""
+    from ragloop.tasks import gating
+
+    outputs_a, outputs_b = a.get("outputs") or {}, b.get("outputs") or {}
+    metrics = outputs_b.get("metrics") or {}
+    failed = sum(1 for r in b_items if r.get("status") == "failed")
+    budgets = gating.check_budgets(outputs_b.get("budgets"), outputs_a.get("budgets"), gate_config.budgets)
+    ungated = (outputs_b.get("gate") or {}).get("ungated") or {}
+    # A metric whose delta is not a number (a NaN score in a run) can neither pass nor fail: left out, said so.
+    finite = {m: d for m, d in deltas.items() if all(math.isfinite(x) for x in (d["delta"], *d["ci"], d.get("sd", 0.0)))}
+    gate = gating.check_gate(metrics, finite, failed, len(b_items), gate_config, config.confidence, not_compared,
+                             None, budgets, ungated)
+    if len(finite) < len(deltas):
+        gate["warnings"].append("not gated (the delta is not a number): " + ", ".join(sorted(set(deltas) - set(finite))))
+    gate["verdicts"] = {m: gating.metric_verdict(m, finite[m]["ci"], gate_config.max_drop) for m in gate["gated"]}
+    return gate
 
 
 def run_lineage(lake: Lake, run_id: str) -> LineageSummary:
@@ -345,3 +375,77 @@ def check_prompts(lake: Lake, prompts_dir: str | Path) -> PromptsCheckSummary:
     return PromptsCheckSummary(status="ok", lake=lake.uri, prompts=len(current), changed=changes, emitted=0,
                                prompts_dir=None if project is None else str(project),
                                sources=prompt_sources(current, prompts_dir))
+
+
+# -- compare as a pull-request comment ------------------------------------------------------------------
+VERDICT_MARK = {"passed": "✅ pass", "failed": "❌ fail", "inconclusive": "⚠️ inconclusive"}
+GATE_HEADLINE = {"passed": "✅ gate passed", "failed": "❌ gate failed", "inconclusive": "⚠️ gate inconclusive",
+                 "no_baseline": "gate: no baseline"}
+
+
+def _cell(text: Any) -> str:
+    """A table cell: pipes escaped, one line."""
+    return " ".join(str(text).replace("|", "\\|").split())
+
+
+def _short(value: Any, width: int = 40) -> str:
+    """A lineage value in a few characters: hashes cut to 12, long JSON cut with an ellipsis."""
+    if isinstance(value, dict) and "prompt_hash" in value:  # a prompt reference: name@hash
+        return f"{value.get('name')}@{str(value['prompt_hash'])[:12]}"
+    text = value if isinstance(value, str) else json.dumps(value, sort_keys=True, default=str)
+    if isinstance(value, str) and len(value) >= 32 and all(c in "0123456789abcdef" for c in value):
+        return value[:12]
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def _lineage_change(key: str, change: dict) -> str:
+    """One changed lineage key as `key` (what changed), sub-keys of a dict listed one by one."""
+    a, b = change.get("a"), change.get("b")
+    if isinstance(a, dict) and isinstance(b, dict):
+        parts = [f"{k}: {_short(a.get(k))} → {_short(b.get(k))}" for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
+    else:
+        parts = [f"{_short(a)} → {_short(b)}"]
+    return f"`{key}` ({'; '.join(_cell(p) for p in parts)})"
+
+
+def compare_markdown(summary: dict, confidence: float = 0.95) -> str:
+    """`compare --format markdown`: the comparison as a GitHub-flavoured Markdown comment for a pull request
+    (no HTML): the gate's verdict, a table of each compared metric (baseline, candidate, paired delta with
+    its CI, the metric's verdict; lower-is-better metrics marked ↓), the gate's reasons and warnings (the
+    metrics only one run has among them) and what changed between the runs' lineages. `summary`: a CompareSummary dump.
+    Deterministic: the same summary gives the same text."""
+    from ragloop.tasks.metrics import higher_is_better
+
+    gate, deltas = summary["gate"], summary["deltas"]
+    ids = summary.get("golden_set_ids") or {}
+    golden = (f"golden set `{ids.get('b')}`" if ids.get("a") == ids.get("b")
+              else f"golden sets `{ids.get('a')}` (baseline) and `{ids.get('b')}` (candidate)")
+    lines = [f"### ragloop eval: {GATE_HEADLINE.get(gate['status'], 'gate: ' + gate['status'])}", "",
+             f"Candidate `{summary['run_b']}` vs baseline `{summary['run_a']}` on {golden}, "
+             f"{summary['shared_items']} paired questions. Δ = candidate − baseline with its {confidence:.0%} paired "
+             f"bootstrap CI; a metric fails when the CI lies wholly beyond a drop of {gate.get('max_drop')} "
+             f"(↓: lower is better, a rise is the drop).", "",
+             "| metric | baseline | candidate | Δ | CI | verdict |", "|:--|--:|--:|--:|:-:|:--|"]
+    verdicts = gate.get("verdicts") or {}
+    ungated = gate.get("ungated") or {}
+    for name, d in deltas.items():
+        label = name + ("" if higher_is_better(name) else " ↓")
+        verdict = VERDICT_MARK.get(verdicts.get(name), "not gated" + (" (uncalibrated judge)" if name in ungated else ""))
+        lines.append(f"| {_cell(label)} | {d['baseline']:.4f} | {d['candidate']:.4f} | {d['delta']:+.4f} | "
+                     f"[{d['ci'][0]:+.4f}, {d['ci'][1]:+.4f}] | {verdict} |")
+    if not deltas:
+        lines.append("| (no metric measured by both runs) | | | | | |")
+    lines.append("")
+    if gate.get("reasons"):
+        lines += ["**Why:**", ""] + [f"- {_cell(r)}" for r in gate["reasons"]] + [""]
+    warnings = list(gate.get("warnings") or [])
+    if summary.get("changed_questions"):
+        warnings.append(f"{summary['changed_questions']} of the {summary['shared_items']} paired questions were "
+                        "edited between the runs: those pairs are not like for like")
+    if warnings:
+        lines += ["**Warnings:**", ""] + [f"- {_cell(w)}" for w in warnings] + [""]
+    changes = summary.get("lineage_changes") or {}
+    if changes:
+        lines.append("Changed between the runs: " + ", ".join(_lineage_change(k, v) for k, v in changes.items()) + ".")
+    lines += ["", f"_`ragloop compare {summary['run_a']} {summary['run_b']} --format markdown`_"]
+    return "\n".join(lines).rstrip() + "\n"

@@ -80,6 +80,9 @@ class EvalSummary(StageSummary):
     contexts: dict[str, int] | None = Field(
         None, description="a target's contexts by how they were matched to chunks: {total, id, exact, normalized, "
                           "unmatched} (tasks.targets.context_counts)")
+    llm_cache: dict[str, Any] | None = Field(
+        None, description="the LLM call cache (tasks.llm_cache.cache_report): {enabled, hits, misses, uncacheable, "
+                          "stored, errors, tokens_saved, seconds_saved, by_role: {llm, judge}} or {enabled: false, reason}")
 
     def with_promotion(self, outcome: Mapping) -> "EvalSummary":
         """This summary with a promotion outcome (promotion and promoted set)."""
@@ -605,6 +608,7 @@ class EvalPlan:
     baseline: promotion.Promotion | None
     cache_key: str
     target: Any = None  # tasks.targets.Target when an eval target answers; None: the built-in chain
+    llm_cache_off: str | None = None  # why the LLM call cache is not used (None: it is)
 
     @property
     def reusable(self) -> bool:
@@ -612,9 +616,25 @@ class EvalPlan:
         return self.target is None or self.target.reusable
 
 
-def plan_eval(lake: Lake, settings: Settings, golden: str, index: str, retrieval_only: bool, providers) -> EvalPlan:
-    """Resolve the golden set, the index version, the active items, the chain's models (preflighted) and
-    the cache key. Raises ConfigError (exit 2) for a missing golden set, index, prompt or endpoint.
+def cached_models(lake: Lake, settings: Settings, models: ChainModels, use_cache: bool) -> tuple[ChainModels, str | None]:
+    """The chain's LLM and judge behind the lake's LLM call cache (tasks.llm_cache) where their config says
+    `cache: true` and `use_cache` (False: --no-cache); returns (models, why the cache is off or None)."""
+    from dataclasses import replace
+
+    from ragloop.tasks import llm_cache
+
+    judge_config = settings.eval.judge
+    llm, judge, cache = llm_cache.cache_llms(lake, models.llm, settings.llm, models.judge, judge_config, use_cache)
+    if cache is None:
+        return models, "--no-cache" if not use_cache else "llm.cache: false" if models.llm or models.judge else None
+    return replace(models, llm=llm, judge=judge), None
+
+
+def plan_eval(lake: Lake, settings: Settings, golden: str, index: str, retrieval_only: bool, providers,
+              use_llm_cache: bool = True) -> EvalPlan:
+    """Resolve the golden set, the index version, the active items, the chain's models (preflighted, behind
+    the LLM call cache unless `use_llm_cache` is False or the config turns it off) and the cache key.
+    Raises ConfigError (exit 2) for a missing golden set, index, prompt or endpoint.
     `providers`: tasks.providers.Providers (the embedder, LLM and judge come from it)."""
     config = settings.eval
     refs = promotion.Refs(lake)
@@ -631,8 +651,9 @@ def plan_eval(lake: Lake, settings: Settings, golden: str, index: str, retrieval
     stored = calibration.latest_calibrations(lake.read_calibrations().to_pylist())
     cache_key = eval_cache_key(chosen.golden_set_id, serving, chain, models, embedder.weights_sha256, settings,
                                {judge: row["calibration_id"] for judge, row in stored.items()})
+    models, cache_off = cached_models(lake, settings, models, use_llm_cache)
     return EvalPlan(refs, chosen, embedder, serving, role, items, retriever, stale, models, chain,
-                    refs.baseline(chosen.line_key), cache_key, target)
+                    refs.baseline(chosen.line_key), cache_key, target, cache_off)
 
 
 def conclude(lake: Lake, run, plan: EvalPlan, scored: ItemRows, aggregates: Aggregates, timer, settings: Settings,
@@ -657,8 +678,13 @@ def conclude(lake: Lake, run, plan: EvalPlan, scored: ItemRows, aggregates: Aggr
                                  settings.monitor.price_per_1k_tokens,
                                  calibration.eval_judges(lake, aggregates.metrics, judges, gate_config.calibration))
     run.lineage["eval_cache_key"] = plan.cache_key
-    return summarize(run.run_id, run.lineage, lake.uri, plan.chosen, aggregates, scored, plan.stale, assessment,
+    summary = summarize(run.run_id, run.lineage, lake.uri, plan.chosen, aggregates, scored, plan.stale, assessment,
                      plan.serving, plan.role, paths, timer.report(), gate_config.on_inconclusive,
                      calibration.eval_estimates(lake, scored.rows, judges, config.confidence),
                      Counter(i.get("review") or "synthetic" for i in plan.items),
                      plan.target.summary() if plan.target is not None else None)
+    if plan.models.llm is not None or plan.models.judge is not None:
+        from ragloop.tasks.llm_cache import cache_report
+
+        summary.llm_cache = cache_report(plan.models.llm, plan.models.judge, plan.llm_cache_off is None, plan.llm_cache_off)
+    return summary

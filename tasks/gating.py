@@ -145,19 +145,19 @@ def check_gate(
     undecided = []
     for name in gated:
         d = deltas[name]
-        sign = 1.0 if higher_is_better(name) else -1.0  # a rise of a lower-is-better metric is a drop
-        low, high = sorted((sign * d["ci"][0], sign * d["ci"][1]))
+        low, high = _oriented_ci(name, d["ci"])
         sd = float(d.get("sd", 0.0))
         result["power"][name] = {
             "n": d["n"], "sd": round(sd, 6), "half_width": round((high - low) / 2, 6),
             "detectable_drop": _round(detectable_drop(sd, d["n"], alpha, config.power)),
             "items_needed": items_needed(sd, config.max_drop, alpha, config.power, config.min_items),
         }
-        if high < -config.max_drop:  # a regression shown at any n blocks (small-n CIs err towards blocking here)
+        verdict = metric_verdict(name, d["ci"], config.max_drop)
+        if verdict == "failed":  # a regression shown at any n blocks (small-n CIs err towards blocking here)
             moved, side, bound = _regression_words(name, config.max_drop)
             reasons.append(f"{name} {moved} {d['delta']:+.4f} vs baseline (CI [{d['ci'][0]:+.4f}, {d['ci'][1]:+.4f}] "
                            f"wholly {side} {bound}, n={d['n']})")
-        elif low < -config.max_drop:
+        elif verdict == "inconclusive":
             undecided.append(name)
     if reasons:
         result["status"] = "failed"
@@ -179,6 +179,23 @@ def check_gate(
     result["reasons"] = inconclusive
     result["status"] = "inconclusive" if inconclusive else "passed"
     return result
+
+
+def _oriented_ci(name: str, ci: Sequence[float]) -> tuple[float, float]:
+    """The delta's CI with a rise of a lower-is-better metric turned into a drop, (low, high)."""
+    sign = 1.0 if higher_is_better(name) else -1.0
+    low, high = sorted((sign * ci[0], sign * ci[1]))
+    return low, high
+
+
+def metric_verdict(name: str, ci: Sequence[float], max_drop: float) -> str:
+    """One metric's non-inferiority verdict from its paired delta CI [low, high]: failed (a regression
+    beyond max_drop is shown), passed (none is), inconclusive (the CI reaches past -max_drop). Before the
+    gate's n and power rules, which can only make a passed metric's run inconclusive."""
+    low, high = _oriented_ci(name, ci)
+    if high < -max_drop:
+        return "failed"
+    return "inconclusive" if low < -max_drop else "passed"
 
 
 def _worse(name: str, delta: float) -> bool:

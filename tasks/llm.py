@@ -70,6 +70,10 @@ class Completion:
     latency_ms: float
     model: str
     finish_reason: str | None
+    # Set on a reply served from the LLM call cache (tasks/llm_cache.py): latency_ms is then the cache
+    # lookup's, original_latency_ms the model's when it first answered; usage is the original's.
+    cached: bool = False
+    original_latency_ms: float | None = None
 
 
 @dataclass(frozen=True)
@@ -83,6 +87,8 @@ class StructuredResult:
     usage: Usage  # summed over all attempts
     latency_ms: float  # summed over all attempts
     finish_reason: str | None = None  # of the last reply: "length" = cut at max_tokens (json_repair may still parse it)
+    cached: bool = False  # every attempt was served from the LLM call cache
+    original_latency_ms: float | None = None  # summed model latencies as first answered, when any attempt was cached
 
 
 class LLM(Protocol):
@@ -168,19 +174,27 @@ class _RepairLoop:
         self.usage = Usage()
         self.latency_ms = 0.0
         self.raw = ""
+        self.cached_attempts = 0
+        self.original_latency_ms = 0.0  # model time of every attempt, cached ones at their first answer's
+
+    def _result(self, value, error, finish_reason) -> StructuredResult:
+        cached = self.attempts > 0 and self.cached_attempts == self.attempts
+        return StructuredResult(value, self.raw, self.attempts, error, self.usage, self.latency_ms, finish_reason,
+                                cached, self.original_latency_ms if self.cached_attempts else None)
 
     def feed(self, completion: Completion) -> StructuredResult | None:
         """Take one reply; a result when it parsed or no attempts are left, else None (ask again)."""
         self.attempts += 1
         self.usage += completion.usage
         self.latency_ms += completion.latency_ms
+        self.cached_attempts += completion.cached
+        self.original_latency_ms += (completion.original_latency_ms if completion.cached else completion.latency_ms) or 0.0
         self.raw = completion.text
         value, error = parse_structured(completion.text, self.output_model)
         if value is None and completion.finish_reason == "length":
             error = f"{error} (the reply hit max_tokens)"
         if value is not None or self.attempts >= self.max_attempts:
-            return StructuredResult(value, self.raw, self.attempts, error, self.usage, self.latency_ms,
-                                    completion.finish_reason)
+            return self._result(value, error, completion.finish_reason)
         log.debug("structured reply %d/%d unusable: %s", self.attempts, self.max_attempts, error)
         self.messages = [*self.messages, {"role": "assistant", "content": completion.text},
                          repair_message(error, self.output_model)]
@@ -189,8 +203,7 @@ class _RepairLoop:
     def fail(self, exc: LLMRequestError) -> StructuredResult:
         """The request itself failed: a result with the error, counting the attempt that failed."""
         self.attempts += 1
-        return StructuredResult(None, self.raw, self.attempts, f"{type(exc).__name__}: {exc}", self.usage,
-                                self.latency_ms)
+        return self._result(None, f"{type(exc).__name__}: {exc}", None)
 
 
 class _SyncStructured(abc.ABC):

@@ -176,6 +176,26 @@ TRACES = pa.schema(
         ("prompt_tokens", pa.int64()),
         ("completion_tokens", pa.int64()),
         ("error", pa.string()),
+        # LLM steps served from the LLM call cache (tasks/llm_cache.py): latency_ms is the lookup's, tokens
+        # are the original call's, original_latency_ms the model's when it first answered (null: not cached)
+        ("cached", pa.bool_()),
+        ("original_latency_ms", pa.float64()),
+    ]
+)
+
+# The LLM call cache (tasks/llm_cache.py): one row per distinct call, in append-only parts.
+LLM_CACHE = pa.schema(
+    [
+        ("key", pa.string()),  # sha256 of (format, model identity, messages, sampling params)
+        ("text", pa.string()),  # the reply, exactly as the model gave it
+        ("prompt_tokens", pa.int64()),
+        ("completion_tokens", pa.int64()),
+        ("latency_ms", pa.float64()),  # the original call's model latency
+        ("model", pa.string()),  # the reply's model field
+        ("finish_reason", pa.string()),
+        ("identity", pa.string()),  # JSON: {provider, model_id[, base_url]} (for inspection; it is in the key)
+        ("params", pa.string()),  # JSON: the sampling parameters (for inspection; they are in the key)
+        ("created_at", TS),
     ]
 )
 

@@ -141,6 +141,11 @@ class LLMConfig(Section):
     # "json_schema": OpenAI structured outputs (OpenAI, vLLM, Ollama, llama-server). "object": plain
     # JSON mode. "off": the prompt alone asks for JSON.
     json_mode: Literal["schema", "json_schema", "object", "off"] = "schema"
+    # The LLM call cache (tasks/llm_cache.py) for eval's calls (answers, rewrites; the judge by its own
+    # block's switch): a temperature-0 call with the same model, messages and params is answered from
+    # the lake. cache_sampled: also cache seeded calls with temperature > 0 (each then replays one sample).
+    cache: bool = True
+    cache_sampled: bool = False
 
     @model_validator(mode="after")
     def _check_provider_fields(self) -> "LLMConfig":

@@ -17,6 +17,8 @@ Layout under the lake root (a local path or an object-store URI; pyarrow filesys
     reviews/<batch_id>.parquet                  review events, append-only (tasks.review)
     golden/<golden_set_id>.parquet              golden-set versions
     eval/<run_id>/items.parquet, traces.parquet per-item results and per-step traces of an eval run
+    llm_cache/part-<utc>-<uid>.parquet          the LLM call cache (tasks/llm_cache.py): append-only parts, each
+                                                written whole (temp + rename); compaction merges them
     prompts/<name>__<hash>.parquet              the prompts registry
     locks/run.lock                              the lake's run lock
     logs/parts/<import_id>.parquet              production log records, one part per import (tasks.production)
@@ -369,6 +371,50 @@ class Lake:
     def read_traces(self, run_id: str) -> pa.Table | None:
         path = self._path("eval", run_id, "traces.parquet")
         return pq.read_table(path, filesystem=self.fs) if self.exists(path) else None
+
+    # -- the LLM call cache (tasks/llm_cache.py) ---------------------------------------------------
+    def llm_cache_parts(self) -> list[str]:
+        """The cache's published parts (paths), sorted by name (= by write time); temp files left out."""
+        selector = pafs.FileSelector(self._path("llm_cache"), allow_not_found=True)
+        return sorted(i.path for i in self.fs.get_file_info(selector) if i.path.endswith(".parquet"))
+
+    def read_llm_cache(self, parts: list[str] | None = None, attempts: int = 3) -> pa.Table:
+        """Every row of the given parts (default: all of them), in part order. A part that vanishes while
+        being read (another process compacted it away) makes the listing start over, up to `attempts` times."""
+        for attempt in range(attempts):
+            files = self.llm_cache_parts() if parts is None else parts
+            if not files:
+                return schemas.LLM_CACHE.empty_table()
+            try:
+                return pads.dataset(files, schema=schemas.LLM_CACHE, filesystem=self.fs, format="parquet").to_table()
+            except (FileNotFoundError, OSError):
+                if parts is not None or attempt + 1 == attempts:
+                    raise
+        raise AssertionError("unreachable")
+
+    def write_llm_cache_part(self, table: pa.Table) -> str:
+        """Publish new cache rows as one new part (temp + rename: readers see all of it or nothing)."""
+        stamp = schemas.utcnow().strftime("%Y%m%dT%H%M%S%fZ")
+        path = self._path("llm_cache", f"part-{stamp}-{uuid.uuid4().hex[:12]}.parquet")
+        self.write_parquet(table.cast(schemas.LLM_CACHE), path)
+        return path
+
+    def delete_llm_cache_parts(self, parts: list[str], tmp_older_than_s: float = 3600.0) -> None:
+        """Delete merged parts (one already gone is fine) and temp files a killed writer left behind."""
+        for path in parts:
+            try:
+                self.fs.delete_file(path)
+            except (FileNotFoundError, OSError):
+                pass
+        selector = pafs.FileSelector(self._path("llm_cache"), allow_not_found=True)
+        now = time.time()
+        for info in self.fs.get_file_info(selector):
+            if ".tmp-" in posixpath.basename(info.path) and info.mtime is not None \
+                    and now - info.mtime.timestamp() > tmp_older_than_s:
+                try:
+                    self.fs.delete_file(info.path)
+                except (FileNotFoundError, OSError):
+                    pass
 
     # -- prompts registry ----------------------------------------------------------------------
     def record_prompt(self, name: str, prompt_hash: str, text: str) -> bool:

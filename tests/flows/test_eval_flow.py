@@ -13,7 +13,7 @@ from ragloop.flows import evaluate as eval_flow
 from ragloop.flows import golden as golden_flow
 from ragloop.flows import index as index_flow
 from ragloop.flows.cli import main
-from ragloop.tasks.llm import LLMRequestError, ScriptedLLM
+from ragloop.tasks.llm import LLMRequestError, ScriptedLLM, _SyncStructured
 from ragloop.tasks.promotion import Refs
 from ragloop.tasks.storage import Lake
 from tests.conftest import REPO, use_fakes, write_files
@@ -192,9 +192,10 @@ def test_promote_after_the_fact_and_a_retrieval_only_baseline_against_a_full_cha
     assert any("not compared (candidate only)" in w and "refusal_correct" in w for w in full["gate"]["warnings"])
 
 
-class JudgeFake:
-    """Deterministic judge: valid structures for every ragas step except claim decomposition, which
-    it cannot produce (so factual_correctness fails and must be counted, not dropped)."""
+class JudgeFake(_SyncStructured):
+    """Deterministic judge: valid JSON for every ragas step except claim decomposition, which it cannot
+    produce (so factual_correctness fails and must be counted, not dropped). A whole LLM (complete, and
+    structured on top of it), so the judge's calls go through the LLM call cache like a real judge's."""
 
     model_id = "judge-fake@1"
     context_window = 8192
@@ -202,27 +203,30 @@ class JudgeFake:
     def preflight(self, required_context_tokens):
         return {"model_id": self.model_id}
 
-    def structured(self, messages, output_model, **params):
-        from ragloop.tasks.llm import StructuredResult, Usage
+    def count_tokens(self, text):
+        return len(text.split())
 
-        fields = set(output_model.model_fields)
+    def complete(self, messages, *, json_schema=None, **params):
+        from ragloop.tasks.llm import Completion, Usage
+
+        props = (json_schema or {}).get("properties", {})
+        fields = set(props)
         if fields == {"claims"}:
-            return StructuredResult(value=None, raw="I cannot", attempts=3, error="invalid JSON", usage=Usage(1, 1), latency_ms=1.0)
-        if fields == {"statements"}:
-            inner = output_model.model_fields["statements"].annotation.__args__[0]
+            text = "I cannot"
+        elif fields == {"statements"}:
             statements = ["The harbour station has twelve docks."]
-            data = {"statements": statements if inner is str else
-                    [{"statement": s, "reason": "stated", "verdict": 1} for s in statements]}
+            plain = props["statements"].get("items", {}).get("type") == "string"
+            text = json.dumps({"statements": statements if plain else
+                               [{"statement": s, "reason": "stated", "verdict": 1} for s in statements]})
         elif "noncommittal" in fields:
-            data = {"question": "How many docks does the harbour station have?", "noncommittal": 0}
+            text = json.dumps({"question": "How many docks does the harbour station have?", "noncommittal": 0})
         elif "classifications" in fields:
-            data = {"classifications": [{"statement": "twelve docks", "reason": "in context", "attributed": 1}]}
+            text = json.dumps({"classifications": [{"statement": "twelve docks", "reason": "in context", "attributed": 1}]})
         elif "verdict" in fields:
-            data = {"reason": "useful", "verdict": 1}
+            text = json.dumps({"reason": "useful", "verdict": 1})
         else:
             raise AssertionError(f"unexpected ragas structure {fields}")
-        value = output_model.model_validate(data)
-        return StructuredResult(value=value, raw=value.model_dump_json(), attempts=1, error=None, usage=Usage(1, 1), latency_ms=1.0)
+        return Completion(text=text, usage=Usage(1, 1), latency_ms=1.0, model=self.model_id, finish_reason="stop")
 
 
 def test_ragas_metrics_and_failed_judgments_are_counted(prefect_backend, fakes, tmp_path, lake_dir, monkeypatch):

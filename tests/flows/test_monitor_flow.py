@@ -84,14 +84,16 @@ def test_a_regression_alerts_only_once_it_persists_and_reaches_every_sink(lake_w
     assert receiver.bodies == [], "no alert, no webhook call"
 
     # The endpoint behind the same model id starts refusing (same prompts, same chain): nightly evals.
+    # Same model id, same messages: the LLM call cache would replay the good answers, so these runs
+    # bypass it, as a run watching an endpoint for such drift must (README "LLM call cache").
     fakes_llm.add(*["I don't know."] * n)
-    bad1 = eval_flow.evaluate_chain(lake=str(lake_dir), promote="nightly")
+    bad1 = eval_flow.evaluate_chain(lake=str(lake_dir), promote="nightly", no_cache=True)
     assert bad1["status"] == "gate_failed" and bad1["lineage"]["chain_hash"] == good["lineage"]["chain_hash"]
     after_one = _monitor(lake_dir, capsys)
     assert [a for a in after_one["alerts"] if a["kind"] == "regression"] == [], "one bad run is not a regression yet"
 
     fakes_llm.add(*["I don't know."] * n)
-    eval_flow.evaluate_chain(lake=str(lake_dir), promote="nightly")
+    eval_flow.evaluate_chain(lake=str(lake_dir), promote="nightly", no_cache=True)
     summary = _monitor(lake_dir, capsys)
     regressions = {a["metric"]: a for a in summary["alerts"] if a["kind"] == "regression"}
     assert {"refusal_correct", "semantic_similarity"} <= set(regressions), summary["alerts"]
