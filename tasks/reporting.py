@@ -234,7 +234,7 @@ TEMPLATE = """<!doctype html>
 <style>
 body{font-family:system-ui,-apple-system,Segoe UI,sans-serif;margin:24px auto;max-width:1180px;color:#222;padding:0 16px}
 h1{font-size:22px}h2{font-size:18px;margin-top:32px;border-bottom:1px solid #ddd;padding-bottom:4px}
-table{border-collapse:collapse;margin:8px 0;font-size:13px}td,th{border:1px solid #ddd;padding:4px 8px;text-align:left;vertical-align:top}
+table{border-collapse:collapse;margin:8px 0;font-size:13px}.wide{overflow-x:auto}td,th{border:1px solid #ddd;padding:4px 8px;text-align:left;vertical-align:top}
 th{background:#f5f5f5}.num{text-align:right;font-variant-numeric:tabular-nums}
 .critical{background:#fde2e1}.warning{background:#fff4d6}.info{background:#e8f1fb}.ok{color:#1a7f37}.bad{color:#b42318}
 pre{white-space:pre-wrap;background:#fafafa;border:1px solid #eee;padding:6px;font-size:12px;max-height:220px;overflow:auto}
@@ -313,9 +313,9 @@ degenerate/grounded checks, refusals, question-to-first-context similarity, late
 {% if f.reason %}<span class="muted">{{ f.reason }}</span>{% endif %}
 Coverage: {% if f.coverage %}{{ f.coverage }}{% else %}a question is covered when an active golden question ({{ f.golden_questions }}) is within the cosine threshold{% endif %}.</p>
 {% if images.production %}<img src="{{ images.production }}" alt="production trends per day">{% endif %}
-<table><tr><th>day</th>{% for c in production_columns %}<th class="num">{{ c }}</th>{% endfor %}</tr>
+<div class="wide"><table><tr><th>day</th>{% for c in production_columns %}<th class="num">{{ c }}</th>{% endfor %}</tr>
 {% for day, row in p.by_day|dictsort %}<tr><td>{{ day }}</td>{% for c in production_columns %}<td class="num">{{ row[c]|cell }}</td>{% endfor %}</tr>
-{% endfor %}</table>
+{% endfor %}</table></div>
 <h3>What users ask that the golden set does not cover ({{ p.topics|length }} topics, {{ f.uncovered_checked }} uncovered questions checked)</h3>
 {% if p.topics %}<table><tr><th>topic (its most distinctive words)</th><th class="num">questions</th><th class="num">share of uncovered</th><th>days</th><th>example questions</th></tr>
 {% for t in p.topics %}<tr><td><b>{{ t.label }}</b></td><td class="num">{{ t.size }}</td><td class="num">{{ "%.0f%%"|format(100 * t.share) }}</td>

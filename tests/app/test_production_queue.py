@@ -47,6 +47,10 @@ def test_a_thumbs_down_answer_and_an_uncovered_question_are_in_the_production_qu
     assert "How many docks at &lt;b&gt;the&lt;/b&gt; harbour station?" in html and "<b>the</b>" not in html
     assert "It has &lt;i&gt;99&lt;/i&gt; docks." in html and "negative feedback" in html and "wrong dock count" in html
     assert "not in the index" in html
+    # an answer a person rated down is not offered as the reference: the reviewer writes the right one
+    assert '<textarea id="promote-answer" rows="4"></textarea>' in html and "rated the logged answer down" in html
+    uncovered = client.http.get(f"/fragment/production?item={logs['uncovered']['log_id']}").json()["item_html"]
+    assert '<textarea id="promote-answer" rows="4"></textarea>' not in uncovered
 
 
 def test_promoting_a_candidate_and_applying_makes_a_golden_item_with_source_production(client, logs, review_lake):
