@@ -93,3 +93,25 @@ def test_the_lifecycle_on_an_s3_lake_equals_the_local_one(prefect_backend, fakes
     assert remote_states[-1]["serving_version"] == remote_states[1]["serving_version"] != remote_states[2]["serving_version"]
     print(f"\nOBJECT-STORE OVERHEAD (moto on 127.0.0.1, {len(DOCS)} docs, 7 steps): local {local_s:.1f} s, "
           f"s3 {remote_s:.1f} s, ratio {remote_s / local_s:.2f}", file=sys.stderr)
+
+
+@pytest.mark.parametrize("kill", ["commit_run:1:post", "move_into_place:3:pre"])
+def test_an_index_run_killed_at_a_write_point_on_s3_converges_on_rerun(prefect_backend, fakes, s3_lake, tmp_path, kill):
+    from tests.reliability.test_crash_recovery import _env
+
+    v1 = write_files(tmp_path / "v1", DOCS)
+    v2 = write_files(tmp_path / "v2", {**DOCS, "extra.md": "# Extra\n\nAn extra document, new in v2.\n"})
+    clean = str(tmp_path / "clean")
+    for lake in (clean, s3_lake):
+        assert index_flow.index_corpus(sources=[str(v1)], lake=lake)["status"] == "ok"
+    assert index_flow.index_corpus(sources=[str(v2)], lake=clean)["status"] == "ok"
+
+    child = subprocess.run([sys.executable, "-m", "tests.reliability.crash_worker", "index", "--lake", s3_lake,
+                            "--source", str(v2), "--kill", kill], env=_env(), cwd=str(tmp_path), capture_output=True,
+                           text=True, timeout=300)
+    assert child.returncode == -9, (child.returncode, child.stderr[-2000:])
+    rerun = index_flow.index_corpus(sources=[str(v2)], lake=s3_lake)  # takes over the dead pid's lease at once
+    assert rerun["status"] == "ok", rerun
+    got, want = lake_state(s3_lake), lake_state(clean)
+    assert (got["snapshot_id"], got["chunks"]) == (want["snapshot_id"], want["chunks"])
+    assert Lake(s3_lake).read_ref("serving")["table"] == TABLE
