@@ -14,7 +14,7 @@ export RAGAS_DO_NOT_TRACK := true
 export CMAKE_ARGS ?= -DLLAVA_BUILD=OFF -DLLAMA_BUILD_MTMD=OFF -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_BMI2=ON -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_TOOLS=OFF
 
 .DEFAULT_GOAL := help
-.PHONY: help setup run test test-slow server serve bench bench-quick bench-env clean
+.PHONY: help setup run test test-slow server serve deploy worker bench bench-quick bench-env clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "} {printf "  make %-10s %s\n", $$1, $$2}'
@@ -44,6 +44,13 @@ server: $(STAMP) ## a local Prefect server on 127.0.0.1:4200 (UI + API; schedule
 
 serve: $(STAMP) ## serve the deployments (nightly, prompt-changed, index, eval) against `make server`
 	PREFECT_API_URL=http://127.0.0.1:4200/api $(BIN)/python -m ragloop.deployments.serve
+
+WORK_POOL ?= ragloop
+deploy: $(STAMP) ## register the deployments with the work pool WORK_POOL (default ragloop) of `make server` instead of serving them
+	PREFECT_API_URL=http://127.0.0.1:4200/api $(BIN)/ragloop deploy --work-pool $(WORK_POOL)
+
+worker: $(STAMP) ## a process worker on this machine for the work pool WORK_POOL (runs what `make deploy` registered)
+	PREFECT_API_URL=http://127.0.0.1:4200/api $(BIN)/prefect worker start --pool $(WORK_POOL) --type process
 
 BENCH_VENV := .bench-venv
 BENCH_STAMP := $(BENCH_VENV)/.bench-installed

@@ -183,6 +183,12 @@ def _parser() -> argparse.ArgumentParser:
                    help="jsonl (ragloop's log records, README) or otel (OTLP JSON spans with OpenInference attributes)")
     common(g)
 
+    p = sub.add_parser("deploy", help="register the deployments (nightly, prompt-changed, index, eval) with a Prefect "
+                                      "work pool instead of serving them (needs PREFECT_API_URL)")
+    p.add_argument("--work-pool", required=True, metavar="NAME", help="an existing work pool (e.g. `prefect work-pool "
+                                                                     "create NAME --type process`)")
+    common(p)
+
     from ragloop.app.cli import add_review_parser  # argparse only: no web framework imported here
 
     add_review_parser(sub, common)
@@ -756,6 +762,24 @@ def _emit_prompt_changes(changes: list[dict], lake_uri: str) -> int:
     return emitted
 
 
+def _run_deploy(args: argparse.Namespace) -> dict:
+    """`deploy --work-pool NAME`: the served deployments, registered with a work pool (the server was checked
+    in _precheck)."""
+    from ragloop.deployments.work_pool import deploy_to_work_pool
+
+    return deploy_to_work_pool(_settings(args), args.work_pool, os.environ["PREFECT_API_URL"]).model_dump(mode="json")
+
+
+def _human_deploy(summary: dict) -> list[str]:
+    lines = [f"work pool {summary['work_pool']} on {summary['api_url']}: {len(summary['deployments'])} deployments "
+             f"(lake {summary['lake']})"]
+    for d in summary["deployments"]:
+        when = ", ".join([f"cron {c}" for c in d["schedules"]] + [f"on {e}" for e in d["triggers"]]) or "on demand"
+        lines.append(f"  {d['flow']}/{d['name']}: {when}")
+    lines.append(f"start a worker: prefect worker start --pool {summary['work_pool']}")
+    return lines
+
+
 def _human_prompts(summary: dict) -> list[str]:
     if not summary["changed"]:
         lines = [f"{summary['prompts']} prompts, none changed since last recorded"]
@@ -798,6 +822,7 @@ COMMANDS: dict[str, tuple[Callable[[argparse.Namespace], dict], Callable[[dict],
     "synth": (_run_synth, _human_synth),
     "run": (_run_lifecycle, _human_lifecycle),
     "prompts": (_run_prompts, _human_prompts),
+    "deploy": (_run_deploy, _human_deploy),
     "golden": (_run_golden, _human_golden),
     "eval": (_run_eval, _human_eval),
     "monitor": (_run_monitor, _human_monitor),
@@ -862,6 +887,10 @@ def _precheck(args: argparse.Namespace) -> None:
 
         chunking = getattr(args, "chunking", None)
         check_chunking(load_settings(args.config, {"chunking": {"strategy": chunking}} if chunking else {}))
+    if args.command == "deploy":
+        from ragloop.tasks.preflight import check_prefect_server
+
+        check_prefect_server(os.environ.get("PREFECT_API_URL"))
 
 
 class _UsageErrorsInOneLine(logging.Filter):

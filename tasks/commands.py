@@ -151,6 +151,18 @@ class RunsSummary(CommandSummary):
                                            "snapshot_id, error}], newest first")
 
 
+class DeploySummary(CommandSummary):
+    """What `deploy --work-pool NAME` returns: the deployments registered with a work pool (tasks/preflight.py
+    checks the server first; deployments/work_pool.py registers them)."""
+
+    work_pool: str = Field(description="the work pool the deployments run on")
+    api_url: str = Field(description="the Prefect API they were registered with (PREFECT_API_URL)")
+    lake: str = Field(description="the lake the deployments carry as their `lake` parameter")
+    deployments: list[dict[str, Any]] = Field(
+        description="[{name, flow, id, entrypoint, schedules (cron strings), triggers (event names), parameters}], "
+                    "in definition order")
+
+
 class PromptsCheckSummary(CommandSummary):
     """What `prompts check` returns: prompts whose file differs from the version the lake last recorded."""
 

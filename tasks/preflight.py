@@ -92,6 +92,25 @@ def check_import_rows(path: str) -> None:
         raise ConfigError(str(exc)) from exc
 
 
+def check_prefect_server(api_url: str | None, timeout_s: float = 5.0) -> str:
+    """The Prefect API URL a command that registers deployments needs (`deploy`): set, and its server
+    answering `GET {api_url}/health` within timeout_s seconds. Returns the URL; ConfigError otherwise (the
+    ephemeral server a flow run starts has no workers, schedules or triggers, so deploying to it is a mistake)."""
+    if not api_url:
+        raise ConfigError("deploy needs a Prefect server: start one (`make server`) and set "
+                          "PREFECT_API_URL=http://127.0.0.1:4200/api")
+    import httpx
+
+    try:
+        ok = httpx.get(f"{api_url.rstrip('/')}/health", timeout=timeout_s).status_code == 200
+    except httpx.HTTPError as exc:
+        raise ConfigError(f"PREFECT_API_URL={api_url}: no Prefect server answers there ({type(exc).__name__}); "
+                          "start one (`make server`)") from None
+    if not ok:
+        raise ConfigError(f"PREFECT_API_URL={api_url}: {api_url.rstrip('/')}/health does not answer 200; is it a Prefect API URL?")
+    return api_url
+
+
 def preflight(command: str, settings: Settings, *, sources: list[str] | None = None, golden: str | None = None,
               retrieval_only: bool = False, path: str | None = None, index: str = "auto") -> list[str]:
     """The cheap checks of one CLI command, in the order a user would fix them: the lake URI, the paths

@@ -487,6 +487,9 @@ class DeploymentsConfig(Section):
 
     nightly_cron: str = "0 2 * * *"
     timezone: str = "UTC"
+    # `ragloop deploy --work-pool NAME`: the work pool's job variables for every deployment (a process pool:
+    # env, working_dir; Docker/Kubernetes: image, env, ...). Passed to Prefect as they are; `serve` ignores them.
+    job_variables: dict[str, Any] = Field(default_factory=dict)
 
     @model_validator(mode="after")
     def _valid_schedule(self) -> "DeploymentsConfig":

@@ -20,7 +20,8 @@ Layout under the lake root (a local path or an object-store URI; pyarrow filesys
     llm_cache/part-<utc>-<uid>.parquet          the LLM call cache (tasks/llm_cache.py): append-only parts, each
                                                 written whole (temp + rename); compaction merges them
     prompts/<name>__<hash>.parquet              the prompts registry
-    locks/run.lock                              the lake's run lock
+    locks/run.lock                              the lake's run lock (on s3://, a lease object: ObjectStoreLease)
+    locks/review.lock                           review decisions' check-and-append (tasks.review)
     logs/parts/<import_id>.parquet              production log records, one part per import (tasks.production)
     logs/quarantine/<id>.parquet                log lines an import could not use, with reasons
     history/<observation_id>.parquet            metric values per observed eval run (monitor)
@@ -87,6 +88,145 @@ def _holder_alive(holder: dict) -> bool:
         return True
     started = holder.get("pid_start")
     return not started or _process_start(pid) in (None, started)
+
+
+LEASE_S = 60.0  # an object-store lock's lease: renewed every LEASE_S / 3 while held; a dead holder blocks at most this
+
+
+def lease_expired(holder: dict | None, now: float) -> bool:
+    """Whether an object-store lock's record no longer holds the lake: its `expires_at` (UTC ISO time) lies
+    before `now` (epoch seconds), or it is unreadable. Clocks of the holder and the waiter must agree to
+    well under the lease (NTP); a record without expires_at (an old local lock file copied up) is expired."""
+    from datetime import datetime
+
+    if not holder or not holder.get("expires_at"):
+        return True
+    try:
+        return datetime.fromisoformat(holder["expires_at"]).timestamp() < now
+    except (TypeError, ValueError):
+        return True
+
+
+def s3_location(path: str) -> tuple[str, str]:
+    """(bucket, key) of a pyarrow S3 path `bucket/key...`."""
+    bucket, _, key = path.partition("/")
+    if not bucket or not key:
+        raise ValueError(f"not an S3 object path: {path!r}")
+    return bucket, key
+
+
+class ObjectStoreLease:
+    """An exclusive lease held as one S3 object (I/O): created only if absent (PutObject If-None-Match: *),
+    renewed and released only by its holder (If-Match: the ETag it wrote), taken over only once expired
+    (If-Match: the ETag of the expired record, so of two waiters one wins). The record is
+    {owner, pid, pid_start, host, lease_id, started_at, expires_at}. pyarrow's S3 filesystem cannot send
+    these headers, so this goes through boto3; endpoint, region and credentials come from the standard AWS
+    environment (AWS_ENDPOINT_URL, AWS_REGION, AWS_ACCESS_KEY_ID, ...), as pyarrow and LanceDB read them."""
+
+    def __init__(self, path: str, lease_s: float = LEASE_S, client=None) -> None:
+        self.bucket, self.key = s3_location(path)
+        self.lease_s = lease_s
+        if client is None:
+            import boto3
+
+            client = boto3.client("s3")
+        self.client = client
+        self.etag: str | None = None
+        self.record: dict = {}
+        self.lost = threading.Event()
+        self._stop = threading.Event()
+        self._beat: threading.Thread | None = None
+
+    def _body(self, me: dict) -> bytes:
+        expires = schemas.utcnow().timestamp() + self.lease_s
+        from datetime import datetime, timezone
+
+        self.record = {**me, "expires_at": datetime.fromtimestamp(expires, timezone.utc).isoformat()}
+        return json.dumps(self.record, sort_keys=True).encode()
+
+    @staticmethod
+    def _code(exc: Exception) -> str:
+        return str(getattr(exc, "response", {}).get("Error", {}).get("Code", ""))
+
+    def _put(self, me: dict, **condition: str) -> bool:
+        """One conditional PutObject; False when the condition failed (412, or 409 for a concurrent one)."""
+        from botocore.exceptions import ClientError
+
+        try:
+            self.etag = self.client.put_object(Bucket=self.bucket, Key=self.key, Body=self._body(me),
+                                               ContentType="application/json", **condition)["ETag"]
+            return True
+        except ClientError as exc:
+            if self._code(exc) in ("PreconditionFailed", "ConditionalRequestConflict", "412", "409"):
+                return False
+            raise
+
+    def read(self) -> tuple[dict | None, str | None]:
+        """(holder record, its ETag); (None, None) when there is no lock object."""
+        from botocore.exceptions import ClientError
+
+        try:
+            got = self.client.get_object(Bucket=self.bucket, Key=self.key)
+        except ClientError as exc:
+            if self._code(exc) in ("NoSuchKey", "404"):
+                return None, None
+            raise
+        try:
+            holder = json.loads(got["Body"].read() or b"null")
+        except ValueError:
+            holder = None
+        return (holder if isinstance(holder, dict) else {}), got["ETag"]
+
+    def try_acquire(self, me: dict) -> tuple[bool, dict | None]:
+        """(True, None) when this call now holds the lease, else (False, the holder's record)."""
+        if self._put(me, IfNoneMatch="*"):
+            return True, None
+        holder, etag = self.read()
+        if etag is None:  # released between the two calls: try again at once
+            return self.try_acquire(me)
+        stale = lease_expired(holder, time.time()) or not _holder_alive(holder)
+        if stale and self._put(me, IfMatch=etag):
+            log.warning("s3://%s/%s: took over the expired lock of %s", self.bucket, self.key, holder)
+            return True, None
+        return False, holder
+
+    def start_heartbeat(self) -> None:
+        """Renew the lease every lease_s / 3 seconds in a daemon thread until release(); a renewal that finds
+        the lease taken (the process stalled past its expiry) sets `lost` and logs an error."""
+        def beat() -> None:
+            from botocore.exceptions import BotoCoreError, ClientError
+
+            me = {k: v for k, v in self.record.items() if k != "expires_at"}
+            while not self._stop.wait(self.lease_s / 3):
+                try:
+                    renewed = self._put(me, IfMatch=self.etag)
+                except (BotoCoreError, ClientError) as exc:  # a blip: the next beat tries again within the lease
+                    log.warning("s3://%s/%s: renewing the lock failed (%s); retrying", self.bucket, self.key, exc)
+                    continue
+                if not renewed:
+                    self.lost.set()
+                    log.error("s3://%s/%s: the lock was taken over after its lease expired: another run may be "
+                              "writing this lake", self.bucket, self.key)
+                    return
+
+        self._beat = threading.Thread(target=beat, name=f"lease-{self.key}", daemon=True)
+        self._beat.start()
+
+    def release(self) -> None:
+        """Stop renewing and delete the lock object if it is still ours (If-Match)."""
+        from botocore.exceptions import ClientError
+
+        self._stop.set()
+        if self._beat is not None:
+            self._beat.join(timeout=30)
+        if self.lost.is_set() or self.etag is None:
+            return
+        try:
+            self.client.delete_object(Bucket=self.bucket, Key=self.key, IfMatch=self.etag)
+        except ClientError as exc:
+            if self._code(exc) not in ("PreconditionFailed", "NoSuchKey", "404", "412"):
+                raise
+            log.warning("s3://%s/%s: the lock was no longer ours at release", self.bucket, self.key)
 
 
 def chunks_table_name(embedder_slug: str) -> str:
@@ -161,20 +301,32 @@ class Lake:
 
     # -- the run lock ----------------------------------------------------------------------------
     @contextmanager
-    def lock(self, owner: str, wait_s: float = 0.0, poll_s: float = 0.2, name: str = "run") -> Iterator[dict]:
-        """Hold the lake's run lock (locks/run.lock, created with O_EXCL: pid, host, started_at, owner), or
-        another named lock (locks/<name>.lock: e.g. 'review', the review decisions' check-and-append,
-        which must not wait for a nightly holding the run lock).
+    def lock(self, owner: str, wait_s: float = 0.0, poll_s: float = 0.2, name: str = "run",
+             lease_s: float = LEASE_S) -> Iterator[dict]:
+        """Hold the lake's run lock (locks/run.lock: owner, pid, host, started_at), or another named lock
+        (locks/<name>.lock: e.g. 'review', the review decisions' check-and-append, which must not wait for
+        a nightly holding the run lock).
 
-        Re-entrant within a process (a flow's subflows). A lock whose holder is provably dead (same
-        host, pid gone) is stale and taken over. Otherwise waits up to wait_s, then raises LakeLocked
-        naming the holder. Object stores have no exclusive create: there the lock is not enforced.
+        Re-entrant within a process (a flow's subflows). Otherwise waits up to wait_s seconds, polling every
+        poll_s, then raises LakeLocked naming the holder. On a local lake the lock file is created with
+        O_EXCL and a lock whose holder is provably dead (same host, pid gone) is taken over. On an s3://
+        lake it is a lease (ObjectStoreLease: conditional PutObject, with expires_at lease_s seconds ahead,
+        renewed by a heartbeat thread), taken over when it expired or its holder is provably dead. Other
+        object stores (gs://, ...) log that the lock is not enforced.
         """
+        if isinstance(self.fs, pafs.S3FileSystem):
+            path = self._path("locks", f"{name}.lock")
+            yield from self._reenter_or(path, lambda me: self._hold_lease(path, me, wait_s, poll_s, lease_s), owner)
+            return
         if not isinstance(self.fs, pafs.LocalFileSystem):
-            log.warning("lake %s: the run lock needs a local lake; concurrent runs are not excluded", self.uri)
+            log.warning("lake %s: the run lock needs a local or s3:// lake; concurrent runs are not excluded", self.uri)
             yield {}
             return
         path = self._path("locks", f"{name}.lock")
+        yield from self._reenter_or(path, lambda me: self._hold_file(path, me, wait_s, poll_s), owner)
+
+    def _reenter_or(self, path: str, hold, owner: str) -> Iterator[dict]:
+        """Yield once: the record already held by this process (a subflow), or `hold(me)`'s."""
         with _HELD_GUARD:
             if _HELD.get(path):
                 _HELD[path] += 1
@@ -190,6 +342,38 @@ class Lake:
             return
         me = {"owner": owner, "pid": os.getpid(), "pid_start": _process_start(os.getpid()),
               "host": socket.gethostname(), "started_at": schemas.utcnow().isoformat()}
+        yield from hold(me)
+
+    @staticmethod
+    def _locked(uri: str, path: str, holder: dict | None, how: str) -> LakeLocked:
+        who = (f"{holder.get('owner')} (pid {holder.get('pid')} on {holder.get('host')}, "
+               f"since {holder.get('started_at')})") if holder else "a run that is starting"
+        return LakeLocked(f"lake {uri} is locked by {who}; {how}")
+
+    def _hold_lease(self, path: str, me: dict, wait_s: float, poll_s: float, lease_s: float) -> Iterator[dict]:
+        lease = ObjectStoreLease(path, lease_s=lease_s)
+        me = {**me, "lease_id": uuid.uuid4().hex}
+        deadline = time.monotonic() + wait_s
+        while True:
+            held, holder = lease.try_acquire(me)
+            if held:
+                break
+            if time.monotonic() >= deadline:
+                raise self._locked(self.uri, path, holder, (
+                    f"wait for it to finish; its lease expires at {(holder or {}).get('expires_at')} unless renewed, "
+                    "then the next run takes the lock over")) from None
+            time.sleep(poll_s)
+        with _HELD_GUARD:
+            _HELD[path] = 1
+        lease.start_heartbeat()
+        try:
+            yield lease.record
+        finally:
+            with _HELD_GUARD:
+                _HELD.pop(path, None)
+            lease.release()
+
+    def _hold_file(self, path: str, me: dict, wait_s: float, poll_s: float) -> Iterator[dict]:
         deadline = time.monotonic() + wait_s
         os.makedirs(posixpath.dirname(path), exist_ok=True)
         while True:
@@ -213,11 +397,8 @@ class Lake:
                         pass
                     continue
                 if time.monotonic() >= deadline:
-                    who = (f"{holder.get('owner')} (pid {holder.get('pid')} on {holder.get('host')}, "
-                           f"since {holder.get('started_at')})") if holder else "a run that is starting"
-                    raise LakeLocked(
-                        f"lake {self.uri} is locked by {who}; wait for it to finish, or remove {path} "
-                        "if that process is gone") from None
+                    raise self._locked(self.uri, path, holder,
+                                       f"wait for it to finish, or remove {path} if that process is gone") from None
                 time.sleep(poll_s)
                 continue
             with os.fdopen(fd, "w") as fh:

@@ -103,6 +103,6 @@ def summary_models() -> dict[str, type[SummaryModel]]:
             "golden list": commands.GoldenListSummary, "golden use": commands.GoldenUseSummary,
             "golden show": commands.GoldenShowSummary,
             "golden report": golden_quality.GoldenReportSummary, "golden diff": golden_quality.GoldenDiffSummary, "runs": commands.RunsSummary,
-            "prompts check": commands.PromptsCheckSummary, "calibrate": CalibrateSummary,
+            "prompts check": commands.PromptsCheckSummary, "deploy": commands.DeploySummary, "calibrate": CalibrateSummary,
             "export sft": ExportDatasetSummary, "export preference": ExportDatasetSummary,
             "logs import": LogsImportSummary}

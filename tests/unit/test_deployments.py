@@ -51,3 +51,33 @@ def test_emit_without_a_server_exits_2_naming_what_to_do(tmp_path, monkeypatch, 
     code = main(["prompts", "check", "--emit", "--lake", str(tmp_path / "lake"), "--json"])
     out = json.loads(capsys.readouterr().out)
     assert code == 2 and "PREFECT_API_URL" in out["error"]
+
+
+def test_work_pool_deployments_are_the_served_ones_with_module_entrypoints():
+    settings = load_settings(overrides={"deployments": {"job_variables": {"env": {"RAGLOOP_CONFIG": "/app/ragloop.yaml"}}}})
+    served = {d.name: d for d in build_deployments(settings)}
+    pooled = {d.name: d for d in build_deployments(settings, for_work_pool=True)}
+    assert set(pooled) == set(served)
+    for name, d in pooled.items():
+        assert (d.schedules, d.triggers, d.parameters, d.tags) == \
+            (served[name].schedules, served[name].triggers, served[name].parameters, served[name].tags), name
+        assert d.entrypoint.startswith("ragloop.flows.") and ":" not in d.entrypoint, \
+            "a worker imports the flow from the installed package: no source upload, no image"
+        assert d.job_variables == {"env": {"RAGLOOP_CONFIG": "/app/ragloop.yaml"}} and not served[name].job_variables
+    assert pooled["index"].entrypoint == "ragloop.flows.index.index_corpus"
+    assert pooled["nightly"].job_variables is not pooled["index"].job_variables, "Prefect writes into them"
+
+
+@pytest.mark.parametrize("api_url, match", [(None, "needs a Prefect server.*PREFECT_API_URL"),
+                                            ("http://127.0.0.1:9/api", "no Prefect server answers there")])
+def test_deploy_without_a_server_exits_2_in_one_line(tmp_path, monkeypatch, capsys, api_url, match):
+    import re
+
+    if api_url:
+        monkeypatch.setenv("PREFECT_API_URL", api_url)
+    else:
+        monkeypatch.delenv("PREFECT_API_URL", raising=False)
+    code = main(["deploy", "--work-pool", "ragloop", "--lake", str(tmp_path / "lake"), "--json"])
+    out = json.loads(capsys.readouterr().out)
+    assert code == 2 and out["exit_code"] == 2 and re.search(match, out["error"]) and "\n" not in out["error"]
+    assert not (tmp_path / "lake").exists(), "nothing was done"
