@@ -53,6 +53,9 @@ RAGAS_DIRS = {"faithfulness": "faithfulness", "answer_relevancy": "answer_releva
               "context_precision": "context_precision", "context_recall": "context_recall",
               "factual_correctness": "factual_correctness"}
 LABEL_NEXT = 10
+# Labels of each human verdict below which kappa gets no bootstrap CI (resamples holding 0-2 of a class make
+# kappa undefined or +-1): the interval is shown from 5 of each, gating still needs gate.calibration.min_class_labels.
+CI_MIN_CLASS_LABELS = 5
 
 
 # -- verdicts and agreement (pure) ---------------------------------------------------------------------
@@ -438,7 +441,7 @@ def metric_calibration(metric: str, pairs: Sequence[tuple[int, float]], config: 
         judge = [int(s >= threshold) for s in scores]
     stats = agreement(human, judge, resamples, confidence, seed)
     counts = [human.count(0), human.count(1)]
-    if min(counts) < config.min_class_labels:  # a bootstrap over 1-2 labels of a class is not an interval
+    if min(counts) < CI_MIN_CLASS_LABELS:  # a bootstrap over 1-4 labels of a class is not an interval
         stats["kappa_ci"] = None
     return {"kind": kind, "threshold": round(threshold, 6),
             "threshold_selection": "leave-one-out" if kind == "continuous" and len(pairs) > 2 else "fixed", **stats,

@@ -246,3 +246,16 @@ def test_one_passing_answer_among_forty_cannot_calibrate_a_continuous_metric():
     entry = cal.metric_calibration("semantic_similarity", list(zip(human, scores)), CalibrationConfig(), 200, 0.95, 0)
     assert not entry["may_gate"] and entry["kappa_ci"] is None, "no interval from a single passing label"
     assert "only 1 'pass' grade(s) among 40 labels < gate.calibration.min_class_labels 10" in entry["reason"]
+
+
+def test_six_passing_labels_get_a_kappa_interval_but_no_gate():
+    """From 5 labels of each verdict kappa gets its bootstrap CI (wide, honestly so); gating still needs
+    gate.calibration.min_class_labels of each."""
+    human = [1] * 6 + [0] * 30
+    judged = [1, 1, 1, 1, 0, 0] + [1] * 3 + [0] * 27
+    entry = cal.metric_calibration("grounded", list(zip(human, judged)), CalibrationConfig(), 300, 0.95, 0)
+    low, high = entry["kappa_ci"]
+    assert low < entry["kappa"] < high and high - low > 0.3
+    assert not entry["may_gate"] and "only 6 'pass' grade(s) among 36 labels" in entry["reason"]
+    few = cal.metric_calibration("grounded", list(zip([1] * 4 + [0] * 32, judged)), CalibrationConfig(), 300, 0.95, 0)
+    assert few["kappa_ci"] is None
