@@ -173,6 +173,10 @@ def eligibility(n: int, kappa_value: float | None, kappa_ci: Sequence[float] | N
     elif n < config.min_labels:
         out["reason"] = (f"{n} labels < gate.calibration.min_labels {config.min_labels}: "
                          f"grade {config.min_labels - n} more answers")
+    elif kappa_ci is not None and kappa_value is not None and kappa_ci[1] < config.min_kappa:
+        out["reason"] = (f"kappa {kappa_value:.2f} [{kappa_ci[0]:.2f}, {kappa_ci[1]:.2f}] is wholly under "
+                         f"gate.calibration.min_kappa {config.min_kappa}: the judge does not agree with people, and "
+                         "more labels will not change that")
     elif class_counts is not None and min(class_counts) < config.min_class_labels:
         fails, passes = class_counts
         scarce = "pass" if passes < fails else "fail"

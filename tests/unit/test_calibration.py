@@ -72,7 +72,8 @@ CONFIG = CalibrationConfig(min_labels=30, min_kappa=0.6)
 @pytest.mark.parametrize("n, kappa, ci, may, needed, words", [
     (0, None, None, False, 30, "no human grades"),
     (12, 0.9, [0.7, 1.0], False, 18, "12 labels < gate.calibration.min_labels 30"),
-    (40, 0.05, [-0.2, 0.3], False, 0, "kappa 0.05 < gate.calibration.min_kappa 0.6"),
+    (40, 0.05, None, False, 0, "kappa 0.05 < gate.calibration.min_kappa 0.6"),
+    (40, 0.05, [-0.2, 0.3], False, 0, "kappa 0.05 [-0.20, 0.30] is wholly under gate.calibration.min_kappa 0.6"),
     (40, None, None, False, 0, "undefined"),
     (40, 0.8, [0.65, 0.95], True, 0, "calibrated"),
 ])
@@ -257,5 +258,8 @@ def test_six_passing_labels_get_a_kappa_interval_but_no_gate():
     low, high = entry["kappa_ci"]
     assert low < entry["kappa"] < high and high - low > 0.3
     assert not entry["may_gate"] and "only 6 'pass' grade(s) among 36 labels" in entry["reason"]
+    chance = cal.metric_calibration("grounded", list(zip(human, [1, 0] * 18)), CalibrationConfig(), 300, 0.95, 0)
+    assert chance["kappa_ci"][1] < 0.6 and not chance["may_gate"]
+    assert "wholly under gate.calibration.min_kappa 0.6: the judge does not agree with people" in chance["reason"]
     few = cal.metric_calibration("grounded", list(zip([1] * 4 + [0] * 32, judged)), CalibrationConfig(), 300, 0.95, 0)
     assert few["kappa_ci"] is None
