@@ -242,7 +242,9 @@ def _z(alpha: float) -> float:
 
 
 def _estimate(point: float, ci) -> dict:
-    low, high = (float(np.ravel(v)[0]) for v in ci)
+    """{estimate, ci, width} of a share: normal-approximation intervals can pass 0 or 1 (a judge passing 15
+    of 18 printed [0.66, 1.01]); a share's interval is cut to [0, 1]."""
+    low, high = (min(1.0, max(0.0, float(np.ravel(v)[0]))) for v in ci)
     return {"estimate": round(point, 6), "ci": [round(low, 6), round(high, 6)], "width": round(high - low, 6)}
 
 

@@ -263,3 +263,10 @@ def test_six_passing_labels_get_a_kappa_interval_but_no_gate():
     assert "wholly under gate.calibration.min_kappa 0.6: the judge does not agree with people" in chance["reason"]
     few = cal.metric_calibration("grounded", list(zip([1] * 4 + [0] * 32, judged)), CalibrationConfig(), 300, 0.95, 0)
     assert few["kappa_ci"] is None
+
+
+def test_a_share_interval_stays_within_zero_and_one():
+    """Seen on a real lake: a judge passing 15 of 18 answers printed the CI [0.66, 1.01]."""
+    est = cal.ppi_estimates([1, 0, 0, 1, 0, 0, 0, 0, 1, 0], [1] * 9 + [0], [1] * 8)
+    assert all(0.0 <= v <= 1.0 for part in ("judge", "human", "ppi") for v in est[part]["ci"])
+    assert est["judge"]["ci"][1] == 1.0 and est["judge"]["width"] == round(1.0 - est["judge"]["ci"][0], 6)
