@@ -261,13 +261,13 @@ details{margin:6px 0}img{max-width:100%}.muted{color:#777;font-size:12px}
 <p class="muted">A judged metric gates only when its judge agrees with people (<code>ragloop calibrate</code>, gate.calibration).</p>
 <table><tr><th>metric</th><th>gated</th><th class="num">labels</th><th class="num">kappa [95% CI]</th><th>why</th></tr>
 {% for name, c in latest.gate.calibration.items() %}<tr><td>{{ name }}</td><td class="{{ 'ok' if c.gated else 'bad' }}">{{ "yes" if c.gated else "no: reported only" }}</td>
-<td class="num">{{ c.n if c.n is not none else "" }}</td><td class="num">{% if c.kappa is not none %}{{ "%.2f"|format(c.kappa) }}{% if c.kappa_ci %} [{{ "%.2f"|format(c.kappa_ci[0]) }}, {{ "%.2f"|format(c.kappa_ci[1]) }}]{% endif %}{% endif %}</td><td>{{ c.reason }}</td></tr>
+<td class="num">{{ c.get("n") if c.get("n") is not none else "" }}</td><td class="num">{% if c.get("kappa") is not none %}{{ "%.2f"|format(c.kappa) }}{% if c.get("kappa_ci") %} [{{ "%.2f"|format(c.kappa_ci[0]) }}, {{ "%.2f"|format(c.kappa_ci[1]) }}]{% endif %}{% endif %}</td><td>{{ c.reason }}</td></tr>
 {% endfor %}</table>{% endif %}
 {% if latest.estimates %}<h3>Share of answers people would pass</h3>
 <p class="muted">Plain: the judge's verdicts over every item. Labels only: the human grades alone. PPI: the judge over every item, its bias corrected by the graded ones (prediction-powered inference, ppi-python); valid when the graded items are a random sample.</p>
 <table><tr><th>metric</th><th class="num">graded / not</th><th class="num">plain judge [CI] width</th><th class="num">labels only [CI] width</th><th class="num">PPI [CI] width</th></tr>
 {% for name, e in latest.estimates.items() %}<tr><td>{{ name }}</td><td class="num">{{ e.n_labelled }} / {{ e.n_unlabelled }}</td>
-{% for key in ("judge", "human", "ppi") %}<td class="num">{% if e[key] %}{{ "%.3f"|format(e[key].estimate) }} [{{ "%.3f"|format(e[key].ci[0]) }}, {{ "%.3f"|format(e[key].ci[1]) }}] {{ "%.3f"|format(e[key].width) }}{% endif %}</td>{% endfor %}</tr>
+{% for key in ("judge", "human", "ppi") %}<td class="num">{% if e.get(key) %}{{ "%.3f"|format(e[key].estimate) }} [{{ "%.3f"|format(e[key].ci[0]) }}, {{ "%.3f"|format(e[key].ci[1]) }}] {{ "%.3f"|format(e[key].width) }}{% endif %}</td>{% endfor %}</tr>
 {% endfor %}</table>{% endif %}
 {% else %}<p>No eval run observed yet: run <code>ragloop eval</code> or <code>ragloop run</code>.</p>{% endif %}
 

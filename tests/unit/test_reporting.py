@@ -135,3 +135,12 @@ def test_the_report_shows_which_judges_gate_and_ppi_beside_the_plain_judge_estim
     assert "Judges" in html and "no: reported only" in html and "12 labels &lt; gate.calibration.min_labels 30" in html
     assert "0.81 [0.66, 0.93]" in html and "30 / 270" in html
     assert "0.740 [0.690, 0.790] 0.100" in html and "0.610 [0.500, 0.720] 0.220" in html
+    # an uncalibrated judge has no n or kappa, and a run whose every answer is graded no PPI: the monitor used
+    # to fail rendering both (seen on a real lake)
+    latest["gate"]["calibration"]["answer_relevancy"] = {"gated": False, "judge_id": "9b10e9e3",
+                                                          "reason": "uncalibrated judge: run `ragloop calibrate`"}
+    latest["estimates"]["grounded"] = {"n_labelled": 18, "n_unlabelled": 0, "confidence": 0.95,
+                                       "judge": {"estimate": 0.5, "ci": [0.3, 0.7], "width": 0.4},
+                                       "human": {"estimate": 0.2, "ci": [0.0, 0.4], "width": 0.4}}
+    html = reporting.render_report(_data(latest_eval=latest))["report.html"].decode()
+    assert "uncalibrated judge: run `ragloop calibrate`" in html and "18 / 0" in html
