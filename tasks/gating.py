@@ -82,6 +82,12 @@ def items_needed(sd: float, max_drop: float, alpha: float, power: float, minimum
     return max(minimum, int(math.ceil(float(n))))
 
 
+# Paired items below which a metric's delta gives no verdict of regression: the bootstrap CI of 1-4 pairs has
+# (nearly) no width, so "wholly below" would be shown by a single question (seen: refusal_recall -1.0, CI
+# [-1, -1], n=1, on a run with one unanswerable item).
+MIN_PAIRS_FOR_A_VERDICT = 5
+
+
 def check_gate(
     metrics: Mapping[str, float],
     deltas: Mapping[str, Mapping] | None,
@@ -142,7 +148,7 @@ def check_gate(
     for side, names in result["not_compared"].items():
         if names:
             warnings.append(f"not compared ({side.replace('_', ' ')}): {', '.join(names)}")
-    undecided = []
+    undecided, inconclusive_small = [], []
     for name in gated:
         d = deltas[name]
         low, high = _oriented_ci(name, d["ci"])
@@ -153,7 +159,12 @@ def check_gate(
             "items_needed": items_needed(sd, config.max_drop, alpha, config.power, config.min_items),
         }
         verdict = metric_verdict(name, d["ci"], config.max_drop)
-        if verdict == "failed":  # a regression shown at any n blocks (small-n CIs err towards blocking here)
+        if verdict == "failed" and d["n"] < MIN_PAIRS_FOR_A_VERDICT:
+            # A bootstrap over 1-4 pairs has (nearly) no width: it shows nothing. Inconclusive (which blocks
+            # by default), not a regression the data cannot show.
+            inconclusive_small.append(f"{name}: {d['delta']:+.4f} on only n={d['n']} paired item(s): too few to show "
+                                      f"a change (a verdict needs {MIN_PAIRS_FOR_A_VERDICT})")
+        elif verdict == "failed":  # a regression shown blocks (small-n CIs err towards blocking here)
             moved, side, bound = _regression_words(name, config.max_drop)
             reasons.append(f"{name} {moved} {d['delta']:+.4f} vs baseline (CI [{d['ci'][0]:+.4f}, {d['ci'][1]:+.4f}] "
                            f"wholly {side} {bound}, n={d['n']})")
@@ -162,7 +173,7 @@ def check_gate(
     if reasons:
         result["status"] = "failed"
         return result
-    inconclusive = []
+    inconclusive = list(inconclusive_small)
     if result["paired_items"] < config.min_items:
         drops = [f"{m} {deltas[m]['delta']:+.4f}" for m in gated if _worse(m, deltas[m]["delta"])]
         inconclusive.append(f"only {result['paired_items']} paired items (gate.min_items {config.min_items})"

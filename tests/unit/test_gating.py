@@ -224,3 +224,22 @@ def test_an_improving_lower_is_better_metric_is_no_observed_regression_at_small_
 def test_power_note_caps_what_exceeds_the_range_or_is_absurd(name, power, needles, absent):
     note = power_note(name, power, 0.01)
     assert all(n in note for n in needles) and not any(a in note for a in absent), note
+
+
+def test_a_drop_on_one_paired_item_is_inconclusive_not_shown():
+    """Found by a new user: one unanswerable question refused by the baseline and not by the candidate gave
+    refusal_recall -1.0 with the bootstrap CI [-1, -1] at n=1, and the gate said 'failed'. Too few pairs
+    to show anything: inconclusive (which blocks by default), naming the n; five pairs can show a drop."""
+    base_rows = [{"qa_id": f"q{i}", "status": "ok", "metrics": [("ndcg@10", 0.8)] + ([("refusal_recall", 1.0)] if i == 0 else [])}
+                 for i in range(40)]
+    cand_rows = [{"qa_id": f"q{i}", "status": "ok", "metrics": [("ndcg@10", 0.8)] + ([("refusal_recall", 0.0)] if i == 0 else [])}
+                 for i in range(40)]
+    deltas = paired_deltas(base_rows, cand_rows, 200, 0.95, 0)
+    assert deltas["refusal_recall"]["n"] == 1 and deltas["refusal_recall"]["ci"] == [-1.0, -1.0]
+    gate = check_gate({"ndcg@10": 0.8, "refusal_recall": 0.0}, deltas, 0, 40, GateConfig())
+    assert gate["status"] == "inconclusive"
+    assert any("refusal_recall: -1.0000 on only n=1 paired item(s): too few to show a change" in r for r in gate["reasons"])
+    five = [dict(r, metrics=r["metrics"] + ([("refusal_recall", 1.0)] if 0 < int(r["qa_id"][1:]) < 5 else [])) for r in base_rows]
+    five_c = [dict(r, metrics=r["metrics"] + ([("refusal_recall", 0.0)] if 0 < int(r["qa_id"][1:]) < 5 else [])) for r in cand_rows]
+    shown = check_gate({}, paired_deltas(five, five_c, 200, 0.95, 0), 0, 40, GateConfig())
+    assert shown["status"] == "failed" and "refusal_recall dropped" in shown["reasons"][0]
