@@ -223,11 +223,18 @@ def repetition(text: str) -> bool:
     return any(c >= 2 for c in seen.values())
 
 
+# What ragloop's own redaction (tasks/production.py, logs.redact) writes in place of personal data: not a
+# template slot the model left, so never a "placeholder" answer.
+REDACTION_MARKERS = {"email": "[EMAIL]", "phone": "[PHONE]", "pattern": "[REDACTED]"}
+
+
 def placeholders(text: str, context: str = "") -> list[str]:
     """Template slots (`[x]`, `{x}`, `<x>`) in text that the context does not contain itself
-    (FastAPI's `{item_id}` is a real path parameter when the docs say so). Markdown links are not slots."""
+    (FastAPI's `{item_id}` is a real path parameter when the docs say so). Markdown links and
+    ragloop's redaction markers (REDACTION_MARKERS) are not slots."""
     return [m.group(0) for m in _PLACEHOLDER.finditer(text)
-            if m.group(0) not in context and not re.fullmatch(r"\[\d{1,2}\]", m.group(0))]
+            if m.group(0) not in context and not re.fullmatch(r"\[\d{1,2}\]", m.group(0))
+            and m.group(0) not in REDACTION_MARKERS.values()]
 
 
 def passage_spam(text: str) -> bool:

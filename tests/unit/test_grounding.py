@@ -93,3 +93,13 @@ def test_headings_code_and_template_lines_are_never_evidence():
     spans = grounding.evidence_spans("Gold sponsors are listed first.", text)
     assert [text[s:e] for s, e in spans] == ["Gold sponsors are listed first on the page."]
     assert grounding.evidence_spans("Gold Sponsors", "### Gold Sponsors\n\n{% if sponsors.gold %}") == []
+
+
+def test_an_answer_redacted_on_import_is_not_a_placeholder_answer():
+    """Found by a new user: 'We will call [PHONE] or mail [EMAIL]' (ragloop's own redaction of a logged
+    answer) was counted degenerate ('placeholder') in the monitor's production checks."""
+    from ragloop.tasks import production
+
+    assert grounding.placeholders("We will call [PHONE] or mail [EMAIL]; see [REDACTED].") == []
+    assert grounding.placeholders("Dear [customer name], call [PHONE].") == ["[customer name]"]
+    assert set(production.REDACTED.values()) == set(grounding.REDACTION_MARKERS.values())
