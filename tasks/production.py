@@ -449,7 +449,8 @@ def log_files(path: Path) -> list[Path]:
 class LogsImportSummary(StageSummary):
     """What `ragloop logs import` returns and records."""
 
-    status: Literal["ok", "partial", "failed"] = Field(description="ok, or partial when some lines were quarantined")
+    status: Literal["ok", "partial", "failed"] = Field(
+        description="ok; partial when some lines were quarantined; failed when every line was (nothing imported, exit 1)")
     lake: str = Field(description="the lake's URI")
     format: str = Field(description="jsonl or otel")
     files: list[str] = Field(description="the files read")
@@ -486,7 +487,8 @@ def import_logs(lake: Lake, path: Path, fmt: str, config: RedactConfig) -> dict:
         parsed = parse_jsonl(text.splitlines()) if fmt == "jsonl" else parse_otel(text)
         read += len(parsed.records)
         ignored.update(parsed.ignored_fields)
-        bad += [{"source": str(file), **b} for b in parsed.bad]
+        # a bad line's detail quotes its value: redacted like a record, so no personal data is stored by quarantine
+        bad += [{"source": str(file), **b, "detail": redactor.redact(b.get("detail"))[0]} for b in parsed.bad]
         for rec in parsed.records:
             log_id = log_id_of(rec)
             if log_id in known or log_id in new_rows:
@@ -505,7 +507,9 @@ def import_logs(lake: Lake, path: Path, fmt: str, config: RedactConfig) -> dict:
         lake.write_log_quarantine(qid, pa.Table.from_pylist(
             [{**b, "import_id": import_id, "seen_at": now} for b in bad], schema=schemas.LOG_QUARANTINE))
     redacted = [r for r in new_rows.values() if r["redactions"]]
-    return {"status": "partial" if bad else "ok", "lake": lake.uri, "format": fmt, "files": [str(f) for f in files],
+    # every line quarantined (e.g. --format otel on a JSONL file): nothing was imported, a failure a script sees
+    status = ("failed" if not read else "partial") if bad else "ok"
+    return {"status": status, "lake": lake.uri, "format": fmt, "files": [str(f) for f in files],
             "records": {"read": read, "new": len(new_rows), "known": read - len(new_rows), "quarantined": len(bad),
                         "redacted": len(redacted)},
             "import_id": import_id, "path": written, "quarantine": bad[:20], "ignored_fields": dict(sorted(ignored.items())),

@@ -196,3 +196,16 @@ def test_few_logs_a_day_show_figures_but_judge_no_alert():
     rows = _rows(30, days=3)
     result = production.production_check(rows, [], None, LogsConfig(max_negative_feedback=0.0))
     assert result.check.alerts == [] and "no day has 20 logs" in result.check.figures["reason"]
+
+
+def test_a_bad_line_quoting_personal_data_is_quarantined_redacted_and_an_all_bad_file_fails(lake, tmp_path):
+    """Found by a new user: a bad timestamp's value ('call jane@example.com or +1 555 123 4567') was echoed
+    into the quarantine detail, the summary and the run manifest unredacted; and a file whose every line
+    was quarantined (e.g. --format otel on JSONL) imported nothing with status partial, exit 0."""
+    path = tmp_path / "pii.jsonl"
+    path.write_text(json.dumps({"question": "q", "timestamp": "call jane@example.com or +1 555 123 4567"}) + "\n")
+    summary = production.import_logs(lake, path, "jsonl", RedactConfig())
+    assert summary["status"] == "failed" and summary["records"]["read"] == 0
+    detail = summary["quarantine"][0]["detail"]
+    assert "jane@example.com" not in detail and "555 123" not in detail and "[EMAIL]" in detail
+    assert not any("jane@example.com" in str(r) for r in lake.read_log_quarantine().to_pylist())
