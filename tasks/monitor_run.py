@@ -74,6 +74,8 @@ def observe(lake: Lake, eval_run_id: str | None, observer_run_id: str | None) ->
         if run["run_id"] in seen_runs:
             continue
         rows = monitoring.history_rows(run["run_id"], run, run["ended_at"] or run["started_at"])
+        if not rows:  # a run with no metric (every item failed): nothing to observe, and not "new" every pass
+            continue
         lake.write_history(run["run_id"], pa.Table.from_pylist(rows, schema=schemas.HISTORY))
         written.append(run["run_id"])
         seen_runs.add(run["run_id"])
@@ -81,8 +83,9 @@ def observe(lake: Lake, eval_run_id: str | None, observer_run_id: str | None) ->
         run = lake.read_run(eval_run_id)
         if run and run["status"] in OBSERVED_STATUSES:
             rows = monitoring.history_rows(observer_run_id, run, utcnow(), mode="nightly")
-            lake.write_history(observer_run_id, pa.Table.from_pylist(rows, schema=schemas.HISTORY))
-            written.append(observer_run_id)
+            if rows:
+                lake.write_history(observer_run_id, pa.Table.from_pylist(rows, schema=schemas.HISTORY))
+                written.append(observer_run_id)
     return written
 
 

@@ -56,6 +56,13 @@ def test_every_completed_eval_is_observed_once(lake):
     _eval(lake, "e3", 2, 0.6)
     assert monitor_run.observe(lake, None, None) == ["e3"]
     assert monitor_run.observe(lake, None, None) == []
+    # an eval whose every item failed has no metric: nothing to observe, and not "new" on every pass after
+    # (found by a new user: nine such runs were listed as newly observed by each monitor pass)
+    _eval(lake, "e4", 3, 0.6)
+    record = lake.read_run("e4")
+    lake.write_run({**record, "outputs": {**record["outputs"], "metrics": {}}})
+    assert monitor_run.observe(lake, None, None) == []
+    assert monitor_run.observe(lake, None, None) == []
 
 
 def test_a_night_that_reused_an_observed_eval_is_one_more_nightly_observation(lake):
