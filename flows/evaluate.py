@@ -51,8 +51,8 @@ def evaluate_chain(
     overrides: further settings {section: {key: value}} over the config (a bake-off cell's eval and llm);
     retrieval and k, when given, win over them."""
     extra = overrides or {}
-    settings = flow_settings(config_path, {**extra, "lake": lake,
-                                           "eval": {**extra.get("eval", {}), "retrieval": retrieval, "k": k}})
+    given = {key: value for key, value in (("retrieval", retrieval), ("k", k)) if value is not None}
+    settings = flow_settings(config_path, {**extra, "lake": lake, "eval": {**extra.get("eval", {}), **given}})
     config, on_inconclusive = settings.eval, settings.gate.on_inconclusive
     with stage_run("eval", settings) as stage:
         plan = eval_run.plan_eval(stage.lake, settings, golden, index, retrieval_only, providers.current(),
