@@ -46,6 +46,8 @@ class BakeoffSummary(StageSummary):
     adopt: str | None = Field(None, description="the YAML that makes the chosen (or --promote) cell the configured chain")
     report: str | None = Field(None, description="the HTML report (Pareto chart and table)")
     results: str | None = Field(None, description="bakeoffs/<run_id>.parquet: one row per cell")
+    promote: dict[str, Any] | None = Field(
+        None, description="--promote CELL: {cell, applied: false, how}; the config is printed (adopt), not written")
     markdown: str | None = Field(None, description="--format markdown: the result as a Markdown table")
 
 

@@ -7,11 +7,12 @@ import json
 
 import pytest
 
-from ragloop.flows import evaluate as eval_flow
 from ragloop.flows.cli import main
 from ragloop.tasks.storage import Lake
-from tests.conftest import write_files
-from tests.flows.test_eval_flow import CORPUS, QUERIES, fakes  # noqa: F401  (fixture)
+from tests.conftest import use_fakes, write_files
+from ragloop.tasks.llm import ScriptedLLM
+from tests.conftest import REPO
+from tests.flows.test_eval_flow import CORPUS, QUERIES
 
 TRAIN = "query-id\tcorpus-id\tscore\nq1\td1\t1\nq2\td2\t1\n"
 TEST = "query-id\tcorpus-id\tscore\nq3\td3\t1\nq1\td1\t1\n"
@@ -27,7 +28,13 @@ matrix:
 
 
 @pytest.fixture
-def beir_lake(prefect_backend, fakes, tmp_path, lake_dir, capsys):  # noqa: F811
+def fakes(monkeypatch, fake_embedder):
+    use_fakes(embedder=lambda config: fake_embedder, llm=lambda config: ScriptedLLM())
+    monkeypatch.setenv("RAGLOOP_PROMPTS_DIR", str(REPO / "prompts"))
+
+
+@pytest.fixture
+def beir_lake(prefect_backend, fakes, tmp_path, lake_dir, capsys):
     root = write_files(tmp_path / "beir", {
         "corpus.jsonl": "\n".join(json.dumps(d) for d in CORPUS) + "\n",
         "queries.jsonl": "\n".join(json.dumps(q) for q in QUERIES) + "\n",
@@ -47,17 +54,16 @@ def _bakeoff(tmp_path, lake_dir, capsys, *extra, text=BAKEOFF):
     return code, capsys.readouterr()
 
 
-def test_bakeoff_runs_cells_reuses_them_and_resumes(beir_lake, tmp_path, capsys, monkeypatch):
-    real = eval_flow.evaluate_chain
-    calls = []
+def test_bakeoff_runs_cells_reuses_them_and_resumes(beir_lake, tmp_path, capsys, fake_embedder):
+    builds = []
 
-    def first_fts_k4_fails(**kwargs):
-        calls.append(kwargs["overrides"]["eval"])
-        if kwargs["overrides"]["eval"] == {"retrieval": "fts", "k": 4, "rerank": "none"} and len(calls) < 5:
-            raise RuntimeError("killed")  # the first bake-off dies in this cell; the next one resumes
-        return real(**kwargs)
+    def embedder_dies_in_the_fourth_cell(config):
+        builds.append(config)
+        if len(builds) == 4:  # cells run in order, one eval (one embedder) each: fts-k4 dies the first time
+            raise RuntimeError("killed")
+        return fake_embedder
 
-    monkeypatch.setattr("ragloop.flows.bakeoff.evaluate_chain", first_fts_k4_fails)
+    use_fakes(embedder=embedder_dies_in_the_fourth_cell)
     code, out = _bakeoff(tmp_path, beir_lake, capsys, "--json")
     first = json.loads(out.out)
     assert code == 0 and first["status"] == "partial", first  # partial exits 0, as an eval with failed items
