@@ -356,6 +356,14 @@ def pareto_plot(summary: Mapping) -> bytes:
     for ax, (axis, key, label) in zip(axes[0], (("latency", "latency_p50_ms", "p50 latency per item (ms)"),
                                                 ("cost", "cost", "cost of the run ($)"))):
         front = set((summary.get("pareto") or {}).get(axis, []))
+        ax.set_title(f"{metric} vs {axis}", fontsize=10)
+        if len({c.get(key) or 0.0 for c in cells}) <= 1 and axis == "cost":
+            # every cell costs the same (retrieval-only: $0): a column of labels on top of each other says nothing
+            ax.text(0.5, 0.5, f"every cell costs ${(cells[0].get(key) or 0.0) if cells else 0.0:.6f}\n"
+                    "(no LLM step, or one price): no cost trade-off", ha="center", va="center", transform=ax.transAxes)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            continue
         for c in cells:
             on = c["name"] in front
             ax.scatter(c.get(key) or 0.0, c["metrics"][metric], s=46 if on else 26,
@@ -369,7 +377,6 @@ def pareto_plot(summary: Mapping) -> bytes:
             ax.legend(loc="lower right", fontsize=8)
         ax.set_xlabel(label)
         ax.set_ylabel(metric)
-        ax.set_title(f"{metric} vs {axis}", fontsize=10)
         ax.grid(alpha=0.3)
     return _png(fig)
 
