@@ -128,6 +128,15 @@ def _parser() -> argparse.ArgumentParser:
                    help="markdown: a GitHub-flavoured table with the gate's verdict, to post on a pull request")
     common(p)
 
+    p = sub.add_parser("bakeoff", help="score a matrix of chain settings (each cell an eval experiment), choose on one "
+                                       "golden line, score on another; table, paired deltas, Pareto chart, report")
+    p.add_argument("file", metavar="FILE.yaml", help="the bake-off file (README: Bake-offs; examples/bakeoff/scifact.yaml)")
+    p.add_argument("--format", choices=["text", "markdown"], default="text",
+                   help="markdown: the result as a GitHub-flavoured table")
+    p.add_argument("--promote", metavar="CELL",
+                   help="print the config that makes CELL the configured chain (it is not written for you)")
+    common(p)
+
     p = sub.add_parser("rollback", help="return a golden-set line's promoted state (serving table version, baseline) to the previous promotion")
     p.add_argument("--golden", default="latest", help="a line name, golden_set_id or unique prefix, or 'latest' (the chosen line)")
     common(p)
@@ -456,6 +465,58 @@ def _run_compare(args: argparse.Namespace) -> dict:
 
         summary["markdown"] = compare_markdown(summary, settings.eval.confidence)
     return summary
+
+
+def _run_bakeoff(args: argparse.Namespace) -> dict:
+    from ragloop.tasks import bakeoff
+
+    if args.json and args.format == "markdown":
+        from ragloop.tasks.settings import ConfigError
+
+        raise ConfigError("bakeoff: choose --json or --format markdown, not both")
+    spec = bakeoff.load_bakeoff(args.file)  # a bad file fails here, before Prefect starts (exit 2, naming the field)
+    promote = bakeoff.promote_cell(spec, args.promote)
+    bakeoff.check_lines(_lake(_settings(args)), spec)
+    from ragloop.flows.bakeoff import run_bakeoff
+
+    summary = run_bakeoff(path=args.file, lake=args.lake, config_path=args.config)
+    if promote is not None:
+        summary["adopt"] = bakeoff.adopt_yaml(promote)
+        summary["promote"] = {"cell": promote["name"], "applied": False,
+                              "how": "put `adopt` in ragloop.yaml, then `ragloop eval --promote` gates it"}
+    if args.format == "markdown":
+        summary["markdown"] = bakeoff.bakeoff_markdown(summary)
+    return summary
+
+
+def _human_bakeoff(summary: dict) -> list[str]:
+    if "markdown" in summary:
+        return [summary["markdown"].rstrip("\n")]
+    lines = [f"bake-off {summary['name']} ({summary['run_id']}): {summary['status']}, {len(summary['cells'])} cells "
+             f"on line {summary['choose_on']}, metric {summary['metric']}"]
+    for c in summary["cells"]:
+        if c["status"] == "failed":
+            lines.append(f"  {c['name']:<28} failed: {c.get('error')}")
+            continue
+        value, ci = c["metrics"].get(summary["metric"]), c["ci"].get(summary["metric"])
+        d = (c.get("deltas") or {}).get(summary["metric"])
+        lines.append(f"  {c['name']:<28} {value:.4f} [{ci[0]:.4f}, {ci[1]:.4f}]"
+                     + (f"  {d['delta']:+.4f} {d['verdict']}" if d else "")
+                     + f"  p50 {c['latency_p50_ms']:.1f} ms p95 {c['latency_p95_ms']:.1f} ms  cost ${c['cost']:.6f}"
+                     + ("  (reused)" if c.get("cached") else ""))
+    lines.append(f"Pareto (quality vs latency): {', '.join(summary['pareto']['latency'])}")
+    lines.append(f"Pareto (quality vs cost): {', '.join(summary['pareto']['cost'])}")
+    lines.append(f"chosen on {summary['choose_on']}: {summary['chosen']} ({summary['chosen_score']})")
+    held = summary.get("held_out")
+    if held:
+        lines.append(f"scored on {held['line']} (held out): " + (f"{held['value']:.4f} run {held['run_id']}"
+                                                                 if "value" in held else f"failed: {held.get('error')}"))
+    if summary.get("adopt"):
+        lines.append("config to adopt" + (f" for {summary['promote']['cell']} (not applied; {summary['promote']['how']})"
+                                          if summary.get("promote") else " (the chosen cell)") + ":")
+        lines.extend("  " + line for line in summary["adopt"].splitlines())
+    lines.append(f"report: {summary.get('report')}")
+    return lines
 
 
 def _human_compare(summary: dict) -> list[str]:
@@ -828,6 +889,7 @@ COMMANDS: dict[str, tuple[Callable[[argparse.Namespace], dict], Callable[[dict],
     "monitor": (_run_monitor, _human_monitor),
     "import-beir": (_run_import_beir, _human_import_beir),
     "compare": (_run_compare, _human_compare),
+    "bakeoff": (_run_bakeoff, _human_bakeoff),
     "lineage": (_run_lineage, _human_lineage),
     "rollback": (_run_rollback, _human_rollback),
     "promote": (_run_promote, _human_promote),
@@ -847,7 +909,8 @@ def _review_cli():
 
 
 # Commands that start flow runs (the rest never import prefect).
-FLOW_COMMANDS = {"ingest", "index", "synth", "run", "monitor", "eval", "import-beir", "golden import", "logs import"}
+FLOW_COMMANDS = {"ingest", "index", "synth", "run", "monitor", "eval", "import-beir", "golden import", "logs import",
+                 "bakeoff"}
 
 
 def _command_name(args: argparse.Namespace) -> str:

@@ -38,6 +38,7 @@ def evaluate_chain(
     index: str = "auto",
     progress: bool = False,
     no_cache: bool = False,
+    overrides: dict | None = None,
 ) -> dict:
     """Score the chain over the active items of a golden set; per-item results and traces go to
     the lake, the summary carries metrics with bootstrap CIs overall and per question type, the gate's
@@ -46,8 +47,12 @@ def evaluate_chain(
     promote: None = an experiment (gated, never promoted); "nightly" | "prompt-changed" | "explicit"
     may promote. index: auto (the pending candidate index of this embedder, else the served one) |
     serving | candidate. progress: show items through the chain and the judge's scoring (a bar on a
-    terminal, else log lines). no_cache: bypass the LLM call cache (tasks/llm_cache.py), reads and writes."""
-    settings = flow_settings(config_path, {"lake": lake, "eval": {"retrieval": retrieval, "k": k}})
+    terminal, else log lines). no_cache: bypass the LLM call cache (tasks/llm_cache.py), reads and writes.
+    overrides: further settings {section: {key: value}} over the config (a bake-off cell's eval and llm);
+    retrieval and k, when given, win over them."""
+    extra = overrides or {}
+    given = {key: value for key, value in (("retrieval", retrieval), ("k", k)) if value is not None}
+    settings = flow_settings(config_path, {**extra, "lake": lake, "eval": {**extra.get("eval", {}), **given}})
     config, on_inconclusive = settings.eval, settings.gate.on_inconclusive
     with stage_run("eval", settings) as stage:
         plan = eval_run.plan_eval(stage.lake, settings, golden, index, retrieval_only, providers.current(),

@@ -129,6 +129,14 @@ def active_items(lake: Lake, golden_set_id: str) -> list[dict]:
     return items
 
 
+DEFAULT_FUSION = ("rrf", 60)
+
+
+def fusion(config: EvalConfig) -> tuple[str, float]:
+    """The hybrid fusion the retriever applies: ("rrf", rrf_k) or ("linear", fusion_weight)."""
+    return ("rrf", config.rrf_k) if config.fusion == "rrf" else ("linear", config.fusion_weight)
+
+
 def rerank_depth(config: EvalConfig) -> int:
     """Candidates per hit the retriever reranks by embedding (0 = no rerank)."""
     return config.rerank_depth if config.rerank == "embedding" else 0
@@ -231,6 +239,8 @@ def describe_chain(config: EvalConfig, models: ChainModels, retrieval_only: bool
         "guardrail": None if retrieval_only else {"refuse_below": config.refuse_below, "min_grounding": config.min_grounding},
         "answer": None if retrieval_only else _prompt_ref(models.answer),
         "llm": models.llm.model_id if models.llm else None,
+        # only when hybrid with a non-default fusion, so the chain hashes of runs recorded before it still hold
+        **({"fusion": list(fusion(config))} if config.retrieval == "hybrid" and fusion(config) != DEFAULT_FUSION else {}),
     }
 
 
@@ -246,9 +256,22 @@ def eval_cache_key(golden_set_id: str, serving: promotion.ServingRef, chain: Map
         "prompts": {p.name: p.prompt_hash for p in models.prompts.values()}, "judge": models.judge_id,
         "embedder": embedder_weights_sha256,
         # eval.target's default (builtin) is left out, so the keys of runs recorded before it existed still hold
-        "eval": settings.eval.model_dump(mode="json", exclude={"target"} if settings.eval.target is None else None),
+        "eval": settings.eval.model_dump(mode="json", exclude=_default_eval_fields(settings.eval)),
         "gate": settings.gate.model_dump(mode="json"),
     })
+
+
+def _default_eval_fields(config: EvalConfig) -> set[str]:
+    """Eval settings left out of the cache key at their defaults, so runs recorded before they existed keep
+    their keys: target (builtin) and the hybrid fusion (rrf, 60; its other knobs)."""
+    left_out = {"target"} if config.target is None else set()
+    if fusion(config) == DEFAULT_FUSION:
+        left_out |= {"fusion", "rrf_k", "fusion_weight"}
+    elif config.fusion == "rrf":
+        left_out.add("fusion_weight")
+    else:
+        left_out.add("rrf_k")
+    return left_out
 
 
 def cache_ref(cache_key: str) -> str:
@@ -643,7 +666,7 @@ def plan_eval(lake: Lake, settings: Settings, golden: str, index: str, retrieval
     serving, role = pick_index(refs, embedder.slug, index)
     items = active_items(lake, chosen.golden_set_id)
     retriever = Retriever(lake, serving.table, serving.version, embedder, exact=config.exact,
-                          rerank_depth=rerank_depth(config))
+                          rerank_depth=rerank_depth(config), fusion=fusion(config))
     stale = evaluation.check_references(items, *retriever.catalog())
     target = targets.prepare_target(config.target, retriever) if config.target is not None else None
     models = prepare_models(config, settings.llm, settings.prompts_dir, retrieval_only, items, retriever, providers)

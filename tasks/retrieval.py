@@ -29,7 +29,7 @@ class Retriever:
     """Searches one table at one version (the serving one), so an eval reads a fixed index."""
 
     def __init__(self, lake: Lake, table_name: str, version: int, embedder: Embedder, exact: bool = True,
-                 rerank_depth: int = 0) -> None:
+                 rerank_depth: int = 0, fusion: tuple[str, float] = ("rrf", 60)) -> None:
         self.table = lake.connect_vectors().open_table(table_name)
         self.table.checkout(version)
         self.table_name, self.version = table_name, version
@@ -38,6 +38,8 @@ class Retriever:
         # rerank_depth > 0: fetch k * depth candidates, then order them by the embedder's cosine with
         # the query (their stored vectors) - a semantic rerank for fts and hybrid candidate lists.
         self.rerank_depth = rerank_depth
+        # Hybrid fusion: ("rrf", K) or ("linear", vector weight) - see EvalConfig.fusion.
+        self.fusion = fusion
         self.has_fts = any(i.name == "text_idx" for i in self.table.list_indices())
 
     def catalog(self) -> tuple[set[str], set[str]]:
@@ -112,11 +114,24 @@ class Retriever:
             return ranked([Hit(r["chunk_id"], r["doc_id"], r["text"], r["_score"]) for r in rows])[:k]
         if text_query is None:  # nothing to match as text: the vector leg alone
             return self._search(query, vector, "vector", k)
-        builder = self.table.search(query_type="hybrid").vector(vector).text(text_query).limit(limit)
+        builder = (self.table.search(query_type="hybrid").vector(vector).text(text_query).limit(limit)
+                   .rerank(reranker=fusion_reranker(*self.fusion)))
         if self.exact:
             builder = builder.bypass_vector_index()
-        rows = builder.select(COLUMNS).to_arrow().to_pylist()  # fused by reciprocal rank (LanceDB's RRF default)
+        rows = builder.select(COLUMNS).to_arrow().to_pylist()
         return ranked([Hit(r["chunk_id"], r["doc_id"], r["text"], r["_relevance_score"]) for r in rows])[:k]
+
+
+def fusion_reranker(kind: str, value: float):
+    """LanceDB's hybrid fusion: RRFReranker(K=value) for "rrf", LinearCombinationReranker(weight=value) for
+    "linear" (value = the vector leg's weight in [0, 1]). ValueError on another kind."""
+    from lancedb.rerankers import LinearCombinationReranker, RRFReranker
+
+    if kind == "rrf":
+        return RRFReranker(K=int(value))
+    if kind == "linear":
+        return LinearCombinationReranker(weight=float(value))
+    raise ValueError(f"unknown hybrid fusion {kind!r} (rrf | linear)")
 
 
 def plain_text_query(text: str):

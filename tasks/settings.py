@@ -302,6 +302,12 @@ class EvalConfig(Section):
     # with the question (useful after fts/hybrid); "none" keeps the retriever's order.
     rerank: Literal["none", "embedding"] = "none"
     rerank_depth: PositiveInt = 4
+    # Hybrid fusion of the vector and full-text legs: "rrf" (reciprocal rank, 1/(rrf_k + rank) summed;
+    # LanceDB's default, rrf_k 60) or "linear" (fusion_weight * vector score + (1 - weight) * text score,
+    # LanceDB's LinearCombinationReranker). In the chain hash only when not the default (rrf, 60).
+    fusion: Literal["rrf", "linear"] = "rrf"
+    rrf_k: PositiveInt = 60
+    fusion_weight: float = Field(default=0.7, ge=0, le=1)
     metric_ks: list[PositiveInt] = Field(default_factory=lambda: [1, 3, 5, 10])  # cut at k as well
     rewrite_prompt: str | None = None  # e.g. "query_rewrite": the question is rewritten before retrieval
     answer_prompt: str = "answer"

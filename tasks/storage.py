@@ -26,7 +26,8 @@ Layout under the lake root (a local path or an object-store URI; pyarrow filesys
     logs/quarantine/<id>.parquet                log lines an import could not use, with reasons
     history/<observation_id>.parquet            metric values per observed eval run (monitor)
     alerts/alerts.jsonl                         every alert the monitor raised, one JSON per line
-    reports/<run_id>/report.html (+ PNGs)       the monitor's HTML report per run
+    reports/<run_id>/report.html (+ PNGs)       the monitor's HTML report per run (and a bake-off's)
+    bakeoffs/<run_id>.parquet                   a bake-off's cells: config, run_id, metrics, latency, tokens, cost
     lancedb/chunks__<embedder_slug>.lance       chunk vectors (LanceDB)
 Every Parquet/JSON write goes to a temp name first and is renamed into place.
 """
@@ -734,6 +735,12 @@ class Lake:
                 out.write(files[name])
             self._move_into_place(tmp, path)
         return self.report_path(run_id)
+
+    def write_bakeoff(self, run_id: str, cells: pa.Table) -> str:
+        """Write a bake-off's cells (one row per cell) to bakeoffs/<run_id>.parquet; returns the path."""
+        path = self._path("bakeoffs", f"{run_id}.parquet")
+        self.write_parquet(cells, path)
+        return path
 
     # -- LanceDB -------------------------------------------------------------------------------
     def connect_vectors(self):

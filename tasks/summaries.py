@@ -84,6 +84,7 @@ def summary_models() -> dict[str, type[SummaryModel]]:
     """Command -> the model of the summary it returns (`--json`). Imported on call: the stage modules
     import this one."""
     from ragloop.tasks import commands, golden_quality
+    from ragloop.tasks.bakeoff import BakeoffSummary
     from ragloop.tasks.calibration import CalibrateSummary
     from ragloop.tasks.eval_run import EvalSummary
     from ragloop.tasks.exports import ExportDatasetSummary
@@ -97,7 +98,7 @@ def summary_models() -> dict[str, type[SummaryModel]]:
 
     return {"ingest": IngestSummary, "index": IndexSummary, "synth": SynthSummary, "eval": EvalSummary,
             "monitor": MonitorSummary, "run": LifecycleSummary, "golden import": ImportGoldenSummary,
-            "import-beir": ImportBeirSummary, "golden export": ExportSummary,
+            "import-beir": ImportBeirSummary, "golden export": ExportSummary, "bakeoff": BakeoffSummary,
             "compare": commands.CompareSummary, "lineage": commands.LineageSummary,
             "rollback": commands.RollbackSummary, "promote": commands.PromoteSummary,
             "golden list": commands.GoldenListSummary, "golden use": commands.GoldenUseSummary,

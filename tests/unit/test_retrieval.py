@@ -82,3 +82,35 @@ def test_a_query_whose_search_fails_fails_alone(retriever, monkeypatch):
     assert results[0].retrieval_failed and "RuntimeError: lance: boom" in results[0].error
     assert results[0].traces[0]["error"] and results[0].hits == []
     assert not results[1].retrieval_failed and results[1].hits[0].doc_id == "spam.md"
+
+
+@pytest.mark.parametrize("fusion", [("rrf", 60), ("rrf", 1), ("linear", 0.0), ("linear", 1.0)])
+def test_hybrid_fusion_settings_rank_the_same_hits(retriever, fusion):
+    """Every fusion returns the matching chunk among the hybrid hits; linear at weight 1 orders by the vector leg."""
+    retriever.fusion = fusion
+    [(hits, _, error)] = retriever.search_each(["harbour station docks"], "hybrid", 4)
+    assert error is None and "docks.md" in [h.doc_id for h in hits]
+    if fusion == ("linear", 1.0):
+        [(vector_hits, _, _)] = retriever.search_each(["harbour station docks"], "vector", 4)
+        assert hits[0].doc_id == vector_hits[0].doc_id
+
+
+def test_unknown_fusion_is_refused():
+    from ragloop.tasks.retrieval import fusion_reranker
+
+    with pytest.raises(ValueError, match="unknown hybrid fusion 'max'"):
+        fusion_reranker("max", 1)
+
+
+def test_fusion_enters_the_chain_and_cache_key_only_when_not_the_default():
+    from ragloop.tasks import eval_run
+    from ragloop.tasks.settings import EvalConfig
+
+    models = eval_run.ChainModels(rewrite=None, answer=None)
+    default = eval_run.describe_chain(EvalConfig(), models, True)
+    assert "fusion" not in default
+    assert eval_run.describe_chain(EvalConfig(rrf_k=10), models, True)["fusion"] == ["rrf", 10]
+    assert eval_run.describe_chain(EvalConfig(fusion="linear"), models, True)["fusion"] == ["linear", 0.7]
+    assert "fusion" not in eval_run.describe_chain(EvalConfig(retrieval="vector", rrf_k=10), models, True)
+    assert eval_run._default_eval_fields(EvalConfig()) == {"target", "fusion", "rrf_k", "fusion_weight"}
+    assert eval_run._default_eval_fields(EvalConfig(rrf_k=10)) == {"target", "fusion_weight"}
