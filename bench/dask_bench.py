@@ -74,7 +74,8 @@ def sample_tree(pid: int, stop: threading.Event, peaks: dict) -> None:
         for proc in procs:
             try:
                 with proc.oneshot():
-                    rss, cpu = proc.memory_info().rss / 2**20, sum(proc.cpu_times()[:4])
+                    times = proc.cpu_times()  # own user + system: children_* would add reaped workers
+                    rss, cpu = proc.memory_info().rss / 2**20, times.user + times.system
                     role = role_of(proc.cmdline(), proc.pid == pid)
             except (psutil.NoSuchProcess, psutil.AccessDenied):
                 continue
