@@ -16,7 +16,6 @@ SLICE = ["tutorial/first-steps.md", "tutorial/query-params.md", "deployment/dock
 
 pytestmark = [
     pytest.mark.integration,
-    pytest.mark.slow,  # two full indexes, a cluster start and two model loads: about a minute on 2 cores
     pytest.mark.skipif(not FASTAPI_DOCS.exists(), reason="../shared/data is not beside the repo"),
 ]
 
