@@ -7,11 +7,16 @@ from prefect.cache_policies import NO_CACHE
 
 from ragloop.flows.common import flow_settings, stage_run
 from ragloop.flows.ingest import ingest_sources
+from ragloop.flows.runners import task_map
 from ragloop.tasks import index_run, indexing, providers, validation
 
 commit_run = task(indexing.ChunkStore.commit_run, name="write-chunks", cache_policy=NO_CACHE)
 refresh_indexes = task(indexing.ChunkStore.refresh_indexes, name="refresh-indexes", cache_policy=NO_CACHE)
 validate_chunks = task(validation.validate_chunks, name="validate-chunks", cache_policy=NO_CACHE)
+# runner.kind dask: one window per task on a worker. Retried: a window only reads (the flow process commits
+# by chunk id), so a retry after a worker died or a call raised duplicates nothing.
+chunk_and_embed_window = task(index_run.chunk_and_embed_window, name="chunk-and-embed-window", retries=2,
+                              retry_delay_seconds=1, cache_policy=NO_CACHE)
 
 
 def check_chunking(settings) -> None:
@@ -47,9 +52,12 @@ def index_corpus(
         run.lineage.update(index_run.index_lineage(ingested, chunker, settings.chunking, embedder))
         with stage.timer("plan"):
             plan = indexing.plan_index(stage.lake, ingested["snapshot_id"], store, chunker.hash)
-        batches = index_run.ChunkBatches(stage.lake, ingested["snapshot_id"], plan, chunker, store, embedder,
-                                         settings.index.docs_per_batch, stage.timer, progress, log_to=run.logger)
-        deleted = index_run.commit_plan(store, plan, batches, stage.timer, commit=commit_run)
+        job = index_run.window_job(stage.lake, store, settings, providers.current().embedder)
+        with task_map(settings.runner, chunk_and_embed_window, {"job": job}, "docs", bool(plan.to_index)) as remote:
+            batches = index_run.ChunkBatches(stage.lake, ingested["snapshot_id"], plan, chunker, store, embedder,
+                                             settings.index.docs_per_batch, stage.timer, progress, log_to=run.logger,
+                                             remote=remote)
+            deleted = index_run.commit_plan(store, plan, batches, stage.timer, commit=commit_run)
         refresh = index_run.needs_refresh(plan, store, settings.index)
         with stage.timer("refresh_indexes"):
             indexes = refresh_indexes(store, settings.index) if refresh else index_run.INDEXES_UNCHANGED

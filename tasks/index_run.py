@@ -9,7 +9,8 @@ import logging
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractContextManager
-from typing import Any, Callable, Iterator, Literal, Mapping, Protocol, Sequence
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable, Iterator, Literal, Mapping, Protocol, Sequence
 
 import numpy as np
 import pandas as pd
@@ -17,11 +18,12 @@ import pyarrow as pa
 from pydantic import Field
 
 from ragloop.tasks import indexing, promotion
-from ragloop.tasks.chunking import Chunker
-from ragloop.tasks.embedding import Embedder
+from ragloop.tasks.chunking import Chunk, Chunker
+from ragloop.tasks.embedding import Embedder, load_embedder
 from ragloop.tasks.indexing import ChunkStore, IndexPlan
 from ragloop.tasks.progress import Progress
-from ragloop.tasks.settings import ChunkingConfig, ConfigError, IndexConfig
+from ragloop.tasks.schemas import Document
+from ragloop.tasks.settings import ChunkingConfig, ConfigError, EmbeddingConfig, IndexConfig
 from ragloop.tasks.storage import Lake
 from ragloop.tasks.summaries import StageSummary
 from ragloop.tasks.validation import ValidationReport
@@ -148,32 +150,128 @@ def pipelined(items: Sequence, fn: Callable, timer: Timer, name: str, ahead: int
                 future.cancel()
 
 
+@dataclass(frozen=True)
+class WindowJob:
+    """What a worker needs to chunk and embed a window on its own: small and picklable. `version` is the
+    table version the run started from (its vector look-ups see the state before the run's commit);
+    `embedder_factory` builds the embedder from `embedding` (a module-level function: pickled by name)."""
+
+    lake: str
+    table: str
+    dim: int
+    version: int
+    chunking: ChunkingConfig
+    embedding: EmbeddingConfig
+    embedder_factory: Callable[[EmbeddingConfig], Embedder] = load_embedder
+
+
+@dataclass
+class WindowResult:
+    """A window's chunks (document order) and their float32 vectors (len(chunks) x dim); `encoded` texts
+    were sent to the model, `reused` chunks found a vector in the table."""
+
+    chunks: list[Chunk]
+    vectors: np.ndarray
+    encoded: int
+    reused: int
+
+
+_WORKER_MODELS: dict[tuple, tuple[Embedder, Chunker]] = {}  # per process: (factory, embedding, chunking) -> both
+
+
+def window_job(lake: Lake, store: ChunkStore, settings, embedder_factory: Callable[[EmbeddingConfig], Embedder]) -> WindowJob:
+    """The job a worker needs for this run's windows (`settings`: the run's Settings)."""
+    return WindowJob(lake.uri, store.name, store.dim, store.version, settings.chunking, settings.embedding,
+                     embedder_factory)
+
+
+def worker_models(job: WindowJob) -> tuple[Embedder, Chunker]:
+    """The embedder and chunker of a job, built once per process (a Dask worker loads its model on its
+    first window and keeps it; the config objects are frozen, so they key the cache)."""
+    factory = job.embedder_factory
+    key = (getattr(factory, "__module__", None), getattr(factory, "__qualname__", repr(factory)),
+           job.embedding, job.chunking)
+    if key not in _WORKER_MODELS:
+        embedder = factory(job.embedding)
+        _WORKER_MODELS[key] = (embedder, build_chunker(job.chunking, embedder))
+    return _WORKER_MODELS[key]
+
+
+def chunk_and_embed_window(docs: list[Document], job: WindowJob) -> WindowResult:
+    """Chunk a window of documents and embed the chunk texts that have no vector in the table (read-only,
+    at job.version); writes nothing, so a retried or duplicated call changes nothing. Same chunks and
+    vectors as the local runner for a per-text encoder; a torch encoder gets this window's texts as its
+    batch, as locally, except texts the local runner already encoded in an earlier window of the run."""
+    embedder, chunker = worker_models(job)
+    store = ChunkStore.reader(Lake(job.lake), job.table, job.dim, job.version)
+    chunks = chunker.chunk_documents(docs)
+    embedded = indexing.embed_missing(chunks, store, embedder)
+    return WindowResult(chunks, embedded.vectors, embedded.encoded, embedded.reused)
+
+
+def in_order(items: Iterable, submit: Callable[[Any], Any], ahead: int) -> Iterator[tuple[Any, Any]]:
+    """(item, submit(item).result()) for each item, in input order, with at most `ahead` submitted and
+    not yet consumed (a bounded window over a lazily read input). `submit` returns a future-like object;
+    its exception is raised to the consumer. Leaving early leaves the pending futures to their runner."""
+    pending: deque = deque()
+    for item in items:
+        pending.append((item, submit(item)))
+        if len(pending) >= ahead:
+            item, future = pending.popleft()
+            yield item, future.result()
+    while pending:
+        item, future = pending.popleft()
+        yield item, future.result()
+
+
+WindowMap = Callable[[Iterator[list[Document]]], Iterator[tuple[list[Document], WindowResult]]]
+
+
 class ChunkBatches:
     """The plan's documents chunked and embedded batch by batch, as chunk rows for the run's one commit,
     counting what was done: `counts` (embedded, reused, written, truncated) and `facts()`.
 
-    LanceDB consumes the batches inside the commit, on its own thread: plain calls, no Prefect tasks.
+    LanceDB consumes the batches inside the commit, on its own thread. Locally (`remote` None) the
+    windows are plain calls in this process. With `remote` (the Dask runner: a WindowMap that sends each
+    window to chunk_and_embed_window on a worker and yields results in window order), workers return chunk
+    rows and vectors and this process alone writes; `embed` then times the waits for workers.
     With `progress`, documents done show as a bar on a terminal, else as lines on `log_to` (tasks.progress)."""
 
     def __init__(self, lake: Lake, snapshot_id: str, plan: IndexPlan, chunker: Chunker, store: ChunkStore,
                  embedder: Embedder, docs_per_batch: int, timer: Timer, progress: bool = False,
-                 log_to: logging.Logger | logging.LoggerAdapter | None = None) -> None:
+                 log_to: logging.Logger | logging.LoggerAdapter | None = None, remote: WindowMap | None = None) -> None:
         self.lake, self.snapshot_id, self.plan = lake, snapshot_id, plan
         self.chunker, self.store, self.embedder = chunker, store, embedder
-        self.docs_per_batch, self.timer = docs_per_batch, timer
+        self.docs_per_batch, self.timer, self.remote = docs_per_batch, timer, remote
         self.counts = {"embedded": 0, "reused": 0, "written": 0, "truncated": 0}
         self._frames: list[pd.DataFrame] = []
         self._fresh = indexing.FreshVectors()
         self._bar = Progress("indexing documents", len(plan.to_index), unit="doc", enabled=progress, log_to=log_to)
 
     def __iter__(self) -> Iterator[pa.Table]:
-        for docs in indexing.iter_document_batches(self.lake, self.snapshot_id, self.plan.to_index, self.docs_per_batch):
-            chunks, vectors = self._chunk_and_embed(docs)
+        windows = indexing.iter_document_batches(self.lake, self.snapshot_id, self.plan.to_index, self.docs_per_batch)
+        for docs, (chunks, vectors) in self._worked(windows):
             self._frames.append(chunk_facts(chunks, vectors))
             self.counts["written"] += len(chunks)
             self.counts["truncated"] += sum(1 for c in chunks if c.metadata.get("truncated"))
             self._bar.update(len(docs))
             yield indexing.chunk_rows(chunks, vectors, self.store.dim, {d.doc_id: d.metadata for d in docs})
+
+    def _worked(self, windows: Iterator[list[Document]]) -> Iterator[tuple[list[Document], tuple[list, np.ndarray]]]:
+        if self.remote is None:
+            for docs in windows:
+                yield docs, self._chunk_and_embed(docs)
+            return
+        results = self.remote(windows)
+        while True:
+            with self.timer("embed"):
+                done = next(results, None)
+            if done is None:
+                return
+            docs, result = done
+            self.counts["embedded"] += result.encoded
+            self.counts["reused"] += result.reused
+            yield docs, (result.chunks, result.vectors)
 
     def _chunk_and_embed(self, docs: list) -> tuple[list, np.ndarray]:
         """The window's chunks and their vectors. For an encoder whose vectors depend on each text alone,

@@ -69,6 +69,16 @@ class ChunkStore:
         if not recorded:
             lake.write_ref(f"table__{self.name}", self.fingerprint)
 
+    @classmethod
+    def reader(cls, lake: Lake, name: str, dim: int, version: int) -> "ChunkStore":
+        """A read-only view of an existing chunks table checked out at `version`, for vector look-ups on a
+        Dask worker: no table is created and no ref is written (only the flow process writes)."""
+        store = cls.__new__(cls)
+        store.lake, store.name, store.dim = lake, name, dim
+        store.table = lake.connect_vectors().open_table(name)
+        store.table.checkout(version)
+        return store
+
     @property
     def version(self) -> int:
         return self.table.version

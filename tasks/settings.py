@@ -118,6 +118,31 @@ class IndexConfig(Section):
     max_delete_fraction: float = Field(default=0.5, ge=0.0, le=1.0)
 
 
+class RunnerConfig(Section):
+    """Where the heavy stages' items run (issue 22): `local` in the flow's own process (the default), or
+    `dask`: the index's chunk+embed windows as Prefect tasks on prefect-dask's DaskTaskRunner. Results are
+    the same either way; only the flow process writes the table."""
+
+    kind: Literal["local", "dask"] = "local"
+    # tcp://host:8786 (or tls://...) of a running Dask scheduler; None = a LocalCluster started for the run.
+    address: str | None = None
+    # LocalCluster worker processes (one thread each); ignored with an address (the cluster has its own).
+    workers: PositiveInt = 2
+
+    @field_validator("address")
+    @classmethod
+    def _scheduler_address(cls, value: str | None) -> str | None:
+        if value is not None and not re.match(r"^(tcp|tls|inproc|ucx)://[^\s/]+$", value):
+            raise ValueError("expected a Dask scheduler address like tcp://host:8786")
+        return value
+
+    @model_validator(mode="after")
+    def _address_needs_dask(self) -> "RunnerConfig":
+        if self.address is not None and self.kind != "dask":
+            raise ValueError(f"address: only used with kind 'dask' (kind is {self.kind!r})")
+        return self
+
+
 class LLMConfig(Section):
     """Which LLM to call and how (tasks/llm.py builds the client from it)."""
 
@@ -537,6 +562,7 @@ class Settings(BaseSettings):
     monitor: MonitorConfig = Field(default_factory=MonitorConfig)
     logs: LogsConfig = Field(default_factory=LogsConfig)
     deployments: DeploymentsConfig = Field(default_factory=DeploymentsConfig)
+    runner: RunnerConfig = Field(default_factory=RunnerConfig)
     prompts_dir: str = "prompts"
     # Your own registry entries (loaders, chunking strategies, question types, metrics, alert sinks):
     # modules or .py files imported before the rest of the settings are checked (README: Extending ragloop).
@@ -560,7 +586,9 @@ class Settings(BaseSettings):
 
     def config_hash(self) -> str:
         """sha256 of the canonical JSON of every setting (the lineage's config_hash)."""
-        return canonical_hash(self.model_dump(mode="json"))
+        # `runner` is left out: where the work runs does not change its results (a test proves the Dask
+        # runner writes the same table), so local and Dask runs keep one config_hash and one lineage.
+        return canonical_hash(self.model_dump(mode="json", exclude={"runner"}))
 
 
 def _deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:

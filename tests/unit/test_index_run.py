@@ -248,3 +248,76 @@ def test_a_pipelined_window_gives_the_same_chunk_ids_and_vectors(lake, store, ch
     assert piped_ids == ids and len(ids) > 40
     assert (piped_vectors == vectors).all() and piped_vectors.dtype == vectors.dtype
     assert piped_counts["embedded"] == counts["embedded"], "each distinct text is encoded once either way"
+
+
+# -- issue 22: windows on workers (runner.kind dask), here in-process ----------------------------------------
+def test_in_order_keeps_input_order_bounds_what_is_submitted_and_raises_in_the_consumer():
+    from concurrent.futures import Future
+
+    submitted: list[int] = []
+
+    def submit(item):
+        submitted.append(item)
+        future = Future()
+        if item == 4:
+            future.set_exception(RuntimeError("window 4 failed"))
+        else:
+            future.set_result(item * 10)
+        return future
+
+    results = index_run.in_order(iter(range(4)), submit, ahead=2)
+    assert next(results) == (0, 0) and submitted == [0, 1], "at most `ahead` submitted before the first result"
+    assert list(results) == [(1, 10), (2, 20), (3, 30)]
+    with pytest.raises(RuntimeError, match="window 4 failed"):
+        list(index_run.in_order(iter(range(6)), submit, ahead=2))
+    assert list(index_run.in_order(iter([]), submit, ahead=3)) == []
+
+
+def _fake_factory(config):
+    from ragloop.tasks.embedding import HashEmbedder
+
+    _fake_factory.calls += 1
+    return HashEmbedder(dim=32, max_tokens=64)
+
+
+_fake_factory.calls = 0
+
+
+def test_a_window_on_a_worker_gives_the_local_chunks_and_vectors_and_builds_its_model_once(lake, store, chunker,
+                                                                                            fake_embedder, tmp_path):
+    from ragloop.tasks.settings import EmbeddingConfig
+
+    files = {f"d{i}.md": f"# Doc {i}\n\n" + " ".join(f"w{(i * 7 + j) % 50} text{j}" for j in range(30 + i))
+             for i in range(6)}
+    snapshot_id = _snapshot(lake, tmp_path, files)
+    plan = indexing.plan_index(lake, snapshot_id, store, chunker.hash)
+    windows = list(indexing.iter_document_batches(lake, snapshot_id, plan.to_index, 2))
+    job = index_run.WindowJob(lake.uri, store.name, store.dim, store.version, ChunkingConfig(max_tokens=16, overlap_tokens=0),
+                              EmbeddingConfig(), _fake_factory)
+    index_run._WORKER_MODELS.clear()
+    _fake_factory.calls = 0
+
+    local = index_run.ChunkBatches(lake, snapshot_id, plan, chunker, store, fake_embedder, 2, Timer())
+    remote = index_run.ChunkBatches(lake, snapshot_id, plan, chunker, store, fake_embedder, 2, Timer(),
+                                    remote=lambda docs: ((d, index_run.chunk_and_embed_window(d, job)) for d in docs))
+    local_rows, remote_rows = [t.drop_columns(["embedded_at"]) for t in local], [t.drop_columns(["embedded_at"]) for t in remote]
+    assert len(windows) == 3 and len(remote_rows) == 3
+    assert all(a.equals(b) for a, b in zip(local_rows, remote_rows))
+    assert remote.counts["written"] == local.counts["written"] > 0
+    assert _fake_factory.calls == 1, "one embedder per worker process, not per window"
+    assert index_run.window_job(lake, store, _settings(lake), _fake_factory).version == store.version
+
+
+def _settings(lake):
+    from ragloop.tasks.settings import load_settings
+
+    return load_settings(overrides={"lake": lake.uri})
+
+
+def test_a_worker_reads_the_table_without_writing_a_ref_or_creating_it(lake, store):
+    before = sorted(p.name for p in Path(lake.uri).rglob("*"))
+    reader = indexing.ChunkStore.reader(lake, store.name, store.dim, store.version)
+    assert reader.vectors_for(["nope.md"], ["0" * 64]) == {}
+    assert sorted(p.name for p in Path(lake.uri).rglob("*")) == before
+    with pytest.raises(Exception):
+        indexing.ChunkStore.reader(lake, "chunks__missing", store.dim, 1)

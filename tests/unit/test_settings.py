@@ -220,3 +220,22 @@ def test_wrong_values_fail_at_load_naming_the_field(tmp_path, yaml_text, match):
 
 def test_valid_cron_passes():
     assert load_settings(overrides={"deployments": {"nightly_cron": "30 3 * * 1-5"}}).deployments.nightly_cron == "30 3 * * 1-5"
+
+
+@pytest.mark.parametrize("runner, field", [
+    ({"kind": "spark"}, "runner.kind"),
+    ({"kind": "dask", "workers": 0}, "runner.workers"),
+    ({"kind": "dask", "address": "localhost:8786"}, "runner.address"),
+    ({"address": "tcp://10.0.0.5:8786"}, "runner: "),  # an address with the local runner: a mistake, said so
+    ({"kind": "dask", "threads": 2}, "runner.threads: unknown key"),
+])
+def test_a_bad_runner_names_its_field(runner, field):
+    with pytest.raises(ConfigError, match=field):
+        load_settings(overrides={"runner": runner})
+
+
+def test_the_runner_is_local_by_default_and_not_part_of_the_config_hash():
+    local = load_settings()
+    dask = load_settings(overrides={"runner": {"kind": "dask", "address": "tcp://10.0.0.5:8786"}})
+    assert local.runner.kind == "local" and dask.runner.workers == 2
+    assert dask.config_hash() == local.config_hash(), "where the work runs does not change its results"
