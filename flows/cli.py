@@ -383,6 +383,7 @@ def _human_eval(summary: dict) -> list[str]:
         lines.append(f"golden set {summary['golden_set_id']}: {i['total']} items ({checked} checked by a person), "
                      f"{i['failed']} failed"
                      + (f" (judgments failed: {summary['failed_judgments']})" if summary.get("failed_judgments") else ""))
+        lines.extend(f"  failed: {n} x {reason}" for reason, n in (i.get("errors") or {}).items())
         metrics, ci = summary["metrics"], summary["ci"]
         ranked = sorted({n.split("@")[1] for n in metrics if "@" in n}, key=int)
         if ranked:  # IR metrics as a table: family x k, mean and CI half-width

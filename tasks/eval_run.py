@@ -36,7 +36,7 @@ class EvalSummary(StageSummary):
     model_config = ConfigDict(extra="allow", validate_assignment=True)  # a reused run recorded by another version keeps its keys
 
     run_id: str = Field(description="the eval run (when cached: the reused run)")
-    status: Literal["ok", "partial", "gate_failed", "gate_inconclusive"] = Field(
+    status: Literal["ok", "partial", "failed", "gate_failed", "gate_inconclusive"] = Field(
         description="from the gate verdict and failed items (tasks.gating.run_status); gate_* exit 3")
     lineage: dict[str, Any] = Field(
         description="what produced the run: code, config, index build, golden set, table, prompts, models, "
@@ -48,7 +48,8 @@ class EvalSummary(StageSummary):
     n: dict[str, int] = Field(description="metric -> items it was measured on")
     by_type: dict[str, dict[str, Any]] = Field(description="qa_type -> {n, metrics, ci}, as overall")
     items: dict[str, Any] = Field(description="{total, failed, by_type: {qa_type: items}, by_review: {synthetic | "
-                                              "approved | edited | imported: items}}: how much of the score rests "
+                                              "approved | edited | imported: items}, errors: {reason: items} (when "
+                                              "items failed: the 5 commonest reasons)}: how much of the score rests "
                                               "on items a person checked")
     failed_judgments: dict[str, int] = Field(description="metric -> items whose judgment failed (counted, not NaN)")
     answers: dict[str, Any] = Field(
@@ -530,6 +531,13 @@ def assess_gate(base: BaselineRun, rows: Sequence[Mapping], traces: Sequence[Map
 
 
 # -- the summary and promotion ------------------------------------------------------------------------------
+def item_errors(rows: Sequence[Mapping], limit: int = 5) -> dict[str, int]:
+    """The most common reasons items failed, {reason (first 160 characters): count}, so a run whose items
+    fail says why without reading items.parquet."""
+    reasons = Counter(str(r.get("error") or "unknown")[:160] for r in rows if r["status"] == "failed")
+    return dict(reasons.most_common(limit))
+
+
 def summarize(run_id: str, lineage: Mapping, lake_uri: str, golden: GoldenChoice, aggregates: Aggregates,
               scored: ItemRows, stale: Mapping[str, Sequence[str]], assessment: GateAssessment,
               serving: promotion.ServingRef, role: str, paths: Mapping[str, str], timings_s: Mapping[str, float],
@@ -543,7 +551,7 @@ def summarize(run_id: str, lineage: Mapping, lake_uri: str, golden: GoldenChoice
     answered = [r for r in rows if r["answer"] is not None]
     return EvalSummary(
         run_id=run_id,
-        status=gating.run_status(assessment.gate["status"], on_inconclusive, failed),
+        status=gating.run_status(assessment.gate["status"], on_inconclusive, failed, len(rows)),
         lineage=dict(lineage),
         lake=lake_uri,
         golden_set_id=golden.golden_set_id,
@@ -552,7 +560,7 @@ def summarize(run_id: str, lineage: Mapping, lake_uri: str, golden: GoldenChoice
         n=aggregates.n,
         by_type=aggregates.by_type,
         items={"total": len(rows), "failed": failed, "by_type": dict(Counter(r["qa_type"] for r in rows)),
-               "by_review": dict(sorted((reviews or {}).items()))},
+               "by_review": dict(sorted((reviews or {}).items())), **({"errors": item_errors(rows)} if failed else {})},
         failed_judgments=dict(sorted(Counter(m for r in rows for m in r["failed_metrics"]).items())),
         answers={"total": len(answered), "refused": sum(1 for r in answered if r["refused"]),
                  "ungrounded": sum(1 for r in answered if r["grounded"] is False),
@@ -584,6 +592,8 @@ def plan_promotion(summary: EvalSummary, line: str, mode: str | None, on_inconcl
     """Apply the promotion rule (tasks.promotion.promotion_decision) to a scored run."""
     verdict = summary.gate["status"]
     ok, reason = promotion.promotion_decision(verdict, mode, on_inconclusive)
+    if summary.status == "failed":  # every item failed: nothing was measured, whatever the gate's rules allowed
+        ok, reason = False, "every item failed: nothing measured to promote"
     outcome = {"promoted": ok, "reason": reason, "mode": mode or "experiment", "line": line, "serving_moved": None}
     if not ok:
         return PromotionPlan(outcome, None, False)

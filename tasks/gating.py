@@ -295,9 +295,12 @@ def baseline_problem(baseline_run_id: str | None, has_items: bool, shared: int, 
     return None
 
 
-def run_status(verdict: str, on_inconclusive: str, failed_items: int) -> str:
-    """An eval run's status from its gate verdict: gate_failed and gate_inconclusive (when blocking)
-    exit 3; otherwise partial when items failed, else ok."""
+def run_status(verdict: str, on_inconclusive: str, failed_items: int, total_items: int | None = None) -> str:
+    """An eval run's status from its gate verdict: failed (exit 1) when every item failed (nothing was
+    measured: a dead target or endpoint, not a quality regression); gate_failed and gate_inconclusive (when
+    blocking) exit 3; otherwise partial when items failed, else ok."""
+    if total_items and failed_items == total_items:
+        return "failed"
     if verdict == "failed":
         return "gate_failed"
     if verdict == "inconclusive" and on_inconclusive == "block":

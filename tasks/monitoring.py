@@ -53,6 +53,10 @@ def chain_label(chain: Mapping | None) -> str:
     """A short name for a chain, e.g. 'hybrid k5 +rerank +answer' (plot axes and report rows)."""
     if not chain:
         return "?"
+    if chain.get("target"):  # an eval target (tasks/targets.py): the app answered, named by its callable or URL
+        target = chain["target"]
+        name = target.get("callable") or target.get("url") or target.get("kind", "?")
+        return f"target {name} k{chain.get('k', '?')}" + ("" if chain.get("grounding") else " retrieval-only")
     parts = [str(chain.get("retrieval", "?")), f"k{chain.get('k', '?')}"]
     parts += ["+rewrite"] if chain.get("rewrite") else []
     parts += ["+rerank"] if chain.get("rerank") else []

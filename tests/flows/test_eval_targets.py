@@ -5,6 +5,7 @@ built-in chain's with the same retrieval; a faulty HTTP target fails its items, 
 from __future__ import annotations
 
 import json
+import socket
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -100,7 +101,7 @@ def test_a_changed_target_changes_the_chain_hash(corpus_lake, monkeypatch):
     b = eval_flow.evaluate_chain(lake=str(corpus_lake), k=3)
     assert a["lineage"]["chain_hash"] != b["lineage"]["chain_hash"]
     assert a["items"]["failed"] == a["items"]["total"], "nothing listens on port 9: every item fails, the run ends"
-    assert a["status"] == "partial" and "metrics" in a
+    assert a["status"] == "failed" and "metrics" in a, "nothing measured: failed, not a gate verdict"
 
 
 class FaultyApp:
@@ -176,6 +177,20 @@ def test_a_faulty_http_target_fails_items_and_the_run_goes_on(corpus_lake, monke
     assert errors["4"] == "target: the reply has no answer at 'answer' (no 'answer')"
     assert app.requests == 8 + 2, "the timeout and the 500 were retried once each, nothing else"
     assert summary["n"]["chunk_hit@3"] == 3, "failed items are scored on nothing; the unmatched one as a miss at rank 1"
+    assert summary["items"]["errors"][f"target: {app.url} failed 2 times; last: HTTP 500"] == 1
+
+
+def test_a_target_that_is_down_fails_the_run_saying_why_not_the_gate(corpus_lake, monkeypatch, capsys):
+    """Found by a new user: every item failing against a URL nothing listens on reported gate_failed (exit 3),
+    which a CI job reads as a quality regression, and the reason was only in items.parquet."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        dead = f"http://127.0.0.1:{s.getsockname()[1]}/ask"
+    monkeypatch.setenv("RAGLOOP_EVAL__TARGET", json.dumps({"timeout_s": 2.0, "max_retries": 0, "http": {"url": dead}}))
+    assert main(["eval", "--lake", str(corpus_lake), "--k", "3"]) == 1
+    human = capsys.readouterr().out
+    assert ": failed" in human.splitlines()[0] and "8 failed" in human
+    assert f"failed: 8 x target: {dead} failed 1 times; last: " in human or f"failed: 8 x target: {dead}" in human
 
 
 @pytest.mark.parametrize("target, message", [

@@ -51,7 +51,7 @@ def _item(qa_id, chunks=("c1",), docs=("d1",), qa_type="single_hop") -> dict:
 def _row(qa_id, metrics, qa_type="single_hop", status="ok", answer=None, **kw) -> dict:
     return {"qa_id": qa_id, "qa_type": qa_type, "status": status, "metrics": metrics, "answer": answer,
             "refused": kw.get("refused"), "grounded": kw.get("grounded"), "degenerate": kw.get("degenerate"),
-            "failed_metrics": kw.get("failed_metrics", [])}
+            "failed_metrics": kw.get("failed_metrics", []), "error": kw.get("error")}
 
 
 # -- inputs --------------------------------------------------------------------------------------------
@@ -416,7 +416,7 @@ def test_the_baselines_budgets_bound_the_candidates():
 # -- summary and promotion ----------------------------------------------------------------------------------------
 def _summary(verdict="passed", role="serving") -> EvalSummary:
     rows = [_row("q1", {"hit@1": 1.0}, answer="twelve", refused=False, grounded=False, degenerate="loop",
-                 failed_metrics=["factual_correctness"], status="failed"),
+                 failed_metrics=["factual_correctness"], status="failed", error="factual_correctness: JudgeError"),
             _row("q2", {"hit@1": 0.0}, answer="I don't know.", refused=True),
             _row("q3", {"hit@1": 1.0}, qa_type="abstract")]
     assessment = eval_run.GateAssessment({"status": verdict, "reasons": [], "warnings": []}, None, {"items": 3},
@@ -431,7 +431,8 @@ def _summary(verdict="passed", role="serving") -> EvalSummary:
 def test_the_summary_counts_items_answers_and_failed_judgments():
     summary = _summary()
     assert summary.status == "partial", "an item failed, the gate passed"
-    assert summary.items == {"total": 3, "failed": 1, "by_type": {"single_hop": 2, "abstract": 1}, "by_review": {}}
+    assert summary.items == {"total": 3, "failed": 1, "by_type": {"single_hop": 2, "abstract": 1}, "by_review": {},
+                             "errors": {"factual_correctness: JudgeError": 1}}
     assert summary.answers == {"total": 2, "refused": 1, "ungrounded": 1, "degenerate": 1, "degenerate_by_reason": {"loop": 1}}
     assert summary.failed_judgments == {"factual_correctness": 1}
     assert summary.stale_references == {"items": 1, "references": 1, "qa_ids": ["q1"]}

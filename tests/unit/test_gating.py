@@ -161,6 +161,13 @@ def test_run_status(verdict, policy, failed, status):
     assert run_status(verdict, policy, failed) == status
 
 
+def test_a_run_whose_every_item_failed_is_failed_not_a_gate_verdict():
+    """Found by a new user: an eval target whose URL was down failed all 5 items and reported gate_failed
+    (exit 3), which a CI job reads as a quality regression. Nothing was measured: failed (exit 1)."""
+    assert run_status("failed", "block", 5, 5) == "failed"
+    assert run_status("passed", "block", 4, 5) == "partial" and run_status("failed", "block", 4, 5) == "gate_failed"
+
+
 def test_chain_differences_name_each_changed_setting():
     from ragloop.tasks.gating import chain_differences
 

@@ -279,6 +279,11 @@ def test_chain_label_and_history_rows_carry_the_series():
 
     assert chain_label({"retrieval": "hybrid", "k": 5, "answer": {"name": "answer"}, "rerank": {"kind": "embedding"}}) == \
         "hybrid k5 +rerank +answer"
+    # an eval target's chain (found by a new user labelled '? k5 retrieval-only')
+    assert chain_label({"target": {"kind": "python", "callable": "examples.own_app.app:answer"}, "k": 5,
+                        "grounding": {"min_grounding": 0.5}}) == "target examples.own_app.app:answer k5"
+    assert chain_label({"target": {"kind": "http", "url": "http://127.0.0.1:8000/ask"}, "k": 3, "grounding": None}) == \
+        "target http://127.0.0.1:8000/ask k3 retrieval-only"
     run = {"run_id": "r1", "lineage": {"chain_hash": "h", "chain": {"retrieval": "fts", "k": 3}, "golden_line": "x"},
            "outputs": {"golden_set_id": "g", "metrics": {"hit@1": 1.0}, "promotion": {"mode": "experiment"}}}
     row = history_rows("r1", run, dt.datetime(2026, 11, 30))[0]
