@@ -735,10 +735,12 @@ def production_alerts(f: Mapping, day: str, topics: Sequence[Topic], config: Log
     """The production alerts of one day's figures (None thresholds and missing figures are not judged)."""
     alerts = []
 
-    def over(name: str, value, limit, kind: str, message: str, severity: str = "warning", below: bool = False) -> None:
+    def over(name: str, limit, kind: str, message: Callable[[], str], severity: str = "warning", below: bool = False) -> None:
+        """An alert when f[name] passes `limit` (under it with below=True); the message is formatted only then."""
+        value = f[name]
         if value is None or limit is None or (value >= limit if below else value <= limit):
             return
-        alerts.append(Alert(kind=kind, severity=severity, metric=f"production.{name}", message=message,
+        alerts.append(Alert(kind=kind, severity=severity, metric=f"production.{name}", message=message(),
                             details={"day": day, "value": value, "threshold": limit, "logs": f["logs"], "checked": f["checked"]}))
 
     topic_text = ""
@@ -746,33 +748,26 @@ def production_alerts(f: Mapping, day: str, topics: Sequence[Topic], config: Log
         t = topics[0]
         topic_text = (f"; users now ask about '{t.label}' ({t.size} questions, e.g. "
                       + "; ".join(f'"{q}"' for q in t.examples) + ") and the golden set does not")
-    over("uncovered", f["uncovered"], config.max_uncovered, "query_coverage",
-         f"{f['uncovered']:.0%} of the production questions of {day} have no golden question within cosine "
-         f"{config.coverage_similarity} (threshold {config.max_uncovered:.0%}, {f['checked']} checked){topic_text}"
-         if f["uncovered"] is not None and config.max_uncovered is not None else "")
+    over("uncovered", config.max_uncovered, "query_coverage",
+         lambda: f"{f['uncovered']:.0%} of the production questions of {day} have no golden question within cosine "
+         f"{config.coverage_similarity} (threshold {config.max_uncovered:.0%}, {f['checked']} checked){topic_text}")
     if alerts and topics:
         alerts[-1].details["topics"] = [{"label": t.label, "size": t.size, "examples": t.examples} for t in topics]
-    over("negative_rate", f["negative_rate"], config.max_negative_feedback, "negative_feedback",
-         f"negative feedback on {day}: {f['negative_rate']:.0%} of rated answers (threshold {config.max_negative_feedback:.0%})"
-         if f["negative_rate"] is not None and config.max_negative_feedback is not None else "")
-    over("degenerate", f["degenerate"], config.max_degenerate, "production_degenerate",
-         f"{f['degenerate']:.0%} of the logged answers checked on {day} are degenerate (threshold {config.max_degenerate:.0%})"
-         if f["degenerate"] is not None and config.max_degenerate is not None else "")
-    over("grounded", f["grounded"], config.min_grounded, "production_ungrounded",
-         f"only {f['grounded']:.0%} of the logged answers checked on {day} are grounded in their contexts "
-         f"(floor {config.min_grounded:.0%})" if f["grounded"] is not None and config.min_grounded is not None else "", below=True)
-    over("refusal", f["refusal"], config.max_refusal, "production_refusal",
-         f"{f['refusal']:.0%} of the logged answers on {day} are refusals (threshold {config.max_refusal:.0%})"
-         if f["refusal"] is not None and config.max_refusal is not None else "")
-    over("top1_median", f["top1_median"], config.min_top1_median, "production_retrieval",
-         f"median question-to-first-context cosine on {day} is {f['top1_median']:.3f} (floor {config.min_top1_median})"
-         if f["top1_median"] is not None and config.min_top1_median is not None else "", below=True)
-    over("latency_p95_ms", f["latency_p95_ms"], config.max_latency_p95_ms, "production_latency",
-         f"p95 latency on {day} is {f['latency_p95_ms']:.0f} ms (budget {config.max_latency_p95_ms:.0f} ms)"
-         if f["latency_p95_ms"] is not None and config.max_latency_p95_ms is not None else "")
-    over("tokens_p95", f["tokens_p95"], config.max_tokens_p95, "production_tokens",
-         f"p95 tokens per answer on {day} is {f['tokens_p95']:.0f} (budget {config.max_tokens_p95})"
-         if f["tokens_p95"] is not None and config.max_tokens_p95 is not None else "")
+    over("negative_rate", config.max_negative_feedback, "negative_feedback",
+         lambda: f"negative feedback on {day}: {f['negative_rate']:.0%} of rated answers (threshold {config.max_negative_feedback:.0%})")
+    over("degenerate", config.max_degenerate, "production_degenerate",
+         lambda: f"{f['degenerate']:.0%} of the logged answers checked on {day} are degenerate (threshold {config.max_degenerate:.0%})")
+    over("grounded", config.min_grounded, "production_ungrounded",
+         lambda: f"only {f['grounded']:.0%} of the logged answers checked on {day} are grounded in their contexts "
+         f"(floor {config.min_grounded:.0%})", below=True)
+    over("refusal", config.max_refusal, "production_refusal",
+         lambda: f"{f['refusal']:.0%} of the logged answers on {day} are refusals (threshold {config.max_refusal:.0%})")
+    over("top1_median", config.min_top1_median, "production_retrieval",
+         lambda: f"median question-to-first-context cosine on {day} is {f['top1_median']:.3f} (floor {config.min_top1_median})", below=True)
+    over("latency_p95_ms", config.max_latency_p95_ms, "production_latency",
+         lambda: f"p95 latency on {day} is {f['latency_p95_ms']:.0f} ms (budget {config.max_latency_p95_ms:.0f} ms)")
+    over("tokens_p95", config.max_tokens_p95, "production_tokens",
+         lambda: f"p95 tokens per answer on {day} is {f['tokens_p95']:.0f} (budget {config.max_tokens_p95})")
     return alerts
 
 

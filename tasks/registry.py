@@ -84,6 +84,23 @@ class ExtensionError(ValueError):
     """An extension named in the `extensions` setting could not be imported (the message names it)."""
 
 
+def import_file(path: Path, prefix: str) -> Any:
+    """The module of a .py file (an absolute path that exists), imported once per process under a name
+    made of `prefix`, its stem and a hash of its path; a file whose import raises is not left half-registered.
+    Raises what the module's own code raises."""
+    name = f"{prefix}_{path.stem}_{hashlib.sha256(str(path).encode()).hexdigest()[:8]}"
+    if name not in sys.modules:
+        module_spec = importlib.util.spec_from_file_location(name, path)
+        module = importlib.util.module_from_spec(module_spec)
+        sys.modules[name] = module
+        try:
+            module_spec.loader.exec_module(module)
+        except BaseException:
+            del sys.modules[name]
+            raise
+    return sys.modules[name]
+
+
 def load_extensions(specs: list[str], base: Path) -> list[Any]:
     """Import the user's extension modules, so their @register_* entries exist before settings name them.
 
@@ -100,17 +117,7 @@ def load_extensions(specs: list[str], base: Path) -> list[Any]:
                 path = (path if path.is_absolute() else base / path).resolve()
                 if not path.is_file():
                     raise ExtensionError(f"extensions[{i}]: no such file {path}")
-                name = f"ragloop_extension_{path.stem}_{hashlib.sha256(str(path).encode()).hexdigest()[:8]}"
-                if name not in sys.modules:
-                    module_spec = importlib.util.spec_from_file_location(name, path)
-                    module = importlib.util.module_from_spec(module_spec)
-                    sys.modules[name] = module
-                    try:
-                        module_spec.loader.exec_module(module)
-                    except BaseException:
-                        del sys.modules[name]
-                        raise
-                modules.append(sys.modules[name])
+                modules.append(import_file(path, "ragloop_extension"))
             else:
                 modules.append(importlib.import_module(spec))
         except ExtensionError:

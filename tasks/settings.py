@@ -124,7 +124,8 @@ class RunnerConfig(Section):
     the same either way; only the flow process writes the table."""
 
     kind: Literal["local", "dask"] = "local"
-    # tcp://host:8786 (or tls://...) of a running Dask scheduler; None = a LocalCluster started for the run.
+    # The address of a running Dask scheduler (scheme tcp, tls, inproc or ucx, then host:port); None = a
+    # LocalCluster started for the run on this machine.
     address: str | None = None
     # LocalCluster worker processes (one thread each); ignored with an address (the cluster has its own).
     workers: PositiveInt = 2
@@ -133,7 +134,7 @@ class RunnerConfig(Section):
     @classmethod
     def _scheduler_address(cls, value: str | None) -> str | None:
         if value is not None and not re.match(r"^(tcp|tls|inproc|ucx)://[^\s/]+$", value):
-            raise ValueError("expected a Dask scheduler address like tcp://host:8786")
+            raise ValueError("expected a Dask scheduler address: tcp|tls|inproc|ucx, then :// and host:port")
         return value
 
     @model_validator(mode="after")
@@ -465,7 +466,7 @@ class MonitorConfig(Section):
 class RedactConfig(Section):
     """What `logs import` removes from production logs before anything is stored (tasks/production.py)."""
 
-    emails: bool = True  # an address like name@example.org becomes [EMAIL]
+    emails: bool = True  # an e-mail address (local part, @, a dotted domain) becomes [EMAIL]
     phones: bool = True  # a phone number (7 to 15 digits, optional +country, spaces/dots/dashes/parens) becomes [PHONE]
     # Your own ids (customer numbers, tickets): Python regexes, each match becomes [REDACTED].
     patterns: list[str] = Field(default_factory=list)

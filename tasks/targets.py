@@ -25,13 +25,11 @@ import asyncio
 import concurrent.futures
 import hashlib
 import importlib
-import importlib.util
 import inspect
 import json
 import logging
 import os
 import re
-import sys
 import time
 import unicodedata
 from collections import Counter
@@ -43,6 +41,7 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 from ragloop.tasks import chain, http_retry
 from ragloop.tasks.lineage import canonical_hash
 from ragloop.tasks.retrieval import Hit
+from ragloop.tasks.registry import import_file
 from ragloop.tasks.settings import ConfigError, EvalTarget, HTTPTarget, HTTPTargetResponse
 
 log = logging.getLogger(__name__)
@@ -86,17 +85,7 @@ def load_callable(spec: str) -> tuple[Callable, Path | None]:
             path = Path(module_name).expanduser().resolve()
             if not path.is_file():
                 raise FileNotFoundError(f"no such file {path}")
-            name = f"ragloop_target_{path.stem}_{hashlib.sha256(str(path).encode()).hexdigest()[:8]}"
-            if name not in sys.modules:
-                module_spec = importlib.util.spec_from_file_location(name, path)
-                module = importlib.util.module_from_spec(module_spec)
-                sys.modules[name] = module
-                try:
-                    module_spec.loader.exec_module(module)
-                except BaseException:
-                    del sys.modules[name]
-                    raise
-            module = sys.modules[name]
+            module = import_file(path, "ragloop_target")
         else:
             module = importlib.import_module(module_name)
         obj: Any = module
