@@ -4,17 +4,24 @@
   included, one query per call, as the eval chain issues them); exact search (below
   index.ann_min_rows), and ANN on a copy of the table with ragloop's HNSW-SQ index, recall@10 beside.
 - A synthetic table of --rows seeded random unit vectors of the same dimension (with short seeded
-  texts for fts/hybrid): exact (brute force) vs ANN (the HnswSq index ragloop builds above
-  ann_min_rows), recall@10 of ANN against exact over the queries. Rows and queries are drawn from
-  one seeded mixture of clusters (rows/500 centroids plus noise): uniform random vectors in 384
-  dimensions have no meaningful neighbours (every top-10 past the first is a near-tie), which
-  says nothing about an index on real embeddings.
+  texts for fts/hybrid): exact (brute force) vs ANN (the index ragloop builds above
+  ann_min_rows, index.ann's defaults), recall@10 of ANN against a numpy brute force over the
+  queries, in the same run: before (LanceDB's own query defaults, as ragloop searched before
+  eval.ann existed) and after (eval.ann's defaults), a sweep of the query knobs, and the ratios to
+  brute force. Rows and queries are drawn from one seeded mixture of clusters (rows/500 centroids
+  plus noise): uniform random vectors in 384 dimensions have no meaningful neighbours (every
+  top-10 past the first is a near-tie), which says nothing about an index on real embeddings.
+  The mixture is still harder than real embeddings: within a cluster the noise is isotropic, so a
+  query's top 10 are near-ties among ~500 members. `lid_at_20` (local intrinsic dimensionality,
+  maximum-likelihood estimate from each query's 20 nearest distances, median) says how hard a table
+  is for an ANN index; it is reported for the SciFact table too (MiniLM: ~20; this mixture: ~80).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import time
 from pathlib import Path
@@ -26,18 +33,75 @@ from common import fresh_dir, percentile, read_qrels, read_queries, write_json
 K = 10
 
 
-def stats(latencies_ms: list[float]) -> dict:
-    return {"p50_ms": percentile(latencies_ms, 50), "p95_ms": percentile(latencies_ms, 95), "n": len(latencies_ms)}
+def stats(latencies_ms: list[float], cpu_ms: list[float] | None = None) -> dict:
+    """p50/p95 of wall latencies; with cpu_ms (the process's CPU time per query, every thread), their p50/p95
+    too: on a shared machine wall time includes waiting for a core, CPU time does not."""
+    out = {"p50_ms": percentile(latencies_ms, 50), "p95_ms": percentile(latencies_ms, 95), "n": len(latencies_ms)}
+    if cpu_ms:
+        out.update({"cpu_p50_ms": percentile(cpu_ms, 50), "cpu_p95_ms": percentile(cpu_ms, 95)})
+    return out
 
 
 def recall_at_k(exact: list[list], approx: list[list]) -> float:
     return float(np.mean([len(set(a[:K]) & set(e[:K])) / max(len(e[:K]), 1) for e, a in zip(exact, approx)]))
 
 
-def scifact(lake: str, queries_file: Path, n_queries: int, work: Path) -> dict:
-    from lancedb.index import HnswSq
+def lid(top_cosines: np.ndarray) -> float:
+    """Median local intrinsic dimensionality (Levina-Bickel maximum likelihood) from each query's nearest
+    cosines (queries x n, best first): how fast distances grow with the neighbour count. Low on data
+    with structure (real embeddings), high on isotropic noise; the higher, the harder for ANN."""
+    d = np.sqrt(np.maximum(2 - 2 * top_cosines.astype(np.float64), 1e-12))
+    per_query = -1 / np.mean(np.log(d[:, :-1] / d[:, -1:]), axis=1)
+    return float(np.median(per_query))
 
+
+# Query-knob settings swept on the ANN index (eval.ann ef, refine_factor), beside the defaults.
+SWEEP = [(ef, refine) for refine in (None, 2, 4) for ef in (25, 50, 100, 200)]
+
+
+def ann_runs(table, qvecs, truth: list[list], exact: dict, exact_recall: float = 1.0) -> dict:
+    """ANN search-only latency and recall@10 against `truth` (ids best first), before (LanceDB's query
+    defaults: ef 1.5 x limit, quantized distances; ragloop's search before eval.ann), after (eval.ann's
+    defaults, through tasks.retrieval.ann_knobs as the Retriever applies them) and the SWEEP, each with
+    its ratios to the brute-force search `exact` ({p50_ms, p95_ms, cpu_...}) timed in the same run, whose
+    recall against `truth` is `exact_recall`."""
+    from ragloop.tasks.retrieval import ann_knobs
+    from ragloop.tasks.settings import AnnSearchConfig
+
+    def run(config) -> tuple[dict, list]:
+        lat, cpu, ids = [], [], []
+        for v in qvecs:
+            t, c = time.perf_counter(), time.process_time()
+            b = table.search(v, vector_column_name="vector").distance_type("cosine")
+            if config is not None:
+                b = ann_knobs(b, config, K)
+            rows_ = b.limit(K).select(["chunk_id", "_distance"]).to_arrow()
+            lat.append((time.perf_counter() - t) * 1000)
+            cpu.append((time.process_time() - c) * 1000)
+            ids.append(rows_["chunk_id"].to_pylist())
+        return stats(lat, cpu), ids
+
+    def measured(config) -> dict:
+        run(config)  # warm
+        timing, ids = run(config)
+        recall = recall_at_k(truth, ids)
+        return {**timing, "recall_at_10": recall, "recall_over_exact": recall / exact_recall,
+                "load_1m": os.getloadavg()[0],
+                "p95_over_exact": timing["p95_ms"] / exact["p95_ms"] if exact.get("p95_ms") else None,
+                "cpu_p95_over_exact": (timing["cpu_p95_ms"] / exact["cpu_p95_ms"]) if exact.get("cpu_p95_ms") else None}
+
+    default = AnnSearchConfig()
+    out = {"before": measured(None), "after": measured(default),
+           "after_knobs": default.model_dump(mode="json"), "sweep": []}
+    for ef, refine in SWEEP:
+        out["sweep"].append({"ef": ef, "refine_factor": refine, **measured(AnnSearchConfig(ef=ef, refine_factor=refine))})
+    return out
+
+
+def scifact(lake: str, queries_file: Path, n_queries: int, work: Path) -> dict:
     from ragloop.tasks.embedding import load_embedder
+    from ragloop.tasks.indexing import ann_index, describe_ann
+    from ragloop.tasks.settings import AnnIndexConfig
     from ragloop.tasks.retrieval import Retriever
     from ragloop.tasks.settings import load_settings
     from ragloop.tasks.storage import Lake
@@ -61,24 +125,36 @@ def scifact(lake: str, queries_file: Path, n_queries: int, work: Path) -> dict:
         results[mode] = ids
         out[f"{mode}_exact"] = stats(lat)
 
-    # ANN on a copy of the table (the serving table itself stays exact, as ragloop serves it below 100k rows).
+    # ANN on a copy of the table (the serving table itself stays exact, as ragloop serves it below 100k rows),
+    # with the index index.ann's defaults build; brute force on the same copy, search only, for the ratios.
     import lancedb
 
     copy_dir = fresh_dir(work / "scifact_ann")
     data = retriever.table.to_arrow()
     table = lancedb.connect(str(copy_dir)).create_table("chunks", data)
-    t = time.perf_counter()
-    table.create_index("vector", config=HnswSq(distance_type="cosine"), name="vector_idx")
-    out["ann_build_s"] = time.perf_counter() - t
     vectors = embedder.encode(queries)
-    lat, ids = [], []
-    for v in vectors:
-        t = time.perf_counter()
-        rows = table.search(v, vector_column_name="vector").distance_type("cosine").limit(K).select(["chunk_id"]).to_arrow()
-        lat.append((time.perf_counter() - t) * 1000)
-        ids.append(rows["chunk_id"].to_pylist())
-    out["vector_ann_search_only"] = stats(lat)
-    out["ann_recall_at_10"] = recall_at_k(results["vector"], ids)
+    lat, cpu, exact_ids = [], [], []
+    for _ in range(2):  # the first pass warms the page cache
+        lat, cpu, exact_ids = [], [], []
+        for v in vectors:
+            t, c = time.perf_counter(), time.process_time()
+            rows = (table.search(v, vector_column_name="vector").distance_type("cosine").bypass_vector_index()
+                    .limit(K).select(["chunk_id", "_distance"]).to_arrow())
+            lat.append((time.perf_counter() - t) * 1000)
+            cpu.append((time.process_time() - c) * 1000)
+            exact_ids.append(rows["chunk_id"].to_pylist())
+    out["vector_exact_search_only"] = stats(lat, cpu)
+    stored = np.stack(data["vector"].to_numpy(zero_copy_only=False)).astype(np.float32)
+    out["lid_at_20"] = lid(np.sort(np.asarray(vectors, dtype=np.float32) @ stored.T, axis=1)[:, ::-1][:, :20])
+    t = time.perf_counter()
+    config = AnnIndexConfig()
+    table.create_index("vector", config=ann_index(config, stored.shape[1]), name="vector_idx")
+    out["ann_build_s"] = time.perf_counter() - t
+    out["ann_index"] = describe_ann(config.build_params())
+    out["ann"] = ann_runs(table, vectors, exact_ids, out["vector_exact_search_only"])
+    # Earlier runs' keys: the search as ragloop issued it before eval.ann.
+    out["vector_ann_search_only"] = {k: out["ann"]["before"][k] for k in ("p50_ms", "p95_ms", "cpu_p50_ms", "cpu_p95_ms", "n")}
+    out["ann_recall_at_10"] = out["ann"]["before"]["recall_at_10"]
     shutil.rmtree(copy_dir, ignore_errors=True)
     return out
 
@@ -113,7 +189,11 @@ def quality(lake: str, backend: str | None, root: Path) -> dict:
 def synthetic(rows: int, dim: int, n_queries: int, work: Path, seed: int = 0, exact_queries: int = 20) -> dict:
     import lancedb
     import pyarrow as pa
-    from lancedb.index import FTS, HnswSq
+    from lancedb.index import FTS
+
+    from ragloop.tasks.indexing import ann_index, describe_ann
+    from ragloop.tasks.retrieval import ann_knobs
+    from ragloop.tasks.settings import AnnIndexConfig, AnnSearchConfig
 
     rng = np.random.default_rng(seed)
     centroids = rng.standard_normal((max(rows // 500, 1), dim)).astype(np.float32)
@@ -159,19 +239,22 @@ def synthetic(rows: int, dim: int, n_queries: int, work: Path, seed: int = 0, ex
 
     # Ground truth for recall: brute-force cosine top-10 in numpy over every query. LanceDB's own exact
     # search is timed on at most exact_queries of them (about a second per query at 1M rows).
-    truth = []
+    truth, nearest = [], []
     for qv in qvecs:
         scores = all_vecs @ qv
-        top = np.argpartition(-scores, K)[:K]
-        truth.append([f"c{i}" for i in top[np.argsort(-scores[top])]])
+        top = np.argpartition(-scores, 20)[:20]
+        top = top[np.argsort(-scores[top])]
+        truth.append([f"c{i}" for i in top[:K]])
+        nearest.append(scores[top])
+    out["lid_at_20"] = lid(np.array(nearest))
     del all_vecs
     exact_n = min(n_queries, exact_queries)
     out["exact_queries"] = exact_n
 
     def run(mode: str, exact: bool, limit: int | None = None) -> tuple[dict, list]:
-        lat, ids = [], []
+        lat, cpu, ids = [], [], []
         for v, q in list(zip(qvecs, qtexts))[:limit]:
-            t = time.perf_counter()
+            t, c = time.perf_counter(), time.process_time()
             if mode == "vector":
                 b = table.search(v, vector_column_name="vector").distance_type("cosine")
                 if exact:
@@ -181,12 +264,12 @@ def synthetic(rows: int, dim: int, n_queries: int, work: Path, seed: int = 0, ex
                 rows_ = table.search(q, query_type="fts").limit(K).select(["chunk_id"]).to_arrow()
             else:
                 b = table.search(query_type="hybrid").vector(v).text(q).limit(K)
-                if exact:
-                    b = b.bypass_vector_index()
+                b = b.bypass_vector_index() if exact else ann_knobs(b, AnnSearchConfig(), K)
                 rows_ = b.select(["chunk_id"]).to_arrow()
             lat.append((time.perf_counter() - t) * 1000)
+            cpu.append((time.process_time() - c) * 1000)
             ids.append(rows_["chunk_id"].to_pylist())
-        return stats(lat), ids
+        return stats(lat, cpu), ids
 
     run("vector", True, 2)  # warm the page cache
     out["vector_exact"], exact_ids = run("vector", True, exact_n)
@@ -194,13 +277,15 @@ def synthetic(rows: int, dim: int, n_queries: int, work: Path, seed: int = 0, ex
     out["fts"], _ = run("fts", True)
     out["hybrid_exact"], _ = run("hybrid", True, exact_n)
     t = time.perf_counter()
-    table.create_index("vector", config=HnswSq(distance_type="cosine"), name="vector_idx")
+    config = AnnIndexConfig()
+    table.create_index("vector", config=ann_index(config, dim), name="vector_idx")
     out["ann_build_s"] = time.perf_counter() - t
-    out["ann_index"] = "HnswSq(distance_type='cosine') defaults, as tasks/indexing.py builds it"
-    run("vector", False)
-    out["vector_ann"], ann_ids = run("vector", False)
-    out["hybrid_ann"], _ = run("hybrid", False)
-    out["ann_recall_at_10"] = recall_at_k(truth, ann_ids)
+    out["ann_index"] = describe_ann(config.build_params()) + " (index.ann's defaults, as tasks/indexing.py builds it)"
+    out["ann"] = ann_runs(table, qvecs, truth, out["vector_exact"], out["lancedb_exact_recall_at_10_vs_numpy"])
+    out["vector_ann"] = {k: out["ann"]["after"][k] for k in ("p50_ms", "p95_ms", "cpu_p50_ms", "cpu_p95_ms", "n")}
+    out["ann_recall_at_10"] = out["ann"]["after"]["recall_at_10"]
+    run("hybrid", False)  # warm
+    out["hybrid_ann"], _ = run("hybrid", False)  # eval.ann's defaults on the vector leg, as the Retriever searches
     return out
 
 

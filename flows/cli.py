@@ -134,7 +134,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--format", choices=["text", "markdown"], default="text",
                    help="markdown: the result as a GitHub-flavoured table")
     p.add_argument("--promote", metavar="CELL",
-                   help="print the config that makes CELL the configured chain (it is not written for you)")
+                   help="make CELL the configured chain through the gate: its eval on score_on (else choose_on) must pass "
+                        "against the line's baseline; then its settings are written to the config file (exit 3 when refused)")
     common(p)
 
     p = sub.add_parser("rollback", help="return a golden-set line's promoted state (serving table version, baseline) to the previous promotion")
@@ -475,16 +476,17 @@ def _run_bakeoff(args: argparse.Namespace) -> dict:
         from ragloop.tasks.settings import ConfigError
 
         raise ConfigError("bakeoff: choose --json or --format markdown, not both")
+    import os
+
+    from ragloop.tasks import providers
+
     spec = bakeoff.load_bakeoff(args.file)  # a bad file fails here, before Prefect starts (exit 2, naming the field)
-    promote = bakeoff.promote_cell(spec, args.promote)
+    bakeoff.check_promote(spec, args.promote, args.config, os.environ)
     bakeoff.check_lines(_lake(_settings(args)), spec)
+    bakeoff.check_tables(bakeoff.expand_cells(spec), args.config, args.lake, providers.current())
     from ragloop.flows.bakeoff import run_bakeoff
 
-    summary = run_bakeoff(path=args.file, lake=args.lake, config_path=args.config)
-    if promote is not None:
-        summary["adopt"] = bakeoff.adopt_yaml(promote)
-        summary["promote"] = {"cell": promote["name"], "applied": False,
-                              "how": "put `adopt` in ragloop.yaml, then `ragloop eval --promote` gates it"}
+    summary = run_bakeoff(path=args.file, lake=args.lake, config_path=args.config, promote=args.promote)
     if args.format == "markdown":
         summary["markdown"] = bakeoff.bakeoff_markdown(summary)
     return summary
@@ -501,7 +503,7 @@ def _human_bakeoff(summary: dict) -> list[str]:
             continue
         value, ci = c["metrics"].get(summary["metric"]), c["ci"].get(summary["metric"])
         d = (c.get("deltas") or {}).get(summary["metric"])
-        lines.append(f"  {c['name']:<28} {value:.4f} [{ci[0]:.4f}, {ci[1]:.4f}]"
+        lines.append(f"  {c['name']:<28} " + (f"{value:.4f} [{ci[0]:.4f}, {ci[1]:.4f}]" if value is not None else "not measured")
                      + (f"  {d['delta']:+.4f} {d['verdict']}" if d else "")
                      + f"  p50 {c['latency_p50_ms']:.1f} ms p95 {c['latency_p95_ms']:.1f} ms  cost ${c['cost']:.6f}"
                      + ("  (reused)" if c.get("cached") else ""))
@@ -510,14 +512,38 @@ def _human_bakeoff(summary: dict) -> list[str]:
     lines.append(f"chosen on {summary['choose_on']}: {summary['chosen']} ({summary['chosen_score']})")
     held = summary.get("held_out")
     if held:
-        lines.append(f"scored on {held['line']} (held out): " + (f"{held['value']:.4f} run {held['run_id']}"
+        lines.append(f"scored on {held['line']} (held out): " + (f"{held['value']:.4f}"
+                                                                 + (f" [{held['ci'][0]:.4f}, {held['ci'][1]:.4f}]" if held.get("ci") else "")
+                                                                 + f" run {held['run_id']}"
                                                                  if "value" in held else f"failed: {held.get('error')}"))
-    if summary.get("adopt"):
-        lines.append("config to adopt" + (f" for {summary['promote']['cell']} (not applied; {summary['promote']['how']})"
-                                          if summary.get("promote") else " (the chosen cell)") + ":")
+    for t in summary.get("tables") or []:
+        if len(summary.get("tables") or []) > 1 or t.get("role") == "bakeoff":
+            lines.append(f"index {t.get('table')} ({t.get('role')}): " + (f"failed: {t['error']}" if t.get("error") else
+                         f"v{t.get('version')}, {t.get('chunks')} chunks, {_mb(t.get('bytes'))}, built in {t.get('build_s')} s"))
+    for c in summary["cells"]:
+        if c.get("note") or (c.get("evidence") or {}).get("note"):
+            lines.append(f"note {c['name']}: {c.get('note') or c['evidence']['note']}")
+    promote = summary.get("promote")
+    if promote:
+        gate = promote.get("gate") or {}
+        lines.append(f"promote {promote['cell']} on line {promote['line']} (run {promote.get('run_id')}), gate "
+                     f"{gate.get('status')}: " + ("applied" if promote["applied"] else "refused") + f" ({promote['reason']})")
+        if promote["applied"]:
+            config = promote["config"]
+            lines.append(f"  {config['file']}: " + ("updated" if config["written"] else "already had these settings")
+                         + ("; baseline moved to this run" if promote["baseline_moved"] else ""))
+            lines.extend("  " + line for line in config["diff"].splitlines())
+            if promote.get("next"):
+                lines.append(f"  next: {promote['next']}")
+    elif summary.get("adopt"):
+        lines.append("config of the chosen cell (`--promote CELL` writes it, through the gate):")
         lines.extend("  " + line for line in summary["adopt"].splitlines())
     lines.append(f"report: {summary.get('report')}")
     return lines
+
+
+def _mb(size: int | None) -> str:
+    return "? MB" if size is None else f"{size / 1e6:.1f} MB"
 
 
 def _human_compare(summary: dict) -> list[str]:

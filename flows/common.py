@@ -34,6 +34,12 @@ def flow_settings(config_path: str | None, overrides: dict[str, Any]) -> Setting
 HEARTBEAT_ENV = ("PREFECT_FLOWS_HEARTBEAT_FREQUENCY", "PREFECT_RUNNER_HEARTBEAT_FREQUENCY")
 
 
+# The settings a run started from (and the PREFECT_* environment then) -> the same without heartbeats.
+# Prefect's temporary_settings re-reads every setting from the environment (0.05-0.2 s per run); a warm
+# process entering ad_hoc_runs for each run reuses the copy it made for the same settings.
+_NO_HEARTBEATS: dict[str, tuple] = {}
+
+
 @contextmanager
 def ad_hoc_runs() -> Iterator[None]:
     """Flow runs started inside run without Prefect heartbeats, unless the environment sets their
@@ -43,9 +49,16 @@ def ad_hoc_runs() -> Iterator[None]:
     if any(os.environ.get(name) for name in HEARTBEAT_ENV):
         yield
         return
-    from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
+    import prefect.context
+    from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY
 
-    with temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
+    context = prefect.context.get_settings_context()
+    environment = tuple(sorted((k, v) for k, v in os.environ.items() if k.startswith("PREFECT_")))
+    base, env, settings = _NO_HEARTBEATS.get("last", (None, None, None))
+    if base is not context.settings or env != environment:
+        settings = context.settings.copy_with_update(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None})
+        _NO_HEARTBEATS["last"] = (context.settings, environment, settings)
+    with prefect.context.SettingsContext(profile=context.profile, settings=settings):
         yield
 
 

@@ -39,26 +39,27 @@ def evaluate_chain(
     progress: bool = False,
     no_cache: bool = False,
     overrides: dict | None = None,
+    table: dict | None = None,
+    reuse_gated: bool = False,
 ) -> dict:
     """Score the chain over the active items of a golden set; per-item results and traces go to
     the lake, the summary carries metrics with bootstrap CIs overall and per question type, the gate's
     verdict against the line's baseline, and whether the run was promoted.
-
     promote: None = an experiment (gated, never promoted); "nightly" | "prompt-changed" | "explicit"
     may promote. index: auto (the pending candidate index of this embedder, else the served one) |
     serving | candidate. progress: show items through the chain and the judge's scoring (a bar on a
     terminal, else log lines). no_cache: bypass the LLM call cache (tasks/llm_cache.py), reads and writes.
-    overrides: further settings {section: {key: value}} over the config (a bake-off cell's eval and llm);
-    retrieval and k, when given, win over them."""
+    A bake-off cell's: overrides {section: {key: value}} (retrieval and k win over them); table {table, version,
+    run_id, chunker_hash} scored instead of `index`, never promoted; reuse_gated: reuse gate_failed/inconclusive runs too."""
     extra = overrides or {}
     given = {key: value for key, value in (("retrieval", retrieval), ("k", k)) if value is not None}
     settings = flow_settings(config_path, {**extra, "lake": lake, "eval": {**extra.get("eval", {}), **given}})
     config, on_inconclusive = settings.eval, settings.gate.on_inconclusive
     with stage_run("eval", settings) as stage:
         plan = eval_run.plan_eval(stage.lake, settings, golden, index, retrieval_only, providers.current(),
-                                  use_llm_cache=not no_cache)
+                                  use_llm_cache=not no_cache, table=table)
         line, models = plan.chosen.line_key, plan.models
-        reuse = (eval_run.find_reuse(stage.lake, plan.cache_key, plan.baseline, line, promote)
+        reuse = (eval_run.find_reuse(stage.lake, plan.cache_key, plan.baseline, line, promote, reuse_gated)
                  if reuse_cached and plan.reusable else None)
         if reuse is not None:
             get_run_logger().info("eval inputs unchanged since run %s: its results are reused", reuse.summary.run_id)

@@ -41,7 +41,8 @@ def ingest_sources(sources: list[str] | None, lake: str | None, config_path: str
             run.logger.error("%s", exc)
             return ingest_run.mass_delete_summary(run.run_id, run.lineage, stage.lake.uri, exc).finish(run)
         stage.lake.write_quarantine(run.run_id, ingest_run.quarantine_rows(result, run.started_at))
-        report = validate_documents(stage.lake.snapshot_profile(result.snapshot_id))
+        report = ingest_run.reused_documents_report(stage.lake, previous, result.snapshot_id) or validate_documents(
+            stage.lake.snapshot_profile(result.snapshot_id), ingest_run.documents_subject(result.snapshot_id))
         stage.lake.write_validation(run.run_id, report.suite, report.result)
         run.lineage.update({"snapshot_id": result.snapshot_id, "previous_snapshot_id": result.previous_snapshot_id})
         summary = ingest_run.summarize(run.run_id, run.lineage, stage.lake.uri, result, report, settings.ingest.sources, previous)

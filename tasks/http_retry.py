@@ -1,10 +1,11 @@
 """One HTTP request under a concurrency limit and a whole-request deadline, retried on timeouts,
 transport errors, 429 and 5xx with exponential backoff (Retry-After honoured): the loop the
-OpenAI-compatible LLM client and the HTTP eval target share (I/O, httpx)."""
+OpenAI-compatible LLM and embeddings clients and the HTTP eval target share (I/O, httpx)."""
 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import email.utils
 import logging
 import random
@@ -97,3 +98,14 @@ async def send(client: httpx.AsyncClient, semaphore: asyncio.Semaphore, method: 
         log.warning("%s: %s; retry %d/%d in %.2fs", url, reason, attempt + 1, attempts - 1, delay)
         await asyncio.sleep(delay)
     raise AssertionError("unreachable")
+
+
+def run_sync(coro_factory: Callable[[], Any]) -> Any:
+    """Run a coroutine to completion from sync code, also when the caller is inside an event loop
+    (then on a thread of its own)."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(coro_factory())
+    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
+        return pool.submit(lambda: asyncio.run(coro_factory())).result()

@@ -17,7 +17,7 @@ import pandas as pd
 import pyarrow as pa
 from pydantic import Field
 
-from ragloop.tasks import indexing, promotion
+from ragloop.tasks import indexing, promotion, validation
 from ragloop.tasks.chunking import Chunk, Chunker
 from ragloop.tasks.embedding import Embedder, load_embedder
 from ragloop.tasks.indexing import ChunkStore, IndexPlan
@@ -105,7 +105,8 @@ def index_lineage(ingested: Mapping[str, Any], chunker: Chunker, chunking: Chunk
         "chunker_hash": chunker.hash,
         "chunker": {**chunking.model_dump(), "capacity": chunker.capacity},
         "embedder": {"name": embedder.name, "weights_sha256": embedder.weights_sha256,
-                     "dim": embedder.dim, "max_tokens": embedder.counter.max_tokens},
+                     "dim": embedder.dim, "max_tokens": embedder.counter.max_tokens,
+                     **({"endpoint": embedder.endpoint} if getattr(embedder, "endpoint", None) else {})},
     }
 
 
@@ -122,6 +123,19 @@ def chunk_facts(chunks: Sequence, vectors: np.ndarray) -> pd.DataFrame:
 
 
 PIPELINE_DOCS = 32  # documents per chunking step of a window's chunk -> encode pipeline
+PIPELINE_FIRST_DOCS = 4  # the first step's documents: the encoder waits for it alone, so the steps start small
+
+
+def pipeline_steps(docs: Sequence, first: int, size: int) -> list[Sequence]:
+    """The documents in consecutive steps of first, 2 x first, ... up to `size` each (then `size`): the
+    encoder starts after a step of `first` documents instead of `size`, and the later, larger steps
+    keep the per-step cost low."""
+    steps, start, step = [], 0, max(1, min(first, size))
+    while start < len(docs):
+        steps.append(docs[start:start + step])
+        start += step
+        step = min(step * 2, size)
+    return steps
 
 
 def pipelined(items: Sequence, fn: Callable, timer: Timer, name: str, ahead: int = 2) -> Iterator:
@@ -275,10 +289,11 @@ class ChunkBatches:
 
     def _chunk_and_embed(self, docs: list) -> tuple[list, np.ndarray]:
         """The window's chunks and their vectors. For an encoder whose vectors depend on each text alone,
-        the window is chunked PIPELINE_DOCS documents at a time on a worker thread, up to two steps ahead
-        of the encoder, so chunking overlaps encoding; `chunk` then times only the waits for chunks.
+        the window is chunked in steps on a worker thread (pipeline_steps: 4, 8, 16, then 32 documents), up to
+        two steps ahead of the encoder, so chunking overlaps encoding; `chunk` then times only the waits for
+        chunks.
         Chunk ids are per document and vectors per text, so the output is the same as in one piece."""
-        steps = [docs[i:i + PIPELINE_DOCS] for i in range(0, len(docs), PIPELINE_DOCS)]
+        steps = pipeline_steps(docs, PIPELINE_FIRST_DOCS, PIPELINE_DOCS)
         if len(steps) < 2 or not getattr(self.embedder, "per_text", False):
             steps = [docs]
         chunks, parts = [], []
@@ -298,6 +313,55 @@ class ChunkBatches:
     def close(self) -> None:
         """Close the progress bar (once the commit consumed the batches)."""
         self._bar.close()
+
+
+INDEX_SETTINGS = ("fts", "fts_tokenizer", "ann_min_rows", "ann")  # the index settings that shape the table's indexes
+
+
+def _state_ref(store: ChunkStore) -> str:
+    return f"indexed__{store.name}"
+
+
+def _state(store: ChunkStore, snapshot_id: str, chunker_hash: str, config: IndexConfig) -> dict:
+    return {"snapshot_id": snapshot_id, "chunker_hash": chunker_hash,
+            "indexes": config.model_dump(include=set(INDEX_SETTINGS)), "version": store.version, "rows": store.count()}
+
+
+def plan_run(lake: Lake, store: ChunkStore, snapshot_id: str, chunker_hash: str, config: IndexConfig) -> IndexPlan:
+    """The run's plan. When the table is as the last run that validated it left it (the same version and
+    row count: LanceDB versions are immutable) and that run indexed this snapshot with this chunker and
+    these index settings, the plan is empty and proven without a scan (`proven_by` = that run); its
+    indexes were current and its chunks verdict holds. Otherwise indexing.plan_index."""
+    recorded = lake.read_ref(_state_ref(store)) or {}
+    mine = _state(store, snapshot_id, chunker_hash, config)
+    if recorded.get("run_id") and all(recorded.get(k) == v for k, v in mine.items()):
+        return IndexPlan(set(), [], int(recorded["documents"]), [], proven_by=recorded["run_id"])
+    return indexing.plan_index(lake, snapshot_id, store, chunker_hash)
+
+
+def chunks_subject(store: ChunkStore, embedder: Embedder) -> dict:
+    """What the chunks suite validates: a table version (immutable), checked against this dim and limit."""
+    return {"table": store.name, "version": store.version, "dim": store.dim, "max_tokens": embedder.counter.max_tokens}
+
+
+def reused_chunks_report(lake: Lake, store: ChunkStore, plan: IndexPlan, embedder: Embedder) -> ValidationReport | None:
+    """The chunks verdict of the run that proved the plan empty, on the very table version this run leaves
+    (a run that writes nothing checks a subset of what that run checked); None: validate."""
+    if plan.proven_by is None:
+        return None
+    return validation.reuse(lake.read_validation(plan.proven_by, "chunks"), "chunks", chunks_subject(store, embedder),
+                            plan.proven_by)
+
+
+def record_state(lake: Lake, store: ChunkStore, run_id: str, snapshot_id: str, chunker_hash: str, config: IndexConfig,
+                 plan: IndexPlan, report: ValidationReport) -> None:
+    """After a run whose chunks suite passed on the table it leaves: what lets the next run prove a no-op
+    without a scan (plan_run). Not rewritten by a run that reused that verdict (nothing changed)."""
+    if not report.success or report.reused_from is not None:
+        return
+    documents = plan.current + len(plan.to_index)
+    lake.write_ref(_state_ref(store), {"run_id": run_id, "documents": documents,
+                                       **_state(store, snapshot_id, chunker_hash, config)})
 
 
 def changes_table(plan: IndexPlan) -> bool:
@@ -325,8 +389,9 @@ def commit_plan(store: ChunkStore, plan: IndexPlan, batches: ChunkBatches, timer
 
 def needs_refresh(plan: IndexPlan, store: ChunkStore, config: IndexConfig) -> bool:
     """Refresh the indexes when the run changed the table, or when they are stale (what a killed run
-    left undone is repaired by the next run, even one that changes nothing)."""
-    return changes_table(plan) or store.indexes_stale(config)
+    left undone is repaired by the next run, even one that changes nothing). A plan proven empty from the
+    recorded state needs nothing: that state was recorded with current indexes at this very version."""
+    return changes_table(plan) or (plan.proven_by is None and store.indexes_stale(config))
 
 
 def tag_version(store: ChunkStore, run_id: str, refreshed: bool) -> None:
@@ -336,13 +401,26 @@ def tag_version(store: ChunkStore, run_id: str, refreshed: bool) -> None:
 
 
 def place_version(lake: Lake, store: ChunkStore, run_id: str, chunker_hash: str, plan: IndexPlan,
-                  report: ValidationReport) -> dict | None:
+                  report: ValidationReport, bakeoff: bool = False) -> dict | None:
     """Blue/green: a version that passed its chunks suite is served, or is a candidate until the gate
-    passes on it (a new embedder, backend or chunker); see promotion.index_disposition. Returns
+    passes on it (a new embedder, backend or chunker); see promotion.index_disposition. A bake-off's table
+    (`bakeoff`) is only recorded (promotion.Refs.record_bakeoff_table): serving and candidate stay. Returns
     {action, reason, serving, candidate}, or None when the suite failed (no ref moves)."""
     if not report.success:
         return None
-    return promotion.Refs(lake).record_index(store.name, store.version, run_id, chunker_hash, changes_table(plan))
+    refs = promotion.Refs(lake)
+    if bakeoff:
+        return refs.record_bakeoff_table(store.name, store.version, run_id, chunker_hash)
+    return refs.record_index(store.name, store.version, run_id, chunker_hash, changes_table(plan))
+
+
+def stored_snapshot(lake: Lake, snapshot_id: str) -> dict[str, Any]:
+    """What an index run built from a stored documents snapshot (no ingest: a bake-off's table is built from
+    the served table's snapshot) takes from its ingest: {status, run_id: None, snapshot_id, validation}.
+    ConfigError when the lake has no such snapshot."""
+    if not lake.snapshot_exists(snapshot_id):
+        raise ConfigError(f"index: no documents snapshot {snapshot_id} in {lake.uri}")
+    return {"status": "ok", "run_id": None, "snapshot_id": snapshot_id, "validation": {}}
 
 
 def summarize(run_id: str, lineage: dict, ingested: Mapping[str, Any], lake_uri: str, store: ChunkStore,
@@ -365,6 +443,12 @@ def summarize(run_id: str, lineage: dict, ingested: Mapping[str, Any], lake_uri:
 def table_ref(store: ChunkStore) -> dict[str, Any]:
     """{name, version} of the store's table as it stands."""
     return {"name": store.name, "version": store.version}
+
+
+def ann_lineage(store: ChunkStore) -> dict[str, Any]:
+    """{"ann_index": build parameters} of the table's ANN index for the run's lineage ({} without one)."""
+    built = store.ann_built()
+    return {"ann_index": built} if built else {}
 
 
 def log_lines(summary: IndexSummary) -> list[tuple[int, str]]:

@@ -11,6 +11,7 @@ import datetime as dt
 import json
 import logging
 import re
+import time
 from dataclasses import dataclass, field
 from typing import Iterable, Iterator, Sequence
 
@@ -21,20 +22,55 @@ from ragloop.tasks import promotion, schemas
 from ragloop.tasks.chunking import Chunk
 from ragloop.tasks.embedding import Embedder
 from ragloop.tasks.schemas import Document, utcnow
-from ragloop.tasks.settings import ConfigError, IndexConfig
+from ragloop.tasks.settings import AnnIndexConfig, ConfigError, IndexConfig
 from ragloop.tasks.storage import Lake, chunks_table_name
 
 log = logging.getLogger(__name__)
 
 SQL_IN_BATCH = 500  # ids per IN (...) filter: keeps filter strings bounded
 FTS_SAMPLE_ROWS = 5000  # chunk texts sampled to choose the full-text tokenizer (index.fts_tokenizer: auto)
+# What `HnswSq(distance_type="cosine")` built before index.ann existed: a table whose ANN index has no
+# ann__ ref has this one, so the default settings leave it in place.
+LEGACY_ANN = {"type": "hnsw_sq", "num_partitions": None, "m": 20, "ef_construction": 300}
 UNSPACED_MIN_SHARE = 0.01  # share of letters in scripts without spaces from which auto picks ICU
 # Scripts written without spaces between words: Han, Hiragana, Katakana, Thai, Lao, Myanmar, Khmer.
 _UNSPACED = re.compile("[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\u0e00-\u0eff\u1000-\u109f\u1780-\u17ff]")
+_ASCII_LETTERS = bytes(range(65, 91)) + bytes(range(97, 123))
+_NON_ASCII = re.compile("[^\x00-\x7f]")
+
+
+# An endpoint embedder's probe vector against the one its table recorded: the same weights answer a fixed text
+# alike up to float noise (llama-cpp-python's server: above 0.9999 for a text alone and in a batch, measured in
+# tests/integration/test_embedding_llama_server.py); another model lands far lower.
+PROBE_MIN_COSINE = 0.99
 
 
 class EmbedderMismatch(RuntimeError):
     """The table was built by different embedder weights; mixing vectors would be silent garbage."""
+
+
+def check_probe(lake: Lake, table: str, embedder: Embedder, record: bool = True) -> float | None:
+    """For an embedder with a `probe_vector` (an endpoint, whose weights cannot be hashed): the cosine between
+    its probe vector and the one recorded for `table` (ref table__<table>__probe); EmbedderMismatch below
+    PROBE_MIN_COSINE. The first time, the vector is recorded (record=True) and None returned; None too for
+    embedders without a probe (local models are identified by their weights' hash)."""
+    if not hasattr(embedder, "probe_vector"):
+        return None
+    vector = np.asarray(embedder.probe_vector, dtype=np.float64)
+    name = f"table__{table}__probe"
+    recorded = lake.read_ref(name)
+    if recorded is None:
+        if record:
+            lake.write_ref(name, {"embedder": embedder.name, "vector": [float(v) for v in vector]})
+        return None
+    stored = np.asarray(recorded["vector"], dtype=np.float64)
+    cosine = float(stored @ vector / (np.linalg.norm(stored) * np.linalg.norm(vector))) if len(stored) == len(vector) else -1.0
+    if cosine < PROBE_MIN_COSINE:
+        raise EmbedderMismatch(
+            f"{embedder.name} answers the probe text differently from when table {table} was built (cosine "
+            f"{cosine:.3f} < {PROBE_MIN_COSINE}): the endpoint serves other weights under this model id; give the "
+            "new model its own id (a new table) or index into a new lake")
+    return cosine
 
 
 def sql_in(column: str, values: Iterable[str]) -> str:
@@ -48,11 +84,12 @@ def _batched(values: Sequence[str], size: int = SQL_IN_BATCH) -> Iterator[Sequen
 
 
 class ChunkStore:
-    """One embedder's LanceDB chunks table (created on first use; blue/green per embedder)."""
+    """One embedder's LanceDB chunks table (created on first use; blue/green per embedder). `name`: another
+    table of this embedder (a bake-off's, tasks.storage.bakeoff_table_name); None = the embedder's own."""
 
-    def __init__(self, lake: Lake, embedder: Embedder) -> None:
+    def __init__(self, lake: Lake, embedder: Embedder, name: str | None = None) -> None:
         self.lake = lake
-        self.name = chunks_table_name(embedder.slug)
+        self.name = name or chunks_table_name(embedder.slug)
         self.dim = embedder.dim
         self.fingerprint = {"embedder": embedder.name, "weights_sha256": embedder.weights_sha256, "dim": embedder.dim}
         recorded = lake.read_ref(f"table__{self.name}")
@@ -68,6 +105,7 @@ class ChunkStore:
             self.table = db.create_table(self.name, schema=schemas.chunks_schema(self.dim))
         if not recorded:
             lake.write_ref(f"table__{self.name}", self.fingerprint)
+        check_probe(lake, self.name, embedder)
 
     @classmethod
     def reader(cls, lake: Lake, name: str, dim: int, version: int) -> "ChunkStore":
@@ -172,8 +210,10 @@ class ChunkStore:
         last commit but before refreshing the indexes leaves the table so, and nothing else repairs it."""
         names = {idx.name for idx in self.table.list_indices()}
         rows = self.count()
-        if (config.fts and rows and "text_idx" not in names) or (rows >= config.ann_min_rows and "vector_idx" not in names):
+        if config.fts and rows and "text_idx" not in names:
             return True
+        if rows >= config.ann_min_rows and self.ann_built(names) != config.ann.build_params():
+            return True  # missing, or built with other index.ann settings
         return any(getattr(self.table.index_stats(name), "num_unindexed_rows", 0) for name in names)
 
     def fts_tokenizer(self, config: IndexConfig) -> tuple[str, str]:
@@ -189,10 +229,18 @@ class ChunkStore:
             return "icu", f"{share:.0%} of the sampled letters are in scripts written without spaces"
         return "simple", f"{share:.0%} of the sampled letters are in scripts written without spaces"
 
+    def ann_built(self, names: Iterable[str] | None = None) -> dict | None:
+        """The build parameters of the table's ANN index (AnnIndexConfig.build_params; LEGACY_ANN for an
+        index built before they were recorded), None when it has none."""
+        if "vector_idx" not in (names if names is not None else {i.name for i in self.table.list_indices()}):
+            return None
+        recorded = self.lake.read_ref(f"ann__{self.name}")
+        return {k: v for k, v in recorded.items() if k not in ("rows", "build_s")} if recorded else dict(LEGACY_ANN)
+
     def refresh_indexes(self, config: IndexConfig) -> dict:
         """Keep the full-text index current (rebuilt when the tokenizer it needs changes); build an ANN
-        index only once the table is big enough."""
-        from lancedb.index import FTS, HnswSq
+        index only once the table is big enough, and rebuild it when index.ann changes."""
+        from lancedb.index import FTS
 
         names = {idx.name: idx for idx in self.table.list_indices()}
         rows = self.count()
@@ -209,11 +257,18 @@ class ChunkStore:
             else:
                 actions["fts"] = "kept"
             actions["fts_tokenizer"] = f"{tokenizer} ({why})"
-        if rows >= config.ann_min_rows and "vector_idx" not in names:
-            self.table.create_index("vector", config=HnswSq(distance_type="cosine"), name="vector_idx")
-            actions["ann"] = "created"
+        built, wanted = self.ann_built(names), config.ann.build_params()
+        if rows >= config.ann_min_rows and built != wanted:
+            start = time.perf_counter()
+            self.table.create_index("vector", config=ann_index(config.ann, self.dim), name="vector_idx", replace=True)
+            self.lake.write_ref(f"ann__{self.name}", {**wanted, "rows": rows,
+                                                      "build_s": round(time.perf_counter() - start, 1)})
+            actions["ann"] = (f"created ({describe_ann(wanted)})" if built is None
+                              else f"rebuilt ({describe_ann(built)} -> {describe_ann(wanted)})")
+        elif built is not None:
+            actions["ann"] = f"present ({describe_ann(built)})"
         else:
-            actions["ann"] = "present" if "vector_idx" in names else f"none (exact search below {config.ann_min_rows} rows)"
+            actions["ann"] = f"none (exact search below {config.ann_min_rows} rows)"
         # Compaction folds the run's small commits together and brings every index up to date.
         # Old versions are kept (cleanup horizon ~forever): they are the promoted states a rollback
         # returns to, and LanceDB refuses to clean up tagged versions anyway.
@@ -222,6 +277,28 @@ class ChunkStore:
 
     def tag(self, tag: str) -> None:
         self.table.tags.create(tag, self.table.version)
+
+
+def ann_index(config: AnnIndexConfig, dim: int):
+    """LanceDB's index definition for index.ann on cosine vectors of `dim` dimensions. ConfigError naming
+    index.ann.num_sub_vectors when it does not divide dim (the CLI checks this before any work)."""
+    from lancedb.index import HnswSq, IvfPq
+
+    if config.type == "ivf_pq":
+        if config.num_sub_vectors is not None and dim % config.num_sub_vectors:
+            raise ConfigError(f"index.ann.num_sub_vectors: {config.num_sub_vectors} does not divide the "
+                              f"embedding dimension {dim}")
+        return IvfPq(distance_type="cosine", num_partitions=config.num_partitions,
+                     num_sub_vectors=config.num_sub_vectors)
+    return HnswSq(distance_type="cosine", num_partitions=config.num_partitions, m=config.m,
+                  ef_construction=config.ef_construction)
+
+
+def describe_ann(params: dict) -> str:
+    """index.ann build parameters in one line, e.g. `hnsw_sq m=20 ef_construction=300 partitions=auto`."""
+    shown = [(k, params[k]) for k in ("m", "ef_construction", "num_sub_vectors") if k in params]
+    shown.append(("partitions", params.get("num_partitions")))
+    return " ".join([params["type"]] + [f"{k}={'auto' if v is None else v}" for k, v in shown])
 
 
 def index_store(lake: Lake, embedder: Embedder, which: str = "auto") -> tuple[ChunkStore, str]:
@@ -239,12 +316,23 @@ def index_store(lake: Lake, embedder: Embedder, which: str = "auto") -> tuple[Ch
 
 
 def unspaced_share(texts: Iterable[str]) -> float:
-    """Share of the letters in the texts that belong to scripts written without spaces (0.0 if none)."""
-    letters = unspaced = 0
-    for text in texts:
-        letters += sum(1 for ch in text if ch.isalpha())
-        unspaced += len(_UNSPACED.findall(text))
+    """Share of the letters in the texts that belong to scripts written without spaces (0.0 if none).
+    Letters are what str.isalpha accepts, counted with ASCII letters in C (bytes.translate) and only the
+    other characters one by one: the plain per-character loop took 0.15-0.2 s of every index refresh on a
+    3,000-chunk table. No such script at all needs no letter count."""
+    texts = list(texts)
+    unspaced = sum(len(_UNSPACED.findall(text)) for text in texts)
+    if not unspaced:
+        return 0.0
+    letters = sum(_letter_count(text) for text in texts)
     return unspaced / letters if letters else 0.0
+
+
+def _letter_count(text: str) -> int:
+    """sum(ch.isalpha() for ch in text): ASCII letters are exactly A-Z and a-z."""
+    data = text.encode("utf-8", "surrogatepass")
+    return len(data) - len(data.translate(None, _ASCII_LETTERS)) + sum(
+        1 for ch in _NON_ASCII.findall(text) if ch.isalpha())
 
 
 # -- the incremental index ----------------------------------------------------------------------
@@ -254,6 +342,8 @@ class IndexPlan:
     to_delete: list[str]  # documents in the table that the snapshot no longer has
     current: int  # documents already indexed as the snapshot has them
     replaced: list[str] = field(default_factory=list)  # to_index documents that have rows in the table now
+    # The run whose recorded state proved this plan empty without a scan (index_run.plan_run), else None.
+    proven_by: str | None = None
 
     def counts(self) -> dict[str, int]:
         """What this run does to the table, measured against the table (not the previous snapshot):

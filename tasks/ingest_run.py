@@ -10,7 +10,7 @@ from typing import Any, Literal
 
 from pydantic import Field
 
-from ragloop.tasks import ingestion
+from ragloop.tasks import ingestion, validation
 from ragloop.tasks.settings import IndexConfig
 from ragloop.tasks.storage import Lake
 from ragloop.tasks.summaries import StageSummary
@@ -62,6 +62,20 @@ def previous_ingest(lake: Lake) -> PreviousIngest:
     """The run that wrote the snapshot the 'documents' ref points at."""
     ref = lake.read_ref("documents")
     return PreviousIngest(lake.read_run(ref["run_id"]) if ref and ref.get("run_id") else None)
+
+
+def documents_subject(snapshot_id: str) -> dict:
+    """What the documents suite validates: a snapshot (content-addressed, written once, never changed)."""
+    return {"snapshot_id": snapshot_id}
+
+
+def reused_documents_report(lake: Lake, previous: PreviousIngest, snapshot_id: str) -> ValidationReport | None:
+    """The previous ingest's documents verdict when this run's snapshot is the one it validated (a no-op
+    re-ingest); None when the snapshot is new or the verdict cannot be reused (then validate)."""
+    if previous.run is None or previous.outputs.get("snapshot_id") != snapshot_id:
+        return None
+    run_id = previous.run["run_id"]
+    return validation.reuse(lake.read_validation(run_id, "documents"), "documents", documents_subject(snapshot_id), run_id)
 
 
 def delete_guard(config: IndexConfig, allow_mass_delete: bool) -> float | None:

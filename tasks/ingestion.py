@@ -28,7 +28,7 @@ from ragloop.tasks.registry import Registry
 from ragloop.tasks.schemas import Document, Quarantined, QuarantineReason, utcnow
 from ragloop.tasks.settings import IngestConfig
 from ragloop.tasks.stat_cache import StatCache
-from ragloop.tasks.storage import Lake
+from ragloop.tasks.storage import SNAPSHOT_KEY, Lake
 
 log = logging.getLogger(__name__)
 
@@ -498,9 +498,11 @@ def discover(root: Path, config: IngestConfig, notes: Counter | None = None) -> 
 
 
 def load_file(path: Path, root: Path, config: IngestConfig, label: str | None = None,
-              notes: Counter | None = None) -> Iterator[Document | Quarantined]:
+              notes: Counter | None = None, on_read: Callable[[bytes], None] | None = None
+              ) -> Iterator[Document | Quarantined]:
     """A file's documents, or one quarantine record saying why it has none. With `label` (a lake of
-    several sources), path-derived doc ids are `label/relative path`; loader notes go into `notes`."""
+    several sources), path-derived doc ids are `label/relative path`; loader notes go into `notes`;
+    `on_read` gets the bytes the documents are parsed from (not called for a BEIR corpus)."""
     uri = str(path)
     try:
         uri.encode("utf-8")
@@ -532,6 +534,8 @@ def load_file(path: Path, root: Path, config: IngestConfig, label: str | None = 
         if size > config.max_file_bytes:
             raise LoadError(QuarantineReason.too_large, f"{size} bytes > ingest.max_file_bytes={config.max_file_bytes}")
         data = path.read_bytes()
+        if on_read is not None:
+            on_read(data)
         loaded = loader(path, data, LoadContext(root, config))
     except LoadError as exc:
         yield Quarantined(uri, exc.reason, exc.detail)
@@ -614,6 +618,11 @@ def _load_cached(path: Path, base: Path, config: IngestConfig, label: str | None
     own = loader is not None and loader.__module__ == __name__
     sig = stat_cache.signature(path, path.with_name(path.stem + SIDECAR_SUFFIX)) if own else None
     hit = cache.lookup(uri, label, sig)
+    if hit is None and cache.wants_content(uri, label, sig):
+        try:
+            hit = cache.lookup_content(uri, label, sig, path.read_bytes())
+        except OSError:
+            hit = None  # load_file says why
     if hit is not None:
         rows, file_notes = hit
         if notes is not None:
@@ -625,7 +634,9 @@ def _load_cached(path: Path, base: Path, config: IngestConfig, label: str | None
         return
     file_notes: Counter = Counter()
     doc_ids: list[str] | None = []
-    for item in load_file(path, base, config, label, file_notes):
+    read: list[str] = []  # the digest of the bytes the documents are parsed from
+    for item in load_file(path, base, config, label, file_notes,
+                          on_read=lambda data: read.append(stat_cache.content_digest(data))):
         if isinstance(item, Quarantined):
             doc_ids = None
         elif doc_ids is not None:
@@ -634,7 +645,7 @@ def _load_cached(path: Path, base: Path, config: IngestConfig, label: str | None
     if notes is not None:
         notes.update(file_notes)
     if doc_ids:
-        cache.record(uri, label, sig, doc_ids, dict(file_notes))
+        cache.record(uri, label, sig, doc_ids, dict(file_notes), read[0] if read else None)
 
 
 # -- snapshot ------------------------------------------------------------------------------------
@@ -660,6 +671,7 @@ class IngestResult:
     notes: dict[str, int] = field(default_factory=dict)  # files left out by globs, loader choices (see Loaded)
     labels: dict[str, str] = field(default_factory=dict)  # root -> doc id prefix, when the lake has several sources
     unchanged_by_stat: int = 0  # files whose stored documents were reused unread (tasks/stat_cache.py)
+    unchanged_by_content: int = 0  # files read and hashed, whose stored documents were reused unparsed
 
 
 class MassDeleteError(RuntimeError):
@@ -700,9 +712,11 @@ def build_snapshot(lake: Lake, sources: list[str], config: IngestConfig, max_del
     prev_ref = lake.read_ref("documents")
     prev_id = prev_ref["snapshot_id"] if prev_ref else None
     previous: dict[str, tuple[str, dt.datetime, str]] = {}
+    previous_keys: list[tuple] = []  # the previous snapshot's rows in file order (storage.snapshot_key)
     if prev_id and lake.snapshot_exists(prev_id):
-        t = lake.read_snapshot(prev_id, columns=["doc_id", "content_sha256", "ingested_at", "source_uri"])
-        previous = {d: (s, at, uri) for d, s, at, uri in zip(*(t[c].to_pylist() for c in t.column_names))}
+        t = lake.read_snapshot(prev_id, columns=list(SNAPSHOT_KEY))
+        previous_keys = list(zip(*(t[c].to_pylist() for c in SNAPSHOT_KEY)))
+        previous = {k[0]: (k[1], k[5], k[2]) for k in previous_keys}
 
     now = utcnow()
     counts = {"seen": 0, "new": 0, "changed": 0, "unchanged": 0, "deleted": 0, "quarantined": 0}
@@ -721,7 +735,8 @@ def build_snapshot(lake: Lake, sources: list[str], config: IngestConfig, max_del
     labels = source_labels(known) if len(known) > 1 else {}
     notes: Counter = Counter()
     cache = StatCache(lake, prev_id if previous else None, config, ragloop_version())
-    writer = lake.snapshot_writer()
+    # An unchanged corpus gives the previous snapshot's rows in its order: the writer writes nothing then.
+    writer = lake.snapshot_writer((prev_id, previous_keys) if previous else None)
     buffer: list[dict] = []
     try:
         for item in iter_sources(sources, config, labels, notes, cache):
@@ -773,9 +788,11 @@ def build_snapshot(lake: Lake, sources: list[str], config: IngestConfig, max_del
         raise
     cache.keep_others(lambda uri: any(under_root(uri, r) for r in roots))
     cache.save(lake, snapshot_id)
-    log.info("%d files unchanged by stat (read without parsing or hashing)", cache.hits)
+    log.info("%d files unchanged by stat (not read), %d by the hash of their bytes (not parsed)", cache.hits,
+             cache.content_hits)
     return IngestResult(snapshot_id, prev_id, counts, quarantine, written, carried, len(kept), len(forgotten), known,
-                        dict(sorted(notes.items())), {r: labels[r] for r in roots if r in labels}, cache.hits)
+                        dict(sorted(notes.items())), {r: labels[r] for r in roots if r in labels}, cache.hits,
+                        cache.content_hits)
 
 
 def _moved_source(roots: list[str], known_roots: list[str] | None, forget: list[str]) -> bool:

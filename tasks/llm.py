@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import abc
 import asyncio
-import concurrent.futures
 import hashlib
 import importlib.util
 import json
@@ -389,16 +388,6 @@ class LocalLLM(_SyncStructured):
 
 
 # -- openai: any OpenAI-compatible HTTP endpoint ------------------------------------------------
-def _run_sync(coro_factory: Callable[[], Any]) -> Any:
-    """Run a coroutine to completion from sync code, also when the caller is inside an event loop."""
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        return asyncio.run(coro_factory())
-    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
-        return pool.submit(lambda: asyncio.run(coro_factory())).result()
-
-
 class OpenAICompatLLM:
     """An OpenAI-compatible chat endpoint: async, concurrency-limited, retried; a synchronous facade."""
 
@@ -575,7 +564,7 @@ class OpenAICompatLLM:
 
                 return await asyncio.gather(*(one(item) for item in items))
 
-        return _run_sync(run)
+        return http_retry.run_sync(run)
 
     def complete(
         self, messages: Messages, *, temperature: float = 0.0, max_tokens: int = 256,

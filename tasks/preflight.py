@@ -69,7 +69,7 @@ def check_synth(settings: Settings) -> None:
 
 def check_eval(settings: Settings, retrieval_only: bool) -> None:
     """The prompts the chain under test renders parse and are all there; an eval target imports (Python)
-    or has its header variables set (HTTP), tasks.targets.check_target."""
+    or has its header variables set and accepts connections (HTTP), tasks.targets.check_target."""
     from ragloop.tasks.eval_run import select_prompts, wanted_prompts
 
     if settings.eval.target is not None:

@@ -9,6 +9,8 @@ This module is the only writer of the promotion refs (a structure test says so):
                             sets are others) and the *chosen* one that `--golden latest`, the nightly
                             and the prompt-changed flow evaluate
     refs/baselines.json     {line: Promotion}: per line, the run the gate compares a candidate with
+    refs/bakeoff_table__<t> ServingRef: the version of a bake-off's table (tasks.storage.bakeoff_table_name)
+                            and the index run that built it; such a table is scored, never served
     promotions/<run>.json   every promotion, the history `rollback` walks back
 
 Decisions are plain functions (`index_disposition`, `promotion_decision`, `rollback_target`); `Refs`
@@ -29,6 +31,10 @@ SYNTHETIC = "synthetic"
 PromoteMode = Literal["nightly", "prompt-changed", "explicit"]
 PROMOTING_MODES = ("nightly", "prompt-changed", "explicit")
 Verdict = Literal["passed", "failed", "inconclusive", "no_baseline"]
+
+
+BAKEOFF_TABLE_NOT_SERVED = ("scored on a bake-off table, which is never served: configure its embedding and chunking, "
+                            "`ragloop index` builds the candidate, `ragloop eval --promote` gates and serves it")
 
 
 class PromotionError(ValueError):
@@ -153,6 +159,8 @@ def promotable_after_the_fact(record: dict, baseline: Promotion | None) -> str |
         return f"run {record['run_id']} did not finish (status {record.get('status')})"
     if baseline is not None and baseline.run_id == record["run_id"]:
         return f"run {record['run_id']} is already the baseline of its line"
+    if (record.get("lineage") or {}).get("index_role") == "bakeoff":
+        return f"run {record['run_id']} was {BAKEOFF_TABLE_NOT_SERVED}"
     if verdict not in ("passed", "no_baseline"):
         return f"run {record['run_id']}: its gate verdict is {verdict}; only a passed run can be promoted"
     compared_with = outputs.get("baseline_run_id")
@@ -228,6 +236,22 @@ class Refs:
         elif action == "candidate":
             self._write("candidate", built)
         return {"action": action, "reason": reason, **self.state()}
+
+    def record_bakeoff_table(self, table: str, version: int, run_id: str, chunker_hash: str) -> dict:
+        """A bake-off table's version that passed its chunks suite: refs/bakeoff_table__<table> names the run
+        that built it (kept when the run changed nothing). Serving and candidate never move. Returns
+        {action: bakeoff, reason, serving, candidate}."""
+        name = f"bakeoff_table__{table}"
+        known = self.lake.read_ref(name)
+        if not known or known.get("version") != version:
+            self._write(name, ServingRef(table=table, version=version, run_id=run_id, chunker_hash=chunker_hash,
+                                         reason="built for a bake-off", at=utcnow().isoformat()))
+        return {"action": "bakeoff", "reason": f"bake-off table {table} v{version}: never served", **self.state()}
+
+    def bakeoff_table(self, table: str) -> ServingRef | None:
+        """The version of a bake-off table last built and the run that built it (None: never built)."""
+        data = self.lake.read_ref(f"bakeoff_table__{table}")
+        return ServingRef.model_validate(data) if data else None
 
     def state(self) -> dict:
         serving, candidate = self.serving(), self.candidate()

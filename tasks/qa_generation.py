@@ -969,7 +969,7 @@ def to_item(cand: Candidate, generator: str) -> dict:
         "reference_doc_ids": list(dict.fromkeys(c.doc_id for c in refs)) if answerable else [],
         "source_chunk_ids": [c.chunk_id for c in chunks],
         "source_doc_ids": list(dict.fromkeys(c.doc_id for c in chunks)),
-        "source_doc_sha256s": list(dict.fromkeys(c.doc_sha256 for c in chunks)),
+        "source_doc_sha256s": list({c.doc_id: c.doc_sha256 for c in chunks}.values()),  # one per source_doc_ids entry
         "qa_type": cand.task.qa_type,
         "persona": cand.task.persona,
         "status": "active",

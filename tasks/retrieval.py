@@ -8,6 +8,7 @@ from typing import Literal, Sequence
 
 from ragloop.tasks.embedding import Embedder
 from ragloop.tasks.indexing import sql_in
+from ragloop.tasks.settings import AnnSearchConfig
 from ragloop.tasks.storage import Lake
 
 Mode = Literal["vector", "fts", "hybrid"]
@@ -29,18 +30,30 @@ class Retriever:
     """Searches one table at one version (the serving one), so an eval reads a fixed index."""
 
     def __init__(self, lake: Lake, table_name: str, version: int, embedder: Embedder, exact: bool = True,
-                 rerank_depth: int = 0, fusion: tuple[str, float] = ("rrf", 60)) -> None:
+                 rerank_depth: int = 0, fusion: tuple[str, float] = ("rrf", 60),
+                 ann: AnnSearchConfig | None = None) -> None:
         self.table = lake.connect_vectors().open_table(table_name)
         self.table.checkout(version)
         self.table_name, self.version = table_name, version
         self.embedder = embedder
         self.exact = exact
+        self.ann = ann or AnnSearchConfig()
         # rerank_depth > 0: fetch k * depth candidates, then order them by the embedder's cosine with
         # the query (their stored vectors) - a semantic rerank for fts and hybrid candidate lists.
         self.rerank_depth = rerank_depth
         # Hybrid fusion: ("rrf", K) or ("linear", vector weight) - see EvalConfig.fusion.
         self.fusion = fusion
-        self.has_fts = any(i.name == "text_idx" for i in self.table.list_indices())
+        indices = {i.name: i for i in self.table.list_indices()}
+        self.has_fts = "text_idx" in indices
+        # LanceDB's name for the ANN index this version has (e.g. IvfHnswSq), None below index.ann_min_rows.
+        self.ann_index = indices["vector_idx"].index_type if "vector_idx" in indices else None
+
+    def ann_search(self) -> dict | None:
+        """What a vector search does with the ANN index, for the chain: {index, ef, refine_factor, nprobes};
+        None when vector search is exact (eval.exact, or no ANN index on this version)."""
+        if self.exact or self.ann_index is None:
+            return None
+        return {"index": self.ann_index, **self.ann.model_dump(mode="json")}
 
     def catalog(self) -> tuple[set[str], set[str]]:
         """(chunk ids, document ids) held by this table version."""
@@ -101,8 +114,7 @@ class Retriever:
         limit = k + TIE_MARGIN
         if mode == "vector":
             builder = self.table.search(vector, vector_column_name="vector").distance_type("cosine")
-            if self.exact:
-                builder = builder.bypass_vector_index()
+            builder = self._vector_search(builder, limit)
             rows = builder.limit(limit).select(COLUMNS + ["_distance"]).to_arrow().to_pylist()
             return ranked([Hit(r["chunk_id"], r["doc_id"], r["text"], 1.0 - r["_distance"]) for r in rows])[:k]
         text_query = plain_text_query(query)
@@ -116,10 +128,29 @@ class Retriever:
             return self._search(query, vector, "vector", k)
         builder = (self.table.search(query_type="hybrid").vector(vector).text(text_query).limit(limit)
                    .rerank(reranker=fusion_reranker(*self.fusion)))
-        if self.exact:
-            builder = builder.bypass_vector_index()
+        builder = self._vector_search(builder, limit)
         rows = builder.select(COLUMNS).to_arrow().to_pylist()
         return ranked([Hit(r["chunk_id"], r["doc_id"], r["text"], r["_relevance_score"]) for r in rows])[:k]
+
+
+    def _vector_search(self, builder, limit: int):
+        """Brute force when exact; else the ANN knobs (eval.ann), where the version has an ANN index."""
+        if self.exact:
+            return builder.bypass_vector_index()
+        if self.ann_index is None:
+            return builder
+        return ann_knobs(builder, self.ann, limit)
+
+
+def ann_knobs(builder, config: AnnSearchConfig, limit: int):
+    """A LanceDB vector or hybrid query with eval.ann applied. ef is raised to limit x refine_factor
+    when lower: LanceDB rejects an HNSW search whose candidate list is shorter than what it fetches."""
+    builder = builder.ef(max(config.ef, limit * (config.refine_factor or 1)))
+    if config.refine_factor:
+        builder = builder.refine_factor(config.refine_factor)
+    if config.nprobes:
+        builder = builder.nprobes(config.nprobes)
+    return builder
 
 
 def fusion_reranker(kind: str, value: float):

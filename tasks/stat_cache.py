@@ -10,6 +10,12 @@ else is read and hashed. The blind spot is a rewrite that keeps size, mtime and 
 ctime cannot be set back by a program (os.utime moves it forward), so in practice a file system with
 coarse or absent ctime (some network and FAT mounts), or a clock set back. `ingest.verify_hashes: true`
 reads and hashes every file on every run.
+
+The content-hash fallback: each entry also keeps the sha256 of the bytes its documents were parsed from
+(files without a sidecar). A file whose signature differs or cannot be trusted yet (a fresh copy, a
+`touch`, a checkout that rewrote it unchanged) is read and hashed; equal bytes reuse the stored documents
+without parsing them, since a built-in loader's documents are a function of the bytes alone (with the
+same settings and loader code). Racy files are kept this way (hash only) until their signature settles.
 """
 
 from __future__ import annotations
@@ -55,6 +61,11 @@ def signature(path: Path, sidecar: Path | None = None) -> list[int] | None:
         except OSError:
             return None
     return sig
+
+
+def content_digest(data: bytes) -> str:
+    """The hash of a file's bytes, as the cache keeps it."""
+    return hashlib.sha256(data).hexdigest()
 
 
 @functools.lru_cache(maxsize=1)
@@ -111,7 +122,8 @@ class StatCache:
         self.old: dict[str, dict] = (stored or {}).get("files", {}) if (stored or {}).get("fingerprint") == self.fingerprint else {}
         self.new: dict[str, dict] = {}
         self.rows = PreviousRows(lake, previous_snapshot_id if self.old and not self.verify else None)
-        self.hits = 0
+        self.hits = 0  # files reused by their signature
+        self.content_hits = 0  # files reused by the hash of their bytes
 
     def trusted(self, sig: list[int]) -> bool:
         """Both times older than RACY_S before the run started (a fresher file may still be being written)."""
@@ -123,17 +135,47 @@ class StatCache:
         entry = self.old.get(uri)
         if self.verify or sig is None or entry is None or entry["sig"] != sig or entry["label"] != label or not self.trusted(sig):
             return None
+        found = self._take(uri, entry)
+        if found is not None:
+            self.hits += 1
+            self.new[uri] = entry
+        return found
+
+    def _take(self, uri: str, entry: dict) -> tuple[list[dict], dict] | None:
         rows = self.rows.take(entry["doc_ids"])
         if rows is None or any(r["source_uri"].split("#", 1)[0] != uri for r in rows):
             return None
-        self.hits += 1
-        self.new[uri] = entry
         return rows, entry["notes"]
 
-    def record(self, uri: str, label: str | None, sig: list[int] | None, doc_ids: list[str], notes: dict) -> None:
-        """Remember a file just read, when its signature can be trusted next time."""
-        if sig is not None and doc_ids and self.trusted(sig) and not FOREIGN_NOTES & set(notes):
-            self.new[uri] = {"sig": sig, "label": label, "doc_ids": doc_ids, "notes": notes}
+    def wants_content(self, uri: str, label: str | None, sig: list[int] | None) -> bool:
+        """Whether a file that `lookup` did not prove unchanged can still be proven by hashing its bytes:
+        a plain file without a sidecar whose stored entry has the hash of the bytes it was parsed from."""
+        entry = self.old.get(uri)
+        return (not self.verify and sig is not None and sig[5:] == [0] and entry is not None
+                and entry["label"] == label and bool(entry.get("content")))
+
+    def lookup_content(self, uri: str, label: str | None, sig: list[int], data: bytes) -> tuple[list[dict], dict] | None:
+        """The stored rows and loader notes when `data` (the file's bytes, read now) are the bytes its
+        documents were parsed from; the entry takes the new signature (kept only when trusted)."""
+        entry = self.old[uri]
+        if content_digest(data) != entry["content"]:
+            return None
+        found = self._take(uri, entry)
+        if found is not None:
+            self.content_hits += 1
+            self.new[uri] = {**entry, "sig": sig if self.trusted(sig) else None}
+        return found
+
+    def record(self, uri: str, label: str | None, sig: list[int] | None, doc_ids: list[str], notes: dict,
+               content: str | None = None) -> None:
+        """Remember a file just read: its signature when it can be trusted next time, and `content` (the
+        digest of the bytes its documents came from, content_digest) for the hash fallback."""
+        if sig is None or not doc_ids or FOREIGN_NOTES & set(notes):
+            return
+        trusted = self.trusted(sig)
+        if trusted or content:
+            self.new[uri] = {"sig": sig if trusted else None, "label": label, "doc_ids": doc_ids, "notes": notes,
+                             **({"content": content} if content and sig[5:] == [0] else {})}
 
     def discard(self, source_uri: str) -> None:
         """Forget the file a document came from (its document did not make it into the snapshot as read)."""

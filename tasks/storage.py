@@ -29,6 +29,8 @@ Layout under the lake root (a local path or an object-store URI; pyarrow filesys
     reports/<run_id>/report.html (+ PNGs)       the monitor's HTML report per run (and a bake-off's)
     bakeoffs/<run_id>.parquet                   a bake-off's cells: config, run_id, metrics, latency, tokens, cost
     lancedb/chunks__<embedder_slug>.lance       chunk vectors (LanceDB)
+    lancedb/chunks__<embedder_slug>__ck<hash12>.lance   a bake-off's table for an (embedder, chunker) pair that
+                                                is not served (refs/bakeoff_table__<table>: the version built)
 Every Parquet/JSON write goes to a temp name first and is renamed into place.
 """
 
@@ -42,7 +44,7 @@ import socket
 import threading
 import time
 import uuid
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator
 
@@ -63,8 +65,14 @@ class LakeLocked(RuntimeError):
     """Another run holds the lake's run lock; the message names the holder."""
 
 
+class LeaseLost(LakeLocked):
+    """This process's lease on an object-store lake expired and another run took it over: a write now
+    could interleave with that run's, so it is refused (the message names the new holder)."""
+
+
 _HELD: dict[str, int] = {}  # lock path -> nesting depth held by this process (subflows re-enter)
 _HELD_GUARD = threading.Lock()
+_LEASES: dict[str, list["ObjectStoreLease"]] = {}  # lake URI -> the leases this process holds on it (the write fence)
 
 
 def _process_start(pid: int) -> str | None:
@@ -134,7 +142,9 @@ class ObjectStoreLease:
         self.client = client
         self.etag: str | None = None
         self.record: dict = {}
+        self.expires_ts = 0.0  # epoch seconds at which the record last written expires
         self.lost = threading.Event()
+        self._writing = threading.Lock()  # the heartbeat and check() renew through the same ETag
         self._stop = threading.Event()
         self._beat: threading.Thread | None = None
 
@@ -142,6 +152,7 @@ class ObjectStoreLease:
         expires = schemas.utcnow().timestamp() + self.lease_s
         from datetime import datetime, timezone
 
+        self.expires_ts = expires
         self.record = {**me, "expires_at": datetime.fromtimestamp(expires, timezone.utc).isoformat()}
         return json.dumps(self.record, sort_keys=True).encode()
 
@@ -197,21 +208,53 @@ class ObjectStoreLease:
         def beat() -> None:
             from botocore.exceptions import BotoCoreError, ClientError
 
-            me = {k: v for k, v in self.record.items() if k != "expires_at"}
             while not self._stop.wait(self.lease_s / 3):
                 try:
-                    renewed = self._put(me, IfMatch=self.etag)
+                    renewed = self._renew()
                 except (BotoCoreError, ClientError) as exc:  # a blip: the next beat tries again within the lease
                     log.warning("s3://%s/%s: renewing the lock failed (%s); retrying", self.bucket, self.key, exc)
                     continue
                 if not renewed:
-                    self.lost.set()
-                    log.error("s3://%s/%s: the lock was taken over after its lease expired: another run may be "
-                              "writing this lake", self.bucket, self.key)
+                    log.error("s3://%s/%s: the lock was taken over after its lease expired: this run's further "
+                              "writes to the lake are refused", self.bucket, self.key)
                     return
 
         self._beat = threading.Thread(target=beat, name=f"lease-{self.key}", daemon=True)
         self._beat.start()
+
+    def _renew(self) -> bool:
+        """Rewrite the record with a new expiry if the object is still the one this lease wrote (If-Match);
+        False, and `lost` set, when another holder replaced it."""
+        with self._writing:
+            if self.lost.is_set():
+                return False
+            me = {k: v for k, v in self.record.items() if k != "expires_at"}
+            if self._put(me, IfMatch=self.etag):
+                return True
+            self.lost.set()
+            return False
+
+    def check(self, margin_s: float | None = None) -> None:
+        """The write fence, called before each write that makes something visible in the lake: returns while
+        this process provably holds the lease, else raises LeaseLost. Provably: the lease was not found
+        taken, and its record expires more than margin_s (default a tenth of the lease) from now, or a
+        renewal now succeeds. A process that stalled past its expiry (a VM pause, a long GC, a debugger)
+        thus renews before writing, or learns that another run took over and stops; what stays open is a
+        stall between this check and the write itself, shorter than the margin."""
+        margin_s = self.lease_s / 10 if margin_s is None else margin_s
+        if not self.lost.is_set() and time.time() < self.expires_ts - margin_s:
+            return
+        if not self.lost.is_set():
+            try:
+                if self._renew():
+                    return
+            except Exception as exc:  # cannot prove we hold it: do not write
+                raise LeaseLost(f"s3://{self.bucket}/{self.key}: cannot renew this run's lease before writing "
+                                f"({type(exc).__name__}: {exc}); the write is refused") from exc
+        holder, _ = self.read()
+        who = (f"{holder.get('owner')} (pid {holder.get('pid')} on {holder.get('host')})" if holder else "nobody now")
+        raise LeaseLost(f"s3://{self.bucket}/{self.key}: this run's lease expired and was taken over (held by {who}); "
+                        "its further writes to the lake are refused; rerun once that run ends")
 
     def release(self) -> None:
         """Stop renewing and delete the lock object if it is still ours (If-Match)."""
@@ -232,6 +275,12 @@ class ObjectStoreLease:
 
 def chunks_table_name(embedder_slug: str) -> str:
     return f"chunks__{embedder_slug}"
+
+
+def bakeoff_table_name(embedder_slug: str, chunker_hash: str) -> str:
+    """A bake-off's table for an (embedder, chunker) pair the lake does not serve: chunks__<embedder_slug>__
+    ck<first 12 of the chunker hash>. The index path writes it only when asked by name (never serves it)."""
+    return f"{chunks_table_name(embedder_slug)}__ck{chunker_hash[:12]}"
 
 
 class Lake:
@@ -264,7 +313,19 @@ class Lake:
     def _tmp_name(self, path: str) -> str:
         return f"{path}.tmp-{uuid.uuid4().hex[:12]}"
 
+    def check_fence(self) -> None:
+        """Raise LeaseLost if a lease this process holds on this lake was lost (ObjectStoreLease.check);
+        every atomic write passes here before its rename, so a run that lost its lock makes nothing visible."""
+        for lease in list(_LEASES.get(self.uri, ())):
+            lease.check()
+
     def _move_into_place(self, tmp: str, path: str) -> None:
+        try:
+            self.check_fence()
+        except LeaseLost:
+            with suppress(OSError):
+                self.fs.delete_file(tmp)
+            raise
         self.fs.create_dir(posixpath.dirname(path), recursive=True)
         self.fs.move(tmp, path)
 
@@ -296,6 +357,7 @@ class Lake:
         self.write_json(data, self._path("refs", f"{name}.json"))
 
     def delete_ref(self, name: str) -> None:
+        self.check_fence()
         path = self._path("refs", f"{name}.json")
         if self.exists(path):
             self.fs.delete_file(path)
@@ -366,12 +428,18 @@ class Lake:
             time.sleep(poll_s)
         with _HELD_GUARD:
             _HELD[path] = 1
+            _LEASES.setdefault(self.uri, []).append(lease)
         lease.start_heartbeat()
         try:
             yield lease.record
         finally:
             with _HELD_GUARD:
                 _HELD.pop(path, None)
+                held = _LEASES.get(self.uri, [])
+                if lease in held:
+                    held.remove(lease)
+                if not held:
+                    _LEASES.pop(self.uri, None)
             lease.release()
 
     def _hold_file(self, path: str, me: dict, wait_s: float, poll_s: float) -> Iterator[dict]:
@@ -432,8 +500,8 @@ class Lake:
     def snapshot_exists(self, snapshot_id: str) -> bool:
         return self.exists(posixpath.join(self.snapshot_dir(snapshot_id), "part-0.parquet"))
 
-    def snapshot_writer(self) -> "SnapshotWriter":
-        return SnapshotWriter(self)
+    def snapshot_writer(self, previous: tuple[str, list[tuple]] | None = None) -> "SnapshotWriter":
+        return SnapshotWriter(self, previous)
 
     def iter_snapshot(
         self, snapshot_id: str, columns: list[str] | None = None, batch_size: int = 512
@@ -488,6 +556,10 @@ class Lake:
         path = self._path("validations", run_id, f"{suite}.json")
         self.write_json(result, path)
         return path
+
+    def read_validation(self, run_id: str, suite: str) -> dict | None:
+        """The suite result a run stored (write_validation), None if absent."""
+        return self.read_json(self._path("validations", run_id, f"{suite}.json"))
 
     def write_run(self, record: dict) -> None:
         row = dict(record)
@@ -748,29 +820,83 @@ class Lake:
 
         return lancedb.connect(self.lancedb_uri)
 
+    def table_bytes(self, name: str) -> int | None:
+        """Bytes the LanceDB table takes in the lake, every version kept (None when it is not there)."""
+        folder = posixpath.join(self.root, "lancedb", f"{name}.lance")
+        if not self.exists(folder):
+            return None
+        infos = self.fs.get_file_info(pafs.FileSelector(folder, recursive=True))
+        return sum(i.size or 0 for i in infos if i.type == pafs.FileType.File)
+
+
+SNAPSHOT_KEY = ("doc_id", "content_sha256", "source_uri", "mime", "bytes", "ingested_at")
+
+
+def snapshot_key(row: dict) -> tuple:
+    """What decides a document row: content_sha256 covers its text, title and metadata."""
+    return tuple(row[c] for c in SNAPSHOT_KEY)
+
 
 class SnapshotWriter:
     """Streams documents into a temp Parquet file; finish() names it by its content-derived id.
 
     If a snapshot with that id already exists the temp file is dropped: re-ingesting an
-    unchanged corpus writes nothing.
+    unchanged corpus writes nothing. With `previous` (the latest snapshot's id and its rows' keys in
+    file order, see snapshot_key), rows equal to it, in its order, are only counted: nothing is written
+    unless a row differs, and then the previous snapshot's matching rows are copied first. A no-op
+    re-ingest so writes (and compresses) no byte.
     """
 
-    def __init__(self, lake: Lake) -> None:
+    def __init__(self, lake: Lake, previous: tuple[str, list[tuple]] | None = None) -> None:
         self.lake = lake
         self.tmp = lake._tmp_name(lake._path("documents", "incoming.parquet"))
         lake.fs.create_dir(posixpath.dirname(self.tmp), recursive=True)
-        self._stream = lake.fs.open_output_stream(self.tmp)
-        self._writer = pq.ParquetWriter(self._stream, schemas.DOCUMENTS, compression="zstd")
+        self.previous_id, self._previous_keys = previous or (None, [])
+        self._same = 0  # leading rows equal to the previous snapshot's, not written yet
+        self._writer: pq.ParquetWriter | None = None
+        self._stream = None
+        self._deferring = previous is not None
         self.rows = 0
 
+    def _open(self) -> None:
+        self._stream = self.lake.fs.open_output_stream(self.tmp)
+        self._writer = pq.ParquetWriter(self._stream, schemas.DOCUMENTS, compression="zstd")
+        if self._deferring and self._same:  # the rows counted so far: copied from the previous snapshot
+            left = self._same
+            for batch in self.lake.iter_snapshot(self.previous_id):
+                part = batch.slice(0, left)
+                self._writer.write_table(pa.Table.from_batches([part], schema=schemas.DOCUMENTS))
+                left -= part.num_rows
+                if not left:
+                    break
+        self._deferring = False
+
     def write(self, rows: list[dict]) -> None:
-        if rows:
-            self._writer.write_table(pa.Table.from_pylist(rows, schema=schemas.DOCUMENTS))
-            self.rows += len(rows)
+        if not rows:
+            return
+        self.rows += len(rows)
+        if self._deferring:
+            keys = self._previous_keys
+            for i, row in enumerate(rows):
+                if self._same < len(keys) and snapshot_key(row) == keys[self._same]:
+                    self._same += 1
+                    continue
+                rows = rows[i:]
+                self._open()
+                break
+            else:
+                return
+        elif self._writer is None:
+            self._open()
+        self._writer.write_table(pa.Table.from_pylist(rows, schema=schemas.DOCUMENTS))
 
     def finish(self, snapshot_id: str) -> bool:
         """Close and publish; returns False when the snapshot already existed (nothing written)."""
+        if self._deferring and self._same == len(self._previous_keys) and snapshot_id == self.previous_id \
+                and self.lake.snapshot_exists(snapshot_id):
+            return False
+        if self._writer is None:
+            self._open()
         self._writer.close()
         self._stream.close()
         if self.lake.snapshot_exists(snapshot_id):
@@ -781,6 +907,8 @@ class SnapshotWriter:
         return True
 
     def abort(self) -> None:
+        if self._writer is None:
+            return
         try:
             self._writer.close()
             self._stream.close()

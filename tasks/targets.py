@@ -1,7 +1,7 @@
 """Eval targets: the team's own RAG app answers the golden questions instead of the built-in chain, as a
 Python callable or an HTTP service; its contexts are matched to the chunks of the table under test so
-IR metrics work for it too (pure but for the imports, the HTTP calls and the catalog read each
-docstring names).
+IR metrics work for it too (pure but for the imports, the HTTP calls, the reachability check and the catalog
+read each docstring names).
 
 The contract a target meets (README: Evaluating your own app):
 
@@ -30,6 +30,8 @@ import json
 import logging
 import os
 import re
+import reprlib
+import socket
 import time
 import unicodedata
 from collections import Counter
@@ -37,6 +39,7 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
+from urllib.parse import urlsplit
 
 from ragloop.tasks import chain, http_retry
 from ragloop.tasks.lineage import canonical_hash
@@ -105,13 +108,38 @@ def missing_header_vars(http: HTTPTarget, environ: Mapping[str, str] | None = No
     return [var for var in http.headers_env.values() if var not in environ]
 
 
-def check_target(config: EvalTarget, environ: Mapping[str, str] | None = None) -> None:
+def check_target(config: EvalTarget, environ: Mapping[str, str] | None = None, reachable: bool = True) -> None:
     """The cheap checks before any work: a Python target imports; an HTTP target's header variables are
-    set. Raises ConfigError naming the field."""
+    set and (reachable) something accepts a TCP connection at its host and port (check_reachable).
+    Raises ConfigError naming the field."""
     if config.python is not None:
         load_callable(config.python)
-    elif missing := missing_header_vars(config.http, environ):
+        return
+    if missing := missing_header_vars(config.http, environ):
         raise ConfigError(f"eval.target.http.headers_env: env var(s) {', '.join(missing)} not set")
+    if reachable:
+        check_reachable(config.http.url, min(config.timeout_s, 5.0))
+
+
+def check_reachable(url: str, timeout_s: float) -> None:
+    """Something accepts a TCP connection at the URL's host and port within timeout_s seconds. Only a
+    connection is opened and closed, no request is sent (a golden question reaching a live app is the
+    eval's work, not the check's). Raises ConfigError naming eval.target.http.url: an app that is down
+    fails the run in one line before any item is tried, instead of every item failing after its retries."""
+    parts = urlsplit(url)
+    try:
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+    except ValueError as exc:
+        raise ConfigError(f"eval.target.http.url: {exc}") from None
+    host = parts.hostname or ""
+    try:
+        socket.create_connection((host, port), timeout=timeout_s).close()
+    except OSError as exc:
+        reason = exc.strerror or type(exc).__name__
+        if isinstance(exc, TimeoutError) or isinstance(exc, socket.timeout):
+            reason = f"no answer within {timeout_s:g}s"
+        raise ConfigError(f"eval.target.http.url: nothing accepts connections at {host}:{port} ({reason}); "
+                          "is the app running?") from None
 
 
 def file_sha256(path: Path | None) -> str | None:
@@ -189,24 +217,46 @@ def reply_from_json(data: Any, paths: HTTPTargetResponse) -> TargetAnswer:
     if not isinstance(contexts, list):
         raise TargetFailure(f"contexts at {paths.contexts!r} is a {type(contexts).__name__}, not a list")
     out = []
-    for c in contexts:
-        text = c if paths.text is None else _optional(c, paths.text)
+    for i, c in enumerate(contexts):
+        if paths.text is None or isinstance(c, str):  # a bare string context is its own text
+            text = c
+        else:
+            try:
+                text = field_at(c, paths.text)
+            except KeyError:
+                raise TargetFailure(f"context {i} has no text at {paths.text!r}: it is {_shown(c)}") from None
         out.append({"text": text, "chunk_id": _optional(c, paths.chunk_id), "doc_id": _optional(c, paths.doc_id),
                     "score": _optional(c, paths.score)})
     trace = _optional(data, paths.trace)
     return coerce_reply({"answer": answer, "contexts": out, "trace": trace if isinstance(trace, list) else []})
 
 
+def _shown(value: Any) -> str:
+    """What a reply held instead of what was wanted, short enough for an item's error: 'null', 'an object
+    with keys body, url', 'an int (42)'."""
+    if value is None:
+        return "null"
+    if isinstance(value, Mapping):
+        keys = ", ".join(str(k) for k in list(value)[:6]) + (", ..." if len(value) > 6 else "")
+        return f"an object with keys {keys}" if keys else "an empty object"
+    name = type(value).__name__
+    return f"{'an' if name[:1].lower() in 'aeiou' else 'a'} {name} ({reprlib.repr(value)})"
+
+
 def _text(value: Any, what: str) -> str:
     if not isinstance(value, str):
-        raise TargetFailure(f"{what} is a {type(value).__name__}, not a string")
+        raise TargetFailure(f"{what} is {_shown(value)}, not a string")
     return value
 
 
 def _context(value: Any, i: int) -> TargetContext:
     if isinstance(value, str):
         return TargetContext(value)
+    if not isinstance(value, Mapping) and not hasattr(value, "text"):
+        raise TargetFailure(f"context {i} is {_shown(value)}, not a string or an object with a text")
     get = value.get if isinstance(value, Mapping) else (lambda name: getattr(value, name, None))
+    if isinstance(value, Mapping) and "text" not in value:
+        raise TargetFailure(f"context {i} has no text: it is {_shown(value)}")
     text = _text(get("text"), f"context {i} text")
     score = get("score")
     try:
@@ -413,7 +463,6 @@ def call_target(config: EvalTarget, fn: Callable | None, items: Sequence[Mapping
     own pool; past timeout_s its item fails and the thread is left to finish (it cannot be stopped)."""
     import httpx
 
-    from ragloop.tasks.llm import _run_sync
 
     async def run() -> list[Call]:
         semaphore = asyncio.Semaphore(config.concurrency)
@@ -446,7 +495,7 @@ def call_target(config: EvalTarget, fn: Callable | None, items: Sequence[Mapping
             finally:
                 pool.shutdown(wait=False, cancel_futures=True)
 
-    return _run_sync(run)
+    return http_retry.run_sync(run)
 
 
 # -- from calls to the chain's results ---------------------------------------------------------------------------
@@ -542,8 +591,9 @@ class Target:
 
 
 def prepare_target(config: EvalTarget, retriever) -> Target:
-    """Check and load the target (check_target: import, env vars) and read the table's catalog. Raises
+    """Check and load the target (check_target: import, env vars; reachability is the CLI pre-flight's, so a
+    flow run against an app that went down fails its items, each saying why) and read the table's catalog. Raises
     ConfigError."""
-    check_target(config)
+    check_target(config, reachable=False)
     fn, source = load_callable(config.python) if config.python is not None else (None, None)
     return Target(config, target_identity(config, source), fn, read_catalog(retriever))

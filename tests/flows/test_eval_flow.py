@@ -272,6 +272,24 @@ def test_embedding_rerank_reorders_fts_candidates_by_cosine(prefect_backend, fak
         assert all(-1.0 <= s <= 1.0 for s in scores), "cosine scores, not BM25"
 
 
+def test_an_eval_on_an_ann_table_records_the_index_and_its_knobs(prefect_backend, fakes, beir_dir, lake_dir, monkeypatch):
+    """Issue 22: above index.ann_min_rows the chain names the ANN search (index type, eval.ann) and the
+    lineage the index's build parameters; a changed knob is a changed chain hash; exact search is not."""
+    monkeypatch.setenv("RAGLOOP_INDEX__ANN_MIN_ROWS", "2")
+    beir_flow.import_beir(path=str(beir_dir), lake=str(lake_dir), chunking="none")
+    first = eval_flow.evaluate_chain(lake=str(lake_dir), retrieval="hybrid", k=2, retrieval_only=True)
+    lineage = first["lineage"]
+    assert lineage["chain"]["ann"] == {"index": "IvfHnswSq", "ef": 100, "refine_factor": 2, "nprobes": None}
+    assert lineage["ann_index"] == {"type": "hnsw_sq", "num_partitions": None, "m": 20, "ef_construction": 300}
+    assert first["metrics"]["recall@2"] == 1.0, "four rows: the graph finds them all"
+    monkeypatch.setenv("RAGLOOP_EVAL__ANN__EF", "300")
+    wider = eval_flow.evaluate_chain(lake=str(lake_dir), retrieval="hybrid", k=2, retrieval_only=True)
+    assert wider["lineage"]["chain"]["ann"]["ef"] == 300 and wider["lineage"]["chain_hash"] != lineage["chain_hash"]
+    monkeypatch.setenv("RAGLOOP_EVAL__EXACT", "true")
+    exact = eval_flow.evaluate_chain(lake=str(lake_dir), retrieval="hybrid", k=2, retrieval_only=True)
+    assert "ann" not in exact["lineage"]["chain"]
+
+
 def test_a_prompt_that_always_refuses_fails_the_gate_naming_the_metrics(prefect_backend, fakes, tmp_path, lake_dir, monkeypatch, capsys):
     docs = {f"s{i}.md": f"# Station {i}\n\nStation {i} has {10 + i} docks and opens at {6 + i} in the morning." for i in range(12)}
     index_flow.index_corpus(sources=[str(write_files(tmp_path / "src", docs))], lake=str(lake_dir))

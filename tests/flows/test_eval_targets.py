@@ -180,17 +180,32 @@ def test_a_faulty_http_target_fails_items_and_the_run_goes_on(corpus_lake, monke
     assert summary["items"]["errors"][f"target: {app.url} failed 2 times; last: HTTP 500"] == 1
 
 
-def test_a_target_that_is_down_fails_the_run_saying_why_not_the_gate(corpus_lake, monkeypatch, capsys):
-    """Found by a new user: every item failing against a URL nothing listens on reported gate_failed (exit 3),
-    which a CI job reads as a quality regression, and the reason was only in items.parquet."""
+def test_a_target_that_is_down_fails_before_any_work_naming_the_url(corpus_lake, monkeypatch, capsys):
+    """Found by a new user: an app nothing listens on was tried item by item (each with its retries) before
+    the run failed; the pre-flight now opens one connection and stops in one line, no run started."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
-        dead = f"http://127.0.0.1:{s.getsockname()[1]}/ask"
-    monkeypatch.setenv("RAGLOOP_EVAL__TARGET", json.dumps({"timeout_s": 2.0, "max_retries": 0, "http": {"url": dead}}))
-    assert main(["eval", "--lake", str(corpus_lake), "--k", "3"]) == 1
+        port = s.getsockname()[1]
+        monkeypatch.setenv("RAGLOOP_EVAL__TARGET", json.dumps({"http": {"url": f"http://127.0.0.1:{port}/ask"}}))
+        runs = len(Lake(str(corpus_lake)).read_runs())
+        assert main(["eval", "--lake", str(corpus_lake), "--k", "3"]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err.startswith(f"error: eval.target.http.url: nothing accepts connections at 127.0.0.1:{port} ")
+    assert len(Lake(str(corpus_lake)).read_runs()) == runs, "no run started"
+
+
+def test_a_target_failing_every_item_fails_the_run_saying_why_not_the_gate(corpus_lake, monkeypatch, capsys):
+    """Found by a new user: every item failing (an app that is up but broken) reported gate_failed (exit 3),
+    which a CI job reads as a quality regression, and the reason was only in items.parquet."""
+    with FaultyApp({}) as app:
+        app.httpd.RequestHandlerClass.do_POST = lambda handler: handler.send_error(503)
+        monkeypatch.setenv("RAGLOOP_EVAL__TARGET", json.dumps({"timeout_s": 2.0, "max_retries": 0,
+                                                               "http": {"url": app.url}}))
+        assert main(["eval", "--lake", str(corpus_lake), "--k", "3"]) == 1
     human = capsys.readouterr().out
     assert ": failed" in human.splitlines()[0] and "8 failed" in human
-    assert f"failed: 8 x target: {dead} failed 1 times; last: " in human or f"failed: 8 x target: {dead}" in human
+    assert f"failed: 8 x target: {app.url} failed 1 times; last: HTTP 503" in human
 
 
 @pytest.mark.parametrize("target, message", [

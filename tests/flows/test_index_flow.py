@@ -74,6 +74,31 @@ def test_index_second_run_is_a_noop(prefect_backend, fake, tmp_path, lake_dir):
     assert _table_rows(lake_dir) == before
 
 
+def test_a_noop_run_is_recorded_and_reuses_the_verdicts_on_the_same_snapshot_and_table_version(
+        prefect_backend, fake, tmp_path, lake_dir):
+    from ragloop.tasks.storage import Lake
+
+    src = _corpus(tmp_path / "src")
+    first = _index(src, lake_dir)
+    second = _index(src, lake_dir)
+    lake = Lake(str(lake_dir))
+    assert second["status"] == "ok" and second["index_plan"] == {"new": 0, "changed": 0, "unchanged": 3, "deleted": 0}
+    assert second["validation"]["chunks"]["reused_from"] == first["run_id"]
+    assert second["validation"]["documents"]["reused_from"] == first["lineage"]["ingest_run_id"]
+    assert second["validation"]["chunks"]["evaluated"] == first["validation"]["chunks"]["evaluated"]
+    assert second["disposition"]["action"] == "keep" and second["serving"] == first["serving"]
+    assert second["table"] == first["table"] and second["chunks"]["total"] == first["chunks"]["total"]
+    record = lake.read_run(second["run_id"])
+    assert record["status"] == "ok" and record["ended_at"] is not None
+    assert record["outputs"]["validation"]["chunks"]["reused_from"] == first["run_id"]
+    assert lake.read_validation(second["run_id"], "chunks")["meta"]["reused_from"] == first["run_id"]
+
+    (src / "faq.md").write_text("# FAQ\n\nHow do I pay? With a card or cash.")
+    third = _index(src, lake_dir)
+    assert "reused_from" not in third["validation"]["chunks"] and "reused_from" not in third["validation"]["documents"]
+    assert third["index_plan"]["changed"] == 1 and third["table"]["version"] > first["table"]["version"]
+
+
 def test_index_change_and_delete(prefect_backend, fake, tmp_path, lake_dir):
     src = _corpus(tmp_path / "src")
     _index(src, lake_dir)
@@ -261,3 +286,29 @@ def test_index_and_ingest_summaries_are_dumps_of_their_models(prefect_backend, f
     assert IndexSummary.model_validate(indexed).dump() == indexed
     ingested = ingest_corpus(sources=[str(src)], lake=str(lake_dir))
     assert IngestSummary.model_validate(ingested).dump() == ingested
+
+
+# -- issue 22: the ANN index follows index.ann ------------------------------------------------------------
+def test_cli_pq_sub_vectors_that_do_not_divide_the_dimension_exit_2_before_any_work(prefect_backend, fake, tmp_path,
+                                                                                     lake_dir, capsys, monkeypatch):
+    monkeypatch.setenv("RAGLOOP_INDEX__ANN__TYPE", "ivf_pq")
+    monkeypatch.setenv("RAGLOOP_INDEX__ANN__NUM_SUB_VECTORS", "5")
+    code = main(["index", "--source", str(_corpus(tmp_path / "src")), "--lake", str(lake_dir), "--json"])
+    summary = json.loads(capsys.readouterr().out)
+    assert code == 2 and summary["error"] == "index.ann.num_sub_vectors: 5 does not divide the embedding dimension 32"
+    assert not (lake_dir / "runs").exists()
+
+
+def test_index_builds_the_ann_index_of_index_ann_and_rebuilds_it_when_that_changes(prefect_backend, fake, tmp_path,
+                                                                                   lake_dir, monkeypatch):
+    src = _corpus(tmp_path / "src")
+    monkeypatch.setenv("RAGLOOP_INDEX__ANN_MIN_ROWS", "5")
+    first = _index(src, lake_dir)
+    assert first["indexes"]["ann"] == "created (hnsw_sq m=20 ef_construction=300 partitions=auto)"
+    assert first["lineage"]["ann_index"] == {"type": "hnsw_sq", "num_partitions": None, "m": 20, "ef_construction": 300}
+    assert _index(src, lake_dir)["indexes"]["ann"] == "unchanged"
+    monkeypatch.setenv("RAGLOOP_INDEX__ANN__M", "8")
+    rebuilt = _index(src, lake_dir)
+    assert rebuilt["indexes"]["ann"] == ("rebuilt (hnsw_sq m=20 ef_construction=300 partitions=auto -> "
+                                         "hnsw_sq m=8 ef_construction=300 partitions=auto)")
+    assert rebuilt["chunks"]["embedded"] == 0

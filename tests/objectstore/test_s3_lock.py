@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from ragloop.tasks.storage import Lake, LakeLocked, ObjectStoreLease, s3_location
+from ragloop.tasks.storage import Lake, LakeLocked, LeaseLost, ObjectStoreLease, s3_location
 
 HOLD = """
 import sys, time
@@ -96,3 +96,51 @@ def test_a_killed_holder_on_this_host_is_taken_over_at_once_and_of_two_takers_on
     results = [t.try_acquire({"owner": f"taker {i}", "pid": os.getpid(), "host": socket.gethostname()})[0]
                for i, t in enumerate(takers)]
     assert results == [True, False], "the dead pid's lease is taken over at once; the second taker finds it held"
+
+
+def _stall(lake: Lake) -> ObjectStoreLease:
+    """The lease this process holds on the lake, its heartbeat stopped: the process 'stalled'."""
+    from ragloop.tasks import storage
+
+    (lease,) = storage._LEASES[lake.uri]
+    lease._stop.set()
+    lease._beat.join(timeout=30)
+    return lease
+
+
+def test_a_run_that_stalled_past_its_lease_and_was_taken_over_writes_nothing_more(s3_lake):
+    """The fence: a holder paused past its expiry (its heartbeat could not run) whose lease another run took
+    over is refused at its next write, naming the new holder, and the lake keeps the new holder's state."""
+    lake = Lake(s3_lake)
+    bucket, key = _lock_object(s3_lake)
+    with lake.lock("nightly", lease_s=1.0):
+        lake.write_ref("probe", {"by": "nightly"})
+        _stall(lake)
+        time.sleep(1.3)
+        other = ObjectStoreLease(f"{bucket}/{key}", lease_s=60)
+        assert other.try_acquire({"owner": "index on worker-2", "pid": 77, "host": "worker-2"})[0]
+        import boto3
+
+        ref_bucket, ref_key = s3_location(lake._path("refs", "probe.json"))  # the other run writes its ref
+        boto3.client("s3").put_object(Bucket=ref_bucket, Key=ref_key, Body=json.dumps({"by": "index on worker-2"}).encode())
+        with pytest.raises(LeaseLost, match=r"lease expired and was taken over \(held by index on worker-2 "
+                                            r"\(pid 77 on worker-2\)\)"):
+            lake.write_ref("probe", {"by": "nightly"})
+        with pytest.raises(LeaseLost):
+            lake.delete_ref("probe")
+    assert Lake(s3_lake).read_ref("probe") == {"by": "index on worker-2"}
+    held, _ = ObjectStoreLease(f"{bucket}/{key}").read()
+    assert held["owner"] == "index on worker-2", "the lost lease's release left the new holder's lock alone"
+    names = [o["Key"] for o in boto3.client("s3").list_objects_v2(Bucket=bucket).get("Contents", [])]
+    assert not [n for n in names if ".tmp-" in n], "the refused write's temp object was removed"
+
+
+def test_a_stalled_run_whose_lease_nobody_took_renews_before_writing(s3_lake):
+    lake = Lake(s3_lake)
+    with lake.lock("nightly", lease_s=1.0) as me:
+        lease = _stall(lake)
+        time.sleep(1.3)  # expired, but no other run came
+        lake.write_ref("probe", {"by": "nightly"})
+        assert lease.expires_ts > time.time() + 0.5, "the fence renewed the lease before the write"
+        assert not lease.lost.is_set() and me["owner"] == "nightly"
+    assert Lake(s3_lake).read_ref("probe") == {"by": "nightly"}

@@ -3,6 +3,7 @@ can SIGKILL itself at an exact point (the Nth call of a storage/index operation,
 
     python -m tests.reliability.crash_worker index|synth --lake DIR [--source DIR] [--kill TARGET:N:pre|post]
                                                          [--pause TARGET:N:SECONDS]
+    python -m tests.reliability.crash_worker bakeoff --lake DIR --file BAKEOFF.yaml [--kill ...]
 
 Prints READY once imported (the parent's timer starts there), PAUSED when a --pause point is reached
 (it then sleeps there, mid-run, holding whatever the run holds), COUNTS <json> (calls per target) and
@@ -37,6 +38,7 @@ TARGETS = {
     "tag": ("ragloop.tasks.indexing:ChunkStore", "tag"),
     "encode": ("ragloop.tasks.embedding:HashEmbedder", "encode"),
     "write_golden": ("ragloop.tasks.storage:Lake", "write_golden"),
+    "write_eval": ("ragloop.tasks.storage:Lake", "write_eval"),  # an eval run's items and traces (a bake-off's cells)
     "record_prompt": ("ragloop.tasks.storage:Lake", "record_prompt"),
 }
 
@@ -70,9 +72,10 @@ def install_hooks(kill: tuple[str, int, str] | None, pause: tuple[str, int, floa
 
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser()
-    parser.add_argument("stage", choices=["index", "synth"])
+    parser.add_argument("stage", choices=["index", "synth", "bakeoff"])
     parser.add_argument("--lake", required=True)
     parser.add_argument("--source")
+    parser.add_argument("--file", help="bakeoff: the bake-off file")
     parser.add_argument("--kill", help="TARGET:N:pre|post")
     parser.add_argument("--pause", help="TARGET:N:SECONDS")
     args = parser.parse_args(argv)
@@ -95,6 +98,13 @@ def main(argv: list[str]) -> int:
     embedder = HashEmbedder(dim=32, max_tokens=64)  # what the fake_embedder fixture builds
     providers.install(providers.Providers(embedder=lambda config: embedder, llm=lambda config: PassageLLM()))
     print("READY", flush=True)
+    if args.stage == "bakeoff":  # through the CLI, as a person runs it (its checks, then the flow)
+        from ragloop.flows.cli import main as cli
+
+        code = cli(["bakeoff", args.file, "--lake", args.lake, "--json"])
+        print("COUNTS " + json.dumps(COUNTS), flush=True)
+        print("DONE " + json.dumps({"exit": code}), flush=True)
+        return 0
     if args.stage == "index":
         summary = index_flow.index_corpus(sources=[args.source], lake=args.lake)
     else:

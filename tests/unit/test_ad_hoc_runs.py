@@ -27,6 +27,19 @@ def test_ad_hoc_runs_turn_heartbeats_off_and_back(no_heartbeat_env):
     assert heartbeat_frequency() == before
 
 
+def test_a_warm_process_reuses_its_heartbeat_free_settings_until_the_environment_changes(no_heartbeat_env, monkeypatch):
+    from prefect.settings import get_current_settings
+
+    with ad_hoc_runs():
+        first = get_current_settings()
+    with ad_hoc_runs():
+        assert get_current_settings() is first, "no second copy of every setting for the same settings"
+    monkeypatch.setenv("PREFECT_LOGGING_LEVEL", "WARNING")
+    with ad_hoc_runs():
+        changed = get_current_settings()
+        assert changed is not first and changed.logging.level == "WARNING" and heartbeat_frequency() is None
+
+
 def test_a_frequency_set_in_the_environment_is_kept(monkeypatch):
     monkeypatch.setenv("PREFECT_FLOWS_HEARTBEAT_FREQUENCY", "60")
     before = heartbeat_frequency()

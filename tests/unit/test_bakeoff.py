@@ -163,3 +163,230 @@ def test_html_report_escapes_and_names_both_splits():
     assert "&lt;demo&gt;" in page and "<demo>" not in page
     assert "Chosen on line <b>train</b>" in page and "held-out line <b>test</b>" in page
     assert bakeoff.pareto_plot(SUMMARY).startswith(b"\x89PNG")
+
+
+# -- index axes ------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("text, field", [
+    ("name: x\nmatrix: {chunking: [{strategy: none, max_token: 3}]}\n", "matrix.chunking: entry 0: max_token: Extra inputs"),
+    ("name: x\nmatrix: {chunking: [{strategy: recursive, max_tokens: 8, overlap_tokens: 8}]}\n",
+     "matrix.chunking: entry 0: .*overlap_tokens must be smaller"),
+    ("name: x\nmatrix: {embedding: [{backend: tensorflow}]}\n", "matrix.embedding: entry 0: backend: Input should be"),
+    ("name: x\nmatrix: {embedding: [{label: 'a b', backend: torch}]}\n", "matrix.embedding: entry 0: label: letters"),
+    ("name: x\nmatrix: {embedding: [torch]}\n", "matrix.embedding.0: Input should be a valid dictionary"),
+])
+def test_bad_index_axis_entry_names_the_entry_and_field(tmp_path, text, field):
+    with pytest.raises(ConfigError, match=f"bakeoff .*b.yaml: {field}"):
+        bakeoff.load_bakeoff(_write(tmp_path, text))
+
+
+def test_index_axes_lead_the_cell_names_and_set_their_sections():
+    spec = bakeoff.BakeoffSpec.model_validate({"name": "x", "matrix": {
+        "embedding": [{"label": "int8"}, {"backend": "torch"}],
+        "chunking": [{"strategy": "none"}, {"strategy": "recursive", "max_tokens": 128, "overlap_tokens": 16}],
+        "retrieval": ["vector"], "k": [10]}})
+    cells = bakeoff.expand_cells(spec)
+    assert [c["name"] for c in cells] == ["int8-none-vector-k10", "int8-recursive-128-16-vector-k10",
+                                          "torch-none-vector-k10", "torch-recursive-128-16-vector-k10"]
+    assert cells[0]["embedding"] == {} and cells[2]["embedding"] == {"backend": "torch"}, "labels are not settings"
+    assert bakeoff.cell_overrides(cells[3]) == {
+        "eval": {"retrieval": "vector", "k": 10, "rerank": "none"}, "embedding": {"backend": "torch"},
+        "chunking": {"strategy": "recursive", "max_tokens": 128, "overlap_tokens": 16}}
+    groups = bakeoff.table_groups(cells)
+    assert [g["cells"] for g in groups.values()] == [[c["name"]] for c in cells], "four pairs, four tables"
+    one_axis = bakeoff.expand_cells(bakeoff.BakeoffSpec.model_validate(
+        {"name": "x", "matrix": {"chunking": [{"strategy": "none"}], "retrieval": ["vector", "fts"], "k": [3]}}))
+    assert [c["name"] for c in one_axis] == ["vector-k3", "fts-k3"], "an axis of one entry adds no name part"
+    assert len(bakeoff.table_groups(one_axis)) == 1
+
+
+def _ref(**kw):
+    from ragloop.tasks.promotion import ServingRef
+
+    return ServingRef(**{"table": "chunks__m", "version": 3, "run_id": "idx", "chunker_hash": "c" * 64, **kw})
+
+
+@pytest.mark.parametrize("serving, slug, chunker, expected", [
+    (_ref(), "m", "c" * 64, {"role": "serving", "table": "chunks__m"}),
+    (_ref(chunker_hash=None), "m", "d" * 64, {"role": "serving", "table": "chunks__m"}),  # an old ref: the table decides
+    (_ref(), "m", "d" * 64, {"role": "bakeoff", "table": "chunks__m__ckdddddddddddd"}),  # another chunker
+    (_ref(), "m2", "c" * 64, {"role": "bakeoff", "table": "chunks__m2__ckcccccccccccc"}),  # another embedder
+])
+def test_a_pair_reads_the_served_table_only_when_it_is_the_served_pair(serving, slug, chunker, expected):
+    assert bakeoff.plan_table(serving, slug, chunker) == expected
+
+
+def test_a_lake_without_an_index_is_refused():
+    with pytest.raises(ConfigError, match="no served index yet"):
+        bakeoff.plan_table(None, "m", "c")
+
+
+def test_cells_without_a_chunking_entry_take_the_served_chunking_when_the_config_differs():
+    from ragloop.tasks.settings import ChunkingConfig
+
+    cells = [{"name": "a", "chunking": None}, {"name": "b", "chunking": {"strategy": "recursive"}}]
+    served = {"strategy": "none", "max_tokens": None, "overlap_tokens": 32}
+    pinned = bakeoff.pin_chunking(cells, served, ChunkingConfig())  # the config says markdown
+    assert pinned[0]["chunking"] == served and pinned[1]["chunking"] == {"strategy": "recursive"}
+    assert bakeoff.pin_chunking(cells, served, ChunkingConfig(strategy="none"))[0]["chunking"] is None
+    assert bakeoff.pin_chunking(cells, None, ChunkingConfig())[0]["chunking"] is None
+
+
+@pytest.mark.parametrize("n, refs, level, scored", [
+    ({"ndcg@10": 20}, 0, "none", 0),  # a BEIR import: documents only
+    ({"ndcg@10": 20, "chunk_ndcg@10": 12, "chunk_hit@1": 12}, 12, "matched", 12),
+    ({"ndcg@10": 20, "chunk_ndcg@10": 5}, 12, "partial", 5),
+    ({"ndcg@10": 20}, 12, "unmatchable", 0),  # another chunker: no reference chunk is in the table
+])
+def test_chunk_evidence_says_what_the_cell_could_score(n, refs, level, scored):
+    evidence = bakeoff.chunk_evidence({"n": n}, refs, "chunks__m__ckabc")
+    assert (evidence["chunk_level"], evidence["scored"]) == (level, scored)
+    assert (evidence["note"] is None) == (level in ("none", "matched"))
+    if level == "unmatchable":
+        assert "12 of 12 items" in evidence["note"] and "chunks__m__ckabc" in evidence["note"]
+        assert bakeoff.comparability("chunk_ndcg@10", {"ndcg@10": 0.5}, evidence)[0] is False
+        assert bakeoff.comparability("ndcg@10", {"ndcg@10": 0.5}, evidence) == (True, None), "documents still compare"
+    if level == "partial":
+        assert bakeoff.comparability("chunk_ndcg@10", {"chunk_ndcg@10": 0.9}, evidence)[0] is False, "other questions"
+
+
+def test_a_cell_without_the_metric_is_not_compared_and_not_chosen():
+    evidence = {"chunk_level": "none", "note": None}
+    ok, why = bakeoff.comparability("ndcg@10", {"ndcg@5": 0.7}, evidence)
+    assert not ok and "not measured" in why
+    cells = [{"name": "a", "status": "ok", "metrics": {"m": 0.9}, "comparable": False},
+             {"name": "b", "status": "gate_failed", "metrics": {"m": 0.5}, "comparable": True}]
+    assert bakeoff.choose_cell(cells, "m") == "b", "a gate verdict against the baseline is not a failure"
+
+
+def test_markdown_lists_the_indexes_and_the_notes_when_there_is_an_index_axis():
+    summary = {**SUMMARY, "tables": [
+        {"table": "chunks__m", "role": "serving", "chunks": 9711, "bytes": 12_500_000, "build_s": 180.0,
+         "chunking": {"strategy": "markdown"}, "cells": ["vector-k10"]},
+        {"table": "chunks__m__ckabc", "role": "bakeoff", "chunks": 20000, "bytes": 25_000_000, "build_s": 360.5,
+         "chunking": {"strategy": "recursive", "max_tokens": 128}, "cells": ["hybrid-k10"]}],
+        "cells": [{**SUMMARY["cells"][1], "note": "chunk_ndcg@10: chunk-level evidence unmatchable: ..."}]}
+    text = bakeoff.bakeoff_markdown(summary)
+    assert "| chunks__m__ckabc | bakeoff | configured | strategy=recursive, max_tokens=128 | 20000 | 25.0 | 360.5 | hybrid-k10 |" in text
+    assert "- `hybrid-k10`: chunk_ndcg@10: chunk-level evidence unmatchable" in text
+    page = bakeoff.bakeoff_html(summary, "pareto.png")
+    assert "<h2>Indexes</h2>" in page and "chunk-level evidence unmatchable" in page
+
+
+# -- --promote -------------------------------------------------------------------------------------------------
+def _summary(status="ok", verdict="passed", reasons=()):
+    return {"run_id": "r9", "status": status, "baseline_run_id": "r1",
+            "gate": {"status": verdict, "reasons": list(reasons)}}
+
+
+@pytest.mark.parametrize("summary, error, ok, status, reason", [
+    (_summary(), None, True, "ok", "gate passed on line test against its baseline r1"),
+    (_summary(verdict="no_baseline"), None, True, "ok", "no baseline on line test yet"),
+    (_summary("gate_inconclusive", "inconclusive", ["ndcg@10: 20 items < 30"]), None, False, "gate_inconclusive",
+     "gate inconclusive on line test (underpowered: nothing promoted): ndcg@10: 20 items < 30"),
+    (_summary("gate_failed", "failed", ["ndcg@10 0.41 below floor 0.5"]), None, False, "gate_failed",
+     "gate failed on line test: ndcg@10 0.41 below floor 0.5"),
+    (_summary("failed", "passed"), None, False, "failed", "every item"),
+    (None, "RuntimeError: boom", False, "failed", "failed: RuntimeError: boom"),
+])
+def test_promote_verdict_follows_the_gate(summary, error, ok, status, reason):
+    verdict = bakeoff.promote_verdict(summary, error, "test")
+    assert (verdict["ok"], verdict["status"]) == (ok, status) and reason in verdict["reason"]
+
+
+def test_a_refusal_names_the_first_two_reasons_and_counts_the_rest():
+    verdict = bakeoff.promote_verdict(_summary("gate_failed", "failed", ["a dropped", "b dropped", "c", "d"]), None, "t")
+    assert verdict["reason"] == "gate failed on line t: a dropped; b dropped (and 2 more in promote.gate.reasons)"
+    assert verdict["gate"]["reasons"] == ["a dropped", "b dropped", "c", "d"]
+
+
+def test_only_a_cell_on_the_served_table_moves_the_baseline():
+    from ragloop.tasks.promotion import Promotion
+
+    base = Promotion(run_id="r1", golden_set_id="g", line="test", table={"name": "chunks__m", "version": 3})
+    assert bakeoff.moves_baseline("serving", base, "r9") and bakeoff.moves_baseline("serving", None, "r9")
+    assert not bakeoff.moves_baseline("serving", base, "r1"), "already the baseline"
+    assert not bakeoff.moves_baseline("bakeoff", base, "r9"), "a bake-off table is never served"
+    assert "ragloop index" in bakeoff.next_steps("bakeoff", "c") and bakeoff.next_steps("serving", "c") is None
+
+
+CONFIG = """\
+# ragloop.yaml
+chunking:
+  strategy: markdown            # markdown | recursive | none
+  max_tokens: null              # null = the embedder's limit
+
+eval:                           # the chain under test
+  retrieval: hybrid
+  k: 5                          # chunks retrieved
+  metric_ks: [1, 3, 5, 10]
+"""
+
+
+def test_edited_config_changes_only_the_cells_keys_and_keeps_comments_and_layout():
+    after = bakeoff.edited_config(CONFIG, {"eval": {"retrieval": "fts", "k": 100, "rerank": "none"},
+                                           "chunking": {"max_tokens": 128}, "embedding": {"backend": "torch"}})
+    assert after == CONFIG.replace("retrieval: hybrid", "retrieval: fts").replace(
+        "  k: 5                          # chunks retrieved\n",
+        "  k: 100                        # chunks retrieved\n").replace(
+        "  max_tokens: null              #", "  max_tokens: 128               #").replace(
+        "  metric_ks: [1, 3, 5, 10]\n", "  metric_ks: [1, 3, 5, 10]\n  rerank: none\n") + "embedding:\n  backend: torch\n"
+    assert bakeoff.edited_config(CONFIG, {}) == CONFIG, "a round trip changes nothing"
+    diff = bakeoff.config_diff(CONFIG, after, "ragloop.yaml")
+    assert diff.startswith("--- a/ragloop.yaml\n+++ b/ragloop.yaml\n") and "\n-  retrieval: hybrid\n" in diff
+    assert "\n+  retrieval: fts\n" in diff and diff.count("\n+") == 7  # retrieval, k, max_tokens, rerank, embedding: backend
+    assert bakeoff.edited_config("", {"eval": {"k": 3}}) == "eval:\n  k: 3\n"
+    with pytest.raises(ConfigError, match="eval in the config file is not a mapping"):
+        bakeoff.edited_config("eval: 3\n", {"eval": {"k": 3}})
+    with pytest.raises(ConfigError, match="not YAML"):
+        bakeoff.edited_config("eval: [\n", {"eval": {"k": 3}})
+
+
+def test_env_vars_that_would_override_what_promote_writes_are_found():
+    overrides = {"eval": {"retrieval": "fts", "k": 3}, "chunking": {"max_tokens": 128}}
+    environ = {"RAGLOOP_EVAL__K": "5", "RAGLOOP_CHUNKING": "{}", "RAGLOOP_LLM__MODEL": "x", "HOME": "/"}
+    assert bakeoff.env_conflicts(overrides, environ) == ["RAGLOOP_EVAL__K", "RAGLOOP_CHUNKING"]
+
+
+def test_check_promote_fails_before_any_work(tmp_path):
+    spec = bakeoff.BakeoffSpec.model_validate({"name": "x", "matrix": {"retrieval": ["fts"], "k": [3]}})
+    assert bakeoff.check_promote(spec, None, None, {}) is None
+    assert bakeoff.check_promote(spec, "fts-k3", str(_write(tmp_path, "eval: {k: 5}\n")), {})["name"] == "fts-k3"
+    with pytest.raises(ConfigError, match="no such cell"):
+        bakeoff.check_promote(spec, "vector-k3", None, {})
+    with pytest.raises(ConfigError, match="RAGLOOP_EVAL__K would override"):
+        bakeoff.check_promote(spec, "fts-k3", None, {"RAGLOOP_EVAL__K": "5"})
+    with pytest.raises(ConfigError, match="not YAML"):
+        bakeoff.check_promote(spec, "fts-k3", str(_write(tmp_path, "eval: [\n")), {})
+
+
+def test_write_text_atomic_replaces_whole_and_keeps_the_mode(tmp_path):
+    path = tmp_path / "ragloop.yaml"
+    path.write_text("a: 1\n")
+    path.chmod(0o640)
+    bakeoff.write_text_atomic(path, "a: 2\n")
+    assert path.read_text() == "a: 2\n" and oct(path.stat().st_mode & 0o777) == "0o640"
+    assert [p.name for p in tmp_path.iterdir()] == ["ragloop.yaml"], "no temp file left"
+
+
+def test_label_offsets_move_overlapping_labels_apart():
+    points = [(0, 0, 50), (10, 2, 50), (200, 1, 50), (20, 4, 50)]  # three crowd one spot, one stands apart
+    offsets = bakeoff.label_offsets(points, height=10, step=11)
+    boxes = [(x, y + off, w) for (x, y, w), off in zip(points, offsets)]
+    for i, (x, y, w) in enumerate(boxes):
+        for (x2, y2, w2) in boxes[i + 1:]:
+            assert not (x < x2 + w2 and x2 < x + w and y < y2 + 10 and y2 < y + 10), (boxes, offsets)
+    assert offsets[2] == 3.0, "a label with room stays next to its point"
+
+
+def test_pareto_plot_draws_a_cost_panel_only_when_costs_differ():
+    varied = {**SUMMARY, "cells": [{**c, "cost": i * 0.5} for i, c in enumerate(SUMMARY["cells"])]}
+    flat, both = bakeoff.pareto_plot(SUMMARY), bakeoff.pareto_plot(varied)
+    assert flat.startswith(b"\x89PNG") and both.startswith(b"\x89PNG") and both != flat
+
+
+def test_the_chunking_example_crosses_two_chunkers_with_the_retrieval_cells():
+    spec = bakeoff.load_bakeoff(REPO / "examples" / "bakeoff" / "scifact-chunking.yaml")
+    cells = bakeoff.expand_cells(spec)
+    assert len(cells) == 10 and cells[0]["name"] == "md254-vector-k100" and cells[-1]["name"] == "rec128-hybrid-k100-lin0.7"
+    assert [len(g["cells"]) for g in bakeoff.table_groups(cells).values()] == [5, 5]
+    assert cells[-1]["chunking"] == {"strategy": "recursive", "max_tokens": 128, "overlap_tokens": 32}

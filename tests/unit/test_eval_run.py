@@ -470,6 +470,23 @@ def test_a_passed_nightly_becomes_the_baseline_and_a_candidate_index_is_served(l
     assert summary.with_promotion(outcome).promoted is True and summary.promotion == outcome
 
 
+def test_a_run_on_a_bakeoff_table_is_never_promoted(lake):
+    plan = eval_run.plan_promotion(_summary(role="bakeoff"), "golden", "explicit", "block", "serving")
+    assert plan.record is None and not plan.outcome["promoted"] and "bake-off table" in plan.outcome["reason"]
+    ref, role = eval_run.bakeoff_index({"table": "chunks__hash_fake__ckabc", "version": 2, "run_id": "i"}, "hash_fake")
+    assert (ref.table, ref.version, role) == ("chunks__hash_fake__ckabc", 2, "bakeoff")
+    with pytest.raises(ConfigError, match="not a bake-off table of embedder other"):
+        eval_run.bakeoff_index({"table": "chunks__hash_fake__ckabc", "version": 2}, "other")
+    with pytest.raises(ConfigError, match="not a bake-off table"):
+        eval_run.bakeoff_index({"table": "chunks__hash_fake", "version": 2}, "hash_fake")
+
+
+@pytest.mark.parametrize("status, gated, ok", [("gate_failed", True, True), ("gate_inconclusive", True, True),
+                                               ("gate_failed", False, False), ("failed", True, False)])
+def test_a_bakeoff_also_reuses_cells_whose_gate_failed(status, gated, ok):
+    assert eval_run.reusable(_record(status=status), _baseline(), gated) is ok
+
+
 @pytest.mark.parametrize("which", ["fresh", "reused"])
 def test_the_summary_model_round_trips_a_summary_the_flow_returned(which):
     recorded = json.loads(RECORDED.read_text())[which]

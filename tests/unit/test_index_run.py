@@ -207,6 +207,19 @@ def test_index_summaries_of_the_flow_round_trip_through_the_model(name):
     assert set(model.outputs()) == set(produced) - {"run_id", "status", "lineage"}
 
 
+@pytest.mark.parametrize("n, first, size, sizes", [
+    (0, 4, 32, []),
+    (3, 4, 32, [3]),
+    (156, 4, 32, [4, 8, 16, 32, 32, 32, 32]),
+    (10, 1, 3, [1, 2, 3, 3, 1]),
+    (5, 8, 2, [2, 2, 1]),  # a first step bigger than the size is the size
+])
+def test_pipeline_steps_start_small_and_cover_every_document_in_order(n, first, size, sizes):
+    steps = index_run.pipeline_steps(list(range(n)), first, size)
+    assert [len(s) for s in steps] == sizes
+    assert [d for s in steps for d in s] == list(range(n))
+
+
 def test_pipelined_keeps_order_bounds_lookahead_and_raises_in_the_consumer():
     started = []
 
@@ -235,6 +248,7 @@ def test_a_pipelined_window_gives_the_same_chunk_ids_and_vectors(lake, store, ch
     snapshot_id = _snapshot(lake, tmp_path, files)
     plan = indexing.plan_index(lake, snapshot_id, store, chunker.hash)
     (docs,) = list(indexing.iter_document_batches(lake, snapshot_id, plan.to_index, 256))
+    monkeypatch.setattr(index_run, "PIPELINE_FIRST_DOCS", 1)
     monkeypatch.setattr(index_run, "PIPELINE_DOCS", 3)
 
     def window(per_text: bool):
@@ -321,3 +335,73 @@ def test_a_worker_reads_the_table_without_writing_a_ref_or_creating_it(lake, sto
     assert sorted(p.name for p in Path(lake.uri).rglob("*")) == before
     with pytest.raises(Exception):
         indexing.ChunkStore.reader(lake, "chunks__missing", store.dim, 1)
+
+
+# -- issue 23: a no-op proven from the recorded state, without a scan or a suite run ----------------------------
+def _run(lake, store, chunker, embedder, snapshot_id, run_id, config=IndexConfig()):
+    """An index run's table steps as the flow takes them, without Prefect."""
+    from ragloop.tasks import validation
+
+    plan = index_run.plan_run(lake, store, snapshot_id, chunker.hash, config)
+    batches = index_run.ChunkBatches(lake, snapshot_id, plan, chunker, store, embedder, 8, Timer())
+    index_run.commit_plan(store, plan, batches, Timer())
+    refresh = index_run.needs_refresh(plan, store, config)
+    if refresh:
+        store.refresh_indexes(config)
+    report = index_run.reused_chunks_report(lake, store, plan, embedder) or validation.validate_chunks(
+        store.profile().to_pandas(), batches.facts(), store.dim, embedder.counter.max_tokens,
+        index_run.chunks_subject(store, embedder))
+    lake.write_validation(run_id, report.suite, report.result)
+    index_run.tag_version(store, run_id, refresh)
+    index_run.record_state(lake, store, run_id, snapshot_id, chunker.hash, config, plan, report)
+    return plan, report
+
+
+def test_a_rerun_on_the_state_the_last_run_left_is_proven_empty_without_a_scan(lake, store, chunker, fake_embedder,
+                                                                               tmp_path, monkeypatch):
+    snapshot_id = _snapshot(lake, tmp_path, {"a.md": "# A\n\nalpha bravo", "b.txt": "charlie delta"})
+    first, checked = _run(lake, store, chunker, fake_embedder, snapshot_id, "run-1")
+    assert first.proven_by is None and checked.reused_from is None and checked.success
+    state = lake.read_ref(f"indexed__{store.name}")
+    assert state["run_id"] == "run-1" and state["version"] == store.version and state["documents"] == 2
+
+    def no_scan(*args, **kwargs):
+        raise AssertionError("a proven no-op scans nothing")
+
+    monkeypatch.setattr(indexing.ChunkStore, "doc_state", no_scan)
+    monkeypatch.setattr(indexing.ChunkStore, "indexes_stale", no_scan)
+    monkeypatch.setattr(indexing.ChunkStore, "profile", no_scan)
+    version = store.version
+    plan, report = _run(lake, store, chunker, fake_embedder, snapshot_id, "run-2")
+    assert plan.proven_by == "run-1" and plan.counts() == {"new": 0, "changed": 0, "unchanged": 2, "deleted": 0}
+    assert report.success and report.reused_from == "run-1" and report.evaluated == checked.evaluated
+    assert store.version == version and lake.read_ref(f"indexed__{store.name}") == state, "nothing rewritten"
+
+
+@pytest.mark.parametrize("change", ["snapshot", "chunker", "index settings", "table moved on", "rows differ",
+                                    "verdict missing"])
+def test_anything_the_state_does_not_prove_plans_and_validates_as_before(lake, store, chunker, fake_embedder,
+                                                                          tmp_path, change):
+    snapshot_id = _snapshot(lake, tmp_path, {"a.md": "# A\n\nalpha bravo", "b.txt": "charlie delta"})
+    _run(lake, store, chunker, fake_embedder, snapshot_id, "run-1")
+    config = IndexConfig()
+    if change == "snapshot":
+        snapshot_id = _snapshot(lake, tmp_path / "other", {"a.md": "# A\n\nalpha bravo", "c.txt": "echo"})
+    elif change == "chunker":
+        chunker = index_run.build_chunker(ChunkingConfig(max_tokens=12, overlap_tokens=0), fake_embedder)
+    elif change == "index settings":
+        config = IndexConfig(fts=False)
+    elif change == "table moved on":  # e.g. a run killed after its commit, before its indexes and its state
+        store.delete_documents(["b.txt"])
+    elif change == "rows differ":  # a table rebuilt to the same version number
+        lake.write_ref(f"indexed__{store.name}", {**lake.read_ref(f"indexed__{store.name}"), "rows": 99})
+    elif change == "verdict missing":
+        (Path(lake.root) / "validations" / "run-1" / "chunks.json").unlink()
+    plan, report = _run(lake, store, chunker, fake_embedder, snapshot_id, "run-2", config)
+    if change == "verdict missing":  # the table state still proves the plan; the suite runs again
+        assert plan.proven_by == "run-1" and report.reused_from is None and report.success
+        assert lake.read_ref(f"indexed__{store.name}")["run_id"] == "run-2"
+        return
+    assert plan.proven_by is None and report.reused_from is None
+    if change == "table moved on":
+        assert plan.to_index == {"b.txt"}, "the deleted rows are written again"

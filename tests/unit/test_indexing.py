@@ -11,7 +11,7 @@ from ragloop.tasks.chunking import Chunker
 from ragloop.tasks.embedding import HashEmbedder
 from ragloop.tasks.ingestion import content_sha256
 from ragloop.tasks.schemas import Document
-from ragloop.tasks.settings import ChunkingConfig, IndexConfig
+from ragloop.tasks.settings import AnnIndexConfig, ChunkingConfig, ConfigError, IndexConfig
 from ragloop.tasks.storage import Lake
 
 
@@ -95,8 +95,38 @@ def test_refresh_indexes_builds_fts_always_and_ann_only_above_the_threshold(stor
     hits = store.table.search("chargers", query_type="fts").limit(3).to_arrow()
     assert hits.num_rows == 3
     big = store.refresh_indexes(IndexConfig(ann_min_rows=10))
-    assert big["ann"] == "created" and big["fts"] == "kept"
+    assert big["ann"] == "created (hnsw_sq m=20 ef_construction=300 partitions=auto)" and big["fts"] == "kept"
     assert {i.name for i in store.table.list_indices()} == {"text_idx", "vector_idx"}
+    assert store.refresh_indexes(IndexConfig(ann_min_rows=10))["ann"].startswith("present (hnsw_sq m=20")
+
+
+def test_a_changed_ann_setting_rebuilds_the_index_and_the_default_keeps_an_older_one(store, chunker, fake_embedder):
+    """index.ann is recorded with the index (ann__ ref); an index built before it existed counts as the
+    default HNSW-SQ, so upgrading rebuilds nothing."""
+    from lancedb.index import HnswSq
+
+    _write(store, chunker, fake_embedder, [_doc(f"d{i}.md", f"station {i} has docks and chargers") for i in range(12)])
+    store.table.create_index("vector", config=HnswSq(distance_type="cosine"), name="vector_idx")  # as before index.ann
+    default = IndexConfig(ann_min_rows=10, fts=False)
+    assert store.ann_built() == indexing.LEGACY_ANN and not store.indexes_stale(default)
+    assert store.refresh_indexes(default)["ann"] == "present (hnsw_sq m=20 ef_construction=300 partitions=auto)"
+    narrow = IndexConfig(ann_min_rows=10, fts=False, ann=AnnIndexConfig(m=8, ef_construction=50))
+    assert store.indexes_stale(narrow), "a changed index.ann is work for the next run"
+    action = store.refresh_indexes(narrow)["ann"]
+    assert action == ("rebuilt (hnsw_sq m=20 ef_construction=300 partitions=auto -> "
+                      "hnsw_sq m=8 ef_construction=50 partitions=auto)")
+    [vector_idx] = [i for i in store.table.list_indices() if i.name == "vector_idx"]
+    assert vector_idx.index_details["hnsw"]["max_connections"] == 8
+    assert not store.indexes_stale(narrow) and store.refresh_indexes(narrow)["ann"].startswith("present (hnsw_sq m=8")
+    pq = IndexConfig(ann_min_rows=10, fts=False, ann=AnnIndexConfig(type="ivf_pq", num_partitions=1, num_sub_vectors=4))
+    assert store.refresh_indexes(pq)["ann"].endswith("-> ivf_pq num_sub_vectors=4 partitions=1)")
+    assert store.ann_built() == {"type": "ivf_pq", "num_partitions": 1, "num_sub_vectors": 4}
+
+
+def test_pq_sub_vectors_must_divide_the_dimension():
+    with pytest.raises(ConfigError, match="index.ann.num_sub_vectors: 5 does not divide the embedding dimension 32"):
+        indexing.ann_index(AnnIndexConfig(type="ivf_pq", num_sub_vectors=5), 32)
+    assert type(indexing.ann_index(AnnIndexConfig(type="ivf_pq", num_sub_vectors=8), 32)).__name__ == "IvfPq"
 
 
 def test_a_table_refuses_vectors_from_other_weights(lake_dir, store):
@@ -184,3 +214,16 @@ def test_icu_full_text_index_finds_cjk_words_and_keeps_accent_folding(store, chu
     assert top("cafe") == "fr.md"
     # A table that gains such text later gets its index rebuilt with the tokenizer it now needs.
     assert store.refresh_indexes(IndexConfig(fts_tokenizer="simple"))["fts"] == "rebuilt (icu -> simple)"
+
+
+def test_unspaced_share_counts_letters_as_isalpha_does():
+    import random
+
+    rng = random.Random(7)
+    texts = ["東京駅には自転車の駐輪場が二十あります。", "café Ωμέγα ñ 123 _x_ ǅ ʰ", "", "plain ASCII text, 42 docks."]
+    texts += ["".join(chr(rng.randrange(0x20, 0x20000)) for _ in range(200)).encode("utf-8", "ignore").decode() + "ก"
+              for _ in range(50)]
+    for sample in (texts, texts[:2], texts[3:4]):
+        letters = sum(1 for t in sample for ch in t if ch.isalpha())
+        unspaced = sum(len(indexing._UNSPACED.findall(t)) for t in sample)
+        assert indexing.unspaced_share(sample) == (unspaced / letters if letters and unspaced else 0.0)

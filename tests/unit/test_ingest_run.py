@@ -116,3 +116,16 @@ def test_ingest_summaries_of_the_flow_round_trip_through_the_model(name):
 def test_a_summary_with_an_unknown_key_is_rejected():
     with pytest.raises(ValueError, match="extra"):
         ingest_run.IngestSummary.model_validate({**SUMMARIES["ingest_ok"], "surprise": 1})
+
+
+def test_an_unchanged_snapshot_reuses_the_documents_verdict_of_the_ingest_that_validated_it(lake, result):
+    from ragloop.tasks import validation
+
+    subject = ingest_run.documents_subject(result.snapshot_id)
+    stored = validation.validate_documents(lake.snapshot_profile(result.snapshot_id), subject)
+    lake.write_validation("ingest-1", "documents", stored.result)
+    previous = ingest_run.PreviousIngest({"run_id": "ingest-1", "outputs": {"snapshot_id": result.snapshot_id}})
+    reused = ingest_run.reused_documents_report(lake, previous, result.snapshot_id)
+    assert reused.success and reused.reused_from == "ingest-1" and reused.evaluated == stored.evaluated
+    assert ingest_run.reused_documents_report(lake, previous, "another-snapshot") is None
+    assert ingest_run.reused_documents_report(lake, ingest_run.PreviousIngest(None), result.snapshot_id) is None

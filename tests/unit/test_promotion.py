@@ -148,6 +148,7 @@ def test_promotable_after_the_fact():
               "outputs": {"gate": {"status": "passed"}, "baseline_run_id": "r1"}}
     assert promotable_after_the_fact(passed, base) is None
     assert "already the baseline" in promotable_after_the_fact({**passed, "run_id": "r1"}, base)
+    assert "bake-off table" in promotable_after_the_fact({**passed, "lineage": {"index_role": "bakeoff"}}, base)
     assert "baseline is now r9" in promotable_after_the_fact(passed, _promo("r9"))
     failed = {**passed, "status": "gate_failed", "outputs": {"gate": {"status": "failed"}, "baseline_run_id": "r1"}}
     assert "only a passed run" in promotable_after_the_fact(failed, base)
@@ -203,3 +204,15 @@ def test_a_no_op_index_keeps_the_served_version_without_rewriting_it(refs):
     before = refs.serving()
     kept = refs.record_index("chunks__a", 2, "i2", "c1", False)
     assert kept["action"] == "keep" and refs.serving() == before
+
+
+def test_a_bakeoff_table_is_recorded_never_served(refs):
+    refs.record_index("chunks__a", 2, "i1", "c1", True)
+    done = refs.record_bakeoff_table("chunks__a__ckc2", 4, "i2", "c2")
+    assert done["action"] == "bakeoff" and done["serving"] == {"table": "chunks__a", "version": 2}
+    assert done["candidate"] is None and refs.bakeoff_table("chunks__a__ckc2").run_id == "i2"
+    refs.record_bakeoff_table("chunks__a__ckc2", 4, "i3", "c2")  # a no-op run keeps the run that built the version
+    assert refs.bakeoff_table("chunks__a__ckc2").run_id == "i2"
+    refs.record_bakeoff_table("chunks__a__ckc2", 5, "i4", "c2")
+    assert (refs.bakeoff_table("chunks__a__ckc2").version, refs.bakeoff_table("chunks__a__ckc2").run_id) == (5, "i4")
+    assert refs.bakeoff_table("chunks__b__ckc2") is None

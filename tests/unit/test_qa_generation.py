@@ -148,6 +148,8 @@ def test_accepted_items_carry_evidence_spans_inside_their_chunks():
     spans = [(e["chunk_id"], texts[e["chunk_id"]][e["start"]:e["end"]]) for e in item["evidence"]]
     assert spans == [("c1", "Backups run nightly at 02:15 and are kept 35 days."),
                      ("c2", "The museum station opens at 07:00 and closes at midnight.")]
+    assert item["source_doc_ids"] == ["d1", "d2"]
+    assert item["source_doc_sha256s"] == ["sha", "sha"], "one sha256 per source doc, even when two docs are equal"
     abstract = _cand("What should I know about Riverside Hub?", "Riverside Hub has 32 docks and backups run nightly.",
                      "abstract", context=[CONTEXT, HOURS])
     assert qa.reject_reason(abstract, SynthConfig()) is None

@@ -112,5 +112,5 @@ def test_fusion_enters_the_chain_and_cache_key_only_when_not_the_default():
     assert eval_run.describe_chain(EvalConfig(rrf_k=10), models, True)["fusion"] == ["rrf", 10]
     assert eval_run.describe_chain(EvalConfig(fusion="linear"), models, True)["fusion"] == ["linear", 0.7]
     assert "fusion" not in eval_run.describe_chain(EvalConfig(retrieval="vector", rrf_k=10), models, True)
-    assert eval_run._default_eval_fields(EvalConfig()) == {"target", "fusion", "rrf_k", "fusion_weight"}
-    assert eval_run._default_eval_fields(EvalConfig(rrf_k=10)) == {"target", "fusion_weight"}
+    assert eval_run._default_eval_fields(EvalConfig()) == {"target", "ann", "fusion", "rrf_k", "fusion_weight"}
+    assert eval_run._default_eval_fields(EvalConfig(rrf_k=10)) == {"target", "ann", "fusion_weight"}

@@ -239,3 +239,30 @@ def test_the_runner_is_local_by_default_and_not_part_of_the_config_hash():
     dask = load_settings(overrides={"runner": {"kind": "dask", "address": "tcp://10.0.0.5:8786"}})
     assert local.runner.kind == "local" and dask.runner.workers == 2
     assert dask.config_hash() == local.config_hash(), "where the work runs does not change its results"
+
+
+# -- ANN settings (issue 22) ---------------------------------------------------------------------------
+@pytest.mark.parametrize("overrides, field", [
+    ({"eval": {"ann": {"ef": 0}}}, r"eval\.ann\.ef: Input should be greater than or equal to 1"),
+    ({"eval": {"ann": {"refine_factor": 0}}}, r"eval\.ann\.refine_factor: Input should be greater than or equal to 1"),
+    ({"eval": {"ann": {"nprobes": -2}}}, r"eval\.ann\.nprobes: Input should be greater than 0"),
+    ({"eval": {"ann": {"ef": "wide"}}}, r"eval\.ann\.ef: Input should be a valid integer"),
+    ({"eval": {"ann": {"nprobe": 4}}}, r"eval\.ann\.nprobe: unknown key"),
+    ({"index": {"ann": {"type": "diskann"}}}, r"index\.ann\.type: Input should be 'hnsw_sq' or 'ivf_pq'"),
+    ({"index": {"ann": {"m": 2}}}, r"index\.ann\.m: Input should be greater than or equal to 4"),
+    ({"index": {"ann": {"num_partitions": 0}}}, r"index\.ann\.num_partitions: Input should be greater than 0"),
+    ({"index": {"ann": {"type": "ivf_pq", "m": 16}}}, r"index\.ann: .*m: not a parameter of type 'ivf_pq'"),
+    ({"index": {"ann": {"num_sub_vectors": 48}}}, r"index\.ann: .*num_sub_vectors: not a parameter of type 'hnsw_sq'"),
+])
+def test_a_bad_ann_setting_names_its_field(overrides, field):
+    with pytest.raises(ConfigError, match=field):
+        load_settings(overrides=overrides)
+
+
+def test_ann_settings_from_env_and_their_defaults(monkeypatch):
+    monkeypatch.setenv("RAGLOOP_EVAL__ANN__REFINE_FACTOR", "10")
+    monkeypatch.setenv("RAGLOOP_INDEX__ANN__TYPE", "ivf_pq")
+    s = load_settings()
+    assert (s.eval.ann.ef, s.eval.ann.refine_factor, s.eval.ann.nprobes) == (100, 10, None)
+    assert s.index.ann.build_params() == {"type": "ivf_pq", "num_partitions": None, "num_sub_vectors": None}
+    assert Settings().index.ann.build_params() == {"type": "hnsw_sq", "num_partitions": None, "m": 20, "ef_construction": 300}

@@ -108,6 +108,7 @@ def test_verify_hashes_reads_every_file(lake, corpus, trust_now):
     ingest(lake, corpus)
     second = ingest(lake, corpus, verify_hashes=True)
     assert second.unchanged_by_stat == 0 and second.counts["unchanged"] == 3 + 1  # the csv has two rows
+    assert second.unchanged_by_content == 0, "and parses it"
 
 
 def test_parsing_settings_invalidate_the_cache(lake, corpus, trust_now):
@@ -117,9 +118,33 @@ def test_parsing_settings_invalidate_the_cache(lake, corpus, trust_now):
 
 
 def test_files_younger_than_the_racy_window_are_read(lake, corpus):
-    """Written a moment ago: a write in the same timestamp tick as our read could go unseen, so no trust."""
+    """Written a moment ago: a write in the same timestamp tick as our read could go unseen, so no trust
+    in their stat; their bytes are read and hashed, and equal bytes reuse the stored documents unparsed."""
+    first = ingest(lake, corpus)
+    second = ingest(lake, corpus)
+    assert second.unchanged_by_stat == 0
+    assert second.unchanged_by_content == 2  # a.md, b.txt; t.csv has a sidecar: always parsed when not proven by stat
+    assert second.snapshot_id == first.snapshot_id and rows(lake, second.snapshot_id) == rows(lake, first.snapshot_id)
+
+
+def test_a_touched_file_with_the_same_bytes_is_reused_by_their_hash(lake, corpus, trust_now):
+    first = ingest(lake, corpus)
+    os.utime(corpus / "a.md")  # a checkout or a copy that rewrote it unchanged
+    second = ingest(lake, corpus)
+    assert second.unchanged_by_stat == 2 and second.unchanged_by_content == 1
+    assert second.counts["changed"] == 0 and second.snapshot_id == first.snapshot_id
+    third = ingest(lake, corpus)
+    assert third.unchanged_by_stat == 3 and third.unchanged_by_content == 0, "the new signature was kept"
+
+
+def test_a_same_size_edit_fails_the_hash_and_is_parsed(lake, corpus, tmp_path):
+    """Without trust in any stat (fresh files), only the bytes decide."""
     ingest(lake, corpus)
-    assert ingest(lake, corpus).unchanged_by_stat == 0
+    text = (corpus / "b.txt").read_text()
+    (corpus / "b.txt").write_text(text.replace("Bravo", "BRAVO"))
+    second = ingest(lake, corpus)
+    assert second.unchanged_by_content == 1 and second.counts["changed"] == 1  # a.md reused, b.txt parsed
+    assert rows(lake, second.snapshot_id)["b.txt"]["text"].startswith("BRAVO")
 
 
 def test_trust_needs_both_times_older_than_the_window():

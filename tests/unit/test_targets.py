@@ -73,7 +73,7 @@ def test_missing_header_variables_are_named_never_their_values():
     assert targets.missing_header_vars(config.http, {"TEAM": ""}) == ["APP_TOKEN"]
     with pytest.raises(ConfigError, match=r"^eval\.target\.http\.headers_env: env var\(s\) APP_TOKEN, TEAM not set$"):
         targets.check_target(config, {})
-    targets.check_target(config, {"APP_TOKEN": "t", "TEAM": "a"})
+    targets.check_target(config, {"APP_TOKEN": "t", "TEAM": "a"}, reachable=False)
 
 
 # -- identity and chain hash ----------------------------------------------------------------------------------
@@ -149,8 +149,11 @@ def test_a_reply_is_read_by_its_field_paths():
     ({"answer": "a"}, "the reply has no contexts at 'contexts'"),
     ({"answer": "a", "contexts": "x"}, "contexts at 'contexts' is a str, not a list"),
     ({"answer": "a", "contexts": []}, "the reply has no contexts"),
-    ({"answer": 42, "contexts": ["x"]}, "the answer is a int, not a string"),
-    ({"answer": "a", "contexts": [{"body": "x"}]}, "context 0 text is a NoneType, not a string"),
+    ({"answer": 42, "contexts": ["x"]}, "the answer is an int \\(42\\), not a string"),
+    ({"answer": "a", "contexts": [{"body": "x"}]}, "context 0 has no text at 'text': it is an object with keys body"),
+    ({"answer": "a", "contexts": [7]}, "context 0 has no text at 'text': it is an int \\(7\\)"),
+    ({"answer": "a", "contexts": [{"text": None}]}, "context 0 text is null, not a string"),
+    ({"answer": "a", "contexts": ["x", {"text": ["p", "q"]}]}, "context 1 text is a list \\(\\['p', 'q'\\]\\), not a string"),
     ({"answer": "a", "contexts": [{"text": "x", "score": "high"}]}, "context 0 score 'high' is not a number"),
 ])
 def test_a_reply_missing_what_is_needed_is_a_failure_with_its_reason(data, reason):
@@ -256,3 +259,39 @@ def test_results_carry_matched_hits_checked_answers_and_the_apps_trace():
     assert done.matches == {"q0": ["exact", "unmatched"], "q2": ["exact"]}
     only = targets.target_results(ITEMS[:1], calls[:1], ChunkCatalog(ROWS), 0.5, retrieval_only=True).results[0]
     assert only.answer is None and only.refused is None and len(only.hits) == 2
+
+
+@pytest.mark.parametrize("contexts, reason", [
+    ([3], "context 0 is an int \\(3\\), not a string or an object with a text"),
+    ([{"page_content": "x"}], "context 0 has no text: it is an object with keys page_content"),
+    (["ok", {}], "context 1 has no text: it is an empty object"),
+])
+def test_a_python_reply_with_a_wrong_context_names_what_it_got(contexts, reason):
+    """Found by a new user: an int context was reported as 'context 0 text is a NoneType'."""
+    with pytest.raises(TargetFailure, match=f"^{reason}$"):
+        targets.coerce_reply({"answer": "a", "contexts": contexts})
+
+
+def test_an_http_target_nothing_listens_on_fails_the_check_naming_the_url_field():
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # bound, never listening: connections are refused
+        config = EvalTarget(http={"url": f"http://127.0.0.1:{port}/ask"})
+        with pytest.raises(ConfigError, match=f"^eval.target.http.url: nothing accepts connections at 127.0.0.1:{port} "):
+            targets.check_target(config, {})
+        targets.check_target(config, {}, reachable=False)  # the flow's own check leaves reachability to items
+
+
+def test_an_http_target_that_listens_passes_the_check_and_gets_no_request():
+    import socket
+
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen(1)
+        targets.check_target(EvalTarget(http={"url": f"http://127.0.0.1:{server.getsockname()[1]}/ask"}), {})
+        conn, _ = server.accept()
+        with conn:
+            conn.settimeout(0.5)
+            assert conn.recv(1) == b"", "the check opens and closes a connection, it sends no request"
