@@ -11,11 +11,32 @@ from ragloop.tasks.storage import Lake
 
 
 def open_lake(uri: str) -> Lake:
-    """The lake at `uri`; ConfigError when the URI cannot be resolved (an unknown scheme, a bad bucket URI)."""
+    """The lake at `uri`; ConfigError when the URI cannot be resolved (an unknown scheme, a bad bucket URI),
+    or, for an object store (s3://, gs://, ...), when its bucket is missing or the endpoint cannot be reached."""
     try:
-        return Lake(uri)
+        lake = Lake(uri)
     except Exception as exc:  # pyarrow raises ArrowInvalid, OSError or ValueError depending on the scheme
         raise ConfigError(f"lake {uri}: cannot be opened ({exc})") from None
+    if "://" in uri:
+        check_bucket(lake)
+    return lake
+
+
+def check_bucket(lake: Lake) -> None:
+    """ConfigError when an object-store lake's bucket does not exist, or its endpoint does not answer or
+    refuses these credentials (one HeadBucket through pyarrow; the store's own retries apply, a few seconds).
+    A run never creates a bucket: buckets are infrastructure (region, retention, access), made on purpose."""
+    import pyarrow.fs as pafs
+
+    bucket = lake.root.split("/", 1)[0]
+    try:
+        found = lake.fs.get_file_info(bucket).type != pafs.FileType.NotFound
+    except OSError as exc:
+        raise ConfigError(f"lake {lake.uri}: cannot reach bucket {bucket!r} ({str(exc).strip()}); check the endpoint "
+                          "(AWS_ENDPOINT_URL) and credentials (AWS_ACCESS_KEY_ID, AWS_PROFILE)") from None
+    if not found:
+        raise ConfigError(f"lake {lake.uri}: bucket {bucket!r} does not exist at this endpoint: create it first "
+                          "(ragloop never creates buckets), or check --lake and AWS_ENDPOINT_URL")
 
 
 # Commands that only read or act on what earlier runs left in the lake: on a misspelt --lake they must

@@ -5,6 +5,7 @@ named write point then re-run. Prints the object-store lake's wall-time overhead
 from __future__ import annotations
 
 import json
+import socket
 import subprocess
 import sys
 import time
@@ -115,3 +116,26 @@ def test_an_index_run_killed_at_a_write_point_on_s3_converges_on_rerun(prefect_b
     got, want = lake_state(s3_lake), lake_state(clean)
     assert (got["snapshot_id"], got["chunks"]) == (want["snapshot_id"], want["chunks"])
     assert Lake(s3_lake).read_ref("serving")["table"] == TABLE
+
+
+def test_a_missing_bucket_or_an_unreachable_endpoint_is_a_usage_error_before_any_run(s3_endpoint, tmp_path, capsys,
+                                                                                      monkeypatch):
+    """ragloop never creates a bucket: a misspelt one exits 2 naming it, before any flow run; so does an
+    endpoint nothing answers on."""
+    import boto3
+
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "a.md").write_text("# A\n\nSome text.\n")
+    assert main(["index", "--source", str(docs), "--lake", "s3://no-such-bucket-here/lake"]) == 2
+    err = capsys.readouterr().err
+    assert "bucket 'no-such-bucket-here' does not exist" in err and "Traceback" not in err
+    assert "no-such-bucket-here" not in {b["Name"] for b in boto3.client("s3").list_buckets()["Buckets"]}
+
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        dead = f"http://127.0.0.1:{s.getsockname()[1]}"
+    monkeypatch.setenv("AWS_ENDPOINT_URL", dead)
+    assert main(["runs", "--lake", "s3://any-bucket/lake"]) == 2
+    err = capsys.readouterr().err
+    assert "cannot reach bucket 'any-bucket'" in err and "AWS_ENDPOINT_URL" in err
