@@ -76,27 +76,40 @@ def index_corpus(
                                              settings.index.docs_per_batch, stage.timer, progress, log_to=run.logger,
                                              remote=remote)
             deleted = index_run.commit_plan(store, plan, batches, stage.timer, commit=commit_run)
-        refresh = index_run.needs_refresh(plan, store, settings.index)
-        # The chunks suite runs while the indexes refresh: it checks the committed rows (read first), which
-        # a refresh only re-organizes; its verdict names the version the refresh leaves.
-        with stage.timer("validate"):
-            reused = index_run.reused_chunks_report(stage.lake, store, plan, embedder)
-            table_frame = None if reused else store.profile().to_pandas()
-            refreshing = refresh_indexes.submit(store, settings.index) if refresh else None
-            report = reused or validate_chunks(table_frame, batches.facts(), store.dim, embedder.counter.max_tokens)
-        with stage.timer("refresh_indexes"):
-            indexes = refreshing.result() if refreshing else index_run.INDEXES_UNCHANGED
-        report = reused or validation.stamp(report, index_run.chunks_subject(store, embedder))
-        stage.lake.write_validation(run.run_id, report.suite, report.result)
-        index_run.tag_version(store, run.run_id, refresh)
-        run.lineage["table"] = index_run.table_ref(store)
-        run.lineage.update(index_run.ann_lineage(store))
-        timings_s = stage.timer.report()
-        placed = index_run.place_version(stage.lake, store, run.run_id, chunker.hash, plan, report, bakeoff=table is not None)
-        index_run.record_state(stage.lake, store, run.run_id, ingested["snapshot_id"], chunker.hash, settings.index,
-                               plan, report)
-        summary = index_run.summarize(run.run_id, run.lineage, ingested, stage.lake.uri, store, plan, batches, deleted,
-                                      store.count(), indexes, report, timings_s, placed)
-        for level, message in index_run.log_lines(summary):
-            run.logger.log(level, "%s", message)
-        return summary.finish(run)
+        report, indexes, refresh = _validate_and_refresh(stage, run, store, plan, batches, embedder, settings.index)
+        return _conclude(stage, run, store, ingested, chunker.hash, settings.index, plan, batches, deleted, indexes,
+                         report, refresh, bakeoff=table is not None)
+
+
+def _validate_and_refresh(stage, run, store: indexing.ChunkStore, plan, batches, embedder, index_config):
+    """The chunks suite (timed `validate`) while the indexes refresh (timed `refresh_indexes`): it checks the
+    committed rows (read first), which a refresh only re-organizes; its verdict names the version the refresh
+    leaves. -> (validation report, what happened to each index, whether they were refreshed)."""
+    refresh = index_run.needs_refresh(plan, store, index_config)
+    with stage.timer("validate"):
+        reused = index_run.reused_chunks_report(stage.lake, store, plan, embedder)
+        table_frame = None if reused else store.profile().to_pandas()
+        refreshing = refresh_indexes.submit(store, index_config) if refresh else None
+        report = reused or validate_chunks(table_frame, batches.facts(), store.dim, embedder.counter.max_tokens)
+    with stage.timer("refresh_indexes"):
+        indexes = refreshing.result() if refreshing else index_run.INDEXES_UNCHANGED
+    report = reused or validation.stamp(report, index_run.chunks_subject(store, embedder))
+    stage.lake.write_validation(run.run_id, report.suite, report.result)
+    return report, indexes, refresh
+
+
+def _conclude(stage, run, store: indexing.ChunkStore, ingested: dict, chunker_hash: str, index_config, plan, batches,
+              deleted, indexes, report, refresh: bool, bakeoff: bool) -> dict:
+    """Tag the version, record lineage and the index state, place the version (serve it, make it the candidate,
+    or record a bake-off table), and finish the run with its summary and log lines."""
+    index_run.tag_version(store, run.run_id, refresh)
+    run.lineage["table"] = index_run.table_ref(store)
+    run.lineage.update(index_run.ann_lineage(store))
+    timings_s = stage.timer.report()
+    placed = index_run.place_version(stage.lake, store, run.run_id, chunker_hash, plan, report, bakeoff=bakeoff)
+    index_run.record_state(stage.lake, store, run.run_id, ingested["snapshot_id"], chunker_hash, index_config, plan, report)
+    summary = index_run.summarize(run.run_id, run.lineage, ingested, stage.lake.uri, store, plan, batches, deleted,
+                                  store.count(), indexes, report, timings_s, placed)
+    for level, message in index_run.log_lines(summary):
+        run.logger.log(level, "%s", message)
+    return summary.finish(run)
