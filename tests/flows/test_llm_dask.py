@@ -5,9 +5,12 @@ crosses to the workers by cloudpickle; the flow process's own instance then answ
 
 from __future__ import annotations
 
+import json
+import os
 import shutil
 
 import pytest
+from prefect import flow
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 from prefect.client.schemas.sorting import TaskRunSort
@@ -15,6 +18,10 @@ from prefect.client.schemas.sorting import TaskRunSort
 from ragloop.flows import evaluate as eval_flow
 from ragloop.flows import index as index_flow
 from ragloop.flows import synth as synth_flow
+from ragloop.flows.runners import flow_api_url, llm_map
+from ragloop.tasks.llm import Completion, Usage
+from ragloop.tasks.llm_remote import on_workers
+from ragloop.tasks.settings import load_settings
 from ragloop.tasks.storage import Lake
 from tests.conftest import REPO, use_fakes, write_files
 from tests.synth_fakes import DOCS, PassageCompleter
@@ -122,3 +129,41 @@ def test_dask_eval_whose_calls_all_hit_the_cache_sends_no_batch(prefect_backend,
     assert again["llm_cache"]["hits"] == first["llm_cache"]["misses"] > 0 and again["llm_cache"]["misses"] == 0
     assert again["metrics"] == first["metrics"]
     assert "llm-batch" not in _task_runs(state), "cache hits never go to a worker"
+
+
+class ProbeLLM(PassageCompleter):
+    """Replies with what the answering process sees: the Prefect API its settings name, and whether it
+    started an ephemeral Prefect server of its own."""
+
+    def complete(self, messages, **params):
+        from prefect.server.api.server import SubprocessASGIServer
+        from prefect.settings import PREFECT_API_URL
+
+        own = any(s.server_process is not None for s in SubprocessASGIServer._instances.values())
+        return Completion(text=json.dumps({"api_url": PREFECT_API_URL.value(), "own_server": own, "pid": os.getpid()}),
+                          usage=Usage(1, 1), latency_ms=0.0, model=self.model_id, finish_reason="stop")
+
+
+@flow(name="probe-workers")
+def _probe_workers() -> tuple[str, list]:
+    config = load_settings(overrides={"runner": {"kind": "dask", "workers": 1}, "llm": {"provider": "fake"}})
+    with llm_map(config.runner) as remote:
+        llm = on_workers(ProbeLLM(), config.llm, lambda c: ProbeLLM(), remote)
+        replies = llm.complete_many([[{"role": "user", "content": "where?"}]])
+    return flow_api_url(), [json.loads(r.text) for r in replies]
+
+
+def test_workers_report_to_the_flow_api_when_it_is_an_ephemeral_server(prefect_backend):
+    """With no PREFECT_API_URL the flow process starts an ephemeral server; its workers use that one
+    instead of each starting another (a ~220 MB process apiece)."""
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    harness = PREFECT_API_URL.value()
+    with temporary_settings(restore_defaults={PREFECT_API_URL}):
+        assert PREFECT_API_URL.value() is None
+        state = _probe_workers(return_state=True)
+        flow_api, replies = state.result()
+    assert flow_api.startswith("http://127.0.0.1:") and flow_api != harness
+    [reply] = replies
+    assert reply["pid"] != os.getpid(), "answered on a worker"
+    assert reply["api_url"] == flow_api and reply["own_server"] is False
