@@ -24,6 +24,7 @@ from ragloop.tasks.llm_remote import on_workers
 from ragloop.tasks.settings import load_settings
 from ragloop.tasks.storage import Lake
 from tests.conftest import REPO, use_fakes, write_files
+from tests.flows.test_eval_flow import JudgeFake
 from tests.synth_fakes import DOCS, PassageCompleter
 
 GOLDEN_COLUMNS = ["qa_id", "question", "reference_answer", "reference_chunk_ids", "qa_type", "persona", "generator"]
@@ -34,6 +35,16 @@ class CountingCompleter(PassageCompleter):
 
     def __init__(self) -> None:
         self.calls = 0
+
+    def complete(self, messages, **params):
+        self.calls += 1
+        return super().complete(messages, **params)
+
+
+class CountingJudge(JudgeFake):
+    """JudgeFake counting the calls it answers in this process."""
+
+    calls = 0
 
     def complete(self, messages, **params):
         self.calls += 1
@@ -97,16 +108,18 @@ def test_dask_eval_gives_the_local_answers_and_metrics(prefect_backend, indexed,
     golden = synth_flow.synth_golden_set(lake=str(indexed), size=8)
     assert golden["status"] != "failed" and golden["items"]["total"] > 0
     monkeypatch.setenv("RAGLOOP_EVAL__REWRITE_PROMPT", "query_rewrite")
-    local_llm, dask_llm = CountingCompleter(), CountingCompleter()
-    use_fakes(llm=lambda config: local_llm)
+    monkeypatch.setenv("RAGLOOP_EVAL__JUDGE", '{"provider": "fake"}')
+    (local_llm, local_judge), (dask_llm, dask_judge) = (CountingCompleter(), CountingJudge()), (CountingCompleter(), CountingJudge())
+    use_fakes(llm=lambda config: local_judge if config.provider == "fake" else local_llm)
     local = eval_flow.evaluate_chain(lake=_copy(indexed, tmp_path / "local"))
     _dask(monkeypatch)
-    use_fakes(llm=lambda config: dask_llm)
+    use_fakes(llm=lambda config: dask_judge if config.provider == "fake" else dask_llm)
     state = eval_flow.evaluate_chain(lake=_copy(indexed, tmp_path / "dask"), return_state=True)
     dask = state.result()
-    assert local["status"] == dask["status"] == "ok", (local.get("error"), dask.get("error"))
+    assert local["status"] == dask["status"] != "failed", (local.get("error"), dask.get("error"))  # gate_failed: JudgeFake fails factual_correctness
     assert dask["metrics"] == local["metrics"] and dask["items"] == local["items"]
-    columns = ["qa_id", "answer", "retrieved_chunk_ids"]
+    assert "faithfulness" in dask["metrics"] and dask["failed_judgments"] == local["failed_judgments"]
+    columns = ["qa_id", "answer", "retrieved_chunk_ids", "metrics", "failed_metrics"]
     items = {name: sorted(Lake(str(tmp_path / name)).read_eval_items(summary["run_id"]).select(columns).to_pylist(),
                           key=lambda r: r["qa_id"])
              for name, summary in (("local", local), ("dask", dask))}
@@ -115,15 +128,24 @@ def test_dask_eval_gives_the_local_answers_and_metrics(prefect_backend, indexed,
     traces = Lake(str(tmp_path / "dask")).read_traces(dask["run_id"]).to_pylist()
     assert {"rewrite", "answer"} <= {t["step"] for t in traces}
     assert local_llm.calls > 0 and dask_llm.calls == 0, "with the dask runner the workers answer, not the flow"
+    assert local_judge.calls > 0 and dask_judge.calls == 0, "and judge"
     assert dask["llm_cache"]["misses"] == local["llm_cache"]["misses"] > 0, "the cache stays in the flow process"
+    assert dask["llm_cache"]["by_role"]["judge"]["misses"] > 0
     assert _task_runs(state).get("llm-batch")
 
 
-def test_dask_eval_whose_calls_all_hit_the_cache_sends_no_batch(prefect_backend, indexed, monkeypatch):
+def test_dask_eval_whose_calls_all_hit_the_cache_starts_no_cluster(prefect_backend, indexed, monkeypatch):
+    import distributed
+
     use_fakes(llm=lambda config: PassageCompleter())
     assert synth_flow.synth_golden_set(lake=str(indexed), size=8)["status"] != "failed"
     first = eval_flow.evaluate_chain(lake=str(indexed))
     _dask(monkeypatch)
+
+    def no_cluster(*args, **kwargs):
+        raise AssertionError("a LocalCluster was started")
+
+    monkeypatch.setattr(distributed, "LocalCluster", no_cluster)
     state = eval_flow.evaluate_chain(lake=str(indexed), return_state=True)
     again = state.result()
     assert again["llm_cache"]["hits"] == first["llm_cache"]["misses"] > 0 and again["llm_cache"]["misses"] == 0
