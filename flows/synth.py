@@ -39,7 +39,7 @@ def synth_golden_set(lake: str | None = None, size: int | None = None, config_pa
                                     writer=config.question_writer, config=config)
         with Progress("synth", unit="candidate", enabled=progress, log_to=run.logger) as track, \
                 llm_map(settings.runner) as remote:
-            writer = on_workers(llm, settings.llm, providers.current().llm, remote)  # runner.kind dask: calls on workers
+            writer = on_workers(llm, settings.llm, providers.current().llm, remote)  # runner dask: on workers
             budget = synth_run.fill_budget(plan, store, embedder.encode, writer, prompts, config, plan_step=plan_tasks,
                                            generate_step=generate_candidates, timer=stage.timer, progress=track)
         golden = synth_run.assemble_golden(plan, budget.report.accepted)

@@ -41,7 +41,8 @@ class PassageLLM:
         if self.garbage:
             return StructuredResult(value=None, raw="{not json", attempts=3, error="invalid JSON", usage=Usage(0, 0), latency_ms=1.0)
         value = passage_reply(messages, output_model, self.calls)
-        return StructuredResult(value=value, raw=value.model_dump_json(), attempts=1, error=None, usage=Usage(10, 10), latency_ms=1.0)
+        return StructuredResult(value=value, raw=value.model_dump_json(), attempts=1, error=None, usage=Usage(10, 10),
+                                latency_ms=1.0)
 
 
 def passage_reply(messages, output_model, turn: int):

@@ -109,14 +109,16 @@ def test_dask_eval_gives_the_local_answers_and_metrics(prefect_backend, indexed,
     assert golden["status"] != "failed" and golden["items"]["total"] > 0
     monkeypatch.setenv("RAGLOOP_EVAL__REWRITE_PROMPT", "query_rewrite")
     monkeypatch.setenv("RAGLOOP_EVAL__JUDGE", '{"provider": "fake"}')
-    (local_llm, local_judge), (dask_llm, dask_judge) = (CountingCompleter(), CountingJudge()), (CountingCompleter(), CountingJudge())
+    local_llm, local_judge = CountingCompleter(), CountingJudge()
+    dask_llm, dask_judge = CountingCompleter(), CountingJudge()
     use_fakes(llm=lambda config: local_judge if config.provider == "fake" else local_llm)
     local = eval_flow.evaluate_chain(lake=_copy(indexed, tmp_path / "local"))
     _dask(monkeypatch)
     use_fakes(llm=lambda config: dask_judge if config.provider == "fake" else dask_llm)
     state = eval_flow.evaluate_chain(lake=_copy(indexed, tmp_path / "dask"), return_state=True)
     dask = state.result()
-    assert local["status"] == dask["status"] != "failed", (local.get("error"), dask.get("error"))  # gate_failed: JudgeFake fails factual_correctness
+    # gate_failed: JudgeFake fails every factual_correctness judgment
+    assert local["status"] == dask["status"] != "failed", (local.get("error"), dask.get("error"))
     assert dask["metrics"] == local["metrics"] and dask["items"] == local["items"]
     assert "faithfulness" in dask["metrics"] and dask["failed_judgments"] == local["failed_judgments"]
     columns = ["qa_id", "answer", "retrieved_chunk_ids", "metrics", "failed_metrics"]
