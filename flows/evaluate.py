@@ -7,6 +7,7 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
 from ragloop.flows.common import StageTimer, flow_settings, stage_run
+from ragloop.flows.runners import llm_map
 from ragloop.tasks import chain as chain_steps
 from ragloop.tasks import eval_run, promotion, providers, reporting, targets
 from ragloop.tasks.eval_run import ChainModels, EvalSummary
@@ -55,9 +56,9 @@ def evaluate_chain(
     given = {key: value for key, value in (("retrieval", retrieval), ("k", k)) if value is not None}
     settings = flow_settings(config_path, {**extra, "lake": lake, "eval": {**extra.get("eval", {}), **given}})
     config, on_inconclusive = settings.eval, settings.gate.on_inconclusive
-    with stage_run("eval", settings) as stage:
+    with stage_run("eval", settings) as stage, llm_map(settings.runner) as remote:
         plan = eval_run.plan_eval(stage.lake, settings, golden, index, retrieval_only, providers.current(),
-                                  use_llm_cache=not no_cache, table=table)
+                                  use_llm_cache=not no_cache, table=table, remote=remote)
         line, models = plan.chosen.line_key, plan.models
         reuse = (eval_run.find_reuse(stage.lake, plan.cache_key, plan.baseline, line, promote, reuse_gated)
                  if reuse_cached and plan.reusable else None)

@@ -6,9 +6,11 @@ from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 
 from ragloop.flows.common import flow_settings, stage_run
+from ragloop.flows.runners import llm_map
 from ragloop.tasks import golden_quality, promotion, providers, synth_run
 from ragloop.tasks import qa_generation as qa
 from ragloop.tasks.indexing import index_store
+from ragloop.tasks.llm_remote import on_workers
 from ragloop.tasks.progress import Progress
 
 generate_candidates = task(qa.generate_candidates, name="generate-qa", cache_policy=NO_CACHE, retries=1, retry_delay_seconds=5)
@@ -35,8 +37,10 @@ def synth_golden_set(lake: str | None = None, size: int | None = None, config_pa
         plan = synth_run.plan_synth(previous, previous_ref, store.scan(["chunk_id", "doc_id"]).to_pylist(), prompts,
                                     inputs, config.size, chunk_rows=lambda: store.scan(synth_run.RENAME_COLUMNS).to_pylist(),
                                     writer=config.question_writer, config=config)
-        with Progress("synth", unit="candidate", enabled=progress, log_to=run.logger) as track:
-            budget = synth_run.fill_budget(plan, store, embedder.encode, llm, prompts, config, plan_step=plan_tasks,
+        with Progress("synth", unit="candidate", enabled=progress, log_to=run.logger) as track, \
+                llm_map(settings.runner) as remote:
+            writer = on_workers(llm, settings.llm, providers.current().llm, remote)  # runner dask: on workers
+            budget = synth_run.fill_budget(plan, store, embedder.encode, writer, prompts, config, plan_step=plan_tasks,
                                            generate_step=generate_candidates, timer=stage.timer, progress=track)
         golden = synth_run.assemble_golden(plan, budget.report.accepted)
         golden_set_id, written = synth_run.write_version(stage.lake, golden, plan, previous_ref)

@@ -683,10 +683,25 @@ def bakeoff_index(table: Mapping, embedder_slug: str) -> tuple[promotion.Serving
     return ref, "bakeoff"
 
 
+def remote_models(settings: Settings, models: ChainModels, providers, remote) -> ChainModels:
+    """The chain's LLM and judge with their completions on workers (tasks.llm_remote.RemoteLLM over `remote`,
+    the Dask runner's batch map; built there by the providers' llm factory from their configs); `models`
+    itself when `remote` is None (the local runner)."""
+    from dataclasses import replace
+
+    from ragloop.tasks.llm_remote import on_workers
+
+    if remote is None:
+        return models
+    return replace(models, llm=on_workers(models.llm, settings.llm, providers.llm, remote),
+                   judge=on_workers(models.judge, settings.eval.judge, providers.llm, remote))
+
+
 def plan_eval(lake: Lake, settings: Settings, golden: str, index: str, retrieval_only: bool, providers,
-              use_llm_cache: bool = True, table: Mapping | None = None) -> EvalPlan:
+              use_llm_cache: bool = True, table: Mapping | None = None, remote=None) -> EvalPlan:
     """Resolve the golden set, the index version, the active items, the chain's models (preflighted, behind
-    the LLM call cache unless `use_llm_cache` is False or the config turns it off) and the cache key.
+    the LLM call cache unless `use_llm_cache` is False or the config turns it off; their misses computed on
+    workers through `remote`, tasks.llm_remote.BatchMap, when given) and the cache key.
     `table`: a bake-off's table to score instead of the served or candidate index (bakeoff_index).
     Raises ConfigError (exit 2) for a missing golden set, index, prompt or endpoint.
     `providers`: tasks.providers.Providers (the embedder, LLM and judge come from it)."""
@@ -706,7 +721,7 @@ def plan_eval(lake: Lake, settings: Settings, golden: str, index: str, retrieval
     stored = calibration.latest_calibrations(lake.read_calibrations().to_pylist())
     cache_key = eval_cache_key(chosen.golden_set_id, serving, chain, models, embedder.weights_sha256, settings,
                                {judge: row["calibration_id"] for judge, row in stored.items()})
-    models, cache_off = cached_models(lake, settings, models, use_llm_cache)
+    models, cache_off = cached_models(lake, settings, remote_models(settings, models, providers, remote), use_llm_cache)
     return EvalPlan(refs, chosen, embedder, serving, role, items, retriever, stale, models, chain,
                     refs.baseline(chosen.line_key), cache_key, target, cache_off)
 

@@ -222,8 +222,8 @@ class IndexConfig(Section):
 
 class RunnerConfig(Section):
     """Where the heavy stages' items run (issue 22): `local` in the flow's own process (the default), or
-    `dask`: the index's chunk+embed windows as Prefect tasks on prefect-dask's DaskTaskRunner. Results are
-    the same either way; only the flow process writes the table."""
+    `dask`: the index's chunk+embed windows and synth's and eval's LLM calls as Prefect tasks on prefect-dask's
+    DaskTaskRunner. Results are the same either way; only the flow process writes the lake."""
 
     kind: Literal["local", "dask"] = "local"
     # The address of a running Dask scheduler (scheme tcp, tls, inproc or ucx, then host:port); None = a
