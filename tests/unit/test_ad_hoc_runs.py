@@ -30,6 +30,8 @@ def test_ad_hoc_runs_turn_heartbeats_off_and_back(no_heartbeat_env):
 def test_a_warm_process_reuses_its_heartbeat_free_settings_until_the_environment_changes(no_heartbeat_env, monkeypatch):
     from prefect.settings import get_current_settings
 
+    # `ragloop --json` run in-process by earlier tests sets PREFECT_LOGGING_LEVEL=WARNING (setdefault): start without it
+    monkeypatch.delenv("PREFECT_LOGGING_LEVEL", raising=False)
     with ad_hoc_runs():
         first = get_current_settings()
     with ad_hoc_runs():
