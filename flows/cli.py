@@ -481,6 +481,8 @@ def _run_bakeoff(args: argparse.Namespace) -> dict:
     from ragloop.tasks import providers
 
     spec = bakeoff.load_bakeoff(args.file)  # a bad file fails here, before Prefect starts (exit 2, naming the field)
+    bakeoff.check_metric(spec, _settings(args).eval.metric_ks)
+    bakeoff.load_prices(spec.prices)  # a named price table that is missing or malformed: before any run
     bakeoff.check_promote(spec, args.promote, args.config, os.environ)
     bakeoff.check_lines(_lake(_settings(args)), spec)
     bakeoff.check_tables(bakeoff.expand_cells(spec), args.config, args.lake, providers.current())

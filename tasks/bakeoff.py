@@ -176,6 +176,23 @@ def load_bakeoff(path: str | Path) -> BakeoffSpec:
         raise ConfigError(f"bakeoff {path}: {_field(err['loc'])}: {err['msg'].removeprefix('Value error, ')}") from exc
 
 
+def check_metric(spec: BakeoffSpec, metric_ks: Sequence[int]) -> None:
+    """ConfigError (before any work) when no cell could report `metric`: a name no metric is declared under
+    (tasks.metrics, extensions included: call after the settings loaded them), or a cutoff no cell computes
+    (eval.metric_ks up to each cell's k, and k itself: `ndcg@10` with k 5 is never computed, so every cell
+    would be "not measured" and nothing chosen)."""
+    from ragloop.tasks.metrics import METRIC_INFO, base_name, metric_info
+
+    if metric_info(spec.metric) is None:
+        raise ConfigError(f"bakeoff: metric: unknown metric {spec.metric!r} (declared: {', '.join(METRIC_INFO)})")
+    cutoff = spec.metric.partition("@")[2]
+    computed = sorted({c for k in spec.matrix.k for c in metric_ks if c <= k} | set(spec.matrix.k))
+    if cutoff and (not cutoff.isdigit() or int(cutoff) not in computed):
+        raise ConfigError(f"bakeoff: metric: no cell computes {spec.metric} (cutoffs with matrix.k {spec.matrix.k} "
+                          f"and eval.metric_ks: {', '.join(map(str, computed))}): choose "
+                          f"{base_name(spec.metric)}@{computed[-1]} or add a k")
+
+
 # -- the matrix ------------------------------------------------------------------------------------------
 def expand_cells(spec: BakeoffSpec) -> list[dict]:
     """The cells, in matrix order: [{name, eval: {setting: value}, llm: {...} | None, embedding: {...} | None,

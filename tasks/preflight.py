@@ -37,6 +37,32 @@ def check_bucket(lake: Lake) -> None:
     if not found:
         raise ConfigError(f"lake {lake.uri}: bucket {bucket!r} does not exist at this endpoint: create it first "
                           "(ragloop never creates buckets), or check --lake and AWS_ENDPOINT_URL")
+    if lake.uri.startswith("s3://"):
+        check_s3_access(lake)
+
+
+def check_s3_access(lake: Lake, environ=None) -> None:
+    """ConfigError when an s3:// lake would fail later for want of settings the bucket check does not need:
+    no AWS credentials for boto3 (the run lock's conditional writes), a plain-HTTP endpoint without
+    AWS_ALLOW_HTTP=true (LanceDB refuses it, in a Rust error naming neither), or credentials the store refuses
+    (a signed read under the lake's prefix)."""
+    import os
+
+    import boto3
+
+    env = os.environ if environ is None else environ
+    endpoint = env.get("AWS_ENDPOINT_URL_S3") or env.get("AWS_ENDPOINT_URL") or ""
+    if endpoint.startswith("http://") and env.get("AWS_ALLOW_HTTP", "").lower() not in ("true", "1"):
+        raise ConfigError(f"lake {lake.uri}: the endpoint {endpoint} is plain HTTP: set AWS_ALLOW_HTTP=true "
+                          "(LanceDB refuses plain HTTP without it)")
+    if boto3.Session().get_credentials() is None:
+        raise ConfigError(f"lake {lake.uri}: no AWS credentials found: set AWS_ACCESS_KEY_ID and "
+                          "AWS_SECRET_ACCESS_KEY (or AWS_PROFILE)")
+    try:
+        lake.fs.get_file_info(lake.root)
+    except OSError as exc:
+        raise ConfigError(f"lake {lake.uri}: the store refuses these credentials ({str(exc).strip()}); check "
+                          "AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_PROFILE") from None
 
 
 # Commands that only read or act on what earlier runs left in the lake: on a misspelt --lake they must
@@ -46,6 +72,37 @@ EXISTING_LAKE_COMMANDS = ("review", "calibrate", "export", "golden use", "golden
 # The monitor on a lake without runs reports "nothing to watch" (a new deployment's first pass does), but
 # says so on stderr: on a misspelt --lake that is the only sign.
 WARN_EMPTY_LAKE_COMMANDS = ("monitor",)
+# Commands whose runs may send work to runner.address (README "Runner"): its scheduler must answer first.
+RUNNER_COMMANDS = ("index", "run", "synth", "eval", "bakeoff", "import-beir")
+
+
+def check_scheduler(address: str, timeout_s: float = 10.0) -> None:
+    """ConfigError naming runner.address when no Dask scheduler answers there within timeout_s seconds: one
+    connection and an `identity` request in Dask's own protocol (distributed.comm), then closed. Something
+    else listening (the scheduler's HTTP dashboard on 8787, say) is refused too: the run would hang on it."""
+    import asyncio
+
+    from distributed.comm import connect
+
+    async def identity() -> object:
+        comm = await connect(address, timeout=timeout_s)
+        try:
+            await comm.write({"op": "identity"})
+            return await comm.read()
+        finally:
+            comm.abort()
+
+    try:
+        reply = asyncio.run(asyncio.wait_for(identity(), timeout_s))
+    except (asyncio.TimeoutError, TimeoutError):
+        raise ConfigError(f"runner.address: {address}: no Dask scheduler answered within {timeout_s:.0f} s (is this "
+                          "the scheduler's port, 8786 by default, and not its dashboard's, 8787?)") from None
+    except Exception as exc:  # OSError (refused, unreachable), CommClosedError (not Dask's protocol), ...
+        raise ConfigError(f"runner.address: {address}: no Dask scheduler there ({type(exc).__name__}: "
+                          f"{str(exc).strip() or 'connection closed'}); start one with `dask scheduler`") from None
+    if not isinstance(reply, dict) or reply.get("type") != "Scheduler":
+        raise ConfigError(f"runner.address: {address}: answers, but not as a Dask scheduler (it says it is "
+                          f"{reply.get('type') if isinstance(reply, dict) else type(reply).__name__!r})")
 
 
 def check_lake_exists(lake: Lake) -> None:
@@ -156,6 +213,8 @@ def preflight(command: str, settings: Settings, *, sources: list[str] | None = N
         from ragloop.tasks.production import log_files
 
         log_files(Path(path))  # a missing file, or a folder without logs, is a usage error
+    if command in RUNNER_COMMANDS and settings.runner.kind == "dask" and settings.runner.address:
+        check_scheduler(settings.runner.address)
     if command in ("synth", "run"):
         check_synth(settings)
     if command in ("eval", "run"):

@@ -113,3 +113,36 @@ def test_synth_through_a_scheduler_address_writes_the_local_golden_set(prefect_b
     assert remote["golden_set_id"] == local["golden_set_id"]
     answered_by = {int(p.name) for p in answered.iterdir()}
     assert answered_by and answered_by <= _worker_pids(scheduler), "the scheduler's worker answered"
+
+
+def test_the_cli_checks_the_scheduler_before_any_run(scheduler, tmp_path, monkeypatch, capsys):
+    """runner.address is tried before any work: the real scheduler passes the check; an HTTP server (a
+    dashboard's port, an easy mix-up) or a port nothing listens on exits 2 naming the field, in seconds,
+    instead of a run that hangs on it or fails after its retrieval."""
+    import http.server
+    import socket
+    import threading
+
+    from ragloop.flows.cli import main
+    from ragloop.tasks.preflight import check_scheduler
+    from ragloop.tasks.settings import ConfigError
+
+    check_scheduler(scheduler)  # a real scheduler answers
+    http_server = http.server.HTTPServer(("127.0.0.1", 0), http.server.SimpleHTTPRequestHandler)
+    threading.Thread(target=http_server.serve_forever, daemon=True).start()
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        nothing = f"tcp://127.0.0.1:{s.getsockname()[1]}"
+    try:
+        with pytest.raises(ConfigError, match="runner.address: .*no Dask scheduler"):
+            check_scheduler(nothing, timeout_s=2)
+        docs = write_files(tmp_path / "docs", {"a.md": "# A\n\nSome text.\n"})
+        _on(monkeypatch, f"tcp://127.0.0.1:{http_server.server_address[1]}")
+        start = time.monotonic()
+        assert main(["index", "--source", str(docs), "--lake", str(tmp_path / "lake")]) == 2
+        assert time.monotonic() - start < 30
+        err = capsys.readouterr().err
+        assert "runner.address: tcp://127.0.0.1:" in err and "8787" in err and "Traceback" not in err
+        assert not (tmp_path / "lake").exists(), "nothing ran"
+    finally:
+        http_server.shutdown()

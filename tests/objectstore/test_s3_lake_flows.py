@@ -139,3 +139,22 @@ def test_a_missing_bucket_or_an_unreachable_endpoint_is_a_usage_error_before_any
     assert main(["runs", "--lake", "s3://any-bucket/lake"]) == 2
     err = capsys.readouterr().err
     assert "cannot reach bucket 'any-bucket'" in err and "AWS_ENDPOINT_URL" in err
+
+
+def test_missing_credentials_or_allow_http_are_usage_errors_before_any_run(s3_lake, tmp_path, capsys, monkeypatch):
+    """What the bucket check alone would let through, and LanceDB or boto3 would fail on mid-run: no
+    credentials, a plain-HTTP endpoint without AWS_ALLOW_HTTP. Each exits 2 naming what to set."""
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "a.md").write_text("# A\n\nSome text.\n")
+    monkeypatch.delenv("AWS_ALLOW_HTTP")
+    assert main(["index", "--source", str(docs), "--lake", s3_lake]) == 2
+    assert "set AWS_ALLOW_HTTP=true" in capsys.readouterr().err
+    monkeypatch.setenv("AWS_ALLOW_HTTP", "true")
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+        monkeypatch.delenv(name)
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
+    assert main(["runs", "--lake", s3_lake]) == 2
+    err = capsys.readouterr().err
+    assert "no AWS credentials found" in err and "Traceback" not in err

@@ -390,3 +390,20 @@ def test_the_chunking_example_crosses_two_chunkers_with_the_retrieval_cells():
     assert len(cells) == 10 and cells[0]["name"] == "md254-vector-k100" and cells[-1]["name"] == "rec128-hybrid-k100-lin0.7"
     assert [len(g["cells"]) for g in bakeoff.table_groups(cells).values()] == [5, 5]
     assert cells[-1]["chunking"] == {"strategy": "recursive", "max_tokens": 128, "overlap_tokens": 32}
+
+
+@pytest.mark.parametrize("metric, ks, error", [
+    ("ndcg@10", [10, 100], None),
+    ("ndcg@100", [10, 100], None),  # each cell's own k is a cutoff
+    ("semantic_similarity", [5], None),
+    ("nosuchmetric@5", [5], "unknown metric 'nosuchmetric@5'"),
+    ("ndcg@10", [5], r"no cell computes ndcg@10 .*1, 3, 5\): choose ndcg@5"),  # the defaults' trap: k 5
+    ("ndcg@7", [10], "no cell computes ndcg@7"),  # not in metric_ks, not a k
+])
+def test_a_metric_no_cell_reports_fails_before_any_work(metric, ks, error):
+    spec = bakeoff.BakeoffSpec.model_validate({"name": "x", "metric": metric, "matrix": {"k": ks}})
+    if error is None:
+        bakeoff.check_metric(spec, [1, 3, 5, 10])
+    else:
+        with pytest.raises(ConfigError, match=error):
+            bakeoff.check_metric(spec, [1, 3, 5, 10])
