@@ -722,8 +722,11 @@ def _env_values() -> dict[str, Any]:
 
 
 def _parse_env_scalar(raw: str) -> Any:
-    # Lists and mappings may be given as JSON (RAGLOOP_INGEST__SOURCES='["a","b"]').
+    # Lists and mappings may be given as JSON (RAGLOOP_INGEST__SOURCES='["a","b"]'); `null` is YAML's null,
+    # as in ragloop.yaml (RAGLOOP_EVAL__ANN__REFINE_FACTOR=null: quantized distances only).
     stripped = raw.strip()
+    if stripped in ("null", "~"):
+        return None
     if stripped[:1] in "[{":
         try:
             return json.loads(stripped)

@@ -266,3 +266,15 @@ def test_ann_settings_from_env_and_their_defaults(monkeypatch):
     assert (s.eval.ann.ef, s.eval.ann.refine_factor, s.eval.ann.nprobes) == (100, 10, None)
     assert s.index.ann.build_params() == {"type": "ivf_pq", "num_partitions": None, "num_sub_vectors": None}
     assert Settings().index.ann.build_params() == {"type": "hnsw_sq", "num_partitions": None, "m": 20, "ef_construction": 300}
+
+
+def test_load_settings_env_null_unsets_an_optional_value(tmp_path, monkeypatch):
+    """`null` in a RAGLOOP_* variable is YAML's null, as in the file: an optional setting can be unset."""
+    write_yaml(tmp_path / "ragloop.yaml", "eval:\n  ann: {refine_factor: 4}\n")
+    monkeypatch.chdir(tmp_path)
+    assert load_settings().eval.ann.refine_factor == 4
+    monkeypatch.setenv("RAGLOOP_EVAL__ANN__REFINE_FACTOR", "null")
+    assert load_settings().eval.ann.refine_factor is None
+    monkeypatch.setenv("RAGLOOP_EVAL__K", "null")  # not optional: still an error naming the field
+    with pytest.raises(ConfigError, match="eval.k"):
+        load_settings()
