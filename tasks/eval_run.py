@@ -110,8 +110,10 @@ def resolve_golden(refs: promotion.Refs, spec: str) -> GoldenChoice:
     Raises ConfigError naming the sets the lake has."""
     golden_set_id, line = refs.resolve_golden(spec, refs.lake.list_golden())
     if golden_set_id is None:
-        raise ConfigError(f"--golden {spec}: no such golden set or line in {refs.lake.uri} "
-                          f"(have: {', '.join(refs.lake.list_golden()) or 'none'}); run synth, golden import or import-beir")
+        lines = ", ".join(sorted(refs.lines().lines)) or "none"
+        raise ConfigError(f"--golden {spec}: no such golden set or line in {refs.lake.uri} (lines: {lines}; "
+                          f"golden sets: {', '.join(refs.lake.list_golden()) or 'none'}); run synth, golden import or "
+                          "import-beir")
     return GoldenChoice(golden_set_id, line)
 
 

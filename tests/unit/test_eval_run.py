@@ -57,7 +57,10 @@ def _row(qa_id, metrics, qa_type="single_hop", status="ok", answer=None, **kw) -
 # -- inputs --------------------------------------------------------------------------------------------
 def test_an_unknown_golden_set_names_what_the_lake_has(lake):
     _golden(lake, "g1")
-    with pytest.raises(ConfigError, match=r"--golden nope: no such golden set or line in .* \(have: g1\)"):
+    with pytest.raises(ConfigError, match=r"--golden nope: no such golden set or line in .* \(lines: none; golden sets: g1\)"):
+        eval_run.resolve_golden(Refs(lake), "nope")
+    Refs(lake).set_line("synthetic", "g1", "synthetic", "r1")  # the line's name is what a user types
+    with pytest.raises(ConfigError, match=r"\(lines: synthetic; golden sets: g1\)"):
         eval_run.resolve_golden(Refs(lake), "nope")
 
 
