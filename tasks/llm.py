@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import abc
+import atexit
 import asyncio
 import hashlib
 import importlib.util
@@ -11,6 +12,7 @@ import logging
 import os
 import threading
 import time
+import weakref
 from collections import deque
 from dataclasses import dataclass
 from functools import cached_property, lru_cache
@@ -290,6 +292,12 @@ def _response_format(json_mode: str, schema: dict | None) -> dict | None:
     return {"type": "json_object", "schema": schema}
 
 
+def _close_llama(ref: "weakref.ref") -> None:
+    llama = ref()
+    if llama is not None:
+        llama.close()
+
+
 class LocalLLM(_SyncStructured):
     """A GGUF model run in-process by llama-cpp-python; loads on first use; one call at a time."""
 
@@ -325,6 +333,10 @@ class LocalLLM(_SyncStructured):
         if "tokenizer.chat_template" not in llama.metadata:
             # llama-cpp-python 0.3.x silently falls back to the llama-2 format for such files.
             log.warning("%s has no chat template; llama-cpp-python uses %r", self.path.name, llama.chat_format)
+        # Freed at exit while llama_cpp's module still exists: a Llama left to the interpreter's final collection
+        # (a Dask worker's, a CLI run's) printed "Exception ignored in: Llama.__del__ ... 'NoneType' object is not
+        # callable". close() is idempotent, so the later __del__ does nothing.
+        atexit.register(_close_llama, weakref.ref(llama))
         return llama
 
     @cached_property

@@ -177,3 +177,14 @@ def test_server_structured_many_at_concurrency_two(server_llm):
     results = server_llm.structured_many([qa_messages(t) for t in topics], QA, max_tokens=120)
     assert [r.error for r in results] == [None] * 4, [r.raw for r in results]
     assert all(r.value.question.strip() for r in results)
+
+
+def test_a_process_that_loaded_the_model_exits_without_a_teardown_error(tmp_path):
+    """The loaded Llama is freed at exit while llama_cpp still exists: left to the interpreter's last collection
+    (a CLI run's, a Dask worker's) it printed 'Exception ignored in: Llama.__del__ ... NoneType'."""
+    script = ("from ragloop.tasks.llm import LLMConfig, LocalLLM\n"
+              "print(LocalLLM(LLMConfig(provider='local')).count_tokens('hello world'))\n")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip().isdigit()
+    assert "Exception ignored" not in done.stderr and "Traceback" not in done.stderr, done.stderr
