@@ -378,7 +378,10 @@ def _child_bakeoff(lake_dir, path, kill: str, log) -> str:
 
 @pytest.mark.parametrize("text, message", [
     ("name: x\nmatrix: {retrieval: [bm25]}\n", "matrix.retrieval.0"),
-    ("name: x\nchoose_on: nope\nscore_on: beir-beir-test\n", "bakeoff choose_on: --golden nope: no such golden set"),
+    ("name: x\nmetric: ndcg@5\nchoose_on: nope\nscore_on: beir-beir-test\n",
+     "bakeoff choose_on: --golden nope: no such golden set"),
+    ("name: x\n", "bakeoff: metric: no cell computes ndcg@10"),  # the default metric with the default k 5
+    ("name: x\nmetric: ndcg@5\nprices: missing.yaml\n", "prices missing.yaml: cannot read it"),
 ])
 def test_bad_bakeoff_file_exits_2_in_one_line_before_any_work(beir_lake, tmp_path, capsys, text, message):
     runs = len(Lake(str(beir_lake)).read_runs().to_pylist()) if hasattr(Lake, "read_runs") else None
