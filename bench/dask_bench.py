@@ -24,6 +24,7 @@ from pathlib import Path
 from common import OFFLINE_ENV, REPO, fresh_dir, machine_facts, write_json
 
 FASTAPI = REPO.parent / "shared" / "data" / "corpora" / "fastapi-docs" / "docs"
+SCIFACT = REPO.parent / "shared" / "data" / "scifact"
 # 156 pages would be one window at the default 256 documents per window: nothing for a second worker.
 # Every configuration gets the same 32-document windows (vectors do not depend on them: per-text ONNX).
 DOCS_PER_WINDOW = "32"
@@ -50,6 +51,20 @@ if __name__ == "__main__":
     print("RESULT " + json.dumps({"wall_s": wall, "chunks": summary["chunks"], "timings_s": summary["timings_s"],
                                   "status": summary["status"], "table": summary["table"]}))
 """
+
+
+def scifact_times(src: Path, dst: Path, times: int) -> Path:
+    """dst/corpus.jsonl: SciFact's documents `times` times over, copy i with ids `<id>~<i>` and its text prefixed
+    with `[i] ` (copy 0 unchanged): distinct texts, so every copy is chunked and encoded (a plain duplicate's
+    vectors would be reused by content and the encoder would do one copy's work)."""
+    dst.mkdir(parents=True, exist_ok=True)
+    records = [json.loads(line) for line in (src / "corpus.jsonl").read_text(encoding="utf-8").splitlines() if line.strip()]
+    with (dst / "corpus.jsonl").open("w", encoding="utf-8") as out:
+        for i in range(times):
+            for rec in records:
+                copy = rec if i == 0 else dict(rec, _id=f"{rec['_id']}~{i}", text=f"[{i}] {rec.get('text', '')}")
+                out.write(json.dumps(copy) + "\n")
+    return dst
 
 
 def copy_corpus(dst: Path, files: int | None) -> Path:
@@ -113,9 +128,9 @@ def table_digest(lake: Path) -> str:
     return digest.hexdigest()
 
 
-def run_one(name: str, env_extra: dict, src: Path, work: Path) -> dict:
+def run_one(name: str, env_extra: dict, src: Path, work: Path, window: str = DOCS_PER_WINDOW) -> dict:
     lake = fresh_dir(work / f"lake-{name}")
-    env = {**os.environ, **OFFLINE_ENV, "RAGLOOP_INDEX__DOCS_PER_BATCH": DOCS_PER_WINDOW, **env_extra}
+    env = {**os.environ, **OFFLINE_ENV, "RAGLOOP_INDEX__DOCS_PER_BATCH": window, **env_extra}
     proc = subprocess.Popen([sys.executable, "-c", DRIVER, str(src), str(lake)], env=env, cwd=str(REPO),
                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     peaks: dict = {}
@@ -139,15 +154,19 @@ def run_one(name: str, env_extra: dict, src: Path, work: Path) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--files", type=int, default=None, help="first N files of the corpus (default: all)")
+    parser.add_argument("--scifact-times", type=int, default=None,
+                        help="index SciFact's corpus this many times over (distinct texts) instead of the FastAPI docs")
     parser.add_argument("--only", default=",".join(CONFIGS), help="configurations, comma-separated")
     parser.add_argument("--work", default=str(REPO / "bench" / "results" / "dask-work"))
     parser.add_argument("--out", default=str(REPO / "bench" / "results" / "dask.json"))
     args = parser.parse_args()
     work = fresh_dir(args.work)
-    src = copy_corpus(work / "src", args.files)
+    src = (scifact_times(SCIFACT, work / "src", args.scifact_times) if args.scifact_times
+           else copy_corpus(work / "src", args.files))
+    window = "256" if args.scifact_times else DOCS_PER_WINDOW  # SciFact: the default windows, 21 per copy
     results = {}
     for name in args.only.split(","):
-        results[name] = run_one(name, CONFIGS[name], src, work)
+        results[name] = run_one(name, CONFIGS[name], src, work, window)
         r = results[name]
         print(f"{name}: {r['wall_s']:.1f} s, {r['chunks']['total']} chunks, "
               f"peak RSS {[round(p['peak_rss_mb']) for p in r['processes'][:4]]} MB", flush=True)
@@ -156,7 +175,8 @@ def main() -> None:
         for name, r in results.items():
             r["wall_vs_local"] = round(r["wall_s"] / base["wall_s"], 3)
     digests = {r["table_sha256"] for r in results.values()}
-    write_json(args.out, {"machine": machine_facts(), "files": args.files, "docs_per_window": DOCS_PER_WINDOW, "results": results,
+    write_json(args.out, {"machine": machine_facts(), "files": args.files, "scifact_times": args.scifact_times,
+                          "docs_per_window": window, "results": results,
                           "tables_equal": len(digests) == 1})
     print(json.dumps({n: r.get("wall_vs_local") for n, r in results.items()}), "tables equal:", len(digests) == 1)
     if len(digests) != 1:
