@@ -15,6 +15,9 @@ _DEFAULTS = {
     "GX_ANALYTICS_ENABLED": "false",
     "RAGAS_DO_NOT_TRACK": "true",
     "LANCEDB_LOG": "error",
+    # The Dask runner's scheduler and workers log their start and stop at INFO through Prefect's console
+    # handler (~40 lines a run): warnings and errors only, unless DASK_LOGGING__DISTRIBUTED says otherwise.
+    "DASK_LOGGING__DISTRIBUTED": "warning",
 }
 for _key, _value in _DEFAULTS.items():
     os.environ.setdefault(_key, _value)
