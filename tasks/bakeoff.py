@@ -407,12 +407,13 @@ def _round_trip():
     """ruamel.yaml in round-trip mode, set to write ragloop.yaml back as it was (comments, column-aligned
     comments, flow lists, `null`) but for the values changed."""
     from ruamel.yaml import YAML
+    from ruamel.yaml.representer import SafeRepresenter
 
     rt = YAML()
     rt.width = 4096  # never re-wrap a long line
     rt.preserve_quotes = True
     rt.indent(mapping=2, sequence=4, offset=2)
-    rt.representer.add_representer(type(None), lambda r, _: r.represent_scalar("tag:yaml.org,2002:null", "null"))
+    rt.representer.add_representer(type(None), SafeRepresenter.represent_none)  # `null`, not the round trip's ""
     return rt
 
 

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import threading
 import time
 from functools import cached_property
@@ -30,6 +29,7 @@ import numpy as np
 from ragloop.tasks import http_retry
 from ragloop.tasks.embedding import TokenCounter, _special_token_count, _tokenizer_file, packaged_tokenizer_file, slugify
 from ragloop.tasks.lineage import canonical_hash
+from ragloop.tasks.llm import bearer_headers, redact_key
 from ragloop.tasks.settings import ConfigError, EmbeddingConfig
 
 log = logging.getLogger(__name__)
@@ -183,12 +183,10 @@ class OpenAICompatEmbedder:
 
     # -- requests ----------------------------------------------------------------------------------------
     def _headers(self) -> dict[str, str]:
-        key = os.environ.get(self.config.api_key_env)
-        return {"Authorization": f"Bearer {key}"} if key else {}
+        return bearer_headers(self.config.api_key_env)
 
     def _redact(self, text: str) -> str:
-        key = os.environ.get(self.config.api_key_env)
-        return text.replace(key, "***") if key else text
+        return redact_key(text, self.config.api_key_env)
 
     def _payload(self, texts: Sequence[str]) -> dict[str, Any]:
         payload: dict[str, Any] = {"model": self.model_name, "input": list(texts)}

@@ -163,6 +163,18 @@ def repair_message(error: str, output_model: type[BaseModel]) -> dict[str, str]:
     }
 
 
+def bearer_headers(api_key_env: str) -> dict[str, str]:
+    """{"Authorization": "Bearer <key>"} from the variable an OpenAI-compatible endpoint's key is in; {} without one."""
+    key = os.environ.get(api_key_env)
+    return {"Authorization": f"Bearer {key}"} if key else {}
+
+
+def redact_key(text: str, api_key_env: str) -> str:
+    """Text from a server with that key blanked (some servers echo request headers in errors)."""
+    key = os.environ.get(api_key_env)
+    return text.replace(key, "***") if key else text
+
+
 class _RepairLoop:
     """The ask/parse/re-ask state of one structured call, shared by the sync and async drivers."""
 
@@ -206,6 +218,35 @@ class _RepairLoop:
         self.attempts += 1
         return self._result(None, f"{type(exc).__name__}: {exc}", None)
 
+
+
+def structured_rounds(complete_many: Callable[..., list], messages_list: Sequence[Messages], output_model,
+                      max_repairs: int, on_done: OnDone | None, params: dict[str, Any],
+                      groups: list[list[int]] | None = None) -> list["StructuredResult"]:
+    """structured() per conversation, in input order, in rounds through `complete_many` (an LLM's): each group's
+    (default: all conversations at once) first asks together, then the re-asks of those whose reply did not
+    parse. A rejected request (LLMRequestError) is the item's error; any other exception raises. on_done() once
+    per conversation when it settles."""
+    loops = [_RepairLoop(m, output_model, max_repairs) for m in messages_list]
+    results: list[StructuredResult | None] = [None] * len(loops)
+    for pending in groups if groups is not None else [list(range(len(loops)))]:
+        while pending:
+            replies = complete_many([loops[i].messages for i in pending], json_schema=loops[0].schema, **params)
+            still = []
+            for i, reply in zip(pending, replies):
+                if isinstance(reply, LLMRequestError):
+                    results[i] = loops[i].fail(reply)
+                elif isinstance(reply, Exception):
+                    raise reply
+                else:
+                    results[i] = loops[i].feed(reply)
+                    if results[i] is None:
+                        still.append(i)
+                        continue
+                if on_done is not None:
+                    on_done()
+            pending = still
+    return results  # type: ignore[return-value]
 
 class _SyncStructured(abc.ABC):
     """structured/structured_many/complete_many on top of a synchronous complete() (one call at a time)."""
@@ -414,13 +455,10 @@ class OpenAICompatLLM:
         return f"OpenAICompatLLM(base_url={self.base_url!r}, model={self.config.model!r})"
 
     def _headers(self) -> dict[str, str]:
-        key = os.environ.get(self.config.api_key_env)
-        return {"Authorization": f"Bearer {key}"} if key else {}
+        return bearer_headers(self.config.api_key_env)
 
     def _redact(self, text: str) -> str:
-        """Text from the server with the key blanked (some servers echo request headers in errors)."""
-        key = os.environ.get(self.config.api_key_env)
-        return text.replace(key, "***") if key else text
+        return redact_key(text, self.config.api_key_env)
 
     # - the model listing ---------------------------------------------------------------------
     def _list_models(self, timeout_s: float = PREFLIGHT_TIMEOUT_S) -> dict[str, dict]:

@@ -38,7 +38,8 @@ import pyarrow as pa
 from ragloop.tasks import schemas
 from ragloop.tasks.lineage import canonical_hash
 from ragloop.tasks.llm import (
-    Completion, LLMRequestError, LLMUnavailable, Messages, OnDone, StructuredResult, Usage, _RepairLoop, _SyncStructured,
+    Completion, LLMUnavailable, Messages, OnDone, StructuredResult, Usage, _SyncStructured,
+    structured_rounds,
 )
 from ragloop.tasks.settings import LLMConfig
 from ragloop.tasks.storage import Lake
@@ -316,29 +317,11 @@ class CachedLLM:
                         on_done: OnDone | None = None, **params: Any) -> list[StructuredResult]:
         """structured() per conversation, in input order; a rejected request is the item's error, an outage
         or config error raises (as the wrapped models do)."""
-        loops = [_RepairLoop(m, output_model, max_repairs) for m in messages_list]
-        results: list[StructuredResult | None] = [None] * len(loops)
         # A sequential model answers one conversation's repairs before the next conversation, as its own
         # structured_many would (a scripted fake's reply queue depends on that order).
-        groups = [[i] for i in range(len(loops))] if isinstance(self.inner, _SyncStructured) else [list(range(len(loops)))]
-        for pending in groups:
-            while pending:
-                replies = self.complete_many([loops[i].messages for i in pending], json_schema=loops[0].schema, **params)
-                still = []
-                for i, reply in zip(pending, replies):
-                    if isinstance(reply, LLMRequestError):
-                        results[i] = loops[i].fail(reply)
-                    elif isinstance(reply, Exception):
-                        raise reply
-                    else:
-                        results[i] = loops[i].feed(reply)
-                        if results[i] is None:
-                            still.append(i)
-                            continue
-                    if on_done is not None:
-                        on_done()
-                pending = still
-        return results  # type: ignore[return-value]
+        groups = ([[i] for i in range(len(messages_list))] if isinstance(self.inner, _SyncStructured)
+                  else [list(range(len(messages_list)))])
+        return structured_rounds(self.complete_many, messages_list, output_model, max_repairs, on_done, params, groups)
 
 
 def _from_entry(entry: Mapping, lookup_ms: float) -> Completion:

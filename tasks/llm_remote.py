@@ -11,7 +11,7 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 from pydantic import BaseModel
 
 from ragloop.tasks.llm import (
-    LLM, Completion, LLMRequestError, LLMUnavailable, Messages, OnDone, StructuredResult, _RepairLoop, load_llm,
+    LLM, Completion, LLMUnavailable, Messages, OnDone, StructuredResult, load_llm, structured_rounds,
 )
 from ragloop.tasks.settings import LLMConfig
 
@@ -140,26 +140,7 @@ class RemoteLLM:
         """structured() per conversation, in input order, in rounds: every conversation's first ask on the
         workers at once, then the re-asks of those whose reply did not parse. A rejected request is the item's
         error; an outage or config error raises (as the local models do)."""
-        loops = [_RepairLoop(m, output_model, max_repairs) for m in messages_list]
-        results: list[StructuredResult | None] = [None] * len(loops)
-        pending = list(range(len(loops)))
-        while pending:
-            replies = self.complete_many([loops[i].messages for i in pending], json_schema=loops[0].schema, **params)
-            still = []
-            for i, reply in zip(pending, replies):
-                if isinstance(reply, LLMRequestError):
-                    results[i] = loops[i].fail(reply)
-                elif isinstance(reply, Exception):
-                    raise reply
-                else:
-                    results[i] = loops[i].feed(reply)
-                    if results[i] is None:
-                        still.append(i)
-                        continue
-                if on_done is not None:
-                    on_done()
-            pending = still
-        return results  # type: ignore[return-value]
+        return structured_rounds(self.complete_many, messages_list, output_model, max_repairs, on_done, params)
 
 
 def on_workers(llm: LLM | None, config: LLMConfig, factory: Callable[[LLMConfig], LLM],
