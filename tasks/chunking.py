@@ -6,6 +6,7 @@ is a function `(chunker, doc, spans) -> chunks` decorated with `@register_strate
 
 from __future__ import annotations
 
+import bisect
 import hashlib
 import json
 import re
@@ -236,14 +237,18 @@ class Chunker:
                         parsed: _Parsed) -> list[tuple[int, str, tuple[str, ...], int]]:
         """(offset, text, heading trail at the offset, end offset) for each packed span."""
         headings = self._heading_offsets(parsed)
+        # trails[i]: the heading trail just after heading i (each heading drops the trail's headings of its
+        # level or deeper); a span's trail is that of the last heading at or before its offset.
+        trails: list[tuple[str, ...]] = []
+        trail: list[tuple[int, str]] = []
+        for _, level, title in headings:
+            trail = [h for h in trail if h[0] < level] + [(level, title)]
+            trails.append(tuple(t for _, t in trail))
+        starts = [start for start, _, _ in headings]
         pieces = []
         for offset, chunk, end in spans:
-            trail: list[tuple[int, str]] = []
-            for start, level, title in headings:
-                if start > offset:
-                    break
-                trail = [h for h in trail if h[0] < level] + [(level, title)]
-            pieces.append((offset, chunk, tuple(title for _, title in trail), end))
+            before = bisect.bisect_right(starts, offset)
+            pieces.append((offset, chunk, trails[before - 1] if before else (), end))
         return pieces
 
     # -- Markdown: block packing ------------------------------------------------------------------

@@ -369,10 +369,17 @@ def changes_table(plan: IndexPlan) -> bool:
     return bool(plan.to_index or plan.to_delete)
 
 
+def appends_only(plan: IndexPlan) -> bool:
+    """Whether the plan only adds documents the table has no row of (nothing re-chunked, nothing deleted):
+    its rows can be appended as they are written instead of merged by chunk id (ChunkStore.commit_run)."""
+    return not plan.replaced and not plan.to_delete
+
+
 def commit_plan(store: ChunkStore, plan: IndexPlan, batches: ChunkBatches, timer: Timer,
-                commit: Callable[[ChunkStore, Any, list[str]], int] = ChunkStore.commit_run) -> int:
+                commit: Callable[..., int] = ChunkStore.commit_run) -> int:
     """Write the plan as the run's one commit (`commit`: ChunkStore.commit_run or its task wrapper);
-    nothing when the plan changes nothing. Returns rows deleted.
+    nothing when the plan changes nothing. Returns rows deleted. An add-only plan (a first index, new
+    documents only) is streamed as an append, so the flow process's memory stays flat on a big corpus.
 
     One commit: vanished documents and stale rows are deleted together with the upserts, so no table
     version ever mixes this run's changes with the previous state, and vectors are looked up while the
@@ -381,7 +388,7 @@ def commit_plan(store: ChunkStore, plan: IndexPlan, batches: ChunkBatches, timer
     deleted = 0
     if changes_table(plan):
         with timer("upsert"):
-            deleted = commit(store, batches, plan.replaced + plan.to_delete)
+            deleted = commit(store, batches, plan.replaced + plan.to_delete, append=appends_only(plan))
         timer.seconds["upsert"] -= timer.seconds.get("chunk", 0.0) + timer.seconds.get("embed", 0.0)
     batches.close()
     return deleted

@@ -107,12 +107,13 @@ def test_the_plan_is_one_commit_that_counts_its_work_and_a_rerun_commits_nothing
     plan = indexing.plan_index(lake, snapshot_id, store, chunker.hash)
     timer, commits = Timer(), []
 
-    def commit(store_, batches, doc_ids):
-        commits.append(doc_ids)
-        return indexing.ChunkStore.commit_run(store_, batches, doc_ids)
+    def commit(store_, batches, doc_ids, append):
+        commits.append((doc_ids, append))
+        return indexing.ChunkStore.commit_run(store_, batches, doc_ids, append=append)
 
     batches = index_run.ChunkBatches(lake, snapshot_id, plan, chunker, store, fake_embedder, 1, timer)
-    assert index_run.commit_plan(store, plan, batches, timer, commit=commit) == 0 and commits == [[]]
+    assert index_run.commit_plan(store, plan, batches, timer, commit=commit) == 0
+    assert commits == [([], True)], "a first index only adds documents: streamed as an append"
     rows = store.count()
     assert rows > 3, "the long document is several chunks"
     assert batches.counts == {"embedded": rows - 1, "reused": 1, "written": rows, "truncated": 0}, \
@@ -326,6 +327,25 @@ def _settings(lake):
     from ragloop.tasks.settings import load_settings
 
     return load_settings(overrides={"lake": lake.uri})
+
+
+def test_only_an_add_only_plan_is_appended(lake, store, chunker, fake_embedder, tmp_path):
+    """An append never merges by chunk id: a plan that re-chunks or deletes a document goes through the merge."""
+    first = _snapshot(lake, tmp_path / "v1", {"a.txt": "alpha", "b.txt": "bravo"})
+    plan = indexing.plan_index(lake, first, store, chunker.hash)
+    assert index_run.appends_only(plan)
+    index_run.commit_plan(store, plan, index_run.ChunkBatches(lake, first, plan, chunker, store, fake_embedder, 8,
+                                                              Timer()), Timer())
+    added = _snapshot(lake, tmp_path / "v2", {"a.txt": "alpha", "b.txt": "bravo", "c.txt": "charlie"})
+    assert index_run.appends_only(indexing.plan_index(lake, added, store, chunker.hash))
+    for files in ({"a.txt": "alpha edited", "b.txt": "bravo"}, {"a.txt": "alpha"}):
+        snapshot_id = _snapshot(lake, tmp_path / str(len(files)) / files["a.txt"].replace(" ", "_"), files)
+        changed = indexing.plan_index(lake, snapshot_id, store, chunker.hash)
+        assert not index_run.appends_only(changed), files
+        index_run.commit_plan(store, changed, index_run.ChunkBatches(lake, snapshot_id, changed, chunker, store,
+                                                                     fake_embedder, 8, Timer()), Timer())
+        texts = sorted(store.scan(["text"])["text"].to_pylist())
+        assert texts == sorted(files.values()), "merged: no stale row left, none doubled"
 
 
 def test_a_worker_reads_the_table_without_writing_a_ref_or_creating_it(lake, store):

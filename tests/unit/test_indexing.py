@@ -166,6 +166,39 @@ def test_commit_run_that_fails_midway_commits_nothing(store, chunker, fake_embed
     assert store.version == version and _rows(store) == before, "a failed run leaves the previous state whole"
 
 
+def _batches_of(store, chunker, fake_embedder, docs):
+    for doc in docs:
+        chunks = chunker.chunk_documents([doc])
+        yield indexing.chunk_rows(chunks, indexing.embed_missing(chunks, store, fake_embedder).vectors, store.dim)
+
+
+def test_an_append_streams_every_batch_into_one_commit_and_keeps_other_rows(store, chunker, fake_embedder):
+    _write(store, chunker, fake_embedder, [_doc("old.md", "old words stay")])
+    version = store.version
+    docs = [_doc(f"new{i}.md", f"brand new text number {i}") for i in range(3)]
+    assert store.commit_run(_batches_of(store, chunker, fake_embedder, docs), [], append=True) == 0
+    assert store.version == version + 1, "every batch in one commit"
+    assert sorted(r["doc_id"] for r in _rows(store)) == ["new0.md", "new1.md", "new2.md", "old.md"]
+
+
+def test_an_append_that_fails_midway_commits_nothing(store, chunker, fake_embedder):
+    _write(store, chunker, fake_embedder, [_doc("old.md", "old words stay")])
+    version, before = store.version, _rows(store)
+
+    def batches():
+        yield from _batches_of(store, chunker, fake_embedder, [_doc("new.md", "written to a data file")])
+        raise RuntimeError("killed while embedding the second batch")
+
+    with pytest.raises(RuntimeError, match="killed while embedding"):
+        store.commit_run(batches(), [], append=True)
+    assert store.version == version and _rows(store) == before, "the streamed data files are not in any version"
+
+
+def test_an_append_refuses_deletes(store, chunker, fake_embedder):
+    with pytest.raises(ValueError, match="doc_ids must be empty"):
+        store.commit_run(iter([]), ["gone.md"], append=True)
+
+
 def test_embed_missing_reuses_vectors_encoded_earlier_in_the_same_run(store, chunker, fake_embedder):
     fresh = indexing.FreshVectors(max_entries=10)
     first = chunker.chunk_documents([_doc("a.md", "a footer every page repeats")])
