@@ -30,7 +30,9 @@ def test_quiet_benign_close_drops_that_record_in_its_block_only():
     handler = logging.Handler()
     handler.emit = seen.append
     logger = logging.getLogger(BATCHED_LOGGER)
-    level, logger.level = logger.level, logging.INFO
+    level, propagate = logger.level, logger.propagate
+    logger.setLevel(logging.INFO)
+    logger.propagate = False  # only this test's handler sees the records
     logger.addHandler(handler)
     try:
         with quiet_benign_close():
@@ -40,5 +42,6 @@ def test_quiet_benign_close_drops_that_record_in_its_block_only():
     finally:
         logger.removeHandler(handler)
         logger.setLevel(level)
+        logger.propagate = propagate
     assert [r.exc_info[0] for r in seen] == [OSError, CommClosedError]
     assert not logger.filters
