@@ -4,7 +4,6 @@ prefect-dask's DaskTaskRunner (a LocalCluster of `workers` processes, or the sch
 from __future__ import annotations
 
 import contextvars
-import sys
 from contextlib import contextmanager
 from typing import Any, Iterator
 
@@ -13,7 +12,7 @@ from prefect.cache_policies import NO_CACHE
 
 from ragloop.tasks import llm_remote
 from ragloop.tasks.index_run import WindowMap, in_order
-from ragloop.tasks.runner_logs import quiet_benign_close
+from ragloop.tasks.runner_logs import entered
 from ragloop.tasks.settings import RunnerConfig
 
 IN_FLIGHT_PER_WORKER = 2  # windows (LLM batches) submitted ahead per worker: one running, one queued behind it
@@ -56,26 +55,23 @@ def dask_task_runner(config: RunnerConfig):
                                           "processes": True, "dashboard_address": ":0"})
 
 
+# distributed keeps each stream's last `distributed.admin.low-level-log-length` messages (1,000 by default) for
+# its developers, each up to 1 MB: the scheduler's stream to a worker kept every window it sent, documents and
+# all (~3.5 KB per chunk of the flow process's memory at 3x SciFact). This bound keeps the flow flat.
+MESSAGE_LOG_LENGTH = 10
+
+
 @contextmanager
 def started_runner(config: RunnerConfig) -> Iterator[Any]:
-    """dask_task_runner(config), entered for the block. When the block ends normally (its results gathered),
-    the runner closes (client, then cluster: scheduler, nannies, worker processes) under quiet_benign_close:
-    during that close distributed's scheduler can log 'Batched Comm Closed' with a CommClosedError traceback
-    when a retiring worker shuts its stream before the scheduler's last message to it is written (a race
-    inside distributed's own orderly shutdown, not our close order: prefect-dask closes the client, then the
-    cluster, which retires its workers itself). distributed logs it at INFO, so it shows with
-    DASK_LOGGING__DISTRIBUTED=info. Only that record is dropped, only during this close; a block that raised
-    closes with nothing filtered."""
-    runner = dask_task_runner(config)
-    runner.__enter__()
-    try:
-        yield runner
-    except BaseException:
-        if not runner.__exit__(*sys.exc_info()):
-            raise
-        return
-    with quiet_benign_close():
-        runner.__exit__(None, None, None)
+    """dask_task_runner(config) entered for the block and closed quietly (tasks.runner_logs.entered), with
+    distributed's developer message logs bounded to MESSAGE_LOG_LENGTH while it runs (in this process and the
+    workers it starts, which get its config)."""
+    import dask
+    import distributed  # noqa: F401 - its config defaults loaded first: a set before them would mask them
+
+    with dask.config.set({"distributed.admin.low-level-log-length": MESSAGE_LOG_LENGTH}):
+        with entered(dask_task_runner(config)) as runner:
+            yield runner
 
 
 @contextmanager

@@ -1,11 +1,13 @@
-"""The one log record a Dask runner's orderly close may leave that is noise, and a filter dropping it
-while a cluster closes (flows.runners). Plain logging; no prefect or distributed import."""
+"""The one log record a Dask runner's orderly close may leave that is noise, a filter dropping it while a
+cluster closes, and `entered`, which runs a task runner's block and closes it under that filter
+(flows.runners). Plain logging; no prefect or distributed import."""
 
 from __future__ import annotations
 
 import logging
+import sys
 from contextlib import contextmanager
-from typing import Iterator
+from typing import Any, ContextManager, Iterator
 
 BATCHED_LOGGER = "distributed.batched"  # the logger of distributed's BatchedSend (the scheduler<->worker stream)
 BATCHED_CLOSED_MSG = "Batched Comm Closed %r"  # distributed/batched.py, logged with exc_info on CommClosedError
@@ -43,3 +45,24 @@ def quiet_benign_close() -> Iterator[BenignCloseFilter]:
         yield quiet
     finally:
         logger.removeFilter(quiet)
+
+
+@contextmanager
+def entered(runner: ContextManager[Any]) -> Iterator[Any]:
+    """`runner` (a task runner: a context manager) entered for the block. When the block ends normally (its
+    results gathered), the runner closes (for a DaskTaskRunner: client, then cluster: scheduler, nannies,
+    worker processes) under quiet_benign_close: during that close distributed's scheduler can log 'Batched
+    Comm Closed' with a CommClosedError traceback when a retiring worker shuts its stream before the
+    scheduler's last message to it is written (a race inside distributed's own orderly shutdown, not the
+    close order: prefect-dask closes the client, then the cluster, which retires its workers itself).
+    distributed logs it at INFO, so it shows with DASK_LOGGING__DISTRIBUTED=info. Only that record is
+    dropped, only during this close; a block that raised closes with nothing filtered."""
+    entered_as = runner.__enter__()
+    try:
+        yield entered_as
+    except BaseException:
+        if not runner.__exit__(*sys.exc_info()):
+            raise
+        return
+    with quiet_benign_close():
+        runner.__exit__(None, None, None)

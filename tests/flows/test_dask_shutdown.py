@@ -13,9 +13,7 @@ import textwrap
 
 import pytest
 
-from ragloop.flows import runners
-from ragloop.tasks.runner_logs import BATCHED_LOGGER, is_benign_close_record
-from ragloop.tasks.settings import RunnerConfig
+from ragloop.tasks.runner_logs import BATCHED_LOGGER, entered, is_benign_close_record
 from tests.conftest import REPO
 from tests.flows.test_index_dask import _corpus
 
@@ -94,17 +92,16 @@ def _dropped() -> bool:
     return not logging.getLogger(BATCHED_LOGGER).filter(record)
 
 
-def test_the_filter_is_on_only_while_a_runner_closes_after_a_normal_block(monkeypatch):
+def test_the_filter_is_on_only_while_a_runner_closes_after_a_normal_block():
     fake = FakeRunner()
-    monkeypatch.setattr(runners, "dask_task_runner", lambda config: fake)
-    with runners.started_runner(RunnerConfig(kind="dask")) as runner:
+    with entered(fake) as runner:
         assert runner is fake and not _dropped(), "not while the block runs"
     assert fake.filtered_at_exit is True
     assert not _dropped(), "removed after the close"
 
     fake = FakeRunner()
     with pytest.raises(RuntimeError, match="window failed"):
-        with runners.started_runner(RunnerConfig(kind="dask")):
+        with entered(fake):
             raise RuntimeError("window failed")
     assert fake.filtered_at_exit is False, "a block that raised closes with nothing filtered"
     assert not _dropped()

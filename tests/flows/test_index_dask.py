@@ -4,6 +4,7 @@ bad runner config exits 2 naming the field. The hash fake embedder crosses to th
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 
@@ -120,3 +121,29 @@ def test_cli_bad_runner_config_exits_2_naming_the_field(prefect_backend, tmp_pat
     summary = json.loads(capsys.readouterr().out)
     assert code == 2 and f"{field}:" in summary["error"]
     assert not (lake_dir / "runs").exists()
+
+
+def test_the_flow_process_keeps_no_trail_of_the_windows_it_sent(prefect_backend, fake_embedder, monkeypatch, tmp_path):
+    """distributed keeps each stream's last messages for its developers (1,000 by default, up to 1 MB each): the
+    flow process kept every window it sent, documents and all, and grew with the corpus. The runner bounds
+    that log, so the documents alive when the commit ends are those of a few windows, not the corpus."""
+    from ragloop.flows.runners import MESSAGE_LOG_LENGTH
+    from ragloop.tasks import index_run
+    from ragloop.tasks.schemas import Document
+
+    use_fakes(embedder=lambda config: fake_embedder)
+    monkeypatch.setenv("RAGLOOP_INDEX__DOCS_PER_BATCH", "1")  # one window per document
+    _dask(monkeypatch)
+    alive: list[int] = []
+    close = index_run.ChunkBatches.close
+
+    def counting_close(self):  # called once the commit consumed every window
+        gc.collect()
+        alive.append(sum(1 for o in gc.get_objects() if isinstance(o, Document)))
+        close(self)
+
+    monkeypatch.setattr(index_run.ChunkBatches, "close", counting_close)
+    n = 8 * MESSAGE_LOG_LENGTH
+    summary = index_flow.index_corpus(sources=[str(_corpus(tmp_path / "src", n=n))], lake=str(tmp_path / "lake"))
+    assert summary["status"] == "ok" and summary["documents_indexed"] == n
+    assert len(alive) == 1 and alive[0] <= 4 * MESSAGE_LOG_LENGTH, f"{alive[0]} of {n} documents still held"
