@@ -66,8 +66,11 @@ def started_runner(config: RunnerConfig) -> Iterator[Any]:
     """dask_task_runner(config) entered for the block and closed quietly (tasks.runner_logs.entered), with
     distributed's developer message logs bounded to MESSAGE_LOG_LENGTH while it runs (in this process and the
     workers it starts, which get its config)."""
+    import importlib
+
     import dask
-    import distributed  # noqa: F401 - its config defaults loaded first: a set before them would mask them
+
+    importlib.import_module("distributed")  # its config defaults first: a set before they load would mask them
 
     with dask.config.set({"distributed.admin.low-level-log-length": MESSAGE_LOG_LENGTH}):
         with entered(dask_task_runner(config)) as runner:
