@@ -36,6 +36,20 @@ def _positive_int(text: str) -> int:
     return value
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with the CLI's usage-error contract (a misspelt option, an unknown command): one `error: ...`
+    line on stderr, or with --json anywhere in the arguments the one error object on stdout; exit 2. Its
+    subcommand parsers are of this class too (argparse builds them with the parent's class)."""
+
+    json_errors = False  # set by main from its arguments: the error can come before --json is parsed
+
+    def error(self, message: str):  # type: ignore[override]
+        hint = f" (`{self.prog} --help` lists them)" if "argument" in message else ""
+        _emit_error({"status": "failed", "error": " ".join(message.split()) + hint, "exit_code": EXIT_USAGE},
+                    self.json_errors)
+        sys.exit(EXIT_USAGE)
+
+
 def _parser() -> argparse.ArgumentParser:
     from typing import get_args
 
@@ -43,7 +57,7 @@ def _parser() -> argparse.ArgumentParser:
 
     # No argparse `choices`: the settings check the name (a registered strategy passes too), exit 2 if unknown.
     chunking_help = f"chunking strategy: {', '.join(get_args(ChunkingStrategyName))} or a registered one"
-    parser = argparse.ArgumentParser(prog="ragloop", description=__doc__.splitlines()[0])
+    parser = _Parser(prog="ragloop", description=__doc__.splitlines()[0])
     parser.add_argument("--config", help="config file (default: $RAGLOOP_CONFIG or ./ragloop.yaml)")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -1056,6 +1070,7 @@ def _stop_on_interrupt(grace_s: float = INTERRUPT_GRACE_S) -> Callable[[], None]
 
 
 def main(argv: list[str] | None = None) -> int:
+    _Parser.json_errors = "--json" in (sys.argv[1:] if argv is None else argv)
     args = _parser().parse_args(argv)
     restore = _stop_on_interrupt()
     try:

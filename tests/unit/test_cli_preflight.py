@@ -112,3 +112,27 @@ def test_eval_index_choice_names_a_missing_index_before_any_flow(tmp_path):
     check_index_choice(lake, "candidate")
     with pytest.raises(ConfigError, match=r"^--index serving: nothing is served yet"):
         check_index_choice(lake, "serving")
+
+
+@pytest.mark.parametrize("args, names", [
+    (["index", "--sources", "corpus"], "unrecognized arguments: --sources corpus"),
+    (["indx"], "invalid choice: 'indx'"),
+    (["index", "--limit"], "unrecognized arguments: --limit"),
+])
+def test_an_argparse_usage_error_is_one_line_or_the_one_json_object(capsys, args, names):
+    """A misspelt option or command keeps the usage-error contract: one `error:` line (no usage block), exit 2;
+    with --json, the one error object on stdout and nothing on stderr."""
+    from ragloop.flows.cli import main
+
+    with pytest.raises(SystemExit) as stop:
+        main(args)
+    out, err = capsys.readouterr()
+    assert stop.value.code == 2 and out == ""
+    assert len(err.splitlines()) == 1 and err.startswith("error: ") and names in err and "--help" in err
+
+    with pytest.raises(SystemExit) as stop:
+        main([*args, "--json"])
+    out, err = capsys.readouterr()
+    assert stop.value.code == 2 and err == ""
+    reported = json.loads(out)
+    assert reported["status"] == "failed" and reported["exit_code"] == 2 and names in reported["error"]
