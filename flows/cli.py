@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import json
 import logging
 import os
@@ -39,9 +40,12 @@ def _positive_int(text: str) -> int:
 class _Parser(argparse.ArgumentParser):
     """argparse with the CLI's usage-error contract (a misspelt option, an unknown command): one `error: ...`
     line on stderr, or with --json anywhere in the arguments the one error object on stdout; exit 2. Its
-    subcommand parsers are of this class too (argparse builds them with the parent's class)."""
+    subcommand parsers get the same `json_errors` (_parser passes it to them). `json_errors`: whether --json is
+    among the arguments, known before parsing (the error can come before --json is parsed)."""
 
-    json_errors = False  # set by main from its arguments: the error can come before --json is parsed
+    def __init__(self, *args, json_errors: bool = False, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.json_errors = json_errors
 
     def error(self, message: str):  # type: ignore[override]
         hint = f" (`{self.prog} --help` lists them)" if "argument" in message else ""
@@ -50,16 +54,17 @@ class _Parser(argparse.ArgumentParser):
         sys.exit(EXIT_USAGE)
 
 
-def _parser() -> argparse.ArgumentParser:
+def _parser(json_errors: bool = False) -> argparse.ArgumentParser:
     from typing import get_args
 
     from ragloop.tasks.settings import ChunkingStrategyName
 
     # No argparse `choices`: the settings check the name (a registered strategy passes too), exit 2 if unknown.
     chunking_help = f"chunking strategy: {', '.join(get_args(ChunkingStrategyName))} or a registered one"
-    parser = _Parser(prog="ragloop", description=__doc__.splitlines()[0])
+    parser = _Parser(prog="ragloop", description=__doc__.splitlines()[0], json_errors=json_errors)
     parser.add_argument("--config", help="config file (default: $RAGLOOP_CONFIG or ./ragloop.yaml)")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND",
+                                parser_class=functools.partial(_Parser, json_errors=json_errors))
 
     def common(p: argparse.ArgumentParser) -> None:
         # --config also after the subcommand (`ragloop index --config x.yaml`); SUPPRESS keeps one given before it.
@@ -1070,8 +1075,7 @@ def _stop_on_interrupt(grace_s: float = INTERRUPT_GRACE_S) -> Callable[[], None]
 
 
 def main(argv: list[str] | None = None) -> int:
-    _Parser.json_errors = "--json" in (sys.argv[1:] if argv is None else argv)
-    args = _parser().parse_args(argv)
+    args = _parser(json_errors="--json" in (sys.argv[1:] if argv is None else argv)).parse_args(argv)
     restore = _stop_on_interrupt()
     try:
         return _main(args)

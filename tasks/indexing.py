@@ -178,8 +178,8 @@ class ChunkStore:
         add-only plan: every document new, none to delete; `doc_ids` must be empty, else ValueError).
         The rows are then streamed to data files as they come and appended in the one commit, so memory
         stays flat however many rows the run writes. A merge-insert (the general case) holds the whole
-        source in memory to join it with the table: about 5 KB per chunk row (measured at 10k and 50k
-        rows of 384 dimensions; bench/memory_bench.py).
+        source in memory to join it with the table: about 5 KB per chunk row (peak RSS measured on a scratch
+        table at 10k and 50k rows of 384 dimensions: 344 and 551 MB, against 263 and 282 MB appended).
         """
         if append and doc_ids:
             raise ValueError("commit_run: an append deletes nothing; doc_ids must be empty")

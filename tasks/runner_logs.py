@@ -10,7 +10,7 @@ from contextlib import contextmanager
 from typing import Any, ContextManager, Iterator
 
 BATCHED_LOGGER = "distributed.batched"  # the logger of distributed's BatchedSend (the scheduler<->worker stream)
-BATCHED_CLOSED_MSG = "Batched Comm Closed %r"  # distributed/batched.py, logged with exc_info on CommClosedError
+BATCHED_CLOSED_MSG = "Batched Comm Closed %r"  # distributed's BatchedSend logs it with exc_info on CommClosedError
 COMM_CLOSED = "CommClosedError"  # distributed.comm.core.CommClosedError, matched by name (no import needed)
 
 

@@ -118,6 +118,7 @@ def test_eval_index_choice_names_a_missing_index_before_any_flow(tmp_path):
     (["index", "--sources", "corpus"], "unrecognized arguments: --sources corpus"),
     (["indx"], "invalid choice: 'indx'"),
     (["index", "--limit"], "unrecognized arguments: --limit"),
+    (["index", "--source"], "argument --source: expected one argument"),  # raised by the command's own parser
 ])
 def test_an_argparse_usage_error_is_one_line_or_the_one_json_object(capsys, args, names):
     """A misspelt option or command keeps the usage-error contract: one `error:` line (no usage block), exit 2;
