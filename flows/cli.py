@@ -17,6 +17,7 @@ import json
 import logging
 import os
 import sys
+import threading
 from typing import Any, Callable
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_GATE = 0, 1, 2, 3
@@ -225,8 +226,10 @@ def _parser(json_errors: bool = False) -> argparse.ArgumentParser:
 
 
 def _with_error(lines: list[str], summary: dict) -> list[str]:
+    """The summary's error as the last line: `error:` when the run failed, `warning:` when it went on (a
+    partial run exits 0, so its line must not read as a failure)."""
     if summary.get("error"):
-        lines.append(f"error: {summary['error']}")
+        lines.append(f"{'warning' if summary.get('status') == 'partial' else 'error'}: {summary['error']}")
     return lines
 
 
@@ -238,6 +241,11 @@ def _human_index(summary: dict) -> list[str]:
             f"documents: {d['seen']} seen - {d['new']} new, {d['changed']} changed, {d['unchanged']} unchanged, "
             f"{d['deleted']} deleted, {d['quarantined']} quarantined"
         )
+    plan = summary.get("index_plan")
+    if plan and d and any(plan.get(k) != d.get(k) for k in ("new", "changed", "deleted")):
+        # a retry of an interrupted run: its ingest already published the snapshot, the table did not change
+        lines.append(f"against the table: {plan['new']} new, {plan['changed']} changed, {plan['unchanged']} "
+                     f"unchanged, {plan['deleted']} deleted")
     scope = summary.get("scope") or {}
     if scope.get("other_sources_kept") or scope.get("forgotten"):
         lines.append(f"other sources: {scope['other_sources_kept']} documents kept, {scope['forgotten']} forgotten")
@@ -263,6 +271,12 @@ def _human_index(summary: dict) -> list[str]:
     if (summary.get("scope") or {}).get("labels"):
         lines.append("doc id prefixes (several sources): "
                      + ", ".join(f"{label}/ = {root}" for root, label in summary["scope"]["labels"].items()))
+    if summary.get("carried_forward"):
+        lines.append(f"kept from before: {len(summary['carried_forward'])} document(s) whose file is quarantined "
+                     "now (counted unchanged; --json lists them)")
+    if d and not (d["seen"] or d["quarantined"] or d["deleted"]) and summary.get("status") == "ok":
+        lines.append("warning: no documents under the sources: check --source, and ingest.include / "
+                     "ingest.exclude" + (" (see the ingest notes)" if summary.get("notes") else ""))
     quarantined = summary.get("quarantine", [])
     for q in quarantined:
         if q.get("new", True):
@@ -1041,32 +1055,64 @@ def _emit_error(summary: dict, as_json: bool) -> None:
         print(f"error: {summary['error']}", file=sys.stderr, flush=True)
 
 
-def _stop_on_interrupt(grace_s: float = INTERRUPT_GRACE_S) -> Callable[[], None]:
+_EXITING = threading.Lock()  # the first interrupted exit prints and leaves; a racing one returns
+
+
+def _exit_interrupted(why: str, as_json: bool) -> None:
+    """`interrupted: <why>` on stderr (with --json also the one object on stdout: status interrupted, exit
+    code 130), then leave at once: not sys.exit, as Prefect's exit hooks would wait on its stopped
+    temporary server. Returns only when another thread is already leaving."""
+    if not _EXITING.acquire(blocking=False):
+        return
+    print(f"interrupted: {why}", file=sys.stderr, flush=True)
+    if as_json:
+        _emit({"status": "interrupted", "error": f"interrupted: {why}", "exit_code": EXIT_INTERRUPTED}, True,
+              lambda s: [])
+    sys.stdout.flush()
+    os._exit(EXIT_INTERRUPTED)
+
+
+def _quiet_after_interrupt() -> None:
+    """After a Ctrl-C, Prefect's temporary server is gone (a terminal signals the whole process group), so
+    its log shipping and event workers would print connection errors and whole event dumps on the way out.
+    The run's manifest records the interruption; those lines add nothing. Silenced: the stdlib's handler
+    error printing (Prefect's log worker honours it) and the event workers' loggers."""
+    logging.raiseExceptions = False
+    for name in ("prefect.events", "prefect._internal.concurrency"):
+        logging.getLogger(name).setLevel(logging.CRITICAL)
+
+
+def _stop_on_interrupt(grace_s: float | None = None, as_json: bool = False) -> Callable[[], None]:
     """Ctrl-C stops a command promptly. The terminal sends it to the whole process group, which also
     stops Prefect's temporary server; the interrupted run would then wait on that dead server for
     minutes. So: the first Ctrl-C interrupts the stage (its run manifest records `failed:
-    KeyboardInterrupt`; a LanceDB commit is atomic and the lake lock of a dead process is taken over),
-    and the process exits 130 at the latest `grace_s` later; a second Ctrl-C exits at once. Returns a
-    function that puts the previous SIGINT handler back (main() called in-process leaves none behind)."""
+    KeyboardInterrupt: Ctrl-C (SIGINT)`; a LanceDB commit is atomic and the lake lock of a dead process is
+    taken over) and asks work on other threads to stop (tasks.interrupts: an index run's encoding runs on
+    LanceDB's thread), and the process exits 130 at the latest `grace_s` later; a second Ctrl-C exits at
+    once. Returns a function that puts the previous SIGINT handler back (main() called in-process leaves
+    none behind)."""
     import signal
-    import threading
 
+    from ragloop.tasks import interrupts
+
+    grace_s = INTERRUPT_GRACE_S if grace_s is None else grace_s
     interrupted = threading.Event()
-
-    def leave(why: str) -> None:
-        print(f"interrupted: {why}; exiting", file=sys.stderr, flush=True)
-        os._exit(EXIT_INTERRUPTED)
+    interrupts.clear()
 
     def on_sigint(signum, frame):
         if interrupted.is_set():
-            leave("second Ctrl-C")
+            _exit_interrupted("second Ctrl-C; exiting", as_json)
+            return
         interrupted.set()
+        interrupts.request_stop()
+        _quiet_after_interrupt()
         print(f"interrupted: stopping the run (at most {grace_s:.0f} s; Ctrl-C again to quit at once)",
               file=sys.stderr, flush=True)
-        timer = threading.Timer(grace_s, leave, args=(f"the run did not stop within {grace_s:.0f} s",))
+        timer = threading.Timer(grace_s, _exit_interrupted,
+                                args=(f"the run did not stop within {grace_s:.0f} s; exiting", as_json))
         timer.daemon = True
         timer.start()
-        raise KeyboardInterrupt
+        raise KeyboardInterrupt("Ctrl-C (SIGINT)")
 
     if threading.current_thread() is not threading.main_thread():
         return lambda: None
@@ -1076,7 +1122,7 @@ def _stop_on_interrupt(grace_s: float = INTERRUPT_GRACE_S) -> Callable[[], None]
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser(json_errors="--json" in (sys.argv[1:] if argv is None else argv)).parse_args(argv)
-    restore = _stop_on_interrupt()
+    restore = _stop_on_interrupt(as_json=args.json)
     try:
         return _main(args)
     finally:
@@ -1088,6 +1134,7 @@ def _main(args: argparse.Namespace) -> int:
         # stdout carries exactly one JSON object; keep stderr to warnings unless asked otherwise.
         os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
     import ragloop.flows  # noqa: F401  (sets the offline runtime defaults before prefect is imported)
+    from ragloop.tasks import interrupts
     from ragloop.tasks.settings import ConfigError, load_settings
 
     run, human = COMMANDS[args.command]
@@ -1098,14 +1145,15 @@ def _main(args: argparse.Namespace) -> int:
         with _ad_hoc(args):
             summary: dict[str, Any] = run(args)
     except KeyboardInterrupt:
-        print("interrupted: the run stopped; its manifest says so (`ragloop runs`)", file=sys.stderr, flush=True)
-        sys.stdout.flush()
-        os._exit(EXIT_INTERRUPTED)  # not sys.exit: Prefect's exit hooks would wait on its stopped temporary server
+        _exit_interrupted("the run stopped; its manifest says so (`ragloop runs`)", args.json)
+        raise  # only when the grace timer is already exiting the process
     except ConfigError as exc:
         one_line = " ".join(str(exc).split())  # a usage error is one line, whatever text it quotes
         _emit_error({"status": "failed", "error": one_line, "exit_code": EXIT_USAGE}, args.json)
         return EXIT_USAGE
     except Exception as exc:  # the flow already recorded the failure in its run manifest
+        if interrupts.requested():  # after a Ctrl-C: Prefect's report of it to its stopped server failed
+            _exit_interrupted("the run stopped; its manifest says so (`ragloop runs`)", args.json)
         logging.getLogger("ragloop").debug("command failed", exc_info=True)
         _emit_error({"status": "failed", "error": f"{type(exc).__name__}: {exc}"}, args.json)
         return EXIT_FAILED

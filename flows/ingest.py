@@ -9,7 +9,7 @@ from ragloop.flows.common import check_sources, flow_settings, stage_run
 from ragloop.tasks import ingest_run, ingestion, validation
 
 # Content hashes are our idempotency mechanism, not Prefect's result cache (STYLE.md).
-build_snapshot = task(ingestion.build_snapshot, name="build-snapshot", cache_policy=NO_CACHE)
+build_snapshot = task(ingest_run.snapshot_or_refusal, name="build-snapshot", cache_policy=NO_CACHE)
 validate_documents = task(validation.validate_documents, name="validate-documents", cache_policy=NO_CACHE)
 
 
@@ -33,13 +33,12 @@ def ingest_sources(sources: list[str] | None, lake: str | None, config_path: str
     with stage_run("ingest", settings) as stage:
         run = stage.start()
         previous = ingest_run.previous_ingest(stage.lake)
-        try:
-            result = build_snapshot(stage.lake, list(settings.ingest.sources), settings.ingest,
-                                    ingest_run.delete_guard(settings.index, allow_mass_delete), forget_sources,
-                                    previous.known_roots)
-        except ingestion.MassDeleteError as exc:
-            run.logger.error("%s", exc)
-            return ingest_run.mass_delete_summary(run.run_id, run.lineage, stage.lake.uri, exc).finish(run)
+        result = build_snapshot(stage.lake, list(settings.ingest.sources), settings.ingest,
+                                ingest_run.delete_guard(settings.index, allow_mass_delete), forget_sources,
+                                previous.known_roots)
+        if isinstance(result, ingestion.MassDeleteError):
+            run.logger.error("%s", result)
+            return ingest_run.mass_delete_summary(run.run_id, run.lineage, stage.lake.uri, result).finish(run)
         stage.lake.write_quarantine(run.run_id, ingest_run.quarantine_rows(result, run.started_at))
         report = ingest_run.reused_documents_report(stage.lake, previous, result.snapshot_id) or validate_documents(
             stage.lake.snapshot_profile(result.snapshot_id), ingest_run.documents_subject(result.snapshot_id))

@@ -17,7 +17,7 @@ import pandas as pd
 import pyarrow as pa
 from pydantic import Field
 
-from ragloop.tasks import indexing, promotion, validation
+from ragloop.tasks import indexing, interrupts, promotion, validation
 from ragloop.tasks.chunking import Chunk, Chunker
 from ragloop.tasks.embedding import Embedder, load_embedder
 from ragloop.tasks.indexing import ChunkStore, IndexPlan
@@ -28,7 +28,7 @@ from ragloop.tasks.storage import Lake
 from ragloop.tasks.summaries import StageSummary
 from ragloop.tasks.validation import ValidationReport
 
-CARRIED = ("documents", "quarantine", "scope", "notes")  # what an index summary repeats of its ingest's
+CARRIED = ("documents", "quarantine", "scope", "notes", "carried_forward")  # what an index summary repeats of its ingest's
 INDEXES_UNCHANGED = {"fts": "unchanged", "ann": "unchanged"}
 FACT_COLUMNS = ["chunk_id", "text_length", "vector_dim", "vector_norm"]
 
@@ -45,6 +45,8 @@ class IndexSummary(StageSummary):
     quarantine: list[dict[str, Any]] | None = Field(None, description="the ingest's [{source, reason, detail, new}]")
     scope: dict[str, Any] | None = Field(None, description="the ingest's scope: sources, other_sources_kept, forgotten, ...")
     notes: dict[str, int] | None = Field(None, description="the ingest's notes: count per note")
+    carried_forward: list[str] | None = Field(
+        None, description="the ingest's doc ids quarantined now whose previous version the snapshot keeps")
     error: str | None = Field(None, description="'ingest run <run_id> <status>[: <error>]' when the ingest failed")
     lake: str | None = Field(None, description="the lake's URI")
     snapshot_id: str | None = Field(None, description="the documents snapshot indexed")
@@ -265,6 +267,7 @@ class ChunkBatches:
     def __iter__(self) -> Iterator[pa.Table]:
         windows = indexing.iter_document_batches(self.lake, self.snapshot_id, self.plan.to_index, self.docs_per_batch)
         for docs, (chunks, vectors) in self._worked(windows):
+            interrupts.check()  # Ctrl-C: this runs on LanceDB's thread, which a KeyboardInterrupt never reaches
             self._frames.append(chunk_facts(chunks, vectors))
             self.counts["written"] += len(chunks)
             self.counts["truncated"] += sum(1 for c in chunks if c.metadata.get("truncated"))
@@ -282,6 +285,7 @@ class ChunkBatches:
                 done = next(results, None)
             if done is None:
                 return
+            interrupts.check()
             docs, result = done
             self.counts["embedded"] += result.encoded
             self.counts["reused"] += result.reused
@@ -298,6 +302,7 @@ class ChunkBatches:
             steps = [docs]
         chunks, parts = [], []
         for part in pipelined(steps, self.chunker.chunk_documents, self.timer, "chunk"):
+            interrupts.check()
             with self.timer("embed"):
                 embedded = indexing.embed_missing(part, self.store, self.embedder, self._fresh)
             chunks.extend(part)

@@ -89,6 +89,18 @@ def quarantine_rows(result: ingestion.IngestResult, seen_at: dt.datetime) -> lis
              "snapshot_id": result.snapshot_id, "seen_at": seen_at} for q in result.quarantine]
 
 
+def snapshot_or_refusal(lake: Lake, sources: list[str], config, max_delete_fraction: float | None = None,
+                        forget_sources: list[str] | None = None,
+                        known_roots: list[str] | None = None) -> ingestion.IngestResult | ingestion.MassDeleteError:
+    """ingestion.build_snapshot, with the mass-delete guard's refusal returned, not raised: a refusal is the
+    run's answer (nothing written, the summary says why), not a crash, so the task that runs this ends
+    completed and no orchestrator prints a traceback before the one-line message. Other errors raise."""
+    try:
+        return ingestion.build_snapshot(lake, sources, config, max_delete_fraction, forget_sources, known_roots)
+    except ingestion.MassDeleteError as refusal:
+        return refusal
+
+
 def mass_delete_summary(run_id: str, lineage: dict, lake_uri: str, error: ingestion.MassDeleteError) -> IngestSummary:
     """A run the mass-delete guard stopped before any write."""
     return IngestSummary(run_id=run_id, status="failed", lineage=lineage, lake=lake_uri, error=str(error))

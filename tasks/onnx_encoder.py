@@ -24,6 +24,8 @@ from typing import Sequence
 import numpy as np
 from tokenizers import Tokenizer
 
+from ragloop.tasks import interrupts
+
 log = logging.getLogger(__name__)
 
 # Bump when the export or quantization recipe changes: new cache files and a new embedder identity.
@@ -211,6 +213,7 @@ class OnnxSession:
         return ThreadPoolExecutor(self.workers, thread_name_prefix="onnx-encode")
 
     def _run_one(self, encoding) -> np.ndarray:
+        interrupts.check()  # a Ctrl-C stops a long encode between texts (tasks/interrupts.py)
         feed = {"input_ids": np.array([encoding.ids], dtype=np.int64),
                 "attention_mask": np.array([encoding.attention_mask], dtype=np.int64),
                 "token_type_ids": np.array([encoding.type_ids], dtype=np.int64)}

@@ -81,8 +81,19 @@ def check_scheduler(address: str, timeout_s: float = 10.0) -> None:
     connection and an `identity` request in Dask's own protocol (distributed.comm), then closed. Something
     else listening (the scheduler's HTTP dashboard on 8787, say) is refused too: the run would hang on it."""
     import asyncio
+    import socket
 
-    from distributed.comm import connect
+    from distributed.comm import connect, parse_address, parse_host_port
+
+    scheme, location = parse_address(address)
+    if scheme == "tcp":  # a refused port fails at once (distributed's connect retries it until the timeout)
+        try:
+            socket.create_connection(parse_host_port(location), timeout=timeout_s).close()
+        except ConnectionRefusedError:
+            raise ConfigError(f"runner.address: {address}: connection refused (nothing listens there); start a "
+                              "scheduler with `dask scheduler`, or check the port (8786 by default)") from None
+        except OSError:
+            pass  # unreachable or slow: the protocol check below says so within timeout_s
 
     async def identity() -> object:
         comm = await connect(address, timeout=timeout_s)

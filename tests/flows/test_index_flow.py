@@ -252,20 +252,39 @@ def test_index_with_one_source_keeps_the_other_sources_documents(prefect_backend
     assert {r["doc_id"] for r in _table_rows(lake_dir)} == {"one.md"}
 
 
-def test_index_of_an_emptied_source_stops_before_any_write(prefect_backend, fake, tmp_path, lake_dir, capsys):
+def _task_runs(state) -> list:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+    from prefect.client.schemas.sorting import TaskRunSort
+
+    runs = FlowRunFilter(id=FlowRunFilterId(any_=[state.state_details.flow_run_id]))
+    with get_client(sync_client=True) as client:
+        return client.read_task_runs(flow_run_filter=runs, sort=TaskRunSort.EXPECTED_START_TIME_ASC, limit=50)
+
+
+def test_index_of_an_emptied_source_stops_before_any_write(prefect_backend, fake, tmp_path, lake_dir, capfd):
     src = _corpus(tmp_path / "src")
     _index(src, lake_dir)
     rows, refs = _table_rows(lake_dir), json.loads((lake_dir / "refs" / "documents.json").read_text())
     for name in ("guide.md", "faq.md"):
         (src / name).unlink()  # 2 of 3 gone: a failed sync
+    capfd.readouterr()
+    assert main(["index", "--source", str(src), "--lake", str(lake_dir)]) == 1
+    out = capfd.readouterr().out
+    assert "error: ingest run" in out and "2 of its 3 documents would be deleted" in out
+    # The refusal is the run's answer, not a crash: no task of the run fails (a failed task is logged with
+    # its traceback before the one-line message).
+    state = index_flow.index_corpus(sources=[str(src)], lake=str(lake_dir), return_state=True)
+    assert state.result()["status"] == "failed"
+    assert {run.name.rsplit("-", 1)[0]: run.state.type.value for run in _task_runs(state)} == {"build-snapshot": "COMPLETED"}
     code = main(["index", "--source", str(src), "--lake", str(lake_dir), "--json"])
-    summary = json.loads(capsys.readouterr().out)
+    summary = json.loads(capfd.readouterr().out)
     assert code == 1 and summary["status"] == "failed"
     assert f"source {src.resolve()}: 2 of its 3 documents would be deleted" in summary["error"]
     assert "--allow-mass-delete" in summary["error"]
     assert _table_rows(lake_dir) == rows and json.loads((lake_dir / "refs" / "documents.json").read_text()) == refs
     code = main(["index", "--source", str(src), "--allow-mass-delete", "--lake", str(lake_dir), "--json"])
-    assert code == 0 and json.loads(capsys.readouterr().out)["documents"]["deleted"] == 2
+    assert code == 0 and json.loads(capfd.readouterr().out)["documents"]["deleted"] == 2
     assert {r["doc_id"] for r in _table_rows(lake_dir)} == {"notes.txt"}
 
 

@@ -47,3 +47,35 @@ def test_a_second_ctrl_c_exits_at_once():
     proc.send_signal(signal.SIGINT)
     assert proc.wait(timeout=30) == 130
     assert "interrupted: second Ctrl-C; exiting" in proc.stderr.read()
+
+
+# The race a Ctrl-C sets off: the terminal also stopped Prefect's temporary server, so reporting the crash to
+# it can fail, and that error (not the KeyboardInterrupt) reaches the CLI.
+FAILS_AFTER_INTERRUPT = """
+import sys
+from ragloop.flows import cli
+from ragloop.tasks import interrupts
+
+def run(args):
+    interrupts.request_stop()  # what the Ctrl-C handler did
+    raise ConnectionError("All connection attempts failed")
+
+cli.COMMANDS["ingest"] = (run, lambda summary: [])
+sys.exit(cli.main(["ingest", "--source", sys.argv[1], "--lake", sys.argv[2], *sys.argv[3:]]))
+"""
+
+
+def test_an_error_after_a_ctrl_c_is_reported_as_the_interruption(tmp_path):
+    import json
+
+    (tmp_path / "src").mkdir()
+    for extra in ([], ["--json"]):
+        done = subprocess.run([sys.executable, "-c", FAILS_AFTER_INTERRUPT, str(tmp_path / "src"),
+                               str(tmp_path / "lake"), *extra], capture_output=True, text=True, timeout=120)
+        assert done.returncode == 130, done.stderr[-2000:]
+        assert "interrupted: the run stopped" in done.stderr and "ConnectionError" not in done.stderr + done.stdout
+        if extra:
+            assert json.loads(done.stdout) == {"status": "interrupted", "exit_code": 130,
+                                               "error": "interrupted: the run stopped; its manifest says so (`ragloop runs`)"}
+        else:
+            assert done.stdout == ""

@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from ragloop.tasks import index_run, indexing
+from ragloop.tasks import index_run, indexing, interrupts
+from ragloop.tasks.embedding import HashEmbedder
 from ragloop.tasks.ingestion import build_snapshot
 from ragloop.tasks.settings import ChunkingConfig, ConfigError, IndexConfig, IngestConfig
 from ragloop.tasks.storage import Lake
@@ -425,3 +426,36 @@ def test_anything_the_state_does_not_prove_plans_and_validates_as_before(lake, s
     assert plan.proven_by is None and report.reused_from is None
     if change == "table moved on":
         assert plan.to_index == {"b.txt"}, "the deleted rows are written again"
+
+
+class _StopsAfterFirstEncode(HashEmbedder):
+    """The fake embedder, asking the process to stop (as the CLI's Ctrl-C handler does) once it encoded."""
+
+    def __init__(self) -> None:
+        super().__init__(dim=32, max_tokens=64)
+        self.calls: list[int] = []
+
+    def encode(self, texts):
+        self.calls.append(len(texts))
+        interrupts.request_stop()
+        return super().encode(texts)
+
+
+def test_a_stop_request_ends_the_run_after_the_window_in_hand_and_commits_nothing(lake, store, chunker, tmp_path):
+    """A Ctrl-C reaches the batches LanceDB consumes on its own thread (tasks.interrupts): the window being
+    encoded ends, no further text is encoded, and the run's one commit writes nothing."""
+    snapshot_id = _snapshot(lake, tmp_path, {f"d{i}.txt": f"document number {i} with a few words" for i in range(6)})
+    plan = indexing.plan_index(lake, snapshot_id, store, chunker.hash)
+    embedder = _StopsAfterFirstEncode()
+    batches = index_run.ChunkBatches(lake, snapshot_id, plan, chunker, store, embedder, 1, Timer())
+    try:
+        with pytest.raises(interrupts.StopRequested, match="Ctrl-C"):
+            index_run.commit_plan(store, plan, batches, Timer())
+    finally:
+        interrupts.clear()
+    assert embedder.calls == [1], "one one-document window encoded, then nothing"
+    assert store.count() == 0, "the aborted commit wrote no row"
+    again = index_run.ChunkBatches(lake, snapshot_id, plan, chunker, store, HashEmbedder(dim=32, max_tokens=64), 1,
+                                   Timer())
+    index_run.commit_plan(store, plan, again, Timer())
+    assert store.count() == 6, "cleared, the next run in the process goes through"

@@ -89,6 +89,18 @@ def test_a_mass_delete_summary_has_only_the_lake_and_the_error():
                               "error": "2 of 3 would go"}
 
 
+def test_the_mass_delete_guard_refusal_is_returned_and_other_errors_raise(lake, tmp_path):
+    src = write_files(tmp_path / "guarded", {"a.md": "# A\n\nalpha", "b.md": "# B\n\nbravo", "c.md": "# C\n\nc"})
+    first = ingest_run.snapshot_or_refusal(lake, [str(src)], IngestConfig(), 0.5)
+    lake.write_ref("documents", {"snapshot_id": first.snapshot_id, "run_id": "ingest-1"})
+    for name in ("a.md", "b.md"):
+        (src / name).unlink()
+    refusal = ingest_run.snapshot_or_refusal(lake, [str(src)], IngestConfig(), 0.5)
+    assert isinstance(refusal, MassDeleteError) and "2 of its 3 documents would be deleted" in str(refusal)
+    with pytest.raises(FileNotFoundError, match="source not found"):
+        ingest_run.snapshot_or_refusal(lake, [str(tmp_path / "missing")], IngestConfig(), 0.5)
+
+
 class _Run:
     def __init__(self) -> None:
         self.finished: list[tuple[str, dict]] = []
