@@ -72,6 +72,20 @@ def test_export_is_cached_and_encode_order_is_the_input_order(cache_dir):
     assert again.encode([]).shape == (0, 384)
 
 
+def test_a_stop_request_ends_an_encode_between_texts(cache_dir):
+    """The CLI's Ctrl-C (tasks.interrupts) stops a long encode on the encoder's own threads."""
+    from ragloop.tasks import interrupts
+
+    embedder = _embedder("onnx-int8", cache_dir)
+    try:
+        interrupts.request_stop()
+        with pytest.raises(interrupts.StopRequested):
+            embedder.encode(TEXTS * 50)
+    finally:
+        interrupts.clear()
+    assert embedder.encode(TEXTS[:1]).shape == (1, 384), "cleared, the same encoder works"
+
+
 def test_each_backend_has_its_own_table_and_identity(cache_dir):
     torch_e, fp32, int8 = (SentenceTransformerEmbedder(EmbeddingConfig(backend=b, onnx_cache_dir=str(cache_dir)))
                            for b in ("torch", "onnx", "onnx-int8"))
