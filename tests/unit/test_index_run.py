@@ -257,13 +257,20 @@ def test_a_pipelined_window_gives_the_same_chunk_ids_and_vectors(lake, store, ch
         monkeypatch.setattr(fake_embedder, "per_text", per_text, raising=False)
         batches = index_run.ChunkBatches(lake, snapshot_id, plan, chunker, store, fake_embedder, 256, Timer())
         chunks, vectors = batches._chunk_and_embed(docs)
-        return [c.chunk_id for c in chunks], vectors, batches.counts
+        return chunks, vectors, batches.counts
 
-    ids, vectors, counts = window(per_text=False)
-    piped_ids, piped_vectors, piped_counts = window(per_text=True)
-    assert piped_ids == ids and len(ids) > 40
-    assert (piped_vectors == vectors).all() and piped_vectors.dtype == vectors.dtype
+    whole, vectors, counts = window(per_text=False)
+    piped, piped_vectors, piped_counts = window(per_text=True)
+    assert [c.chunk_id for c in whole] == [c.chunk_id for d in docs for c in whole if c.doc_id == d.doc_id], \
+        "in one piece: document order"
+    assert sorted(c.chunk_id for c in piped) == sorted(c.chunk_id for c in whole) and len(whole) > 40
+    vector_of = {c.chunk_id: v.tobytes() for c, v in zip(whole, vectors)}
+    assert all(vector_of[c.chunk_id] == v.tobytes() for c, v in zip(piped, piped_vectors))
+    assert piped_vectors.dtype == vectors.dtype
     assert piped_counts["embedded"] == counts["embedded"], "each distinct text is encoded once either way"
+    length = {d.doc_id: len(d.text) for d in docs}
+    order = list(dict.fromkeys(c.doc_id for c in piped))
+    assert [length[d] for d in order] == sorted(length.values()), "pipelined: shortest documents first"
 
 
 # -- issue 22: windows on workers (runner.kind dask), here in-process ----------------------------------------
