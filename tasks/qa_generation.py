@@ -256,6 +256,12 @@ def candidate_sentences(text: str, writer: str = "rules_then_model") -> list[tup
     return [(s, e) for s, e in spans if template_question(text[s:e])] if writer == "rules" else spans
 
 
+def has_candidate_sentence(text: str, writer: str = "rules_then_model") -> bool:
+    """bool(candidate_sentences(text, writer)), stopping at the first sentence a question form fits."""
+    spans = fact_sentences(text)
+    return any(template_question(text[s:e]) for s, e in spans) if writer == "rules" else bool(spans)
+
+
 def pick_fact_sentence(text: str, rng: random.Random, like: str = "",
                        writer: str = "rules_then_model") -> tuple[int, int] | None:
     """One of text's fact_sentences, seeded: the one sharing most content words with `like` when given
@@ -434,6 +440,46 @@ def stratified_order(doc_ids: Sequence[str], rng: random.Random, depth: int = 0)
     return order
 
 
+_ELIGIBLE: dict[tuple, tuple[dict[str, list[dict]], Counter]] = {}  # eligible_chunks by table version and settings
+_ELIGIBLE_KEEP = 2
+
+
+def eligible_chunks(store: ChunkStore, config: SynthConfig) -> tuple[dict[str, list[dict]], Counter]:
+    """The chunks that may seed a question, by document in position order ({doc_id: [{chunk_id, doc_id,
+    position, n_tokens, facts}]}, facts: it holds a candidate sentence), and the others counted by
+    ineligible_reason. Read and judged once per table version (versions never change) and settings in a
+    process: every synth round planned from the same table (9,725 SciFact chunks: about 2.7 s a round). A
+    store without a lake, name and version (a stand-in) is read every time."""
+    lake, name, version = getattr(store, "lake", None), getattr(store, "name", None), getattr(store, "version", None)
+    key = (getattr(lake, "uri", None), name, version, config.min_context_tokens, config.question_writer)
+    if None in key[:3]:
+        return _judge_chunks(store, config)
+    if key not in _ELIGIBLE:
+        while len(_ELIGIBLE) >= _ELIGIBLE_KEEP:
+            _ELIGIBLE.pop(next(iter(_ELIGIBLE)))
+        _ELIGIBLE[key] = _judge_chunks(store, config)
+    by_doc, skipped = _ELIGIBLE[key]
+    return {d: list(rows) for d, rows in by_doc.items()}, Counter(skipped)
+
+
+def _judge_chunks(store: ChunkStore, config: SynthConfig) -> tuple[dict[str, list[dict]], Counter]:
+    by_doc: dict[str, list[dict]] = {}
+    skipped: Counter = Counter()
+    for row in store.scan(["chunk_id", "doc_id", "position", "n_tokens", "text"]).to_pylist():
+        if row["n_tokens"] < config.min_context_tokens:
+            continue
+        text = row.pop("text")
+        why = ineligible_reason(text)
+        if why:
+            skipped[why] += 1
+            continue
+        row["facts"] = has_candidate_sentence(text, config.question_writer)
+        by_doc.setdefault(row["doc_id"], []).append(row)
+    for rows in by_doc.values():
+        rows.sort(key=lambda r: r["position"])
+    return by_doc, skipped
+
+
 def plan_tasks(
     store: ChunkStore, counts: dict[str, int], config: SynthConfig, rng: random.Random, priority_docs: Sequence[str] = (),
     ineligible: Counter | None = None, avoid: frozenset[str] = frozenset(),
@@ -445,26 +491,12 @@ def plan_tasks(
     ones earlier rounds of this run already asked about) are passed over while others are left. An extractive type
     takes the next document with a chunk holding a fact sentence, and its task carries the sentence
     picked in each chunk (pick_fact_sentence; the second hop's is the one closest to the first's)."""
-    catalog = store.scan(["chunk_id", "doc_id", "position", "n_tokens", "text"]).to_pylist()
-    by_doc: dict[str, list[dict]] = {}
-    skipped: Counter = Counter()
-    for row in catalog:
-        if row["n_tokens"] < config.min_context_tokens:
-            continue
-        text = row.pop("text")
-        why = ineligible_reason(text)
-        if why:
-            skipped[why] += 1
-            continue
-        row["facts"] = bool(candidate_sentences(text, config.question_writer))
-        by_doc.setdefault(row["doc_id"], []).append(row)
+    by_doc, skipped = eligible_chunks(store, config)
     if ineligible is not None:
         ineligible.clear()
         ineligible.update(skipped)
     if not by_doc:
         return []
-    for rows in by_doc.values():
-        rows.sort(key=lambda r: r["position"])
     first = [d for d in dict.fromkeys(priority_docs) if d in by_doc]
     order = stratified_order(first, rng) + stratified_order([d for d in by_doc if d not in set(first)], rng)
     slots = [t for t in QUESTION_TYPES for _ in range(counts.get(t, 0))]

@@ -513,3 +513,24 @@ def test_kept_unanswerable_items_the_index_answers_are_outdated(store, prompts, 
     assert synth_run.recheck_unanswerable(plan, store, fake_embedder.encode, _config()) == 1
     assert [i["qa_id"] for i in plan.kept] == ["fine"] and plan.need == 1
     assert [(i["qa_id"], i["status"]) for i in plan.changed] == [("answered", "outdated")]
+
+
+def test_the_chunks_eligible_to_seed_questions_are_judged_once_per_table_version(store, fake_embedder, monkeypatch):
+    scans = []
+    real_scan = store.scan
+    monkeypatch.setattr(store, "scan", lambda columns, where=None: scans.append(columns) or real_scan(columns, where))
+    config = _config(question_writer="rules")
+    first = qa.eligible_chunks(store, config)
+    assert qa.eligible_chunks(store, config) == first and len(scans) == 1, "a second round reads nothing"
+    assert any(first[0].values()), "the fakes' corpus has chunks to ask about"
+    first[0].clear()
+    assert qa.eligible_chunks(store, config) == qa.eligible_chunks(store, config) != ({}, Counter()), \
+        "callers get copies"
+    qa.eligible_chunks(store, _config(question_writer="model"))
+    assert len(scans) == 2, "other settings: judged again"
+    store.delete_documents([next(iter(DOCS))])
+    after = qa.eligible_chunks(store, config)
+    assert len(scans) == 3 and next(iter(DOCS)) not in after[0], "a new table version: judged again"
+    rows = real_scan(["text"]).to_pylist()
+    assert [qa.has_candidate_sentence(r["text"], w) for r in rows for w in ("rules", "model")] == \
+        [bool(qa.candidate_sentences(r["text"], w)) for r in rows for w in ("rules", "model")]
