@@ -14,7 +14,7 @@ import random
 import re
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import numpy as np
 
@@ -222,7 +222,10 @@ def fact_sentences(text: str) -> list[tuple[int, int]]:
     (ends with "." or "!"), standing on its own (no leading pronoun or connective: "It...", "Or...",
     "Here's..."; no pointer elsewhere: "the following", "see below", "an example"; no hedge: "you might
     want to"), with at least four content words outside inline code and links. In text order."""
-    out = []
+    return list(_iter_fact_sentences(text))
+
+
+def _iter_fact_sentences(text: str) -> Iterator[tuple[int, int]]:
     for start, end in grounding.prose_spans(text):
         sentence = text[start:end].strip()
         if sentence.startswith(("|", ">", "!", "[")) or _INTERNAL_LINK.search(sentence) or _CHANGELOG.match(sentence):
@@ -245,8 +248,7 @@ def fact_sentences(text: str) -> list[tuple[int, int]]:
         prose = _INLINE_CODE.sub(" ", _LINK_TARGET.sub("]", body))
         if len(grounding.content_words(prose)) < 4 or grounding.placeholders(body, ""):
             continue
-        out.append((start + (len(text[start:end]) - len(text[start:end].lstrip())), end))
-    return out
+        yield start + (len(text[start:end]) - len(text[start:end].lstrip())), end
 
 
 def candidate_sentences(text: str, writer: str = "rules_then_model") -> list[tuple[int, int]]:
@@ -257,9 +259,11 @@ def candidate_sentences(text: str, writer: str = "rules_then_model") -> list[tup
 
 
 def has_candidate_sentence(text: str, writer: str = "rules_then_model") -> bool:
-    """bool(candidate_sentences(text, writer)), stopping at the first sentence a question form fits."""
-    spans = fact_sentences(text)
-    return any(template_question(text[s:e]) for s, e in spans) if writer == "rules" else bool(spans)
+    """bool(candidate_sentences(text, writer)), stopping at the first sentence that qualifies."""
+    spans = _iter_fact_sentences(text)
+    if writer == "rules":
+        return any(template_question(text[s:e]) for s, e in spans)
+    return next(spans, None) is not None
 
 
 def pick_fact_sentence(text: str, rng: random.Random, like: str = "",
