@@ -258,8 +258,8 @@ def _human_index(summary: dict) -> list[str]:
     if summary.get("table"):
         lines.append(f"table: {summary['table']['name']} version {summary['table']['version']}")
     if summary.get("disposition"):
-        d, serving, cand = summary["disposition"], summary.get("serving"), summary.get("candidate")
-        lines.append(f"index {d['action']}: {d['reason']}")
+        placed, serving, cand = summary["disposition"], summary.get("serving"), summary.get("candidate")
+        lines.append(f"index {placed['action']}: {placed['reason']}")
         if serving:
             lines.append(f"serving: {serving['table']} v{serving['version']}"
                          + (f"; candidate {cand['table']} v{cand['version']} awaits the gate (eval --promote, or the nightly)"
@@ -1145,7 +1145,7 @@ def _main(args: argparse.Namespace) -> int:
         with _ad_hoc(args):
             summary: dict[str, Any] = run(args)
     except KeyboardInterrupt:
-        _exit_interrupted("the run stopped; its manifest says so (`ragloop runs`)", args.json)
+        _exit_interrupted("the run stopped; `ragloop runs` lists it as failed if it had started", args.json)
         raise  # only when the grace timer is already exiting the process
     except ConfigError as exc:
         one_line = " ".join(str(exc).split())  # a usage error is one line, whatever text it quotes
@@ -1153,7 +1153,7 @@ def _main(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     except Exception as exc:  # the flow already recorded the failure in its run manifest
         if interrupts.requested():  # after a Ctrl-C: Prefect's report of it to its stopped server failed
-            _exit_interrupted("the run stopped; its manifest says so (`ragloop runs`)", args.json)
+            _exit_interrupted("the run stopped; `ragloop runs` lists it as failed if it had started", args.json)
         logging.getLogger("ragloop").debug("command failed", exc_info=True)
         _emit_error({"status": "failed", "error": f"{type(exc).__name__}: {exc}"}, args.json)
         return EXIT_FAILED

@@ -679,9 +679,18 @@ class MassDeleteError(RuntimeError):
     sync); raised before anything is written. The message names the source and the counts."""
 
 
+def unique_sources(sources: list[str]) -> list[str]:
+    """The sources with each path once (`docs`, `./docs/` and `docs` again are one source), first spelling
+    kept: a source named twice would otherwise be read twice, its documents quarantined as duplicates."""
+    found: dict[str, str] = {}
+    for source in sources:
+        found.setdefault(str(Path(source).expanduser().resolve()), source)
+    return list(found.values())
+
+
 def source_roots(sources: list[str]) -> list[str]:
-    """The resolved paths of the sources: the scope a run's deletions are limited to."""
-    return [str(Path(s).expanduser().resolve()) for s in sources]
+    """The resolved paths of the sources, each once: the scope a run's deletions are limited to."""
+    return list(dict.fromkeys(str(Path(s).expanduser().resolve()) for s in sources))
 
 
 def under_root(source_uri: str, root: str) -> bool:
@@ -709,6 +718,7 @@ def build_snapshot(lake: Lake, sources: list[str], config: IngestConfig, max_del
     documents raises MassDeleteError before the snapshot is published.
     Does not move the 'documents' ref: the caller does that once validation passes.
     """
+    sources = unique_sources(sources)
     prev_ref = lake.read_ref("documents")
     prev_id = prev_ref["snapshot_id"] if prev_ref else None
     previous: dict[str, tuple[str, dt.datetime, str]] = {}

@@ -19,6 +19,12 @@ def open_lake(uri: str) -> Lake:
         raise ConfigError(f"lake {uri}: cannot be opened ({exc})") from None
     if "://" in uri:
         check_bucket(lake)
+    else:
+        from pathlib import Path
+
+        found = Path(uri).expanduser()
+        if found.exists() and not found.is_dir():
+            raise ConfigError(f"lake {uri}: is a file; a lake is a folder (or an object-store URI)")
     return lake
 
 
@@ -88,7 +94,11 @@ def check_scheduler(address: str, timeout_s: float = 10.0) -> None:
     scheme, location = parse_address(address)
     if scheme == "tcp":  # a refused port fails at once (distributed's connect retries it until the timeout)
         try:
-            socket.create_connection(parse_host_port(location), timeout=timeout_s).close()
+            host_port = parse_host_port(location)
+        except ValueError as exc:
+            raise ConfigError(f"runner.address: {address}: not host:port ({exc})") from None
+        try:
+            socket.create_connection(host_port, timeout=timeout_s).close()
         except ConnectionRefusedError:
             raise ConfigError(f"runner.address: {address}: connection refused (nothing listens there); start a "
                               "scheduler with `dask scheduler`, or check the port (8786 by default)") from None
@@ -108,9 +118,13 @@ def check_scheduler(address: str, timeout_s: float = 10.0) -> None:
     except (asyncio.TimeoutError, TimeoutError):
         raise ConfigError(f"runner.address: {address}: no Dask scheduler answered within {timeout_s:.0f} s (is this "
                           "the scheduler's port, 8786 by default, and not its dashboard's, 8787?)") from None
-    except Exception as exc:  # OSError (refused, unreachable), CommClosedError (not Dask's protocol), ...
+    except OSError as exc:  # refused, unreachable (CommClosedError is one too: it hung up mid-handshake)
         raise ConfigError(f"runner.address: {address}: no Dask scheduler there ({type(exc).__name__}: "
                           f"{str(exc).strip() or 'connection closed'}); start one with `dask scheduler`") from None
+    except Exception:  # something answered, but its bytes are no Dask frames (an HTTP server read as a length)
+        raise ConfigError(f"runner.address: {address}: something answers there, but not in Dask's protocol (is this "
+                          "the scheduler's port, 8786 by default, and not its dashboard's, 8787, or another "
+                          "server's?)") from None
     if not isinstance(reply, dict) or reply.get("type") != "Scheduler":
         raise ConfigError(f"runner.address: {address}: answers, but not as a Dask scheduler (it says it is "
                           f"{reply.get('type') if isinstance(reply, dict) else type(reply).__name__!r})")

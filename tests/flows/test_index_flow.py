@@ -174,6 +174,18 @@ def test_cli_index_json_prints_one_object_and_records_the_run(prefect_backend, f
     assert all(r["ended_at"] is not None for r in runs)
 
 
+def test_cli_index_prints_its_summary_in_words_and_exits_0(prefect_backend, fake, tmp_path, lake_dir, capsys):
+    src = _corpus(tmp_path / "src")
+    assert main(["index", "--source", str(src), "--lake", str(lake_dir)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].endswith(": ok") and lines[1].startswith("documents: 3 seen - 3 new")
+    assert "index serve: first index of the lake" in lines and not any(line.startswith(("error", "warning")) for line in lines)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert main(["index", "--source", str(empty), "--lake", str(tmp_path / "other")]) == 0
+    assert "warning: no documents under the sources" in capsys.readouterr().out
+
+
 def test_cli_missing_source_exits_2_before_any_work(prefect_backend, tmp_path, lake_dir, capsys):
     code = main(["index", "--source", str(tmp_path / "nope"), "--lake", str(lake_dir), "--json"])
     summary = json.loads(capsys.readouterr().out)

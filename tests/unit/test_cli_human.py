@@ -6,10 +6,21 @@ from ragloop.flows.cli import _human_index, _with_error
 
 
 def _index_summary(**over) -> dict:
+    """A whole index summary, as an ok run returns it (disposition, serving, table and chunks included)."""
     summary = {"run_id": "r1", "status": "ok",
                "documents": {"seen": 3, "new": 0, "changed": 1, "unchanged": 2, "deleted": 0, "quarantined": 0},
-               "index_plan": {"new": 0, "changed": 1, "unchanged": 2, "deleted": 0}}
+               "index_plan": {"new": 0, "changed": 1, "unchanged": 2, "deleted": 0},
+               "chunks": {"total": 9, "embedded": 2, "reused": 1, "written": 3, "deleted": 1, "truncated": 0},
+               "table": {"name": "chunks__m", "version": 4}, "lake": "/lake",
+               "disposition": {"action": "serve", "reason": "first index of the lake"},
+               "serving": {"table": "chunks__m", "version": 4}, "candidate": None}
     return {**summary, **over}
+
+
+def test_a_whole_ok_summary_reads_as_the_readme_shows_it():
+    lines = _human_index(_index_summary())
+    assert lines[:2] == ["run r1: ok", "documents: 3 seen - 0 new, 1 changed, 2 unchanged, 0 deleted, 0 quarantined"]
+    assert "index serve: first index of the lake" in lines and "serving: chunks__m v4" in lines
 
 
 def test_an_error_reads_as_a_warning_when_the_run_went_on_and_exits_0():

@@ -51,10 +51,15 @@ def broken_prompts(tmp_path):
     (["golden", "import", "/nope/g.jsonl"], {}, "error: golden import: not found: /nope/g.jsonl"),
     (["synth"], {"RAGLOOP_SYNTH__SIZE": "0"}, "synth.size"),
     (["synth", "--lake", "empty-lake"], {"RAGLOOP_PROMPTS_DIR": "bad_prompts"}, "qa_single_hop.yaml: invalid YAML"),
+    (["index", "--lake", "a-file", "--source", "docs"], {}, "error: lake a-file: is a file; a lake is a folder"),
+    (["index", "--source", "docs"], {"RAGLOOP_RUNNER__KIND": "dask", "RAGLOOP_RUNNER__ADDRESS": "tcp://127.0.0.1:abc"},
+     "error: runner.address: tcp://127.0.0.1:abc: not host:port"),
 ], ids=["index-source", "ingest-second-source", "synth-no-index", "eval-no-index", "runs-bad-lake-uri",
-        "index-bad-lake-uri", "beir-path", "golden-import-path", "bad-config-value", "bad-prompt-file"])
+        "index-bad-lake-uri", "beir-path", "golden-import-path", "bad-config-value", "bad-prompt-file",
+        "lake-is-a-file", "dask-address-port"])
 def test_a_usage_error_is_one_line_exit_2_before_prefect(tmp_path, broken_prompts, args, env, message):
     (tmp_path / "docs").mkdir()
+    (tmp_path / "a-file").write_text("not a lake")
     code, out, err, prefect_imported = _ragloop(tmp_path, *args, env=env)
     assert (code, out, len(err)) == (2, [], 1), (out, err)  # the error on stderr: stdout stays clean
     assert err[0].startswith("error: ") and message in err[0]
@@ -137,3 +142,36 @@ def test_an_argparse_usage_error_is_one_line_or_the_one_json_object(capsys, args
     assert stop.value.code == 2 and err == ""
     reported = json.loads(out)
     assert reported["status"] == "failed" and reported["exit_code"] == 2 and names in reported["error"]
+
+
+def test_a_server_that_answers_in_another_protocol_is_no_scheduler_and_says_so():
+    """An HTTP server on runner.address answers at once; its bytes read as a Dask frame length once made
+    distributed allocate exabytes (MemoryError) and that text reached the user."""
+    import socket
+    import threading
+    import time
+
+    from ragloop.tasks.preflight import check_scheduler
+    from ragloop.tasks.settings import ConfigError
+
+    server = socket.create_server(("127.0.0.1", 0))
+
+    def answer() -> None:
+        while True:
+            try:
+                conn, _ = server.accept()
+            except OSError:
+                return
+            conn.sendall(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\nConnection: close\r\n\r\n" * 64)
+            time.sleep(0.5)
+            conn.close()
+
+    threading.Thread(target=answer, daemon=True).start()
+    try:
+        with pytest.raises(ConfigError) as caught:
+            check_scheduler(f"tcp://127.0.0.1:{server.getsockname()[1]}", timeout_s=5)
+    finally:
+        server.close()
+    message = str(caught.value)
+    assert message.startswith("runner.address: tcp://127.0.0.1:") and "8787" in message
+    assert "MemoryError" not in message and "EiB" not in message

@@ -17,6 +17,8 @@ from ragloop.tasks.ingestion import (
     iter_sources,
     normalize_text,
     snapshot_id_of,
+    source_roots,
+    unique_sources,
 )
 from ragloop.tasks.schemas import Document, Quarantined, QuarantineReason
 from ragloop.tasks.settings import IngestConfig
@@ -686,3 +688,12 @@ def test_include_and_exclude_globs_choose_files_and_count_the_rest(tmp_path, inc
 def test_bad_glob_fails_at_load_naming_the_field():
     with pytest.raises(ValueError, match="exclude: bad glob"):
         IngestConfig(exclude=["[z-a]"])
+
+
+def test_a_source_named_twice_is_read_once(tmp_path):
+    src = write_files(tmp_path / "src", {"a.md": "# A\n\nalpha", "b.md": "# B\n\nbravo"})
+    lake = Lake(str(tmp_path / "lake"))
+    result = build_snapshot(lake, [str(src), str(src) + "/", str(tmp_path / "." / "src")], IngestConfig())
+    assert result.counts["seen"] == 2 and result.quarantine == []
+    assert source_roots([str(src), str(src) + "/"]) == [str(src.resolve())]
+    assert unique_sources(["docs", "./docs/", "other", "docs"]) == ["docs", "other"]
