@@ -1056,6 +1056,7 @@ def _emit_error(summary: dict, as_json: bool) -> None:
 
 
 _EXITING = threading.Lock()  # the first interrupted exit prints and leaves; a racing one returns
+STOPPED = "the run stopped; `ragloop runs` lists it as failed if it had started"
 
 
 def _exit_interrupted(why: str, as_json: bool) -> None:
@@ -1096,14 +1097,12 @@ def _stop_on_interrupt(grace_s: float | None = None, as_json: bool = False) -> C
     from ragloop.tasks import interrupts
 
     grace_s = INTERRUPT_GRACE_S if grace_s is None else grace_s
-    interrupted = threading.Event()
     interrupts.clear()
 
     def on_sigint(signum, frame):
-        if interrupted.is_set():
+        if interrupts.requested():
             _exit_interrupted("second Ctrl-C; exiting", as_json)
             return
-        interrupted.set()
         interrupts.request_stop()
         _quiet_after_interrupt()
         print(f"interrupted: stopping the run (at most {grace_s:.0f} s; Ctrl-C again to quit at once)",
@@ -1145,7 +1144,7 @@ def _main(args: argparse.Namespace) -> int:
         with _ad_hoc(args):
             summary: dict[str, Any] = run(args)
     except KeyboardInterrupt:
-        _exit_interrupted("the run stopped; `ragloop runs` lists it as failed if it had started", args.json)
+        _exit_interrupted(STOPPED, args.json)
         raise  # only when the grace timer is already exiting the process
     except ConfigError as exc:
         one_line = " ".join(str(exc).split())  # a usage error is one line, whatever text it quotes
@@ -1153,7 +1152,7 @@ def _main(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     except Exception as exc:  # the flow already recorded the failure in its run manifest
         if interrupts.requested():  # after a Ctrl-C: Prefect's report of it to its stopped server failed
-            _exit_interrupted("the run stopped; `ragloop runs` lists it as failed if it had started", args.json)
+            _exit_interrupted(STOPPED, args.json)
         logging.getLogger("ragloop").debug("command failed", exc_info=True)
         _emit_error({"status": "failed", "error": f"{type(exc).__name__}: {exc}"}, args.json)
         return EXIT_FAILED

@@ -285,7 +285,6 @@ class ChunkBatches:
                 done = next(results, None)
             if done is None:
                 return
-            interrupts.check()
             docs, result = done
             self.counts["embedded"] += result.encoded
             self.counts["reused"] += result.reused

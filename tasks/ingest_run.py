@@ -11,7 +11,7 @@ from typing import Any, Literal
 from pydantic import Field
 
 from ragloop.tasks import ingestion, validation
-from ragloop.tasks.settings import IndexConfig
+from ragloop.tasks.settings import IndexConfig, IngestConfig
 from ragloop.tasks.storage import Lake
 from ragloop.tasks.summaries import StageSummary
 from ragloop.tasks.validation import ValidationReport
@@ -89,7 +89,7 @@ def quarantine_rows(result: ingestion.IngestResult, seen_at: dt.datetime) -> lis
              "snapshot_id": result.snapshot_id, "seen_at": seen_at} for q in result.quarantine]
 
 
-def snapshot_or_refusal(lake: Lake, sources: list[str], config, max_delete_fraction: float | None = None,
+def snapshot_or_refusal(lake: Lake, sources: list[str], config: IngestConfig, max_delete_fraction: float | None = None,
                         forget_sources: list[str] | None = None,
                         known_roots: list[str] | None = None) -> ingestion.IngestResult | ingestion.MassDeleteError:
     """ingestion.build_snapshot, with the mass-delete guard's refusal returned, not raised: a refusal is the

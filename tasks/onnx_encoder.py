@@ -213,7 +213,7 @@ class OnnxSession:
         return ThreadPoolExecutor(self.workers, thread_name_prefix="onnx-encode")
 
     def _run_one(self, encoding) -> np.ndarray:
-        interrupts.check()  # a Ctrl-C stops a long encode between texts (tasks/interrupts.py)
+        interrupts.check()  # a Ctrl-C stops a long encode between texts (the stop request of tasks.interrupts)
         feed = {"input_ids": np.array([encoding.ids], dtype=np.int64),
                 "attention_mask": np.array([encoding.attention_mask], dtype=np.int64),
                 "token_type_ids": np.array([encoding.type_ids], dtype=np.int64)}

@@ -20,8 +20,6 @@ def open_lake(uri: str) -> Lake:
     if "://" in uri:
         check_bucket(lake)
     else:
-        from pathlib import Path
-
         found = Path(uri).expanduser()
         if found.exists() and not found.is_dir():
             raise ConfigError(f"lake {uri}: is a file; a lake is a folder (or an object-store URI)")
@@ -233,8 +231,6 @@ def preflight(command: str, settings: Settings, *, sources: list[str] | None = N
         check_path(path, "golden import")
         check_import_rows(path)
     if command == "logs import" and path is not None:
-        from pathlib import Path
-
         from ragloop.tasks.production import log_files
 
         log_files(Path(path))  # a missing file, or a folder without logs, is a usage error

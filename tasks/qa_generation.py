@@ -254,16 +254,17 @@ def _iter_fact_sentences(text: str) -> Iterator[tuple[int, int]]:
 def candidate_sentences(text: str, writer: str = "rules_then_model") -> list[tuple[int, int]]:
     """The fact_sentences an extractive item may be asked about: with writer "rules", only those a question
     form fits (template_question), since no model writes the question."""
-    spans = fact_sentences(text)
-    return [(s, e) for s, e in spans if template_question(text[s:e])] if writer == "rules" else spans
+    return list(_iter_candidate_sentences(text, writer))
 
 
 def has_candidate_sentence(text: str, writer: str = "rules_then_model") -> bool:
     """bool(candidate_sentences(text, writer)), stopping at the first sentence that qualifies."""
+    return next(_iter_candidate_sentences(text, writer), None) is not None
+
+
+def _iter_candidate_sentences(text: str, writer: str) -> Iterator[tuple[int, int]]:
     spans = _iter_fact_sentences(text)
-    if writer == "rules":
-        return any(template_question(text[s:e]) for s, e in spans)
-    return next(spans, None) is not None
+    return (sp for sp in spans if template_question(text[sp[0]:sp[1]])) if writer == "rules" else spans
 
 
 def pick_fact_sentence(text: str, rng: random.Random, like: str = "",
